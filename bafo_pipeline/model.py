@@ -1,0 +1,246 @@
+"""The BAFO network: an encoder to a Gaussian posterior, a decoder conditioned on attributes, the loss.
+
+The decoder receives the encoded sensitive attributes concatenated to the
+sampled latent (the paper's design); with ``condition_every_layer=True`` it
+receives them again at every stage (as Fader Networks do), so it never needs
+to find them in the latent. Two families share this interface: convolutional
+networks for images and MLPs for tabular features or embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Shape of a BAFO network.
+
+    Parameters
+    ----------
+    kind : {"conv", "mlp"}
+        ``conv`` for images of shape ``(channels, height, width)``; ``mlp`` for
+        flat feature vectors of length ``input_dim``.
+    input_shape : tuple of int
+        ``(channels, height, width)`` for conv; ``(input_dim,)`` for mlp.
+    condition_dim : int
+        Width of the encoded attribute vector.
+    latent_dim : int
+    widths : tuple of int
+        Conv: channels per stride-2 stage (height and width must be divisible by
+        ``2 ** len(widths)``). MLP: hidden layer sizes.
+    condition_every_layer : bool
+        Feed the attributes to every decoder stage, not only its input.
+    """
+
+    kind: str
+    input_shape: tuple[int, ...]
+    condition_dim: int
+    latent_dim: int = 48
+    widths: tuple[int, ...] = (32, 64, 128)
+    condition_every_layer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("conv", "mlp"):
+            raise ValueError(f"network kind must be 'conv' or 'mlp', got {self.kind!r}")
+        if self.latent_dim < 1 or not self.widths or min(self.widths) < 1:
+            raise ValueError(f"latent_dim and widths must be positive, got {self.latent_dim}, {self.widths}")
+        if self.kind == "conv":
+            if len(self.input_shape) != 3:
+                raise ValueError(f"a conv network needs input_shape (channels, height, width), got {self.input_shape}")
+            factor = 2 ** len(self.widths)
+            _, height, width = self.input_shape
+            if height % factor or width % factor:
+                raise ValueError(
+                    f"image size {height}x{width} must be divisible by {factor} "
+                    f"(2 ** number of conv stages, widths={self.widths})"
+                )
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        data["widths"] = list(self.widths)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkConfig":
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["input_shape"] = tuple(data["input_shape"])
+        data["widths"] = tuple(data["widths"])
+        return cls(**data)
+
+
+def _act() -> nn.Module:
+    return nn.SiLU()
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 conv stages, then a linear map to posterior mean and log-variance."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        channels, height, width = config.input_shape
+        layers: list[nn.Module] = []
+        previous = channels
+        for stage_width in config.widths:
+            layers += [nn.Conv2d(previous, stage_width, 4, stride=2, padding=1), _act()]
+            layers += [nn.Conv2d(stage_width, stage_width, 3, padding=1), _act()]
+            previous = stage_width
+        self.features = nn.Sequential(*layers)
+        factor = 2 ** len(config.widths)
+        self.head = nn.Linear(previous * (height // factor) * (width // factor), 2 * config.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.head(self.features(x).flatten(1)).chunk(2, dim=1)
+        return mean, logvar
+
+
+class _UpStage(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, condition_dim: int):
+        super().__init__()
+        self.condition_dim = condition_dim
+        self.up = nn.ConvTranspose2d(in_channels + condition_dim, out_channels, 4, stride=2, padding=1)
+        self.refine = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if self.condition_dim:
+            maps = condition[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+            h = torch.cat([h, maps.to(h.dtype)], dim=1)
+        h = F.silu(self.up(h))
+        return F.silu(self.refine(h))
+
+
+class ConvDecoder(nn.Module):
+    """Linear map of ``[latent, condition]`` to a feature map, then transposed-conv stages to pixels in [0, 1]."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        channels, height, width = config.input_shape
+        factor = 2 ** len(config.widths)
+        self.start_shape = (config.widths[-1], height // factor, width // factor)
+        self.stem = nn.Linear(config.latent_dim + config.condition_dim, int(torch.tensor(self.start_shape).prod()))
+        stage_condition = config.condition_dim if config.condition_every_layer else 0
+        reversed_widths = list(reversed(config.widths))
+        outputs = reversed_widths[1:] + [reversed_widths[-1]]
+        self.stages = nn.ModuleList(
+            _UpStage(w_in, w_out, stage_condition) for w_in, w_out in zip(reversed_widths, outputs)
+        )
+        self.to_pixels = nn.Conv2d(outputs[-1], channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.stem(torch.cat([z, condition], dim=1))).view(-1, *self.start_shape)
+        for stage in self.stages:
+            h = stage(h, condition)
+        return torch.sigmoid(self.to_pixels(h))
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(_act())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """MLP from a feature vector to posterior mean and log-variance."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.net = _mlp([config.input_shape[0], *config.widths, 2 * config.latent_dim])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.net(x).chunk(2, dim=1)
+        return mean, logvar
+
+
+class MLPDecoder(nn.Module):
+    """MLP from ``[latent, condition]`` to a feature vector (unbounded: features are standardised)."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.every_layer = config.condition_every_layer
+        extra = config.condition_dim if self.every_layer else 0
+        sizes = [config.latent_dim + config.condition_dim, *reversed(config.widths), config.input_shape[0]]
+        self.layers = nn.ModuleList(
+            nn.Linear(n_in + (extra if i > 0 else 0), n_out) for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]))
+        )
+
+    def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([z, condition], dim=1)
+        for i, layer in enumerate(self.layers):
+            if i > 0 and self.every_layer:
+                h = torch.cat([h, condition], dim=1)
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = F.silu(h)
+        return h
+
+
+class BAFONetwork(nn.Module):
+    """Encoder and attribute-conditioned decoder.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+    """
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.config = config
+        if config.kind == "conv":
+            self.encoder: nn.Module = ConvEncoder(config)
+            self.decoder: nn.Module = ConvDecoder(config)
+        else:
+            self.encoder = MLPEncoder(config)
+            self.decoder = MLPDecoder(config)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance (log-variance clamped for stability)."""
+        mean, logvar = self.encoder(x)
+        return mean, logvar.clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Reconstruct from a latent and an encoded attribute vector."""
+        return self.decoder(z, condition)
+
+    def forward(
+        self, x: torch.Tensor, condition: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode, sample with the reparameterisation trick, decode with ``condition``.
+
+        Returns
+        -------
+        reconstruction, mean, logvar : Tensor
+        """
+        mean, logvar = self.encode(x)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + noise * torch.exp(0.5 * logvar)
+        return self.decode(z, condition), mean, logvar
+
+
+def vae_loss_terms(
+    x: torch.Tensor, reconstruction: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-sample loss terms (summed over pixels/dimensions).
+
+    Returns
+    -------
+    dict
+        ``reconstruction``: squared error; ``kl_mean``: the KL term from the
+        posterior mean; ``kl_variance``: the KL term from the posterior variance
+        (the one the paper suggests penalising harder). Their sum with the
+        mean term is the usual Gaussian KL.
+    """
+    reconstruction_error = (reconstruction.float() - x.float()).pow(2).flatten(1).sum(1)
+    mean, logvar = mean.float(), logvar.float()
+    kl_mean = 0.5 * mean.pow(2).sum(1)
+    kl_variance = 0.5 * (logvar.exp() - logvar - 1.0).sum(1)
+    return {"reconstruction": reconstruction_error, "kl_mean": kl_mean, "kl_variance": kl_variance}

@@ -1,0 +1,5 @@
+"""scikit-learn estimators: the BAFO transformer and erasure steps."""
+
+from ._bafo import BAFOTransformer
+
+__all__ = ["BAFOTransformer"]

@@ -1,0 +1,484 @@
+"""BAFOTransformer: the blind autoencoder as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ..attributes import AttributeSchema
+from ..model import BAFONetwork, NetworkConfig, vae_loss_terms
+from ..training import Trainer, TrainingConfig, resolve_device
+from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
+
+DEFAULT_CONV_WIDTHS = (32, 64, 128)
+DEFAULT_MLP_WIDTHS = (128, 64)
+
+
+class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Encode images (or features) into latents meant to be blind to sensitive attributes.
+
+    A conditional VAE whose decoder receives the sensitive attributes next to
+    the latent (BAFO, "Blind Autoencoder for Fairness and Objectiveness"), so
+    the encoder has no need to store them. ``transform`` returns the posterior
+    mean; ``inverse_transform`` decodes a latent with any chosen attributes.
+    Conditioning alone does *not* make the latent blind: audit it with
+    :func:`bafo_pipeline.audits.audit_representations`, and raise
+    ``independence_weight`` or add :class:`LinearErasure` where it leaks.
+
+    Parameters
+    ----------
+    latent_dim : int, default=48
+        Size of the latent (the paper compares 48 and 100).
+    image_shape : tuple of int, optional
+        ``(height, width[, channels])``. Size image files are decoded to
+        (default 56x56), and the shape of flattened images when ``X`` is 2-D.
+        Leave unset for tabular ``X`` (features, embeddings).
+    widths : tuple of int, optional
+        Channels of the conv stages (images; default ``(32, 64, 128)``) or hidden
+        sizes of the MLP (tabular; default ``(128, 64)``).
+    condition_every_layer : bool, default=False
+        Feed the attributes to every decoder stage (Fader-network style).
+    epochs : int, default=20
+    batch_size : int, default=256
+    learning_rate : float, default=1e-3
+    kl_weight : float, default=1.0
+        Weight of the KL term of the ELBO.
+    variance_weight : float, default=1.0
+        Extra multiplier on the KL term's variance part (the paper's suggested
+        heavier penalty on the standard deviation).
+    independence_weight : float, default=0.0
+        Weight of an HSIC penalty that pushes the posterior means towards
+        statistical independence from each sensitive attribute.
+    attribute_kinds : dict of str to str, optional
+        Override the inferred kind (``"continuous"``, ``"binary"``,
+        ``"categorical"``) of sensitive columns.
+    validation_fraction : float, default=0.1
+        Share of the fit data held out for the per-epoch validation loss.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    random_state : int, optional
+        Seed for initialisation, shuffling and sampling.
+    verbose : int, default=0
+        ``> 0`` shows a progress bar over epochs.
+
+    Attributes
+    ----------
+    network_ : BAFONetwork
+        The fitted encoder and decoder (on the CPU between calls).
+    schema_ : AttributeSchema or None
+        The sensitive attributes the decoder is conditioned on; ``None`` when
+        fitted without ``sensitive_features`` (a plain VAE).
+    input_format_ : InputFormat
+    history_ : list of dict
+        Per-epoch training records.
+    n_features_in_ : int
+        Only for 2-D ``X``.
+
+    Examples
+    --------
+    >>> from bafo_pipeline import BAFOTransformer, make_synthetic_faces
+    >>> faces = make_synthetic_faces(256, random_state=0)
+    >>> bafo = BAFOTransformer(latent_dim=8, epochs=1, widths=(8, 16, 32), random_state=0)
+    >>> Z = bafo.fit_transform(faces.images, sensitive_features=faces.sensitive_features)
+    >>> Z.shape
+    (256, 8)
+    """
+
+    __metadata_request__fit = {"sensitive_features": True}
+    __metadata_request__score = {"sensitive_features": True}
+    __metadata_request__inverse_transform = {"sensitive_features": True}
+
+    _parameter_constraints: dict = {
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "image_shape": [tuple, list, None],
+        "widths": [tuple, list, None],
+        "condition_every_layer": ["boolean"],
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "kl_weight": [Interval(Real, 0, None, closed="left")],
+        "variance_weight": [Interval(Real, 0, None, closed="left")],
+        "independence_weight": [Interval(Real, 0, None, closed="left")],
+        "attribute_kinds": [dict, None],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        latent_dim: int = 48,
+        *,
+        image_shape: tuple[int, ...] | None = None,
+        widths: tuple[int, ...] | None = None,
+        condition_every_layer: bool = False,
+        epochs: int = 20,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        kl_weight: float = 1.0,
+        variance_weight: float = 1.0,
+        independence_weight: float = 0.0,
+        attribute_kinds: dict | None = None,
+        validation_fraction: float = 0.1,
+        device: str = "auto",
+        random_state: int | None = None,
+        verbose: int = 0,
+    ):
+        self.latent_dim = latent_dim
+        self.image_shape = image_shape
+        self.widths = widths
+        self.condition_every_layer = condition_every_layer
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.kl_weight = kl_weight
+        self.variance_weight = variance_weight
+        self.independence_weight = independence_weight
+        self.attribute_kinds = attribute_kinds
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, *, sensitive_features=None, checkpoint=None, resume: bool = False):
+        """Train the encoder and decoder.
+
+        Parameters
+        ----------
+        X : array-like or sequence of image paths
+            A 4-D image array (NHWC or NCHW, uint8 or float in [0, 1]), a 2-D
+            array (flattened images when ``image_shape`` is set, else tabular
+            features), or a 1-D sequence of image file paths.
+        y : None
+            Ignored; present for pipeline compatibility.
+        sensitive_features : DataFrame of shape (n_samples, n_attributes), optional
+            The attributes to conceal. Without them the model is a plain VAE
+            (a non-blind baseline) and a warning says so.
+        checkpoint : path, optional
+            Training state is written here atomically after every epoch.
+        resume : bool, default=False
+            Continue from ``checkpoint`` if it exists.
+
+        Returns
+        -------
+        self : BAFOTransformer
+        """
+        fmt = detect_format(X, self.image_shape)
+        inputs = self._fit_inputs(X, fmt)
+        n_samples = len(inputs)
+        if n_samples < 2:
+            raise ValueError(f"BAFOTransformer needs at least 2 samples to fit, got {n_samples}")
+        conditions, schema = self._fit_conditions(sensitive_features, n_samples)
+        seed = _seed_from(self.random_state)
+        torch.manual_seed(seed)
+        network = BAFONetwork(
+            NetworkConfig(
+                kind="conv" if fmt.is_image else "mlp",
+                input_shape=(fmt.shape[2], fmt.shape[0], fmt.shape[1]) if fmt.is_image else fmt.shape,
+                condition_dim=conditions.shape[1],
+                latent_dim=self.latent_dim,
+                widths=tuple(self.widths or (DEFAULT_CONV_WIDTHS if fmt.is_image else DEFAULT_MLP_WIDTHS)),
+                condition_every_layer=self.condition_every_layer,
+            )
+        )
+        config = TrainingConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            kl_weight=self.kl_weight,
+            variance_weight=self.variance_weight,
+            independence_weight=self.independence_weight,
+            validation_fraction=self.validation_fraction,
+            seed=seed,
+        )
+        device = resolve_device(self.device)
+        trainer = Trainer(network, config, device, _condition_slices(schema))
+        with _epoch_progress(self.verbose, self.epochs) as on_epoch_end:
+            self.history_ = trainer.fit(
+                torch.from_numpy(inputs),
+                torch.from_numpy(conditions),
+                checkpoint=checkpoint,
+                resume=resume,
+                on_epoch_end=on_epoch_end,
+            )
+        self.network_ = trainer.network.cpu().eval()
+        self.schema_ = schema
+        self.input_format_ = fmt
+        return self
+
+    def _fit_inputs(self, X, fmt: InputFormat) -> np.ndarray:
+        """All fit inputs in memory: uint8 NCHW images or standardised float32 features."""
+        if fmt.kind == "tabular":
+            X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
+            self.feature_mean_ = X.mean(axis=0)
+            self.feature_scale_ = X.std(axis=0)
+            self.feature_scale_[self.feature_scale_ == 0] = 1.0
+            return (X - self.feature_mean_) / self.feature_scale_
+        if fmt.kind == "flat_image":
+            validate_data(self, X, dtype=None, ensure_min_samples=2)
+        chunks = [images for _, images in image_batches_uint8(X, fmt, batch_size=1024)]
+        if not chunks:
+            raise ValueError("X holds no images")
+        return np.concatenate(chunks)
+
+    def _fit_conditions(self, sensitive_features, n_samples: int) -> tuple[np.ndarray, AttributeSchema | None]:
+        if sensitive_features is None:
+            warnings.warn(
+                "BAFOTransformer fitted without sensitive_features: this is a plain VAE and its latents "
+                "are not blind to anything. Pass sensitive_features= (with metadata routing in pipelines).",
+                UserWarning,
+                stacklevel=3,
+            )
+            return np.zeros((n_samples, 0), dtype=np.float32), None
+        frame = _as_frame(sensitive_features)
+        if len(frame) != n_samples:
+            raise ValueError(f"sensitive_features has {len(frame)} rows but X has {n_samples} samples")
+        schema = AttributeSchema.infer(frame, kinds=self.attribute_kinds)
+        return schema.encode(frame), schema
+
+    # ------------------------------------------------------------ transform
+    def transform(self, X, *, sample: bool = False) -> np.ndarray:
+        """Encode ``X`` to latents.
+
+        Parameters
+        ----------
+        X : array-like or sequence of image paths
+            In the form the estimator was fitted on.
+        sample : bool, default=False
+            Draw from the posterior instead of returning its mean (the mean is
+            deterministic and is what downstream models should use).
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, latent_dim), float32
+        """
+        check_is_fitted(self)
+        parts = [latents for _, latents in self.iter_transform(X, sample=sample)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.latent_dim), np.float32)
+
+    def iter_transform(self, X, *, batch_size: int = 1024, sample: bool = False):
+        """Encode in batches, yielding ``(row_indices, latents)``; memory stays bounded.
+
+        Used for exports of datasets larger than memory.
+        """
+        check_is_fitted(self)
+        fmt = self.input_format_
+        device = resolve_device(self.device)
+        network = self.network_.to(device)
+        generator = torch.Generator(device=device).manual_seed(_seed_from(self.random_state))
+        try:
+            for indices, batch in self._encode_batches(X, fmt, batch_size):
+                x = torch.from_numpy(batch).to(device)
+                x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+                with torch.inference_mode(), _autocast(device):
+                    mean, logvar = network.encode(x)
+                    if sample:
+                        noise = torch.randn(mean.shape, generator=generator, device=device)
+                        mean = mean + noise * torch.exp(0.5 * logvar)
+                yield indices, mean.float().cpu().numpy()
+        finally:
+            self.network_.cpu()
+
+    def _encode_batches(self, X, fmt: InputFormat, batch_size: int):
+        if fmt.kind == "tabular":
+            X = validate_data(self, X, dtype=np.float32, reset=False)
+            X = (X - self.feature_mean_) / self.feature_scale_
+            for start in range(0, len(X), batch_size):
+                yield np.arange(start, min(start + batch_size, len(X))), X[start : start + batch_size]
+            return
+        if fmt.kind == "flat_image":
+            validate_data(self, X, dtype=None, reset=False)
+        elif fmt.kind == "paths" and not _paths_like(X):
+            raise ValueError("this model was fitted on image paths; pass a sequence of image paths")
+        yield from image_batches_uint8(X, fmt, batch_size)
+
+    def inverse_transform(self, X, *, sensitive_features=None) -> np.ndarray:
+        """Decode latents into images (or features) with chosen attributes.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, latent_dim)
+            Latents, e.g. from :meth:`transform`.
+        sensitive_features : DataFrame or mapping
+            The attributes to decode with: one row per latent, or a mapping of
+            scalars applied to every row (``{"age": 40, "gender": "female"}``).
+            Fractions are allowed: ``gender=0.5`` for a neutral decode,
+            ``{"ethnicity": {"asian": 0.5, "white": 0.5}}`` for a mixture.
+            Required when the model was fitted with sensitive features.
+
+        Returns
+        -------
+        X_original : ndarray
+            In the fitted input form: images ``(n, H, W, C)`` (or NCHW, or
+            flattened) as uint8 or float in [0, 1]; tabular features in their
+            original units.
+        """
+        check_is_fitted(self)
+        Z = np.asarray(X, dtype=np.float32)
+        if Z.ndim != 2 or Z.shape[1] != self.latent_dim:
+            raise ValueError(f"expected latents of shape (n, {self.latent_dim}), got {Z.shape}")
+        conditions = self._conditions_for(sensitive_features, len(Z), allow_fractional=True)
+        with torch.inference_mode():
+            decoded = self.network_.decode(torch.from_numpy(Z), torch.from_numpy(conditions)).numpy()
+        if self.input_format_.is_image:
+            return from_unit_nchw(decoded, self.input_format_)
+        return decoded * self.feature_scale_ + self.feature_mean_
+
+    def _conditions_for(self, sensitive_features, n_samples: int, *, allow_fractional: bool) -> np.ndarray:
+        if self.schema_ is None:
+            if sensitive_features is not None:
+                raise ValueError("this model was fitted without sensitive features; do not pass any")
+            return np.zeros((n_samples, 0), dtype=np.float32)
+        if sensitive_features is None:
+            raise ValueError(
+                f"sensitive_features are required: this model's decoder is conditioned on {self.schema_.names}"
+            )
+        if isinstance(sensitive_features, Mapping) and all(np.isscalar(v) or isinstance(v, Mapping) for v in sensitive_features.values()):
+            sensitive_features = pd.DataFrame({k: [v] * n_samples for k, v in sensitive_features.items()})
+        frame = _as_frame(sensitive_features)
+        if len(frame) != n_samples:
+            raise ValueError(f"sensitive_features has {len(frame)} rows but there are {n_samples} samples")
+        return self.schema_.encode(frame, allow_fractional=allow_fractional)
+
+    # ---------------------------------------------------------------- score
+    def score(self, X, y=None, *, sensitive_features=None) -> float:
+        """Negative ELBO per sample (higher is better), for model selection without labels.
+
+        Parameters
+        ----------
+        X : array-like or sequence of image paths
+        y : None
+            Ignored.
+        sensitive_features : DataFrame, optional
+            Required when the model was fitted with sensitive features.
+        """
+        check_is_fitted(self)
+        total, count = 0.0, 0
+        for indices, batch in self._encode_batches(X, self.input_format_, 1024):
+            x = torch.from_numpy(batch)
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+            rows = _take_rows(sensitive_features, indices)
+            c = torch.from_numpy(self._conditions_for(rows, len(x), allow_fractional=False))
+            with torch.inference_mode():
+                mean, logvar = self.network_.encode(x)
+                terms = vae_loss_terms(x, self.network_.decode(mean, c), mean, logvar)
+            total += float((terms["reconstruction"] + terms["kl_mean"] + terms["kl_variance"]).sum())
+            count += len(x)
+        return -total / max(count, 1)
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.latent_dim
+
+    # ------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict:
+        # Store the network as CPU tensors so a model fitted on a GPU unpickles anywhere.
+        state = super().__getstate__()
+        network = state.pop("network_", None)
+        if network is not None:
+            state["_network_config"] = network.config.to_dict()
+            state["_network_state"] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        config = state.pop("_network_config", None)
+        weights = state.pop("_network_state", None)
+        super().__setstate__(state)
+        if config is not None:
+            network = BAFONetwork(NetworkConfig.from_dict(config))
+            network.load_state_dict(weights)
+            self.network_ = network.eval()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.non_deterministic = False
+        return tags
+
+
+def _as_frame(sensitive_features) -> pd.DataFrame:
+    if isinstance(sensitive_features, pd.DataFrame):
+        return sensitive_features.reset_index(drop=True)
+    if isinstance(sensitive_features, pd.Series):
+        return sensitive_features.reset_index(drop=True).to_frame()
+    if isinstance(sensitive_features, Mapping):
+        return pd.DataFrame(dict(sensitive_features))
+    array = np.asarray(sensitive_features)
+    if array.ndim == 1:
+        array = array[:, None]
+    return pd.DataFrame(array, columns=[f"sensitive_{i}" for i in range(array.shape[1])])
+
+
+def _take_rows(sensitive_features, indices: np.ndarray):
+    if sensitive_features is None:
+        return None
+    return _as_frame(sensitive_features).iloc[indices].reset_index(drop=True)
+
+
+def _paths_like(X) -> bool:
+    try:
+        return detect_format(X, None).kind == "paths"
+    except (TypeError, ValueError):
+        return False
+
+
+def _condition_slices(schema: AttributeSchema | None) -> list[tuple[int, int]]:
+    if schema is None:
+        return []
+    slices, start = [], 0
+    for attribute in schema.attributes:
+        slices.append((start, start + attribute.width))
+        start += attribute.width
+    return slices
+
+
+def _seed_from(random_state) -> int:
+    if random_state is None:
+        return int(np.random.default_rng().integers(2**31 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31 - 1))
+    return int(random_state)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+class _epoch_progress:
+    """A tqdm bar over epochs when verbose, else a no-op callback."""
+
+    def __init__(self, verbose: int, epochs: int):
+        self.bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=epochs, desc="training", unit="epoch")
+
+    def __enter__(self):
+        if self.bar is None:
+            return None
+
+        def on_epoch_end(record: dict) -> None:
+            self.bar.update(1)
+            self.bar.set_postfix(
+                loss=f"{record.get('loss', float('nan')):.1f}",
+                val=f"{record.get('validation_loss', float('nan')):.1f}",
+                img_s=f"{record['images_per_second']:.0f}",
+            )
+
+        return on_epoch_end
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -125,6 +125,14 @@ class Attribute:
             raise ValueError(f"{where}: mixture weights sum to zero")
         return mixture / mixture.sum()
 
+    def neutral(self) -> Any:
+        """A decode-time value that favours no group: the mean age, gender 0.5, an even mix of categories."""
+        if self.kind == "continuous":
+            return self.center
+        if self.kind == "binary":
+            return 0.5
+        return {category: 1.0 for category in self.categories}
+
     def to_dict(self) -> dict:
         """JSON-ready description."""
         data: dict[str, Any] = {"name": self.name, "kind": self.kind}

@@ -90,7 +90,6 @@ class ConvEncoder(nn.Module):
         previous = channels
         for stage_width in config.widths:
             layers += [nn.Conv2d(previous, stage_width, 4, stride=2, padding=1), _act()]
-            layers += [nn.Conv2d(stage_width, stage_width, 3, padding=1), _act()]
             previous = stage_width
         self.features = nn.Sequential(*layers)
         factor = 2 ** len(config.widths)
@@ -101,23 +100,12 @@ class ConvEncoder(nn.Module):
         return mean, logvar
 
 
-class _UpStage(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, condition_dim: int):
-        super().__init__()
-        self.condition_dim = condition_dim
-        self.up = nn.ConvTranspose2d(in_channels + condition_dim, out_channels, 4, stride=2, padding=1)
-        self.refine = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-
-    def forward(self, h: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        if self.condition_dim:
-            maps = condition[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
-            h = torch.cat([h, maps.to(h.dtype)], dim=1)
-        h = F.silu(self.up(h))
-        return F.silu(self.refine(h))
-
-
 class ConvDecoder(nn.Module):
-    """Linear map of ``[latent, condition]`` to a feature map, then transposed-conv stages to pixels in [0, 1]."""
+    """Linear map of ``[latent, condition]`` to a feature map, then stride-2 transposed convs to pixels in [0, 1].
+
+    With ``condition_every_layer`` the condition is also tiled over the feature
+    map entering every transposed conv.
+    """
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
@@ -125,19 +113,24 @@ class ConvDecoder(nn.Module):
         factor = 2 ** len(config.widths)
         self.start_shape = (config.widths[-1], height // factor, width // factor)
         self.stem = nn.Linear(config.latent_dim + config.condition_dim, int(torch.tensor(self.start_shape).prod()))
-        stage_condition = config.condition_dim if config.condition_every_layer else 0
-        reversed_widths = list(reversed(config.widths))
-        outputs = reversed_widths[1:] + [reversed_widths[-1]]
+        self.stage_condition = config.condition_dim if config.condition_every_layer else 0
+        inputs = list(reversed(config.widths))
+        outputs = inputs[1:] + [channels]
         self.stages = nn.ModuleList(
-            _UpStage(w_in, w_out, stage_condition) for w_in, w_out in zip(reversed_widths, outputs)
+            nn.ConvTranspose2d(w_in + self.stage_condition, w_out, 4, stride=2, padding=1)
+            for w_in, w_out in zip(inputs, outputs)
         )
-        self.to_pixels = nn.Conv2d(outputs[-1], channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         h = F.silu(self.stem(torch.cat([z, condition], dim=1))).view(-1, *self.start_shape)
-        for stage in self.stages:
-            h = stage(h, condition)
-        return torch.sigmoid(self.to_pixels(h))
+        for i, stage in enumerate(self.stages):
+            if self.stage_condition:
+                maps = condition[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3]).to(h.dtype)
+                h = torch.cat([h, maps], dim=1)
+            h = stage(h)
+            if i < len(self.stages) - 1:
+                h = F.silu(h)
+        return torch.sigmoid(h)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .io._atomic import atomic_write_path
 from .independence import independence_penalty
 from .model import BAFONetwork, vae_loss_terms
 
@@ -63,15 +64,6 @@ def _to_model_input(batch: torch.Tensor) -> torch.Tensor:
     if batch.dtype == torch.uint8:
         return (batch.float() / 255.0).contiguous(memory_format=torch.channels_last)
     return batch
-
-
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class Trainer:
@@ -220,7 +212,8 @@ class Trainer:
         return total / max(len(inputs), 1)
 
     def _save_checkpoint(self, path: Path) -> None:
-        _atomic_torch_save(
+        with atomic_write_path(path, overwrite=True) as tmp:
+            torch.save(
             {
                 "network": self.network.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -229,7 +222,7 @@ class Trainer:
                 "history": self.history,
                 "config": asdict(self.config),
             },
-            path,
+            tmp,
         )
 
     def _load_checkpoint(self, path: Path) -> None:

@@ -297,10 +297,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             for start in range(0, len(X), batch_size):
                 yield np.arange(start, min(start + batch_size, len(X))), X[start : start + batch_size]
             return
-        if fmt.kind == "flat_image":
+        if fmt.kind == "flat_image" and not _paths_like(X):
             validate_data(self, X, dtype=None, reset=False)
-        elif fmt.kind == "paths" and not _paths_like(X):
-            raise ValueError("this model was fitted on image paths; pass a sequence of image paths")
         yield from image_batches_uint8(X, fmt, batch_size)
 
     def inverse_transform(self, X, *, sensitive_features=None) -> np.ndarray:

@@ -88,16 +88,19 @@ def detect_format(X, image_shape: tuple[int, ...] | None) -> InputFormat:
 def image_batches_uint8(X, fmt: InputFormat, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(row_indices, images)`` with images as uint8 ``(n, C, H, W)``.
 
-    Image files are decoded in streaming batches, so ``X`` may be larger than
+    ``X`` is an array in the fitted form or, for any image model, a sequence
+    of image paths decoded to the fitted size. Image files are decoded in streaming batches, so ``X`` may be larger than
     memory; unreadable files raise (the estimator has no way to skip a row and
     keep the output aligned with ``X``).
     """
     height, width, channels = fmt.shape
-    if fmt.kind == "paths":
+    if _is_path_sequence(X):
+        if channels != 3:
+            raise ValueError(f"image files decode to RGB, but this model expects {channels} channel(s)")
         from ..data.images import iter_decoded_batches
 
-        for indices, images, errors in iter_decoded_batches(list(X), batch_size=batch_size, size=(height, width), strict=True):
-            yield np.asarray(indices), images.transpose(0, 3, 1, 2)
+        for indices, images, _ in iter_decoded_batches(X, batch_size=batch_size, size=(height, width), strict=True):
+            yield indices, np.ascontiguousarray(images.transpose(0, 3, 1, 2))
         return
     array = np.asarray(X)
     for start in range(0, len(array), batch_size):

@@ -1,0 +1,316 @@
+"""The ``bafo`` command line: train, encode, audit, decode, grid, and ``run`` (the whole job)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _data_options(function):
+    """Options shared by every command that reads a dataset."""
+    options = [
+        click.option("--utkface", type=click.Path(exists=True, file_okay=False), help="A UTKFace folder (labels in file names)."),
+        click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="A CSV/Parquet table: image path + attribute columns."),
+        click.option("--image-column", default="path", show_default=True, help="Manifest column holding image paths."),
+        click.option("--sensitive", default="age,gender,ethnicity", show_default=True, help="Comma-separated sensitive columns of the manifest."),
+        click.option("--synthetic-samples", default=3000, show_default=True, help="Number of synthetic faces (default data)."),
+        click.option("--limit", type=int, help="Use at most this many images (quick runs)."),
+        click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size=56, seed=0):
+    from .data.sources import load_source
+
+    dataset = load_source(
+        utkface=utkface, manifest=manifest, synthetic_samples=synthetic_samples, image_size=image_size,
+        image_column=image_column, sensitive=tuple(s.strip() for s in sensitive.split(",") if s.strip()),
+        limit=limit, strict=strict, seed=seed,
+    )
+    click.echo(f"data: {dataset.report.summary()}", err=True)
+    return dataset
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bafo-pipeline")
+def main() -> None:
+    """bafo: latents that conceal gender, age and ethnicity, exported and audited.
+
+    \b
+    Typical use:
+      bafo run --out runs/demo                      # the whole job on synthetic faces
+      bafo train --utkface DIR --out models/bafo     # train on real faces
+      bafo encode --model models/bafo --utkface DIR --out latents.parquet
+      bafo audit --latents latents.parquet --out report/
+      bafo decode --model models/bafo face.jpg --age 40 --gender female --out decoded/
+    """
+
+
+# ---------------------------------------------------------------------------- train
+@main.command()
+@_data_options
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@click.option("--latent-dim", default=48, show_default=True, help="Latent size (the paper compares 48 and 100).")
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--learning-rate", default=1e-3, show_default=True)
+@click.option("--kl-weight", default=1.0, show_default=True, help="Weight of the KL term.")
+@click.option("--variance-weight", default=1.0, show_default=True, help="Extra weight on the KL variance term.")
+@click.option("--independence-weight", default=0.0, show_default=True, help="HSIC penalty pushing latents to independence from the sensitive attributes.")
+@click.option("--condition-every-layer", is_flag=True, help="Feed the attributes to every decoder layer.")
+@click.option("--image-size", default=56, show_default=True)
+@click.option("--test-fraction", default=0.15, show_default=True, help="Held out by content hash; never trained on.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Write a training checkpoint here after every epoch.")
+@click.option("--resume", is_flag=True, help="Continue from --checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, latent_dim, epochs,
+          batch_size, learning_rate, kl_weight, variance_weight, independence_weight, condition_every_layer,
+          image_size, test_fraction, device, seed, checkpoint, resume, overwrite):
+    """Train a BAFO model on the training split and save it.
+
+    The split is by content hash (duplicates never straddle it), so `bafo encode
+    --split test` later finds exactly the images the model never saw.
+    """
+    from .io.model_io import save_model
+    from .transformers import BAFOTransformer
+
+    if Path(out_dir).exists() and not overwrite:
+        raise click.UsageError(f"{out_dir} exists; pass --overwrite to replace it")
+    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size, seed)
+    train_set, _ = dataset.split(test_fraction=test_fraction, seed=seed)
+    click.echo(f"training on {len(train_set)} images (held out: {len(dataset) - len(train_set)})", err=True)
+    estimator = BAFOTransformer(
+        latent_dim=latent_dim, image_shape=(image_size, image_size), epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, kl_weight=kl_weight, variance_weight=variance_weight,
+        independence_weight=independence_weight, condition_every_layer=condition_every_layer,
+        device=device, random_state=seed, verbose=1,
+    )
+    estimator.fit(train_set.images, sensitive_features=train_set.sensitive_features, checkpoint=checkpoint, resume=resume)
+    data = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic", "synthetic_samples": synthetic_samples}
+    save_model(estimator, out_dir, overwrite=overwrite, metadata={"split": {"test_fraction": test_fraction, "seed": seed}, "data": data})
+    last = estimator.history_[-1] if estimator.history_ else {}
+    click.echo(f"saved {out_dir} (validation loss {last.get('validation_loss', float('nan')):.1f})")
+
+
+# --------------------------------------------------------------------------- encode
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@_data_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
+@click.option("--split", "which", type=click.Choice(["all", "train", "test"]), default="all", show_default=True,
+              help="Rows to encode, by the model's own content-hash split.")
+@click.option("--include-split", is_flag=True, help="Add a 'split' column (train/test).")
+@click.option("--include-labels", is_flag=True, help="Store the attribute columns too (for audit datasets only).")
+@click.option("--id-column", help="A non-sensitive manifest column to use as id (default: row numbers).")
+@click.option("--batch-size", default=512, show_default=True)
+@click.option("--overwrite", is_flag=True)
+def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out, which,
+           include_split, include_labels, id_column, batch_size, overwrite):
+    """Encode images to concealed latents and stream them to a Parquet file.
+
+    By default the file holds only ids and latents: no labels, no file names
+    (UTKFace names spell out age, gender and ethnicity). Unreadable images are
+    skipped and listed by row (or stop the run with --strict); the file appears
+    only when complete.
+    """
+    from tqdm.auto import tqdm
+
+    from .data.dataset import FaceDataset
+    from .data.splits import hash_split
+    from .io.export import export_latents
+    from .io.model_io import load_model, model_fingerprint, read_model_config
+
+    if Path(out).exists() and not overwrite:
+        raise click.UsageError(f"{out} exists; pass --overwrite to replace it")
+    estimator = load_model(model_dir)
+    config = read_model_config(model_dir)
+    split_info = config.get("metadata", {}).get("split")
+    if (which != "all" or include_split) and split_info is None:
+        raise click.UsageError("this model records no train/test split; use --split all without --include-split")
+    source = _scan_or_load(utkface, manifest, image_column, sensitive, config, synthetic_samples, limit, strict)
+    in_memory = isinstance(source, FaceDataset)
+    names = None
+    if split_info is not None:
+        hashes = source.content_hash if in_memory else source["content_hash"].to_numpy()
+        is_test = hash_split(hashes, test_fraction=split_info["test_fraction"], seed=split_info["seed"])
+        names = np.where(is_test, "test", "train")
+        if which != "all":
+            keep = names == which
+            source = source.subset(keep) if in_memory else source[keep].reset_index(drop=True)
+            names = names[keep]
+    with tqdm(total=len(source), desc="encoding", unit="img") as bar:
+        report = export_latents(
+            estimator, source, out, include_labels=include_labels, split=names if include_split else None,
+            id_column=id_column, metadata={"model_fingerprint": model_fingerprint(model_dir)},
+            batch_size=batch_size, strict=strict, overwrite=overwrite, progress=bar.update,
+        )
+    for row, reason in report.skipped:
+        click.echo(f"skipped row {row}: {reason}", err=True)
+    click.echo(f"wrote {report.n_written} latents to {out} ({len(report.skipped)} skipped)")
+
+
+def _scan_or_load(utkface, manifest, image_column, sensitive, config, synthetic_samples, limit, strict):
+    """File sources are only scanned (decoded later, in streaming batches); synthetic faces are drawn."""
+    if utkface is not None:
+        from .data.utkface import scan_utkface
+
+        table, report = scan_utkface(utkface, strict=strict)
+    elif manifest is not None:
+        from .data.manifest import scan_manifest
+
+        columns = tuple(s.strip() for s in sensitive.split(",") if s.strip())
+        table, report = scan_manifest(manifest, image_column=image_column, sensitive=columns, strict=strict)
+    else:
+        data = config.get("metadata", {}).get("data", {})
+        seed = config.get("metadata", {}).get("split", {}).get("seed", 0)
+        n = data.get("synthetic_samples", synthetic_samples) if data.get("source") == "synthetic" else synthetic_samples
+        return _load(None, None, image_column, sensitive, n, limit, strict, config["input_format"]["shape"][0], seed)
+    click.echo(f"data: {report.summary()}", err=True)
+    return table if limit is None else table.iloc[:limit].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------- decode, grid
+def _parse_attribute_values(schema, given: dict[str, str | None]) -> dict:
+    """CLI strings → values the schema accepts; unspecified attributes get a neutral value."""
+    values = {}
+    for attribute in schema.attributes:
+        raw = given.get(attribute.name)
+        if raw is None:
+            values[attribute.name] = attribute.neutral()
+        elif attribute.kind == "continuous":
+            values[attribute.name] = float(raw)
+        elif attribute.kind == "categorical" and ":" in raw:
+            values[attribute.name] = {k.strip(): float(w) for k, w in (part.split(":") for part in raw.split(","))}
+        else:
+            values[attribute.name] = _category_or_fraction(attribute, raw)
+    return values
+
+
+def _category_or_fraction(attribute, raw: str):
+    for category in attribute.categories:
+        if str(category) == raw:
+            return category
+    try:
+        return float(raw)
+    except ValueError:
+        raise click.BadParameter(f"{attribute.name}: {raw!r} is not one of {list(attribute.categories)}") from None
+
+
+def _list_images(inputs: tuple[str, ...]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(path)
+    if not paths:
+        raise click.UsageError("no images found in the given inputs")
+    return paths
+
+
+def _encode_files(estimator, paths: list[Path]) -> np.ndarray:
+    from .data.images import decode_images
+
+    height, width = estimator.input_format_.shape[:2]
+    images, kept, errors = decode_images([str(p) for p in paths], size=(height, width))
+    for _, reason in errors:
+        click.echo(f"skipped an input: {reason}", err=True)
+    if not len(kept):
+        raise click.ClickException("none of the inputs could be read")
+    return estimator.transform(images)
+
+
+def _attribute_options(function):
+    for name, text in (
+        ("ethnicity", "Ethnicity category, or a mixture like 'asian:0.5,white:0.5'."),
+        ("gender", "Gender category (e.g. female), or a fraction in [0, 1] (0.5 = neutral)."),
+        ("age", "Age in years."),
+    ):
+        function = click.option(f"--{name}", help=text)(function)
+    return click.option("--set", "extra", multiple=True, metavar="NAME=VALUE", help="Any other attribute of the model.")(function)
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@_attribute_options
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for decoded PNGs.")
+def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir):
+    """Re-draw faces with chosen attributes, e.g. --age 40 --gender female.
+
+    INPUTS are image files or folders. Attributes left out are decoded as
+    neutral (mean age, gender 0.5, an even mix of ethnicities). Outputs are
+    numbered decoded_0000.png, ... in input order (sorted within folders);
+    input names are not reused, since names like UTKFace's spell out labels.
+    """
+    from PIL import Image
+
+    from .io.model_io import load_model
+
+    estimator = load_model(model_dir)
+    if estimator.schema_ is None:
+        raise click.UsageError("this model was trained without sensitive attributes; there is nothing to set")
+    given = {"age": age, "gender": gender, "ethnicity": ethnicity}
+    given.update(dict(item.split("=", 1) for item in extra))
+    values = _parse_attribute_values(estimator.schema_, given)
+    Z = _encode_files(estimator, _list_images(inputs))
+    images = estimator.inverse_transform(Z, sensitive_features=values)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(_as_uint8_nhwc(images)):
+        Image.fromarray(image).save(out / f"decoded_{i:04d}.png")
+    click.echo(f"wrote {len(images)} images to {out}")
+
+
+def _as_uint8_nhwc(images: np.ndarray) -> np.ndarray:
+    if images.dtype != np.uint8:
+        images = np.rint(np.clip(images, 0, 1) * 255).astype(np.uint8)
+    return images
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--style", type=click.Choice(["ages", "attributes"]), default="ages", show_default=True,
+              help="ages: each input across --ages x both genders; attributes: inputs vs decodes as each gender at --age.")
+@click.option("--ages", default="1,20,40,60,80", show_default=True)
+@click.option("--age", "fixed_age", default=40.0, show_default=True, help="Age for --style attributes.")
+@click.option("--max-inputs", default=7, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+def grid(model_dir, inputs, style, ages, fixed_age, max_inputs, out):
+    """The paper's figures: a face across ages and genders, or inputs vs. their decodes."""
+    from .figures import age_gender_grid, attribute_rows_grid, save_grid_png
+    from .io.model_io import load_model
+
+    estimator = load_model(model_dir)
+    paths = _list_images(inputs)[:max_inputs]
+    from .data.images import decode_images
+
+    height, width = estimator.input_format_.shape[:2]
+    images, _, _ = decode_images([str(p) for p in paths], size=(height, width))
+    if style == "ages":
+        panel = age_gender_grid(estimator, images, [float(a) for a in ages.split(",")])
+    else:
+        panel = attribute_rows_grid(estimator, images, age=fixed_age)
+    save_grid_png(panel, out)
+    click.echo(f"wrote {out}")
+
+
+def run_cli() -> None:  # pragma: no cover - console entry for python -m
+    main(prog_name="bafo")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_cli())

@@ -1,0 +1,63 @@
+"""One entry point for the data sources the CLI and benchmarks offer: synthetic, UTKFace, manifest."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .dataset import FaceDataset
+
+
+def load_source(
+    *,
+    utkface: str | os.PathLike | None = None,
+    manifest: str | os.PathLike | None = None,
+    synthetic_samples: int = 3000,
+    image_size: int = 56,
+    image_column: str = "path",
+    sensitive: Sequence[str] = ("age", "gender", "ethnicity"),
+    limit: int | None = None,
+    strict: bool = False,
+    seed: int = 0,
+    progress: Callable[[int], Any] | Any | None = None,
+) -> FaceDataset:
+    """Load a UTKFace folder, a manifest, or (neither given) synthetic faces.
+
+    Parameters
+    ----------
+    utkface : path, optional
+        A UTKFace folder (labels in the file names).
+    manifest : path, optional
+        A CSV or Parquet table with an image-path column and attribute columns.
+    synthetic_samples : int, default=3000
+        Number of synthetic faces when no folder or manifest is given.
+    image_size : int, default=56
+    image_column, sensitive :
+        Manifest columns: the image path and the sensitive attributes.
+    limit : int, optional
+        Load at most this many images (a deterministic subset).
+    strict : bool, default=False
+        Stop at the first unreadable image instead of skipping it.
+    seed : int, default=0
+        Seed of the synthetic faces.
+    progress : callable or tqdm-like, optional
+        Decoding progress.
+    """
+    if utkface is not None and manifest is not None:
+        raise ValueError("give either a UTKFace folder or a manifest, not both")
+    if utkface is not None:
+        from .utkface import load_utkface
+
+        return load_utkface(utkface, image_size=image_size, strict=strict, limit=limit, progress=progress)
+    if manifest is not None:
+        from .manifest import load_manifest
+
+        return load_manifest(
+            manifest, image_size=image_size, image_column=image_column, sensitive=tuple(sensitive),
+            strict=strict, limit=limit, progress=progress,
+        )
+    from .synthetic import make_synthetic_faces
+
+    n_samples = synthetic_samples if limit is None else min(limit, synthetic_samples)
+    return make_synthetic_faces(n_samples, image_size, random_state=seed)

@@ -1,0 +1,175 @@
+"""Encode a dataset and stream its latents to Parquet, skipping and reporting unreadable images."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..data.dataset import FaceDataset
+from .parquet import LatentParquetWriter
+
+PRIVATE_COLUMNS = ("path", "content_hash")
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and skipped.
+
+    Attributes
+    ----------
+    n_written : int
+    skipped : list of (int, str)
+        ``(row, reason)`` for each unreadable image; the row is its position in
+        the source table, and file names are redacted from the reason.
+    metadata : dict
+        The ``bafo`` metadata stored in the file.
+    """
+
+    n_written: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+
+def source_fingerprint(content_hashes: Sequence[str]) -> str:
+    """SHA-256 over the sorted content hashes: identifies the exact set of source images."""
+    digest = hashlib.sha256()
+    for value in sorted(content_hashes):
+        digest.update(str(value).encode())
+    return digest.hexdigest()
+
+
+def export_latents(
+    estimator,
+    source: FaceDataset | pd.DataFrame,
+    out: str | os.PathLike,
+    *,
+    include_labels: bool = False,
+    split: Sequence[str] | None = None,
+    id_column: str | None = None,
+    metadata: dict | None = None,
+    batch_size: int = 512,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int], Any] | None = None,
+) -> ExportReport:
+    """Encode every image of ``source`` and write the latents to a Parquet file.
+
+    Parameters
+    ----------
+    estimator : BAFOTransformer
+        Fitted on images.
+    source : FaceDataset or DataFrame
+        Images in memory, or a table with a ``path`` column (from
+        :func:`~bafo_pipeline.data.scan_utkface` or
+        :func:`~bafo_pipeline.data.scan_manifest`) whose files are decoded in
+        streaming batches, so memory stays bounded.
+    out : path
+        The Parquet file; it appears only once complete.
+    include_labels : bool, default=False
+        Store the attribute columns (sensitive ones included) for audits.
+        Off by default: a shared latent file should carry no sensitive value.
+    split : sequence of str, optional
+        One split name per source row, stored as a ``split`` column.
+    id_column : str, optional
+        A non-sensitive attribute column to use as ``id``; default row numbers.
+    metadata : dict, optional
+        Extra provenance (e.g. ``model_fingerprint``).
+    batch_size : int, default=512
+    strict : bool, default=False
+        Stop at the first unreadable image (no file is written) instead of
+        skipping it.
+    overwrite : bool, default=False
+    progress : callable, optional
+        Called with the number of source rows processed in each batch.
+    """
+    attributes = source.attributes if isinstance(source, FaceDataset) else source
+    label_frame = attributes.drop(columns=[c for c in PRIVATE_COLUMNS if c in attributes.columns])
+    sensitive = set(source.sensitive) if isinstance(source, FaceDataset) else set()
+    if id_column is not None:
+        if id_column not in label_frame.columns:
+            raise ValueError(f"id column {id_column!r} not found; available: {list(label_frame.columns)}")
+        if id_column in sensitive or (estimator.schema_ is not None and id_column in estimator.schema_.names):
+            raise ValueError(f"id column {id_column!r} is a sensitive attribute; ids must not reveal one")
+        ids = label_frame[id_column].to_numpy()
+    else:
+        ids = np.arange(len(label_frame), dtype=np.int64)
+    hashes = source.content_hash if isinstance(source, FaceDataset) else attributes.get("content_hash")
+    provenance = {
+        "model_fingerprint": None,
+        "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
+        "source_fingerprint": None if hashes is None else source_fingerprint(hashes),
+        "source_rows": len(label_frame),
+        **(metadata or {}),
+    }
+    split = None if split is None else np.asarray(split, dtype=object)
+    label_schema = {c: _arrow_type(label_frame[c]) for c in label_frame.columns} if include_labels else None
+    report = ExportReport()
+    writer = LatentParquetWriter(
+        out, estimator.latent_dim, metadata=provenance, id_type="int64" if ids.dtype.kind in "iu" else "string",
+        label_schema=label_schema, include_split=split is not None, overwrite=overwrite,
+    )
+    with writer:
+        for rows, images, errors in _image_batches(source, batch_size, estimator.input_format_.shape[:2], strict):
+            for row, reason in errors:
+                report.skipped.append((row, _redact(reason)))
+            if len(rows):
+                latents = estimator.transform(images)
+                writer.write_batch(
+                    ids[rows], latents,
+                    labels=label_frame.iloc[rows].reset_index(drop=True) if include_labels else None,
+                    split=None if split is None else split[rows],
+                )
+                report.n_written += len(rows)
+            if progress is not None:
+                progress(len(rows) + len(errors))
+    report.metadata = writer.metadata
+    return report
+
+
+def _image_batches(
+    source: FaceDataset | pd.DataFrame, batch_size: int, size: tuple[int, int], strict: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]]:
+    """``(source_rows, images NHWC uint8, [(row, reason), ...])`` per batch."""
+    if isinstance(source, FaceDataset):
+        for start in range(0, len(source), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(source)))
+            yield rows, source.images[rows], []
+        return
+    if "path" not in source.columns:
+        raise ValueError(f"a source table needs a 'path' column; got {list(source.columns)}")
+    from ..data.images import iter_decoded_batches
+
+    paths = source["path"].astype(str).tolist()
+    offset = 0
+    for indices, images, errors in iter_decoded_batches(paths, batch_size=batch_size, size=size, strict=strict):
+        failed_rows = _rows_of_errors(paths, offset, batch_size, indices, errors)
+        offset += batch_size
+        yield np.asarray(indices, dtype=np.int64), images, failed_rows
+
+
+def _rows_of_errors(paths, offset, batch_size, indices, errors) -> list[tuple[int, str]]:
+    batch_rows = range(offset, min(offset + batch_size, len(paths)))
+    missing = sorted(set(batch_rows) - set(int(i) for i in indices))
+    return [(row, reason) for row, (_, reason) in zip(missing, errors)]
+
+
+def _redact(reason: str) -> str:
+    """Strip file names from a decode error: UTKFace names spell out the labels."""
+    return re.sub(r"[^\s:'\"]+\.(jpe?g|png|bmp|gif|tiff?|webp|chip)\b[^\s:'\"]*", "<file>", reason, flags=re.IGNORECASE)
+
+
+def _arrow_type(column: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(column):
+        return "bool"
+    if pd.api.types.is_integer_dtype(column):
+        return "int64"
+    if pd.api.types.is_float_dtype(column):
+        return "float64"
+    return "string"

@@ -1,0 +1,181 @@
+"""Saving and loading a fitted BAFOTransformer as a directory: ``config.json`` + ``model.safetensors``.
+
+safetensors holds only tensors, so loading a model file never executes code;
+the JSON config holds the estimator's parameters, the network shape, the
+attribute schema and the package version. A model fitted on a GPU loads on
+the CPU (tensors are saved from the CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .._version import package_version
+from ..attributes import AttributeSchema
+from ..model import BAFONetwork, NetworkConfig
+from ..transformers import BAFOTransformer
+from ..transformers._inputs import InputFormat
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "bafo-model"
+FORMAT_VERSION = 1
+
+
+def save_model(
+    estimator: BAFOTransformer, path: str | os.PathLike, *, overwrite: bool = False, metadata: dict | None = None
+) -> Path:
+    """Write a fitted estimator to the directory ``path``, atomically.
+
+    Parameters
+    ----------
+    estimator : BAFOTransformer
+        Fitted.
+    path : str or path-like
+        Directory to create. The files are written into a temporary sibling
+        directory that is renamed into place only when complete.
+    overwrite : bool, default=False
+        Replace an existing model directory.
+    metadata : dict, optional
+        JSON-ready facts to keep beside the model (e.g. how the data was split);
+        read them back with :func:`read_model_config`.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(estimator)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in estimator.network_.state_dict().items()}
+    if not estimator.input_format_.is_image:
+        tensors["feature_mean"] = torch.from_numpy(np.asarray(estimator.feature_mean_, np.float32))
+        tensors["feature_scale"] = torch.from_numpy(np.asarray(estimator.feature_scale_, np.float32))
+    params = estimator.get_params()
+    params["device"] = str(params["device"])
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "package_version": package_version(),
+        "params": params,
+        "network": estimator.network_.config.to_dict(),
+        "schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
+        "input_format": {
+            "kind": estimator.input_format_.kind,
+            "shape": list(estimator.input_format_.shape),
+            "dtype": estimator.input_format_.dtype,
+        },
+        "n_features_in": getattr(estimator, "n_features_in_", None),
+        "history": estimator.history_,
+        "metadata": metadata or {},
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        save_file(tensors, staging / WEIGHTS_NAME)
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=_json_default))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTransformer:
+    """Load a model directory written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path : str or path-like
+    device : str, optional
+        Override the stored ``device`` parameter (e.g. ``"cpu"``).
+
+    Returns
+    -------
+    BAFOTransformer
+        Fitted, with its network on the CPU.
+    """
+    config = read_model_config(path)
+    params = dict(config["params"])
+    for key in ("image_shape", "widths"):
+        if params.get(key) is not None:
+            params[key] = tuple(params[key])
+    if device is not None:
+        params["device"] = device
+    estimator = BAFOTransformer(**params)
+    tensors = load_file(Path(path) / WEIGHTS_NAME, device="cpu")
+    network = BAFONetwork(NetworkConfig.from_dict(config["network"]))
+    network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
+    estimator.network_ = network.eval()
+    estimator.schema_ = None if config["schema"] is None else AttributeSchema.from_dict(config["schema"])
+    fmt = config["input_format"]
+    estimator.input_format_ = InputFormat(fmt["kind"], tuple(fmt["shape"]), fmt["dtype"])
+    estimator.history_ = config.get("history", [])
+    if config.get("n_features_in") is not None:
+        estimator.n_features_in_ = int(config["n_features_in"])
+    if "feature_mean" in tensors:
+        estimator.feature_mean_ = tensors["feature_mean"].numpy()
+        estimator.feature_scale_ = tensors["feature_scale"].numpy()
+    return estimator
+
+
+def read_model_config(path: str | os.PathLike) -> dict:
+    """The ``config.json`` of a model directory, checked for format and version.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` lacks the config or the weights file.
+    ValueError
+        When the config is not valid JSON or not a supported bafo model format.
+    """
+    path = Path(path)
+    config_path = path / CONFIG_NAME
+    for required in (config_path, path / WEIGHTS_NAME):
+        if not required.is_file():
+            raise FileNotFoundError(f"{path} is not a bafo model directory: {required.name} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from None
+    if config.get("format") != FORMAT_NAME or config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path}: not a bafo model of a supported format "
+            f"(format={config.get('format')!r}, version={config.get('format_version')!r})"
+        )
+    return config
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 of a saved model's weights file: identifies the exact model in exports."""
+    digest = hashlib.sha256()
+    with open(Path(path) / WEIGHTS_NAME, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a model config")

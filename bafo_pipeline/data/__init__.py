@@ -1,0 +1,28 @@
+"""Data: loaders (UTKFace folder, CSV/Parquet manifest), image decoding, content-hash splits, synthetic faces."""
+
+from .dataset import FaceDataset, LoadReport
+from .images import ImageDecodeError, decode_image, decode_images, iter_decoded_batches
+from .manifest import load_manifest, scan_manifest
+from .sources import load_source
+from .splits import hash_split
+from .synthetic import SYNTHETIC_NON_SENSITIVE, SYNTHETIC_SENSITIVE, make_synthetic_faces
+from .utkface import load_utkface, parse_utkface_name, scan_utkface
+
+__all__ = [
+    "FaceDataset",
+    "ImageDecodeError",
+    "LoadReport",
+    "SYNTHETIC_NON_SENSITIVE",
+    "SYNTHETIC_SENSITIVE",
+    "decode_image",
+    "decode_images",
+    "hash_split",
+    "iter_decoded_batches",
+    "load_manifest",
+    "load_source",
+    "load_utkface",
+    "make_synthetic_faces",
+    "parse_utkface_name",
+    "scan_manifest",
+    "scan_utkface",
+]

@@ -1,0 +1,457 @@
+"""Decode image files into fixed-size RGB arrays, skipping or refusing bad files.
+
+Every image Pillow can open is turned into an ``(height, width, 3)`` uint8 RGB
+array: grayscale, palette, CMYK and other modes are converted, transparency is
+composited on black, 16-bit and float images are scaled to 8 bits and the EXIF
+orientation is applied. Images whose aspect ratio differs from the target are
+center-cropped to the target aspect ratio, then resized (antialiased bilinear
+filter: Pillow widens the filter when shrinking, so it averages every source pixel).
+
+Bad files (missing, empty, not an image, truncated, corrupt, oversized) raise
+:class:`ImageDecodeError` with a reason that names the problem, or are skipped
+and reported by the batch functions.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecodeError",
+    "decode_image",
+    "decode_images",
+    "iter_decoded_batches",
+]
+
+#: Largest source image accepted by default (64 megapixels, e.g. 8000 x 8000).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+ImageSource = Union[str, os.PathLike, bytes]
+Size = Union[int, tuple[int, int]]
+
+# Antialiased bilinear: as sharp as needed at 56 px and ~2.5x faster than Lanczos
+# in Pillow. The integer pre-reduction (reducing_gap) only kicks in for large
+# sources, where it saves most of the work at no visible cost.
+_RESAMPLE = Image.Resampling.BILINEAR
+_REDUCING_GAP = 2.0
+
+# EXIF orientation tag value -> the transpose that makes the image upright
+# (the table of PIL.ImageOps.exif_transpose).
+_EXIF_ORIENTATION = 0x0112
+_ORIENTATION_FIX = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_INT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+class ImageDecodeError(ValueError):
+    """An image file that could not be turned into an RGB array.
+
+    Parameters
+    ----------
+    path : str
+        The file (or ``"<bytes>"`` for in-memory data).
+    reason : str
+        What is wrong with it, e.g. ``"file not found"`` or ``"empty file"``.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # keep the two-argument form picklable
+        return type(self), (self.path, self.reason)
+
+
+class _BombError(Exception):
+    """Internal marker for our own pixel cap."""
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+
+def _check_size(size: Size) -> tuple[int, int]:
+    """Return ``size`` as ``(height, width)`` positive ints or raise ``ValueError``."""
+    if _is_positive_int(size):
+        size = (int(size), int(size))
+    try:
+        height, width = size  # type: ignore[misc]
+        ok = _is_positive_int(height) and _is_positive_int(width)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"size must be a positive int or a (height, width) pair of positive ints, got {size!r}")
+    return int(height), int(width)
+
+
+def _check_max_pixels(max_pixels: int | None) -> None:
+    if max_pixels is not None and not _is_positive_int(max_pixels):
+        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+
+
+def _resolve_n_jobs(n_jobs: int | None) -> int:
+    if n_jobs is None:
+        return max(1, min(4, os.cpu_count() or 1))
+    if not (_is_positive_int(n_jobs) or (isinstance(n_jobs, (int, np.integer)) and n_jobs == -1)):
+        raise ValueError(f"n_jobs must be None, -1 (all cores) or a positive int, got {n_jobs!r}")
+    return (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+
+
+def _center_crop_box(width: int, height: int, target_w: int, target_h: int) -> tuple[float, float, float, float]:
+    """The largest box of the target aspect ratio centered in a ``width x height`` image."""
+    if width * target_h > height * target_w:  # too wide: trim left and right
+        crop_w = height * target_w / target_h
+        x0 = (width - crop_w) / 2
+        return (x0, 0.0, x0 + crop_w, float(height))
+    crop_h = width * target_h / target_w
+    y0 = (height - crop_h) / 2
+    return (0.0, y0, float(width), y0 + crop_h)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in _INT_MODES:
+        # 16-bit (and 32-bit int, which Pillow uses for 16-bit PNG/TIFF) samples:
+        # scale the 0-65535 range to 0-255 instead of clipping at 255.
+        arr = np.asarray(im).astype(np.int64).clip(0, 65535)
+        arr = ((arr * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0:
+            arr = arr * 255.0  # a [0, 1] float image
+        return Image.fromarray(np.rint(arr.clip(0, 255)).astype(np.uint8), mode="L").convert("RGB")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _decode_opened(im: Image.Image, target_h: int, target_w: int, max_pixels: int | None) -> np.ndarray:
+    """Decode an opened (not yet loaded) Pillow image; may raise any Pillow error."""
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise ValueError(f"image has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise _BombError(
+            f"refused as a possible decompression bomb: {width}x{height} = {width * height:,} pixels "
+            f"exceeds max_pixels={max_pixels:,}"
+        )
+    try:
+        orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block should not cost the image
+        orientation = 1
+    transpose = _ORIENTATION_FIX.get(orientation)
+    swapped = orientation in (5, 6, 7, 8)
+    # Sizes in the stored (pre-rotation) frame.
+    stored_tw, stored_th = (target_h, target_w) if swapped else (target_w, target_h)
+
+    if im.format in ("JPEG", "MPO"):
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the crop stays >= target size.
+        x0, y0, x1, y1 = _center_crop_box(width, height, stored_tw, stored_th)
+        want = (
+            int(np.ceil(width * stored_tw / (x1 - x0))),
+            int(np.ceil(height * stored_th / (y1 - y0))),
+        )
+        im.draft(None, want)
+    im.load()
+    if transpose is not None:
+        im = im.transpose(transpose)
+    im = _to_rgb(im)
+    box = _center_crop_box(im.width, im.height, target_w, target_h)
+    if im.size != (target_w, target_h) or box != (0.0, 0.0, float(target_w), float(target_h)):
+        im = im.resize((target_w, target_h), _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr if arr.flags.writeable else arr.copy()
+
+
+def decode_image(
+    source: ImageSource,
+    size: Size = (56, 56),
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode one image file (or its bytes) into an RGB uint8 array of a fixed size.
+
+    The image is converted to RGB (transparency composited on black, 16-bit
+    samples scaled to 8 bits), turned upright by its EXIF orientation,
+    center-cropped to the aspect ratio of ``size`` and resized with an
+    antialiased bilinear filter. JPEGs are decoded directly at a reduced scale when that still
+    leaves at least ``size`` pixels, which is faster and loses nothing.
+
+    Parameters
+    ----------
+    source : str, path-like or bytes
+        A file path or the file's bytes.
+    size : int or (int, int), default=(56, 56)
+        Output ``(height, width)``; an int means a square.
+    max_pixels : int or None, default=DEFAULT_MAX_PIXELS
+        Refuse source images with more pixels than this (decompression-bomb
+        guard). ``None`` leaves only Pillow's own limit
+        (``2 * PIL.Image.MAX_IMAGE_PIXELS``), above which Pillow always
+        refuses; between ``PIL.Image.MAX_IMAGE_PIXELS`` and that, Pillow
+        also emits its ``DecompressionBombWarning`` when opening.
+
+    Returns
+    -------
+    ndarray of shape (height, width, 3), dtype uint8
+
+    Raises
+    ------
+    ImageDecodeError
+        If the file is missing, unreadable, empty, not an image, truncated,
+        corrupt or larger than ``max_pixels``; ``reason`` says which.
+    ValueError
+        If ``size`` or ``max_pixels`` is invalid.
+    """
+    target_h, target_w = _check_size(size)
+    _check_max_pixels(max_pixels)
+    return _decode(source, target_h, target_w, max_pixels)
+
+
+def _decode(source: ImageSource, target_h: int, target_w: int, max_pixels: int | None) -> np.ndarray:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = "<bytes>"
+        if len(source) == 0:
+            raise ImageDecodeError(label, "empty file (0 bytes)")
+        return _decode_stream(io.BytesIO(source), label, target_h, target_w, max_pixels)
+    label = os.fspath(source)
+    try:
+        with open(label, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise ImageDecodeError(label, "empty file (0 bytes)")
+            return _decode_stream(fh, label, target_h, target_w, max_pixels)
+    except FileNotFoundError:
+        raise ImageDecodeError(label, "file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(label, "is a directory, not a file") from None
+    except PermissionError:
+        raise ImageDecodeError(label, "permission denied") from None
+    except ImageDecodeError:
+        raise
+    except OSError as err:
+        raise ImageDecodeError(label, f"cannot read file: {err.strerror or err}") from None
+
+
+def _decode_stream(fh, label: str, target_h: int, target_w: int, max_pixels: int | None) -> np.ndarray:
+    try:
+        with Image.open(fh) as im:
+            return _decode_opened(im, target_h, target_w, max_pixels)
+    except UnidentifiedImageError:
+        raise ImageDecodeError(label, "not an image (or a format Pillow cannot read)") from None
+    except _BombError as err:
+        raise ImageDecodeError(label, str(err)) from None
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(label, f"refused as a possible decompression bomb: {err}") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # Pillow plugins raise OSError, SyntaxError, struct.error, ...
+        text = str(err) or type(err).__name__
+        if "truncated" in text.lower():
+            raise ImageDecodeError(label, f"truncated image data ({text})") from None
+        raise ImageDecodeError(label, f"corrupt or unsupported image data ({type(err).__name__}: {text})") from None
+
+
+def _try_decode(source: ImageSource, target_h: int, target_w: int, max_pixels: int | None):
+    """Return the array, or the ImageDecodeError (so worker threads never raise)."""
+    try:
+        return _decode(source, target_h, target_w, max_pixels)
+    except ImageDecodeError as err:
+        return err
+
+
+class _Progress:
+    """Adapt ``progress`` (None, a tqdm-like object or a callable) to one ``advance(k)``."""
+
+    def __init__(self, progress: Any) -> None:
+        self._update = getattr(progress, "update", None)
+        self._callback = progress if self._update is None else None
+        if progress is not None and self._update is None and not callable(progress):
+            raise TypeError(f"progress must be None, a callable or have an update() method, got {progress!r}")
+        self.done = 0
+
+    def advance(self, k: int = 1) -> None:
+        self.done += k
+        if self._update is not None:
+            self._update(k)
+        elif self._callback is not None:
+            self._callback(self.done)
+
+
+def _submit_all(pool: ThreadPoolExecutor | None, sources: Sequence[ImageSource], args: tuple) -> list:
+    """Futures (pool) or lazy thunks (no pool) for each source, in order."""
+    if pool is None:
+        return [None] * len(sources)
+    return [pool.submit(_try_decode, s, *args) for s in sources]
+
+
+def _result(handle: Future | None, source: ImageSource, args: tuple):
+    return _try_decode(source, *args) if handle is None else handle.result()
+
+
+def decode_images(
+    paths: Sequence[ImageSource],
+    size: Size = (56, 56),
+    *,
+    strict: bool = False,
+    n_jobs: int | None = None,
+    progress: Callable[[int], Any] | Any | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Decode many images, skipping (and reporting) the ones that fail.
+
+    Parameters
+    ----------
+    paths : sequence of str, path-like or bytes
+        Image files (or their bytes).
+    size : int or (int, int), default=(56, 56)
+        Output ``(height, width)``, see :func:`decode_image`.
+    strict : bool, default=False
+        Raise the first :class:`ImageDecodeError` (in input order) instead of
+        skipping bad files.
+    n_jobs : int or None, default=None
+        Decoding threads (Pillow releases the GIL while decoding). ``None``
+        means ``min(4, cpu count)``, ``-1`` all cores, ``1`` no threads.
+    progress : callable or object with ``update(n)``, optional
+        Called as images finish: a tqdm-like object gets ``update(k)`` with
+        the number of newly finished images, a callable gets the running total.
+    max_pixels : int or None, default=DEFAULT_MAX_PIXELS
+        Decompression-bomb guard, see :func:`decode_image`.
+
+    Returns
+    -------
+    images : ndarray of shape (n_kept, height, width, 3), dtype uint8
+    kept_indices : ndarray of shape (n_kept,), dtype int64
+        Positions in ``paths`` of the decoded images, increasing.
+    errors : list of (str, str)
+        ``(path, reason)`` for each skipped file, in input order.
+    """
+    target_h, target_w = _check_size(size)
+    _check_max_pixels(max_pixels)
+    n_threads = _resolve_n_jobs(n_jobs)
+    tracker = _Progress(progress)
+    paths = list(paths)
+    args = (target_h, target_w, max_pixels)
+    images = np.empty((len(paths), target_h, target_w, 3), dtype=np.uint8)
+    kept: list[int] = []
+    errors: list[tuple[str, str]] = []
+    pool = ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-decode") if n_threads > 1 and len(paths) > 1 else None
+    try:
+        handles = _submit_all(pool, paths, args)
+        for i, (handle, source) in enumerate(zip(handles, paths)):
+            out = _result(handle, source, args)
+            handles[i] = None  # let the finished future (and its array) go
+            if isinstance(out, ImageDecodeError):
+                if strict:
+                    raise out
+                errors.append((out.path, out.reason))
+            else:
+                images[len(kept)] = out
+                kept.append(i)
+            tracker.advance()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if len(kept) < len(paths):
+        images = images[: len(kept)].copy()
+    return images, np.asarray(kept, dtype=np.int64), errors
+
+
+def iter_decoded_batches(
+    paths: Iterable[ImageSource],
+    batch_size: int = 256,
+    size: Size = (56, 56),
+    *,
+    strict: bool = False,
+    n_jobs: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]]:
+    """Decode images batch by batch, for collections that do not fit in memory.
+
+    While the caller works on one batch, the next one is already being read
+    and decoded in the thread pool.
+
+    Parameters
+    ----------
+    paths : iterable of str, path-like or bytes
+        Image files (or their bytes); consumed lazily.
+    batch_size : int, default=256
+        Input items per batch (a batch holds fewer images when files fail).
+    size : int or (int, int), default=(56, 56)
+        Output ``(height, width)``, see :func:`decode_image`.
+    strict : bool, default=False
+        Raise the first :class:`ImageDecodeError` instead of skipping.
+    n_jobs : int or None, default=None
+        Decoding threads, see :func:`decode_images`.
+    max_pixels : int or None, default=DEFAULT_MAX_PIXELS
+        Decompression-bomb guard, see :func:`decode_image`.
+
+    Yields
+    ------
+    indices : ndarray of shape (k,), dtype int64
+        Positions in ``paths`` (counted from 0 over the whole iterable) of
+        the decoded images of this batch.
+    images : ndarray of shape (k, height, width, 3), dtype uint8
+    errors : list of (str, str)
+        ``(path, reason)`` for the files of this batch that were skipped.
+    """
+    target_h, target_w = _check_size(size)
+    _check_max_pixels(max_pixels)
+    if not _is_positive_int(batch_size):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    n_threads = _resolve_n_jobs(n_jobs)
+    return _iter_batches(iter(paths), int(batch_size), (target_h, target_w, max_pixels), strict, n_threads)
+
+
+def _iter_batches(paths: Iterator[ImageSource], batch_size: int, args: tuple, strict: bool, n_threads: int):
+    pool = ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-decode") if n_threads > 1 else None
+    target_h, target_w = args[0], args[1]
+    try:
+        offset = 0
+        chunk = list(islice(paths, batch_size))
+        handles = _submit_all(pool, chunk, args)
+        while chunk:
+            next_chunk = list(islice(paths, batch_size))
+            next_handles = _submit_all(pool, next_chunk, args)  # prefetch
+            images = np.empty((len(chunk), target_h, target_w, 3), dtype=np.uint8)
+            kept: list[int] = []
+            errors: list[tuple[str, str]] = []
+            for i, (handle, source) in enumerate(zip(handles, chunk)):
+                out = _result(handle, source, args)
+                if isinstance(out, ImageDecodeError):
+                    if strict:
+                        raise out
+                    errors.append((out.path, out.reason))
+                else:
+                    images[len(kept)] = out
+                    kept.append(i)
+            if len(kept) < len(chunk):
+                images = images[: len(kept)].copy()
+            yield np.asarray(kept, dtype=np.int64) + offset, images, errors
+            offset += len(chunk)
+            chunk, handles = next_chunk, next_handles
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

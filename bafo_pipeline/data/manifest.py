@@ -1,0 +1,340 @@
+"""Load labeled images listed in a CSV or Parquet manifest.
+
+A manifest is a table with one row per image: a column of image paths
+(relative paths are taken relative to the manifest's folder) and attribute
+columns. Bad rows (missing values, missing or unreadable files, undecodable
+images) are skipped and reported by row number, or stop the load when
+``strict=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .dataset import FaceDataset, LoadReport
+from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, Size, _is_positive_int, decode_images
+from .splits import EMPTY_CONTENT_HASH, dedupe_by_hash, hash_files
+
+__all__ = ["load_manifest", "read_manifest_table", "scan_manifest"]
+
+DEFAULT_SENSITIVE = ("age", "gender", "ethnicity")
+_RESERVED = ("path", "content_hash")
+_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+
+
+def read_manifest_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest table, choosing CSV or Parquet by the file extension.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.csv``, ``.parquet`` or ``.pq`` file.
+
+    Returns
+    -------
+    DataFrame
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the extension is not supported or the file cannot be parsed.
+    """
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ValueError(
+            f"{path}: unsupported manifest format {path.suffix or '(no extension)'!r}; "
+            f"use one of {sorted(_READERS)}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    try:
+        return reader(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise ValueError(f"{path}: cannot read manifest: {err}") from err
+    except Exception as err:  # pyarrow raises its own error types for broken Parquet
+        raise ValueError(f"{path}: cannot read manifest: {type(err).__name__}: {err}") from err
+
+
+def _check_columns(
+    manifest: Path,
+    table: pd.DataFrame,
+    image_column: str,
+    sensitive: Sequence[str],
+    other_columns: Sequence[str] | None,
+) -> list[str]:
+    """Validate the column arguments against the table; return the other columns."""
+    if isinstance(sensitive, str) or (other_columns is not None and isinstance(other_columns, str)):
+        raise TypeError("sensitive and other_columns must be sequences of column names, not a single string")
+    requested = [image_column, *sensitive, *(other_columns or [])]
+    repeated = sorted({c for c in requested if requested.count(c) > 1})
+    if repeated:
+        raise ValueError(f"column(s) {repeated} given more than once among image_column, sensitive and other_columns")
+    missing = [c for c in requested if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{manifest}: column(s) {missing} not found; available columns: {[str(c) for c in table.columns]}"
+        )
+    if other_columns is None:
+        # Everything else, except names the result reserves for itself.
+        return [c for c in table.columns if c not in requested and c not in _RESERVED]
+    clash = [c for c in [*sensitive, *other_columns] if c in _RESERVED]
+    if clash:
+        raise ValueError(f"column name(s) {clash} are reserved for the loader's output; rename them in the manifest")
+    return list(other_columns)
+
+
+def _row_problems(
+    table: pd.DataFrame, image_column: str, sensitive: Sequence[str], check_age: bool
+) -> dict[int, str]:
+    """First problem of each bad row (by position): empty path, missing label, non-numeric age."""
+    problems: dict[int, str] = {}
+    paths = table[image_column]
+    for pos in np.flatnonzero(paths.isna().to_numpy() | (paths.astype(str).str.strip() == "").to_numpy()):
+        problems.setdefault(int(pos), f"empty value in image column {image_column!r}")
+    for column in sensitive:
+        for pos in np.flatnonzero(table[column].isna().to_numpy()):
+            problems.setdefault(int(pos), f"missing value in column {column!r}")
+    if check_age:
+        raw = table["age"]
+        age = pd.to_numeric(raw, errors="coerce")
+        bad = (age.isna() & raw.notna()) | ~np.isfinite(age.fillna(0)) | (age < 0)
+        for pos in np.flatnonzero(bad.to_numpy()):
+            problems.setdefault(int(pos), f"age {raw.iloc[pos]!r} is not a non-negative number")
+    return problems
+
+
+def scan_manifest(
+    path: str | os.PathLike,
+    *,
+    image_column: str = "path",
+    sensitive: Sequence[str] = DEFAULT_SENSITIVE,
+    other_columns: Sequence[str] | None = None,
+    dedupe: str = "drop-conflicts",
+    strict: bool = False,
+    n_jobs: int | None = None,
+) -> tuple[pd.DataFrame, LoadReport]:
+    """Read a manifest, check every row and hash every image file, without decoding.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.csv``, ``.parquet`` or ``.pq`` table.
+    image_column : str, default="path"
+        Column of image paths; relative paths are relative to the manifest's folder.
+    sensitive : sequence of str, default=("age", "gender", "ethnicity")
+        Sensitive attribute columns; rows with a missing value in any of them are skipped.
+    other_columns : sequence of str or None, default=None
+        Non-sensitive columns to keep; ``None`` keeps every remaining column
+        (except ``path`` and ``content_hash``, which the result defines), ``[]`` none.
+    dedupe : {"drop-conflicts", "keep-first", "none"}, default="drop-conflicts"
+        How byte-identical images are handled; conflicts are judged on the
+        sensitive columns (see :func:`~bafo_pipeline.data.splits.dedupe_by_hash`).
+    strict : bool, default=False
+        Raise ``ValueError`` for the first bad row (by row number) instead of skipping.
+    n_jobs : int or None, default=None
+        File-reading threads; ``None`` means ``min(4, cpu count)``.
+
+    Returns
+    -------
+    table : DataFrame
+        Columns ``path`` (resolved file path), the sensitive columns, the
+        other columns and ``content_hash``; the index, named ``row``, holds
+        each row's 1-based data-row number in the manifest (the header is
+        not counted). A column named ``age`` is converted to float.
+    report : LoadReport
+        Skipped rows as ``("row 17", "file not found: x.jpg")`` and the
+        duplicate counts; ``n_loaded`` is the number of rows returned.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the manifest does not exist.
+    ValueError
+        If the format is unsupported, a column is missing (the message lists
+        the available ones), or ``strict`` and a row is bad.
+    """
+    manifest = Path(path)
+    raw = read_manifest_table(manifest)
+    sensitive = list(sensitive)
+    others = _check_columns(manifest, raw, image_column, sensitive, other_columns)
+    raw = raw.reset_index(drop=True)
+
+    problems = _row_problems(raw, image_column, sensitive, check_age="age" in [*sensitive, *others])
+    ok = np.ones(len(raw), dtype=bool)
+    ok[list(problems)] = False
+    written = raw[image_column].where(raw[image_column].isna(), raw[image_column].astype(str))
+
+    base = manifest.parent
+    positions = np.flatnonzero(ok)
+    resolved = [
+        str(p) if p.is_absolute() else str(base / p) for p in (Path(str(written.iloc[i])) for i in positions)
+    ]
+    hashes, reasons = hash_files(resolved, n_jobs=n_jobs)
+    for pos, digest, reason in zip(positions, hashes, reasons):
+        if reason is None and digest == EMPTY_CONTENT_HASH:
+            reason = "empty file (0 bytes)"
+        if reason is not None:
+            problems[int(pos)] = f"{reason}: {written.iloc[pos]}"
+            ok[pos] = False
+
+    skipped = [(f"row {pos + 1}", problems[pos]) for pos in sorted(problems)]
+    if strict and skipped:
+        item, reason = skipped[0]
+        raise ValueError(f"{manifest}: {item}: {reason}")
+
+    keep_hash = {int(pos): (r, h) for pos, r, h in zip(positions, resolved, hashes)}
+    good = np.flatnonzero(ok)
+    table = raw.iloc[good][[*sensitive, *others]].copy()
+    table.insert(0, "path", [keep_hash[int(pos)][0] for pos in good])
+    table["content_hash"] = [keep_hash[int(pos)][1] for pos in good]
+    if "age" in table.columns:
+        table["age"] = pd.to_numeric(table["age"]).astype(float)
+    table.index = pd.Index(good + 1, name="row")
+
+    report = LoadReport(skipped=skipped)
+    table, counts = dedupe_by_hash(table, sensitive, dedupe)
+    for name, value in counts.items():
+        setattr(report, name, value)
+    report.n_loaded = len(table)
+    return table, report
+
+
+def _subset_by_hash(table: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    """The ``limit`` rows with the smallest content hashes, in their original order."""
+    if limit is None:
+        return table
+    if not _is_positive_int(limit):
+        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
+    if limit >= len(table):
+        return table
+    chosen = np.sort(np.argsort(table["content_hash"].to_numpy(dtype=str), kind="stable")[: int(limit)])
+    return table.iloc[chosen]
+
+
+def _dataset_from_table(
+    table: pd.DataFrame,
+    report: LoadReport,
+    *,
+    source: str,
+    sensitive: Sequence[str],
+    attribute_columns: Sequence[str],
+    describe: Callable[[Any, str, str], tuple[str, str]],
+    image_size: Size,
+    strict: bool,
+    n_jobs: int | None,
+    limit: int | None,
+    progress: Any,
+    max_pixels: int | None,
+) -> FaceDataset:
+    """Decode the images of a scanned table into a :class:`FaceDataset`.
+
+    ``describe(index_label, path, reason)`` turns a decode failure into the
+    ``(item, reason)`` pair recorded in the report (or raised when strict).
+    """
+    table = _subset_by_hash(table, limit)
+    paths = table["path"].tolist()
+    try:
+        images, kept, errors = decode_images(
+            paths, image_size, strict=strict, n_jobs=n_jobs, progress=progress, max_pixels=max_pixels
+        )
+    except ImageDecodeError as err:
+        pos = paths.index(err.path)
+        raise ImageDecodeError(*describe(table.index[pos], err.path, err.reason)) from err
+    failed = np.setdiff1d(np.arange(len(paths)), kept)
+    report.skipped.extend(describe(table.index[pos], path, reason) for pos, (path, reason) in zip(failed, errors))
+    kept_table = table.iloc[kept]
+    report.n_loaded = len(kept_table)
+    if report.n_loaded == 0:
+        first = "; ".join(f"{item}: {reason}" for item, reason in report.skipped[:3])
+        example = f"; e.g. {first}" if first else ""
+        raise ValueError(f"no images could be loaded from {source} ({report.summary()}){example}")
+    return FaceDataset(
+        images=images,
+        attributes=kept_table[list(attribute_columns)].reset_index(drop=True),
+        sensitive=tuple(sensitive),
+        content_hash=kept_table["content_hash"].to_numpy(dtype=object),
+        sources=kept_table["path"].tolist(),
+        report=report,
+    )
+
+
+def load_manifest(
+    path: str | os.PathLike,
+    image_size: Size = 56,
+    *,
+    image_column: str = "path",
+    sensitive: Sequence[str] = DEFAULT_SENSITIVE,
+    other_columns: Sequence[str] | None = None,
+    strict: bool = False,
+    dedupe: str = "drop-conflicts",
+    n_jobs: int | None = None,
+    limit: int | None = None,
+    progress: Any = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> FaceDataset:
+    """Load the images and attributes listed in a CSV or Parquet manifest.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.csv``, ``.parquet`` or ``.pq`` table, see :func:`scan_manifest`.
+    image_size : int or (int, int), default=56
+        Output ``(height, width)`` of every image.
+    image_column, sensitive, other_columns, dedupe
+        See :func:`scan_manifest`.
+    strict : bool, default=False
+        Raise for the first bad row or image instead of skipping it.
+    n_jobs : int or None, default=None
+        Reading and decoding threads; ``None`` means ``min(4, cpu count)``.
+    limit : int or None, default=None
+        Keep at most this many images, chosen by smallest content hash: a
+        fixed, label-independent subset for quick runs.
+    progress : callable or tqdm-like, optional
+        Decoding progress, see :func:`~bafo_pipeline.data.images.decode_images`.
+    max_pixels : int or None, default=DEFAULT_MAX_PIXELS
+        Decompression-bomb guard, see :func:`~bafo_pipeline.data.images.decode_image`.
+
+    Returns
+    -------
+    FaceDataset
+        Attributes are the sensitive then the other columns; ``sources``
+        holds the resolved paths; ``report`` lists what was skipped or dropped.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`scan_manifest`; also ``ValueError`` when no image at all can be loaded.
+    """
+    table, report = scan_manifest(
+        path,
+        image_column=image_column,
+        sensitive=sensitive,
+        other_columns=other_columns,
+        dedupe=dedupe,
+        strict=strict,
+        n_jobs=n_jobs,
+    )
+    columns = [c for c in table.columns if c not in _RESERVED]
+    return _dataset_from_table(
+        table,
+        report,
+        source=str(path),
+        sensitive=sensitive,
+        attribute_columns=columns,
+        describe=lambda row, file, reason: (f"row {row}", f"{file}: {reason}"),
+        image_size=image_size,
+        strict=strict,
+        n_jobs=n_jobs,
+        limit=limit,
+        progress=progress,
+        max_pixels=max_pixels,
+    )

@@ -1,0 +1,195 @@
+"""Content hashes: hashing files, dropping duplicate images and splitting train/test.
+
+Everything here keys on the hash of an image file's bytes, so byte-identical
+copies are recognised whatever their names, always land on the same side of a
+split, and adding or removing other files never moves an image across it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DEDUPE_MODES",
+    "EMPTY_CONTENT_HASH",
+    "content_hash",
+    "dedupe_by_hash",
+    "hash_files",
+    "hash_split",
+]
+
+#: Accepted values of the ``dedupe`` argument of the loaders.
+DEDUPE_MODES = ("drop-conflicts", "keep-first", "none")
+
+_SPLIT_BUCKETS = 10_000
+
+
+def content_hash(data: bytes) -> str:
+    """Hex SHA-1 of a file's bytes (the same digest ``sha1sum`` prints).
+
+    Parameters
+    ----------
+    data : bytes
+
+    Returns
+    -------
+    str
+        40 lowercase hex digits.
+    """
+    return hashlib.sha1(data).hexdigest()
+
+
+#: ``content_hash(b"")``: the hash every empty file gets.
+EMPTY_CONTENT_HASH = content_hash(b"")
+
+
+def _hash_one(path: str) -> tuple[str | None, str | None]:
+    try:
+        with open(path, "rb") as fh:
+            return content_hash(fh.read()), None
+    except FileNotFoundError:
+        return None, "file not found"
+    except IsADirectoryError:
+        return None, "is a directory, not a file"
+    except PermissionError:
+        return None, "permission denied"
+    except OSError as err:
+        return None, f"cannot read file: {err.strerror or err}"
+
+
+def hash_files(
+    paths: Iterable[str | os.PathLike], *, n_jobs: int | None = None
+) -> tuple[list[str | None], list[str | None]]:
+    """Content hash of each file, with a reason for each file that cannot be read.
+
+    Parameters
+    ----------
+    paths : iterable of str or path-like
+    n_jobs : int or None, default=None
+        Reading threads; ``None`` means ``min(4, cpu count)``.
+
+    Returns
+    -------
+    hashes : list of str or None
+        :func:`content_hash` of each file, ``None`` where it could not be read.
+    reasons : list of str or None
+        ``None`` where the file was read, else why not (e.g. ``"file not found"``).
+    """
+    from .images import _resolve_n_jobs
+
+    paths = [os.fspath(p) for p in paths]
+    n_threads = _resolve_n_jobs(n_jobs)
+    if n_threads == 1 or len(paths) < 2:
+        results = [_hash_one(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-hash") as pool:
+            results = list(pool.map(_hash_one, paths, chunksize=64))
+    return [h for h, _ in results], [r for _, r in results]
+
+
+def dedupe_by_hash(
+    table: pd.DataFrame,
+    label_columns: Sequence[str],
+    mode: str = "drop-conflicts",
+    *,
+    hash_column: str = "content_hash",
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Drop byte-identical copies of images, checking that their labels agree.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per image file, in the order that decides which copy is
+        kept (the first).
+    label_columns : sequence of str
+        Columns whose values must agree between copies of one image.
+    mode : {"drop-conflicts", "keep-first", "none"}, default="drop-conflicts"
+        ``"drop-conflicts"``: keep the first copy of each group whose labels
+        agree and drop every copy of a group whose labels disagree (its
+        true labels are unknown). ``"keep-first"``: keep the first copy of
+        every group, whatever the labels. ``"none"``: keep everything.
+    hash_column : str, default="content_hash"
+
+    Returns
+    -------
+    kept : DataFrame
+        The kept rows, in their original order and with their original index.
+    counts : dict
+        ``duplicates_dropped`` (extra copies dropped from groups that were
+        kept), ``conflicting_groups_dropped`` and ``conflicting_files_dropped``.
+    """
+    if mode not in DEDUPE_MODES:
+        raise ValueError(f"dedupe must be one of {DEDUPE_MODES}, got {mode!r}")
+    missing = [c for c in [hash_column, *label_columns] if c not in table.columns]
+    if missing:
+        raise ValueError(f"dedupe_by_hash: table lacks column(s) {missing}")
+    counts = {"duplicates_dropped": 0, "conflicting_groups_dropped": 0, "conflicting_files_dropped": 0}
+    if mode == "none" or table.empty:
+        return table, counts
+
+    hashes = table[hash_column]
+    is_first = ~hashes.duplicated(keep="first").to_numpy()
+    keep = is_first.copy()
+    if mode == "drop-conflicts" and len(label_columns):
+        # A group conflicts when any label column takes more than one value in it
+        # (a missing value counts as a value of its own).
+        n_values = table.groupby(hash_column, sort=False)[list(label_columns)].nunique(dropna=False)
+        conflicting = n_values.index[(n_values > 1).any(axis=1).to_numpy()]
+        in_conflict = hashes.isin(conflicting).to_numpy()
+        keep &= ~in_conflict
+        counts["conflicting_groups_dropped"] = int(len(conflicting))
+        counts["conflicting_files_dropped"] = int(in_conflict.sum())
+        counts["duplicates_dropped"] = int((~is_first & ~in_conflict).sum())
+    else:
+        counts["duplicates_dropped"] = int((~is_first).sum())
+    return table[keep], counts
+
+
+def hash_split(
+    content_hash: Sequence[str] | np.ndarray,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """Assign each image to train or test from its content hash alone.
+
+    Each hash (salted with ``seed``) is hashed again with BLAKE2b and mapped
+    to one of 10,000 buckets; buckets below ``test_fraction * 10,000`` are
+    test. So identical images always share a side, an image's side never
+    depends on the other images, and the test share is ``test_fraction``
+    up to sampling noise.
+
+    Parameters
+    ----------
+    content_hash : sequence of str
+        One hash per image (any strings work).
+    test_fraction : float, default=0.15
+        Expected share of test images, strictly between 0 and 1.
+    seed : int, default=0
+        Changes the assignment; the same seed always gives the same split.
+
+    Returns
+    -------
+    is_test : ndarray of shape (n,), dtype bool
+    """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating, np.integer)):
+        raise TypeError(f"test_fraction must be a number, got {test_fraction!r}")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    threshold = round(float(test_fraction) * _SPLIT_BUCKETS)
+    salt = f"{int(seed)}:".encode()
+    buckets = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(salt + str(h).encode(), digest_size=8).digest(), "big") % _SPLIT_BUCKETS
+            for h in np.asarray(content_hash, dtype=object).ravel()
+        ),
+        dtype=np.int64,
+    )
+    return buckets < threshold

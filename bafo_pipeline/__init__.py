@@ -1,0 +1,38 @@
+"""bafo-pipeline: label-blind latents for ML pipelines, exported to Parquet and audited for leakage.
+
+The public API:
+
+- :class:`BAFOTransformer` — the blind autoencoder as a scikit-learn transformer.
+- :class:`LinearErasure` — closed-form linear concept erasure (LEACE).
+- :func:`make_synthetic_faces`, :func:`load_utkface`, :func:`load_manifest` — data.
+- :func:`save_model`, :func:`load_model` — model directories.
+- :func:`export_latents`, :func:`read_latents` — Parquet latent datasets.
+- :func:`audit_representations` — the leakage audit.
+"""
+
+from ._version import package_version
+from .attributes import Attribute, AttributeSchema
+from .data import FaceDataset, load_manifest, load_utkface, make_synthetic_faces
+from .io import read_latents, write_latents
+from .io.export import export_latents
+from .io.model_io import load_model, save_model
+from .transformers import BAFOTransformer, LinearErasure
+
+__version__ = package_version()
+
+__all__ = [
+    "Attribute",
+    "AttributeSchema",
+    "BAFOTransformer",
+    "FaceDataset",
+    "LinearErasure",
+    "export_latents",
+    "load_manifest",
+    "load_model",
+    "load_utkface",
+    "make_synthetic_faces",
+    "read_latents",
+    "save_model",
+    "write_latents",
+    "__version__",
+]

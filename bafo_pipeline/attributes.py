@@ -94,13 +94,18 @@ class Attribute:
             if not (allow_fractional and self.kind == "categorical"):
                 raise ValueError(f"{where}: a mapping of weights is only allowed for a categorical attribute at decode time")
             return self._mixture(value, where)
-        if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
-            raise ValueError(f"{where}: missing value (NaN or None)")
+        if _is_missing(value):
+            raise ValueError(f"{where}: missing value ({value!r})")
         if self.kind == "continuous":
             try:
-                return (float(value) - self.center) / self.scale
+                number = float(value)
             except (TypeError, ValueError):
                 raise ValueError(f"{where}: expected a number, got {value!r}") from None
+            if not np.isfinite(number):
+                raise ValueError(f"{where}: expected a finite number, got {value!r}")
+            return (number - self.center) / self.scale
+        if not _is_hashable(value):
+            raise ValueError(f"{where}: expected a single category, got {type(value).__name__} {value!r}")
         if value in self.categories:
             index = self.categories.index(value)
             if self.kind == "binary":
@@ -156,6 +161,19 @@ class Attribute:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_missing(value: Any) -> bool:
+    """None, NaN, ``pd.NA`` or ``NaT`` (``pd.NA`` cannot be compared with categories, so catch it first)."""
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def _is_hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -236,14 +254,24 @@ class AttributeSchema:
         Raises
         ------
         ValueError
-            For missing values (naming column and row), a constant column, or
-            a categorical column with more than 64 categories.
+            For missing or infinite values (naming column and rows), a
+            constant column, a categorical column with more than 64
+            categories, a binary column without exactly two values, or
+            non-string or duplicate column names.
         """
         frame = _as_frame(frame)
+        columns = list(frame.columns)
+        if not all(isinstance(name, str) for name in columns):
+            raise ValueError(f"sensitive feature column names must be strings, got {columns}")
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"duplicate sensitive feature column names: {columns}")
         kinds = dict(kinds or {})
-        unknown = set(kinds) - set(frame.columns)
+        unknown = set(kinds) - set(columns)
         if unknown:
-            raise ValueError(f"kinds given for columns not in the data: {sorted(unknown)}")
+            raise ValueError(f"kinds given for columns not in the data: {sorted(unknown)}; columns are {columns}")
+        invalid = {name: kind for name, kind in kinds.items() if kind not in KINDS}
+        if invalid:
+            raise ValueError(f"invalid attribute kinds {invalid}; each must be one of {KINDS}")
         return cls(tuple(_infer_attribute(frame[name], kinds.get(name)) for name in frame.columns))
 
 
@@ -278,6 +306,9 @@ def _infer_attribute(column: pd.Series, kind: str | None) -> Attribute:
         if not numeric:
             raise ValueError(f"attribute {name!r}: a continuous attribute needs numbers, got dtype {column.dtype}")
         values = column.to_numpy(dtype=float)
+        infinite = np.flatnonzero(~np.isfinite(values))
+        if len(infinite):
+            raise ValueError(f"attribute {name!r}: infinite values at rows {infinite[:10].tolist()}")
         scale = float(values.std()) or 1.0
         return Attribute(name, "continuous", center=float(values.mean()), scale=scale)
     if len(distinct) < 2:

@@ -16,10 +16,20 @@ def _centered(kernel: torch.Tensor) -> torch.Tensor:
     return kernel - kernel.mean(0, keepdim=True) - kernel.mean(1, keepdim=True) + kernel.mean()
 
 
+def _squared_distances(x: torch.Tensor) -> torch.Tensor:
+    # Expanded form rather than cdist: smooth at zero distance (the diagonal), so gradients stay finite.
+    norms = x.pow(2).sum(1)
+    return (norms[:, None] + norms[None, :] - 2.0 * x @ x.T).clamp_min(0.0)
+
+
 def _gaussian_kernels(x: torch.Tensor, scales: tuple[float, ...]) -> torch.Tensor:
     """Mean of Gaussian kernels at bandwidths ``scale * median distance``."""
-    squared = torch.cdist(x, x).pow(2)
-    median = squared.detach()[squared.detach() > 0].median() if (squared > 0).any() else squared.new_tensor(1.0)
+    squared = _squared_distances(x)
+    detached = squared.detach()
+    # Median of the nonzero distances, without a host sync (no boolean indexing, no `if` on a tensor);
+    # all-zero distances (a constant batch) fall back to 1.
+    median = torch.nanmedian(torch.where(detached > 0, detached, torch.nan))
+    median = torch.nan_to_num(median, nan=1.0)
     return torch.stack([torch.exp(-squared / (2 * s * s * median)) for s in scales]).mean(0)
 
 

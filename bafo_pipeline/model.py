@@ -49,6 +49,10 @@ class NetworkConfig:
             raise ValueError(f"network kind must be 'conv' or 'mlp', got {self.kind!r}")
         if self.latent_dim < 1 or not self.widths or min(self.widths) < 1:
             raise ValueError(f"latent_dim and widths must be positive, got {self.latent_dim}, {self.widths}")
+        if self.condition_dim < 0:
+            raise ValueError(f"condition_dim must be >= 0, got {self.condition_dim}")
+        if self.kind == "mlp" and (len(self.input_shape) != 1 or self.input_shape[0] < 1):
+            raise ValueError(f"an mlp network needs input_shape (n_features,), got {self.input_shape}")
         if self.kind == "conv":
             if len(self.input_shape) != 3:
                 raise ValueError(f"a conv network needs input_shape (channels, height, width), got {self.input_shape}")

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,8 @@ def save_model(
         Directory to create. The files are written into a temporary sibling
         directory that is renamed into place only when complete.
     overwrite : bool, default=False
-        Replace an existing model directory.
+        Replace an existing model directory (only a bafo model directory, or
+        an empty one, is ever replaced).
     metadata : dict, optional
         JSON-ready facts to keep beside the model (e.g. how the data was split);
         read them back with :func:`read_model_config`.
@@ -57,20 +59,20 @@ def save_model(
 
     check_is_fitted(estimator)
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+        _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in estimator.network_.state_dict().items()}
     if not estimator.input_format_.is_image:
         tensors["feature_mean"] = torch.from_numpy(np.asarray(estimator.feature_mean_, np.float32))
         tensors["feature_scale"] = torch.from_numpy(np.asarray(estimator.feature_scale_, np.float32))
-    params = estimator.get_params()
-    params["device"] = str(params["device"])
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "package_version": package_version(),
-        "params": params,
+        "params": _json_params(estimator.get_params()),
         "network": estimator.network_.config.to_dict(),
         "schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
         "input_format": {
@@ -79,6 +81,9 @@ def save_model(
             "dtype": estimator.input_format_.dtype,
         },
         "n_features_in": getattr(estimator, "n_features_in_", None),
+        "feature_names_in": (
+            None if getattr(estimator, "feature_names_in_", None) is None else list(estimator.feature_names_in_)
+        ),
         "history": estimator.history_,
         "metadata": metadata or {},
     }
@@ -106,13 +111,23 @@ def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTra
     ----------
     path : str or path-like
     device : str, optional
-        Override the stored ``device`` parameter (e.g. ``"cpu"``).
+        Override the stored ``device`` parameter (e.g. ``"cpu"``). By default
+        the stored one is kept, except that a model saved with an explicit
+        CUDA device falls back to ``"auto"`` (with a warning) where CUDA is
+        not available.
 
     Returns
     -------
     BAFOTransformer
         Fitted, with its network on the CPU.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        For a directory that is not a readable bafo model (see
+        :func:`read_model_config`), or weights that do not match the config.
     """
+    path = Path(path)
     config = read_model_config(path)
     params = dict(config["params"])
     for key in ("image_shape", "widths"):
@@ -120,10 +135,20 @@ def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTra
             params[key] = tuple(params[key])
     if device is not None:
         params["device"] = device
+    elif str(params.get("device", "auto")).startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(
+            f"{path} was saved with device={params['device']!r}, which is not available here; using 'auto' (CPU)",
+            UserWarning,
+            stacklevel=2,
+        )
+        params["device"] = "auto"
     estimator = BAFOTransformer(**params)
-    tensors = load_file(Path(path) / WEIGHTS_NAME, device="cpu")
-    network = BAFONetwork(NetworkConfig.from_dict(config["network"]))
-    network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
+    try:
+        tensors = load_file(path / WEIGHTS_NAME, device="cpu")
+        network = BAFONetwork(NetworkConfig.from_dict(config["network"]))
+        network.load_state_dict({k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")})
+    except Exception as error:  # corrupt file, or weights of another shape than the config says
+        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured network ({error})") from error
     estimator.network_ = network.eval()
     estimator.schema_ = None if config["schema"] is None else AttributeSchema.from_dict(config["schema"])
     fmt = config["input_format"]
@@ -131,6 +156,8 @@ def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTra
     estimator.history_ = config.get("history", [])
     if config.get("n_features_in") is not None:
         estimator.n_features_in_ = int(config["n_features_in"])
+    if config.get("feature_names_in") is not None:
+        estimator.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
     if "feature_mean" in tensors:
         estimator.feature_mean_ = tensors["feature_mean"].numpy()
         estimator.feature_scale_ = tensors["feature_scale"].numpy()
@@ -171,6 +198,30 @@ def model_fingerprint(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _check_replaceable(path: Path) -> None:
+    """Only a model directory (or an empty one) may be replaced: overwrite must never delete other data."""
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory; refusing to replace it with a model directory")
+    if any(path.iterdir()) and not (path / CONFIG_NAME).is_file():
+        raise FileExistsError(f"{path} is a non-empty directory that is not a bafo model; refusing to replace it")
+    if (path / CONFIG_NAME).is_file():
+        try:
+            is_model = json.loads((path / CONFIG_NAME).read_text()).get("format") == FORMAT_NAME
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            is_model = False
+        if not is_model:
+            raise FileExistsError(f"{path} holds a {CONFIG_NAME} that is not a bafo model's; refusing to replace it")
+
+
+def _json_params(params: dict) -> dict:
+    """Estimator parameters as JSON values; a RandomState instance cannot be stored and becomes None."""
+    params = dict(params)
+    params["device"] = str(params["device"])
+    if not (params["random_state"] is None or isinstance(params["random_state"], (int, np.integer))):
+        params["random_state"] = None
+    return params
 
 
 def _json_default(value):

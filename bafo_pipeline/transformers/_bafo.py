@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -10,7 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..attributes import AttributeSchema
@@ -39,8 +41,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Size of the latent (the paper compares 48 and 100).
     image_shape : tuple of int, optional
         ``(height, width[, channels])``. Size image files are decoded to
-        (default 56x56), and the shape of flattened images when ``X`` is 2-D.
-        Leave unset for tabular ``X`` (features, embeddings).
+        (default 56x56), the shape of flattened images when ``X`` is 2-D, and
+        the reading of a 4-D ``X`` that could be NHWC or NCHW. Leave unset for
+        tabular ``X`` (features, embeddings).
     widths : tuple of int, optional
         Channels of the conv stages (images; default ``(32, 64, 128)``) or hidden
         sizes of the MLP (tabular; default ``(128, 64)``).
@@ -67,7 +70,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     random_state : int, optional
         Seed for initialisation, shuffling and sampling.
     verbose : int, default=0
-        ``> 0`` shows a progress bar over epochs.
+        ``> 0`` shows a progress bar over epochs (on stderr); otherwise training is silent.
 
     Attributes
     ----------
@@ -81,6 +84,17 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Per-epoch training records.
     n_features_in_ : int
         Only for 2-D ``X``.
+    feature_names_in_ : ndarray of str
+        Only for a DataFrame ``X`` with string column names.
+    feature_mean_, feature_scale_ : ndarray of shape (n_features_in_,)
+        Standardisation of tabular ``X``.
+
+    Notes
+    -----
+    Float image pixels are rounded to 8 bits for training and encoding (the
+    training set lives on the device as uint8). Pickles and
+    :func:`bafo_pipeline.io.model_io.save_model` store the network as CPU
+    tensors, so a model fitted on a GPU loads on a CPU-only machine.
 
     Examples
     --------
@@ -163,17 +177,24 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         y : None
             Ignored; present for pipeline compatibility.
         sensitive_features : DataFrame of shape (n_samples, n_attributes), optional
-            The attributes to conceal. Without them the model is a plain VAE
-            (a non-blind baseline) and a warning says so.
+            The attributes to conceal, matched to ``X`` by position. Without
+            them the model is a plain VAE (a non-blind baseline) and a warning
+            says so. In a pipeline, enable metadata routing
+            (``sklearn.set_config(enable_metadata_routing=True)``): this
+            estimator requests ``sensitive_features`` by default.
         checkpoint : path, optional
             Training state is written here atomically after every epoch.
         resume : bool, default=False
-            Continue from ``checkpoint`` if it exists.
+            Continue from ``checkpoint`` if it exists (same data and settings;
+            ``epochs`` may be raised).
 
         Returns
         -------
         self : BAFOTransformer
+            Fitted estimator.
         """
+        for stale in ("n_features_in_", "feature_names_in_", "feature_mean_", "feature_scale_"):
+            self.__dict__.pop(stale, None)
         fmt = detect_format(X, self.image_shape)
         inputs = self._fit_inputs(X, fmt)
         n_samples = len(inputs)
@@ -181,17 +202,17 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             raise ValueError(f"BAFOTransformer needs at least 2 samples to fit, got {n_samples}")
         conditions, schema = self._fit_conditions(sensitive_features, n_samples)
         seed = _seed_from(self.random_state)
-        torch.manual_seed(seed)
-        network = BAFONetwork(
-            NetworkConfig(
-                kind="conv" if fmt.is_image else "mlp",
-                input_shape=(fmt.shape[2], fmt.shape[0], fmt.shape[1]) if fmt.is_image else fmt.shape,
-                condition_dim=conditions.shape[1],
-                latent_dim=self.latent_dim,
-                widths=tuple(self.widths or (DEFAULT_CONV_WIDTHS if fmt.is_image else DEFAULT_MLP_WIDTHS)),
-                condition_every_layer=self.condition_every_layer,
-            )
+        network_config = NetworkConfig(
+            kind="conv" if fmt.is_image else "mlp",
+            input_shape=(fmt.shape[2], fmt.shape[0], fmt.shape[1]) if fmt.is_image else fmt.shape,
+            condition_dim=conditions.shape[1],
+            latent_dim=self.latent_dim,
+            widths=tuple(self.widths or (DEFAULT_CONV_WIDTHS if fmt.is_image else DEFAULT_MLP_WIDTHS)),
+            condition_every_layer=self.condition_every_layer,
         )
+        with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the global RNG
+            torch.manual_seed(seed)
+            network = BAFONetwork(network_config)
         config = TrainingConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -212,7 +233,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 resume=resume,
                 on_epoch_end=on_epoch_end,
             )
-        self.network_ = trainer.network.cpu().eval()
+        # Plain CPU tensors between calls: cheap to pickle, portable, and what save_model writes.
+        self.network_ = trainer.network.cpu().to(memory_format=torch.contiguous_format).eval()
         self.schema_ = schema
         self.input_format_ = fmt
         return self
@@ -238,7 +260,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 "BAFOTransformer fitted without sensitive_features: this is a plain VAE and its latents "
                 "are not blind to anything. Pass sensitive_features= (with metadata routing in pipelines).",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return np.zeros((n_samples, 0), dtype=np.float32), None
         frame = _as_frame(sensitive_features)
@@ -254,10 +276,12 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Parameters
         ----------
         X : array-like or sequence of image paths
-            In the form the estimator was fitted on.
+            In the form the estimator was fitted on; an image model also
+            accepts image paths (decoded to the fitted size).
         sample : bool, default=False
             Draw from the posterior instead of returning its mean (the mean is
-            deterministic and is what downstream models should use).
+            deterministic and is what downstream models should use). Draws are
+            reproducible for an integer ``random_state``.
 
         Returns
         -------
@@ -265,30 +289,38 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """
         check_is_fitted(self)
         parts = [latents for _, latents in self.iter_transform(X, sample=sample)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.latent_dim), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, self._n_features_out), np.float32)
 
     def iter_transform(self, X, *, batch_size: int = 1024, sample: bool = False):
         """Encode in batches, yielding ``(row_indices, latents)``; memory stays bounded.
 
-        Used for exports of datasets larger than memory.
+        Used for exports of datasets larger than memory: image paths are
+        decoded one batch at a time.
+
+        Parameters
+        ----------
+        X : array-like or sequence of image paths
+        batch_size : int, default=1024
+        sample : bool, default=False
+            See :meth:`transform`.
+
+        Yields
+        ------
+        row_indices : ndarray of int
+            Positions in ``X``.
+        latents : ndarray of shape (len(row_indices), latent_dim), float32
         """
         check_is_fitted(self)
-        fmt = self.input_format_
-        device = resolve_device(self.device)
-        network = self.network_.to(device)
+        network, device = self._inference_network()
         generator = torch.Generator(device=device).manual_seed(_seed_from(self.random_state))
-        try:
-            for indices, batch in self._encode_batches(X, fmt, batch_size):
-                x = torch.from_numpy(batch).to(device)
-                x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-                with torch.inference_mode(), _autocast(device):
-                    mean, logvar = network.encode(x)
-                    if sample:
-                        noise = torch.randn(mean.shape, generator=generator, device=device)
-                        mean = mean + noise * torch.exp(0.5 * logvar)
-                yield indices, mean.float().cpu().numpy()
-        finally:
-            self.network_.cpu()
+        for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
+            x = _model_input(batch, device)
+            with torch.inference_mode():
+                mean, logvar = network.encode(x)
+                if sample:
+                    noise = torch.randn(mean.shape, generator=generator, device=device)
+                    mean = mean + noise * torch.exp(0.5 * logvar)
+            yield indices, mean.float().cpu().numpy()
 
     def _encode_batches(self, X, fmt: InputFormat, batch_size: int):
         if fmt.kind == "tabular":
@@ -301,6 +333,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             validate_data(self, X, dtype=None, reset=False)
         yield from image_batches_uint8(X, fmt, batch_size)
 
+    def _inference_network(self) -> tuple[BAFONetwork, torch.device]:
+        """The fitted network on the estimator's device (a copy off the CPU, so ``network_`` stays put)."""
+        device = resolve_device(self.device)
+        if device.type == "cpu":
+            return self.network_, device
+        return copy.deepcopy(self.network_).to(device), device
+
     def inverse_transform(self, X, *, sensitive_features=None) -> np.ndarray:
         """Decode latents into images (or features) with chosen attributes.
 
@@ -309,11 +348,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         X : array-like of shape (n_samples, latent_dim)
             Latents, e.g. from :meth:`transform`.
         sensitive_features : DataFrame or mapping
-            The attributes to decode with: one row per latent, or a mapping of
-            scalars applied to every row (``{"age": 40, "gender": "female"}``).
-            Fractions are allowed: ``gender=0.5`` for a neutral decode,
-            ``{"ethnicity": {"asian": 0.5, "white": 0.5}}`` for a mixture.
-            Required when the model was fitted with sensitive features.
+            The attributes to decode with: one row per latent, or a mapping
+            whose scalar values apply to every row
+            (``{"age": 40, "gender": "female"}``; sequences in the mapping give
+            one value per row). Fractions are allowed: ``gender=0.5`` for a
+            neutral decode, ``{"ethnicity": {"asian": 0.5, "white": 0.5}}`` for
+            a mixture. Required when the model was fitted with sensitive
+            features.
 
         Returns
         -------
@@ -323,35 +364,56 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             original units.
         """
         check_is_fitted(self)
+        latent_dim = self._n_features_out
         Z = np.asarray(X, dtype=np.float32)
-        if Z.ndim != 2 or Z.shape[1] != self.latent_dim:
-            raise ValueError(f"expected latents of shape (n, {self.latent_dim}), got {Z.shape}")
-        conditions = self._conditions_for(sensitive_features, len(Z), allow_fractional=True)
+        if Z.ndim != 2 or Z.shape[1] != latent_dim:
+            raise ValueError(f"expected latents of shape (n, {latent_dim}), got {Z.shape}")
+        if not np.isfinite(Z).all():
+            raise ValueError(f"latents contain NaN or infinite values (row {int(np.argmax(~np.isfinite(Z).all(1)))})")
+        frame = self._sensitive_frame(sensitive_features, len(Z), broadcast=True)
+        conditions = self._encode_conditions(frame, len(Z), allow_fractional=True)
+        network, device = self._inference_network()
+        decoded = []
         with torch.inference_mode():
-            decoded = self.network_.decode(torch.from_numpy(Z), torch.from_numpy(conditions)).numpy()
+            for start in range(0, len(Z), 1024) or [0]:  # one (empty) batch gives an empty result its shape
+                z = torch.from_numpy(Z[start : start + 1024]).to(device)
+                c = torch.from_numpy(conditions[start : start + 1024]).to(device)
+                decoded.append(network.decode(z, c).float().cpu().numpy())
+        decoded = np.concatenate(decoded)
         if self.input_format_.is_image:
             return from_unit_nchw(decoded, self.input_format_)
         return decoded * self.feature_scale_ + self.feature_mean_
 
-    def _conditions_for(self, sensitive_features, n_samples: int, *, allow_fractional: bool) -> np.ndarray:
+    def _sensitive_frame(self, sensitive_features, n_samples: int, *, broadcast: bool) -> pd.DataFrame | None:
+        """Check ``sensitive_features`` against the fitted schema and row count; a DataFrame or None."""
         if self.schema_ is None:
             if sensitive_features is not None:
                 raise ValueError("this model was fitted without sensitive features; do not pass any")
-            return np.zeros((n_samples, 0), dtype=np.float32)
+            return None
         if sensitive_features is None:
             raise ValueError(
                 f"sensitive_features are required: this model's decoder is conditioned on {self.schema_.names}"
             )
-        if isinstance(sensitive_features, Mapping) and all(np.isscalar(v) or isinstance(v, Mapping) for v in sensitive_features.values()):
-            sensitive_features = pd.DataFrame({k: [v] * n_samples for k, v in sensitive_features.items()})
-        frame = _as_frame(sensitive_features)
+        if broadcast and isinstance(sensitive_features, Mapping):
+            frame = _broadcast(sensitive_features, n_samples)
+        else:
+            frame = _as_frame(sensitive_features)
         if len(frame) != n_samples:
             raise ValueError(f"sensitive_features has {len(frame)} rows but there are {n_samples} samples")
+        return frame
+
+    def _encode_conditions(self, frame: pd.DataFrame | None, n_samples: int, *, allow_fractional: bool) -> np.ndarray:
+        if frame is None:
+            return np.zeros((n_samples, 0), dtype=np.float32)
         return self.schema_.encode(frame, allow_fractional=allow_fractional)
 
     # ---------------------------------------------------------------- score
     def score(self, X, y=None, *, sensitive_features=None) -> float:
         """Negative ELBO per sample (higher is better), for model selection without labels.
+
+        The ELBO here is the unweighted one (squared reconstruction error plus
+        the full KL term, with posterior-mean decoding), so models with
+        different ``kl_weight`` compare on the same scale.
 
         Parameters
         ----------
@@ -359,37 +421,46 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         y : None
             Ignored.
         sensitive_features : DataFrame, optional
-            Required when the model was fitted with sensitive features.
+            One row per sample; required when the model was fitted with
+            sensitive features.
+
+        Returns
+        -------
+        score : float
         """
         check_is_fitted(self)
+        frame = self._sensitive_frame(sensitive_features, _n_rows(X), broadcast=False)
+        network, device = self._inference_network()
         total, count = 0.0, 0
         for indices, batch in self._encode_batches(X, self.input_format_, 1024):
-            x = torch.from_numpy(batch)
-            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
-            rows = _take_rows(sensitive_features, indices)
-            c = torch.from_numpy(self._conditions_for(rows, len(x), allow_fractional=False))
+            x = _model_input(batch, device)
+            rows = None if frame is None else frame.iloc[indices]
+            c = torch.from_numpy(self._encode_conditions(rows, len(x), allow_fractional=False)).to(device)
             with torch.inference_mode():
-                mean, logvar = self.network_.encode(x)
-                terms = vae_loss_terms(x, self.network_.decode(mean, c), mean, logvar)
-            total += float((terms["reconstruction"] + terms["kl_mean"] + terms["kl_variance"]).sum())
+                mean, logvar = network.encode(x)
+                terms = vae_loss_terms(x, network.decode(mean, c), mean, logvar)
+                total += float((terms["reconstruction"] + terms["kl_mean"] + terms["kl_variance"]).sum())
             count += len(x)
         return -total / max(count, 1)
 
     @property
     def _n_features_out(self) -> int:
-        return self.latent_dim
+        # Raises AttributeError before fit, so get_feature_names_out reports "not fitted".
+        return self.network_.config.latent_dim
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self) -> dict:
-        # Store the network as CPU tensors so a model fitted on a GPU unpickles anywhere.
-        state = super().__getstate__()
+        # Store the network as CPU tensors so a model fitted on a GPU unpickles anywhere. Copy the
+        # state first: on Python >= 3.11 object.__getstate__ returns the live __dict__.
+        state = dict(super().__getstate__())
         network = state.pop("network_", None)
         if network is not None:
             state["_network_config"] = network.config.to_dict()
-            state["_network_state"] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+            state["_network_state"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state = dict(state)
         config = state.pop("_network_config", None)
         weights = state.pop("_network_state", None)
         super().__setstate__(state)
@@ -405,23 +476,58 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return tags
 
 
+def _model_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 images → float in [0, 1]; float features as they are; on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def _n_rows(X) -> int:
+    if hasattr(X, "shape") and len(X.shape):
+        return int(X.shape[0])
+    return len(X)
+
+
 def _as_frame(sensitive_features) -> pd.DataFrame:
+    """Sensitive features as a DataFrame with a fresh 0..n-1 index (rows match X by position)."""
     if isinstance(sensitive_features, pd.DataFrame):
         return sensitive_features.reset_index(drop=True)
     if isinstance(sensitive_features, pd.Series):
-        return sensitive_features.reset_index(drop=True).to_frame()
+        name = sensitive_features.name if isinstance(sensitive_features.name, str) else "sensitive_0"
+        return sensitive_features.reset_index(drop=True).to_frame(name)
     if isinstance(sensitive_features, Mapping):
+        scalars = [name for name, value in sensitive_features.items() if np.ndim(value) == 0]
+        if scalars:
+            raise ValueError(
+                f"sensitive_features{scalars} hold single values; give one value per row "
+                "(only inverse_transform repeats a single value over all rows)"
+            )
         return pd.DataFrame(dict(sensitive_features))
-    array = np.asarray(sensitive_features)
-    if array.ndim == 1:
-        array = array[:, None]
-    return pd.DataFrame(array, columns=[f"sensitive_{i}" for i in range(array.shape[1])])
+    if isinstance(sensitive_features, (str, bytes)) or np.ndim(sensitive_features) not in (1, 2):
+        raise ValueError(
+            "sensitive_features must be a DataFrame, a Series, a mapping of column name to values, "
+            f"or a 1-D/2-D array; got {type(sensitive_features).__name__}"
+        )
+    # Lists of rows keep each column's own type (np.asarray would turn ages into strings next to "male").
+    data = sensitive_features if isinstance(sensitive_features, np.ndarray) else list(sensitive_features)
+    frame = pd.DataFrame(data)
+    frame.columns = [f"sensitive_{i}" for i in range(frame.shape[1])]
+    return frame
 
 
-def _take_rows(sensitive_features, indices: np.ndarray):
-    if sensitive_features is None:
-        return None
-    return _as_frame(sensitive_features).iloc[indices].reset_index(drop=True)
+def _broadcast(values: Mapping, n_samples: int) -> pd.DataFrame:
+    """A mapping of per-attribute values as ``n_samples`` rows: scalars and mixtures repeat, sequences stay."""
+    columns = {}
+    for name, value in values.items():
+        if isinstance(value, Mapping) or np.ndim(value) == 0:
+            columns[name] = [value] * n_samples
+        else:
+            columns[name] = list(value)
+            if len(columns[name]) != n_samples:
+                raise ValueError(
+                    f"sensitive_features[{name!r}] has {len(columns[name])} values but there are {n_samples} samples"
+                )
+    return pd.DataFrame(columns, index=pd.RangeIndex(n_samples))
 
 
 def _paths_like(X) -> bool:
@@ -442,15 +548,10 @@ def _condition_slices(schema: AttributeSchema | None) -> list[tuple[int, int]]:
 
 
 def _seed_from(random_state) -> int:
-    if random_state is None:
-        return int(np.random.default_rng().integers(2**31 - 1))
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(2**31 - 1))
-    return int(random_state)
-
-
-def _autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """An int seed: the int itself, or a draw from ``check_random_state`` (None → numpy's global RNG)."""
+    if isinstance(random_state, Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(2**31 - 1))
 
 
 class _epoch_progress:

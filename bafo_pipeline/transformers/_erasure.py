@@ -35,8 +35,11 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Also erase quantile bins of each continuous attribute (age), not only
         its linear trend, so a linear probe cannot read age bands either.
         0 erases the linear trend alone.
-    tolerance : float, default=1e-6
-        Relative eigenvalue threshold for the pseudo-inverse square roots.
+    tolerance : float, default=1e-10
+        Relative threshold below which covariance eigenvalues (and singular
+        values of the whitened cross-covariance) count as zero. Keep it tiny:
+        directions of very small variance (collapsed latent dimensions) can
+        still carry the attribute, and a standardising probe will find them.
 
     Attributes
     ----------
@@ -61,7 +64,7 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         "tolerance": [Interval(Real, 0, None, closed="left")],
     }
 
-    def __init__(self, *, attribute_kinds: dict | None = None, continuous_bins: int = 4, tolerance: float = 1e-6):
+    def __init__(self, *, attribute_kinds: dict | None = None, continuous_bins: int = 4, tolerance: float = 1e-10):
         self.attribute_kinds = attribute_kinds
         self.continuous_bins = continuous_bins
         self.tolerance = tolerance

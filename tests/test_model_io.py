@@ -1,0 +1,146 @@
+"""Model directories: config.json + model.safetensors, identical outputs after loading, safe overwrite."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bafo_pipeline._version import package_version
+from bafo_pipeline.data.synthetic import make_synthetic_faces
+from bafo_pipeline.io.model_io import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_model,
+    model_fingerprint,
+    read_model_config,
+    save_model,
+)
+from bafo_pipeline.transformers import BAFOTransformer
+
+VALUES = {"age": 60, "gender": 0.5, "ethnicity": {"indian": 1.0, "others": 1.0}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny networks: extra intra-op threads only add synchronisation (costly on a shared CPU).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return make_synthetic_faces(64, image_size=32, random_state=2)
+
+
+@pytest.fixture(scope="module")
+def fitted(faces):
+    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=2, batch_size=16, random_state=0)
+    return model.fit(faces.images, sensitive_features=faces.sensitive_features)
+
+
+def test_loaded_model_gives_identical_outputs(fitted, faces, tmp_path):
+    path = save_model(fitted, tmp_path / "model")
+    loaded = load_model(path)
+    Z = fitted.transform(faces.images)
+    np.testing.assert_array_equal(loaded.transform(faces.images), Z)
+    np.testing.assert_array_equal(
+        loaded.inverse_transform(Z, sensitive_features=VALUES), fitted.inverse_transform(Z, sensitive_features=VALUES)
+    )
+    S = faces.sensitive_features
+    assert loaded.score(faces.images, sensitive_features=S) == fitted.score(faces.images, sensitive_features=S)
+    assert loaded.get_params() == fitted.get_params()
+    assert loaded.schema_ == fitted.schema_ and loaded.input_format_ == fitted.input_format_
+    assert loaded.history_ == fitted.history_
+
+
+def test_directory_holds_json_config_and_safetensors(fitted, tmp_path):
+    path = save_model(fitted, tmp_path / "model", metadata={"split": {"seed": 0}})
+    assert sorted(p.name for p in path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging directory left
+    config = json.loads((path / CONFIG_NAME).read_text())
+    assert config["package_version"] == package_version()
+    assert config["schema"] == fitted.schema_.to_dict()
+    assert config["params"]["latent_dim"] == 4 and config["network"]["widths"] == [4, 8]
+    assert read_model_config(path)["metadata"] == {"split": {"seed": 0}}
+    tensors = load_file(path / WEIGHTS_NAME)
+    state = fitted.network_.state_dict()
+    assert set(tensors) == {f"network.{k}" for k in state}
+    assert all(torch.equal(tensors[f"network.{k}"], v) for k, v in state.items())
+
+
+def test_tabular_model_keeps_standardisation_and_feature_names(tmp_path):
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame(rng.normal(50, 5, size=(60, 4)).astype(np.float32), columns=["a", "b", "c", "d"])
+    S = pd.DataFrame({"group": rng.choice(["x", "y"], size=60)})
+    model = BAFOTransformer(latent_dim=2, widths=(8,), epochs=2, random_state=np.random.RandomState(0))
+    model.fit(X, sensitive_features=S)
+    loaded = load_model(save_model(model, tmp_path / "tabular"))
+    assert loaded.random_state is None  # a RandomState instance cannot be stored in JSON
+    assert list(loaded.feature_names_in_) == ["a", "b", "c", "d"] and loaded.n_features_in_ == 4
+    Z = model.transform(X)
+    np.testing.assert_array_equal(loaded.transform(X), Z)
+    np.testing.assert_array_equal(
+        loaded.inverse_transform(Z, sensitive_features=S), model.inverse_transform(Z, sensitive_features=S)
+    )
+
+
+def test_overwrite_only_replaces_model_directories(fitted, tmp_path):
+    path = save_model(fitted, tmp_path / "model")
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_model(fitted, path)
+    save_model(fitted, path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    precious = tmp_path / "data"
+    precious.mkdir()
+    (precious / "photos.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a bafo model"):
+        save_model(fitted, precious, overwrite=True)
+    assert (precious / "photos.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        save_model(fitted, tmp_path / "file", overwrite=True)
+
+
+def test_a_model_saved_for_cuda_loads_on_a_cpu_only_machine(fitted, faces, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    path = save_model(fitted, tmp_path / "model")
+    config = json.loads((path / CONFIG_NAME).read_text())
+    config["params"]["device"] = "cuda:0"  # as written by a model trained with device="cuda:0"
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="not available here"):
+        loaded = load_model(path)
+    assert loaded.device == "auto"
+    np.testing.assert_array_equal(loaded.transform(faces.images[:5]), fitted.transform(faces.images[:5]))
+    assert load_model(path, device="cpu").device == "cpu"
+
+
+def test_unreadable_model_directories_give_clear_errors(fitted, tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        load_model(tmp_path)
+    path = save_model(fitted, tmp_path / "model")
+    config = json.loads((path / CONFIG_NAME).read_text())
+    (path / CONFIG_NAME).write_text(json.dumps({**config, "format_version": 99}))
+    with pytest.raises(ValueError, match="not a bafo model of a supported format"):
+        load_model(path)
+    (path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_model(path)
+    config["network"]["latent_dim"] = 5
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="weights do not load into the configured network"):
+        load_model(path)
+
+
+def test_fingerprint_identifies_the_weights(fitted, faces, tmp_path):
+    first = save_model(fitted, tmp_path / "a")
+    again = save_model(load_model(first), tmp_path / "b")
+    assert model_fingerprint(first) == model_fingerprint(again)
+    other = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=16, random_state=1)
+    other.fit(faces.images, sensitive_features=faces.sensitive_features)
+    assert model_fingerprint(save_model(other, tmp_path / "c")) != model_fingerprint(first)

@@ -12,8 +12,10 @@ attribute  visual cues
 age        face size and proportions (children), forehead lines and
            nasolabial folds, greying hair
 gender     jaw shape, brow thickness, lip colour, eyeliner, beard shading
+           or blushed cheeks, neck and shoulder width
 ethnicity  skin tone, eye shape, nose width, hair and iris colour
-smile      mouth curve, open mouth with teeth
+smile      mouth curve, wider open mouth with teeth, lifted cheeks,
+           narrowed eyes
 background backdrop brightness
 tilt       head rotation (degrees, positive = clockwise as displayed)
 hair_style silhouette and texture: short cap, long hair to the shoulders,
@@ -27,13 +29,13 @@ jitter and pixel noise vary freely, so the images are not trivially memorised.
 
 from __future__ import annotations
 
-import hashlib
 from numbers import Integral
 
 import numpy as np
 import pandas as pd
 
 from .dataset import FaceDataset, LoadReport
+from .splits import content_hash
 
 __all__ = [
     "SYNTHETIC_SENSITIVE",
@@ -126,8 +128,9 @@ def make_synthetic_faces(
         :data:`ETHNICITIES`), ``smile`` (int 0/1), ``background`` (float
         brightness in [0, 1]), ``tilt`` (float degrees in [-15, 15]),
         ``hair_style`` (one of :data:`HAIR_STYLES`) and ``glasses`` (int 0/1);
-        ``sensitive`` is :data:`SYNTHETIC_SENSITIVE`; ``content_hash`` is the
-        SHA-256 hex digest of each image's bytes; ``sources`` is None.
+        ``sensitive`` is :data:`SYNTHETIC_SENSITIVE`; ``content_hash`` is
+        :func:`~bafo_pipeline.data.splits.content_hash` (SHA-1) of each
+        image's pixel bytes; ``sources`` is None.
 
     Notes
     -----
@@ -151,25 +154,42 @@ def make_synthetic_faces(
     attributes, codes = _draw_attributes(rng, n_samples)
     params = _draw_render_params(rng, attributes, codes)
 
-    images = np.empty((n_samples, image_size, image_size, 3), dtype=np.uint8)
-    step = _chunk_size(image_size)
-    for start in range(0, n_samples, step):
-        stop = min(start + step, n_samples)
-        chunk = {name: value[start:stop] for name, value in params.items()}
-        noise = rng.standard_normal((3, stop - start, image_size, image_size), dtype=np.float32)
-        images[start:stop] = _render(chunk, image_size, noise)
-
-    content_hash = np.array(
-        [hashlib.sha256(image.tobytes()).hexdigest() for image in images], dtype=object
-    )
+    images = _render_all(params, codes["hair_style"], image_size, rng)
+    hashes = np.array([content_hash(image.tobytes()) for image in images], dtype=object)
     return FaceDataset(
         images=images,
         attributes=attributes,
         sensitive=SYNTHETIC_SENSITIVE,
-        content_hash=content_hash,
+        content_hash=hashes,
         sources=None,
         report=LoadReport(n_loaded=n_samples),
     )
+
+
+def _render_all(
+    params: dict[str, np.ndarray], hair_style: np.ndarray, image_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Render every image, chunk by chunk, into a ``(n, size, size, 3)`` uint8 array."""
+    n = len(hair_style)
+    images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+    step = _chunk_size(image_size)
+    # One hair style per chunk, so style-specific work is skipped elsewhere.
+    chunks = []
+    for style in range(len(HAIR_STYLES)):
+        members = np.flatnonzero(hair_style == style)
+        chunks += [members[i : i + step] for i in range(0, len(members), step)]
+    per_draw = _chunks_per_noise_draw(image_size, step)
+    for first in range(0, len(chunks), per_draw):
+        group = chunks[first : first + per_draw]
+        # Uniform 8-bit noise: a normal draw would cost as much as the drawing.
+        shape = (3, sum(map(len, group)), image_size, image_size)
+        noise = rng.integers(0, 256, shape, dtype=np.uint8)
+        offset = 0
+        for indices in group:
+            chunk = {name: value[indices] for name, value in params.items()}
+            images[indices] = _render(chunk, image_size, noise[:, offset : offset + len(indices)])
+            offset += len(indices)
+    return images
 
 
 def _check_int(value, name: str, *, minimum: int) -> int:
@@ -195,12 +215,12 @@ def _draw_attributes(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, di
     attributes = pd.DataFrame(
         {
             "age": age,
-            "gender": np.where(male, "male", "female").astype(object),
-            "ethnicity": np.asarray(ETHNICITIES, dtype=object)[ethnicity],
+            "gender": np.where(male, "male", "female"),
+            "ethnicity": np.asarray(ETHNICITIES)[ethnicity],
             "smile": smile,
             "background": background,
             "tilt": tilt,
-            "hair_style": np.asarray(HAIR_STYLES, dtype=object)[hair_style],
+            "hair_style": np.asarray(HAIR_STYLES)[hair_style],
             "glasses": glasses,
         }
     )
@@ -235,6 +255,7 @@ def _draw_render_params(
     p["eye_y"] = -0.02 - 0.13 * growth
     p["eye_w"] = 0.19 * (1.30 - 0.30 * growth) * rng.uniform(0.92, 1.08, n).astype(f32)
     p["eye_h"] = p["eye_w"] * _EYE_ASPECT[eth] * rng.uniform(0.9, 1.1, n).astype(f32)
+    p["eye_h"] *= 1.0 - 0.25 * attributes["smile"].to_numpy(f32)  # smiling eyes narrow
     p["nose_w"] = _NOSE_WIDTH[eth]
 
     p["wrinkle"] = np.clip((age - 30.0) / 45.0, 0.0, 1.0)
@@ -244,13 +265,17 @@ def _draw_render_params(
     p["taper"] = np.where(male, 0.02, 0.16).astype(f32)
     p["brow_t"] = np.where(male, 0.060, 0.032).astype(f32)
     p["liner"] = np.where(male, 0.0, 0.6).astype(f32)
+    p["neck_w"] = np.where(male, 0.46, 0.36).astype(f32)
+    p["shoulder_w"] = (np.where(male, 1.0, 0.84) * (0.75 + 0.25 * growth)).astype(f32)
+    # Men's lower faces shade towards their hair colour (beard), women's cheeks blush.
     beard_onset = np.clip((age - 15.0) / 6.0, 0.0, 1.0)
-    p["beard"] = np.where(male, rng.uniform(0.15, 1.0, n) * beard_onset, 0.0).astype(f32)
+    p["beard"] = np.where(male, rng.uniform(0.3, 1.0, n) * beard_onset, 0.0).astype(f32)
+    p["blush"] = np.where(male, 0.0, rng.uniform(0.25, 0.5, n)).astype(f32)
 
     skin = _SKIN[eth] * rng.uniform(0.93, 1.07, (n, 1)) + rng.uniform(-0.025, 0.025, (n, 3))
     p["skin"] = np.clip(skin, 0.0, 1.0).astype(f32)
-    lips_female = np.array([0.78, 0.26, 0.32], dtype=f32)
-    p["lips"] = np.where(male[:, None], p["skin"] * np.array([0.78, 0.62, 0.62], dtype=f32), lips_female)
+    lips_male = p["skin"] * np.array([0.78, 0.62, 0.62], dtype=f32)
+    p["lips"] = np.where(male[:, None], lips_male, np.array([0.78, 0.26, 0.32], dtype=f32))
 
     hair = np.where(
         (eth == 0)[:, None],
@@ -261,6 +286,7 @@ def _draw_render_params(
     p["hair"] = np.clip(hair * (1 - grey[:, None]) + _GREY_HAIR * grey[:, None], 0, 1).astype(f32)
     iris = np.where((eth == 0)[:, None], _IRIS[rng.integers(0, 3, n)], _IRIS[2])
     p["iris"] = iris.astype(f32)
+    p["tint"] = np.where(male[:, None], p["hair"] * 0.7, np.array([0.88, 0.34, 0.40], dtype=f32))
 
     (
         p["cap_w"], p["cap_h"], p["cap_bottom"], p["back_len"], p["back_w"],
@@ -273,8 +299,8 @@ def _draw_render_params(
 
     # Background: brightness is the attribute; a faint tint and gradient are nuisance.
     level = 0.06 + 0.88 * attributes["background"].to_numpy(f32)
-    tint = 1.0 + rng.uniform(-0.08, 0.08, (n, 3))
-    p["bg"] = np.clip(level[:, None] * tint, 0, 1).astype(f32)
+    bg_tint = 1.0 + rng.uniform(-0.08, 0.08, (n, 3))
+    p["bg"] = np.clip(level[:, None] * bg_tint, 0, 1).astype(f32)
     p["bg_grad"] = rng.uniform(-0.12, 0.12, n).astype(f32)
     p["cloth"] = rng.uniform(0.1, 0.9, (n, 3)).astype(f32)
     p["light"] = rng.uniform(-0.2, 0.2, n).astype(f32)
@@ -284,9 +310,19 @@ def _draw_render_params(
 
 
 def _chunk_size(image_size: int) -> int:
-    # About 100k pixels per chunk: big enough to amortise Python's per-call
-    # overhead, small enough that the temporaries stay in cache.
-    return max(1, min(256, 100_000 // (image_size * image_size)))
+    """Images per chunk: about 64k pixels, enough to amortise Python's per-call
+    overhead while the temporaries stay in cache."""
+    return max(1, min(256, 64_000 // (image_size * image_size)))
+
+
+def _chunks_per_noise_draw(image_size: int, chunk: int) -> int:
+    """How many chunks share one noise draw.
+
+    Noise is drawn for several chunks at once (about 8 MB): fewer generator
+    calls, and freeing a block that size lets glibc keep the renderer's
+    temporaries in its heap instead of page-faulting them in again each chunk.
+    """
+    return max(1, 8_000_000 // (3 * image_size * image_size * chunk))
 
 
 def _render(
@@ -294,33 +330,39 @@ def _render(
 ) -> np.ndarray:
     """Paint one chunk of faces back to front; returns uint8 ``(B, size, size, 3)``.
 
-    The large shapes (backdrop, shoulders, hair, neck, ears, face) cover the
-    whole frame; the small features (eyes, brows, glasses, nose, mouth) are
-    painted only inside a window around them, which is where most of the
-    time would otherwise go. ``windowed=False`` paints them on the whole
-    frame instead, which must give the same picture.
+    Each part is painted only inside the span of rows and columns that can
+    hold it for every face in the chunk, which saves most of the work.
+    ``windowed=False`` paints every part on the whole frame instead, which
+    must give the same picture.
     """
-    n = len(p["a"])
     grid = (np.arange(size, dtype=np.float32) + 0.5) * np.float32(2.0 / size) - np.float32(1.0)
-    # Channels first, per chunk: the colour axis outermost keeps every plane
-    # contiguous and lets single-channel masks broadcast without reshaping.
-    img = np.empty((3, n, size, size), dtype=np.float32)
-    bg_shade = 1.0 + _col(p, "bg_grad") * grid[None, :, None]
-    np.multiply(_rgb(p, "bg"), bg_shade, out=img)
+    v, u = grid[None, :, None], grid[None, None, :]
+    # Channels first: the colour axis outermost keeps every plane contiguous and
+    # lets single-channel masks broadcast without reshaping.
+    img = np.empty((3, len(p["a"]), size, size), dtype=np.float32)
+    np.multiply(_rgb(p, "bg"), 1.0 + _col(p, "bg_grad") * v, out=img)
 
-    rows = np.broadcast_to(np.arange(size), (n, size))
-    _paint_head(img, p, grid[rows][:, :, None], grid[rows][:, None, :], size)
+    def window(box):
+        rows, cols = _span(size, *box) if windowed else (slice(None), slice(None))
+        return img[:, :, rows, cols], v[:, rows], u[:, :, cols]
 
-    for painter, box in ((_paint_eyes, _eye_box), (_paint_mouth, _mouth_box)):
-        if windowed:
-            rows, cols = _window(p, size, *box(p))
-        index = (slice(None), np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :])
-        patch = img[index]
-        painter(patch, p, grid[rows][:, :, None], grid[cols][:, None, :], size)
-        img[index] = patch
+    for painter, box in (
+        (_paint_shoulders, _shoulder_box(p)),
+        (_paint_back_hair, _local_box(p, *_back_hair_box(p))),
+        (_paint_neck, _neck_box(p)),
+        (_paint_ears, _local_box(p, *_ear_box(p))),
+        (_paint_face, _local_box(p, *_face_box(p))),
+        (_paint_fringe, _local_box(p, *_fringe_box(p))),
+        (_paint_eyes, _local_box(p, *_eye_box(p))),
+        (_paint_mouth, _local_box(p, *_mouth_box(p))),
+    ):
+        painter(*window(box), p, size)
 
     img *= p["gain"].T[:, :, None, None]
-    img += noise * _col(p, "noise")
+    noise = noise.astype(np.float32)
+    noise -= 127.5
+    noise *= _col(p, "noise") / np.float32(73.9)  # unit variance before scaling
+    img += noise
     np.clip(img, 0.0, 1.0, out=img)
     img *= 255.0
     img += 0.5
@@ -344,6 +386,11 @@ def _cover(d: np.ndarray, size: int) -> np.ndarray:
     return np.clip(cover, 0.0, 1.0, out=cover)
 
 
+def _thin(width: float, size: int) -> np.float32:
+    """Half-width of a thin line in grid units, never under half a pixel."""
+    return np.float32(max(width, 1.0 / size))
+
+
 def _paint(img: np.ndarray, alpha: np.ndarray, color) -> None:
     """Blend ``color`` over ``img`` in place with per-pixel opacity ``alpha``."""
     delta = np.subtract(color, img)
@@ -358,74 +405,128 @@ def _local(p: dict[str, np.ndarray], v: np.ndarray, u: np.ndarray):
     return cos * du + sin * dv, cos * dv - sin * du
 
 
-def _window(p, size, x0, x1, y0, y1) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns, one common window size per chunk, covering a head-local box."""
+def _span(size: int, u0, u1, v0, v1) -> tuple[slice, slice]:
+    """Rows and columns that hold every image's box ``[u0, u1] x [v0, v1]`` in this chunk."""
+    out = []
+    for lo, hi in ((v0, v1), (u0, u1)):
+        # Pixel j is centred at (j + 0.5) * 2 / size - 1; two pixels of margin
+        # take in the anti-aliased rim.
+        first = int(np.floor((np.min(lo) + 1.0) * size / 2.0 - 0.5)) - 2
+        last = int(np.ceil((np.max(hi) + 1.0) * size / 2.0 - 0.5)) + 2
+        out.append(slice(max(first, 0), max(min(last + 1, size), 0)))
+    return out[0], out[1]
+
+
+def _local_box(p, x0, x1, y0, y1):
+    """Image-axis bounding box of a head-local box, after the tilt."""
     cos, sin = p["cos"], p["sin"]
     lx, ly = np.stack([x0, x1, x0, x1]), np.stack([y0, y0, y1, y1])
     u = p["cx"] + cos * lx - sin * ly
     v = p["cy"] + sin * lx + cos * ly
-    out = []
-    for coord in (v, u):
-        # Pixel j has its centre at (j + 0.5) * px - 1; two pixels of margin
-        # cover the anti-aliased rim.
-        lo = np.floor((coord.min(0) + 1.0) * size / 2.0 - 0.5).astype(int) - 2
-        hi = np.ceil((coord.max(0) + 1.0) * size / 2.0 - 0.5).astype(int) + 2
-        width = min(size, int((hi - lo).max()) + 1)
-        start = np.clip(lo, 0, size - width)
-        out.append(start[:, None] + np.arange(width))
-    return out[0], out[1]
+    return u.min(0), u.max(0), v.min(0), v.max(0)
+
+
+def _shoulder_box(p):
+    top = p["cy"] + p["b"] + 0.12
+    return np.full_like(top, -1.0), np.full_like(top, 1.0), top, np.full_like(top, 1.0)
+
+
+def _neck_box(p):
+    half = p["neck_w"] * p["a"]
+    return p["cx"] - half, p["cx"] + half, p["cy"], np.full_like(half, 1.0)
 
 
 def _eye_box(p):
     """Head-local box around eyes, brows, glasses and forehead lines."""
     a, b = p["a"], p["b"]
-    half_w = a * (0.38 + np.maximum(np.maximum(p["eye_w"], 0.27), 0.25))
-    top = -0.56 * b
+    half_w = a * (0.38 + np.maximum(p["eye_w"], 0.27))
     bottom = p["eye_y"] * b + np.maximum(p["eye_h"] * a, 0.27 * a)
-    return -half_w, half_w, top, bottom
+    return -half_w, half_w, -0.56 * b, bottom
 
 
 def _mouth_box(p):
     """Head-local box around nose, nasolabial folds and mouth."""
     a, b = p["a"], p["b"]
-    return -0.52 * a, 0.52 * a, 0.10 * b, 0.74 * b
+    return -0.52 * a, 0.52 * a, 0.10 * b, 0.80 * b
 
 
-def _paint_head(img, p, v, u, size) -> None:
-    """Shoulders, hair, neck, ears and face, on the whole frame."""
-    a, b = _col(p, "a"), _col(p, "b")
-    x, y = _local(p, v, u)
-    ax = np.abs(x)
-    xa, yb = x / a, y / b
-    hair = _rgb(p, "hair")
-
-    # Shoulders and neck stay upright; the head rotates above them.
-    du, dv = u - _col(p, "cx"), v - _col(p, "cy")
-    shoulders = np.sqrt((du / 0.95) ** 2 + ((dv - b - 0.62) / 0.5) ** 2)
+def _paint_shoulders(img, v, u, p, size) -> None:
+    """Shoulders stay upright; the head rotates above them."""
+    du, dv = u - _col(p, "cx"), v - _col(p, "cy") - _col(p, "b") - 0.62
+    shoulders = np.sqrt((du / _col(p, "shoulder_w")) ** 2 + (dv / 0.5) ** 2)
     shoulders -= 1.0
     shoulders *= 0.5
     _paint(img, _cover(shoulders, size), _rgb(p, "cloth"))
 
-    # Hair behind the head: a cap (bumpy for curls) plus what hangs down.
+
+def _paint_neck(img, v, u, p, size) -> None:
+    half = _col(p, "neck_w") * _col(p, "a")
+    neck = np.maximum(np.abs(u - _col(p, "cx")) - half, _col(p, "cy") - v)
+    _paint(img, _cover(neck, size), _rgb(p, "skin") * 0.8)
+
+
+def _hair(x, y, p):
+    """Signed distance to the hair cap (bumpy for curls) and the textured hair colour."""
+    a, b = _col(p, "a"), _col(p, "b")
+    xa, yb = x / a, y / b
     cap = np.sqrt((xa / _col(p, "cap_w")) ** 2 + ((yb + 0.1) / _col(p, "cap_h")) ** 2)
     cap -= 1.0
-    cap -= _col(p, "bumps") * np.sin(9.0 * xa) * np.sin(9.0 * yb)
+    texture = np.ones_like(cap)
+    # Chunks hold one hair style each, so these terms are skipped where unused.
+    if p["bumps"].any():
+        cap -= _col(p, "bumps") * np.sin(9.0 * xa) * np.sin(9.0 * yb)
+    if p["curls"].any():
+        texture += _col(p, "curls") * np.sin(22.0 * yb + 5.0 * np.sin(16.0 * xa))
+    if p["streaks"].any():
+        texture += _col(p, "streaks") * np.sin(30.0 * xa)
     cap *= a
     cap = np.maximum(cap, y - _col(p, "cap_bottom") * b)
-    hanging = np.maximum(ax - _col(p, "back_w") * a, y - _col(p, "back_len") * b)
+    return cap, _rgb(p, "hair") * texture
+
+
+def _back_hair_box(p):
+    a, b = p["a"], p["b"]
+    half_w = a * np.maximum(p["cap_w"] * (1.0 + p["bumps"]), p["back_w"])
+    top = -b * (0.1 + p["cap_h"] * (1.0 + p["bumps"]))
+    return -half_w, half_w, top, b * np.maximum(p["cap_bottom"], p["back_len"])
+
+
+def _paint_back_hair(img, v, u, p, size) -> None:
+    """Hair behind the head: the cap plus what hangs down."""
+    x, y = _local(p, v, u)
+    a, b = _col(p, "a"), _col(p, "b")
+    cap, hair = _hair(x, y, p)
+    hanging = np.maximum(np.abs(x) - _col(p, "back_w") * a, y - _col(p, "back_len") * b)
     hanging = np.maximum(hanging, -y - 0.1 * b)
-    texture = 1.0 + _col(p, "curls") * np.sin(22.0 * yb + 5.0 * np.sin(16.0 * xa))
-    texture += _col(p, "streaks") * np.sin(30.0 * xa)
-    hair_px = hair * texture
-    _paint(img, _cover(np.minimum(cap, hanging), size), hair_px * 0.8)
+    _paint(img, _cover(np.minimum(cap, hanging), size), hair * 0.8)
 
-    neck = np.maximum(np.abs(du) - 0.42 * a, -dv)
+
+def _ear_box(p):
+    a, b = p["a"], p["b"]
+    return -1.17 * a, 1.17 * a, -0.15 * b, 0.19 * b
+
+
+def _paint_ears(img, v, u, p, size) -> None:
+    a, b = _col(p, "a"), _col(p, "b")
+    x, y = _local(p, v, u)
+    ears = np.sqrt(((np.abs(x) - a) / (0.16 * a)) ** 2 + ((y - 0.02 * b) / (0.16 * b)) ** 2) - 1.0
+    _paint(img, _cover(ears * (0.16 * a), size), _rgb(p, "skin") * 0.9)
+
+
+def _face_box(p):
+    a, b = p["a"], p["b"]
+    return -a, a, -b, b
+
+
+def _paint_face(img, v, u, p, size) -> None:
+    """The face with its shading, beard or blush, and smiling cheeks."""
+    a, b = _col(p, "a"), _col(p, "b")
+    x, y = _local(p, v, u)
+    ax = np.abs(x)
+    xa, yb = x / a, y / b
     skin = _rgb(p, "skin")
-    _paint(img, _cover(neck, size), skin * 0.8)
-    ears = np.sqrt(((ax - a) / (0.16 * a)) ** 2 + ((y - 0.02 * b) / (0.16 * b)) ** 2) - 1.0
-    _paint(img, _cover(ears * (0.16 * a), size), skin * 0.9)
 
-    # Face: round on top; below the cheekbones the jaw tapers (women) or squares off (men).
+    # Round on top; below the cheekbones the jaw tapers (women) or squares off (men).
     xf = ax / (a * (1.0 - _col(p, "taper") * np.maximum(yb, 0.0)))
     ay = np.abs(yb)
     r2 = xf * xf + ay * ay
@@ -433,28 +534,42 @@ def _paint_head(img, p, v, u, size) -> None:
     square = np.maximum(xf, ay) * 1.08 - l2
     square *= _col(p, "jaw") * np.clip(yb * 3.0, 0.0, 1.0)
     face = _cover((l2 + square - 1.0) * a, size)
+    cheeks = ((ax - 0.5 * a) / (0.28 * a)) ** 2 + ((y - 0.2 * b) / (0.28 * a)) ** 2
+    cheeks = np.clip(1.0 - cheeks, 0.0, 1.0)
     shade = 1.0 - 0.22 * r2 * r2
-    shade *= 1.0 + _col(p, "light") * xa
-    # Beard shading fades in below the cheekbones.
-    beard = np.clip((yb - 0.12) * 3.0, 0.0, 1.0) * (0.5 * _col(p, "beard"))
+    # Side lighting; a smile lifts the cheeks into the light.
+    shade *= 1.0 + _col(p, "light") * xa + (0.15 * _col(p, "smile")) * cheeks
+    # Beard shading fades in below the cheekbones; blush sits on the cheeks.
+    tint = np.clip((yb - 0.12) * 3.0, 0.0, 1.0) * (0.5 * _col(p, "beard"))
+    tint += cheeks * _col(p, "blush")
     face_px = skin * shade
-    _paint(face_px, beard, hair * 0.7)
+    _paint(face_px, tint, _rgb(p, "tint"))
     _paint(img, face, face_px)
 
-    # Hair in front: the fringe above the hairline, lower towards the sides.
+
+def _fringe_box(p):
+    x0, x1, top, _ = _back_hair_box(p)
+    return x0, x1, top, p["b"] * p["cap_bottom"]
+
+
+def _paint_fringe(img, v, u, p, size) -> None:
+    """Hair in front of the face, above a hairline that drops towards the sides."""
+    x, y = _local(p, v, u)
+    xa = x / _col(p, "a")
+    cap, hair = _hair(x, y, p)
     hairline = _col(p, "hairline_drop") * xa * xa - _col(p, "hairline")
-    hairline += _col(p, "bumps") * np.sin(18.0 * xa)
-    fringe = np.maximum(cap, (yb - hairline) * b)
-    _paint(img, _cover(fringe, size), hair_px)
+    if p["bumps"].any():
+        hairline += _col(p, "bumps") * np.sin(18.0 * xa)
+    fringe = np.maximum(cap, y - hairline * _col(p, "b"))
+    _paint(img, _cover(fringe, size), hair)
 
 
-def _paint_eyes(img, p, v, u, size) -> None:
+def _paint_eyes(img, v, u, p, size) -> None:
     """Forehead lines, eyes, eyeliner, brows and glasses."""
     a, b = _col(p, "a"), _col(p, "b")
     x, y = _local(p, v, u)
     ax = np.abs(x)
     yb = y / b
-    px = np.float32(2.0 / size)
 
     lines = np.clip((np.sin(yb * 40.0) - 0.55) * 3.0, 0.0, 1.0)
     lines *= _cover(np.maximum(np.abs(yb + 0.42) - 0.1, ax / a - 0.5) * b, size)
@@ -470,7 +585,7 @@ def _paint_eyes(img, p, v, u, size) -> None:
     dist = np.sqrt(ex * ex + ey * ey)
     _paint(img, eye * _cover(dist - 0.55 * ew, size), _rgb(p, "iris"))
     _paint(img, eye * _cover(dist - 0.22 * ew, size), np.float32(0.05))
-    liner = _cover(np.maximum(np.abs(eye_rho - 1.0) * eh - 0.35 * px, ey), size)
+    liner = _cover(np.maximum(np.abs(eye_rho - 1.0) * eh - _thin(0.0125, size), ey), size)
     _paint(img, liner * _col(p, "liner"), np.float32(0.08))
 
     brow_w = 0.25 * a
@@ -482,40 +597,43 @@ def _paint_eyes(img, p, v, u, size) -> None:
     ring_r = 0.26 * a
     glasses = _col(p, "glasses")
     _paint(img, (0.15 * glasses) * _cover(dist - ring_r, size), np.float32(1.0))
-    ring = _cover(np.abs(dist - ring_r) - 0.6 * px, size)
-    bridge = _cover(np.maximum(np.abs(ey) - 0.5 * px, ax - (0.38 * a - ring_r)), size)
+    ring = _cover(np.abs(dist - ring_r) - _thin(0.021, size), size)
+    bridge = _cover(np.maximum(np.abs(ey) - _thin(0.018, size), ax - (0.38 * a - ring_r)), size)
     _paint(img, np.maximum(ring, bridge) * glasses, _col(p, "frame"))
 
 
-def _paint_mouth(img, p, v, u, size) -> None:
+def _paint_mouth(img, v, u, p, size) -> None:
     """Nasolabial folds, nostrils and mouth: a smile curves up and opens onto teeth."""
     a, b = _col(p, "a"), _col(p, "b")
     x, y = _local(p, v, u)
     ax = np.abs(x)
     xa, yb = ax / a, y / b
-    px = np.float32(2.0 / size)
 
     fold_x = 0.15 + 0.33 * (yb - 0.12) / 0.4  # from the nose wing to the mouth corner
-    fold = _cover(np.maximum(np.abs(xa - fold_x) * a - 0.45 * px, np.abs(yb - 0.32) * b - 0.2 * b), size)
+    fold = np.maximum(np.abs(xa - fold_x) * a - _thin(0.016, size), np.abs(yb - 0.32) * b - 0.2 * b)
+    fold = _cover(fold, size)
     img *= 1.0 - (0.3 * _col(p, "wrinkle")) * fold
 
     nose_w = _col(p, "nose_w")
-    nostril = _cover(np.sqrt((ax - nose_w * a) ** 2 + ((y - 0.27 * b) * 1.6) ** 2) - 0.045 * a, size)
+    nostril = np.sqrt((ax - nose_w * a) ** 2 + ((y - 0.27 * b) * 1.6) ** 2) - 0.045 * a
+    nostril = _cover(nostril, size)
     shadow = _rgb(p, "skin") * np.float32(0.5)
     _paint(img, 0.6 * nostril, shadow)
-    tip = _cover(np.maximum(np.abs(yb - 0.31) * b - 0.6 * px, ax - (nose_w + 0.04) * a), size)
+    tip = np.maximum(np.abs(yb - 0.31) * b - _thin(0.021, size), ax - (nose_w + 0.04) * a)
+    tip = _cover(tip, size)
     _paint(img, 0.3 * tip, shadow)
 
     smile = _col(p, "smile")
-    mw = 0.30 + 0.07 * smile
+    mw = 0.30 + 0.12 * smile
     t = (xa / mw) ** 2
     curve = 0.55 - (0.13 * smile - 0.03) * t
     upper = curve - 0.035 - 0.01 * smile
-    lower = curve + 0.035 + 0.13 * smile * (1.0 - t)
+    lower = curve + 0.035 + 0.16 * smile * (1.0 - t)
     side = ax - mw * a
     mouth = _cover(np.maximum(np.maximum((upper - yb) * b, (yb - lower) * b), side), size)
     _paint(img, mouth, _rgb(p, "lips"))
-    inner = _cover(np.maximum(np.maximum((upper + 0.03 - yb) * b, (yb - lower + 0.03) * b), side + 0.05 * a), size)
+    inner = np.maximum((upper + 0.03 - yb) * b, (yb - lower + 0.03) * b)
+    inner = _cover(np.maximum(inner, side + 0.05 * a), size)
     inner *= mouth * smile
     _paint(img, inner, np.float32(0.25))
     _paint(img, inner * _cover((yb - upper - 0.075) * b, size), np.float32(0.95))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .io._atomic import atomic_write_path
+from .adversary import AttributeAdversary, ConditionSlice
 from .independence import independence_penalty
 from .model import BAFONetwork, vae_loss_terms
 
@@ -55,6 +56,8 @@ class TrainingConfig:
     kl_weight: float = 1.0
     variance_weight: float = 1.0
     independence_weight: float = 0.0
+    adversary_weight: float = 0.0
+    adversary_steps: int = 2
     validation_fraction: float = 0.1
     seed: int = 0
 
@@ -64,8 +67,10 @@ class TrainingConfig:
                 f"need epochs >= 0, batch_size >= 2 and learning_rate > 0; got {self.epochs}, "
                 f"{self.batch_size}, {self.learning_rate}"
             )
-        if min(self.kl_weight, self.variance_weight, self.independence_weight) < 0:
-            raise ValueError("kl_weight, variance_weight and independence_weight must be >= 0")
+        if min(self.kl_weight, self.variance_weight, self.independence_weight, self.adversary_weight) < 0:
+            raise ValueError("kl_weight, variance_weight, independence_weight and adversary_weight must be >= 0")
+        if self.adversary_steps < 1:
+            raise ValueError(f"adversary_steps must be >= 1, got {self.adversary_steps}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
 
@@ -85,9 +90,9 @@ class Trainer:
     network : BAFONetwork
     config : TrainingConfig
     device : torch.device
-    condition_slices : list of (int, int)
-        Column range of each attribute in the condition vector (for the
-        independence penalty).
+    condition_slices : list of (int, int, str)
+        Column range and kind of each attribute in the condition vector (for
+        the independence penalty and the adversaries).
     """
 
     def __init__(
@@ -95,7 +100,7 @@ class Trainer:
         network: BAFONetwork,
         config: TrainingConfig,
         device: torch.device,
-        condition_slices: list[tuple[int, int]],
+        condition_slices: list[ConditionSlice],
     ):
         self.network = network.to(device)
         if network.config.kind == "conv":
@@ -109,6 +114,12 @@ class Trainer:
         )
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(config.seed)
+        self.adversary: AttributeAdversary | None = None
+        if config.adversary_weight > 0 and condition_slices:
+            with torch.random.fork_rng(devices=[]):  # seeded, without touching the global RNG
+                torch.manual_seed(config.seed + 1)
+                self.adversary = AttributeAdversary(network.config.latent_dim, condition_slices).to(device)
+            self.adversary_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=config.learning_rate)
         self.history: list[dict] = []
         self.start_epoch = 0
         self._n_samples: int | None = None
@@ -129,12 +140,25 @@ class Trainer:
         loss = per_sample.mean()
         parts = {name: value.detach().mean() for name, value in terms.items()}
         if cfg.independence_weight > 0 and self.condition_slices:
-            penalty = independence_penalty(mean, c, self.condition_slices)
+            penalty = independence_penalty(mean, c, [(start, stop) for start, stop, _ in self.condition_slices])
             # Scaled by the input size so the weight means the same for 56x56 images and tabular data.
             loss = loss + cfg.independence_weight * x[0].numel() * penalty
             parts["independence"] = penalty.detach()
+        if self.adversary is not None:
+            self._train_adversary(mean.detach(), c)
+            confusion = self.adversary.confusion_loss(mean, c)
+            loss = loss + cfg.adversary_weight * x[0].numel() * confusion
+            parts["adversary_confusion"] = confusion.detach()
         parts["loss"] = loss.detach()
         return loss, parts
+
+    def _train_adversary(self, latents: torch.Tensor, conditions: torch.Tensor) -> None:
+        """A few steps of the adversaries on the current (detached) latents."""
+        for _ in range(self.config.adversary_steps):
+            loss = self.adversary.prediction_loss(latents, conditions)
+            self.adversary_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.adversary_optimizer.step()
 
     def fit(
         self,
@@ -210,6 +234,10 @@ class Trainer:
                 record["validation_loss"] = self.evaluate(inputs[valid_idx], conditions[valid_idx])
             self.history.append(record)
             self.start_epoch = epoch + 1
+            if self.adversary is not None:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(cfg.seed + 2 + epoch)
+                    self.adversary.reset_next()
             if checkpoint is not None:
                 self._save_checkpoint(checkpoint)
             if on_epoch_end is not None:
@@ -254,6 +282,10 @@ class Trainer:
             "history": self.history,
             "config": asdict(self.config),
         }
+        if self.adversary is not None:
+            state["adversary"] = self.adversary.state_dict()
+            state["adversary_optimizer"] = self.adversary_optimizer.state_dict()
+            state["adversary_next_reset"] = self.adversary.next_reset
         with atomic_write_path(path, overwrite=True) as tmp:
             torch.save(state, tmp)
 
@@ -285,5 +317,9 @@ class Trainer:
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu())
+        if self.adversary is not None:
+            self.adversary.load_state_dict(state["adversary"])
+            self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
+            self.adversary.next_reset = int(state["adversary_next_reset"])
         self.start_epoch = int(state["epoch"])
         self.history = list(state["history"])

@@ -39,7 +39,7 @@ def faces():
 
 @pytest.fixture(scope="module")
 def fitted(faces):
-    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=2, batch_size=16, random_state=0)
+    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=2, batch_size=16, random_state=0, refine_epochs=3)
     return model.fit(faces.images, sensitive_features=faces.sensitive_features)
 
 
@@ -69,8 +69,12 @@ def test_directory_holds_json_config_and_safetensors(fitted, tmp_path):
     assert read_model_config(path)["metadata"] == {"split": {"seed": 0}}
     tensors = load_file(path / WEIGHTS_NAME)
     state = fitted.network_.state_dict()
-    assert set(tensors) == {f"network.{k}" for k in state}
+    assert {k for k in tensors if k.startswith("network.")} == {f"network.{k}" for k in state}
     assert all(torch.equal(tensors[f"network.{k}"], v) for k, v in state.items())
+    # The concealment steps (default "full") travel in the same file, under their own prefixes.
+    assert {"erasure.mean", "erasure.projection", "final_erasure.projection"} <= set(tensors)
+    assert any(k.startswith("refiner.network.") for k in tensors)
+    assert config["refiner"]["params"]["adversary_weight"] == fitted.refine_adversary_weight
 
 
 def test_tabular_model_keeps_standardisation_and_feature_names(tmp_path):
@@ -133,7 +137,7 @@ def test_unreadable_model_directories_give_clear_errors(fitted, tmp_path):
         load_model(path)
     config["network"]["latent_dim"] = 5
     (path / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="weights do not load into the configured network"):
+    with pytest.raises(ValueError, match="weights do not load into the configured model"):
         load_model(path)
 
 

@@ -28,7 +28,8 @@ def trained():
     faces = make_synthetic_faces(512, random_state=0)
     train, test = faces.subset(np.arange(448)), faces.subset(np.arange(448, 512))
     model = BAFOTransformer(
-        latent_dim=16, widths=(8, 16, 32), epochs=6, batch_size=32, learning_rate=3e-3, random_state=0
+        latent_dim=16, widths=(8, 16, 32), epochs=6, batch_size=32, learning_rate=3e-3, random_state=0,
+        concealment="none",  # these tests are about the conditional VAE itself
     )
     model.fit(train.images, sensitive_features=train.sensitive_features)
     return model, train, test
@@ -117,7 +118,7 @@ def _tiny_faces(n=96):
 
 
 def _tiny_model(**params):
-    defaults = dict(latent_dim=4, widths=(4, 8), epochs=2, batch_size=16, random_state=3)
+    defaults = dict(latent_dim=4, widths=(4, 8), epochs=2, batch_size=16, random_state=3, concealment="none")
     return BAFOTransformer(**{**defaults, **params})
 
 
@@ -189,7 +190,7 @@ def test_trainer_history_holds_plain_floats_per_epoch():
         BAFONetwork(config),
         TrainingConfig(epochs=3, batch_size=16, independence_weight=1.0, seed=0),
         torch.device("cpu"),
-        [(0, 1), (1, 2)],
+        [(0, 1, "binary"), (1, 2, "binary")],
     )
     x = torch.randn(64, 6)
     c = torch.randint(0, 2, (64, 2)).float()

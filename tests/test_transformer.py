@@ -32,7 +32,8 @@ def _one_thread():
 
 
 def _model(**params):
-    defaults = dict(latent_dim=4, widths=(4, 8), epochs=2, batch_size=16, random_state=0)
+    # The estimator's own behaviour, without the concealment steps (tested in test_concealment.py).
+    defaults = dict(latent_dim=4, widths=(4, 8), epochs=2, batch_size=16, random_state=0, concealment="none")
     return BAFOTransformer(**{**defaults, **params})
 
 
@@ -105,7 +106,9 @@ def test_image_paths_give_the_same_latents_as_arrays(faces, tmp_path):
 def test_tabular_input_uses_an_mlp_and_restores_units():
     X, _, S = _tabular()
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
-    model = BAFOTransformer(latent_dim=3, widths=(32,), epochs=30, batch_size=32, learning_rate=1e-2, random_state=0)
+    model = BAFOTransformer(
+        latent_dim=3, widths=(32,), epochs=30, batch_size=32, learning_rate=1e-2, random_state=0, concealment="none"
+    )
     Z = model.fit_transform(frame, sensitive_features=S[["group"]])
     assert model.network_.config.kind == "mlp" and Z.shape == (len(X), 3) and Z.dtype == np.float32
     assert model.n_features_in_ == 6 and list(model.feature_names_in_) == list(frame.columns)

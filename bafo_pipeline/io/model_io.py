@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from .._version import package_version
 from ..attributes import AttributeSchema
 from ..model import BAFONetwork, NetworkConfig
-from ..transformers import BAFOTransformer
+from ..transformers import BAFOTransformer, LinearErasure
 from ..transformers._inputs import InputFormat
 
 CONFIG_NAME = "config.json"
@@ -64,27 +64,12 @@ def save_model(
             raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
         _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"network.{k}": v.detach().cpu().contiguous() for k, v in estimator.network_.state_dict().items()}
-    if not estimator.input_format_.is_image:
-        tensors["feature_mean"] = torch.from_numpy(np.asarray(estimator.feature_mean_, np.float32))
-        tensors["feature_scale"] = torch.from_numpy(np.asarray(estimator.feature_scale_, np.float32))
+    tensors, state = _estimator_state(estimator, prefix="")
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "package_version": package_version(),
-        "params": _json_params(estimator.get_params()),
-        "network": estimator.network_.config.to_dict(),
-        "schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
-        "input_format": {
-            "kind": estimator.input_format_.kind,
-            "shape": list(estimator.input_format_.shape),
-            "dtype": estimator.input_format_.dtype,
-        },
-        "n_features_in": getattr(estimator, "n_features_in_", None),
-        "feature_names_in": (
-            None if getattr(estimator, "feature_names_in_", None) is None else list(estimator.feature_names_in_)
-        ),
-        "history": estimator.history_,
+        **state,
         "metadata": metadata or {},
     }
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -129,10 +114,7 @@ def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTra
     """
     path = Path(path)
     config = read_model_config(path)
-    params = dict(config["params"])
-    for key in ("image_shape", "widths"):
-        if params.get(key) is not None:
-            params[key] = tuple(params[key])
+    params = _tuples(dict(config["params"]))
     if device is not None:
         params["device"] = device
     elif str(params.get("device", "auto")).startswith("cuda") and not torch.cuda.is_available():
@@ -142,13 +124,53 @@ def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTra
             stacklevel=2,
         )
         params["device"] = "auto"
-    estimator = BAFOTransformer(**params)
     try:
         tensors = load_file(path / WEIGHTS_NAME, device="cpu")
-        network = BAFONetwork(NetworkConfig.from_dict(config["network"]))
-        network.load_state_dict({k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")})
+        return _estimator_from_state(config, params, tensors, prefix="")
     except Exception as error:  # corrupt file, or weights of another shape than the config says
-        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured network ({error})") from error
+        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured model ({error})") from error
+
+
+def _estimator_state(estimator: BAFOTransformer, prefix: str) -> tuple[dict, dict]:
+    """Tensors (names under ``prefix``) and JSON config of a fitted estimator, its concealment steps included."""
+    tensors = {f"{prefix}network.{k}": v.detach().cpu().contiguous() for k, v in estimator.network_.state_dict().items()}
+    if not estimator.input_format_.is_image:
+        tensors[f"{prefix}feature_mean"] = torch.from_numpy(np.asarray(estimator.feature_mean_, np.float32))
+        tensors[f"{prefix}feature_scale"] = torch.from_numpy(np.asarray(estimator.feature_scale_, np.float32))
+    config = {
+        "params": _json_params(estimator.get_params()),
+        "network": estimator.network_.config.to_dict(),
+        "schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
+        "input_format": {
+            "kind": estimator.input_format_.kind,
+            "shape": list(estimator.input_format_.shape),
+            "dtype": estimator.input_format_.dtype,
+        },
+        "n_features_in": getattr(estimator, "n_features_in_", None),
+        "feature_names_in": (
+            None if getattr(estimator, "feature_names_in_", None) is None else list(estimator.feature_names_in_)
+        ),
+        "history": estimator.history_,
+    }
+    for name in ("erasure", "final_erasure"):
+        erasure = getattr(estimator, f"{name}_", None)
+        if erasure is not None:
+            tensors[f"{prefix}{name}.mean"] = torch.from_numpy(np.ascontiguousarray(erasure.mean_, np.float64))
+            tensors[f"{prefix}{name}.projection"] = torch.from_numpy(np.ascontiguousarray(erasure.projection_, np.float64))
+            config[name] = {"params": _json_params(erasure.get_params()), "schema": erasure.schema_.to_dict()}
+    refiner = getattr(estimator, "refiner_", None)
+    if refiner is not None:
+        refiner_tensors, config["refiner"] = _estimator_state(refiner, prefix=f"{prefix}refiner.")
+        tensors.update(refiner_tensors)
+    return tensors, config
+
+
+def _estimator_from_state(config: dict, params: dict, tensors: dict, prefix: str) -> BAFOTransformer:
+    """Inverse of :func:`_estimator_state`."""
+    estimator = BAFOTransformer(**params)
+    network = BAFONetwork(NetworkConfig.from_dict(config["network"]))
+    start = f"{prefix}network."
+    network.load_state_dict({k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)})
     estimator.network_ = network.eval()
     estimator.schema_ = None if config["schema"] is None else AttributeSchema.from_dict(config["schema"])
     fmt = config["input_format"]
@@ -158,10 +180,31 @@ def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTra
         estimator.n_features_in_ = int(config["n_features_in"])
     if config.get("feature_names_in") is not None:
         estimator.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
-    if "feature_mean" in tensors:
-        estimator.feature_mean_ = tensors["feature_mean"].numpy()
-        estimator.feature_scale_ = tensors["feature_scale"].numpy()
+    if f"{prefix}feature_mean" in tensors:
+        estimator.feature_mean_ = tensors[f"{prefix}feature_mean"].numpy()
+        estimator.feature_scale_ = tensors[f"{prefix}feature_scale"].numpy()
+    estimator.erasure_ = estimator.refiner_ = estimator.final_erasure_ = None
+    for name in ("erasure", "final_erasure"):
+        if name in config:
+            erasure = LinearErasure(**config[name]["params"])
+            erasure.schema_ = AttributeSchema.from_dict(config[name]["schema"])
+            erasure.mean_ = tensors[f"{prefix}{name}.mean"].numpy()
+            erasure.projection_ = tensors[f"{prefix}{name}.projection"].numpy()
+            erasure.n_features_in_ = len(erasure.mean_)
+            setattr(estimator, f"{name}_", erasure)
+    if "refiner" in config:
+        refiner_params = _tuples(dict(config["refiner"]["params"]))
+        refiner_params["device"] = params.get("device", "auto")
+        estimator.refiner_ = _estimator_from_state(config["refiner"], refiner_params, tensors, f"{prefix}refiner.")
     return estimator
+
+
+def _tuples(params: dict) -> dict:
+    """JSON lists back to the tuples the estimator's parameters hold."""
+    for key in ("image_shape", "widths"):
+        if params.get(key) is not None:
+            params[key] = tuple(params[key])
+    return params
 
 
 def read_model_config(path: str | os.PathLike) -> dict:
@@ -218,8 +261,9 @@ def _check_replaceable(path: Path) -> None:
 def _json_params(params: dict) -> dict:
     """Estimator parameters as JSON values; a RandomState instance cannot be stored and becomes None."""
     params = dict(params)
-    params["device"] = str(params["device"])
-    if not (params["random_state"] is None or isinstance(params["random_state"], (int, np.integer))):
+    if "device" in params:
+        params["device"] = str(params["device"])
+    if not (params.get("random_state") is None or isinstance(params["random_state"], (int, np.integer))):
         params["random_state"] = None
     return params
 

@@ -12,12 +12,13 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..attributes import AttributeSchema
 from ..model import BAFONetwork, NetworkConfig, vae_loss_terms
 from ..training import Trainer, TrainingConfig, resolve_device
+from ._erasure import LinearErasure
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
 
 DEFAULT_CONV_WIDTHS = (32, 64, 128)
@@ -60,6 +61,27 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     independence_weight : float, default=0.0
         Weight of an HSIC penalty that pushes the posterior means towards
         statistical independence from each sensitive attribute.
+    adversary_weight : float, default=0.0
+        Weight of an adversarial term: an ensemble of MLP adversaries learns to
+        predict the attributes from the posterior means, and the encoder is
+        trained to leave their predictions at the batch marginals. 0 disables.
+    adversary_steps : int, default=2
+        Adversary updates per encoder update.
+    concealment : {"none", "linear", "full"}, default="full"
+        What is applied to the encoder's posterior means (fitted with the
+        sensitive features, which are then never needed at transform time):
+
+        - ``"none"``: the paper's BAFO latent as is;
+        - ``"linear"``: closed-form linear erasure (:class:`LinearErasure`),
+          so no linear probe beats chance on the training distribution;
+        - ``"full"``: linear erasure, then an adversarially trained refiner
+          (an MLP BAFO on the latents, ``refine_epochs`` epochs,
+          ``refine_adversary_weight``) against non-linear probes, then linear
+          erasure again. ``inverse_transform`` decodes through the refiner.
+    refine_epochs : int, default=30
+        Training epochs of the refiner (``concealment="full"``).
+    refine_adversary_weight : float, default=0.3
+        Adversary weight of the refiner (``concealment="full"``).
     attribute_kinds : dict of str to str, optional
         Override the inferred kind (``"continuous"``, ``"binary"``,
         ``"categorical"``) of sensitive columns.
@@ -121,6 +143,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "kl_weight": [Interval(Real, 0, None, closed="left")],
         "variance_weight": [Interval(Real, 0, None, closed="left")],
         "independence_weight": [Interval(Real, 0, None, closed="left")],
+        "adversary_weight": [Interval(Real, 0, None, closed="left")],
+        "adversary_steps": [Interval(Integral, 1, None, closed="left")],
+        "concealment": [StrOptions({"none", "linear", "full"})],
+        "refine_epochs": [Interval(Integral, 1, None, closed="left")],
+        "refine_adversary_weight": [Interval(Real, 0, None, closed="left")],
         "attribute_kinds": [dict, None],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "device": [str, torch.device],
@@ -141,6 +168,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         kl_weight: float = 1.0,
         variance_weight: float = 1.0,
         independence_weight: float = 0.0,
+        adversary_weight: float = 0.0,
+        adversary_steps: int = 2,
+        concealment: str = "full",
+        refine_epochs: int = 30,
+        refine_adversary_weight: float = 0.3,
         attribute_kinds: dict | None = None,
         validation_fraction: float = 0.1,
         device: str = "auto",
@@ -157,6 +189,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.kl_weight = kl_weight
         self.variance_weight = variance_weight
         self.independence_weight = independence_weight
+        self.adversary_weight = adversary_weight
+        self.adversary_steps = adversary_steps
+        self.concealment = concealment
+        self.refine_epochs = refine_epochs
+        self.refine_adversary_weight = refine_adversary_weight
         self.attribute_kinds = attribute_kinds
         self.validation_fraction = validation_fraction
         self.device = device
@@ -220,6 +257,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             kl_weight=self.kl_weight,
             variance_weight=self.variance_weight,
             independence_weight=self.independence_weight,
+            adversary_weight=self.adversary_weight,
+            adversary_steps=self.adversary_steps,
             validation_fraction=self.validation_fraction,
             seed=seed,
         )
@@ -237,7 +276,47 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.network_ = trainer.network.cpu().to(memory_format=torch.contiguous_format).eval()
         self.schema_ = schema
         self.input_format_ = fmt
+        self._fit_concealment(inputs, sensitive_features, seed)
         return self
+
+    def _fit_concealment(self, inputs: np.ndarray, sensitive_features, seed: int) -> None:
+        """Fit the post-encoder steps of ``concealment`` on the training latents."""
+        self.erasure_ = self.refiner_ = self.final_erasure_ = None
+        if self.schema_ is None or self.concealment == "none":
+            return
+        frame = _as_frame(sensitive_features)
+        latents = self._encoder_means(inputs)
+        self.erasure_ = LinearErasure(attribute_kinds=self.attribute_kinds).fit(latents, sensitive_features=frame)
+        if self.concealment == "linear":
+            return
+        latents = self.erasure_.transform(latents)
+        self.refiner_ = BAFOTransformer(
+            latent_dim=self.latent_dim, epochs=self.refine_epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, adversary_weight=self.refine_adversary_weight,
+            adversary_steps=self.adversary_steps, attribute_kinds=self.attribute_kinds, concealment="none",
+            validation_fraction=self.validation_fraction, device=self.device, random_state=seed,
+        ).fit(latents, sensitive_features=frame)
+        refined = self.refiner_.transform(latents)
+        self.final_erasure_ = LinearErasure(attribute_kinds=self.attribute_kinds).fit(refined, sensitive_features=frame)
+
+    def _encoder_means(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Posterior means of preprocessed inputs (uint8 NCHW images or standardised features)."""
+        network, device = self._inference_network()
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(inputs), batch_size):
+                mean, _ = network.encode(_model_input(inputs[start : start + batch_size], device))
+                parts.append(mean.float().cpu().numpy())
+        return np.concatenate(parts)
+
+    def _conceal(self, means: np.ndarray) -> np.ndarray:
+        """Apply the fitted concealment steps to posterior means (no sensitive features needed)."""
+        if getattr(self, "erasure_", None) is None:
+            return means
+        latents = self.erasure_.transform(means)
+        if self.refiner_ is not None:
+            latents = self.final_erasure_.transform(self.refiner_.transform(latents))
+        return latents.astype(np.float32, copy=False)
 
     def _fit_inputs(self, X, fmt: InputFormat) -> np.ndarray:
         """All fit inputs in memory: uint8 NCHW images or standardised float32 features."""
@@ -320,7 +399,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 if sample:
                     noise = torch.randn(mean.shape, generator=generator, device=device)
                     mean = mean + noise * torch.exp(0.5 * logvar)
-            yield indices, mean.float().cpu().numpy()
+            yield indices, self._conceal(mean.float().cpu().numpy())
 
     def _encode_batches(self, X, fmt: InputFormat, batch_size: int):
         if fmt.kind == "tabular":
@@ -372,6 +451,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             raise ValueError(f"latents contain NaN or infinite values (row {int(np.argmax(~np.isfinite(Z).all(1)))})")
         frame = self._sensitive_frame(sensitive_features, len(Z), broadcast=True)
         conditions = self._encode_conditions(frame, len(Z), allow_fractional=True)
+        if getattr(self, "refiner_", None) is not None:
+            # Linear erasure is not invertible; the refiner's decoder maps back to (erased) encoder latents.
+            Z = self.refiner_.inverse_transform(Z, sensitive_features=frame).astype(np.float32)
         network, device = self._inference_network()
         decoded = []
         with torch.inference_mode():
@@ -537,12 +619,12 @@ def _paths_like(X) -> bool:
         return False
 
 
-def _condition_slices(schema: AttributeSchema | None) -> list[tuple[int, int]]:
+def _condition_slices(schema: AttributeSchema | None) -> list[tuple[int, int, str]]:
     if schema is None:
         return []
     slices, start = [], 0
     for attribute in schema.attributes:
-        slices.append((start, start + attribute.width))
+        slices.append((start, start + attribute.width, attribute.kind))
         start += attribute.width
     return slices
 

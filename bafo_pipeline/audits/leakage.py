@@ -1,0 +1,419 @@
+"""The leakage audit: cross-validated probes per attribute, scored with intervals and p-values."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+from . import metrics as M
+from ._utils import Progress
+from .inputs import Attribute, align_by_id, check_representations, prepare_attributes
+from .permutation import per_fold_test, refit_linear_test
+from .probes import PROBES, make_probe
+from .resampling import bootstrap_weights, chunks, percentile_interval
+from .result import SCHEMA_VERSION, AuditResult
+
+__all__ = ["audit_leakage", "CATEGORICAL_METRICS", "CONTINUOUS_METRICS"]
+
+CATEGORICAL_METRICS = (
+    "balanced_accuracy",
+    "adjusted_balanced_accuracy",
+    "accuracy",
+    "roc_auc",
+    "information_bits",
+)
+CONTINUOUS_METRICS = ("r2", "mae")
+# Attainable range of each score; intervals are clipped to it.
+_RANGE = {
+    "balanced_accuracy": (0.0, 1.0),
+    "adjusted_balanced_accuracy": (-np.inf, 1.0),
+    "accuracy": (0.0, 1.0),
+    "roc_auc": (0.0, 1.0),
+    "information_bits": (-np.inf, np.inf),
+    "r2": (-np.inf, 1.0),
+    "mae": (0.0, np.inf),
+}
+# The chance-adjusted score that defines "leakage" for each kind of attribute.
+LEAKAGE_METRIC = {"categorical": "adjusted_balanced_accuracy", "continuous": "r2"}
+
+
+def _folds(attribute: Attribute, n_folds: int, random_state: int) -> list[np.ndarray]:
+    """Test-fold positions (into ``attribute.rows``), stratified by class or by quantile bin."""
+    if attribute.kind == "categorical":
+        strata = attribute.values
+    else:
+        n_bins = int(max(1, min(10, len(attribute.values) // (2 * n_folds))))
+        edges = np.quantile(attribute.values, np.linspace(0, 1, n_bins + 1)[1:-1])
+        strata = np.digitize(attribute.values, edges)
+        counts = np.bincount(strata)
+        if counts[counts > 0].min() < n_folds:  # heavy ties: fall back to one stratum
+            strata = np.zeros_like(strata)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=random_state)
+    return [test for _, test in splitter.split(np.zeros((len(strata), 1)), strata)]
+
+
+def _run_probe(
+    name: str,
+    Z: np.ndarray,
+    attribute: Attribute,
+    folds: list[np.ndarray],
+    *,
+    random_state: int,
+    device: str,
+    mlp_params,
+    gbdt_params,
+    advance: Callable[[str], None],
+    label: str,
+) -> tuple[list[dict[str, np.ndarray]], float, list[int]]:
+    """Fit the probe on every training fold; return held-out outputs per fold and seconds."""
+    task = "classification" if attribute.kind == "categorical" else "regression"
+    X_all = Z[attribute.rows]
+    y_all = attribute.values
+    outputs: list[dict[str, np.ndarray]] = []
+    seconds = 0.0
+    epochs: list[int] = []
+    in_test = np.zeros(len(y_all), dtype=bool)
+    for k, test in enumerate(folds):
+        in_test[:] = False
+        in_test[test] = True
+        train = np.flatnonzero(~in_test)
+        probe = make_probe(
+            name,
+            task,
+            random_state=random_state + k,
+            device=device,
+            mlp_params=mlp_params,
+            gbdt_params=gbdt_params,
+        )
+        start = time.perf_counter()
+        probe.fit(X_all[train], y_all[train])
+        y_tr, y_te = y_all[train], y_all[test]
+        if task == "classification":
+            P = np.zeros((len(test), attribute.n_classes))
+            P[:, np.asarray(probe.classes_, dtype=np.int64)] = probe.predict_proba(X_all[test])
+            prior = np.bincount(y_tr, minlength=attribute.n_classes) / len(y_tr)
+            out = {"y": y_te, "P": P, "prior": prior}
+        else:
+            pred = np.asarray(probe.predict(X_all[test]), dtype=np.float64)
+            out = {"y": y_te, "pred": pred, "baseline": np.full(len(test), float(np.median(y_tr)))}
+        seconds += time.perf_counter() - start
+        if hasattr(probe, "n_epochs_"):
+            epochs.append(int(probe.n_epochs_))
+        elif hasattr(probe, "n_iter_"):
+            epochs.append(int(np.max(probe.n_iter_)))
+        outputs.append(out)
+        advance(f"{label}: {name} fold {k + 1}/{len(folds)}")
+    return outputs, seconds, epochs
+
+
+def _scores(kind: str, out: dict[str, np.ndarray], W: np.ndarray) -> dict[str, np.ndarray]:
+    if kind == "categorical":
+        return M.classification_scores(out["y"], out["P"], out["prior"], W)
+    return M.regression_scores(out["y"], out["pred"], out["baseline"], W)
+
+
+def _p_value(
+    probe: str,
+    Z: np.ndarray,
+    attribute: Attribute,
+    folds: list[np.ndarray],
+    outputs: list[dict[str, np.ndarray]],
+    n_permutations: int,
+    rng: np.random.Generator,
+) -> float:
+    """Permutation p-value of "no leakage" for one probe (NaN for the prior baseline)."""
+    if probe == "prior" or n_permutations == 0:
+        return float("nan")
+    categorical = attribute.kind == "categorical"
+    if probe == "linear":
+        _, p = refit_linear_test(
+            Z[attribute.rows],
+            attribute.values,
+            folds,
+            categorical=categorical,
+            n_classes=attribute.n_classes,
+            n_permutations=n_permutations,
+            rng=rng,
+        )
+        return p
+    return per_fold_test(outputs, categorical=categorical, n_permutations=n_permutations, rng=rng)
+
+
+def _fold_interval(mean: float, std: float, k: int, confidence: float) -> tuple[float, float]:
+    """t-interval of a K-fold mean with the Nadeau-Bengio correction.
+
+    Fold scores are correlated (their training sets overlap), so the naive
+    ``std / sqrt(K)`` is too small; the corrected variance is
+    ``std² (1/K + n_test/n_train)`` with ``n_test/n_train = 1/(K-1)``.
+    """
+    if not np.isfinite(std):
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, k - 1) * std * np.sqrt(1.0 / k + 1.0 / (k - 1))
+    return mean - half, mean + half
+
+
+def _summarise(
+    kind: str,
+    outputs: list[dict[str, np.ndarray]],
+    *,
+    n_bootstrap: int,
+    confidence: float,
+    seed: Sequence[int],
+    p_value: float,
+) -> list[dict[str, Any]]:
+    """Fold mean, fold std, bootstrap interval and permutation p-value of every metric.
+
+    Every statistic is the mean over folds of a per-fold score. The interval is
+    the union of two: a percentile bootstrap of that mean (test rows resampled
+    within folds, probes held fixed: test-sample noise) and a corrected t-interval
+    from the fold-to-fold spread (which also carries training-set noise). The
+    p-value comes from :mod:`.permutation`.
+    """
+    names = CATEGORICAL_METRICS if kind == "categorical" else CONTINUOUS_METRICS
+    per_fold = [_scores(kind, out, np.ones((1, len(out["y"])))) for out in outputs]
+    point = {m: np.array([float(s[m][0]) for s in per_fold]) for m in names}
+
+    boot = {m: np.zeros(n_bootstrap) for m in names}
+    for k, out in enumerate(outputs):
+        m_rows = len(out["y"])
+        rng = np.random.default_rng([*seed, k])
+        done = 0
+        for size in chunks(n_bootstrap, m_rows):
+            scores = _scores(kind, out, bootstrap_weights(m_rows, size, rng))
+            for m in names:
+                boot[m][done : done + size] += scores[m] / len(outputs)
+            done += size
+
+    leak_name = LEAKAGE_METRIC[kind]
+    rows = []
+    for m in [*names]:
+        mean = float(np.mean(point[m]))
+        std = float(np.std(point[m], ddof=1))
+        lo, hi = percentile_interval(boot[m], confidence) if n_bootstrap else (mean, mean)
+        t_lo, t_hi = _fold_interval(mean, std, len(outputs), confidence)
+        low, high = _RANGE[m]
+        rows.append(
+            {
+                "metric": m,
+                "mean": mean,
+                "ci_low": float(np.clip(np.fmin(lo, t_lo), low, high)),
+                "ci_high": float(np.clip(np.fmax(hi, t_hi), low, high)),
+                "std": std,
+            }
+        )
+    leak = dict(next(r for r in rows if r["metric"] == leak_name), metric="leakage")
+    rows.insert(0, leak)
+    rows.append({"metric": "p_value", "mean": p_value, "ci_low": np.nan, "ci_high": np.nan, "std": np.nan})
+    return rows
+
+
+def audit_leakage(
+    representations: np.ndarray | Mapping[str, Any],
+    labels: pd.DataFrame,
+    *,
+    attributes: Sequence[str] | None = None,
+    kinds: Mapping[str, str] | None = None,
+    bands: Mapping[str, Sequence[float]] | None = None,
+    id_column: str | None = None,
+    probes: Sequence[str] = PROBES,
+    n_folds: int = 5,
+    n_bootstrap: int = 500,
+    n_permutations: int = 500,
+    confidence: float = 0.95,
+    random_state: int = 0,
+    device: str = "auto",
+    mlp_params: Mapping[str, Any] | None = None,
+    gbdt_params: Mapping[str, Any] | None = None,
+    n_threads: int | None = 1,
+    progress: Any = None,
+    verbose: bool = False,
+) -> AuditResult:
+    """Measure how well each attribute can be predicted from each representation.
+
+    For every representation, attribute and probe, the probe is trained on K-1
+    stratified folds and scored on the held-out fold, K times. Scores are averaged
+    over folds, with a percentile-bootstrap interval (test rows resampled within
+    folds) and, for the chance-adjusted score, a within-fold permutation p-value.
+
+    Parameters
+    ----------
+    representations : array-like of shape (n, d), or mapping of str to array-like or to (ids, array)
+        Embeddings to audit side by side (raw pixels, latents, erased latents ...).
+        Arrays are matched to ``labels`` by row; ``(ids, array)`` pairs are matched by
+        ``id_column``. Audit data should not include the encoder's training data.
+    labels : DataFrame
+        Attribute values, one row per sample.
+    attributes : sequence of str, optional
+        Columns to audit; default: whichever of ``age``, ``gender``, ``ethnicity`` exist.
+    kinds : mapping, optional
+        ``{name: "continuous" | "categorical"}`` overriding the inferred kind
+        (numeric with more than 20 distinct values is continuous).
+    bands : mapping, optional
+        Band edges per continuous attribute, also audited as a categorical
+        ``<name>_band``; default ``{"age": (20, 40, 60)}``; ``{}`` disables.
+    id_column : str, optional
+        Column of ``labels`` holding the ids of ``(ids, array)`` pairs.
+    probes : sequence of str, default=("prior", "linear", "mlp", "gbdt")
+    n_folds : int, default=5
+    n_bootstrap : int, default=500
+        Bootstrap replicates for intervals (0: no intervals).
+    n_permutations : int, default=500
+        Label permutations for p-values (0: no p-values).
+    confidence : float, default=0.95
+    random_state : int, default=0
+        Seeds folds, probes and resampling; folds are the same for every
+        representation, so they are compared on identical splits.
+    device : str, default="auto"
+        Device for the MLP probe (CUDA when present).
+    mlp_params, gbdt_params : mapping, optional
+        Overrides for the MLP (:class:`TorchMLPProbe`) and gradient-boosting probes.
+    n_threads : int or None, default=1
+        Thread limit (OpenMP and BLAS pools, torch's included) for the whole audit;
+        ``None`` leaves the libraries' defaults. The probes are small: threads gain
+        little, and OpenMP pools on a shared machine can slow them 10 to 50-fold.
+    progress : callable or tqdm-like, optional
+        Called as ``progress(done, total, description)`` after each probe fit, or a
+        tqdm bar that gets ``total`` and ``update(1)``.
+    verbose : bool, default=False
+        Show a progress bar when no ``progress`` is given.
+
+    Returns
+    -------
+    AuditResult
+
+    Raises
+    ------
+    ValueError
+        On mismatched ids or row counts, missing label columns, single-class
+        attributes, classes smaller than ``n_folds``, non-finite embeddings or bad
+        parameters.
+    """
+    collected: list[str] = []
+    if not isinstance(labels, pd.DataFrame):
+        raise TypeError(f"labels must be a pandas DataFrame, got {type(labels).__name__}")
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2:
+        raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_bootstrap < 0 or n_permutations < 0:
+        raise ValueError("n_bootstrap and n_permutations must be >= 0")
+    probes = list(probes)
+    unknown = [p for p in probes if p not in PROBES]
+    if unknown or not probes or len(set(probes)) != len(probes):
+        raise ValueError(f"probes must be distinct names from {PROBES}, got {probes}")
+
+    paired = isinstance(representations, Mapping) and any(
+        isinstance(v, tuple) for v in representations.values()
+    )
+    if paired:
+        if id_column is None:
+            raise ValueError("representations given as (ids, array) pairs need id_column")
+        representations, labels, _ = align_by_id(representations, labels, id_column, collected)
+    reps = check_representations(representations)
+    n = len(next(iter(reps.values())))
+    if len(labels) != n:
+        raise ValueError(
+            f"labels have {len(labels)} rows but the representations have {n}; "
+            "align them, or pass (ids, array) pairs with id_column"
+        )
+    labels = labels.reset_index(drop=True)
+    if id_column is not None and attributes is not None and id_column in attributes:
+        raise ValueError(f"the id column {id_column!r} cannot be audited as an attribute")
+    attrs = prepare_attributes(labels, attributes, kinds, bands, n_folds, collected)
+
+    folds = {a.name: _folds(a, n_folds, random_state) for a in attrs}
+    tracker = Progress(progress, len(reps) * len(attrs) * len(probes) * n_folds, verbose=verbose)
+    rows: list[dict[str, Any]] = []
+    timings: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    limits = threadpool_limits(limits=n_threads)
+    try:
+        for rep_name, Z in reps.items():
+            for i_attr, attribute in enumerate(attrs):
+                for probe in probes:
+                    outputs, seconds, epochs = _run_probe(
+                        probe,
+                        Z,
+                        attribute,
+                        folds[attribute.name],
+                        random_state=random_state,
+                        device=device,
+                        mlp_params=mlp_params,
+                        gbdt_params=gbdt_params,
+                        advance=tracker.advance,
+                        label=f"{rep_name}/{attribute.name}",
+                    )
+                    start = time.perf_counter()
+                    p_value = _p_value(
+                        probe,
+                        Z,
+                        attribute,
+                        folds[attribute.name],
+                        outputs,
+                        n_permutations,
+                        np.random.default_rng([random_state, i_attr, 1]),
+                    )
+                    summary = _summarise(
+                        attribute.kind,
+                        outputs,
+                        n_bootstrap=n_bootstrap,
+                        confidence=confidence,
+                        seed=(random_state, i_attr),
+                        p_value=p_value,
+                    )
+                    scoring = time.perf_counter() - start
+                    for r in summary:
+                        rows.append(
+                            {
+                                "representation": rep_name,
+                                "attribute": attribute.name,
+                                "kind": attribute.kind,
+                                "probe": probe,
+                                **r,
+                                "n": len(attribute.rows),
+                            }
+                        )
+                    timings.append(
+                        {
+                            "representation": rep_name,
+                            "attribute": attribute.name,
+                            "probe": probe,
+                            "fit_seconds": seconds,
+                            "scoring_seconds": scoring,
+                            "iterations_per_fold": epochs,
+                        }
+                    )
+    finally:
+        limits.restore_original_limits()
+        tracker.close()
+
+    from .mlp import resolve_device
+
+    config = {
+        "n_folds": n_folds,
+        "n_bootstrap": n_bootstrap,
+        "n_permutations": n_permutations,
+        "confidence": confidence,
+        "random_state": random_state,
+        "probes": probes,
+        "n_threads": n_threads,
+        "mlp_device": str(resolve_device(device)) if "mlp" in probes else None,
+        "leakage_metric": dict(LEAKAGE_METRIC),
+        "total_seconds": time.perf_counter() - started,
+    }
+    return AuditResult(
+        table=pd.DataFrame(rows),
+        representations={k: {"n_samples": int(v.shape[0]), "dim": int(v.shape[1])} for k, v in reps.items()},
+        attributes={a.name: a.summary() for a in attrs},
+        config=config,
+        timings=timings,
+        warnings=collected,
+        schema_version=SCHEMA_VERSION,
+    )

@@ -1,0 +1,344 @@
+"""Render an audit to ``report.json``, ``report.html`` and PNG plots (matplotlib, Agg canvas)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ._utils import to_jsonable
+from .fairness import GROUP_METRICS, FairnessResult
+from .probes import PROBE_DESCRIPTIONS
+from .result import SCHEMA_VERSION, AuditResult
+
+__all__ = ["REPORT_FILES", "report_dict", "write_report", "plot_leakage", "plot_fairness"]
+
+REPORT_FILES = ("report.json", "report.html", "leakage.png", "fairness.png")
+_METRIC_ORDER = (
+    "leakage",
+    "balanced_accuracy",
+    "accuracy",
+    "roc_auc",
+    "information_bits",
+    "r2",
+    "mae",
+    "p_value",
+)
+
+
+def report_dict(result: AuditResult, fairness: Sequence[FairnessResult] = ()) -> dict[str, Any]:
+    """Everything of the report as one JSON-ready dict."""
+    return to_jsonable(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "bafo-audit-report",
+            "leakage": result.to_dict(),
+            "fairness": [f.to_dict() for f in fairness],
+        }
+    )
+
+
+# ------------------------------------------------------------------- plots
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    return buffer.getvalue()
+
+
+def plot_leakage(result: AuditResult) -> Figure:
+    """One panel per attribute: leakage of every probe and representation with intervals."""
+    leak = result.metric("leakage")
+    attributes = list(dict.fromkeys(leak["attribute"]))
+    reps = list(dict.fromkeys(leak["representation"]))
+    probes = list(dict.fromkeys(leak["probe"]))
+    cols = min(2, len(attributes))
+    rows = int(np.ceil(len(attributes) / cols))
+    fig = Figure(figsize=(6.2 * cols, 3.4 * rows), layout="constrained")
+    width = 0.8 / max(len(probes), 1)
+    colors = ["#9e9e9e", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    for i, attr in enumerate(attributes):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        sub = leak[leak["attribute"] == attr]
+        for j, probe in enumerate(probes):
+            part = sub[sub["probe"] == probe].set_index("representation").reindex(reps)
+            x = np.arange(len(reps)) + (j - (len(probes) - 1) / 2) * width
+            mean = part["mean"].to_numpy(dtype=float)
+            lo = np.nan_to_num(mean - part["ci_low"].to_numpy(dtype=float), nan=0.0)
+            hi = np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - mean, nan=0.0)
+            ax.bar(
+                x,
+                mean,
+                width,
+                yerr=np.vstack([np.maximum(lo, 0), np.maximum(hi, 0)]),
+                capsize=2,
+                color=colors[j % len(colors)],
+                label=probe,
+            )
+        ax.axhline(0.0, color="black", linewidth=1, linestyle="--")
+        ax.set_xticks(np.arange(len(reps)), reps, rotation=15 if len(reps) > 2 else 0)
+        kind = sub["kind"].iloc[0]
+        ax.set_title(f"{attr} ({'R² vs median' if kind == 'continuous' else 'adjusted balanced accuracy'})")
+        ax.set_ylim(min(-0.1, float(np.nanmin(sub["ci_low"].fillna(sub["mean"]))) - 0.05), 1.0)
+        ax.set_ylabel("leakage (0 = chance)")
+        if i == 0:
+            ax.legend(fontsize=8, ncols=len(probes), loc="upper right")
+    return fig
+
+
+def plot_fairness(fairness: Sequence[FairnessResult]) -> Figure | None:
+    """Disparities (demographic parity, equalized odds) per feature and representation."""
+    if not fairness:
+        return None
+    frame = pd.concat([f.disparities for f in fairness], ignore_index=True)
+    metrics = list(dict.fromkeys(frame["metric"]))
+    features = list(dict.fromkeys(frame["feature"]))
+    reps = list(dict.fromkeys(frame["representation"]))
+    fig = Figure(figsize=(6.2 * len(metrics), 3.4), layout="constrained")
+    width = 0.8 / len(reps)
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for j, rep in enumerate(reps):
+            part = (
+                frame[(frame["metric"] == metric) & (frame["representation"] == rep)]
+                .set_index("feature")
+                .reindex(features)
+            )
+            x = np.arange(len(features)) + (j - (len(reps) - 1) / 2) * width
+            mean = part["value"].to_numpy(dtype=float)
+            err = np.vstack(
+                [
+                    np.nan_to_num(mean - part["ci_low"].to_numpy(dtype=float), nan=0.0).clip(0),
+                    np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - mean, nan=0.0).clip(0),
+                ]
+            )
+            ax.bar(x, mean, width, yerr=err, capsize=2, label=rep)
+        ax.set_xticks(np.arange(len(features)), features, rotation=15)
+        ax.set_title(metric.replace("_", " "))
+        ax.set_ylim(0, 1)
+        if i == 0:
+            ax.legend(fontsize=8)
+    return fig
+
+
+# -------------------------------------------------------------------- HTML
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _interval(mean: float, lo: float, hi: float) -> str:
+    if np.isnan(lo):
+        return _fmt(mean)
+    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _detail_tables(result: AuditResult) -> str:
+    parts = []
+    t = result.table
+    for (rep, attr), group in t.groupby(["representation", "attribute"], sort=False):
+        metrics = [m for m in _METRIC_ORDER if m in set(group["metric"])]
+        rows = []
+        for probe, sub in group.groupby("probe", sort=False):
+            by = sub.set_index("metric")
+            cells = [probe]
+            for m in metrics:
+                r = by.loc[m]
+                cells.append(
+                    _fmt(r["mean"]) if m == "p_value" else _interval(r["mean"], r["ci_low"], r["ci_high"])
+                )
+            rows.append(cells)
+        parts.append(f"<h3>{html.escape(rep)} — {html.escape(attr)}</h3>" + _table(["probe", *metrics], rows))
+    return "\n".join(parts)
+
+
+def _fairness_html(fairness: Sequence[FairnessResult]) -> str:
+    parts = []
+    for f in fairness:
+        o = f.overall
+        parts.append(
+            f"<h3>{html.escape(f.representation)}: downstream model for “{html.escape(f.target)}”</h3>"
+            f"<p>Cross-validated accuracy {_fmt(o['accuracy'])}, "
+            f"balanced accuracy {_fmt(o['balanced_accuracy'])}, "
+            f"ROC-AUC {_fmt(o['roc_auc'])} on {o['n']} rows (positive rate {_fmt(o['positive_rate'])}).</p>"
+        )
+        d = f.disparities
+        parts.append(
+            _table(
+                ["feature", "metric", "value [CI]", "groups"],
+                [
+                    [r.feature, r.metric, _interval(r.value, r.ci_low, r.ci_high), r.n_groups]
+                    for r in d.itertuples()
+                ],
+            )
+        )
+        for feature, group in f.by_group.groupby("feature", sort=False):
+            rows = []
+            for name, sub in group.groupby("group", sort=False):
+                by = sub.set_index("metric")
+                cells = [name, int(by["count"].iloc[0])]
+                cells += [
+                    _interval(by.loc[m, "value"], by.loc[m, "ci_low"], by.loc[m, "ci_high"])
+                    for m in GROUP_METRICS
+                ]
+                cells.append("" if by["included"].iloc[0] else "too small, not in disparities")
+                rows.append(cells)
+            parts.append(
+                f"<h4>by {html.escape(feature)}</h4>" + _table(["group", "n", *GROUP_METRICS, "note"], rows)
+            )
+        for note in f.notes:
+            parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    return "\n".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}
+.note{color:#666;font-size:0.9em} img{max-width:100%}
+"""
+
+
+def _html(result: AuditResult, fairness: Sequence[FairnessResult], images: dict[str, bytes]) -> str:
+    cfg = result.config
+    k = cfg.get("n_folds", 5)
+    level = round(100 * cfg.get("confidence", 0.95))
+    worst = result.worst_case()
+    verdict_rows = [
+        [
+            r.representation,
+            r.attribute,
+            r.probe,
+            _interval(r.leakage, r.ci_low, r.ci_high),
+            _fmt(r.p_value),
+            r.verdict,
+        ]
+        for r in worst.itertuples()
+    ]
+    reps = _table(
+        ["representation", "samples", "dimensions"],
+        [[name, v["n_samples"], v["dim"]] for name, v in result.representations.items()],
+    )
+    attrs = []
+    for name, a in result.attributes.items():
+        if a["kind"] == "categorical":
+            detail = ", ".join(f"{c}: {n}" for c, n in a["class_counts"].items())
+        else:
+            detail = f"median {_fmt(a['median'])}"
+        attrs.append([name, a["kind"], a["n"], detail])
+    probes = _table(
+        ["probe", "what it is"], [[p, PROBE_DESCRIPTIONS.get(p, "")] for p in cfg.get("probes", [])]
+    )
+
+    def img(key: str) -> str:
+        if key not in images:
+            return ""
+        return f"<img alt='{key}' src='data:image/png;base64,{base64.b64encode(images[key]).decode()}'>"
+
+    fairness_html = ""
+    if fairness:
+        fairness_html = (
+            "<h2>Fairness of a downstream model</h2>" + img("fairness.png") + _fairness_html(fairness)
+        )
+    warnings_html = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Leakage audit</title><style>{_CSS}</style></head><body>
+<h1>Leakage audit</h1>
+<p>How well can each sensitive attribute be predicted from each representation? Each probe is
+trained on {k - 1} of {k} stratified folds and scored on the fold it did not see. <b>Leakage</b>
+is the chance-adjusted score (adjusted balanced accuracy for categories, R² against the training
+median for continuous attributes): 0 = chance, 1 = perfect. The headline is the worst case over
+probes. Intervals ({level}%): the wider of a percentile bootstrap of test rows
+({cfg.get("n_bootstrap")} replicates) and a corrected t-interval over folds. p-values
+({cfg.get("n_permutations")} permutations): linear probe refitted under permuted labels; other
+probes per fold, Bonferroni over folds; the summary adds Bonferroni over probes.</p>
+<h2>Verdicts</h2>
+{_table(["representation", "attribute", "best probe", "leakage [CI]", "p", "verdict"], verdict_rows)}
+<h2>Leakage by probe</h2>
+{img("leakage.png")}
+{_detail_tables(result)}
+{fairness_html}
+<h2>Data and probes</h2>
+{reps}
+{_table(["attribute", "kind", "n", "classes"], attrs)}
+{probes}
+{"<h2>Warnings</h2><ul>" + warnings_html + "</ul>" if warnings_html else ""}
+<h2>What this audit cannot show</h2>
+<p class="note">A probe-based audit bounds what these probes, trained on this much data, can
+recover. It does not prove that no model could: a stronger attacker, more data, or side
+information (other features, linked records) may do better. A score at chance on this sample is
+compatible with leakage up to the interval's upper end.
+See docs/AUDIT.md for the protocol.</p>
+</body></html>
+"""
+
+
+def write_report(
+    result: AuditResult,
+    out_dir: str | os.PathLike,
+    fairness: Sequence[FairnessResult] = (),
+    *,
+    overwrite: bool = True,
+) -> dict[str, Path]:
+    """Write ``report.json``, ``report.html``, ``leakage.png`` (and ``fairness.png``).
+
+    Each file is written to a temporary name and moved into place, so a failure
+    never leaves a half-written report file.
+
+    Parameters
+    ----------
+    result : AuditResult
+    out_dir : str or path-like
+        Created if missing.
+    fairness : sequence of FairnessResult, optional
+    overwrite : bool, default=True
+        Replace existing report files.
+
+    Returns
+    -------
+    dict of str to Path
+        File name to path of every file written.
+    """
+    from bafo_pipeline.io._atomic import atomic_write_path
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if not overwrite:
+        taken = [name for name in REPORT_FILES if (out / name).exists()]
+        if taken:
+            raise FileExistsError(f"{out} already holds {taken}; pass overwrite=True to replace them")
+    images = {"leakage.png": _png(plot_leakage(result))}
+    fig = plot_fairness(fairness)
+    if fig is not None:
+        images["fairness.png"] = _png(fig)
+    contents: dict[str, bytes] = {
+        "report.json": (json.dumps(report_dict(result, fairness), indent=2, allow_nan=False) + "\n").encode(),
+        **images,
+        "report.html": _html(result, fairness, images).encode("utf-8"),
+    }
+    paths = {}
+    for name, data in contents.items():
+        with atomic_write_path(out / name, overwrite=True) as tmp:
+            tmp.write_bytes(data)
+        paths[name] = out / name
+    return paths

@@ -1,0 +1,82 @@
+"""Plain-language verdicts for the worst-case leakage of each attribute."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SEVERITY", "severity", "verdict"]
+
+# Upper bounds of chance-adjusted leakage for each word.
+SEVERITY = ((0.05, "slight"), (0.2, "weak"), (0.5, "moderate"), (float("inf"), "strong"))
+PROBE_NAMES = {
+    "prior": "the prior baseline",
+    "linear": "a linear probe",
+    "mlp": "an MLP",
+    "gbdt": "gradient boosting",
+}
+
+
+def _num(x: float) -> str:
+    text = f"{x:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
+def severity(leakage: float) -> str:
+    """One word for a chance-adjusted leakage value."""
+    for bound, word in SEVERITY:
+        if leakage < bound:
+            return word
+    return "strong"
+
+
+def _natural_units(result, row: dict[str, Any]) -> str:
+    rep, attr, probe = row["representation"], row["attribute"], row["probe"]
+    if row["kind"] == "categorical":
+        bacc = result.value(rep, attr, probe, "balanced_accuracy")["mean"]
+        k = len(result.attributes.get(attr, {}).get("classes", [])) or 2
+        return f"balanced accuracy {bacc:.2f} against chance {1 / k:.2f}"
+    mae = result.value(rep, attr, probe, "mae")["mean"]
+    try:
+        base = result.value(rep, attr, "prior", "mae")["mean"]
+        return f"mean absolute error {mae:.3g} against {base:.3g} for always guessing the median"
+    except KeyError:
+        return f"mean absolute error {mae:.3g}"
+
+
+def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
+    """A short sentence on one (representation, attribute) worst-case row.
+
+    Parameters
+    ----------
+    result : AuditResult
+    row : dict
+        A row of :meth:`AuditResult.worst_case` (without the verdict).
+    alpha : float
+        Significance level of the permutation test.
+    """
+    attr, leak, lo, hi, p = row["attribute"], row["leakage"], row["ci_low"], row["ci_high"], row["p_value"]
+    ci = "" if np.isnan(lo) else f" [{_num(lo)}, {_num(hi)}]"
+    p_text = "" if np.isnan(p) else f", p = {p:.3g}"
+    significant = (not np.isnan(p) and p < alpha) or (np.isnan(p) and not np.isnan(lo) and lo > 0)
+    if row["probe"] == "prior" or not significant:
+        text = (
+            f"No significant leakage of {attr}: the best probe ({row['probe']}) scores {_num(leak)}{ci} "
+            f"chance-adjusted{p_text}."
+        )
+        if not np.isnan(hi) and hi >= 0.05:
+            return (
+                text
+                + f" The interval still allows leakage up to {hi:.2f}; more audit samples would narrow it."
+            )
+        return text + " These probes recover nothing; stronger attackers are not ruled out."
+    units = _natural_units(result, row)
+    text = (
+        f"{severity(leak).capitalize()} leakage of {attr}: {PROBE_NAMES.get(row['probe'], row['probe'])} "
+        f"recovers it ({units}; chance-adjusted {_num(leak)}{ci}{p_text})."
+    )
+    linear, nonlinear = row.get("linear", np.nan), row.get("nonlinear", np.nan)
+    if not np.isnan(linear) and not np.isnan(nonlinear) and linear < 0.05 and nonlinear >= 0.05:
+        text += " Linear probes are near chance, so the remaining signal is non-linear."
+    return text

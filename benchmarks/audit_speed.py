@@ -1,0 +1,108 @@
+"""Time the full leakage-audit ladder on 20,000 x 48 latents, 3 attributes, 5 folds.
+
+Synthetic latents with planted signals (age: continuous, also banded; gender: linear;
+ethnicity: partly non-linear), the default audit settings (prior, linear, MLP and
+gradient-boosting probes, bootstrap intervals, permutation p-values). Prints one JSON
+object naming the machine. The target is under 60 s on a 2-core CPU.
+
+    python benchmarks/audit_speed.py [--n 20000] [--dim 48] [--folds 5] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import sklearn
+import torch
+
+from bafo_pipeline.audits import audit_leakage
+from bafo_pipeline.audits.mlp import resolve_device
+
+BUDGET_SECONDS = 60.0
+
+
+def synthetic(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n, dim)).astype(np.float32)
+    gender = np.where(Z[:, 0] + 0.5 * Z[:, 1] * Z[:, 2] + rng.normal(size=n) > 0, "male", "female")
+    score = Z[:, 3] + 0.6 * Z[:, 4] ** 2 + rng.normal(size=n)
+    ethnicity = np.array(["white", "black", "asian", "indian", "others"])[
+        np.digitize(score, [0.0, 0.8, 1.6, 2.4])
+    ]
+    age = np.clip(33 + 10 * Z[:, 5] + 6 * np.abs(Z[:, 6]) + 12 * rng.normal(size=n), 1, 110).round()
+    return Z, pd.DataFrame({"age": age, "gender": gender, "ethnicity": ethnicity})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--dim", type=int, default=48)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    Z, labels = synthetic(args.n, args.dim)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = audit_leakage(Z, labels, n_folds=args.folds, device=args.device)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+    per_probe: dict[str, float] = {}
+    for t in result.timings:
+        key = t["probe"]
+        per_probe[key] = per_probe.get(key, 0.0) + t["fit_seconds"]
+    scoring = sum(t["scoring_seconds"] for t in result.timings)
+    worst = result.worst_case(with_verdict=False)
+    report = {
+        "benchmark": "audit_speed",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "sklearn": sklearn.__version__,
+            "numpy": np.__version__,
+            "device": str(resolve_device(args.device)),
+            "load_average_before": load_before,
+        },
+        "data": {
+            "n": args.n,
+            "dim": args.dim,
+            "attributes": list(labels.columns),
+            "audited": list(result.attributes),
+        },
+        "settings": {
+            k: result.config[k] for k in ("n_folds", "probes", "n_bootstrap", "n_permutations", "confidence")
+        },
+        "seconds": {
+            "wall": round(wall, 2),
+            "process_cpu": round(cpu, 2),
+            "fit_by_probe": {k: round(v, 2) for k, v in per_probe.items()},
+            "scoring_and_tests": round(scoring, 2),
+        },
+        "budget_seconds": BUDGET_SECONDS,
+        "within_budget": wall < BUDGET_SECONDS,
+        "worst_case": {
+            r["attribute"]: {"probe": r["probe"], "leakage": round(r["leakage"], 4)}
+            for r in worst.to_dict("records")
+        },
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -180,6 +180,108 @@ def _scan_or_load(utkface, manifest, image_column, sensitive, config, synthetic_
     return table if limit is None else table.iloc[:limit].reset_index(drop=True)
 
 
+# ---------------------------------------------------------------------------- audit
+@main.command()
+@click.option("--latents", "latents", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A Parquet file of embeddings (repeat to compare several side by side).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
+              help="CSV/Parquet labels joined by id; default: the labels stored in the first latents file.")
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--attributes", default="age,gender,ethnicity", show_default=True, help="Sensitive attributes to audit.")
+@click.option("--target", help="A non-sensitive column for the downstream fairness report (e.g. smile).")
+@click.option("--folds", default=5, show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--max-leakage", type=float, help="Exit with status 1 when any attribute's worst-case leakage exceeds this.")
+@click.option("--gate", help="Apply --max-leakage to this representation only (a file stem); default: all.")
+def audit(latents, labels, id_column, attributes, target, folds, out_dir, max_leakage, gate):
+    """Measure how much of each sensitive attribute the embeddings still reveal.
+
+    Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
+    cross-validated on the given data; the headline is the best probe's
+    chance-adjusted score (0 = chance, 1 = perfect). Audit data the encoder
+    never trained on (bafo encode --split test --include-labels).
+    """
+    from .audits import run_audit_files
+
+    names = [s.strip() for s in attributes.split(",") if s.strip()]
+    report = _with_progress(
+        "auditing",
+        lambda progress: run_audit_files(
+            list(latents), labels, out_dir, id_column=id_column, attributes=names, target=target,
+            n_folds=folds, progress=progress,
+        ),
+    )
+    _print_verdicts(report)
+    click.echo(f"report: {Path(out_dir) / 'report.html'}")
+    if max_leakage is not None and report.exceeds(max_leakage, gate):
+        click.echo(f"FAILED: worst-case leakage exceeds {max_leakage}", err=True)
+        sys.exit(1)
+
+
+def _with_progress(description: str, work):
+    """Run ``work(progress)`` with a tqdm bar fed by the audit's (done, total, text) callbacks."""
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=description, unit="probe") as bar:
+
+        def progress(done, total, text=""):
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(str(text)[:40])
+            bar.refresh()
+
+        return work(progress)
+
+
+def _print_verdicts(report) -> None:
+    from .workflow import verdict_table
+
+    for name, rows in verdict_table(report).groupby("representation", sort=False):
+        click.echo(f"\n{name}")
+        for row in rows.itertuples():
+            click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}): {row.verdict}")
+
+
+# ------------------------------------------------------------------------------ run
+@main.command()
+@_data_options
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for model, latents and report.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--latent-dim", default=48, show_default=True)
+@click.option("--concealment", type=click.Choice(["none", "linear", "full"]), default="full", show_default=True,
+              help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE.")
+@click.option("--target", help="Non-sensitive attribute for the fairness report (default: smile on synthetic faces).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
+def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, epochs, latent_dim,
+        concealment, target, device, seed, overwrite):
+    """The whole job: train, export concealed latents, audit them, print a verdict.
+
+    Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
+    you would hand on), OUT/audit_latents.parquet (held-out split with labels,
+    for auditing only) and OUT/report/ (report.html, report.json).
+    """
+    from .transformers import BAFOTransformer
+    from .workflow import run_workflow
+
+    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, 56, seed)
+    synthetic = utkface is None and manifest is None
+    if target is None and synthetic:
+        target = "smile"
+    estimator = BAFOTransformer(latent_dim=latent_dim, epochs=epochs, concealment=concealment, device=device,
+                                random_state=seed, verbose=1)
+    data_info = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic",
+                 "synthetic_samples": synthetic_samples}
+    try:
+        result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,
+                              overwrite=overwrite, progress=lambda text: click.echo(text, err=True))
+    except FileExistsError as error:
+        raise click.UsageError(str(error)) from None
+    _print_verdicts(result.report)
+    click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
+
+
 # --------------------------------------------------------------------- decode, grid
 def _parse_attribute_values(schema, given: dict[str, str | None]) -> dict:
     """CLI strings → values the schema accepts; unspecified attributes get a neutral value."""

@@ -279,6 +279,31 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self._fit_concealment(inputs, sensitive_features, seed)
         return self
 
+    def fit_concealment(self, X, *, sensitive_features):
+        """Refit only the concealment steps (per the current ``concealment`` parameters), keeping the encoder.
+
+        Use it to compare concealment settings on one trained encoder, e.g.
+        ``model.set_params(concealment="linear").fit_concealment(X, sensitive_features=S)``.
+
+        Parameters
+        ----------
+        X : array-like or sequence of image paths
+            Training data, in the fitted form.
+        sensitive_features : DataFrame
+            Must hold the fitted schema's columns.
+
+        Returns
+        -------
+        self : BAFOTransformer
+        """
+        check_is_fitted(self)
+        if self.schema_ is None:
+            raise ValueError("this model was fitted without sensitive features; there is nothing to conceal")
+        inputs = np.concatenate([batch for _, batch in self._encode_batches(X, self.input_format_, 1024)])
+        frame = self._sensitive_frame(sensitive_features, len(inputs), broadcast=False)
+        self._fit_concealment(inputs, frame, _seed_from(self.random_state))
+        return self
+
     def _fit_concealment(self, inputs: np.ndarray, sensitive_features, seed: int) -> None:
         """Fit the post-encoder steps of ``concealment`` on the training latents."""
         self.erasure_ = self.refiner_ = self.final_erasure_ = None
@@ -349,7 +374,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return schema.encode(frame), schema
 
     # ------------------------------------------------------------ transform
-    def transform(self, X, *, sample: bool = False) -> np.ndarray:
+    def transform(self, X, *, sample: bool = False, conceal: bool = True) -> np.ndarray:
         """Encode ``X`` to latents.
 
         Parameters
@@ -361,16 +386,20 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             Draw from the posterior instead of returning its mean (the mean is
             deterministic and is what downstream models should use). Draws are
             reproducible for an integer ``random_state``.
+        conceal : bool, default=True
+            Apply the fitted concealment steps. ``False`` returns the raw
+            encoder output, which leaks; it exists to audit what the
+            concealment removed.
 
         Returns
         -------
         Z : ndarray of shape (n_samples, latent_dim), float32
         """
         check_is_fitted(self)
-        parts = [latents for _, latents in self.iter_transform(X, sample=sample)]
+        parts = [latents for _, latents in self.iter_transform(X, sample=sample, conceal=conceal)]
         return np.concatenate(parts) if parts else np.zeros((0, self._n_features_out), np.float32)
 
-    def iter_transform(self, X, *, batch_size: int = 1024, sample: bool = False):
+    def iter_transform(self, X, *, batch_size: int = 1024, sample: bool = False, conceal: bool = True):
         """Encode in batches, yielding ``(row_indices, latents)``; memory stays bounded.
 
         Used for exports of datasets larger than memory: image paths are
@@ -380,7 +409,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         ----------
         X : array-like or sequence of image paths
         batch_size : int, default=1024
-        sample : bool, default=False
+        sample, conceal : bool
             See :meth:`transform`.
 
         Yields
@@ -399,7 +428,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 if sample:
                     noise = torch.randn(mean.shape, generator=generator, device=device)
                     mean = mean + noise * torch.exp(0.5 * logvar)
-            yield indices, self._conceal(mean.float().cpu().numpy())
+            means = mean.float().cpu().numpy()
+            yield indices, self._conceal(means) if conceal else means
 
     def _encode_batches(self, X, fmt: InputFormat, batch_size: int):
         if fmt.kind == "tabular":

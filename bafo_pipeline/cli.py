@@ -140,7 +140,7 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
         raise click.UsageError("this model records no train/test split; use --split all without --include-split")
     source = _scan_or_load(utkface, manifest, image_column, sensitive, config, synthetic_samples, limit, strict)
     in_memory = isinstance(source, FaceDataset)
-    names = None
+    names, rows = None, np.arange(len(source))
     if split_info is not None:
         hashes = source.content_hash if in_memory else source["content_hash"].to_numpy()
         is_test = hash_split(hashes, test_fraction=split_info["test_fraction"], seed=split_info["seed"])
@@ -148,11 +148,11 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
         if which != "all":
             keep = names == which
             source = source.subset(keep) if in_memory else source[keep].reset_index(drop=True)
-            names = names[keep]
+            names, rows = names[keep], rows[keep]
     with tqdm(total=len(source), desc="encoding", unit="img") as bar:
         report = export_latents(
             estimator, source, out, include_labels=include_labels, split=names if include_split else None,
-            id_column=id_column, metadata={"model_fingerprint": model_fingerprint(model_dir)},
+            ids=None if id_column else rows, id_column=id_column, metadata={"model_fingerprint": model_fingerprint(model_dir)},
             batch_size=batch_size, strict=strict, overwrite=overwrite, progress=bar.update,
         )
     for row, reason in report.skipped:
@@ -236,10 +236,17 @@ def _with_progress(description: str, work):
 def _print_verdicts(report) -> None:
     from .workflow import verdict_table
 
+    utility = {f.representation: f for f in report.fairness}
     for name, rows in verdict_table(report).groupby("representation", sort=False):
         click.echo(f"\n{name}")
         for row in rows.itertuples():
             click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}): {row.verdict}")
+        if name in utility:
+            fairness = utility[name]
+            click.echo(
+                f"  utility: a downstream model predicts {fairness.target} at balanced accuracy "
+                f"{fairness.overall.get('balanced_accuracy', float('nan')):.2f}"
+            )
 
 
 # ------------------------------------------------------------------------------ run

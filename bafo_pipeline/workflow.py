@@ -100,11 +100,14 @@ def run_workflow(
     provenance = {"model_fingerprint": model_fingerprint(model_dir)}
 
     say("exporting latents of every image (no labels, no file names)")
-    split = np.where(hash_split(dataset.content_hash, test_fraction=test_fraction, seed=seed), "test", "train")
+    is_test = hash_split(dataset.content_hash, test_fraction=test_fraction, seed=seed)
+    split = np.where(is_test, "test", "train")
     latents_path = out / "latents.parquet"
     export_latents(estimator, dataset, latents_path, split=split, metadata=provenance, overwrite=True)
     audit_path = out / "audit_latents.parquet"
-    export_latents(estimator, test, audit_path, include_labels=True, metadata=provenance, overwrite=True)
+    export_latents(
+        estimator, test, audit_path, include_labels=True, ids=np.flatnonzero(is_test), metadata=provenance, overwrite=True
+    )
 
     say("auditing the held-out split")
     representations = {

@@ -108,3 +108,16 @@ def test_target_errors():
     assert result.config["pos_label"] == "yes" and result.disparities["ci_low"].isna().all()
     with pytest.raises(ValueError, match="has 200 rows, target 199"):
         fairness_report(Z, smile[:199], sensitive)
+
+
+def test_no_group_large_enough_gives_undefined_disparities_not_a_crash():
+    rng = np.random.default_rng(3)
+    n = 120
+    Z = rng.normal(size=(n, 4))
+    target = (Z[:, 0] > 0).astype(int)
+    sensitive = pd.DataFrame({"gender": rng.choice(["f", "m"], n), "ethnicity": rng.choice(list("abcde"), n)})
+    result = fairness_report(
+        Z, target, sensitive, intersections=[("gender", "ethnicity")], min_group_size=100, n_bootstrap=20
+    )
+    assert (result.disparities["n_groups"] == 0).all()
+    assert result.disparities["value"].isna().all()

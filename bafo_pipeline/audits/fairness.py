@@ -185,6 +185,8 @@ def group_rates(
 
     def spread(r: np.ndarray) -> np.ndarray:
         r = r[:, eligible]
+        if r.shape[1] == 0:  # no group is large enough: the disparity is undefined, not zero
+            return np.full(len(r), np.nan)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicates stay NaN
             return np.nanmax(r, axis=1) - np.nanmin(r, axis=1)

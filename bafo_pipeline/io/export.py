@@ -52,6 +52,7 @@ def export_latents(
     *,
     include_labels: bool = False,
     split: Sequence[str] | None = None,
+    ids: Sequence[int] | None = None,
     id_column: str | None = None,
     metadata: dict | None = None,
     batch_size: int = 512,
@@ -77,8 +78,11 @@ def export_latents(
         Off by default: a shared latent file should carry no sensitive value.
     split : sequence of str, optional
         One split name per source row, stored as a ``split`` column.
+    ids : sequence of int, optional
+        Row numbers to store as ``id`` (e.g. positions in the full dataset
+        when ``source`` is a subset of it); default ``0 .. n-1``.
     id_column : str, optional
-        A non-sensitive attribute column to use as ``id``; default row numbers.
+        A non-sensitive attribute column to use as ``id`` instead.
     metadata : dict, optional
         Extra provenance (e.g. ``model_fingerprint``).
     batch_size : int, default=512
@@ -98,6 +102,10 @@ def export_latents(
         if id_column in sensitive or (estimator.schema_ is not None and id_column in estimator.schema_.names):
             raise ValueError(f"id column {id_column!r} is a sensitive attribute; ids must not reveal one")
         ids = label_frame[id_column].to_numpy()
+    elif ids is not None:
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != len(label_frame):
+            raise ValueError(f"{len(ids)} ids given for {len(label_frame)} source rows")
     else:
         ids = np.arange(len(label_frame), dtype=np.int64)
     hashes = source.content_hash if isinstance(source, FaceDataset) else attributes.get("content_hash")

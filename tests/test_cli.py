@@ -1,0 +1,133 @@
+"""The bafo command line, through click's test runner, on tiny synthetic data."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from bafo_pipeline.cli import main
+from bafo_pipeline.io import read_latents, write_latents
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "model"
+    result = CliRunner().invoke(
+        main, ["train", "--synthetic-samples", "240", "--epochs", "1", "--latent-dim", "16", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_a_model_and_refuses_to_overwrite(model_dir):
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["params"]["latent_dim"] == 16
+    assert config["metadata"]["split"] == {"test_fraction": 0.15, "seed": 0}
+    again = CliRunner().invoke(main, ["train", "--synthetic-samples", "240", "--epochs", "1", "--out", str(model_dir)])
+    assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_encode_is_private_by_default_and_labels_only_on_request(model_dir, tmp_path):
+    runner = CliRunner()
+    shared, audit = tmp_path / "shared.parquet", tmp_path / "audit.parquet"
+    assert runner.invoke(main, ["encode", "--model", str(model_dir), "--synthetic-samples", "240", "--out", str(shared)]).exit_code == 0
+    result = runner.invoke(
+        main,
+        ["encode", "--model", str(model_dir), "--synthetic-samples", "240", "--split", "test", "--include-labels",
+         "--include-split", "--out", str(audit)],
+    )
+    assert result.exit_code == 0, result.output
+    assert pq.read_schema(shared).names == ["id", "latent"]  # no labels, no paths
+    everything, held_out = read_latents(shared), read_latents(audit)
+    assert len(everything) == 240 and everything.latents.shape == (240, 16)
+    assert 0 < len(held_out) < 240 and set(held_out.split) == {"test"}
+    assert {"age", "gender", "ethnicity"} <= set(held_out.labels.columns) and held_out.metadata["labels_included"]
+    # The held-out rows are the same images, encoded the same way, as in the full export.
+    np.testing.assert_allclose(held_out.latents, everything.latents[held_out.ids], atol=1e-6)
+    refused = runner.invoke(main, ["encode", "--model", str(model_dir), "--out", str(shared)])
+    assert refused.exit_code != 0 and "--overwrite" in refused.output
+
+
+def _write_faces(folder, n=2):
+    from bafo_pipeline import make_synthetic_faces
+
+    folder.mkdir()
+    for i, image in enumerate(make_synthetic_faces(n, random_state=7).images):
+        Image.fromarray(image).save(folder / f"30_1_0_2017{i:04d}.png")  # a UTKFace-style, label-bearing name
+    return folder
+
+
+def test_decode_redraws_faces_with_chosen_attributes_under_neutral_names(model_dir, tmp_path):
+    faces = _write_faces(tmp_path / "in")
+    runner = CliRunner()
+    outputs = {}
+    for gender in ("female", "male"):
+        out = tmp_path / gender
+        result = runner.invoke(main, ["decode", "--model", str(model_dir), str(faces), "--age", "40", "--gender", gender, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.iterdir()) == ["decoded_0000.png", "decoded_0001.png"]
+        outputs[gender] = np.stack([np.asarray(Image.open(p)) for p in sorted(out.iterdir())])
+    assert outputs["female"].shape == (2, 56, 56, 3)
+    assert not np.array_equal(outputs["female"], outputs["male"])
+    bad = runner.invoke(main, ["decode", "--model", str(model_dir), str(faces), "--gender", "robot", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "robot" in bad.output
+
+
+def test_grid_draws_inputs_across_ages_and_genders(model_dir, tmp_path):
+    faces = _write_faces(tmp_path / "in")
+    out = tmp_path / "grid.png"
+    result = CliRunner().invoke(main, ["grid", "--model", str(model_dir), str(faces), "--ages", "1,40,80", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    width, height = Image.open(out).size
+    # 2 inputs x 2 genders rows; input + 3 ages columns; 56 px cells, 2 px gaps, scaled 2x.
+    assert (width, height) == (2 * (4 * 58 + 2), 2 * (4 * 58 + 2))
+
+
+def test_audit_gate_fails_on_a_planted_leak_and_passes_on_noise(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = pd.DataFrame({
+        "gender": rng.choice(["female", "male"], n),
+        "ethnicity": rng.choice(["a", "b", "c"], n),
+        "age": rng.uniform(1, 80, n).round(1),
+    })
+    leaky = rng.normal(size=(n, 8)).astype(np.float32)
+    leaky[:, 0] += 3.0 * (labels["gender"] == "female")
+    noise = rng.normal(size=(n, 8)).astype(np.float32)
+    for name, Z in (("leaky", leaky), ("noise", noise)):
+        write_latents(tmp_path / f"{name}.parquet", [(np.arange(n), Z, labels)],
+                      label_schema={"gender": "string", "ethnicity": "string", "age": "float64"})
+    runner = CliRunner()
+    common = ["--folds", "3", "--max-leakage", "0.3"]
+    failed = runner.invoke(main, ["audit", "--latents", str(tmp_path / "leaky.parquet"), "--out", str(tmp_path / "r1"), *common])
+    assert failed.exit_code == 1 and "gender" in failed.output
+    passed = runner.invoke(main, ["audit", "--latents", str(tmp_path / "noise.parquet"), "--out", str(tmp_path / "r2"), *common])
+    assert passed.exit_code == 0, passed.output
+    assert json.loads((tmp_path / "r2" / "report.json").read_text())["schema_version"] >= 1
+
+
+def test_run_does_the_whole_job(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--epochs", "1", "--latent-dim", "16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {"model", "latents.parquet", "audit_latents.parquet", "report"}
+    assert pq.read_schema(out / "latents.parquet").names == ["id", "latent", "split"]
+    assert (out / "report" / "report.html").stat().st_size > 0
+    for representation in ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)"):
+        assert representation in result.output
+    assert "utility: a downstream model predicts smile" in result.output
+    again = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--out", str(out)])
+    assert again.exit_code != 0 and "--overwrite" in again.output

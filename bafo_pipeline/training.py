@@ -12,19 +12,10 @@ import numpy as np
 import torch
 
 from .io._atomic import atomic_write_path
+from ._device import resolve_device  # noqa: F401  (re-exported: part of this module's API)
 from .adversary import AttributeAdversary, ConditionSlice
 from .independence import independence_penalty
 from .model import BAFONetwork, vae_loss_terms
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else as torch reads it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for, but CUDA is not available; use device='auto' or 'cpu'")
-    return resolved
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def _jpeg_bytes(seed: int) -> bytes:
         (f"26_1_2_{STAMP}.jpg.chip.jpg", (26.0, "female", "asian")),
         (f"0_0_0_{STAMP}.jpg.chip.jpg", (0.0, "male", "white")),
         (f"120_0_4_{STAMP}.jpg.chip.jpg", (120.0, "male", "others")),
-        (f"folder/45_1_3_2017011022340900.jpg.chip.jpg", (45.0, "female", "indian")),  # 16-digit stamp
+        ("folder/45_1_3_2017011022340900.jpg.chip.jpg", (45.0, "female", "indian")),  # 16-digit stamp
         (f"7_0_1_{STAMP}.jpg", (7.0, "male", "black")),  # in-the-wild naming
     ],
 )

@@ -23,13 +23,6 @@ from bafo_pipeline.transformers import BAFOTransformer
 VALUES = {"age": 60, "gender": 0.5, "ethnicity": {"indian": 1.0, "others": 1.0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks: extra intra-op threads only add synchronisation (costly on a shared CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

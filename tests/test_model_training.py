@@ -12,14 +12,6 @@ from bafo_pipeline.training import Trainer, TrainingConfig, resolve_device
 from bafo_pipeline.transformers import BAFOTransformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test networks are tiny: extra intra-op threads only add synchronisation, which gets
-    # very expensive when the CPU is shared with other jobs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

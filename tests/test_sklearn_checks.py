@@ -1,19 +1,11 @@
 """scikit-learn's estimator checks on the tabular (MLP) form of BAFOTransformer."""
 
 import pytest
-import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from bafo_pipeline.transformers import BAFOTransformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks: extra intra-op threads only add synchronisation (costly on a shared CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # The checks call fit(X, y) without sensitive features, which makes a plain VAE; the estimator

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse
-import torch
 from PIL import Image
 from sklearn import config_context
 from sklearn.base import clone
@@ -22,13 +21,6 @@ from bafo_pipeline.transformers import BAFOTransformer
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks: extra intra-op threads only add synchronisation (costly on a shared CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(**params):

@@ -8,14 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._device import resolve_device
+
 __all__ = ["TorchMLPProbe", "resolve_device"]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` means CUDA when present, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class TorchMLPProbe:

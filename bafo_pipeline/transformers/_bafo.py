@@ -17,7 +17,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..attributes import AttributeSchema
 from ..model import BAFONetwork, NetworkConfig, vae_loss_terms
-from ..training import Trainer, TrainingConfig, resolve_device
+from .._device import resolve_device
+from ..training import Trainer, TrainingConfig
 from ._erasure import LinearErasure
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
 

@@ -1,0 +1,115 @@
+"""End-to-end export throughput: 200x200 JPEG files on disk -> concealed latents in Parquet.
+
+Reports images/s for the whole export and, measured in the same run, for JPEG
+decoding + resizing alone (the ceiling on a CPU); the target is >= 70% of that
+ceiling on the 2-core CPU. Peak memory is measured in child processes for N and
+2N images: it must not grow with the number of images. Prints JSON.
+
+    python benchmarks/encode_throughput.py [--images 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
+
+
+def write_jpegs(folder: Path, n: int) -> list[str]:
+    """n distinct 200x200 synthetic faces as quality-90 JPEGs (like UTKFace's files)."""
+    from bafo_pipeline import make_synthetic_faces
+
+    paths = []
+    for start in range(0, n, 500):
+        faces = make_synthetic_faces(min(500, n - start), image_size=200, random_state=start)
+        for i, image in enumerate(faces.images):
+            path = folder / f"{start + i:06d}.jpg"
+            Image.fromarray(image).save(path, quality=90)
+            paths.append(str(path))
+    return paths
+
+
+def fitted_model():
+    """The default architecture with its full concealment (weights untrained: speed does not depend on them)."""
+    from bafo_pipeline import BAFOTransformer, make_synthetic_faces
+
+    faces = make_synthetic_faces(256, random_state=0)
+    return BAFOTransformer(epochs=0, refine_epochs=1, random_state=0).fit(
+        faces.images, sensitive_features=faces.sensitive_features
+    )
+
+
+def export_once(paths: list[str], out: Path, batch_size: int) -> float:
+    from bafo_pipeline import export_latents
+
+    model = fitted_model()
+    started = time.perf_counter()
+    report = export_latents(model, pd.DataFrame({"path": paths}), out, batch_size=batch_size, overwrite=True)
+    seconds = time.perf_counter() - started
+    assert report.n_written == len(paths), report.skipped[:3]
+    return len(paths) / seconds
+
+
+def decode_ceiling(paths: list[str]) -> float:
+    from bafo_pipeline.data import decode_images
+
+    started = time.perf_counter()
+    images, kept, _ = decode_images(paths, size=(56, 56))
+    assert len(kept) == len(paths)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def peak_rss_mb(n: int, folder: Path, batch_size: int) -> float:
+    """Peak resident memory of a child process exporting the first n files."""
+    code = (
+        "import sys, resource; sys.path.insert(0, sys.argv[1]);"
+        "from encode_throughput import export_once; from pathlib import Path;"
+        "paths = sorted(str(p) for p in Path(sys.argv[2]).glob('*.jpg'))[: int(sys.argv[3])];"
+        "export_once(paths, Path(sys.argv[2]) / 'child.parquet', int(sys.argv[4]));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(folder), str(n), str(batch_size)],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return int(output.strip().splitlines()[-1]) / 1024
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=512)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = write_jpegs(folder, 2 * args.images)
+        first = paths[: args.images]
+        decode_images_per_second = decode_ceiling(first)
+        export_images_per_second = export_once(first, folder / "latents.parquet", args.batch_size)
+        memory = {f"{n}_images": round(peak_rss_mb(n, folder, args.batch_size), 1) for n in (args.images, 2 * args.images)}
+    result = {
+        "benchmark": "encode_throughput",
+        "export_images_per_second": round(export_images_per_second, 1),
+        "decode_ceiling_images_per_second": round(decode_images_per_second, 1),
+        "fraction_of_ceiling": round(export_images_per_second / decode_images_per_second, 3),
+        "peak_rss_mb": memory,
+        "settings": {"images": args.images, "source": "200x200 JPEG, quality 90", "image_size": 56,
+                     "batch_size": args.batch_size, "concealment": "full"},
+        "machine": machine(),
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -354,27 +354,33 @@ def decode_images(
     tracker = _Progress(progress)
     paths = list(paths)
     args = (target_h, target_w, max_pixels)
-    images = np.empty((len(paths), target_h, target_w, 3), dtype=np.uint8)
-    kept: list[int] = []
-    errors: list[tuple[str, str]] = []
     pool = ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-decode") if n_threads > 1 and len(paths) > 1 else None
     try:
-        handles = _submit_all(pool, paths, args)
-        for i, (handle, source) in enumerate(zip(handles, paths)):
-            out = _result(handle, source, args)
-            handles[i] = None  # let the finished future (and its array) go
-            if isinstance(out, ImageDecodeError):
-                if strict:
-                    raise out
-                errors.append((out.path, out.reason))
-            else:
-                images[len(kept)] = out
-                kept.append(i)
-            tracker.advance()
+        return _collect(_submit_all(pool, paths, args), paths, args, strict, tracker)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    if len(kept) < len(paths):
+
+
+def _collect(handles: list, sources: Sequence[ImageSource], args: tuple, strict: bool, tracker=None):
+    """Wait for each source's decode, in order: ``(images, kept_positions, errors)``."""
+    target_h, target_w = args[0], args[1]
+    images = np.empty((len(sources), target_h, target_w, 3), dtype=np.uint8)
+    kept: list[int] = []
+    errors: list[tuple[str, str]] = []
+    for i, (handle, source) in enumerate(zip(handles, sources)):
+        out = _result(handle, source, args)
+        handles[i] = None  # let the finished future (and its array) go
+        if isinstance(out, ImageDecodeError):
+            if strict:
+                raise out
+            errors.append((out.path, out.reason))
+        else:
+            images[len(kept)] = out
+            kept.append(i)
+        if tracker is not None:
+            tracker.advance()
+    if len(kept) < len(sources):
         images = images[: len(kept)].copy()
     return images, np.asarray(kept, dtype=np.int64), errors
 
@@ -427,7 +433,6 @@ def iter_decoded_batches(
 
 def _iter_batches(paths: Iterator[ImageSource], batch_size: int, args: tuple, strict: bool, n_threads: int):
     pool = ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-decode") if n_threads > 1 else None
-    target_h, target_w = args[0], args[1]
     try:
         offset = 0
         chunk = list(islice(paths, batch_size))
@@ -435,21 +440,8 @@ def _iter_batches(paths: Iterator[ImageSource], batch_size: int, args: tuple, st
         while chunk:
             next_chunk = list(islice(paths, batch_size))
             next_handles = _submit_all(pool, next_chunk, args)  # prefetch
-            images = np.empty((len(chunk), target_h, target_w, 3), dtype=np.uint8)
-            kept: list[int] = []
-            errors: list[tuple[str, str]] = []
-            for i, (handle, source) in enumerate(zip(handles, chunk)):
-                out = _result(handle, source, args)
-                if isinstance(out, ImageDecodeError):
-                    if strict:
-                        raise out
-                    errors.append((out.path, out.reason))
-                else:
-                    images[len(kept)] = out
-                    kept.append(i)
-            if len(kept) < len(chunk):
-                images = images[: len(kept)].copy()
-            yield np.asarray(kept, dtype=np.int64) + offset, images, errors
+            images, kept, errors = _collect(handles, chunk, args, strict)
+            yield kept + offset, images, errors
             offset += len(chunk)
             chunk, handles = next_chunk, next_handles
     finally:

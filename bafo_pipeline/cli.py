@@ -66,6 +66,9 @@ def main() -> None:
 @click.option("--variance-weight", default=1.0, show_default=True, help="Extra weight on the KL variance term.")
 @click.option("--independence-weight", default=0.0, show_default=True, help="HSIC penalty pushing latents to independence from the sensitive attributes.")
 @click.option("--condition-every-layer", is_flag=True, help="Feed the attributes to every decoder layer.")
+@click.option("--adversary-weight", default=0.0, show_default=True, help="Adversarial pressure on the image encoder itself.")
+@click.option("--concealment", type=click.Choice(["none", "linear", "full"]), default="full", show_default=True,
+              help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE.")
 @click.option("--image-size", default=56, show_default=True)
 @click.option("--test-fraction", default=0.15, show_default=True, help="Held out by content hash; never trained on.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -75,7 +78,7 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, latent_dim, epochs,
           batch_size, learning_rate, kl_weight, variance_weight, independence_weight, condition_every_layer,
-          image_size, test_fraction, device, seed, checkpoint, resume, overwrite):
+          adversary_weight, concealment, image_size, test_fraction, device, seed, checkpoint, resume, overwrite):
     """Train a BAFO model on the training split and save it.
 
     The split is by content hash (duplicates never straddle it), so `bafo encode
@@ -93,7 +96,7 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
         latent_dim=latent_dim, image_shape=(image_size, image_size), epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, kl_weight=kl_weight, variance_weight=variance_weight,
         independence_weight=independence_weight, condition_every_layer=condition_every_layer,
-        device=device, random_state=seed, verbose=1,
+        adversary_weight=adversary_weight, concealment=concealment, device=device, random_state=seed, verbose=1,
     )
     estimator.fit(train_set.images, sensitive_features=train_set.sensitive_features, checkpoint=checkpoint, resume=resume)
     data = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic", "synthetic_samples": synthetic_samples}
@@ -416,9 +419,5 @@ def grid(model_dir, inputs, style, ages, fixed_age, max_inputs, out):
     click.echo(f"wrote {out}")
 
 
-def run_cli() -> None:  # pragma: no cover - console entry for python -m
-    main(prog_name="bafo")
-
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run_cli())
+    main(prog_name="bafo")

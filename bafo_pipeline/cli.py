@@ -288,6 +288,10 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     except FileExistsError as error:
         raise click.UsageError(str(error)) from None
     _print_verdicts(result.report)
+    if result.utility is not None:
+        click.echo("\nkept for downstream use (non-sensitive attributes, linear probe, chance-adjusted):")
+        for name, rows in result.utility.groupby("representation", sort=False):
+            click.echo(f"  {name}: " + ", ".join(f"{r.attribute} {r.leakage:.2f}" for r in rows.itertuples()))
     click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
 
 

@@ -31,6 +31,9 @@ class WorkflowResult:
     model_dir, latents_path, audit_latents_path, report_dir : Path
     report : AuditReport
         ``report.worst_case()`` is the headline table.
+    utility : DataFrame or None
+        How well a linear probe predicts each non-sensitive attribute from each
+        representation (chance-adjusted; what a downstream model can still use).
     """
 
     model_dir: Path
@@ -38,6 +41,7 @@ class WorkflowResult:
     audit_latents_path: Path
     report_dir: Path
     report: Any
+    utility: pd.DataFrame | None = None
 
 
 def run_workflow(
@@ -120,7 +124,16 @@ def run_workflow(
         representations, labels, out / "report", attributes=list(dataset.sensitive), target=target,
         **(audit_options or {}),
     )
-    return WorkflowResult(model_dir, latents_path, audit_path, out / "report", report)
+    kept = [c for c in labels.columns if c not in dataset.sensitive]
+    utility = None
+    if kept:
+        from .audits import audit_leakage
+
+        utility = audit_leakage(
+            representations, labels, attributes=kept, probes=("prior", "linear"), bands={},
+            n_bootstrap=0, n_permutations=0, random_state=seed,
+        ).worst_case(with_verdict=False)[["representation", "attribute", "leakage"]]
+    return WorkflowResult(model_dir, latents_path, audit_path, out / "report", report, utility)
 
 
 def _pixel_baseline(train: FaceDataset, test: FaceDataset, seed: int) -> np.ndarray:

@@ -122,5 +122,6 @@ def test_run_does_the_whole_job(tmp_path):
     for representation in ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)"):
         assert representation in result.output
     assert "utility: a downstream model predicts smile" in result.output
+    assert "kept for downstream use" in result.output and "background" in result.output
     again = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--out", str(out)])
     assert again.exit_code != 0 and "--overwrite" in again.output

@@ -21,6 +21,7 @@ synthetic faces (the smoke test).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -65,7 +66,7 @@ REFERENCE_LEAKAGE = [
     ("BAFO, KL weight 8", "0.71 / 0.75", "0.36 / 0.43", "14.0 / 11.6"),
 ]
 MODEL_LABELS = {"pixels_pca128": "raw pixels (PCA 128)", "vae48": "plain VAE, latent 48", "bafo48": "BAFO, latent 48",
-                "bafo100": "BAFO, latent 100"}
+                "bafo100": "BAFO, latent 100", "bafo48_full": "BAFO, latent 48, full concealment"}
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -86,10 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--condition-every-layer", action=argparse.BooleanOptionalAction, default=True,
                         help="feed the labels to every decoder stage (the paper feeds them to the first only)")
     parser.add_argument("--latents", default="48,100", help="comma-separated BAFO latent sizes")
+    parser.add_argument("--concealed", action=argparse.BooleanOptionalAction, default=True,
+                        help="also evaluate the first BAFO model with the package's full concealment (erasure + refiner)")
+    parser.add_argument("--refine-epochs", type=int, default=30, help="epochs of the concealment refiner")
     parser.add_argument("--widths", default="32,64,128", help="autoencoder conv channels per stage")
     parser.add_argument("--judge-widths", default="32,64,128,256", help="judge conv channels per stage")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (small nets: keep it low)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch/BLAS threads; default: 1 on a busy machine (load >= half the cores), else up to 4")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--audit-folds", type=int, default=5)
     parser.add_argument("--audit-bootstrap", type=int, default=None, help="default 1000 (20 with --synthetic)")
@@ -105,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="its generated sections are replaced when it exists (never created)")
     parser.add_argument("--verbose", action="store_true", help="progress on stderr")
     args = parser.parse_args(argv)
+    if args.threads is None:
+        args.threads = _auto_threads()
     smoke = args.synthetic is not None
     if args.audit_bootstrap is None:
         args.audit_bootstrap = 20 if smoke else 1000
@@ -122,6 +129,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.synthetic is not None and args.synthetic < 100:
         parser.error("--synthetic needs at least 100 images (the test split must hold the figure faces)")
     return args
+
+
+def _auto_threads() -> int:
+    """One thread when others keep the CPU busy: small conv nets run several times slower oversubscribed."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return 1 if load >= cores / 2 else min(4, cores)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -174,6 +188,7 @@ def model_params(args: argparse.Namespace, latent_dim: int) -> dict:
         "independence_weight": args.independence_weight,
         "condition_every_layer": args.condition_every_layer,
         "widths": tuple(args.widths),
+        "concealment": "none",
         "device": args.device,
         "random_state": args.seed,
     }
@@ -190,6 +205,15 @@ def train_models(args: argparse.Namespace, train) -> tuple[dict[str, BAFOTransfo
             train.images, sensitive_features=train.sensitive_features
         )
         seconds[name] = time.perf_counter() - start
+    first = f"bafo{args.latent_sizes[0]}"
+    if args.concealed:
+        # The package's default: the same encoder, then linear erasure, an adversarially trained refiner and
+        # erasure again, fitted on the training latents (the paper's model has none of these).
+        _log(args, f"fitting the full concealment on {first}")
+        start = time.perf_counter()
+        concealed = copy.deepcopy(models[first]).set_params(concealment="full", refine_epochs=args.refine_epochs)
+        models[f"{first}_full"] = concealed.fit_concealment(train.images, sensitive_features=train.sensitive_features)
+        seconds[f"{first}_full"] = time.perf_counter() - start
     _log(args, "training vae48 (no labels)")
     start = time.perf_counter()
     with warnings.catch_warnings():  # the plain-VAE warning is the point here
@@ -408,8 +432,10 @@ def make_figures(models: dict, test, figures_dir: Path, seed: int) -> dict[str, 
     out["decoded_as_40"] = _save(np.asarray(rows), figures_dir / "decoded_as_40.png", names)
 
     panels, names = [], []
-    for name in bafo:
+    for i, name in enumerate(bafo):
         panel = age_gender_grid(models[name], images[:1], AGES, fixed={"ethnicity": ethnicity[0]})
+        if i:  # the input is shown once, in the first block
+            panel[0, 0] = 1.0
         panels.append(panel)
         names += [f"{name}: {g}" for g in models[name].schema_["gender"].categories]
     out["ages_by_gender"] = _save(np.concatenate(panels), figures_dir / "ages_by_gender.png", names,
@@ -567,6 +593,7 @@ def render_sections(results: dict, json_path: Path, page_dir: Path) -> dict[str,
          "yardstick survives the blur of decoding." + ssim_note)
 
     sections["groups"] = _groups_section(results)
+    sections["card_metrics"] = _card_section(results)
 
     audit = results.get("leakage")
     if audit:
@@ -619,9 +646,45 @@ def render_sections(results: dict, json_path: Path, page_dir: Path) -> dict[str,
     return sections
 
 
+def _released(results: dict) -> str | None:
+    """The configuration the model card describes: the fully concealed BAFO when run, else the first BAFO."""
+    names = list(results["table1"])
+    return next((n for n in names if n.endswith("_full")), names[0] if names else None)
+
+
+def _card_section(results: dict) -> str:
+    """Headline numbers of the released configuration (see :func:`_released`) for the model card."""
+    bafo = _released(results)
+    if bafo is None:
+        return "No BAFO model in this run."
+    avg, rec = results["table1"][bafo]["average"], results["reconstruction"][bafo]
+    judge = results["judge"]["test"]
+    lines = [
+        f"- Attribute control (Table 1 protocol, {results['data']['n_test']} test faces x 10 targets, scored by our judge): "
+        f"gender correct {_fmt(avg['gender_correct'], 3)}, age RMSE {_fmt(avg['age_rmse'])} / MAE {_fmt(avg['age_mae'])} years "
+        f"(paper: 1.00 and {_fmt(PAPER['table1_average_age_rmse'].get(bafo))}).",
+        f"- The judge's own yardstick on real test faces: gender accuracy {_fmt(judge['gender']['accuracy'], 3)}, "
+        f"ethnicity accuracy {_fmt(judge['ethnicity']['accuracy'], 3)}, age RMSE {_fmt(judge['age']['rmse'])} / "
+        f"MAE {_fmt(judge['age']['mae'])}.",
+        f"- Reconstruction with the true labels: MSE per pixel {_fmt(rec['mse'], 4)}, PSNR {_fmt(rec['psnr_db'])} dB.",
+    ]
+    audit = results.get("leakage")
+    if audit:
+        worst = [w for w in audit["worst_case"] if w["representation"] == bafo]
+        verdict = " The latent is **not** blind." if any(w["leakage"] > 0.1 for w in worst) else ""
+        lines.append(
+            "- Leakage of the latent (worst probe, chance-adjusted; 0 = chance, 1 = perfect): "
+            + ", ".join(f"{w['attribute']} {_fmt(w['leakage'], 2)} ({w['probe']})" for w in worst)
+            + "." + verdict
+        )
+    lines.append(f"- Trained for {results['config']['models'][bafo]['epochs']} epochs; full run "
+                 f"{results['run']['wall_seconds'] / 60:.0f} min on {results['run']['machine']['gpu'] or 'a CPU'}.")
+    return "\n".join(lines)
+
+
 def _groups_section(results: dict) -> str:
-    """Judge, attribute control and reconstruction by the input's gender, ethnicity and age band (first BAFO model)."""
-    bafo = next((n for n in results["table1"]), None)
+    """Judge, attribute control and reconstruction by the input's gender, ethnicity and age band (released model)."""
+    bafo = _released(results)
     if bafo is None:
         return "No BAFO model in this run."
     judge = results["judge"]["by_group"]
@@ -683,6 +746,9 @@ _To be written._
 """
 
 
+RESULTS_SECTIONS = ("run", "targets", "judge", "table1", "neutral", "reconstruction", "groups", "leakage", "figures")
+
+
 def _wrap(name: str, body: str) -> str:
     return f"<!-- BEGIN GENERATED: {name} -->\n{body}\n<!-- END GENERATED: {name} -->"
 
@@ -720,6 +786,7 @@ def update_results_page(path: Path, results: dict, json_path: Path, *, create: b
         sections = {k: v for k, v in sections.items() if k in present}
         text = fill_sections(text, sections)
     else:
+        sections = {k: v for k, v in sections.items() if k in RESULTS_SECTIONS}
         text = fill_sections(path.read_text() if path.exists() else None, sections)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -795,7 +862,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         },
         "data": data,
         "config": {
-            "models": {name: model_params(args, model.latent_dim) for name, model in models.items()},
+            "models": {
+                name: {**model_params(args, model.latent_dim), **{k: model.get_params()[k] for k in ("concealment", "refine_epochs")}}
+                for name, model in models.items()
+            },
             "plain_vae": "vae48: same architecture and settings, fitted without sensitive features",
             "judge": {**judge.get_params(), "history": judge.history_},
             "ages": list(AGES),

@@ -48,7 +48,7 @@ def run(script, tmp_path_factory):
     threads = torch.get_num_threads()
     argv = [
         "--synthetic", "300", "--epochs", "1", "--judge-epochs", "1",
-        "--widths", "8,16,32", "--judge-widths", "8,16,32,64", "--threads", "1",
+        "--widths", "8,16,32", "--judge-widths", "8,16,32,64", "--threads", "1", "--refine-epochs", "2",
         "--out-json", str(out / "results" / "run.json"),
         "--figures-dir", str(out / "figures"),
         "--results-md", str(out / "RESULTS.md"),
@@ -75,8 +75,12 @@ def test_json_holds_every_section_with_sane_values(run):
     assert results["data"]["n_train"] + results["data"]["n_test"] == 300
     assert 0 < results["data"]["n_test"] < 100
     assert results["run"]["machine"]["cpu_count"] >= 1 and results["run"]["wall_seconds"] > 0
-    assert set(results["config"]["models"]) == {"bafo48", "bafo100", "vae48"}
-    assert [results["config"]["models"][m]["latent_dim"] for m in ("bafo48", "bafo100", "vae48")] == [48, 100, 48]
+    models = results["config"]["models"]
+    assert set(models) == {"bafo48", "bafo100", "vae48", "bafo48_full"}
+    assert [models[m]["latent_dim"] for m in ("bafo48", "bafo100", "vae48", "bafo48_full")] == [48, 100, 48, 48]
+    assert [models[m]["concealment"] for m in ("bafo48", "bafo100", "vae48", "bafo48_full")] == ["none"] * 3 + ["full"]
+    assert {models[m]["epochs"] for m in models} == {1}  # same epochs and seed for every autoencoder
+    assert {models[m]["random_state"] for m in models} == {0}
 
 
 def test_judge_yardstick_comes_first(run):
@@ -88,7 +92,7 @@ def test_judge_yardstick_comes_first(run):
     assert results["paper"]["age_judge_rmse"] == 6.75
 
 
-@pytest.mark.parametrize("model", ["bafo48", "bafo100"])
+@pytest.mark.parametrize("model", ["bafo48", "bafo100", "bafo48_full"])
 def test_table1_protocol(run, model):
     _, results = run
     table = results["table1"][model]
@@ -112,7 +116,7 @@ def test_table1_protocol(run, model):
 def test_reconstruction_and_targets_agree_with_their_numbers(run):
     _, results = run
     recon = results["reconstruction"]
-    assert set(recon) == {"bafo48", "bafo100", "vae48", "pixels_pca128"}
+    assert set(recon) == {"bafo48", "bafo100", "vae48", "bafo48_full", "pixels_pca128"}
     for entry in recon.values():
         assert 0 < entry["mse"] < 1
         assert entry["squared_error_per_image"] == pytest.approx(entry["mse"] * 56 * 56 * 3, rel=1e-6)
@@ -131,7 +135,7 @@ def test_reconstruction_and_targets_agree_with_their_numbers(run):
 def test_leakage_audit_covers_every_representation(run):
     _, results = run
     audit = results["leakage"]
-    names = {"pixels_pca128", "vae48", "bafo48", "bafo100"}
+    names = {"pixels_pca128", "vae48", "bafo48", "bafo100", "bafo48_full"}
     assert set(audit["representations"]) == names
     assert audit["representations"]["pixels_pca128"]["dim"] > audit["representations"]["bafo48"]["dim"]
     worst = audit["worst_case"]
@@ -146,7 +150,8 @@ def test_figures_have_the_paper_layout(run):
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
         ["decoded_as_40.png", "ages_by_gender.png", "neutral_gender.png"]
     )
-    expected = {"decoded_as_40": (5, 7), "ages_by_gender": (4, 6), "neutral_gender": (3, 7)}
+    # Rows: inputs, then per BAFO model (48, 100, 48 with full concealment) its decodes.
+    expected = {"decoded_as_40": (7, 7), "ages_by_gender": (6, 6), "neutral_gender": (4, 7)}
     for name, (rows, cols) in expected.items():
         path = (out / "results" / figures[name]["path"]).resolve()
         with Image.open(path) as image:
@@ -181,7 +186,7 @@ def test_model_card_gets_only_its_own_sections(run):
     groups = results["judge"]["by_group"]
     assert set(groups) == {"gender", "ethnicity", "age_band"}
     assert sum(g["n"] for g in groups["gender"].values()) == results["data"]["n_test"]
-    control = results["table1"]["bafo48"]["by_input_group"]["ethnicity"]
+    control = results["table1"]["bafo48_full"]["by_input_group"]["ethnicity"]
     assert sum(g["n"] for g in control.values()) == results["data"]["n_test"]
     assert all(0 <= g["gender_correct"] <= 1 and g["age_rmse"] >= 0 for g in control.values())
 

@@ -182,7 +182,7 @@ class FaceJudge(BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y: pd.DataFrame) -> "FaceJudge":
+    def fit(self, X, y: pd.DataFrame) -> FaceJudge:
         """Train the judge on real images and their labels.
 
         Parameters
@@ -360,7 +360,7 @@ class FaceJudge(BaseEstimator):
                 scores[name] = {
                     "accuracy": float(np.mean(truth == guess)),
                     "balanced_accuracy": float(balanced_accuracy_score(truth.astype(str), guess.astype(str))),
-                    "n": int(len(truth)),
+                    "n": len(truth),
                 }
             else:
                 error = guess.astype(np.float64) - truth.astype(np.float64)
@@ -368,7 +368,7 @@ class FaceJudge(BaseEstimator):
                     "rmse": float(np.sqrt(np.mean(error**2))),
                     "mae": float(np.mean(np.abs(error))),
                     "bias": float(np.mean(error)),
-                    "n": int(len(truth)),
+                    "n": len(truth),
                 }
         return scores
 

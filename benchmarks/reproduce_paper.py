@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--utkface", metavar="DIR", help="the UTKFace folder of *.jpg.chip.jpg files")
     source.add_argument("--synthetic", type=int, metavar="N", help="use N synthetic faces instead (smoke runs)")
+    source.add_argument("--from-json", metavar="PATH",
+                        help="train nothing: re-render the results page and model card from an earlier run's JSON")
     parser.add_argument("--limit", type=int, default=None, help="keep at most N images (a fixed subset by content hash)")
     parser.add_argument("--image-size", type=int, default=56)
     parser.add_argument("--epochs", type=int, default=30, help="epochs of each autoencoder")
@@ -247,7 +249,7 @@ def _by_group(groups: pd.DataFrame, values: dict[str, np.ndarray], reducers: dic
     for column in groups.columns:
         out[column] = {}
         for group, rows in groups.groupby(column, sort=True).indices.items():
-            out[column][str(group)] = {"n": int(len(rows)), **{m: float(reducers[m](values[m][rows])) for m in values}}
+            out[column][str(group)] = {"n": len(rows), **{m: float(reducers[m](values[m][rows])) for m in values}}
     return out
 
 
@@ -267,7 +269,7 @@ def table1(model: BAFOTransformer, judge: FaceJudge, test, latents: np.ndarray) 
     """The paper's protocol: decode every test latent as each gender at each age, keep its ethnicity, judge it."""
     ethnicity = test.attributes["ethnicity"].tolist()
     rows, pooled = [], {age: [] for age in AGES}
-    correct, squared = [], []
+    correct, squared, kept = [], [], []
     for gender in GENDERS:
         for age in AGES:
             decoded = model.inverse_transform(latents, sensitive_features={"age": age, "gender": gender, "ethnicity": ethnicity})
@@ -285,6 +287,7 @@ def table1(model: BAFOTransformer, judge: FaceJudge, test, latents: np.ndarray) 
             pooled[age].append(verdict["age"].to_numpy())
             correct.append(verdict["gender"].to_numpy() == gender)
             squared.append((verdict["age"].to_numpy() - age) ** 2)
+            kept.append(verdict["ethnicity"].to_numpy() == np.asarray(ethnicity))
     per_age = [{"age": age, **_age_errors(np.concatenate(p), np.full(sum(map(len, p)), age))} for age, p in pooled.items()]
     frame = pd.DataFrame(rows)
     average = {
@@ -297,8 +300,9 @@ def table1(model: BAFOTransformer, judge: FaceJudge, test, latents: np.ndarray) 
     # By the input's own group: gender correctness over all 10 targets, age RMSE over all 10 targets pooled.
     by_group = _by_group(
         input_groups(test),
-        {"gender_correct": np.mean(correct, axis=0), "age_rmse": np.mean(squared, axis=0)},
-        {"gender_correct": np.mean, "age_rmse": lambda v: np.sqrt(np.mean(v))},
+        {"gender_correct": np.mean(correct, axis=0), "age_rmse": np.mean(squared, axis=0),
+         "ethnicity_kept": np.mean(kept, axis=0)},
+        {"gender_correct": np.mean, "age_rmse": lambda v: np.sqrt(np.mean(v)), "ethnicity_kept": np.mean},
     )
     return {"per_target": rows, "per_age": per_age, "average": average, "by_input_group": by_group}
 
@@ -482,7 +486,7 @@ def machine_info(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------- results page
-SECTION = re.compile(r"<!-- BEGIN GENERATED: (?P<name>[a-z0-9_]+) -->.*?<!-- END GENERATED: (?P=name) -->", re.S)
+SECTION = re.compile(r"<!-- BEGIN GENERATED: (?P<name>[a-z0-9_]+) -->.*?<!-- END GENERATED: (?P=name) -->", re.DOTALL)
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -522,11 +526,14 @@ def render_sections(results: dict, json_path: Path, page_dir: Path) -> dict[str,
             f"- Data: {data['source']}; {data['load_report']}"
             + (f"; limited to {data['limit']} images" if data["limit"] else "")
             + f". Split {data['split']}: {data['n_train']} train, {data['n_test']} test, {data['image_size']}x{data['image_size']} RGB.",
-            f"- Autoencoders: {any_bafo['epochs']} epochs, batch {any_bafo['batch_size']}, learning rate {any_bafo['learning_rate']:g}, "
-            f"KL weight {any_bafo['kl_weight']:g}, variance weight {any_bafo['variance_weight']:g}, "
-            f"independence weight {any_bafo['independence_weight']:g}, labels fed to "
-            f"{'every decoder stage' if any_bafo['condition_every_layer'] else 'the decoder input only (as in the paper)'}, seed {any_bafo['random_state']}. "
-            f"Judge: {results['config']['judge']['epochs']} epochs.",
+            (
+                f"- Autoencoders: {any_bafo['epochs']} epochs, batch {any_bafo['batch_size']}, "
+                f"learning rate {any_bafo['learning_rate']:g}, KL weight {any_bafo['kl_weight']:g}, "
+                f"variance weight {any_bafo['variance_weight']:g}, independence weight {any_bafo['independence_weight']:g}, "
+                "labels fed to "
+                f"{'every decoder stage' if any_bafo['condition_every_layer'] else 'the decoder input only (as in the paper)'}, "
+                f"seed {any_bafo['random_state']}. Judge: {results['config']['judge']['epochs']} epochs."
+            ),
             f"- Raw numbers: [`{os.path.relpath(json_path, page_dir)}`]({os.path.relpath(json_path, page_dir)}).",
         ]
     )
@@ -659,13 +666,21 @@ def _card_section(results: dict) -> str:
         return "No BAFO model in this run."
     avg, rec = results["table1"][bafo]["average"], results["reconstruction"][bafo]
     judge = results["judge"]["test"]
+    latent = results["config"]["models"][bafo]["latent_dim"]
+    machine = results["run"]["machine"]
+    where = machine["gpu"] or f"a {machine['cpu_count']}-core CPU ({machine['cpu']})"
     lines = [
-        f"- Attribute control (Table 1 protocol, {results['data']['n_test']} test faces x 10 targets, scored by our judge): "
-        f"gender correct {_fmt(avg['gender_correct'], 3)}, age RMSE {_fmt(avg['age_rmse'])} / MAE {_fmt(avg['age_mae'])} years "
-        f"(paper: 1.00 and {_fmt(PAPER['table1_average_age_rmse'].get(bafo))}).",
-        f"- The judge's own yardstick on real test faces: gender accuracy {_fmt(judge['gender']['accuracy'], 3)}, "
-        f"ethnicity accuracy {_fmt(judge['ethnicity']['accuracy'], 3)}, age RMSE {_fmt(judge['age']['rmse'])} / "
-        f"MAE {_fmt(judge['age']['mae'])}.",
+        (
+            f"- Attribute control (Table 1 protocol, {results['data']['n_test']} test faces x 10 targets, scored by our "
+            f"judge): gender correct {_fmt(avg['gender_correct'], 3)}, age RMSE {_fmt(avg['age_rmse'])} / "
+            f"MAE {_fmt(avg['age_mae'])} years (the paper's latent-{latent} model: 1.00 and "
+            f"{_fmt(PAPER['table1_average_age_rmse'].get(f'bafo{latent}'))})."
+        ),
+        (
+            f"- The judge's own yardstick on real test faces: gender accuracy {_fmt(judge['gender']['accuracy'], 3)}, "
+            f"ethnicity accuracy {_fmt(judge['ethnicity']['accuracy'], 3)}, age RMSE {_fmt(judge['age']['rmse'])} / "
+            f"MAE {_fmt(judge['age']['mae'])}."
+        ),
         f"- Reconstruction with the true labels: MSE per pixel {_fmt(rec['mse'], 4)}, PSNR {_fmt(rec['psnr_db'])} dB.",
     ]
     audit = results.get("leakage")
@@ -677,8 +692,8 @@ def _card_section(results: dict) -> str:
             + ", ".join(f"{w['attribute']} {_fmt(w['leakage'], 2)} ({w['probe']})" for w in worst)
             + "." + verdict
         )
-    lines.append(f"- Trained for {results['config']['models'][bafo]['epochs']} epochs; full run "
-                 f"{results['run']['wall_seconds'] / 60:.0f} min on {results['run']['machine']['gpu'] or 'a CPU'}.")
+    lines.append(f"- Trained for {results['config']['models'][bafo]['epochs']} epochs; the whole reproduction run took "
+                 f"{results['run']['wall_seconds'] / 60:.0f} min on {where}.")
     return "\n".join(lines)
 
 
@@ -691,18 +706,20 @@ def _groups_section(results: dict) -> str:
     control = results["table1"][bafo]["by_input_group"]
     recon = results["reconstruction"][bafo]["mse_by_group"]
     rows = []
+    kept = any("ethnicity_kept" in g for groups in control.values() for g in groups.values())  # older JSONs lack it
     for column in judge:
         for group, j in judge[column].items():
             c, r = control[column].get(group, {}), recon[column].get(group, {})
             rows.append([column, group, j["n"], _fmt(j["gender_accuracy"], 3), _fmt(j["ethnicity_accuracy"], 3),
-                         _fmt(j["age_rmse"]), _fmt(c.get("gender_correct"), 3), _fmt(c.get("age_rmse")),
-                         _fmt(r.get("mse"), 4)])
+                         _fmt(j["age_rmse"]), _fmt(c.get("gender_correct"), 3), _fmt(c.get("age_rmse"))]
+                        + ([_fmt(c.get("ethnicity_kept"), 3)] if kept else []) + [_fmt(r.get("mse"), 4)])
     return (
         f"Test images grouped by their own (true) labels. Judge columns: the judge on the real images. "
         f"{MODEL_LABELS.get(bafo, bafo)} columns: the Table 1 decodes of those images (all 10 targets pooled) and their "
         "reconstruction error with the true labels.\n\n"
         + _table(["grouped by", "group", "n", "judge: gender acc.", "judge: ethnicity acc.", "judge: age RMSE",
-                  "decodes: gender correct", "decodes: age RMSE", "reconstruction MSE"], rows)
+                  "decodes: gender correct", "decodes: age RMSE"] + (["decodes: ethnicity kept"] if kept else [])
+                 + ["reconstruction MSE"], rows)
     )
 
 
@@ -923,9 +940,23 @@ def _json_default(value):
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
+def _update_pages(args: argparse.Namespace, results: dict, out_json: Path) -> None:
+    update_results_page(Path(args.results_md), results, out_json)
+    card = Path(args.model_card)
+    if card.exists():  # the model card is hand-written around generated sections; it is never created here
+        update_results_page(card, results, out_json, create=False)
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.from_json:
+        out_json = Path(args.from_json).resolve()
+        results = json.loads(out_json.read_text())
+        if results.get("schema") != SCHEMA:
+            raise SystemExit(f"{out_json}: not a {SCHEMA} results file (schema {results.get('schema')!r})")
+        _update_pages(args, results, out_json)
+        return results
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=args.threads):  # BLAS/OpenMP too: oversubscribed threads make small fits crawl
@@ -935,10 +966,7 @@ def main(argv: list[str] | None = None) -> dict:
         figure["path"] = os.path.relpath(Path(figure["path"]).resolve(), out_json.parent)
     results = json.loads(json.dumps(results, default=_json_default))  # what the file will hold
     write_json(results, out_json)
-    update_results_page(Path(args.results_md), results, out_json)
-    card = Path(args.model_card)
-    if card.exists():  # the model card is hand-written around generated sections; it is never created here
-        update_results_page(card, results, out_json, create=False)
+    _update_pages(args, results, out_json)
     _log(args, f"done in {results['run']['wall_seconds'] / 60:.1f} min; wrote {args.out_json}, {args.results_md}")
     return results
 

@@ -79,3 +79,12 @@ def test_concealment_is_skipped_without_sensitive_features():
     with pytest.warns(UserWarning, match="plain VAE"):
         model = _model(epochs=1).fit(faces.images)
     assert model.erasure_ is None and model.refiner_ is None
+
+
+def test_an_unfitted_concealment_never_passes_raw_latents_off_as_concealed(split_faces):
+    train, _ = split_faces
+    model = _model(concealment="none", epochs=1).fit(train.images, sensitive_features=train.sensitive_features)
+    model.set_params(concealment="full")
+    with pytest.raises(ValueError, match="fit_concealment"):
+        model.transform(train.images[:4])
+    np.testing.assert_array_equal(model.transform(train.images[:4], conceal=False).shape, (4, 24))

@@ -94,9 +94,10 @@ def test_augmentation_flips_blurs_and_is_reproducible():
 def test_same_seed_same_judge(faces):
     train, test = faces
     small = train.subset(np.arange(64))
-    make = lambda: FaceJudge(epochs=1, widths=(4, 8), batch_size=16, random_state=3).fit(  # noqa: E731
-        small.images, small.sensitive_features
-    )
+
+    def make():
+        return FaceJudge(epochs=1, widths=(4, 8), batch_size=16, random_state=3).fit(small.images, small.sensitive_features)
+
     pd.testing.assert_frame_equal(make().predict(test.images[:8]), make().predict(test.images[:8]))
 
 

@@ -141,3 +141,16 @@ def test_fingerprint_identifies_the_weights(fitted, faces, tmp_path):
     other = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=16, random_state=1)
     other.fit(faces.images, sensitive_features=faces.sensitive_features)
     assert model_fingerprint(save_model(other, tmp_path / "c")) != model_fingerprint(first)
+
+
+def test_a_model_saved_before_concealment_loads_without_it_and_says_so(fitted, tmp_path):
+    path = save_model(fitted, tmp_path / "model")
+    config = json.loads((path / CONFIG_NAME).read_text())
+    for key in ("concealment", "refine_epochs", "refine_adversary_weight"):
+        del config["params"][key]
+    for key in ("erasure", "final_erasure", "refiner"):
+        config.pop(key, None)
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="predates concealment"):
+        loaded = load_model(path)
+    assert loaded.concealment == "none" and loaded.erasure_ is None

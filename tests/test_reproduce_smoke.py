@@ -189,6 +189,27 @@ def test_model_card_gets_only_its_own_sections(run):
     control = results["table1"]["bafo48_full"]["by_input_group"]["ethnicity"]
     assert sum(g["n"] for g in control.values()) == results["data"]["n_test"]
     assert all(0 <= g["gender_correct"] <= 1 and g["age_rmse"] >= 0 for g in control.values())
+    assert all(0 <= g["ethnicity_kept"] <= 1 for g in control.values())
+    # Group means, weighted by group size, give back the overall share of decodes judged as the input's ethnicity.
+    overall = results["table1"]["bafo48_full"]["average"]["ethnicity_kept"]
+    weighted = sum(g["n"] * g["ethnicity_kept"] for g in control.values()) / results["data"]["n_test"]
+    assert weighted == pytest.approx(overall)
+
+
+def test_pages_rerender_from_the_json_alone(run, script):
+    out, _ = run
+    again = out / "again"
+    again.mkdir()
+    (again / "CARD.md").write_text(CARD)
+    script.main(["--from-json", str(out / "results" / "run.json"), "--results-md", str(out / "RERENDERED.md"),
+                 "--model-card", str(again / "CARD.md")])
+    assert (out / "RERENDERED.md").read_text() == (out / "RESULTS.md").read_text()
+    assert (again / "CARD.md").read_text() == (out / "CARD.md").read_text()
+    bad = out / "bad.json"
+    bad.write_text('{"schema": "something else"}')
+    with pytest.raises(SystemExit, match="not a bafo-reproduce-paper/1 results file"):
+        script.main(["--from-json", str(bad), "--results-md", str(out / "unused.md")])
+    assert not (out / "unused.md").exists()
 
 
 def test_rerun_keeps_hand_written_prose(script):

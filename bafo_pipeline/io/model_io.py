@@ -115,6 +115,14 @@ def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTra
     path = Path(path)
     config = read_model_config(path)
     params = _tuples(dict(config["params"]))
+    if "concealment" not in params:
+        warnings.warn(
+            f"{path} predates concealment: it loads with concealment='none' and its latents are not concealed; "
+            "call fit_concealment(X, sensitive_features=...) after set_params(concealment='full') to add it",
+            UserWarning,
+            stacklevel=2,
+        )
+        params["concealment"] = "none"
     if device is not None:
         params["device"] = device
     elif str(params.get("device", "auto")).startswith("cuda") and not torch.cuda.is_available():

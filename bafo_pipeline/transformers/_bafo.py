@@ -338,6 +338,12 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     def _conceal(self, means: np.ndarray) -> np.ndarray:
         """Apply the fitted concealment steps to posterior means (no sensitive features needed)."""
         if getattr(self, "erasure_", None) is None:
+            if self.schema_ is not None and self.concealment != "none":
+                # Never hand out unconcealed latents under a setting that promises concealment.
+                raise ValueError(
+                    f"concealment={self.concealment!r} is set but its steps are not fitted; "
+                    "call fit_concealment(X, sensitive_features=...) first"
+                )
             return means
         latents = self.erasure_.transform(means)
         if self.refiner_ is not None:

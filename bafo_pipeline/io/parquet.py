@@ -191,6 +191,21 @@ class LatentTable:
         return int(self.latents.shape[1])
 
 
+def _string_column(values: Any, n: int, where: str, *, plural: str, singular: str, type_hint: str) -> pa.Array:
+    """One batch's string column: ``n`` non-null str values, or an error naming the batch and row."""
+    values = values.tolist() if isinstance(values, (np.ndarray, pd.Series, pd.Index)) else list(values)
+    if len(values) != n:
+        raise ValueError(f"{where}: {plural} must have {n} entries (one per latent), got {len(values)}")
+    try:
+        arr = pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise TypeError(f"{where}: {type_hint}") from exc
+    if arr.null_count:
+        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{where}: {singular} at row {row} of the batch is missing")
+    return arr
+
+
 class LatentParquetWriter:
     """Stream latent vectors to a Parquet file, one bounded row group at a time.
 
@@ -394,18 +409,7 @@ class LatentParquetWriter:
             if arr.dtype.kind == "u" and n and arr.max() > np.iinfo(np.int64).max:
                 raise ValueError(f"{where}: ids exceed the int64 range")
             return pa.array(arr.astype(np.int64, copy=False), type=pa.int64())
-        values = ids.tolist() if isinstance(ids, (np.ndarray, pd.Series, pd.Index)) else list(ids)
-        if len(values) != n:
-            raise ValueError(
-                f"{where}: ids must have {n} entries (one per latent), got {len(values)}"
-            )
-        try:
-            arr = pa.array(values, type=pa.string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise TypeError(f"{where}: id_type='string' needs str ids") from exc
-        if arr.null_count:
-            row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"{where}: id at row {row} of the batch is missing")
+        arr = _string_column(ids, n, where, plural="ids", singular="id", type_hint="id_type='string' needs str ids")
         self._refuse_pathlike_values(arr, f"{where}: id")
         return arr
 
@@ -431,21 +435,7 @@ class LatentParquetWriter:
     def _split_array(self, split: Any, n: int, where: str) -> pa.Array:
         if split is None:
             raise ValueError(f"{where}: the writer was opened with include_split=True, pass split=")
-        values = (
-            split.tolist() if isinstance(split, (np.ndarray, pd.Series, pd.Index)) else list(split)
-        )
-        if len(values) != n:
-            raise ValueError(
-                f"{where}: split must have {n} entries (one per latent), got {len(values)}"
-            )
-        try:
-            arr = pa.array(values, type=pa.string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise TypeError(f"{where}: split values must be str") from exc
-        if arr.null_count:
-            row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"{where}: split at row {row} of the batch is missing")
-        return arr
+        return _string_column(split, n, where, plural="split", singular="split", type_hint="split values must be str")
 
     def _label_arrays(self, labels: pd.DataFrame | None, n: int, where: str) -> list[pa.Array]:
         if not self._label_types:

@@ -116,9 +116,12 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 @click.option("--include-labels", is_flag=True, help="Store the attribute columns too (for audit datasets only).")
 @click.option("--id-column", help="A non-sensitive manifest column to use as id (default: row numbers).")
 @click.option("--batch-size", default=512, show_default=True)
+@click.option("--decoder", type=click.Choice(["auto", "pil", "torch"]), default="auto", show_default=True,
+              help="Image decoding: Pillow on the CPU, or batched on the model's device (nvJPEG on a GPU); "
+                   "auto picks torch on CUDA.")
 @click.option("--overwrite", is_flag=True)
 def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out, which,
-           include_split, include_labels, id_column, batch_size, overwrite):
+           include_split, include_labels, id_column, batch_size, decoder, overwrite):
     """Encode images to concealed latents and stream them to a Parquet file.
 
     By default the file holds only ids and latents: no labels, no file names
@@ -155,7 +158,7 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
         report = export_latents(
             estimator, source, out, include_labels=include_labels, split=names if include_split else None,
             ids=None if id_column else rows, id_column=id_column, metadata={"model_fingerprint": model_fingerprint(model_dir)},
-            batch_size=batch_size, strict=strict, overwrite=overwrite, progress=bar.update,
+            batch_size=batch_size, strict=strict, overwrite=overwrite, decoder=decoder, progress=bar.update,
         )
     for row, reason in report.skipped:
         click.echo(f"skipped row {row}: {reason}", err=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -20,6 +19,7 @@ from ..model import BAFONetwork, NetworkConfig, vae_loss_terms
 from .._device import resolve_device
 from ..training import Trainer, TrainingConfig
 from ._erasure import LinearErasure
+from ._inference import PRECISIONS, autocast, inference_network, model_input
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
 
 DEFAULT_CONV_WIDTHS = (32, 64, 128)
@@ -90,6 +90,14 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Share of the fit data held out for the per-epoch validation loss.
     device : str, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        Arithmetic of ``transform`` and ``inverse_transform`` for image models.
+        ``"auto"`` computes the convolutions in bfloat16 where the hardware
+        does so natively (CUDA GPUs; CPUs with AVX512-BF16 or AMX), which
+        about doubles the encoding speed, and in float32 elsewhere. The
+        encoder's last layer always runs in float32; bfloat16 moves latents
+        by about 1% of their spread. Tabular models always use float32.
+        Training is unaffected (bfloat16 on CUDA, float32 on the CPU).
     random_state : int, optional
         Seed for initialisation, shuffling and sampling.
     verbose : int, default=0
@@ -152,6 +160,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "attribute_kinds": [dict, None],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "device": [str, torch.device],
+        "precision": [StrOptions(set(PRECISIONS))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -177,6 +186,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         attribute_kinds: dict | None = None,
         validation_fraction: float = 0.1,
         device: str = "auto",
+        precision: str = "auto",
         random_state: int | None = None,
         verbose: int = 0,
     ):
@@ -198,6 +208,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.attribute_kinds = attribute_kinds
         self.validation_fraction = validation_fraction
         self.device = device
+        self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
 
@@ -327,13 +338,28 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     def _encoder_means(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Posterior means of preprocessed inputs (uint8 NCHW images or standardised features)."""
-        network, device = self._inference_network()
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, len(inputs), batch_size):
-                mean, _ = network.encode(_model_input(inputs[start : start + batch_size], device))
-                parts.append(mean.float().cpu().numpy())
-        return np.concatenate(parts)
+        return np.concatenate(
+            [self._encode(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
+        )
+
+    def _encode(self, batch, *, sample: bool = False, generator: torch.Generator | None = None) -> np.ndarray:
+        """Posterior means (or draws) of one preprocessed batch: uint8 NCHW images (array or
+        tensor, on any device) or standardised features."""
+        network, device, bf16 = self._inference_network()
+        with torch.inference_mode(), autocast(device, bf16):
+            mean, logvar = network.encode(model_input(batch, device))
+            if sample:
+                noise = torch.randn(mean.shape, generator=generator, device=device)
+                mean = mean + noise * torch.exp(0.5 * logvar)
+        return mean.float().cpu().numpy()
+
+    def _latents_of_images(self, images, *, conceal: bool = True) -> np.ndarray:
+        """Latents of uint8 NCHW images (array or tensor) already decoded to the fitted size (the export's path)."""
+        height, width, channels = self.input_format_.shape
+        if images.dtype not in (np.uint8, torch.uint8) or tuple(images.shape[1:]) != (channels, height, width):
+            raise ValueError(f"expected uint8 images of shape (n, {channels}, {height}, {width}), got {images.dtype} {tuple(images.shape)}")
+        means = self._encode(images)
+        return self._conceal(means) if conceal else means
 
     def _conceal(self, means: np.ndarray) -> np.ndarray:
         """Apply the fitted concealment steps to posterior means (no sensitive features needed)."""
@@ -426,16 +452,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         latents : ndarray of shape (len(row_indices), latent_dim), float32
         """
         check_is_fitted(self)
-        network, device = self._inference_network()
+        _, device, _ = self._inference_network()
         generator = torch.Generator(device=device).manual_seed(_seed_from(self.random_state))
         for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
-            x = _model_input(batch, device)
-            with torch.inference_mode():
-                mean, logvar = network.encode(x)
-                if sample:
-                    noise = torch.randn(mean.shape, generator=generator, device=device)
-                    mean = mean + noise * torch.exp(0.5 * logvar)
-            means = mean.float().cpu().numpy()
+            means = self._encode(batch, sample=sample, generator=generator)
             yield indices, self._conceal(means) if conceal else means
 
     def _encode_batches(self, X, fmt: InputFormat, batch_size: int):
@@ -449,12 +469,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             validate_data(self, X, dtype=None, reset=False)
         yield from image_batches_uint8(X, fmt, batch_size)
 
-    def _inference_network(self) -> tuple[BAFONetwork, torch.device]:
-        """The fitted network on the estimator's device (a copy off the CPU, so ``network_`` stays put)."""
+    def _inference_network(self) -> tuple[BAFONetwork, torch.device, bool]:
+        """``(network, device, bfloat16)``: the fitted network ready for inference on the estimator's device."""
         device = resolve_device(self.device)
-        if device.type == "cpu":
-            return self.network_, device
-        return copy.deepcopy(self.network_).to(device), device
+        network, bf16 = inference_network(self.network_, device, self.precision)
+        return network, device, bf16
 
     def inverse_transform(self, X, *, sensitive_features=None) -> np.ndarray:
         """Decode latents into images (or features) with chosen attributes.
@@ -491,9 +510,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         if getattr(self, "refiner_", None) is not None:
             # Linear erasure is not invertible; the refiner's decoder maps back to (erased) encoder latents.
             Z = self.refiner_.inverse_transform(Z, sensitive_features=frame).astype(np.float32)
-        network, device = self._inference_network()
+        network, device, bf16 = self._inference_network()
         decoded = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, bf16):
             for start in range(0, len(Z), 1024) or [0]:  # one (empty) batch gives an empty result its shape
                 z = torch.from_numpy(Z[start : start + 1024]).to(device)
                 c = torch.from_numpy(conditions[start : start + 1024]).to(device)
@@ -549,10 +568,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """
         check_is_fitted(self)
         frame = self._sensitive_frame(sensitive_features, _n_rows(X), broadcast=False)
-        network, device = self._inference_network()
+        network, device, _ = self._inference_network()  # float32: scores must compare across machines
         total, count = 0.0, 0
         for indices, batch in self._encode_batches(X, self.input_format_, 1024):
-            x = _model_input(batch, device)
+            x = model_input(batch, device)
             rows = None if frame is None else frame.iloc[indices]
             c = torch.from_numpy(self._encode_conditions(rows, len(x), allow_fractional=False)).to(device)
             with torch.inference_mode():
@@ -593,12 +612,6 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         tags.transformer_tags.preserves_dtype = ["float32"]
         tags.non_deterministic = False
         return tags
-
-
-def _model_input(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 images → float in [0, 1]; float features as they are; on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def _n_rows(X) -> int:

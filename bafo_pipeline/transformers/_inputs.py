@@ -163,7 +163,7 @@ def detect_format(X, image_shape: tuple[int, ...] | None) -> InputFormat:
 
 
 def image_batches_uint8(X, fmt: InputFormat, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(row_indices, images)`` with images as uint8 ``(n, C, H, W)``.
+    """Yield ``(row_indices, images)`` with images as uint8 ``(n, C, H, W)`` (possibly NHWC memory).
 
     ``X`` is an array in the fitted form or, for any image model, a sequence
     of image paths decoded to the fitted size (or, for a model fitted on
@@ -179,7 +179,7 @@ def image_batches_uint8(X, fmt: InputFormat, batch_size: int) -> Iterator[tuple[
         from ..data.images import iter_decoded_batches
 
         for indices, images, _ in iter_decoded_batches(X, batch_size=batch_size, size=(height, width), strict=True):
-            yield indices, np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+            yield indices, images.transpose(0, 3, 1, 2)
         return
     array = np.asarray(X)  # a view for arrays and memory maps; chunks are converted one at a time
     for start in range(0, len(array), batch_size):
@@ -188,7 +188,7 @@ def image_batches_uint8(X, fmt: InputFormat, batch_size: int) -> Iterator[tuple[
 
 
 def to_uint8_nchw(chunk: np.ndarray, fmt: InputFormat, *, first_row: int = 0) -> np.ndarray:
-    """Convert a chunk in the fitted format to uint8 ``(n, C, H, W)``, checking shape and range.
+    """Convert a chunk in the fitted format to uint8 ``(n, C, H, W)`` (a view where possible), checking shape and range.
 
     ``first_row`` is the chunk's offset in the whole input, for error messages.
     Float pixels are rounded to 8 bits (training data lives on the device as uint8).
@@ -220,7 +220,7 @@ def to_uint8_nchw(chunk: np.ndarray, fmt: InputFormat, *, first_row: int = 0) ->
                 "(pass uint8 arrays for 0-255 pixels)"
             )
         chunk = np.rint(chunk.astype(np.float32) * 255).astype(np.uint8)
-    return np.ascontiguousarray(chunk.transpose(0, 3, 1, 2))
+    return chunk.transpose(0, 3, 1, 2)  # a view: the model takes NHWC memory (channels_last) as it is
 
 
 def from_unit_nchw(images: np.ndarray, fmt: InputFormat) -> np.ndarray:

@@ -23,15 +23,18 @@ Design
   file; its array is moved to the device. Neither torch backend is relied on
   for EXIF orientation, which is why rotated photos go to Pillow.
 * **Corrupt files.** The batched decode fails as a whole when one image fails;
-  the batch is then decoded one file at a time, and each file that fails
-  alone goes to Pillow (which reports the reason, or decodes it if it can).
+  the batch is then split in halves, recursively, until the failing files are
+  decoded alone (a few batched calls instead of one call per file), and each
+  file that fails alone goes to Pillow (which reports the reason, or decodes
+  it if it can).
   A file that libjpeg/nvJPEG decode while only warning (e.g. a few stray
   bytes) is kept, where Pillow might refuse it.
 * **Resize on the device.** Decoded images are grouped by size (usually one
   group), stacked, cropped to the target aspect ratio (the crop box of the
   Pillow path, rounded to whole pixels) and resized with
   ``torch.nn.functional.interpolate(mode="bilinear", antialias=True)``,
-  which, like Pillow, widens the filter when shrinking. Device memory is
+  which, like Pillow, widens the filter when shrinking (in float32 on CUDA,
+  on uint8 directly on CPU, where that kernel is much faster). Device memory is
   bounded by decoding and resizing in slices of at most a few hundred million
   values.
 * **Backends.** TorchCodec's ``decode_jpeg`` when it is installed and works on
@@ -50,9 +53,9 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
+from functools import cache
 from itertools import islice
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -80,7 +83,7 @@ __all__ = [
     "jpeg_header",
 ]
 
-TensorSource = Union[str, os.PathLike, bytes]
+TensorSource = str | os.PathLike | bytes
 JpegDecodeFn = Callable[[Sequence[torch.Tensor], torch.device], list[torch.Tensor]]
 
 _BACKENDS = ("torchcodec", "torchvision")
@@ -152,7 +155,7 @@ def jpeg_header(data: bytes | bytearray | memoryview) -> JpegHeader | None:
         data = data.tobytes()
     try:
         return _parse_jpeg_header(data)
-    except Exception:  # pragma: no cover - the parser checks every bound; belt and braces
+    except Exception:  # noqa: BLE001  # pragma: no cover - the parser checks every bound; belt and braces
         return None
 
 
@@ -259,7 +262,7 @@ def _torchvision_decoder() -> JpegDecodeFn:
 _FACTORIES = {"torchcodec": _torchcodec_decoder, "torchvision": _torchvision_decoder}
 
 
-@lru_cache(maxsize=1)
+@cache
 def _probe_jpeg() -> tuple[bytes, tuple[int, int]]:
     """A tiny JPEG (and its height, width) to check that a backend really decodes."""
     ramp = np.arange(16 * 8 * 3, dtype=np.uint8).reshape(8, 16, 3)
@@ -268,7 +271,7 @@ def _probe_jpeg() -> tuple[bytes, tuple[int, int]]:
     return buf.getvalue(), (8, 16)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_backend(name: str, device: str) -> tuple[JpegDecodeFn | None, str]:
     """``(decode, "")`` when backend ``name`` imports and decodes a JPEG on ``device``, else ``(None, why)``."""
     try:
@@ -279,7 +282,7 @@ def _load_backend(name: str, device: str) -> tuple[JpegDecodeFn | None, str]:
             return None, f"decoded a test JPEG to {tuple(out.shape)} {out.dtype}"
         if out.device.type != torch.device(device).type:
             return None, f"decoded to {out.device} instead of {device}"
-    except Exception as err:  # not installed, missing native libraries, no CUDA support, ...
+    except Exception as err:  # noqa: BLE001 - not installed, missing native libraries, no CUDA, ...
         return None, f"{type(err).__name__}: {err}"
     return decode, ""
 
@@ -431,30 +434,41 @@ def _resize(images: torch.Tensor, target_h: int, target_w: int) -> torch.Tensor:
         images = images[:, :, top:bottom, left:right]
     if images.shape[-2:] == (target_h, target_w):
         return images.contiguous()
+    if images.device.type == "cpu":
+        # The CPU kernel resizes uint8 directly (fixed point, like Pillow): ~7x faster than
+        # float and within one grey level of it.
+        return F.interpolate(images, size=(target_h, target_w), mode="bilinear", antialias=True, align_corners=False)
     out = F.interpolate(images.float(), size=(target_h, target_w), mode="bilinear", antialias=True, align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _decode_or_split(
+    items: list[tuple[int, _Encoded]], decode: JpegDecodeFn, device: torch.device
+) -> list[tuple[tuple[int, _Encoded], torch.Tensor | None]]:
+    """Decode in one call; when that fails, split in halves until the failing files are alone."""
+    try:
+        decoded = decode([e.tensor for _, e in items], device)
+        if len(decoded) != len(items):
+            raise RuntimeError(f"decoder returned {len(decoded)} images for {len(items)} files")
+        return list(zip(items, decoded))
+    except Exception:  # noqa: BLE001 - one bad file fails the whole call; any failure means Pillow
+        if len(items) == 1:
+            return [(items[0], None)]
+    mid = len(items) // 2
+    return _decode_or_split(items[:mid], decode, device) + _decode_or_split(items[mid:], decode, device)
 
 
 def _decode_group(
     items: list[tuple[int, _Encoded]], decode: JpegDecodeFn, device: torch.device
 ) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, _Encoded]]]:
-    """Decode ``(position, file)`` pairs in one call, or one by one when that fails.
+    """Decode ``(position, file)`` pairs in one call, isolating the files that fail.
 
+    One bad file fails the whole batched call; the batch is then split in halves
+    (recursively) rather than decoded one file at a time, so a batch with one bad
+    file costs about two batched decodes instead of a thousand single ones.
     Returns the decoded ``(position, CHW tensor)`` pairs and the files that failed alone.
     """
-    try:
-        decoded = decode([e.tensor for _, e in items], device)
-        if len(decoded) != len(items):
-            raise RuntimeError(f"decoder returned {len(decoded)} images for {len(items)} files")
-        pairs = list(zip(items, decoded))
-    except Exception:  # one bad file fails the whole call: find it
-        pairs = []
-        for item in items:
-            try:
-                (img,) = decode([item[1].tensor], device)
-            except Exception:
-                img = None
-            pairs.append((item, img))
+    pairs = _decode_or_split(items, decode, device)
     good, failed = [], []
     for (pos, enc), img in pairs:
         if img is not None and img.ndim == 3 and img.shape[0] == 1:

@@ -8,6 +8,7 @@ an H100/H200). Peak memory is measured in child processes for N and 2N images:
 it must not grow with the number of images. Prints JSON.
 
     python benchmarks/encode_throughput.py [--images 4000] [--decoder auto|pil|torch] [--device auto]
+        [--precision auto|float32|bfloat16] [--skip-memory]
 """
 
 from __future__ import annotations
@@ -41,22 +42,24 @@ def write_jpegs(folder: Path, n: int) -> list[str]:
     return paths
 
 
-def fitted_model(device: str = "auto"):
+def fitted_model(device: str = "auto", precision: str = "auto"):
     """The default architecture with its full concealment (weights untrained: speed does not depend on them)."""
     from bafo_pipeline import BAFOTransformer, make_synthetic_faces
 
     faces = make_synthetic_faces(256, random_state=0)
-    return BAFOTransformer(epochs=0, refine_epochs=1, device=device, random_state=0).fit(
+    return BAFOTransformer(epochs=0, refine_epochs=1, device=device, precision=precision, random_state=0).fit(
         faces.images, sensitive_features=faces.sensitive_features
     )
 
 
-def export_once(paths: list[str], out: Path, batch_size: int, decoder: str = "auto", device: str = "auto") -> dict:
+def export_once(
+    paths: list[str], out: Path, batch_size: int, decoder: str = "auto", device: str = "auto", precision: str = "auto"
+) -> dict:
     """Export ``paths`` once after a warm-up batch; images/s and the settings the export recorded."""
     from bafo_pipeline import export_latents
     from bafo_pipeline.io import read_metadata
 
-    model = fitted_model(device)
+    model = fitted_model(device, precision)
     export_latents(model, pd.DataFrame({"path": paths[:batch_size]}), out, batch_size=batch_size,
                    overwrite=True, decoder=decoder)  # warm-up: kernels, decoder handles, inference copy
     started = time.perf_counter()
@@ -93,17 +96,18 @@ def device_decode_ceiling(paths: list[str], batch_size: int, device) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def peak_rss_mb(n: int, folder: Path, batch_size: int, decoder: str, device: str) -> float:
+def peak_rss_mb(n: int, folder: Path, batch_size: int, decoder: str, device: str, precision: str) -> float:
     """Peak resident memory of a child process exporting the first n files."""
     code = (
         "import sys, resource; sys.path.insert(0, sys.argv[1]);"
         "from encode_throughput import export_once; from pathlib import Path;"
         "paths = sorted(str(p) for p in Path(sys.argv[2]).glob('*.jpg'))[: int(sys.argv[3])];"
-        "export_once(paths, Path(sys.argv[2]) / 'child.parquet', int(sys.argv[4]), sys.argv[5], sys.argv[6]);"
+        "export_once(paths, Path(sys.argv[2]) / 'child.parquet', int(sys.argv[4]), *sys.argv[5:8]);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     output = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent), str(folder), str(n), str(batch_size), decoder, device],
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(folder), str(n), str(batch_size), decoder, device,
+         precision],
         check=True, capture_output=True, text=True,
     ).stdout
     return int(output.strip().splitlines()[-1]) / 1024
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--decoder", choices=["auto", "pil", "torch"], default="auto")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     parser.add_argument("--skip-memory", action="store_true", help="Skip the two child-process memory runs.")
     args = parser.parse_args(argv)
     from bafo_pipeline._device import resolve_device
@@ -126,9 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
         first = paths[: args.images]
         pil_ceiling = pil_decode_ceiling(first)
         device_ceiling = device_decode_ceiling(first, args.batch_size, device) if args.decoder != "pil" else None
-        export = export_once(first, folder / "latents.parquet", args.batch_size, args.decoder, args.device)
+        export = export_once(first, folder / "latents.parquet", args.batch_size, args.decoder, args.device, args.precision)
         memory = None if args.skip_memory else {
-            f"{n}_images": round(peak_rss_mb(n, folder, args.batch_size, args.decoder, args.device), 1)
+            f"{n}_images": round(peak_rss_mb(n, folder, args.batch_size, args.decoder, args.device, args.precision), 1)
             for n in (args.images, 2 * args.images)
         }
     rate = export["images_per_second"]

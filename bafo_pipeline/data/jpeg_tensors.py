@@ -446,6 +446,11 @@ def _decode_or_split(
     items: list[tuple[int, _Encoded]], decode: JpegDecodeFn, device: torch.device
 ) -> list[tuple[tuple[int, _Encoded], torch.Tensor | None]]:
     """Decode in one call; when that fails, split in halves until the failing files are alone."""
+    if device.type == "cuda":
+        # nvJPEG's hardware decoder can write its outputs before work already queued on the stream
+        # has run, i.e. into freed blocks that queued kernels still read (pytorch/vision#9606,
+        # meta-pytorch/torchcodec#1634). Drain the stream first; it is nearly always idle here.
+        torch.cuda.current_stream(device).synchronize()
     try:
         decoded = decode([e.tensor for _, e in items], device)
         if len(decoded) != len(items):

@@ -300,11 +300,13 @@ class _Progress:
             self._callback(self.done)
 
 
-def _submit_all(pool: ThreadPoolExecutor | None, sources: Sequence[ImageSource], args: tuple) -> list:
-    """Futures (pool) or lazy thunks (no pool) for each source, in order."""
+def _submit_all(
+    pool: ThreadPoolExecutor | None, sources: Sequence[ImageSource], args: tuple, work: Callable = _try_decode
+) -> list:
+    """Futures of ``work(source, *args)`` (pool), or ``None`` placeholders to run lazily (no pool), in order."""
     if pool is None:
         return [None] * len(sources)
-    return [pool.submit(_try_decode, s, *args) for s in sources]
+    return [pool.submit(work, s, *args) for s in sources]
 
 
 def _result(handle: Future | None, source: ImageSource, args: tuple):
@@ -432,16 +434,41 @@ def iter_decoded_batches(
 
 
 def _iter_batches(paths: Iterator[ImageSource], batch_size: int, args: tuple, strict: bool, n_threads: int):
-    pool = ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-decode") if n_threads > 1 else None
+    def finish(handles, chunk, pool):
+        images, kept, errors = _collect(handles, chunk, args, strict)
+        return kept, images, errors
+
+    return _prefetched_batches(paths, batch_size, n_threads, "bafo-decode", _try_decode, args, finish)
+
+
+def _prefetched_batches(
+    sources: Iterator[ImageSource],
+    batch_size: int,
+    n_threads: int,
+    thread_name: str,
+    work: Callable,
+    args: tuple,
+    finish: Callable[[list, list, ThreadPoolExecutor | None], tuple],
+) -> Iterator[tuple]:
+    """Run ``work(source, *args)`` in a thread pool, one batch ahead of the caller.
+
+    For each batch of ``sources``, ``finish(handles, batch, pool)`` turns the
+    batch's futures (``None`` placeholders when ``n_threads == 1``) into
+    ``(positions_in_batch, *rest)``; this yields ``(positions_in_sources,
+    *rest)``. While the caller holds one batch, the next one is already
+    being worked on. Shared by the Pillow and the torch decoders.
+    """
+    pool = ThreadPoolExecutor(n_threads, thread_name_prefix=thread_name) if n_threads > 1 else None
     try:
         offset = 0
-        chunk = list(islice(paths, batch_size))
-        handles = _submit_all(pool, chunk, args)
+        chunk = list(islice(sources, batch_size))
+        handles = _submit_all(pool, chunk, args, work)
         while chunk:
-            next_chunk = list(islice(paths, batch_size))
-            next_handles = _submit_all(pool, next_chunk, args)  # prefetch
-            images, kept, errors = _collect(handles, chunk, args, strict)
-            yield kept + offset, images, errors
+            next_chunk = list(islice(sources, batch_size))
+            next_handles = _submit_all(pool, next_chunk, args, work)  # prefetch
+            kept, *rest = finish(handles, chunk, pool)
+            yield (kept + offset, *rest)
+            del rest  # the caller is done with this batch: free it before the next is built
             offset += len(chunk)
             chunk, handles = next_chunk, next_handles
     finally:

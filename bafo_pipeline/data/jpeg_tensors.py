@@ -52,9 +52,8 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from itertools import islice
 from typing import NamedTuple
 
 import numpy as np
@@ -71,6 +70,7 @@ from .images import (
     _check_max_pixels,
     _check_size,
     _is_positive_int,
+    _prefetched_batches,
     _resolve_n_jobs,
     _try_decode,
 )
@@ -398,12 +398,6 @@ def _prepare(source: TensorSource, target_h: int, target_w: int, max_pixels: int
     return _Encoded(label, buf, torch.frombuffer(buf, dtype=torch.uint8), header)
 
 
-def _submit_all(pool: ThreadPoolExecutor | None, sources: Sequence[TensorSource], args: tuple) -> list:
-    if pool is None:
-        return [None] * len(sources)
-    return [pool.submit(_prepare, s, *args) for s in sources]
-
-
 def _run_fallbacks(pool: ThreadPoolExecutor | None, items: list[_Encoded], args: tuple) -> list:
     if pool is None or len(items) < 2:
         return [_fallback(e.data, e.label, args) for e in items]
@@ -646,19 +640,7 @@ def _iter_batches(
     decode: JpegDecodeFn,
     device: torch.device,
 ):
-    pool = ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-jpeg") if n_threads > 1 else None
-    try:
-        offset = 0
-        chunk = list(islice(paths, batch_size))
-        handles: list[Future | None] = _submit_all(pool, chunk, args)
-        while chunk:
-            next_chunk = list(islice(paths, batch_size))
-            next_handles = _submit_all(pool, next_chunk, args)  # prefetch: read while this batch decodes
-            kept, images, errors = _process_batch(handles, chunk, args, strict, pool, decode, device)
-            yield kept + offset, images, errors
-            del images
-            offset += len(chunk)
-            chunk, handles = next_chunk, next_handles
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def finish(handles, chunk, pool):
+        return _process_batch(handles, chunk, args, strict, pool, decode, device)
+
+    return _prefetched_batches(paths, batch_size, n_threads, "bafo-jpeg", _prepare, args, finish)

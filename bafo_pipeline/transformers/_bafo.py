@@ -79,6 +79,15 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
           (an MLP BAFO on the latents, ``refine_epochs`` epochs,
           ``refine_adversary_weight``) against non-linear probes, then linear
           erasure again. ``inverse_transform`` decodes through the refiner.
+    covariance_dims : int, default=0
+        With ``concealment="linear"`` or ``"full"``: the first linear erasure
+        also removes this many directions in which the attribute groups'
+        covariances differ most (see :class:`LinearErasure`), the spread
+        differences that non-linear probes read once the group means agree.
+        On UTKFace 8 (of 48) took a data-rich MLP attacker's gender accuracy
+        from 0.72 to 0.62 with linear erasure and matched ``"full"``'s
+        reconstruction; on synthetic faces it also cost non-sensitive
+        information (docs/FRONTIER.md). 0 disables.
     refine_epochs : int, default=30
         Training epochs of the refiner (``concealment="full"``).
     refine_adversary_weight : float, default=0.3
@@ -155,6 +164,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "adversary_weight": [Interval(Real, 0, None, closed="left")],
         "adversary_steps": [Interval(Integral, 1, None, closed="left")],
         "concealment": [StrOptions({"none", "linear", "full"})],
+        "covariance_dims": [Interval(Integral, 0, None, closed="left")],
         "refine_epochs": [Interval(Integral, 1, None, closed="left")],
         "refine_adversary_weight": [Interval(Real, 0, None, closed="left")],
         "attribute_kinds": [dict, None],
@@ -181,6 +191,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         adversary_weight: float = 0.0,
         adversary_steps: int = 2,
         concealment: str = "full",
+        covariance_dims: int = 0,
         refine_epochs: int = 30,
         refine_adversary_weight: float = 0.3,
         attribute_kinds: dict | None = None,
@@ -203,6 +214,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.adversary_weight = adversary_weight
         self.adversary_steps = adversary_steps
         self.concealment = concealment
+        self.covariance_dims = covariance_dims
         self.refine_epochs = refine_epochs
         self.refine_adversary_weight = refine_adversary_weight
         self.attribute_kinds = attribute_kinds
@@ -323,7 +335,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             return
         frame = _as_frame(sensitive_features)
         latents = self._encoder_means(inputs)
-        self.erasure_ = LinearErasure(attribute_kinds=self.attribute_kinds).fit(latents, sensitive_features=frame)
+        self.erasure_ = LinearErasure(attribute_kinds=self.attribute_kinds, covariance_dims=self.covariance_dims).fit(
+            latents, sensitive_features=frame
+        )
         if self.concealment == "linear":
             return
         latents = self.erasure_.transform(latents)

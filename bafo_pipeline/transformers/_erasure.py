@@ -24,8 +24,9 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     Guarantee and limits: *linear* probes are reduced to chance on the fit
     distribution. Non-linear probes (an MLP, boosted trees) may still recover
-    the attributes; combine with training-time pressure (``independence_weight``
-    of :class:`BAFOTransformer`) and audit the result.
+    the attributes, mostly from how the groups' *spreads* differ once their
+    means agree; ``covariance_dims`` removes the directions where they differ
+    most. Audit the result either way.
 
     Parameters
     ----------
@@ -35,6 +36,16 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Also erase quantile bins of each continuous attribute (age), not only
         its linear trend, so a linear probe cannot read age bands either.
         0 erases the linear trend alone.
+    covariance_dims : int, default=0
+        After the linear erasure, also remove the ``covariance_dims``
+        directions in which the attribute groups' covariances differ most
+        from the pooled one (top eigenvectors of
+        ``sum_g p_g (C_g - I)^2`` in whitened coordinates, groups being each
+        attribute's classes and each continuous attribute's quantile bins),
+        then erase linearly once more. Still one affine map, still blind to
+        linear probes; weakens non-linear ones at the cost of
+        ``covariance_dims`` more dimensions, which may also carry
+        non-sensitive information (see docs/FRONTIER.md).
     tolerance : float, default=1e-10
         Relative threshold below which covariance eigenvalues (and singular
         values of the whitened cross-covariance) count as zero. Keep it tiny:
@@ -61,12 +72,21 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "attribute_kinds": [dict, None],
         "continuous_bins": [Interval(Integral, 0, None, closed="left")],
+        "covariance_dims": [Interval(Integral, 0, None, closed="left")],
         "tolerance": [Interval(Real, 0, None, closed="left")],
     }
 
-    def __init__(self, *, attribute_kinds: dict | None = None, continuous_bins: int = 4, tolerance: float = 1e-10):
+    def __init__(
+        self,
+        *,
+        attribute_kinds: dict | None = None,
+        continuous_bins: int = 4,
+        covariance_dims: int = 0,
+        tolerance: float = 1e-10,
+    ):
         self.attribute_kinds = attribute_kinds
         self.continuous_bins = continuous_bins
+        self.covariance_dims = covariance_dims
         self.tolerance = tolerance
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -91,35 +111,67 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         frame = sensitive_features if isinstance(sensitive_features, pd.DataFrame) else pd.DataFrame(sensitive_features)
         if len(frame) != len(X):
             raise ValueError(f"sensitive_features has {len(frame)} rows but X has {len(X)}")
-        self.schema_ = AttributeSchema.infer(frame.reset_index(drop=True), kinds=self.attribute_kinds)
-        Z = self._concept_matrix(frame.reset_index(drop=True))
+        frame = frame.reset_index(drop=True)
+        self.schema_ = AttributeSchema.infer(frame, kinds=self.attribute_kinds)
+        concepts, groups = self._concepts(frame)
         self.mean_ = X.mean(axis=0)
         Xc = X - self.mean_
-        Zc = Z - Z.mean(axis=0)
-        n = len(X)
-        sigma_xx = Xc.T @ Xc / n
-        sigma_xz = Xc.T @ Zc / n
-        eigenvalues, eigenvectors = np.linalg.eigh(sigma_xx)
-        keep = eigenvalues > self.tolerance * max(eigenvalues.max(), np.finfo(float).tiny)
-        vectors, values = eigenvectors[:, keep], eigenvalues[keep]
-        whiten = (vectors / np.sqrt(values)) @ vectors.T
-        unwhiten = (vectors * np.sqrt(values)) @ vectors.T
-        u, s, _ = np.linalg.svd(whiten @ sigma_xz, full_matrices=False)
-        u = u[:, s > self.tolerance * max(s.max(initial=0.0), np.finfo(float).tiny)]
-        oblique = unwhiten @ (u @ u.T) @ whiten
-        self.projection_ = oblique.T
+        Zc = concepts - concepts.mean(axis=0)
+        keep = np.eye(X.shape[1]) - self._leace(Xc, Zc)  # X_erased - mean_ = Xc @ keep
+        if self.covariance_dims:  # then erase linearly again: the step may reintroduce a little correlation
+            keep = keep @ self._covariance_erasure(Xc @ keep, groups)
+            keep = keep @ (np.eye(X.shape[1]) - self._leace(Xc @ keep, Zc))
+        self.projection_ = np.eye(X.shape[1]) - keep
         return self
 
-    def _concept_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+    def _whitening(self, Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(whiten, unwhiten)`` for centered rows ``Xc``, on the span of their non-negligible variance."""
+        eigenvalues, eigenvectors = np.linalg.eigh(Xc.T @ Xc / len(Xc))
+        keep = eigenvalues > self.tolerance * max(eigenvalues.max(), np.finfo(float).tiny)
+        vectors, values = eigenvectors[:, keep], eigenvalues[keep]
+        return (vectors / np.sqrt(values)) @ vectors.T, (vectors * np.sqrt(values)) @ vectors.T
+
+    def _leace(self, Xc: np.ndarray, Zc: np.ndarray) -> np.ndarray:
+        """The LEACE projection (to subtract) for centered data ``Xc`` and centered concepts ``Zc``."""
+        whiten, unwhiten = self._whitening(Xc)
+        u, s, _ = np.linalg.svd(whiten @ (Xc.T @ Zc / len(Xc)), full_matrices=False)
+        # Relative to the concepts' scale, not to the largest singular value: data that is already
+        # erased has only rounding noise here, and none of it may count as a direction to remove.
+        concept_scale = np.sqrt((Zc**2).mean(axis=0).max(initial=0.0))
+        u = u[:, s > self.tolerance * max(concept_scale, np.finfo(float).tiny)]
+        return (unwhiten @ (u @ u.T) @ whiten).T
+
+    def _covariance_erasure(self, Xc: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+        """The map (right-multiplied) that removes the directions where group covariances differ most."""
+        whiten, unwhiten = self._whitening(Xc)
+        W = Xc @ whiten  # whitened: pooled covariance = identity on its span
+        span = whiten @ unwhiten  # projector onto that span
+        spread = np.zeros((W.shape[1], W.shape[1]))
+        for labels in groups:
+            for value in np.unique(labels):
+                members = W[labels == value]
+                if len(members) < 2:
+                    continue
+                deviation = members.T @ members / len(members) - span
+                spread += len(members) / len(W) * deviation @ deviation
+        eigenvalues, eigenvectors = np.linalg.eigh(spread)
+        top = eigenvectors[:, np.argsort(eigenvalues)[::-1][: self.covariance_dims]]
+        return whiten @ (span - top @ top.T) @ unwhiten + (np.eye(len(span)) - whiten @ unwhiten)
+
+    def _concepts(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The concept matrix LEACE decorrelates, and each attribute's groups (classes or quantile bins)."""
         blocks = [self.schema_.encode(frame).astype(np.float64)]
-        if self.continuous_bins:
-            for attribute in self.schema_.attributes:
-                if attribute.kind == "continuous":
-                    values = frame[attribute.name].to_numpy(dtype=float)
-                    edges = np.unique(np.quantile(values, np.linspace(0, 1, self.continuous_bins + 1)[1:-1]))
-                    bins = np.searchsorted(edges, values, side="right")
-                    blocks.append(np.eye(len(edges) + 1)[bins])
-        return np.concatenate(blocks, axis=1)
+        groups = []
+        for attribute in self.schema_.attributes:
+            if attribute.kind != "continuous":
+                groups.append(frame[attribute.name].astype(str).to_numpy())
+            elif self.continuous_bins:
+                values = frame[attribute.name].to_numpy(dtype=float)
+                edges = np.unique(np.quantile(values, np.linspace(0, 1, self.continuous_bins + 1)[1:-1]))
+                bins = np.searchsorted(edges, values, side="right")
+                blocks.append(np.eye(len(edges) + 1)[bins])
+                groups.append(bins)
+        return np.concatenate(blocks, axis=1), groups
 
     def transform(self, X) -> np.ndarray:
         """Erase: ``X - (X - mean_) @ projection_``. Needs no sensitive attributes.

@@ -41,11 +41,10 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         directions in which the attribute groups' covariances differ most
         from the pooled one (top eigenvectors of
         ``sum_g p_g (C_g - I)^2`` in whitened coordinates, groups being each
-        attribute's classes and each continuous attribute's quantile bins),
-        then erase linearly once more. Still one affine map, still blind to
-        linear probes; weakens non-linear ones at the cost of
+        attribute's classes and each continuous attribute's quantile bins).
+        Still one affine map, still blind to linear probes; weakens non-linear ones at the cost of
         ``covariance_dims`` more dimensions, which may also carry
-        non-sensitive information (see docs/FRONTIER.md).
+        non-sensitive information (see docs/COVARIANCE_ERASURE.md).
     tolerance : float, default=1e-10
         Relative threshold below which covariance eigenvalues (and singular
         values of the whitened cross-covariance) count as zero. Keep it tiny:
@@ -118,9 +117,9 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Xc = X - self.mean_
         Zc = concepts - concepts.mean(axis=0)
         keep = np.eye(X.shape[1]) - self._leace(Xc, Zc)  # X_erased - mean_ = Xc @ keep
-        if self.covariance_dims:  # then erase linearly again: the step may reintroduce a little correlation
+        if self.covariance_dims:
+            # A linear map of data uncorrelated with the concepts stays uncorrelated: no second LEACE needed.
             keep = keep @ self._covariance_erasure(Xc @ keep, groups)
-            keep = keep @ (np.eye(X.shape[1]) - self._leace(Xc @ keep, Zc))
         self.projection_ = np.eye(X.shape[1]) - keep
         return self
 

@@ -1137,11 +1137,14 @@ def summary_paragraphs(result: dict) -> list[str]:
         v = by_name[rec["most_private"]]
         met = [k for k in LEAKAGE_GOALS if v["goals_met"][k]]
         out.append(
-            f"Recommended default among the estimator's modes: **`{v['name']}`** (rule: most audit targets met, "
+            f"Best of the estimator's modes on this data: **`{v['name']}`** (rule: most audit targets met, "
             f"then most met against the stronger attacker, then lowest gender and ethnicity leakage): gender "
             f"{v['audit']['gender']['worst']:.3f}, ethnicity {v['audit']['ethnicity']['worst']:.3f}, age MAE "
             f"{v['audit']['age']['worst']:.2f}, {_db(v['reconstruction']['psnr_loss_db'])} dB; audit targets met: "
             f"{', '.join(met) if met else 'none'}."
+            + (" The package default keeps `covariance_dims=0`: on synthetic faces the covariance erasure also "
+               "removed non-sensitive information (docs/COVARIANCE_ERASURE.md)."
+               if v.get("covariance_dims") else "")
         )
         cheap = by_name[rec["cheapest"]]
         if cheap["name"] != v["name"]:

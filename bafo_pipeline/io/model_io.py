@@ -166,6 +166,9 @@ def _estimator_state(estimator: BAFOTransformer, prefix: str) -> tuple[dict, dic
             tensors[f"{prefix}{name}.mean"] = torch.from_numpy(np.ascontiguousarray(erasure.mean_, np.float64))
             tensors[f"{prefix}{name}.projection"] = torch.from_numpy(np.ascontiguousarray(erasure.projection_, np.float64))
             config[name] = {"params": _json_params(erasure.get_params()), "schema": erasure.schema_.to_dict()}
+    label_map = getattr(estimator, "erased_label_map_", None)
+    if label_map is not None:
+        tensors[f"{prefix}erased_label_map"] = torch.from_numpy(np.ascontiguousarray(label_map, np.float64))
     refiner = getattr(estimator, "refiner_", None)
     if refiner is not None:
         refiner_tensors, config["refiner"] = _estimator_state(refiner, prefix=f"{prefix}refiner.")
@@ -192,6 +195,8 @@ def _estimator_from_state(config: dict, params: dict, tensors: dict, prefix: str
         estimator.feature_mean_ = tensors[f"{prefix}feature_mean"].numpy()
         estimator.feature_scale_ = tensors[f"{prefix}feature_scale"].numpy()
     estimator.erasure_ = estimator.refiner_ = estimator.final_erasure_ = None
+    label_map = tensors.get(f"{prefix}erased_label_map")  # absent in models saved before it existed
+    estimator.erased_label_map_ = None if label_map is None else label_map.numpy()
     for name in ("erasure", "final_erasure"):
         if name in config:
             erasure = LinearErasure(**config[name]["params"])

@@ -11,15 +11,6 @@ from bafo_pipeline.judges import FaceJudge, _augment, _blur
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny networks: extra intra-op threads only add synchronisation (costly on a shared CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def faces():
     return make_synthetic_faces(480, image_size=SIZE, random_state=0).split(test_fraction=0.25, seed=0)

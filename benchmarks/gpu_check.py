@@ -6,6 +6,11 @@ export benchmarks run on the GPU. Writes one JSON file per step to ``--out`` and
 prints a summary; sized to finish in about five minutes on an H100/H200.
 
     python benchmarks/gpu_check.py --out $OUT
+
+On the project's device machines (torch, torchvision, pandas, pyarrow, safetensors
+preinstalled; fairlearn is not needed here), from the repository root:
+
+    PYTHONPATH=. python3 benchmarks/gpu_check.py --out $OUT
 """
 
 from __future__ import annotations

@@ -314,3 +314,56 @@ class Trainer:
             self.adversary.next_reset = int(state["adversary_next_reset"])
         self.start_epoch = int(state["epoch"])
         self.history = list(state["history"])
+
+
+def fit_decoder(
+    decoder: torch.nn.Module,
+    latents: torch.Tensor,
+    conditions: torch.Tensor,
+    inputs: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    device: torch.device,
+    seed: int,
+) -> torch.nn.Module:
+    """Fine-tune ``decoder`` to rebuild ``inputs`` from ``(latents, conditions)``; returns it on the CPU.
+
+    The loss is the VAE's reconstruction term (squared error summed per sample).
+    Used after concealment: the concealed latents are what users decode, and a
+    decoder trained on the encoder's raw latents never saw them. bf16 autocast
+    and fused Adam on CUDA, as in :class:`Trainer`.
+
+    Parameters
+    ----------
+    decoder : torch.nn.Module
+        Called as ``decoder(latents, conditions)``; trained in place.
+    latents, conditions : Tensor of shape (n, latent_dim) and (n, condition_dim)
+    inputs : Tensor
+        uint8 NCHW images or float features, row-aligned with ``latents``.
+    epochs, batch_size : int
+    learning_rate : float
+    device : torch.device
+    seed : int
+        Seeds the batch order.
+    """
+    decoder = decoder.to(device).train()
+    if inputs.dtype == torch.uint8:
+        decoder = decoder.to(memory_format=torch.channels_last)
+    latents, conditions, inputs = latents.to(device), conditions.to(device), inputs.to(device)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=learning_rate, fused=True if device.type == "cuda" else None)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(latents), generator=generator).to(device)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            x = _to_model_input(inputs[index])
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                reconstruction = decoder(latents[index], conditions[index])
+            loss = (reconstruction.float() - x.float()).pow(2).flatten(1).sum(1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return decoder.cpu().to(memory_format=torch.contiguous_format).eval()
+

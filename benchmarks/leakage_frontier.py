@@ -68,23 +68,26 @@ CHANCE = {"gender": 0.5, "ethnicity": 0.2}
 def parse_variant(spec: str, refine_epochs: int) -> dict:
     """``"full:0.3:kl=4"`` -> ``{"name": ..., "concealment": "full", "adversary_weight": 0.3, ...}``.
 
-    ``linear:cov=8`` and ``full:0.3:cov=8`` set the estimator's ``covariance_dims``.
+    ``linear:cov=8`` and ``full:0.3:cov=8`` set the estimator's ``covariance_dims``;
+    ``dec=6`` its ``decoder_epochs``.
     """
     parts = [p.strip() for p in spec.split(":") if p.strip()]
     if not parts or parts[0] not in ("none", "linear", "full", "residual"):
         raise ValueError(f"variant {spec!r}: must start with none, linear, full or residual")
     kind = parts[0]
-    covariance = [p for p in parts[1:] if p.startswith("cov=")]
-    parts = [p for p in parts if not p.startswith("cov=")]
-    covariance_dims = int(covariance[-1].partition("=")[2]) if covariance else 0
-    if covariance_dims and kind not in ("linear", "full"):
-        raise ValueError(f"variant {spec!r}: cov= applies to linear and full only")
-    suffix = f", cov {covariance_dims}" if covariance_dims else ""
+    estimator_options = {"cov": 0, "dec": 0}
+    for part in [p for p in parts[1:] if p.partition("=")[0] in estimator_options]:
+        estimator_options[part.partition("=")[0]] = int(part.partition("=")[2])
+    parts = [p for p in parts if p.partition("=")[0] not in estimator_options]
+    covariance_dims, decoder_epochs = estimator_options["cov"], estimator_options["dec"]
+    if (covariance_dims or decoder_epochs) and kind not in ("linear", "full"):
+        raise ValueError(f"variant {spec!r}: cov= and dec= apply to linear and full only")
+    suffix = (f", cov {covariance_dims}" if covariance_dims else "") + (f", dec {decoder_epochs}" if decoder_epochs else "")
     if kind in ("none", "linear"):
         if len(parts) > 1:
             raise ValueError(f"variant {spec!r}: only 'full' and 'residual' take options")
         return {"name": kind + suffix, "spec": spec, "concealment": kind, "labels_at_transform": False,
-                "covariance_dims": covariance_dims}
+                "covariance_dims": covariance_dims, "decoder_epochs": decoder_epochs}
     if kind == "full" and len(parts) < 2:
         raise ValueError(f"variant {spec!r}: give the refiner adversary weight, e.g. full:0.3")
     variant = {
@@ -96,6 +99,7 @@ def parse_variant(spec: str, refine_epochs: int) -> dict:
         "refine_latent_dim": None,
         "labels_at_transform": kind == "residual",
         "covariance_dims": covariance_dims,
+        "decoder_epochs": decoder_epochs,
     }
     for option in parts[2:]:
         key, _, value = option.partition("=")
@@ -107,8 +111,10 @@ def parse_variant(spec: str, refine_epochs: int) -> dict:
             variant["refine_latent_dim"] = int(value)
         else:
             raise ValueError(f"variant {spec!r}: unknown option {option!r} (epochs=, kl=, dim=)")
-    if covariance_dims and (variant["refine_kl_weight"] is not None or variant["refine_latent_dim"] is not None):
-        raise ValueError(f"variant {spec!r}: cov= combines with the estimator's own options only (not kl=, dim=)")
+    if (covariance_dims or decoder_epochs) and (
+        variant["refine_kl_weight"] is not None or variant["refine_latent_dim"] is not None
+    ):
+        raise ValueError(f"variant {spec!r}: cov= and dec= combine with the estimator's own options only")
     if variant["adversary_weight"] is None:
         variant["name"] = kind
         return variant
@@ -534,7 +540,11 @@ def measure_variant(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if uses_library(variant):
-        params = {"concealment": variant["concealment"], "covariance_dims": variant.get("covariance_dims", 0)}
+        params = {
+            "concealment": variant["concealment"],
+            "covariance_dims": variant.get("covariance_dims", 0),
+            "decoder_epochs": variant.get("decoder_epochs", 0),
+        }
         if variant["concealment"] == "full":
             params.update(refine_adversary_weight=variant["adversary_weight"], refine_epochs=variant["refine_epochs"])
         model.set_params(**params)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
@@ -109,3 +110,22 @@ def test_decoding_puts_back_the_erased_part_the_chosen_attributes_predict(split_
     model.erased_label_map_ = label_map
     error = lambda decoded: ((decoded - test.images) ** 2).mean()  # noqa: E731
     assert error(with_map) < 0.97 * error(without_map)
+
+
+def test_decoder_fine_tuned_on_concealed_latents_reconstructs_better_and_changes_no_latent(split_faces, tmp_path):
+    from bafo_pipeline import load_model, save_model
+
+    train, test = split_faces
+    plain = _model(concealment="linear").fit(train.images, sensitive_features=train.sensitive_features)
+    tuned = _model(concealment="linear", decoder_epochs=4).fit(train.images, sensitive_features=train.sensitive_features)
+    Z = tuned.transform(test.images)
+    np.testing.assert_array_equal(Z, plain.transform(test.images))  # same encoder, same concealment
+    S = test.sensitive_features
+    error = lambda model: ((model.inverse_transform(Z, sensitive_features=S).astype(float) - test.images) ** 2).mean()  # noqa: E731
+    assert error(tuned) < 0.95 * error(plain)
+    # The encoder's own decoder is untouched; the tuned one is saved and loaded with the model.
+    assert plain.network_.decoder.state_dict().keys() == tuned.concealed_network_.decoder.state_dict().keys()
+    for key, value in tuned.network_.decoder.state_dict().items():
+        assert torch.equal(value, plain.network_.decoder.state_dict()[key])
+    loaded = load_model(save_model(tuned, tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.inverse_transform(Z, sensitive_features=S), tuned.inverse_transform(Z, sensitive_features=S))

@@ -8,6 +8,7 @@ the CPU (tensors are saved from the CPU).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -169,6 +170,10 @@ def _estimator_state(estimator: BAFOTransformer, prefix: str) -> tuple[dict, dic
     label_map = getattr(estimator, "erased_label_map_", None)
     if label_map is not None:
         tensors[f"{prefix}erased_label_map"] = torch.from_numpy(np.ascontiguousarray(label_map, np.float64))
+    concealed = getattr(estimator, "concealed_network_", None)
+    if concealed is not None:  # only its decoder differs from network_
+        for key, value in concealed.decoder.state_dict().items():
+            tensors[f"{prefix}concealed_decoder.{key}"] = value.detach().cpu().contiguous()
     refiner = getattr(estimator, "refiner_", None)
     if refiner is not None:
         refiner_tensors, config["refiner"] = _estimator_state(refiner, prefix=f"{prefix}refiner.")
@@ -197,6 +202,13 @@ def _estimator_from_state(config: dict, params: dict, tensors: dict, prefix: str
     estimator.erasure_ = estimator.refiner_ = estimator.final_erasure_ = None
     label_map = tensors.get(f"{prefix}erased_label_map")  # absent in models saved before it existed
     estimator.erased_label_map_ = None if label_map is None else label_map.numpy()
+    start = f"{prefix}concealed_decoder."
+    decoder_state = {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
+    estimator.concealed_network_ = None
+    if decoder_state:
+        concealed = copy.deepcopy(network)
+        concealed.decoder.load_state_dict(decoder_state)
+        estimator.concealed_network_ = concealed.eval()
     for name in ("erasure", "final_erasure"):
         if name in config:
             erasure = LinearErasure(**config[name]["params"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -17,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ..attributes import AttributeSchema
 from ..model import BAFONetwork, NetworkConfig, vae_loss_terms
 from .._device import resolve_device
-from ..training import Trainer, TrainingConfig
+from ..training import Trainer, TrainingConfig, fit_decoder
 from ._erasure import LinearErasure
 from ._inference import PRECISIONS, autocast, inference_network, model_input
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
@@ -88,6 +89,14 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         audit, leaked less to a data-rich attacker and reconstructed 1.0 dB
         better; on synthetic faces it also removed non-sensitive information
         (background). Off by default; see docs/COVARIANCE_ERASURE.md.
+    decoder_epochs : int, default=0
+        With ``concealment="linear"`` or ``"full"``: after the concealment is
+        fitted, fine-tune a copy of the decoder for this many epochs to rebuild
+        the training inputs from their *concealed* latents and attributes, and
+        decode with it in ``inverse_transform`` (instead of mapping back
+        through the refiner). It changes no latent, only how sharp decodes
+        are: on UTKFace 6 epochs raised the PSNR of ``"full"`` from 15.9 to
+        17.2 dB (docs/FRONTIER.md). 0 keeps the encoder's own decoder.
     refine_epochs : int, default=30
         Training epochs of the refiner (``concealment="full"``).
     refine_adversary_weight : float, default=0.3
@@ -130,6 +139,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Standardisation of tabular ``X``.
     erasure_, refiner_, final_erasure_ : LinearErasure, BAFOTransformer or None
         The fitted concealment steps (``None`` where ``concealment`` has none).
+    concealed_network_ : BAFONetwork or None
+        With ``decoder_epochs > 0``: the network whose decoder was fine-tuned
+        on concealed latents (its encoder is ``network_``'s).
     erased_label_map_ : ndarray of shape (n_conditions + 1, latent_dim) or None
         Least-squares map from the decoder's attribute encoding (plus an
         intercept row) to what the first erasure removed from the training
@@ -174,6 +186,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "adversary_steps": [Interval(Integral, 1, None, closed="left")],
         "concealment": [StrOptions({"none", "linear", "full"})],
         "covariance_dims": [Interval(Integral, 0, None, closed="left")],
+        "decoder_epochs": [Interval(Integral, 0, None, closed="left")],
         "refine_epochs": [Interval(Integral, 1, None, closed="left")],
         "refine_adversary_weight": [Interval(Real, 0, None, closed="left")],
         "attribute_kinds": [dict, None],
@@ -201,6 +214,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         adversary_steps: int = 2,
         concealment: str = "full",
         covariance_dims: int = 0,
+        decoder_epochs: int = 0,
         refine_epochs: int = 30,
         refine_adversary_weight: float = 0.3,
         attribute_kinds: dict | None = None,
@@ -224,6 +238,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.adversary_steps = adversary_steps
         self.concealment = concealment
         self.covariance_dims = covariance_dims
+        self.decoder_epochs = decoder_epochs
         self.refine_epochs = refine_epochs
         self.refine_adversary_weight = refine_adversary_weight
         self.attribute_kinds = attribute_kinds
@@ -340,26 +355,37 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     def _fit_concealment(self, inputs: np.ndarray, sensitive_features, seed: int) -> None:
         """Fit the post-encoder steps of ``concealment`` on the training latents."""
         self.erasure_ = self.refiner_ = self.final_erasure_ = self.erased_label_map_ = None
+        self.concealed_network_ = None
         if self.schema_ is None or self.concealment == "none":
             return
         frame = _as_frame(sensitive_features)
-        latents = self._encoder_means(inputs)
+        means = self._encoder_means(inputs)
         self.erasure_ = LinearErasure(attribute_kinds=self.attribute_kinds, covariance_dims=self.covariance_dims).fit(
-            latents, sensitive_features=frame
+            means, sensitive_features=frame
         )
-        erased = self.erasure_.transform(latents)
-        self.erased_label_map_ = _least_squares_map(self.schema_.encode(frame), latents - erased)
-        if self.concealment == "linear":
-            return
-        latents = erased
-        self.refiner_ = BAFOTransformer(
-            latent_dim=self.latent_dim, epochs=self.refine_epochs, batch_size=self.batch_size,
-            learning_rate=self.learning_rate, adversary_weight=self.refine_adversary_weight,
-            adversary_steps=self.adversary_steps, attribute_kinds=self.attribute_kinds, concealment="none",
-            validation_fraction=self.validation_fraction, device=self.device, random_state=seed,
-        ).fit(latents, sensitive_features=frame)
-        refined = self.refiner_.transform(latents)
-        self.final_erasure_ = LinearErasure(attribute_kinds=self.attribute_kinds).fit(refined, sensitive_features=frame)
+        erased = self.erasure_.transform(means)
+        conditions = self.schema_.encode(frame)
+        self.erased_label_map_ = _least_squares_map(conditions, means - erased)
+        if self.concealment == "full":
+            self.refiner_ = BAFOTransformer(
+                latent_dim=self.latent_dim, epochs=self.refine_epochs, batch_size=self.batch_size,
+                learning_rate=self.learning_rate, adversary_weight=self.refine_adversary_weight,
+                adversary_steps=self.adversary_steps, attribute_kinds=self.attribute_kinds, concealment="none",
+                validation_fraction=self.validation_fraction, device=self.device, random_state=seed,
+            ).fit(erased, sensitive_features=frame)
+            refined = self.refiner_.transform(erased)
+            self.final_erasure_ = LinearErasure(attribute_kinds=self.attribute_kinds).fit(
+                refined, sensitive_features=frame
+            )
+        if self.decoder_epochs:
+            network = copy.deepcopy(self.network_)
+            network.decoder = fit_decoder(
+                network.decoder, torch.from_numpy(self._conceal(means)), torch.from_numpy(conditions),
+                torch.from_numpy(np.ascontiguousarray(inputs)), epochs=self.decoder_epochs,
+                batch_size=self.batch_size, learning_rate=self.learning_rate, device=resolve_device(self.device),
+                seed=seed,
+            )
+            self.concealed_network_ = network.eval()
 
     def _encoder_means(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Posterior means of preprocessed inputs (uint8 NCHW images or standardised features)."""
@@ -494,10 +520,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             validate_data(self, X, dtype=None, reset=False)
         yield from image_batches_uint8(X, fmt, batch_size)
 
-    def _inference_network(self) -> tuple[BAFONetwork, torch.device, bool]:
-        """``(network, device, bfloat16)``: the fitted network ready for inference on the estimator's device."""
+    def _inference_network(self, network: BAFONetwork | None = None) -> tuple[BAFONetwork, torch.device, bool]:
+        """``(network, device, bfloat16)``: ``network`` (default: the fitted one) ready for inference on the
+        estimator's device."""
         device = resolve_device(self.device)
-        network, bf16 = inference_network(self.network_, device, self.precision)
+        network, bf16 = inference_network(self.network_ if network is None else network, device, self.precision)
         return network, device, bf16
 
     def inverse_transform(self, X, *, sensitive_features=None) -> np.ndarray:
@@ -532,13 +559,15 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             raise ValueError(f"latents contain NaN or infinite values (row {int(np.argmax(~np.isfinite(Z).all(1)))})")
         frame = self._sensitive_frame(sensitive_features, len(Z), broadcast=True)
         conditions = self._encode_conditions(frame, len(Z), allow_fractional=True)
-        if getattr(self, "refiner_", None) is not None:
-            # Linear erasure is not invertible; the refiner's decoder maps back to (erased) encoder latents.
-            Z = self.refiner_.inverse_transform(Z, sensitive_features=frame).astype(np.float32)
-        label_map = getattr(self, "erased_label_map_", None)
-        if label_map is not None:  # put back what the erasure removed, as far as the chosen attributes predict it
-            Z = (Z + conditions @ label_map[:-1] + label_map[-1]).astype(np.float32)
-        network, device, bf16 = self._inference_network()
+        concealed_network = getattr(self, "concealed_network_", None)
+        if concealed_network is None:
+            if getattr(self, "refiner_", None) is not None:
+                # Linear erasure is not invertible; the refiner's decoder maps back to (erased) encoder latents.
+                Z = self.refiner_.inverse_transform(Z, sensitive_features=frame).astype(np.float32)
+            label_map = getattr(self, "erased_label_map_", None)
+            if label_map is not None:  # put back what the erasure removed, as far as the attributes predict it
+                Z = (Z + conditions @ label_map[:-1] + label_map[-1]).astype(np.float32)
+        network, device, bf16 = self._inference_network(concealed_network)
         decoded = []
         with torch.inference_mode(), autocast(device, bf16):
             for start in range(0, len(Z), 1024) or [0]:  # one (empty) batch gives an empty result its shape

@@ -71,6 +71,8 @@ def main() -> None:
               help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE.")
 @click.option("--covariance-dims", default=0, show_default=True,
               help="Also erase this many directions where the groups' spreads differ (docs/COVARIANCE_ERASURE.md).")
+@click.option("--decoder-epochs", default=6, show_default=True,
+              help="Fine-tune the decoder on the concealed latents for sharper decodes (0: keep the encoder's).")
 @click.option("--image-size", default=56, show_default=True)
 @click.option("--test-fraction", default=0.15, show_default=True, help="Held out by content hash; never trained on.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -80,8 +82,8 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, latent_dim, epochs,
           batch_size, learning_rate, kl_weight, variance_weight, independence_weight, condition_every_layer,
-          adversary_weight, concealment, covariance_dims, image_size, test_fraction, device, seed, checkpoint, resume,
-          overwrite):
+          adversary_weight, concealment, covariance_dims, decoder_epochs, image_size, test_fraction, device, seed,
+          checkpoint, resume, overwrite):
     """Train a BAFO model on the training split and save it.
 
     The split is by content hash (duplicates never straddle it), so `bafo encode
@@ -99,8 +101,8 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
         latent_dim=latent_dim, image_shape=(image_size, image_size), epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, kl_weight=kl_weight, variance_weight=variance_weight,
         independence_weight=independence_weight, condition_every_layer=condition_every_layer,
-        adversary_weight=adversary_weight, concealment=concealment, covariance_dims=covariance_dims, device=device,
-        random_state=seed, verbose=1,
+        adversary_weight=adversary_weight, concealment=concealment, covariance_dims=covariance_dims,
+        decoder_epochs=decoder_epochs, device=device, random_state=seed, verbose=1,
     )
     estimator.fit(train_set.images, sensitive_features=train_set.sensitive_features, checkpoint=checkpoint, resume=resume)
     data = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic", "synthetic_samples": synthetic_samples}
@@ -268,12 +270,14 @@ def _print_verdicts(report) -> None:
               help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE.")
 @click.option("--covariance-dims", default=0, show_default=True,
               help="Also erase this many directions where the groups' spreads differ (docs/COVARIANCE_ERASURE.md).")
+@click.option("--decoder-epochs", default=6, show_default=True,
+              help="Fine-tune the decoder on the concealed latents for sharper decodes (0: keep the encoder's).")
 @click.option("--target", help="Non-sensitive attribute for the fairness report (default: smile on synthetic faces).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
 def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, epochs, latent_dim,
-        concealment, covariance_dims, target, device, seed, overwrite):
+        concealment, covariance_dims, decoder_epochs, target, device, seed, overwrite):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
@@ -288,7 +292,8 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     if target is None and synthetic:
         target = "smile"
     estimator = BAFOTransformer(latent_dim=latent_dim, epochs=epochs, concealment=concealment,
-                                covariance_dims=covariance_dims, device=device, random_state=seed, verbose=1)
+                                covariance_dims=covariance_dims, decoder_epochs=decoder_epochs, device=device,
+                                random_state=seed, verbose=1)
     data_info = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic",
                  "synthetic_samples": synthetic_samples}
     try:

@@ -327,6 +327,7 @@ def fit_decoder(
     learning_rate: float,
     device: torch.device,
     seed: int,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> torch.nn.Module:
     """Fine-tune ``decoder`` to rebuild ``inputs`` from ``(latents, conditions)``; returns it on the CPU.
 
@@ -347,6 +348,8 @@ def fit_decoder(
     device : torch.device
     seed : int
         Seeds the batch order.
+    on_epoch_end : callable, optional
+        Called with ``{"epoch", "loss", "images_per_second"}`` after each epoch.
     """
     decoder = decoder.to(device).train()
     if inputs.dtype == torch.uint8:
@@ -354,7 +357,9 @@ def fit_decoder(
     latents, conditions, inputs = latents.to(device), conditions.to(device), inputs.to(device)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=learning_rate, fused=True if device.type == "cuda" else None)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        total = torch.zeros((), device=device)
         order = torch.randperm(len(latents), generator=generator).to(device)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
@@ -365,5 +370,9 @@ def fit_decoder(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            total += loss.detach() * len(index)
+        if on_epoch_end is not None:
+            seconds = time.perf_counter() - started
+            on_epoch_end({"epoch": epoch, "loss": float(total) / len(order), "images_per_second": len(order) / seconds})
     return decoder.cpu().to(memory_format=torch.contiguous_format).eval()
 

@@ -381,12 +381,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             )
         if self.decoder_epochs:
             network = copy.deepcopy(self.network_)
-            network.decoder = fit_decoder(
-                network.decoder, torch.from_numpy(self._conceal(means)), torch.from_numpy(conditions),
-                torch.from_numpy(np.ascontiguousarray(inputs)), epochs=self.decoder_epochs,
-                batch_size=self.batch_size, learning_rate=self.learning_rate, device=resolve_device(self.device),
-                seed=seed,
-            )
+            with _epoch_progress(self.verbose, self.decoder_epochs, "fitting decoder") as on_epoch_end:
+                network.decoder = fit_decoder(
+                    network.decoder, torch.from_numpy(self._conceal(means)), torch.from_numpy(conditions),
+                    torch.from_numpy(np.ascontiguousarray(inputs)), epochs=self.decoder_epochs,
+                    batch_size=self.batch_size, learning_rate=self.learning_rate, device=resolve_device(self.device),
+                    seed=seed, on_epoch_end=on_epoch_end,
+                )
             self.concealed_network_ = network.eval()
 
     def _encoder_means(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -754,12 +755,12 @@ def _seed_from(random_state) -> int:
 class _epoch_progress:
     """A tqdm bar over epochs when verbose, else a no-op callback."""
 
-    def __init__(self, verbose: int, epochs: int):
+    def __init__(self, verbose: int, epochs: int, description: str = "training"):
         self.bar = None
         if verbose:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=epochs, desc="training", unit="epoch")
+            self.bar = tqdm(total=epochs, desc=description, unit="epoch")
 
     def __enter__(self):
         if self.bar is None:
@@ -767,11 +768,11 @@ class _epoch_progress:
 
         def on_epoch_end(record: dict) -> None:
             self.bar.update(1)
-            self.bar.set_postfix(
-                loss=f"{record.get('loss', float('nan')):.1f}",
-                val=f"{record.get('validation_loss', float('nan')):.1f}",
-                img_s=f"{record['images_per_second']:.0f}",
-            )
+            postfix = {"loss": f"{record.get('loss', float('nan')):.1f}"}
+            if "validation_loss" in record:
+                postfix["val"] = f"{record['validation_loss']:.1f}"
+            postfix["img_s"] = f"{record['images_per_second']:.0f}"
+            self.bar.set_postfix(postfix)
 
         return on_epoch_end
 

@@ -66,6 +66,11 @@ class TrainingConfig:
             raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
 
 
+def _training_autocast(device: torch.device):
+    """The training precision: bf16 autocast on CUDA, float32 elsewhere."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def _to_model_input(batch: torch.Tensor) -> torch.Tensor:
     """uint8 NCHW images → float in [0, 1], channels_last; float features pass through."""
     if batch.dtype == torch.uint8:
@@ -116,8 +121,7 @@ class Trainer:
         self._n_samples: int | None = None
 
     def _autocast(self):
-        enabled = self.device.type == "cuda"
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return _training_autocast(self.device)
 
     def _loss(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The batch loss and its parts, as on-device tensors (no host sync)."""
@@ -364,7 +368,7 @@ def fit_decoder(
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             x = _to_model_input(inputs[index])
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with _training_autocast(device):
                 reconstruction = decoder(latents[index], conditions[index])
             loss = (reconstruction.float() - x.float()).pow(2).flatten(1).sum(1).mean()
             optimizer.zero_grad(set_to_none=True)

@@ -228,6 +228,11 @@ def test_inverse_transform_broadcasts_scalars_and_accepts_fractions(faces, fitte
         Z, sensitive_features={"age": 40, "gender": 0.5, "ethnicity": {"asian": 0.5, "white": 0.5}}
     )
     assert mixed.shape == by_mapping.shape and not np.array_equal(mixed, by_mapping)
+    # Attributes a mapping leaves out decode at their neutral value.
+    partial = fitted.inverse_transform(Z, sensitive_features={"age": 40, "gender": "female"})
+    neutral = {"age": 40, "gender": "female", "ethnicity": fitted.schema_.attributes[2].neutral()}
+    assert fitted.schema_.attributes[2].name == "ethnicity"
+    np.testing.assert_array_equal(partial, fitted.inverse_transform(Z, sensitive_features=neutral))
 
 
 @pytest.mark.parametrize(
@@ -235,7 +240,8 @@ def test_inverse_transform_broadcasts_scalars_and_accepts_fractions(faces, fitte
     [
         (None, "sensitive_features are required"),
         ({"age": 40, "gender": "female", "ethnicity": "martian"}, "unknown category 'martian'"),
-        ({"age": 40, "gender": "female"}, r"lack column\(s\) \['ethnicity'\]"),
+        (pd.DataFrame({"age": [40] * 3, "gender": ["female"] * 3}), r"lack column\(s\) \['ethnicity'\]"),
+        ({"age": 40, "gender": "female", "ethnicty": "asian"}, r"unknown attribute\(s\) \['ethnicty'\]"),
         ({"age": [40, 50], "gender": "female", "ethnicity": "asian"}, "has 2 values but there are 3 samples"),
         ({"age": 40, "gender": 1.5, "ethnicity": "asian"}, "unknown category 1.5"),
     ],

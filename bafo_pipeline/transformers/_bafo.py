@@ -543,8 +543,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             (``{"age": 40, "gender": "female"}``; sequences in the mapping give
             one value per row). Fractions are allowed: ``gender=0.5`` for a
             neutral decode, ``{"ethnicity": {"asian": 0.5, "white": 0.5}}`` for
-            a mixture. Required when the model was fitted with sensitive
-            features.
+            a mixture. Attributes a mapping leaves out decode at their neutral
+            value (the mean age, gender 0.5, an even mix of categories).
+            Required when the model was fitted with sensitive features.
 
         Returns
         -------
@@ -593,7 +594,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 f"sensitive_features are required: this model's decoder is conditioned on {self.schema_.names}"
             )
         if broadcast and isinstance(sensitive_features, Mapping):
-            frame = _broadcast(sensitive_features, n_samples)
+            unknown = sorted(set(sensitive_features) - set(self.schema_.names), key=str)
+            if unknown:
+                raise ValueError(f"unknown attribute(s) {unknown}; this model is conditioned on {self.schema_.names}")
+            neutral = {a.name: a.neutral() for a in self.schema_.attributes if a.name not in sensitive_features}
+            frame = _broadcast({**sensitive_features, **neutral}, n_samples)
         else:
             frame = _as_frame(sensitive_features)
         if len(frame) != n_samples:

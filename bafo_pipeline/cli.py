@@ -11,6 +11,13 @@ import numpy as np
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+def _apply(options: list, function):
+    """Decorate ``function`` with click ``options``, first option listed first in --help."""
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 def _data_options(function):
     """Options shared by every command that reads a dataset."""
     options = [
@@ -22,9 +29,7 @@ def _data_options(function):
         click.option("--limit", type=int, help="Use at most this many images (quick runs)."),
         click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it."),
     ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+    return _apply(options, function)
 
 
 def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size=56, seed=0):
@@ -37,6 +42,20 @@ def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
     )
     click.echo(f"data: {dataset.report.summary()}", err=True)
     return dataset
+
+
+def _concealment_options(function):
+    """Options that set the concealment steps (train and run)."""
+    options = [
+        click.option("--concealment", type=click.Choice(["none", "linear", "full"]), default="full", show_default=True,
+                     help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE."),
+        click.option("--covariance-dims", default=0, show_default=True,
+                     help="Also erase this many directions where the groups' spreads differ "
+                          "(docs/COVARIANCE_ERASURE.md)."),
+        click.option("--decoder-epochs", default=6, show_default=True,
+                     help="Fine-tune the decoder on the concealed latents for sharper decodes (0: keep the encoder's)."),
+    ]
+    return _apply(options, function)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,12 +86,7 @@ def main() -> None:
 @click.option("--independence-weight", default=0.0, show_default=True, help="HSIC penalty pushing latents to independence from the sensitive attributes.")
 @click.option("--condition-every-layer", is_flag=True, help="Feed the attributes to every decoder layer.")
 @click.option("--adversary-weight", default=0.0, show_default=True, help="Adversarial pressure on the image encoder itself.")
-@click.option("--concealment", type=click.Choice(["none", "linear", "full"]), default="full", show_default=True,
-              help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE.")
-@click.option("--covariance-dims", default=0, show_default=True,
-              help="Also erase this many directions where the groups' spreads differ (docs/COVARIANCE_ERASURE.md).")
-@click.option("--decoder-epochs", default=6, show_default=True,
-              help="Fine-tune the decoder on the concealed latents for sharper decodes (0: keep the encoder's).")
+@_concealment_options
 @click.option("--image-size", default=56, show_default=True)
 @click.option("--test-fraction", default=0.15, show_default=True, help="Held out by content hash; never trained on.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -266,12 +280,7 @@ def _print_verdicts(report) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for model, latents and report.")
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--latent-dim", default=48, show_default=True)
-@click.option("--concealment", type=click.Choice(["none", "linear", "full"]), default="full", show_default=True,
-              help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE.")
-@click.option("--covariance-dims", default=0, show_default=True,
-              help="Also erase this many directions where the groups' spreads differ (docs/COVARIANCE_ERASURE.md).")
-@click.option("--decoder-epochs", default=6, show_default=True,
-              help="Fine-tune the decoder on the concealed latents for sharper decodes (0: keep the encoder's).")
+@_concealment_options
 @click.option("--target", help="Non-sensitive attribute for the fairness report (default: smile on synthetic faces).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)

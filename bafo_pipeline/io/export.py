@@ -127,7 +127,8 @@ def export_latents(
     else:
         ids = np.arange(len(label_frame), dtype=np.int64)
     hashes = source.content_hash if isinstance(source, FaceDataset) else attributes.get("content_hash")
-    _, device, bf16 = estimator._inference_network()
+    _, device, _ = estimator._inference_network()
+    encoder = estimator._image_encoder()
     if decoder == "auto":
         decoder = "torch" if device.type == "cuda" else "pil"
     provenance = {
@@ -135,7 +136,8 @@ def export_latents(
         "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
         "source_fingerprint": None if hashes is None else source_fingerprint(hashes),
         "source_rows": len(label_frame),
-        "precision": "bfloat16" if bf16 else "float32",
+        "precision": encoder.precision,
+        "engine": encoder.engine,
         "decoder": "in-memory" if isinstance(source, FaceDataset) else decoder,
         **(metadata or {}),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,11 +35,18 @@ class ExportReport:
         the source table, and file names are redacted from the reason.
     metadata : dict
         The ``bafo`` metadata stored in the file.
+    timings : dict
+        How the export spent its time, in seconds: ``wall``; in the calling
+        thread, ``waiting_for_decoder`` (blocked until the next decoded batch),
+        ``encoding`` and ``writing``, and its CPU time ``caller_cpu``;
+        ``process_cpu``, the whole process's CPU time (decoder threads
+        included). Decoder threads' CPU time is about ``process_cpu - caller_cpu``.
     """
 
     n_written: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
 
 
 def source_fingerprint(content_hashes: Sequence[str]) -> str:
@@ -128,43 +136,75 @@ def export_latents(
         ids = np.arange(len(label_frame), dtype=np.int64)
     hashes = source.content_hash if isinstance(source, FaceDataset) else attributes.get("content_hash")
     _, device, _ = estimator._inference_network()
-    encoder = estimator._image_encoder()
     if decoder == "auto":
         decoder = "torch" if device.type == "cuda" else "pil"
-    provenance = {
-        "model_fingerprint": None,
-        "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
-        "source_fingerprint": None if hashes is None else source_fingerprint(hashes),
-        "source_rows": len(label_frame),
-        "precision": encoder.precision,
-        "engine": encoder.engine,
-        "decoder": "in-memory" if isinstance(source, FaceDataset) else decoder,
-        **(metadata or {}),
-    }
     split = None if split is None else np.asarray(split, dtype=object)
     label_schema = {c: _arrow_type(label_frame[c]) for c in label_frame.columns} if include_labels else None
     report = ExportReport()
-    writer = LatentParquetWriter(
-        out, estimator.latent_dim, metadata=provenance, id_type="int64" if ids.dtype.kind in "iu" else "string",
-        label_schema=label_schema, include_split=split is not None, overwrite=overwrite,
-    )
-    with writer, _encoder_threads_beside_decoding(device, decoder if isinstance(source, pd.DataFrame) else None):
-        batches = _image_batches(source, batch_size, estimator.input_format_.shape[:2], strict, decoder, device)
-        for rows, images, errors in batches:
-            for row, reason in errors:
-                report.skipped.append((row, _redact(reason)))
-            if len(rows):
-                latents = estimator._latents_of_images(images)
-                writer.write_batch(
-                    ids[rows], latents,
-                    labels=label_frame.iloc[rows].reset_index(drop=True) if include_labels else None,
-                    split=None if split is None else split[rows],
-                )
-                report.n_written += len(rows)
-            if progress is not None:
-                progress(len(rows) + len(errors))
+    clock = _StageClock()
+    with _encoder_threads_beside_decoding(device, decoder if isinstance(source, pd.DataFrame) else None):
+        encoder = estimator._image_encoder()
+        provenance = {
+            "model_fingerprint": None,
+            "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
+            "source_fingerprint": None if hashes is None else source_fingerprint(hashes),
+            "source_rows": len(label_frame),
+            "precision": "bfloat16" if encoder.bfloat16 else "float32",
+            "decoder": "in-memory" if isinstance(source, FaceDataset) else decoder,
+            **(metadata or {}),
+        }
+        writer = LatentParquetWriter(
+            out, estimator.latent_dim, metadata=provenance, id_type="int64" if ids.dtype.kind in "iu" else "string",
+            label_schema=label_schema, include_split=split is not None, overwrite=overwrite,
+        )
+        with writer:
+            batches = iter(_image_batches(source, batch_size, estimator.input_format_.shape[:2], strict, decoder, device))
+            while True:
+                with clock.stage("waiting_for_decoder"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                rows, images, errors = batch
+                for row, reason in errors:
+                    report.skipped.append((row, _redact(reason)))
+                if len(rows):
+                    with clock.stage("encoding"):
+                        latents = estimator._latents_of_images(images)
+                    with clock.stage("writing"):
+                        writer.write_batch(
+                            ids[rows], latents,
+                            labels=label_frame.iloc[rows].reset_index(drop=True) if include_labels else None,
+                            split=None if split is None else split[rows],
+                        )
+                    report.n_written += len(rows)
+                if progress is not None:
+                    progress(len(rows) + len(errors))
     report.metadata = writer.metadata
+    report.timings = clock.totals()
     return report
+
+
+class _StageClock:
+    """Wall time per stage of the calling thread, plus the thread's and the process's CPU time."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {"waiting_for_decoder": 0.0, "encoding": 0.0, "writing": 0.0}
+        self._start = (time.perf_counter(), time.thread_time(), time.process_time())
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[name] += time.perf_counter() - started
+
+    def totals(self) -> dict[str, float]:
+        wall, caller, process = self._start
+        return {
+            "wall": time.perf_counter() - wall, **self._seconds,
+            "caller_cpu": time.thread_time() - caller, "process_cpu": time.process_time() - process,
+        }
 
 
 @contextmanager

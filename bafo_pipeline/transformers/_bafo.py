@@ -20,8 +20,8 @@ from ..model import BAFONetwork, NetworkConfig, vae_loss_terms
 from .._device import resolve_device
 from ..training import Trainer, TrainingConfig, fit_decoder
 from ._erasure import LinearErasure
-from ._engine import ENGINES, ImageEncoder, image_encoder, resolve_engine
-from ._inference import PRECISIONS, autocast, inference_network, model_input
+from ._engine import TorchEncoder, image_encoder
+from ._inference import PRECISIONS, autocast, inference_network, model_input, uses_bfloat16
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
 
 DEFAULT_CONV_WIDTHS = (32, 64, 128)
@@ -119,15 +119,6 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         encoder's last layer always runs in float32; bfloat16 moves latents
         by about 1% of their spread. Tabular models always use float32.
         Training is unaffected (bfloat16 on CUDA, float32 on the CPU).
-    engine : {"auto", "torch", "onnxruntime"}, default="auto"
-        Runtime that encodes images to latents (``transform`` without
-        ``sample``, and exports). Both run the encoder with the concealment
-        folded into it. ``"auto"`` uses torch where ``precision`` resolves to
-        bfloat16 (or on CUDA), and otherwise, on a CPU, ONNX Runtime when the
-        ``onnx`` extra is installed (``pip install 'bafo-pipeline[onnx]'``;
-        about 1.5x faster than torch in float32 on 2 cores, same latents to
-        ~1e-5 of their spread), else torch. ``"onnxruntime"`` requires the
-        extra and float32. See docs/PERFORMANCE.md.
     random_state : int, optional
         Seed for initialisation, shuffling and sampling.
     verbose : int, default=0
@@ -205,7 +196,6 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "device": [str, torch.device],
         "precision": [StrOptions(set(PRECISIONS))],
-        "engine": [StrOptions(set(ENGINES))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -234,7 +224,6 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         validation_fraction: float = 0.1,
         device: str = "auto",
         precision: str = "auto",
-        engine: str = "auto",
         random_state: int | None = None,
         verbose: int = 0,
     ):
@@ -259,7 +248,6 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.validation_fraction = validation_fraction
         self.device = device
         self.precision = precision
-        self.engine = engine
         self.random_state = random_state
         self.verbose = verbose
 
@@ -407,7 +395,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """Posterior means of preprocessed inputs (uint8 NCHW images or standardised features)."""
         # Images go through the same runtime as transform, so the concealment is fitted on the very
         # means it will be applied to.
-        encode = self._image_encoder(conceal=False).encode if self.input_format_.is_image else self._encode
+        encode = self._image_encoder(conceal=False) if self.input_format_.is_image else self._encode
         return np.concatenate([encode(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)])
 
     def _encode(self, batch, *, sample: bool = False, generator: torch.Generator | None = None) -> np.ndarray:
@@ -426,14 +414,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         height, width, channels = self.input_format_.shape
         if images.dtype not in (np.uint8, torch.uint8) or tuple(images.shape[1:]) != (channels, height, width):
             raise ValueError(f"expected uint8 images of shape (n, {channels}, {height}, {width}), got {images.dtype} {tuple(images.shape)}")
-        return self._image_encoder(conceal=conceal).encode(images)
+        return self._image_encoder(conceal=conceal)(images)
 
-    def _image_encoder(self, *, conceal: bool = True) -> ImageEncoder:
-        """The runtime (per ``engine`` and ``precision``) from uint8 images to (concealed) latents."""
+    def _image_encoder(self, *, conceal: bool = True) -> TorchEncoder:
+        """The folded network from uint8 images to (concealed) latents, per ``precision`` (see ``_engine``)."""
         device = resolve_device(self.device)
-        choice = resolve_engine(self.engine, self.precision, device, self.network_)
         steps = self._concealment_steps() if conceal else (None, None, None)
-        return image_encoder(self.network_, steps, self.input_format_.shape, device, choice)
+        return image_encoder(self.network_, steps, device, uses_bfloat16(self.precision, device, self.network_))
 
     def _concealment_steps(self) -> tuple:
         """``(erasure, refiner, final_erasure)`` as fitted (``None`` where absent)."""
@@ -535,7 +522,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         folded = self.input_format_.is_image and not sample
         for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
             if folded:
-                yield indices, self._image_encoder(conceal=conceal).encode(batch)
+                yield indices, self._image_encoder(conceal=conceal)(batch)
                 continue
             means = self._encode(batch, sample=sample, generator=generator)
             yield indices, self._conceal(means) if conceal else means

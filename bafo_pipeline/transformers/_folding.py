@@ -75,6 +75,11 @@ class ConcealedEncoder(nn.Module):
             latents = self.head(features.float())
             return latents if self.tail is None else self.tail(latents)
 
+    @property
+    def latent_dim(self) -> int:
+        """Width of the output."""
+        return (self.tail[-1] if self.tail is not None else self.head).out_features
+
     def layers(self) -> list[tuple[str, nn.Module]]:
         """``("conv"|"linear"|"silu", module)`` in execution order (for other runtimes to rebuild the graph)."""
         out: list[tuple[str, nn.Module]] = []

@@ -22,6 +22,7 @@ Three kinds of attribute are supported:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -98,22 +99,70 @@ class Attribute:
 
         Parameters
         ----------
-        values : sequence
+        values : Series, 1-D array or sequence
             One value per row.
         allow_fractional : bool, default=False
             Accept a fraction in ``[0, 1]`` for a binary attribute and a
             ``{category: weight}`` mapping for a categorical one (decode time).
+
+        Returns
+        -------
+        encoded : ndarray of shape (n, width), dtype float32
 
         Raises
         ------
         ValueError
             Naming the row and the problem: a missing value, an unknown category.
         """
-        values = list(values)
-        out = np.zeros((len(values), self.width), dtype=np.float32)
-        for row, value in enumerate(values):
-            out[row] = self._encode_one(value, row, allow_fractional)
+        return self._encode_column(_Column.of(values), allow_fractional)
+
+    def _encode_column(self, column: _Column, allow_fractional: bool) -> np.ndarray:
+        out = np.zeros((len(column), self.width), dtype=np.float32)
+        resolved = self._encode_vectorised(column, out, allow_fractional)
+        if not resolved.all():
+            self._encode_one_by_one(column, np.flatnonzero(~resolved), out, allow_fractional)
         return out
+
+    def _encode_vectorised(self, column: _Column, out: np.ndarray, allow_fractional: bool) -> np.ndarray:
+        """Encode into ``out`` the rows whose value is plainly valid; return which rows those are.
+
+        The rest (missing values, unknown categories, mixtures, mixed types) go through
+        :meth:`_encode_one`, which defines the encoding and its error messages; this
+        method only takes the common cases off its hands, with identical results.
+        """
+        if self.kind == "continuous":
+            numbers = column.as_float()
+            if numbers is None:
+                return np.zeros(len(column), dtype=bool)
+            resolved = np.isfinite(numbers)
+            out[resolved, 0] = (numbers[resolved] - self.center) / self.scale
+            return resolved
+        index = column.category_index(self.categories)
+        resolved = index >= 0
+        rows = np.flatnonzero(resolved)
+        if self.kind == "binary":
+            out[rows, 0] = index[rows]
+        else:
+            out[rows, index[rows]] = 1.0
+        if allow_fractional and self.kind == "binary" and column.numeric_kind in ("i", "u", "f"):
+            # Not a category, not missing, a plain number in [0, 1]: a fraction (decode time).
+            numbers = column.as_float()
+            with np.errstate(invalid="ignore"):
+                fractional = ~resolved & (numbers >= 0) & (numbers <= 1)
+            out[fractional, 0] = numbers[fractional]
+            resolved |= fractional
+        return resolved
+
+    def _encode_one_by_one(self, column: _Column, rows: np.ndarray, out: np.ndarray, allow_fractional: bool) -> None:
+        """Encode ``rows`` with :meth:`_encode_one`, once per distinct object (a mixture repeated on every row)."""
+        values = column.python_values(rows)
+        ids = np.fromiter(map(id, values), dtype=np.uint64, count=len(values))
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        encoded = np.zeros((len(first), self.width), dtype=np.float32)
+        for group in np.argsort(first, kind="stable"):  # in row order, so the first bad row is the one named
+            at = first[group]
+            encoded[group] = self._encode_one(values[at], int(rows[at]), allow_fractional)
+        out[rows] = encoded[inverse.reshape(-1)]
 
     def _encode_one(self, value: Any, row: int, allow_fractional: bool) -> np.ndarray | float:
         where = f"attribute {self.name!r}, row {row}"
@@ -203,6 +252,71 @@ def _is_hashable(value: Any) -> bool:
     return True
 
 
+class _Column:
+    """One column of attribute values, for vectorised encoding, with the values a row loop would see.
+
+    ``python_values(rows)`` are what iterating over the input yields (``list(values)``),
+    so the row-by-row encoder sees exactly what it always saw.
+    """
+
+    def __init__(self, data: pd.Series | np.ndarray, python_values) -> None:
+        self.data = data  # a Series, or a 1-D array
+        self._python_values = python_values
+
+    @classmethod
+    def of(cls, values) -> "_Column":
+        if isinstance(values, pd.Series):
+            return cls(values, lambda rows: list(values.iloc[rows]))
+        if isinstance(values, np.ndarray) and values.ndim == 1:
+            return cls(values, lambda rows: list(values[rows]))
+        items = list(values)
+        return cls(np.fromiter(items, dtype=object, count=len(items)), lambda rows: [items[i] for i in rows])
+
+    @classmethod
+    def of_frame(cls, column: pd.Series) -> "_Column":
+        """A DataFrame column, whose values a row loop reads with ``tolist()`` (Python scalars)."""
+        return cls(column, lambda rows: column.iloc[rows].tolist())
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def numeric_kind(self) -> str | None:
+        """``"b"``, ``"i"``, ``"u"`` or ``"f"`` for a column of numbers (nullable ones too), else None."""
+        kind = getattr(self.data.dtype, "kind", "O")
+        return kind if kind in ("b", "i", "u", "f") else None
+
+    def python_values(self, rows: np.ndarray) -> list:
+        return self._python_values(rows)
+
+    def as_float(self) -> np.ndarray | None:
+        """The values as float64 (``float(value)`` each; NaN where missing), or None if some is no number."""
+        if self.numeric_kind:
+            if isinstance(self.data, pd.Series):
+                return self.data.to_numpy(dtype=np.float64, na_value=np.nan)
+            return self.data.astype(np.float64)
+        if self.data.dtype.kind in ("O", "U", "S"):
+            try:
+                return np.asarray(self.data, dtype=object).astype(np.float64)
+            except (TypeError, ValueError, OverflowError):
+                return None
+        return None
+
+    def category_index(self, categories: tuple) -> np.ndarray:
+        """Each value's position in ``categories``; ``-1`` where missing, not found, or left to the row loop."""
+        try:
+            codes, uniques = pd.factorize(self.data)  # missing values get code -1
+            # A dict lookup tests membership as ``value in categories`` does (identity or equality),
+            # and the values factorize groups together are equal, so one lookup per distinct value.
+            lookup: dict = {}
+            for position, category in enumerate(categories):
+                lookup.setdefault(category, position)
+            positions = np.array([lookup.get(value, -1) for value in uniques] + [-1], dtype=np.intp)
+        except TypeError:  # unhashable values (mixtures) or categories
+            return np.full(len(self.data), -1, dtype=np.intp)
+        return positions[codes]  # code -1 picks the trailing -1
+
+
 @dataclass(frozen=True)
 class AttributeSchema:
     """The ordered sensitive attributes a model is conditioned on.
@@ -253,7 +367,7 @@ class AttributeSchema:
             raise ValueError(
                 f"sensitive features lack column(s) {missing}; got columns {list(frame.columns)}"
             )
-        blocks = [a.encode(frame[a.name].tolist(), allow_fractional=allow_fractional) for a in self.attributes]
+        blocks = [a._encode_column(_Column.of_frame(frame[a.name]), allow_fractional) for a in self.attributes]
         return np.concatenate(blocks, axis=1)
 
     def to_dict(self) -> dict:

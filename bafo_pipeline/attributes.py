@@ -442,10 +442,13 @@ def infer_kind(values) -> AttributeKind:
     kind : {"continuous", "binary", "categorical"}
     """
     column = _as_series(values)
-    distinct = column.nunique(dropna=True)
-    if _is_numeric_column(column) and distinct > MAX_DISCRETE_LEVELS:
+    return _kind_of(column, column.nunique(dropna=True))
+
+
+def _kind_of(column: pd.Series, n_distinct: int) -> AttributeKind:
+    if _is_numeric_column(column) and n_distinct > MAX_DISCRETE_LEVELS:
         return "continuous"
-    return "binary" if distinct == 2 else "categorical"
+    return "binary" if n_distinct == 2 else "categorical"
 
 
 def as_sensitive_frame(
@@ -606,7 +609,8 @@ def _infer_attribute(column: pd.Series, kind: str | None) -> Attribute:
     if len(nulls):
         raise ValueError(f"attribute {name!r}: missing values at rows {nulls[:10].tolist()}")
     numeric = _is_numeric_column(column)
-    kind = kind or infer_kind(column)
+    distinct = pd.unique(column)
+    kind = kind or _kind_of(column, len(distinct))  # infer_kind's rule; no missing values here
     if kind == "continuous":
         if not numeric:
             raise ValueError(f"attribute {name!r}: a continuous attribute needs numbers, got dtype {column.dtype}")
@@ -616,7 +620,6 @@ def _infer_attribute(column: pd.Series, kind: str | None) -> Attribute:
             raise ValueError(f"attribute {name!r}: infinite values at rows {infinite[:10].tolist()}")
         scale = float(values.std()) or 1.0
         return Attribute(name, "continuous", center=float(values.mean()), scale=scale)
-    distinct = pd.unique(column)
     if len(distinct) < 2:
         raise ValueError(f"attribute {name!r} has a single value ({distinct[0]!r}); nothing to condition on")
     if len(distinct) > MAX_CATEGORIES:

@@ -95,8 +95,8 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            float32 input is not copied to float64 as a whole for validation;
-            the statistics are computed in float64 all the same.
+            The statistics (mean, covariances, projection) are computed in
+            float64 whatever the input dtype.
         y : None
             Ignored.
         sensitive_features : DataFrame of shape (n_samples, n_attributes)
@@ -138,7 +138,7 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         u, s, _ = np.linalg.svd(whiten @ (Xc.T @ Zc / len(Xc)), full_matrices=False)
         # Relative to the concepts' scale, not to the largest singular value: data that is already
         # erased has only rounding noise here, and none of it may count as a direction to remove.
-        concept_scale = np.sqrt((Zc**2).mean(axis=0).max(initial=0.0))
+        concept_scale = np.sqrt((np.einsum("ij,ij->j", Zc, Zc) / len(Zc)).max(initial=0.0))
         u = u[:, s > self.tolerance * max(concept_scale, np.finfo(float).tiny)]
         return (unwhiten @ (u @ u.T) @ whiten).T
 
@@ -164,8 +164,8 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
         The groups serve only the covariance erasure; ``with_groups=False`` skips them.
         """
-        blocks = [self.schema_.encode(frame).astype(np.float64)]
-        groups = []
+        encoded = self.schema_.encode(frame)
+        groups, bins = [], []
         for attribute in self.schema_.attributes:
             if attribute.kind != "continuous":
                 if with_groups:
@@ -173,10 +173,16 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             elif self.continuous_bins:
                 values = frame[attribute.name].to_numpy(dtype=float)
                 edges = np.unique(np.quantile(values, np.linspace(0, 1, self.continuous_bins + 1)[1:-1]))
-                bins = np.searchsorted(edges, values, side="right")
-                blocks.append(np.eye(len(edges) + 1)[bins])
-                groups.append(bins)
-        return np.concatenate(blocks, axis=1), groups
+                bins.append((np.searchsorted(edges, values, side="right"), len(edges) + 1))
+                groups.append(bins[-1][0])
+        # One matrix: the encoded attributes, then a one-hot block per continuous attribute's bins.
+        concepts = np.zeros((len(encoded), encoded.shape[1] + sum(width for _, width in bins)))
+        concepts[:, : encoded.shape[1]] = encoded
+        offset, rows = encoded.shape[1], np.arange(len(encoded))
+        for labels, width in bins:
+            concepts[rows, offset + labels] = 1.0
+            offset += width
+        return concepts, groups
 
     def transform(self, X) -> np.ndarray:
         """Erase: ``X - (X - mean_) @ projection_``. Needs no sensitive attributes.

@@ -5,7 +5,8 @@ three one after the other, and the ratios are taken within a round):
 
 - the **Pillow decode ceiling**: decoding + resizing alone with the project's
   Pillow decoder (``decode_images``, its thread pool), the CPU ceiling of the
-  export (target: the export >= 70% of it on 2 cores);
+  export (target: the export >= 70% of it on 2 cores), and how many cores it
+  kept busy (its threads hold the GIL for part of each image);
 - the **export** (``export_latents``, concealment ``"full"``), with how its
   time was spent: waiting for decoded batches, encoding, writing, and the CPU
   time of the calling thread and of the decoder threads;
@@ -24,7 +25,7 @@ device (the GPU ceiling). Peak memory is measured in child processes for N and
 2N images: it must not grow with the number of images. Prints JSON.
 
     python benchmarks/encode_throughput.py [--folder DIR] [--images 3000] [--emulate avx2]
-        [--precision auto|float32|bfloat16] [--engine auto|torch|onnxruntime] [--rounds 3]
+        [--precision auto|float32|bfloat16] [--rounds 3]
         [--decoder auto|pil|torch] [--device auto] [--skip-memory] [--skip-dataloader] [--out FILE]
 """
 
@@ -73,13 +74,13 @@ def sample_files(folder: Path, n: int) -> list[str]:
     return [files[i] for i in sorted(np.random.default_rng(0).choice(len(files), n, replace=False))]
 
 
-def fitted_model(device: str = "auto", precision: str = "auto", engine: str = "auto"):
+def fitted_model(device: str = "auto", precision: str = "auto"):
     """The default architecture with its full concealment (weights untrained: speed does not depend on them)."""
     from bafo_pipeline import BAFOTransformer, make_synthetic_faces
 
     faces = make_synthetic_faces(256, random_state=0)
     return BAFOTransformer(
-        epochs=0, refine_epochs=1, device=device, precision=precision, engine=engine, random_state=0
+        epochs=0, refine_epochs=1, device=device, precision=precision, random_state=0
     ).fit(faces.images, sensitive_features=faces.sensitive_features)
 
 
@@ -98,7 +99,7 @@ def export_once(model, paths: list[str], out: Path, batch_size: int, decoder: st
     decoder_cpu = timings["process_cpu"] - timings["caller_cpu"]
     return {
         "images_per_second": len(paths) / seconds,
-        "settings": {key: recorded[key] for key in ("precision", "engine", "decoder")},
+        "settings": {key: recorded[key] for key in ("precision", "decoder")},
         "time_shares": {
             "waiting_for_decoder": round(timings["waiting_for_decoder"] / timings["wall"], 3),
             "encoding": round(timings["encoding"] / timings["wall"], 3),
@@ -122,13 +123,15 @@ def warm_up(model, paths: list[str], out: Path, batch_size: int, decoder: str) -
     model.transform(np.zeros((8, *IMAGE_SIZE, 3), dtype=np.uint8))
 
 
-def pil_decode_ceiling(paths: list[str]) -> float:
+def pil_decode_ceiling(paths: list[str]) -> tuple[float, float]:
+    """images/s of decoding alone, and the cores it kept busy (process CPU time / wall time)."""
     from bafo_pipeline.data import decode_images
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     images, kept, _ = decode_images(paths, size=IMAGE_SIZE)
     assert len(kept) == len(paths)
-    return len(paths) / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return len(paths) / seconds, (time.process_time() - cpu) / seconds
 
 
 class PillowFiles:
@@ -172,8 +175,7 @@ def device_decode_ceiling(paths: list[str], batch_size: int, device) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def peak_rss_mb(paths: list[str], folder: Path, batch_size: int, decoder: str, device: str, precision: str,
-                engine: str) -> float:
+def peak_rss_mb(paths: list[str], folder: Path, batch_size: int, decoder: str, device: str, precision: str) -> float:
     """Peak resident memory of a child process exporting ``paths``."""
     listing = folder / "child_paths.txt"
     listing.write_text("\n".join(paths))
@@ -181,13 +183,13 @@ def peak_rss_mb(paths: list[str], folder: Path, batch_size: int, decoder: str, d
         "import sys, resource; sys.path.insert(0, sys.argv[1]);"
         "from encode_throughput import export_once, fitted_model; from pathlib import Path;"
         "paths = Path(sys.argv[2]).read_text().splitlines();"
-        "model = fitted_model(*sys.argv[5:8]);"
+        "model = fitted_model(*sys.argv[5:7]);"
         "export_once(model, paths, Path(sys.argv[2]).parent / 'child.parquet', int(sys.argv[3]), sys.argv[4]);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     output = subprocess.run(
         [sys.executable, "-c", code, str(Path(__file__).parent), str(listing), str(batch_size), decoder, device,
-         precision, engine],
+         precision],
         check=True, capture_output=True, text=True,
     ).stdout
     return int(output.strip().splitlines()[-1]) / 1024
@@ -209,20 +211,21 @@ def run(args) -> dict:
         paths = all_paths[: args.images]
         for path in all_paths:  # into the page cache, so no variant pays the first read
             Path(path).read_bytes()
-        model = fitted_model(args.device, args.precision, args.engine)
+        model = fitted_model(args.device, args.precision)
         warm_up(model, paths, folder / "latents.parquet", args.batch_size, args.decoder)
         rounds = []
         for _ in range(args.rounds):
-            ceiling = pil_decode_ceiling(paths)
+            ceiling, ceiling_cores = pil_decode_ceiling(paths)
             export = export_once(model, paths, folder / "latents.parquet", args.batch_size, args.decoder)
             loop = None if args.skip_dataloader else dataloader_loop(model, paths, folder / "loop.parquet", args.batch_size)
-            rounds.append({"pil_decode_ceiling": round(ceiling, 1), "export": export,
+            rounds.append({"pil_decode_ceiling": round(ceiling, 1), "pil_decode_ceiling_cores_busy": round(ceiling_cores, 2),
+                           "export": export,
                            "dataloader_loop": None if loop is None else round(loop, 1),
                            "load_average_1min": round(os.getloadavg()[0], 2)})
         device_ceiling = device_decode_ceiling(paths, args.batch_size, device) if args.decoder == "torch" else None
         memory = None if args.skip_memory else {
             f"{n}_images": round(peak_rss_mb(all_paths[:n], folder, args.batch_size, args.decoder, args.device,
-                                             args.precision, args.engine), 1)
+                                             args.precision), 1)
             for n in (args.images, 2 * args.images)
         }
     exports = [r["export"]["images_per_second"] for r in rounds]
@@ -260,7 +263,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--decoder", choices=["auto", "pil", "torch"], default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
-    parser.add_argument("--engine", choices=["auto", "torch", "onnxruntime"], default="auto")
     parser.add_argument("--emulate", choices=sorted(EMULATIONS), help="Cap torch's and oneDNN's instruction set.")
     parser.add_argument("--skip-memory", action="store_true", help="Skip the two child-process memory runs.")
     parser.add_argument("--skip-dataloader", action="store_true", help="Skip the DataLoader loop.")

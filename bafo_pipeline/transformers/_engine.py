@@ -17,7 +17,7 @@ import torch
 
 from ..model import BAFONetwork
 from ._folding import ConcealedEncoder, concealed_encoder
-from ._slices import in_slices
+from ._slices import CPU_SLICE, in_slices
 
 
 class TorchEncoder:
@@ -44,7 +44,15 @@ class TorchEncoder:
             images = torch.from_numpy(images)
         if self._device.type != "cpu":
             return self._encode(images)
-        return in_slices(self._encode, images, self._encoder.latent_dim)
+        return in_slices(self._encode_full_slice, images, self._encoder.latent_dim)
+
+    def _encode_full_slice(self, images: torch.Tensor) -> np.ndarray:
+        # A short last slice is padded to a full one: the kernels then never see another batch size,
+        # so a row's latent is bit for bit the same whatever batch it came in.
+        n = len(images)
+        if n < CPU_SLICE:
+            images = torch.cat([images, images.new_zeros((CPU_SLICE - n, *images.shape[1:]))])
+        return self._encode(images)[:n]
 
     def _encode(self, images: torch.Tensor) -> np.ndarray:
         pixels = images.to(self._device, non_blocking=True)

@@ -7,7 +7,9 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,7 +144,7 @@ def export_latents(
     label_schema = {c: _arrow_type(label_frame[c]) for c in label_frame.columns} if include_labels else None
     report = ExportReport()
     clock = _StageClock()
-    with _encoder_threads_beside_decoding(device, decoder if isinstance(source, pd.DataFrame) else None):
+    with _encoders_beside_decoding(device, decoder if isinstance(source, pd.DataFrame) else None) as encode:
         encoder = estimator._image_encoder()
         provenance = {
             "model_fingerprint": None,
@@ -169,7 +171,7 @@ def export_latents(
                     report.skipped.append((row, _redact(reason)))
                 if len(rows):
                     with clock.stage("encoding"):
-                        latents = estimator._latents_of_images(images)
+                        latents = encode(estimator, images)
                     with clock.stage("writing"):
                         writer.write_batch(
                             ids[rows], latents,
@@ -208,23 +210,51 @@ class _StageClock:
 
 
 @contextmanager
-def _encoder_threads_beside_decoding(device: torch.device, decoder: str | None):
-    """While Pillow decodes in a thread pool on the CPU, give the CPU encoder only the remaining cores.
+def _encoders_beside_decoding(device: torch.device, decoder: str | None):
+    """Share the CPU between Pillow's decoder threads and the encoder; yields ``encode(estimator, images)``.
 
-    Decoding is the slower stage and its pool stays busy (it prefetches the next
-    batch); an encoder that also claims every core makes the threads preempt each
-    other. Measured on 2 cores: 0.64-0.72 of the decode ceiling with 2 encoder
-    threads, 0.77-0.89 with 1 (benchmarks/encode_throughput.py).
+    The encoder gets the intra-op threads the decoder pool leaves (at least one):
+    intra-op threads wait for each other at every operation, so when they
+    outnumber the free cores they stall (2 cores: 0.64-0.72 of the decode
+    ceiling with 2 intra-op threads, 0.77-0.89 with 1 and bf16; 0.19 against
+    0.52 with float32 on a loaded machine; benchmarks/encode_throughput.py).
+
+    Where that leaves one intra-op thread on a machine with several cores, two
+    Python threads encode the two halves of each batch instead, each with that
+    one thread: they never wait for each other, and the scheduler gives them
+    whatever CPU the decoders leave. The decoders hold the GIL for part of
+    every image, so on 2 cores they keep about one core busy, and without its
+    second thread a float32 encoder (slower than decoding per image on an
+    AVX2-only CPU) would leave the rest idle. A row's latent does not depend on
+    how its batch is split.
     """
     if device.type != "cpu" or decoder != "pil":
-        yield
+        yield _encode_whole
         return
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - _resolve_n_jobs(None)))
+    intra_op = max(1, threads - _resolve_n_jobs(None))
+    torch.set_num_threads(intra_op)
+    workers = 2 if intra_op == 1 and (os.cpu_count() or 1) > 1 else 1
+    pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="bafo-encode") if workers > 1 else None
     try:
-        yield
+        yield _encode_whole if pool is None else partial(_encode_halves, pool)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
         torch.set_num_threads(threads)
+
+
+def _encode_whole(estimator, images) -> np.ndarray:
+    return estimator._latents_of_images(images)
+
+
+def _encode_halves(pool: ThreadPoolExecutor, estimator, images) -> np.ndarray:
+    half = (len(images) + 1) // 2
+    if half == 0 or half == len(images):
+        return estimator._latents_of_images(images)
+    second = pool.submit(estimator._latents_of_images, images[half:])
+    first = estimator._latents_of_images(images[:half])
+    return np.concatenate([first, second.result()])
 
 
 def _image_batches(

@@ -42,11 +42,15 @@ def isa_emulation() -> dict:
     """
     import torch
 
-    from bafo_pipeline.transformers._inference import native_bfloat16
-
     result = {name: os.environ.get(name) for name in ISA_CAPS}
     result["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    result["native_bfloat16_as_seen_by_torch"] = native_bfloat16(torch.device("cpu"))
+    # What precision="auto" consults (oneDNN's view, which ONEDNN_MAX_CPU_ISA caps).
+    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        native = bool(torch.backends.mkldnn.is_available() and checker is not None and checker())
+    except RuntimeError:
+        native = False
+    result["native_bfloat16_as_seen_by_torch"] = native
     try:
         import onnxruntime
 

@@ -70,7 +70,7 @@ def image_encoder(network: BAFONetwork, steps: tuple, device: torch.device, bflo
     """The encoder for ``network`` followed by the concealment ``steps`` (``(erasure, refiner, final_erasure)``,
     ``None`` where absent), made once per device and precision and reused while the network and steps stay the same."""
     encoders = _ENCODERS.setdefault(network, {})
-    key = (str(device), bfloat16)
+    key = (str(device), bfloat16, tuple(step is None for step in steps))  # concealed and raw side by side
     cached = encoders.get(key)
     if cached is not None and all(a is b for a, b in zip(cached[0], steps)):
         return cached[1]

@@ -74,8 +74,7 @@ def runtimes(model, calibration: np.ndarray, compile_too: bool) -> tuple[dict, d
     from bafo_pipeline.transformers._engine import TorchEncoder
     from bafo_pipeline.transformers._folding import concealed_encoder
 
-    folded = concealed_encoder(model.network_, erasure=model.erasure_, refiner=model.refiner_,
-                               final_erasure=model.final_erasure_)
+    folded = concealed_encoder(model.network_, [model.erasure_, model.refiner_, model.final_erasure_])
     sliced = TorchEncoder(folded, torch.device("cpu"), bfloat16=False)
     whole = TorchEncoder(folded, torch.device("cpu"), bfloat16=False)
     found = {

@@ -9,8 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from sklearn.preprocessing import StandardScaler
+
 from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, read_latents
 from bafo_pipeline.transformers import _inference
+from bafo_pipeline.transformers._engine import image_encoder
 
 SIZE = 32
 
@@ -32,26 +35,22 @@ def _refit(model, faces, concealment: str) -> BAFOTransformer:
     return twin.fit_concealment(faces.images, sensitive_features=faces.sensitive_features)
 
 
-def _float64_reference(model, images: np.ndarray) -> np.ndarray:
-    """The unfolded chain in float64: encoder mean, erasure, refiner (standardise, MLP mean), final erasure."""
+def _float64_reference(model, images: np.ndarray, steps=None) -> np.ndarray:
+    """The unfolded chain in float64: encoder mean, then each step (erasure; refiner: standardise, MLP mean)."""
     encoder = copy.deepcopy(model.network_.encoder).double()
     pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float64) / 255.0)
     with torch.no_grad():
         latents = encoder.head(encoder.features(pixels).flatten(1))[:, : model.latent_dim].numpy()
-
-    def erase(eraser, x):
-        return x - (x - eraser.mean_) @ eraser.projection_
-
-    if model.erasure_ is None:
-        return latents
-    latents = erase(model.erasure_, latents)
-    if model.refiner_ is None:
-        return latents
-    refiner = model.refiner_
-    standardised = (latents - refiner.feature_mean_) / refiner.feature_scale_
-    with torch.no_grad():
-        refined = copy.deepcopy(refiner.network_).double().encode(torch.from_numpy(standardised))[0].numpy()
-    return erase(model.final_erasure_, refined)
+    if steps is None:
+        steps = [s for s in (model.erasure_, model.refiner_, model.final_erasure_) if s is not None]
+    for step in steps:
+        if hasattr(step, "projection_"):
+            latents = latents - (latents - step.mean_) @ step.projection_
+            continue
+        standardised = (latents - step.feature_mean_) / step.feature_scale_
+        with torch.no_grad():
+            latents = copy.deepcopy(step.network_).double().encode(torch.from_numpy(standardised))[0].numpy()
+    return latents
 
 
 @pytest.mark.parametrize("concealment", ["none", "linear", "full"])
@@ -63,6 +62,23 @@ def test_folded_encoder_equals_the_unfolded_chain_in_float64(model, faces, conce
     reference = _float64_reference(fitted, faces.images)
     assert latents.dtype == np.float32 and latents.shape == reference.shape
     assert np.abs(latents - reference).max() < 1e-4 * reference.std()
+
+
+def test_any_list_of_erasures_and_refiners_folds(model, faces):
+    fitted = _refit(model, faces, "full")
+    steps = [fitted.erasure_, fitted.refiner_, fitted.final_erasure_, fitted.refiner_, fitted.final_erasure_]
+    encoder = image_encoder(fitted.network_, steps, torch.device("cpu"), bfloat16=False)
+    latents = encoder(faces.images.transpose(0, 3, 1, 2))
+    reference = _float64_reference(fitted, faces.images, steps)
+    assert np.abs(latents - reference).max() < 1e-4 * reference.std()
+
+
+def test_a_step_that_cannot_be_folded_runs_after_the_network(model, faces):
+    raw = model.transform(faces.images, conceal=False)
+    scaler = StandardScaler().fit(raw)  # affine, but not an erasure: not folded
+    encoder = image_encoder(model.network_, [model.erasure_, scaler], torch.device("cpu"), bfloat16=False)
+    expected = scaler.transform(model.erasure_.transform(raw))
+    np.testing.assert_allclose(encoder(faces.images.transpose(0, 3, 1, 2)), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_refitting_the_concealment_rebuilds_the_folded_encoder(model, faces):

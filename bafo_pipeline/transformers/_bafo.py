@@ -419,22 +419,23 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     def _image_encoder(self, *, conceal: bool = True) -> TorchEncoder:
         """The folded network from uint8 images to (concealed) latents, per ``precision`` (see ``_engine``)."""
         device = resolve_device(self.device)
-        steps = self._concealment_steps() if conceal else (None, None, None)
+        steps = self._concealment_steps() if conceal else []
         return image_encoder(self.network_, steps, device, uses_bfloat16(self.precision, device, self.network_))
 
-    def _concealment_steps(self) -> tuple:
-        """``(erasure, refiner, final_erasure)`` as fitted (``None`` where absent)."""
+    def _concealment_steps(self) -> list:
+        """The fitted concealment steps in order (erasure, refiner, final erasure; those present)."""
         if getattr(self, "erasure_", None) is None and self.schema_ is not None and self.concealment != "none":
             # Never hand out unconcealed latents under a setting that promises concealment.
             raise ValueError(
                 f"concealment={self.concealment!r} is set but its steps are not fitted; "
                 "call fit_concealment(X, sensitive_features=...) first"
             )
-        return getattr(self, "erasure_", None), getattr(self, "refiner_", None), getattr(self, "final_erasure_", None)
+        steps = (getattr(self, name, None) for name in ("erasure_", "refiner_", "final_erasure_"))
+        return [step for step in steps if step is not None]
 
     def _conceal(self, means: np.ndarray) -> np.ndarray:
         """Apply the fitted concealment steps to posterior means (no sensitive features needed)."""
-        if self._concealment_steps()[0] is None:
+        if not self._concealment_steps():
             return means
         latents = self.erasure_.transform(means)
         if self.refiner_ is not None:

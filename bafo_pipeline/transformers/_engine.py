@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..model import BAFONetwork
-from ._folding import ConcealedEncoder, concealed_encoder
+from ._folding import ConcealedEncoder, NotFoldable, concealed_encoder
 from ._slices import CPU_SLICE, in_slices
 
 
@@ -29,12 +29,15 @@ class TorchEncoder:
     device : torch.device
     bfloat16 : bool
         Run the convolutions under bfloat16 autocast (the linear layers stay float32).
+    unfolded_steps : sequence, optional
+        Concealment steps that could not be folded, applied after the network with their ``transform``.
     """
 
-    def __init__(self, encoder: ConcealedEncoder, device: torch.device, bfloat16: bool):
+    def __init__(self, encoder: ConcealedEncoder, device: torch.device, bfloat16: bool, unfolded_steps=()):
         self._encoder = encoder.to(device).to(memory_format=torch.channels_last).eval()
         self._device = device
         self.bfloat16 = bfloat16
+        self._unfolded_steps = tuple(unfolded_steps)
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """Latents of uint8 images ``(n, C, H, W)`` (array or tensor, any strides, any device), float32."""
@@ -43,8 +46,12 @@ class TorchEncoder:
                 images = np.ascontiguousarray(images)
             images = torch.from_numpy(images)
         if self._device.type != "cpu":
-            return self._encode(images)
-        return in_slices(self._encode_full_slice, images, self._encoder.latent_dim)
+            latents = self._encode(images)
+        else:
+            latents = in_slices(self._encode_full_slice, images, self._encoder.latent_dim)
+        for step in self._unfolded_steps:
+            latents = step.transform(latents)
+        return np.asarray(latents).astype(np.float32, copy=False)
 
     def _encode_full_slice(self, images: torch.Tensor) -> np.ndarray:
         # A short last slice is padded to a full one: the kernels then never see another batch size,
@@ -66,16 +73,22 @@ class TorchEncoder:
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def image_encoder(network: BAFONetwork, steps: tuple, device: torch.device, bfloat16: bool) -> TorchEncoder:
-    """The encoder for ``network`` followed by the concealment ``steps`` (``(erasure, refiner, final_erasure)``,
-    ``None`` where absent), made once per device and precision and reused while the network and steps stay the same."""
+def image_encoder(network: BAFONetwork, steps, device: torch.device, bfloat16: bool) -> TorchEncoder:
+    """The encoder for ``network`` followed by the fitted concealment ``steps`` (in order; empty for raw
+    posterior means), made once per device and precision and reused while the network and steps stay the same.
+
+    Steps are folded into the network where they can be (see :func:`~._folding.concealed_encoder`);
+    if one cannot, all of them run after the network, one by one.
+    """
+    steps = tuple(steps)
     encoders = _ENCODERS.setdefault(network, {})
-    key = (str(device), bfloat16, tuple(step is None for step in steps))  # concealed and raw side by side
+    key = (str(device), bfloat16, bool(steps))  # raw and concealed encoders side by side
     cached = encoders.get(key)
-    if cached is not None and all(a is b for a, b in zip(cached[0], steps)):
+    if cached is not None and len(cached[0]) == len(steps) and all(a is b for a, b in zip(cached[0], steps)):
         return cached[1]
-    erasure, refiner, final_erasure = steps
-    folded = concealed_encoder(network, erasure=erasure, refiner=refiner, final_erasure=final_erasure)
-    encoder = TorchEncoder(folded, device, bfloat16)
+    try:
+        encoder = TorchEncoder(concealed_encoder(network, steps), device, bfloat16)
+    except NotFoldable:
+        encoder = TorchEncoder(concealed_encoder(network), device, bfloat16, unfolded_steps=steps)
     encoders[key] = (steps, encoder)
     return encoder

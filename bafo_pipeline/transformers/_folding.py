@@ -1,11 +1,12 @@
 """One network from pixels to concealed latents: the encoder's mean path with the concealment folded in.
 
 The concealment of a fitted :class:`~bafo_pipeline.BAFOTransformer` is a chain
-of affine maps around one small MLP (``"full"``: erasure, the refiner's
-standardisation, its MLP encoder, the final erasure; ``"linear"``: one
-erasure). Every affine map next to a linear layer is multiplied into that
-layer here, in float64, so inference runs one network instead of the encoder,
-then NumPy, then a second estimator. Only the posterior mean is kept (the
+of affine maps and small MLPs (``"full"``: erasure, the refiner's
+standardisation and MLP encoder, the final erasure; ``"linear"``: one
+erasure; any list of such steps folds the same way). Every affine map next to
+a linear layer is multiplied into that layer here, in float64, so inference
+runs one network instead of the encoder, then NumPy, then a second estimator.
+A step of another kind cannot be folded (:class:`NotFoldable`). Only the posterior mean is kept (the
 log-variance half of the head is not computed). The convolutions are copied
 as they are (pixels are still scaled to [0, 1] first), so under bfloat16 they
 round exactly as the unfolded encoder does.
@@ -16,6 +17,7 @@ the latents' spread; ``tests/test_engine.py``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,44 +99,65 @@ class ConcealedEncoder(nn.Module):
         return out
 
 
-def concealed_encoder(
-    network: BAFONetwork, *, erasure=None, refiner=None, final_erasure=None
-) -> ConcealedEncoder:
-    """Fold a conv network's mean path and its fitted concealment steps into one :class:`ConcealedEncoder`.
+class NotFoldable(TypeError):
+    """A concealment step that is neither an affine map nor an MLP refiner: it cannot join the network."""
+
+
+def concealed_encoder(network: BAFONetwork, steps: Sequence = ()) -> ConcealedEncoder:
+    """Fold a conv network's mean path and its fitted concealment ``steps`` into one :class:`ConcealedEncoder`.
 
     Parameters
     ----------
     network : BAFONetwork
         A conv network (its encoder is used).
-    erasure : LinearErasure, optional
-        The first erasure (``concealment`` ``"linear"`` or ``"full"``).
-    refiner : BAFOTransformer, optional
-        The tabular refiner of ``"full"``; needs ``final_erasure`` too.
-    final_erasure : LinearErasure, optional
+    steps : sequence
+        Fitted concealment steps, applied in order: affine erasures (anything
+        with ``mean_`` and ``projection_``, such as :class:`LinearErasure`)
+        and MLP refiners (a tabular :class:`BAFOTransformer`, or a step
+        holding one as ``model_``).
 
     Returns
     -------
     ConcealedEncoder
         In eval mode, float32, on the CPU.
+
+    Raises
+    ------
+    NotFoldable
+        For any other kind of step (the caller then runs the steps one by one).
     """
     if network.config.kind != "conv":
         raise ValueError("only convolutional (image) networks are folded; tabular models run as they are")
-    if (refiner is None) != (final_erasure is None) or (refiner is not None and erasure is None):
-        raise ValueError("the refiner comes with both erasures")
     encoder = network.encoder
     latent_dim = network.config.latent_dim
-    features = _copy_features(encoder.features)
     head_weight = encoder.head.weight.detach().double().cpu().numpy()[:latent_dim]
-    head = AffineMap(head_weight.T, encoder.head.bias.detach().double().cpu().numpy()[:latent_dim])
-    tail = None
-    if refiner is None and erasure is not None:
-        head = head.then(AffineMap.erasure(erasure))
-    elif refiner is not None:
-        into_refiner = AffineMap.erasure(erasure).then(
-            AffineMap.standardisation(refiner.feature_mean_, refiner.feature_scale_)
-        )
-        tail = _folded_mlp(refiner.network_, into_refiner, AffineMap.erasure(final_erasure))
-    return ConcealedEncoder(features, _linear(head), tail).eval()
+    # ``open_layer``: the last linear layer, not yet emitted; ``pending``: the affine steps after it.
+    open_layer = AffineMap(head_weight.T, encoder.head.bias.detach().double().cpu().numpy()[:latent_dim])
+    pending: AffineMap | None = None
+    emitted: list[nn.Module] = []
+    for step in steps:
+        if hasattr(step, "projection_") and hasattr(step, "mean_"):
+            affine = AffineMap.erasure(step)
+            pending = affine if pending is None else pending.then(affine)
+            continue
+        refiner = _mlp_refiner(step)
+        before = AffineMap.standardisation(refiner.feature_mean_, refiner.feature_scale_)
+        emitted.append(_linear(open_layer))
+        layers, open_layer = _mlp_layers(refiner.network_, before if pending is None else pending.then(before))
+        emitted += layers
+        pending = None
+    last = _linear(open_layer if pending is None else open_layer.then(pending))
+    head, tail = (last, None) if not emitted else (emitted[0], nn.Sequential(*emitted[1:], last))
+    return ConcealedEncoder(_copy_features(encoder.features), head, tail).eval()
+
+
+def _mlp_refiner(step):
+    """The tabular BAFOTransformer a refiner step runs (the step itself, or its ``model_``)."""
+    model = getattr(step, "model_", step)
+    network = getattr(model, "network_", None)
+    if network is None or network.config.kind != "mlp" or not hasattr(model, "feature_mean_"):
+        raise NotFoldable(f"a {type(step).__name__} step cannot be folded into the encoder")
+    return model
 
 
 def _copy_features(features: nn.Sequential) -> nn.Sequential:
@@ -151,8 +174,9 @@ def _copy_features(features: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _folded_mlp(network: BAFONetwork, before: AffineMap, after: AffineMap) -> nn.Sequential:
-    """The refiner's MLP encoder (mean outputs only) with ``before`` folded into its first layer, ``after`` into its last."""
+def _mlp_layers(network: BAFONetwork, before: AffineMap) -> tuple[list[nn.Module], AffineMap]:
+    """A refiner's MLP encoder: its layers with ``before`` folded into the first, and its last
+    layer (mean outputs only) as an affine map, left open for the steps after it."""
     layers = list(network.encoder.net)
     linears = [i for i, module in enumerate(layers) if isinstance(module, nn.Linear)]
     out: list[nn.Module] = []
@@ -162,7 +186,7 @@ def _folded_mlp(network: BAFONetwork, before: AffineMap, after: AffineMap) -> nn
             out.append(nn.SiLU())
             continue
         if not isinstance(module, nn.Linear):
-            raise TypeError(f"no inference rule for refiner layer {type(module).__name__}")
+            raise NotFoldable(f"no inference rule for refiner layer {type(module).__name__}")
         weight = module.weight.detach().double().cpu().numpy()
         bias = module.bias.detach().double().cpu().numpy()
         if i == linears[-1]:
@@ -171,9 +195,9 @@ def _folded_mlp(network: BAFONetwork, before: AffineMap, after: AffineMap) -> nn
         if i == linears[0]:
             affine = before.then(affine)
         if i == linears[-1]:
-            affine = affine.then(after)
+            return out, affine
         out.append(_linear(affine))
-    return nn.Sequential(*out)
+    raise NotFoldable("a refiner network without layers")
 
 
 def _linear(affine: AffineMap) -> nn.Linear:

@@ -61,7 +61,7 @@ class ConcealedEncoder(nn.Module):
     head : nn.Linear
         Flattened features → latent (affine maps folded in).
     tail : nn.Sequential, optional
-        The refiner's MLP (affine maps folded into its first and last layers).
+        The refiners' MLP layers, the affine steps folded into their first and last layers.
     """
 
     def __init__(self, features: nn.Sequential, head: nn.Linear, tail: nn.Sequential | None = None):

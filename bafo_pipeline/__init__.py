@@ -7,16 +7,15 @@ The public API:
 - :func:`make_synthetic_faces`, :func:`load_utkface`, :func:`load_manifest` — data.
 - :func:`save_model`, :func:`load_model` — model directories.
 - :func:`export_latents`, :func:`read_latents` — Parquet latent datasets.
-- :func:`audit_representations` — the leakage audit.
+- :func:`bafo_pipeline.audits.audit_leakage`, :func:`bafo_pipeline.audits.run_audit` — the leakage audit.
 """
 
 from ._version import package_version
 from .attributes import Attribute, AttributeSchema
 from .data import FaceDataset, load_manifest, load_utkface, make_synthetic_faces
 from .io import read_latents, write_latents
-from .io.export import export_latents
-from .io.model_io import load_model, save_model
-from .transformers import BAFOTransformer, LinearErasure
+from .pipeline import export_latents
+from .transformers import BAFOTransformer, LinearErasure, load_model, save_model
 
 __version__ = package_version()
 

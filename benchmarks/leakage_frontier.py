@@ -276,7 +276,7 @@ def machine_info(device: str, threads: int, audit_threads: int) -> dict:
     import sklearn
     import torch
 
-    from bafo_pipeline.training import resolve_device
+    from bafo_pipeline._utils import resolve_device
 
     cpu_model = platform.processor() or platform.machine()
     try:
@@ -323,7 +323,7 @@ def machine_info(device: str, threads: int, audit_threads: int) -> dict:
 
 def load_real(model_dir: Path, utkface: Path, device: str):
     from bafo_pipeline import load_model, load_utkface
-    from bafo_pipeline.io.model_io import read_model_config
+    from bafo_pipeline.transformers import read_model_config
 
     config = read_model_config(model_dir)
     split = config.get("metadata", {}).get("split", {"test_fraction": 0.15, "seed": 0})
@@ -1060,7 +1060,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
         (
             "- Reconstruction uses the true labels, so it measures what concealment costs the image content. "
             "**Attribute control (does a decode with changed labels show the new attributes?) was not "
-            "measured in this run**: it needs an independent judge (`bafo_pipeline.judges.FaceJudge`), too "
+            "measured in this run**: it needs an independent judge (`benchmarks/judges.py`), too "
             "slow to train on this shared CPU in the time budget."
         ),
         (

@@ -10,15 +10,8 @@ from safetensors.torch import load_file
 
 from bafo_pipeline._version import package_version
 from bafo_pipeline.data.synthetic import make_synthetic_faces
-from bafo_pipeline.io.model_io import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    load_model,
-    model_fingerprint,
-    read_model_config,
-    save_model,
-)
-from bafo_pipeline.transformers import BAFOTransformer
+from bafo_pipeline.transformers import BAFOTransformer, load_model, model_fingerprint, read_model_config, save_model
+from bafo_pipeline.transformers._persistence import CONFIG_NAME, WEIGHTS_NAME
 
 VALUES = {"age": 60, "gender": 0.5, "ethnicity": {"indian": 1.0, "others": 1.0}}
 

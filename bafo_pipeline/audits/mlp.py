@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._device import resolve_device
+from .._utils.device import resolve_device
 
 __all__ = ["TorchMLPProbe", "resolve_device"]
 

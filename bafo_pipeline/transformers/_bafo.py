@@ -15,12 +15,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._nn.inference import PRECISIONS, InferenceSettings, inference_network
+from .._nn.inputs import network_input
+from .._nn.network import BAFONetwork, NetworkConfig, vae_loss_terms
+from .._nn.training import Trainer, TrainingConfig, fit_decoder
+from .._utils.device import autocast, resolve_device
+from .._utils.progress import epoch_progress
 from ..attributes import AttributeSchema
-from ..model import BAFONetwork, NetworkConfig, vae_loss_terms
-from .._device import resolve_device
-from ..training import Trainer, TrainingConfig, fit_decoder
 from ._erasure import LinearErasure
-from ._inference import PRECISIONS, autocast, inference_network, model_input
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
 
 DEFAULT_CONV_WIDTHS = (32, 64, 128)
@@ -314,7 +316,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         )
         device = resolve_device(self.device)
         trainer = Trainer(network, config, device, _condition_slices(schema))
-        with _epoch_progress(self.verbose, self.epochs) as on_epoch_end:
+        with epoch_progress(self.verbose, self.epochs) as on_epoch_end:
             self.history_ = trainer.fit(
                 torch.from_numpy(inputs),
                 torch.from_numpy(conditions),
@@ -381,7 +383,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             )
         if self.decoder_epochs:
             network = copy.deepcopy(self.network_)
-            with _epoch_progress(self.verbose, self.decoder_epochs, "fitting decoder") as on_epoch_end:
+            with epoch_progress(self.verbose, self.decoder_epochs, "fitting decoder") as on_epoch_end:
                 network.decoder = fit_decoder(
                     network.decoder, torch.from_numpy(self._conceal(means)), torch.from_numpy(conditions),
                     torch.from_numpy(np.ascontiguousarray(inputs)), epochs=self.decoder_epochs,
@@ -401,19 +403,57 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         tensor, on any device) or standardised features."""
         network, device, bf16 = self._inference_network()
         with torch.inference_mode(), autocast(device, bf16):
-            mean, logvar = network.encode(model_input(batch, device))
+            mean, logvar = network.encode(network_input(batch, device))
             if sample:
                 noise = torch.randn(mean.shape, generator=generator, device=device)
                 mean = mean + noise * torch.exp(0.5 * logvar)
         return mean.float().cpu().numpy()
 
-    def _latents_of_images(self, images, *, conceal: bool = True) -> np.ndarray:
-        """Latents of uint8 NCHW images (array or tensor) already decoded to the fitted size (the export's path)."""
+    def encode_images(self, images, *, conceal: bool = True) -> np.ndarray:
+        """Latents of a batch of decoded images: the fast path of exports and batch jobs.
+
+        Unlike :meth:`transform`, no input form is detected and nothing is
+        copied or re-checked per pixel: the batch is taken as the network
+        takes it.
+
+        Parameters
+        ----------
+        images : ndarray or Tensor of shape (n, C, H, W), uint8
+            Decoded to the fitted size and channel count; a NumPy array (any
+            strides, e.g. an NCHW view of NHWC pixels) or a tensor, possibly
+            already on the estimator's device.
+        conceal : bool, default=True
+            Apply the fitted concealment steps (see :meth:`transform`).
+
+        Returns
+        -------
+        Z : ndarray of shape (n, latent_dim), float32
+        """
+        check_is_fitted(self)
+        if not self.input_format_.is_image:
+            raise ValueError("encode_images needs an image model; this one was fitted on tabular data")
         height, width, channels = self.input_format_.shape
         if images.dtype not in (np.uint8, torch.uint8) or tuple(images.shape[1:]) != (channels, height, width):
-            raise ValueError(f"expected uint8 images of shape (n, {channels}, {height}, {width}), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"expected uint8 images of shape (n, {channels}, {height}, {width}), "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
         means = self._encode(images)
         return self._conceal(means) if conceal else means
+
+    def inference_settings(self) -> InferenceSettings:
+        """The device :meth:`transform` and :meth:`encode_images` run on, and their arithmetic.
+
+        Returns
+        -------
+        InferenceSettings
+            ``device`` (a ``torch.device``, ``"auto"`` resolved) and
+            ``precision`` (``"bfloat16"`` or ``"float32"``, ``"auto"``
+            resolved for this model on this device).
+        """
+        check_is_fitted(self)
+        _, device, bf16 = self._inference_network()
+        return InferenceSettings(device, "bfloat16" if bf16 else "float32")
 
     def _conceal(self, means: np.ndarray) -> np.ndarray:
         """Apply the fitted concealment steps to posterior means (no sensitive features needed)."""
@@ -636,7 +676,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         network, device, _ = self._inference_network()  # float32: scores must compare across machines
         total, count = 0.0, 0
         for indices, batch in self._encode_batches(X, self.input_format_, 1024):
-            x = model_input(batch, device)
+            x = network_input(batch, device)
             rows = None if frame is None else frame.iloc[indices]
             c = torch.from_numpy(self._encode_conditions(rows, len(x), allow_fractional=False)).to(device)
             with torch.inference_mode():
@@ -755,32 +795,3 @@ def _seed_from(random_state) -> int:
     if isinstance(random_state, Integral) and not isinstance(random_state, bool):
         return int(random_state)
     return int(check_random_state(random_state).randint(2**31 - 1))
-
-
-class _epoch_progress:
-    """A tqdm bar over epochs when verbose, else a no-op callback."""
-
-    def __init__(self, verbose: int, epochs: int, description: str = "training"):
-        self.bar = None
-        if verbose:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=epochs, desc=description, unit="epoch")
-
-    def __enter__(self):
-        if self.bar is None:
-            return None
-
-        def on_epoch_end(record: dict) -> None:
-            self.bar.update(1)
-            postfix = {"loss": f"{record.get('loss', float('nan')):.1f}"}
-            if "validation_loss" in record:
-                postfix["val"] = f"{record['validation_loss']:.1f}"
-            postfix["img_s"] = f"{record['images_per_second']:.0f}"
-            self.bar.set_postfix(postfix)
-
-        return on_epoch_end
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -1,5 +1,7 @@
 """Independent judges: a CNN that predicts age, gender and ethnicity from face images.
 
+Benchmark tooling (used by ``reproduce_paper.py``), not part of the package.
+
 The paper checked its decoded faces with outside models (a commercial gender API
 and an age classifier with RMSE 6.75). :class:`FaceJudge` plays that role here:
 a separate network, sharing nothing with the BAFO encoder, trained on real
@@ -22,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.nn import functional as F
 
-from .training import resolve_device
+from bafo_pipeline._utils import resolve_device
 
 __all__ = ["FaceJudge", "JudgeNetwork"]
 

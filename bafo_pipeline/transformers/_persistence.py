@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .._nn.network import BAFONetwork, NetworkConfig
 from .._version import package_version
 from ..attributes import AttributeSchema
-from ..model import BAFONetwork, NetworkConfig
-from ..transformers import BAFOTransformer, LinearErasure
-from ..transformers._inputs import InputFormat
+from ._bafo import BAFOTransformer
+from ._erasure import LinearErasure
+from ._inputs import InputFormat
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io._atomic import atomic_write_path
-from ._device import resolve_device  # noqa: F401  (re-exported: part of this module's API)
+from .._utils.atomic import atomic_write_path
+from .._utils.device import autocast
 from .adversary import AttributeAdversary, ConditionSlice
 from .independence import independence_penalty
-from .model import BAFONetwork, vae_loss_terms
+from .inputs import network_input
+from .network import BAFONetwork, vae_loss_terms
 
 
 @dataclass(frozen=True)
@@ -66,16 +67,9 @@ class TrainingConfig:
             raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
 
 
-def _training_autocast(device: torch.device):
+def training_autocast(device: torch.device):
     """The training precision: bf16 autocast on CUDA, float32 elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def _to_model_input(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW images → float in [0, 1], channels_last; float features pass through."""
-    if batch.dtype == torch.uint8:
-        return (batch.float() / 255.0).contiguous(memory_format=torch.channels_last)
-    return batch
+    return autocast(device, enabled=device.type == "cuda")
 
 
 class Trainer:
@@ -121,7 +115,7 @@ class Trainer:
         self._n_samples: int | None = None
 
     def _autocast(self):
-        return _training_autocast(self.device)
+        return training_autocast(self.device)
 
     def _loss(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The batch loss and its parts, as on-device tensors (no host sync)."""
@@ -215,7 +209,7 @@ class Trainer:
                 index = permutation[start : start + cfg.batch_size]
                 if len(index) < 2:  # a one-row batch has no spread for the independence penalty
                     continue
-                loss, parts = self._loss(_to_model_input(inputs[index]), conditions[index])
+                loss, parts = self._loss(network_input(inputs[index], self.device), conditions[index])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -257,7 +251,7 @@ class Trainer:
         self.network.eval()
         total = torch.zeros((), device=self.device)
         for start in range(0, len(inputs), batch_size):
-            x = _to_model_input(inputs[start : start + batch_size].to(self.device))
+            x = network_input(inputs[start : start + batch_size], self.device)
             c = conditions[start : start + batch_size].to(self.device, torch.float32)
             with self._autocast():
                 mean, logvar = self.network.encode(x)
@@ -367,8 +361,8 @@ def fit_decoder(
         order = torch.randperm(len(latents), generator=generator).to(device)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            x = _to_model_input(inputs[index])
-            with _training_autocast(device):
+            x = network_input(inputs[index], device)
+            with training_autocast(device):
                 reconstruction = decoder(latents[index], conditions[index])
             loss = (reconstruction.float() - x.float()).pow(2).flatten(1).sum(1).mean()
             optimizer.zero_grad(set_to_none=True)

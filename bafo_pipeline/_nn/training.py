@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -67,6 +68,25 @@ class TrainingConfig:
             raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
 
 
+class TrainingHook(Protocol):
+    """A concealment step's part in the encoder's training (``step.training_hook(latent_dim, condition_slices)``).
+
+    The place for erasure learned inside training: between encoder and decoder
+    the hook may replace the sampled latent the decoder sees (e.g. by an eraser
+    refreshed from running class-conditional statistics), and it adds a term
+    to the loss (e.g. a distribution-matching penalty on the posterior means).
+    Its state is not part of training checkpoints.
+    """
+
+    def latent(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """What the decoder receives instead of the sampled latent ``z`` (training and validation)."""
+        ...
+
+    def loss(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """A scalar added to the batch loss; ``mean`` is the posterior mean (gradients flow to the encoder)."""
+        ...
+
+
 def training_autocast(device: torch.device):
     """The training precision: bf16 autocast on CUDA, float32 elsewhere."""
     return autocast(device, enabled=device.type == "cuda")
@@ -83,6 +103,8 @@ class Trainer:
     condition_slices : list of (int, int, str)
         Column range and kind of each attribute in the condition vector (for
         the independence penalty and the adversaries).
+    hooks : sequence of TrainingHook, default=()
+        Concealment steps taking part in training (see :class:`TrainingHook`).
     """
 
     def __init__(
@@ -91,6 +113,7 @@ class Trainer:
         config: TrainingConfig,
         device: torch.device,
         condition_slices: list[ConditionSlice],
+        hooks: Sequence[TrainingHook] = (),
     ):
         self.network = network.to(device)
         if network.config.kind == "conv":
@@ -98,6 +121,7 @@ class Trainer:
         self.config = config
         self.device = device
         self.condition_slices = condition_slices
+        self.hooks = tuple(hooks)
         # Fused Adam is one kernel per step on CUDA; the CPU keeps the default (bit-reproducible) path.
         self.optimizer = torch.optim.Adam(
             self.network.parameters(), lr=config.learning_rate, fused=True if device.type == "cuda" else None
@@ -121,7 +145,9 @@ class Trainer:
         """The batch loss and its parts, as on-device tensors (no host sync)."""
         cfg = self.config
         with self._autocast():
-            reconstruction, mean, logvar = self.network(x, c, generator=self.generator)
+            reconstruction, mean, logvar = self.network(
+                x, c, generator=self.generator, latent_hook=self._hooked_latent if self.hooks else None
+            )
         terms = vae_loss_terms(x, reconstruction, mean, logvar)
         per_sample = terms["reconstruction"] + cfg.kl_weight * (
             terms["kl_mean"] + cfg.variance_weight * terms["kl_variance"]
@@ -138,8 +164,17 @@ class Trainer:
             confusion = self.adversary.confusion_loss(mean, c)
             loss = loss + cfg.adversary_weight * x[0].numel() * confusion
             parts["adversary_confusion"] = confusion.detach()
+        for i, hook in enumerate(self.hooks):
+            term = hook.loss(mean, c)
+            loss = loss + term
+            parts[f"hook_{i}"] = term.detach()
         parts["loss"] = loss.detach()
         return loss, parts
+
+    def _hooked_latent(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        for hook in self.hooks:
+            z = hook.latent(z, c)
+        return z
 
     def _train_adversary(self, latents: torch.Tensor, conditions: torch.Tensor) -> None:
         """A few steps of the adversaries on the current (detached) latents."""
@@ -255,7 +290,7 @@ class Trainer:
             c = conditions[start : start + batch_size].to(self.device, torch.float32)
             with self._autocast():
                 mean, logvar = self.network.encode(x)
-                reconstruction = self.network.decode(mean, c)
+                reconstruction = self.network.decode(self._hooked_latent(mean, c), c)
             terms = vae_loss_terms(x, reconstruction, mean, logvar)
             total += (terms["reconstruction"] + terms["kl_mean"] + terms["kl_variance"]).sum()
         return float(total) / max(len(inputs), 1)

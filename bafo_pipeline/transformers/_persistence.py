@@ -1,9 +1,14 @@
-"""Saving and loading a fitted BAFOTransformer as a directory: ``config.json`` + ``model.safetensors``.
+"""Model directories: ``config.json`` + ``model.safetensors``, for any fitted estimator of the package.
 
 safetensors holds only tensors, so loading a model file never executes code;
-the JSON config holds the estimator's parameters, the network shape, the
-attribute schema and the package version. A model fitted on a GPU loads on
-the CPU (tensors are saved from the CPU).
+the JSON config holds the format, the package version, the class and
+parameters of the estimator, its fitted state (the tensors by name; see
+:mod:`._state`, the same state pickles hold) and free metadata. A model
+fitted on a GPU loads on the CPU (tensors are saved from the CPU).
+
+Format versions: 2 (this one) stores the generic fitted state; 1 (written by
+bafo-pipeline 0.1.0) listed the BAFOTransformer's attributes one by one and is
+read by :func:`_estimator_from_v1`, frozen as that release wrote it.
 """
 
 from __future__ import annotations
@@ -24,25 +29,25 @@ from safetensors.torch import load_file, save_file
 from .._nn.network import BAFONetwork, NetworkConfig
 from .._version import package_version
 from ..attributes import AttributeSchema
-from ._bafo import BAFOTransformer
-from ._erasure import LinearErasure
 from ._inputs import InputFormat
+from ._state import TensorStore, decode, encode, loadable_classes, set_state, storable_params
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_model", "model_fingerprint", "read_model_config", "save_model"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_NAME = "bafo-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
-def save_model(
-    estimator: BAFOTransformer, path: str | os.PathLike, *, overwrite: bool = False, metadata: dict | None = None
-) -> Path:
+def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, metadata: dict | None = None) -> Path:
     """Write a fitted estimator to the directory ``path``, atomically.
 
     Parameters
     ----------
     estimator : BAFOTransformer
-        Fitted.
+        Fitted (any fitted estimator of the package, or of a class registered
+        with :func:`~bafo_pipeline.transformers.register_loadable`).
     path : str or path-like
         Directory to create. The files are written into a temporary sibling
         directory that is renamed into place only when complete.
@@ -56,28 +61,38 @@ def save_model(
     Returns
     -------
     pathlib.Path
+
+    Raises
+    ------
+    TypeError
+        When the estimator holds a fitted attribute of a kind that cannot be
+        stored (the message names it).
     """
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(estimator)
+    if type(estimator).__name__ not in loadable_classes():
+        raise TypeError(f"a {type(estimator).__name__} cannot be saved as a model directory; register its class first")
     path = Path(path)
     if path.exists():
         if not overwrite:
             raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
         _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors, state = _estimator_state(estimator, prefix="")
+    store = TensorStore()
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "package_version": package_version(),
-        **state,
+        "class": type(estimator).__name__,
+        "params": encode(storable_params(estimator.get_params(deep=False)), store, "params"),
+        "state": encode(estimator._get_state(), store, "state"),
         "metadata": metadata or {},
     }
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        save_file(tensors, staging / WEIGHTS_NAME)
-        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=_json_default))
+        save_file(store.tensors, staging / WEIGHTS_NAME)
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -91,22 +106,22 @@ def save_model(
     return path
 
 
-def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTransformer:
-    """Load a model directory written by :func:`save_model`.
+def load_model(path: str | os.PathLike, *, device: str | None = None):
+    """Load a model directory written by :func:`save_model` (this release's or 0.1.0's format).
 
     Parameters
     ----------
     path : str or path-like
     device : str, optional
-        Override the stored ``device`` parameter (e.g. ``"cpu"``). By default
-        the stored one is kept, except that a model saved with an explicit
-        CUDA device falls back to ``"auto"`` (with a warning) where CUDA is
-        not available.
+        Override the stored ``device`` parameter (e.g. ``"cpu"``), of the
+        estimator and of its concealment steps. By default the stored one is
+        kept, except that a model saved with an explicit CUDA device falls
+        back to ``"auto"`` (with a warning) where CUDA is not available.
 
     Returns
     -------
     BAFOTransformer
-        Fitted, with its network on the CPU.
+        Fitted, with its networks on the CPU.
 
     Raises
     ------
@@ -116,113 +131,121 @@ def load_model(path: str | os.PathLike, *, device: str | None = None) -> BAFOTra
     """
     path = Path(path)
     config = read_model_config(path)
+    try:
+        tensors = load_file(path / WEIGHTS_NAME, device="cpu")
+        if config.get("format_version", 1) < 2:
+            estimator = _estimator_from_v1(path, config, tensors)
+        else:
+            classes = loadable_classes()
+            if config.get("class") not in classes:
+                raise ValueError(f"the model is a {config.get('class')!r}, not one of {sorted(classes)}")
+            estimator = classes[config["class"]](**decode(config["params"], tensors, classes))
+            set_state(estimator, decode(config["state"], tensors, classes))
+    except Exception as error:  # corrupt file, or weights of another shape than the config says
+        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured model ({error})") from error
+    stored = str(estimator.get_params().get("device", "auto"))
+    if device is None and stored.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(
+            f"{path} was saved with device={stored!r}, which is not available here; using 'auto' (CPU)",
+            UserWarning,
+            stacklevel=2,
+        )
+        device = "auto"
+    if device is not None:
+        _set_device(estimator, device)
+    return estimator
+
+
+def _set_device(estimator, device: str) -> None:
+    """``device`` for the estimator and every fitted step (and step model) that has a device parameter."""
+    if "device" in estimator.get_params(deep=False):
+        estimator.set_params(device=device)
+    for step in getattr(estimator, "concealment_steps_", None) or []:
+        _set_device(step, device)
+    inner = getattr(estimator, "model_", None)
+    if inner is not None:
+        _set_device(inner, device)
+
+
+# ----------------------------------------------------------------- format version 1 (0.1.0)
+def _estimator_from_v1(path: Path, config: dict, tensors: dict):
+    """A BAFOTransformer from a directory written by bafo-pipeline 0.1.0 (format version 1)."""
     params = _tuples(dict(config["params"]))
     if "concealment" not in params:
         warnings.warn(
             f"{path} predates concealment: it loads with concealment='none' and its latents are not concealed; "
             "call fit_concealment(X, sensitive_features=...) after set_params(concealment='full') to add it",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
         params["concealment"] = "none"
-    if device is not None:
-        params["device"] = device
-    elif str(params.get("device", "auto")).startswith("cuda") and not torch.cuda.is_available():
-        warnings.warn(
-            f"{path} was saved with device={params['device']!r}, which is not available here; using 'auto' (CPU)",
-            UserWarning,
-            stacklevel=2,
-        )
-        params["device"] = "auto"
-    try:
-        tensors = load_file(path / WEIGHTS_NAME, device="cpu")
-        return _estimator_from_state(config, params, tensors, prefix="")
-    except Exception as error:  # corrupt file, or weights of another shape than the config says
-        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured model ({error})") from error
+    return _v1_state(config, params, tensors, prefix="")
 
 
-def _estimator_state(estimator: BAFOTransformer, prefix: str) -> tuple[dict, dict]:
-    """Tensors (names under ``prefix``) and JSON config of a fitted estimator, its concealment steps included."""
-    tensors = {f"{prefix}network.{k}": v.detach().cpu().contiguous() for k, v in estimator.network_.state_dict().items()}
-    if not estimator.input_format_.is_image:
-        tensors[f"{prefix}feature_mean"] = torch.from_numpy(np.asarray(estimator.feature_mean_, np.float32))
-        tensors[f"{prefix}feature_scale"] = torch.from_numpy(np.asarray(estimator.feature_scale_, np.float32))
-    config = {
-        "params": _json_params(estimator.get_params()),
-        "network": estimator.network_.config.to_dict(),
-        "schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
-        "input_format": {
-            "kind": estimator.input_format_.kind,
-            "shape": list(estimator.input_format_.shape),
-            "dtype": estimator.input_format_.dtype,
-        },
-        "n_features_in": getattr(estimator, "n_features_in_", None),
-        "feature_names_in": (
-            None if getattr(estimator, "feature_names_in_", None) is None else list(estimator.feature_names_in_)
-        ),
-        "history": estimator.history_,
-    }
-    for name in ("erasure", "final_erasure"):
-        erasure = getattr(estimator, f"{name}_", None)
-        if erasure is not None:
-            tensors[f"{prefix}{name}.mean"] = torch.from_numpy(np.ascontiguousarray(erasure.mean_, np.float64))
-            tensors[f"{prefix}{name}.projection"] = torch.from_numpy(np.ascontiguousarray(erasure.projection_, np.float64))
-            config[name] = {"params": _json_params(erasure.get_params()), "schema": erasure.schema_.to_dict()}
-    label_map = getattr(estimator, "erased_label_map_", None)
-    if label_map is not None:
-        tensors[f"{prefix}erased_label_map"] = torch.from_numpy(np.ascontiguousarray(label_map, np.float64))
-    concealed = getattr(estimator, "concealed_network_", None)
-    if concealed is not None:  # only its decoder differs from network_
-        for key, value in concealed.decoder.state_dict().items():
-            tensors[f"{prefix}concealed_decoder.{key}"] = value.detach().cpu().contiguous()
-    refiner = getattr(estimator, "refiner_", None)
-    if refiner is not None:
-        refiner_tensors, config["refiner"] = _estimator_state(refiner, prefix=f"{prefix}refiner.")
-        tensors.update(refiner_tensors)
-    return tensors, config
-
-
-def _estimator_from_state(config: dict, params: dict, tensors: dict, prefix: str) -> BAFOTransformer:
-    """Inverse of :func:`_estimator_state`."""
-    estimator = BAFOTransformer(**params)
+def _v1_state(config: dict, params: dict, tensors: dict, prefix: str):
+    """Version 1 stored these attributes of a BAFOTransformer, and its concealment steps by role."""
+    classes = loadable_classes()
+    estimator = classes["BAFOTransformer"](**params)
     network = BAFONetwork(NetworkConfig.from_dict(config["network"]))
     start = f"{prefix}network."
     network.load_state_dict({k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)})
-    estimator.network_ = network.eval()
-    estimator.schema_ = None if config["schema"] is None else AttributeSchema.from_dict(config["schema"])
-    fmt = config["input_format"]
-    estimator.input_format_ = InputFormat(fmt["kind"], tuple(fmt["shape"]), fmt["dtype"])
-    estimator.history_ = config.get("history", [])
+    fitted = {
+        "network_": network.eval(),
+        "schema_": None if config["schema"] is None else AttributeSchema.from_dict(config["schema"]),
+        "input_format_": InputFormat(
+            config["input_format"]["kind"], tuple(config["input_format"]["shape"]), config["input_format"]["dtype"]
+        ),
+        "history_": config.get("history", []),
+    }
     if config.get("n_features_in") is not None:
-        estimator.n_features_in_ = int(config["n_features_in"])
+        fitted["n_features_in_"] = int(config["n_features_in"])
     if config.get("feature_names_in") is not None:
-        estimator.feature_names_in_ = np.asarray(config["feature_names_in"], dtype=object)
+        fitted["feature_names_in_"] = np.asarray(config["feature_names_in"], dtype=object)
     if f"{prefix}feature_mean" in tensors:
-        estimator.feature_mean_ = tensors[f"{prefix}feature_mean"].numpy()
-        estimator.feature_scale_ = tensors[f"{prefix}feature_scale"].numpy()
-    estimator.erasure_ = estimator.refiner_ = estimator.final_erasure_ = None
-    label_map = tensors.get(f"{prefix}erased_label_map")  # absent in models saved before it existed
-    estimator.erased_label_map_ = None if label_map is None else label_map.numpy()
+        fitted["feature_mean_"] = tensors[f"{prefix}feature_mean"].numpy()
+        fitted["feature_scale_"] = tensors[f"{prefix}feature_scale"].numpy()
+    label_map = tensors.get(f"{prefix}erased_label_map")
+    fitted["erased_label_map_"] = None if label_map is None else label_map.numpy()
     start = f"{prefix}concealed_decoder."
     decoder_state = {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
-    estimator.concealed_network_ = None
-    if decoder_state:
+    fitted["concealed_network_"] = None
+    if decoder_state:  # only its decoder differs from network_
         concealed = copy.deepcopy(network)
         concealed.decoder.load_state_dict(decoder_state)
-        estimator.concealed_network_ = concealed.eval()
-    for name in ("erasure", "final_erasure"):
-        if name in config:
-            erasure = LinearErasure(**config[name]["params"])
-            erasure.schema_ = AttributeSchema.from_dict(config[name]["schema"])
-            erasure.mean_ = tensors[f"{prefix}{name}.mean"].numpy()
-            erasure.projection_ = tensors[f"{prefix}{name}.projection"].numpy()
-            erasure.n_features_in_ = len(erasure.mean_)
-            setattr(estimator, f"{name}_", erasure)
+        fitted["concealed_network_"] = concealed.eval()
+    steps = []
+    if "erasure" in config:
+        steps.append(_v1_erasure(config["erasure"], tensors, f"{prefix}erasure"))
     if "refiner" in config:
         refiner_params = _tuples(dict(config["refiner"]["params"]))
         refiner_params["device"] = params.get("device", "auto")
-        estimator.refiner_ = _estimator_from_state(config["refiner"], refiner_params, tensors, f"{prefix}refiner.")
+        model = _v1_state(config["refiner"], refiner_params, tensors, f"{prefix}refiner.")
+        step = classes["LatentRefiner"](
+            epochs=refiner_params["epochs"], adversary_weight=refiner_params["adversary_weight"],
+            batch_size=refiner_params["batch_size"], learning_rate=refiner_params["learning_rate"],
+            adversary_steps=refiner_params["adversary_steps"], validation_fraction=refiner_params["validation_fraction"],
+            attribute_kinds=refiner_params["attribute_kinds"], device=refiner_params["device"],
+            random_state=refiner_params["random_state"],
+        )
+        set_state(step, {"model_": model, "n_features_in_": model.n_features_in_})
+        steps.append(step)
+    if "final_erasure" in config:
+        steps.append(_v1_erasure(config["final_erasure"], tensors, f"{prefix}final_erasure"))
+    fitted["concealment_steps_"] = steps
+    set_state(estimator, fitted)
     return estimator
+
+
+def _v1_erasure(config: dict, tensors: dict, name: str):
+    erasure = loadable_classes()["LinearErasure"](**config["params"])
+    mean = tensors[f"{name}.mean"].numpy()
+    set_state(erasure, {
+        "schema_": AttributeSchema.from_dict(config["schema"]),
+        "mean_": mean,
+        "projection_": tensors[f"{name}.projection"].numpy(),
+        "n_features_in_": len(mean),
+    })
+    return erasure
 
 
 def _tuples(params: dict) -> dict:
@@ -282,21 +305,3 @@ def _check_replaceable(path: Path) -> None:
             is_model = False
         if not is_model:
             raise FileExistsError(f"{path} holds a {CONFIG_NAME} that is not a bafo model's; refusing to replace it")
-
-
-def _json_params(params: dict) -> dict:
-    """Estimator parameters as JSON values; a RandomState instance cannot be stored and becomes None."""
-    params = dict(params)
-    if "device" in params:
-        params["device"] = str(params["device"])
-    if not (params.get("random_state") is None or isinstance(params["random_state"], (int, np.integer))):
-        params["random_state"] = None
-    return params
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    raise TypeError(f"cannot store {type(value).__name__} in a model config")

@@ -279,8 +279,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """Parameters; with ``deep`` and a list of concealment steps, also ``concealment__<i>`` and
         ``concealment__<i>__<param>`` (as :class:`~sklearn.pipeline.Pipeline` exposes its steps)."""
         params = super().get_params(deep=deep)
-        if isinstance(self.concealment, (list, tuple)):
-            params.update(get_step_params("concealment", self.concealment, deep=deep))
+        if deep and isinstance(self.concealment, (list, tuple)):
+            params.update(get_step_params("concealment", self.concealment))
         return params
 
     def set_params(self, **params) -> "BAFOTransformer":

@@ -71,13 +71,13 @@ def is_invertible(step) -> bool:
     return callable(getattr(step, "inverse_transform", None))
 
 
-def get_step_params(prefix: str, steps: Sequence, *, deep: bool) -> dict:
+def get_step_params(prefix: str, steps: Sequence) -> dict:
     """``{prefix__0: step, prefix__0__param: value, ...}``: the nested parameters of a list of steps
-    (as scikit-learn's Pipeline exposes its steps, with positions for names)."""
+    (as scikit-learn's Pipeline exposes its steps in ``get_params(deep=True)``, with positions for names)."""
     out = {}
     for i, step in enumerate(steps):
         out[f"{prefix}__{i}"] = step
-        if deep and hasattr(step, "get_params"):
+        if hasattr(step, "get_params"):
             out.update({f"{prefix}__{i}__{k}": v for k, v in step.get_params(deep=True).items()})
     return out
 

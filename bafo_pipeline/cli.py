@@ -312,13 +312,17 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
 
 # --------------------------------------------------------------------- decode, grid
 def _parse_attribute_values(schema, given: dict[str, str | None]) -> dict:
-    """CLI strings → values the schema accepts; unspecified attributes get a neutral value."""
+    """CLI strings → values the schema accepts; attributes left out are not set (the model decodes them at
+    their neutral value)."""
+    unknown = sorted(name for name, raw in given.items() if raw is not None and name not in schema.names)
+    if unknown:
+        raise click.BadParameter(f"unknown attribute(s) {unknown}; this model is conditioned on {schema.names}")
     values = {}
     for attribute in schema.attributes:
         raw = given.get(attribute.name)
         if raw is None:
-            values[attribute.name] = attribute.neutral()
-        elif attribute.kind == "continuous":
+            continue
+        if attribute.kind == "continuous":
             values[attribute.name] = float(raw)
         elif attribute.kind == "categorical" and ":" in raw:
             values[attribute.name] = {k.strip(): float(w) for k, w in (part.split(":") for part in raw.split(","))}

@@ -35,7 +35,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from .._utils.jsonable import to_jsonable
-from ._utils import warn
+from ._warnings import warn
 from .inputs import DEFAULT_BANDS, band_names, infer_kind
 from .resampling import bootstrap_weights, chunks, percentile_interval
 

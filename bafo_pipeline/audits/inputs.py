@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._utils import warn
+from ._warnings import warn
 
 __all__ = [
     "ATTRIBUTE_KINDS",

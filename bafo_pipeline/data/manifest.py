@@ -10,7 +10,7 @@ images) are skipped and reported by row number, or stop the load when
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 

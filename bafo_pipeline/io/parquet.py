@@ -32,7 +32,6 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .._utils.atomic import AtomicFile
+from .._version import package_version
 
 __all__ = [
     "LatentParquetWriter",
@@ -95,13 +95,6 @@ _PATHLIKE_VALUE = (
     r"|^\d{1,3}_[01]_[0-4]_\d"
 )
 _PATHLIKE_VALUE_RE = re.compile(_PATHLIKE_VALUE, re.IGNORECASE)
-
-
-def _package_version() -> str:
-    try:
-        return importlib_metadata.version("bafo-pipeline")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _utc_now() -> str:
@@ -381,7 +374,7 @@ class LatentParquetWriter:
             **self._user_metadata,
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
-            "package_version": _package_version(),
+            "package_version": package_version(),
             "latent_dim": self.latent_dim,
             "row_count": row_count,
             "created_at": _utc_now(),

@@ -58,3 +58,26 @@ def test_the_check_finds_upward_imports_cycles_private_names_and_forbidden_units
     _write(clean, {"__init__.py": "from .io import x\n", "io/__init__.py": "from .._utils import y\nx = 1\n",
                    "_utils/__init__.py": "y = 2\n"})
     assert graph_tool.problems(clean) == []
+
+
+def test_docstrings_cite_only_names_that_exist():
+    import importlib
+    import re
+
+    pattern = re.compile(r":(?:func|class|meth|mod|attr):`~?(bafo_pipeline(?:\.\w+)+)`")
+    missing = []
+    for path in sorted((ROOT / "bafo_pipeline").rglob("*.py")):
+        for reference in pattern.findall(path.read_text(encoding="utf-8")):
+            parts = reference.split(".")
+            for cut in range(len(parts), 0, -1):
+                try:
+                    target = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                try:
+                    for name in parts[cut:]:
+                        target = getattr(target, name)
+                except AttributeError:
+                    missing.append(f"{path.relative_to(ROOT)}: {reference}")
+                break
+    assert missing == []

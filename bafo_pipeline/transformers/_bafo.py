@@ -41,7 +41,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     the encoder has no need to store them. ``transform`` returns the posterior
     mean; ``inverse_transform`` decodes a latent with any chosen attributes.
     Conditioning alone does *not* make the latent blind: audit it with
-    :func:`bafo_pipeline.audits.audit_representations`, and raise
+    :func:`bafo_pipeline.audits.audit_leakage` (or ``bafo audit``), and raise
     ``independence_weight`` or add :class:`LinearErasure` where it leaks.
 
     Parameters

@@ -142,3 +142,23 @@ def test_a_step_may_take_part_in_training_through_a_hook(faces):
     assert "hook_0" in hooked.history_[-1] and "hook_0" not in plain.history_[-1]
     assert hooked.history_[-1]["reconstruction"] > plain.history_[-1]["reconstruction"]
     assert not np.array_equal(hooked.transform(faces.images[:4], conceal=False), plain.transform(faces.images[:4], conceal=False))
+
+
+def test_a_step_of_an_unregistered_class_is_refused_at_save_not_at_load(faces, tmp_path):
+    from bafo_pipeline.transformers import register_loadable
+    from bafo_pipeline.transformers._state import _LOADABLE
+
+    class MyErasure(LinearErasure):
+        pass
+
+    model = _model(concealment=[MyErasure()]).fit(faces.images, sensitive_features=faces.sensitive_features)
+    with pytest.raises(TypeError, match="register its class"):
+        save_model(model, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+    register_loadable(MyErasure)
+    try:
+        loaded = load_model(save_model(model, tmp_path / "model"))
+        assert type(loaded.concealment_steps_[0]) is MyErasure
+        np.testing.assert_array_equal(loaded.transform(faces.images[:3]), model.transform(faces.images[:3]))
+    finally:
+        _LOADABLE.pop("MyErasure")

@@ -176,6 +176,11 @@ def encode(value, store: TensorStore, path: str = "") -> Any:
     if isinstance(value, InputFormat):
         return {KIND: "input_format", "kind": value.kind, "shape": list(value.shape), "dtype": value.dtype}
     if hasattr(value, "get_params") and hasattr(value, "fit"):
+        if _LOADABLE.get(type(value).__name__) is not type(value):
+            raise TypeError(
+                f"{path or 'state'}: a {type(value).__name__} could not be loaded back; "
+                "register its class with bafo_pipeline.transformers.register_loadable first"
+            )
         return {
             KIND: "estimator",
             "class": type(value).__name__,

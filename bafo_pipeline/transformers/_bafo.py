@@ -450,14 +450,15 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         frame = _as_frame(sensitive_features)
         means = self._encoder_means(inputs)
         conditions = self.schema_.encode(frame)
+        # Decoding passes the steps before the first invertible one (erasure); the label map puts back what
+        # they removed, as far as the chosen attributes predict it.
+        leading = next((i for i, step in enumerate(steps) if is_invertible(step)), len(steps))
         latents = means
         for i, step in enumerate(steps):
             latents = step.fit(latents, sensitive_features=frame).transform(latents)
             self.concealment_steps_.append(step)
-            if i + 1 == len(steps) or is_invertible(steps[i + 1]):
-                if self.erased_label_map_ is None and not any(map(is_invertible, steps[: i + 1])):
-                    # Decoding passes non-invertible steps; put back what they removed, as far as labels predict it.
-                    self.erased_label_map_ = _least_squares_map(conditions, means - latents)
+            if i + 1 == leading:
+                self.erased_label_map_ = _least_squares_map(conditions, means - latents)
         if self.decoder_epochs:
             if self._n_features_out != self.latent_dim:
                 raise ValueError(

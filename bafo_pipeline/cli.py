@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .attributes import DEFAULT_SENSITIVE
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -24,7 +26,7 @@ def _data_options(function):
         click.option("--utkface", type=click.Path(exists=True, file_okay=False), help="A UTKFace folder (labels in file names)."),
         click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="A CSV/Parquet table: image path + attribute columns."),
         click.option("--image-column", default="path", show_default=True, help="Manifest column holding image paths."),
-        click.option("--sensitive", default="age,gender,ethnicity", show_default=True, help="Comma-separated sensitive columns of the manifest."),
+        click.option("--sensitive", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Comma-separated sensitive columns of the manifest."),
         click.option("--synthetic-samples", default=3000, show_default=True, help="Number of synthetic faces (default data)."),
         click.option("--limit", type=int, help="Use at most this many images (quick runs)."),
         click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it."),
@@ -204,7 +206,7 @@ def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synth
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="CSV/Parquet labels joined by id; default: the labels stored in the first latents file.")
 @click.option("--id-column", default="id", show_default=True)
-@click.option("--attributes", default="age,gender,ethnicity", show_default=True, help="Sensitive attributes to audit.")
+@click.option("--attributes", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Sensitive attributes to audit.")
 @click.option("--target", help="A non-sensitive column for the downstream fairness report (e.g. smile).")
 @click.option("--folds", default=5, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))

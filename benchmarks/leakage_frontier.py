@@ -49,12 +49,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bafo_pipeline.attributes import DEFAULT_SENSITIVE
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "docs" / "results" / "leakage_frontier.json"
 DEFAULT_FIGURE = ROOT / "docs" / "figures" / "frontier.png"
 DEFAULT_MARKDOWN = ROOT / "docs" / "FRONTIER.md"
 DEFAULT_VARIANTS = "none,linear,full:0,full:0.1,full:0.3,full:1.0"
-ATTRIBUTES = ("age", "gender", "ethnicity")
+ATTRIBUTES = DEFAULT_SENSITIVE
 ATTACK_PROBES = ("linear", "mlp", "gbdt")
 # Issue 6's goal, in the audit's natural units (worst case over the attack probes).
 GOAL = {

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, LoadReport
 from .images import DEFAULT_MAX_PIXELS, Size
 from .splits import EMPTY_CONTENT_HASH, dedupe_by_hash, hash_files
@@ -24,7 +25,6 @@ from .tables import PRIVATE_COLUMNS, dataset_from_table
 
 __all__ = ["load_manifest", "read_manifest_table", "scan_manifest"]
 
-DEFAULT_SENSITIVE = ("age", "gender", "ethnicity")
 _RESERVED = PRIVATE_COLUMNS
 _READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, FaceSource, LoadReport
 
 
@@ -17,7 +18,7 @@ def load_source(
     synthetic_samples: int = 3000,
     image_size: int = 56,
     image_column: str = "path",
-    sensitive: Sequence[str] = ("age", "gender", "ethnicity"),
+    sensitive: Sequence[str] = DEFAULT_SENSITIVE,
     limit: int | None = None,
     strict: bool = False,
     seed: int = 0,
@@ -71,7 +72,7 @@ def scan_source(
     synthetic_samples: int = 3000,
     image_size: int = 56,
     image_column: str = "path",
-    sensitive: Sequence[str] = ("age", "gender", "ethnicity"),
+    sensitive: Sequence[str] = DEFAULT_SENSITIVE,
     limit: int | None = None,
     strict: bool = False,
     seed: int = 0,

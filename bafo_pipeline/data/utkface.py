@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, LoadReport
 from .images import DEFAULT_MAX_PIXELS, Size
 from .splits import EMPTY_CONTENT_HASH, dedupe_by_hash, hash_files
@@ -39,8 +40,8 @@ UTKFACE_GENDERS = ("male", "female")
 UTKFACE_ETHNICITIES = ("white", "black", "asian", "indian", "others")
 
 _MAX_AGE = 120
-#: The labels a UTKFace file name spells out, all sensitive.
-UTKFACE_SENSITIVE = ("age", "gender", "ethnicity")
+#: The labels a UTKFace file name spells out (the package's default sensitive attributes).
+UTKFACE_SENSITIVE = DEFAULT_SENSITIVE
 _LABELS = UTKFACE_SENSITIVE
 # The distributed "aligned & cropped" names end in .jpg.chip.jpg; the
 # "in-the-wild" release uses the same fields with a plain .jpg.

@@ -21,7 +21,7 @@ from .._nn.network import BAFONetwork, NetworkConfig, vae_loss_terms
 from .._nn.training import Trainer, TrainingConfig, fit_decoder
 from .._utils.device import autocast, resolve_device
 from .._utils.progress import epoch_progress
-from ..attributes import AttributeSchema
+from ..attributes import AttributeSchema, as_sensitive_frame
 from ._erasure import LinearErasure
 from ._persistence import load_model, save_model
 from ._state import NetworkState, get_state, register_loadable, set_state
@@ -447,7 +447,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.concealment_steps_, self.erased_label_map_, self.concealed_network_ = [], None, None
         if self.schema_ is None or not steps:
             return
-        frame = _as_frame(sensitive_features)
+        frame = as_sensitive_frame(sensitive_features, n_rows=len(inputs))
         means = self._encoder_means(inputs)
         conditions = self.schema_.encode(frame)
         # Decoding passes the steps before the first invertible one (erasure); the label map puts back what
@@ -593,9 +593,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 stacklevel=4,
             )
             return np.zeros((n_samples, 0), dtype=np.float32), None
-        frame = _as_frame(sensitive_features)
-        if len(frame) != n_samples:
-            raise ValueError(f"sensitive_features has {len(frame)} rows but X has {n_samples} samples")
+        frame = as_sensitive_frame(sensitive_features, n_rows=n_samples)
         schema = AttributeSchema.infer(frame, kinds=self.attribute_kinds)
         return schema.encode(frame), schema
 
@@ -738,12 +736,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             if unknown:
                 raise ValueError(f"unknown attribute(s) {unknown}; this model is conditioned on {self.schema_.names}")
             neutral = {a.name: a.neutral() for a in self.schema_.attributes if a.name not in sensitive_features}
-            frame = _broadcast({**sensitive_features, **neutral}, n_samples)
-        else:
-            frame = _as_frame(sensitive_features)
-        if len(frame) != n_samples:
-            raise ValueError(f"sensitive_features has {len(frame)} rows but there are {n_samples} samples")
-        return frame
+            return _broadcast({**sensitive_features, **neutral}, n_samples)
+        return as_sensitive_frame(sensitive_features, n_rows=n_samples)
 
     def _encode_conditions(self, frame: pd.DataFrame | None, n_samples: int, *, allow_fractional: bool) -> np.ndarray:
         if frame is None:
@@ -980,33 +974,6 @@ def _n_rows(X) -> int:
     if hasattr(X, "shape") and len(X.shape):
         return int(X.shape[0])
     return len(X)
-
-
-def _as_frame(sensitive_features) -> pd.DataFrame:
-    """Sensitive features as a DataFrame with a fresh 0..n-1 index (rows match X by position)."""
-    if isinstance(sensitive_features, pd.DataFrame):
-        return sensitive_features.reset_index(drop=True)
-    if isinstance(sensitive_features, pd.Series):
-        name = sensitive_features.name if isinstance(sensitive_features.name, str) else "sensitive_0"
-        return sensitive_features.reset_index(drop=True).to_frame(name)
-    if isinstance(sensitive_features, Mapping):
-        scalars = [name for name, value in sensitive_features.items() if np.ndim(value) == 0]
-        if scalars:
-            raise ValueError(
-                f"sensitive_features{scalars} hold single values; give one value per row "
-                "(only inverse_transform repeats a single value over all rows)"
-            )
-        return pd.DataFrame(dict(sensitive_features))
-    if isinstance(sensitive_features, (str, bytes)) or np.ndim(sensitive_features) not in (1, 2):
-        raise ValueError(
-            "sensitive_features must be a DataFrame, a Series, a mapping of column name to values, "
-            f"or a 1-D/2-D array; got {type(sensitive_features).__name__}"
-        )
-    # Lists of rows keep each column's own type (np.asarray would turn ages into strings next to "male").
-    data = sensitive_features if isinstance(sensitive_features, np.ndarray) else list(sensitive_features)
-    frame = pd.DataFrame(data)
-    frame.columns = [f"sensitive_{i}" for i in range(frame.shape[1])]
-    return frame
 
 
 def _broadcast(values: Mapping, n_samples: int) -> pd.DataFrame:

@@ -87,10 +87,11 @@ def fitted_model(device: str = "auto", precision: str = "auto"):
 def export_once(model, paths: list[str], out: Path, batch_size: int, decoder: str = "auto") -> dict:
     """One timed export of ``paths``: images/s, how the time was spent, and the settings the file records."""
     from bafo_pipeline import export_latents
+    from bafo_pipeline.data import ImageFiles
     from bafo_pipeline.io import read_metadata
 
     started = time.perf_counter()
-    report = export_latents(model, pd.DataFrame({"path": paths}), out, batch_size=batch_size, overwrite=True,
+    report = export_latents(model, ImageFiles(pd.DataFrame({"path": paths})), out, batch_size=batch_size, overwrite=True,
                             decoder=decoder)
     seconds = time.perf_counter() - started
     assert report.n_written == len(paths), report.skipped[:3]
@@ -117,8 +118,9 @@ def export_once(model, paths: list[str], out: Path, batch_size: int, decoder: st
 def warm_up(model, paths: list[str], out: Path, batch_size: int, decoder: str) -> None:
     """Kernels, decoder handles and the inference runtime, built before anything is timed."""
     from bafo_pipeline import export_latents
+    from bafo_pipeline.data import ImageFiles
 
-    export_latents(model, pd.DataFrame({"path": paths[:batch_size]}), out, batch_size=batch_size, overwrite=True,
+    export_latents(model, ImageFiles(pd.DataFrame({"path": paths[:batch_size]})), out, batch_size=batch_size, overwrite=True,
                    decoder=decoder)
     model.transform(np.zeros((8, *IMAGE_SIZE, 3), dtype=np.uint8))
 
@@ -200,7 +202,7 @@ def _median(values: list[float], digits: int = 1) -> float:
 
 
 def run(args) -> dict:
-    from bafo_pipeline._device import resolve_device
+    from bafo_pipeline._utils import resolve_device
 
     device = resolve_device(args.device)
     load_before = os.getloadavg()

@@ -64,17 +64,18 @@ def unfolded(model):
         pixels = torch.from_numpy(images).to(dtype=torch.float32, memory_format=torch.channels_last).div_(255.0)
         with torch.inference_mode():
             means = network.encode(pixels)[0].numpy()
-        erased = model.erasure_.transform(means)
-        return model.final_erasure_.transform(model.refiner_.transform(erased)).astype(np.float32)
+        for step in model.concealment_steps_:
+            means = step.transform(means)
+        return np.asarray(means, dtype=np.float32)
 
     return encode
 
 
 def runtimes(model, calibration: np.ndarray, compile_too: bool) -> tuple[dict, dict]:
-    from bafo_pipeline.transformers._engine import TorchEncoder
-    from bafo_pipeline.transformers._folding import concealed_encoder
+    from bafo_pipeline._nn.engine import TorchEncoder
+    from bafo_pipeline._nn.folding import fold_encoder
 
-    folded = concealed_encoder(model.network_, [model.erasure_, model.refiner_, model.final_erasure_])
+    folded = fold_encoder(model.network_, [layer for step in model.concealment_steps_ for layer in step.as_layers()])
     sliced = TorchEncoder(folded, torch.device("cpu"), bfloat16=False)
     whole = TorchEncoder(folded, torch.device("cpu"), bfloat16=False)
     found = {
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         return json.loads(completed.stdout)
     torch.set_num_threads(1)
     if args.model:
-        from bafo_pipeline.io.model_io import load_model
+        from bafo_pipeline import load_model
 
         model = load_model(args.model, device="cpu").set_params(precision="float32")
     else:

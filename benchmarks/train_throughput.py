@@ -26,9 +26,9 @@ from _machine import machine  # noqa: E402
 
 EMULATIONS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
-from bafo_pipeline.model import BAFONetwork, NetworkConfig  # noqa: E402
-from bafo_pipeline._device import resolve_device  # noqa: E402
-from bafo_pipeline.training import Trainer, TrainingConfig  # noqa: E402
+from bafo_pipeline._nn.network import BAFONetwork, NetworkConfig  # noqa: E402
+from bafo_pipeline._utils import resolve_device  # noqa: E402
+from bafo_pipeline._nn.training import Trainer, TrainingConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

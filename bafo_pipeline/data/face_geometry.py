@@ -1,6 +1,6 @@
 """Head pose and expression from dlib's 68 facial landmarks: pure geometry, no detector.
 
-Pose comes from fitting a rigid 3-D face template to the eye and nose landmarks under a
+Pose comes from fitting a rigid 3-D face template to the nose and eye-corner landmarks under a
 scaled orthographic camera (the face is small against its distance from the camera);
 expression is measured in the fitted face frame, so turning the head or moving the camera
 does not change it.
@@ -40,9 +40,10 @@ N_LANDMARKS = 68
 #: The per-face targets of :func:`landmark_targets`, in column order.
 LANDMARK_TARGETS = ("yaw", "pitch", "roll", "mouth_open", "mouth_width", "eye_open")
 
-# Landmarks used for the pose: nose (27-35) and eyes (36-47), which move least with
-# expression; the jaw line is a silhouette that slides round the face as it turns.
-_RIGID = np.arange(27, 48)
+# Landmarks used for the pose: the nose (27-35) and the eye corners, which move least with
+# expression (eyelids blink and squint, brows rise, the jaw line is a silhouette that
+# slides round the face as it turns).
+_RIGID = np.array([*range(27, 36), 36, 39, 42, 45])
 _MOUTH_CORNERS = (48, 54)
 _INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
 # Per eye: its two corners and its two upper/lower eyelid pairs.
@@ -177,7 +178,7 @@ def _check_points(points) -> np.ndarray:
 
 
 def fit_pose(points) -> dict[str, np.ndarray]:
-    """Fit the template to each face's eye and nose landmarks.
+    """Fit the template to each face's nose and eye-corner landmarks.
 
     The affine least-squares map from the template's rigid points to the image is
     projected onto the nearest scaled rotation (its singular values averaged).

@@ -32,6 +32,7 @@ model; nothing is downloaded at run time).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -107,6 +108,15 @@ def require_landmark_model() -> str:
     )
 
 
+@functools.lru_cache(maxsize=2)
+def _shape_predictor(path: str):
+    # Loading takes a second (a 100 MB model); dlib documents the predictor as safe to
+    # share between threads, unlike the detector's scanning buffers.
+    import dlib
+
+    return dlib.shape_predictor(path)
+
+
 class LandmarkDetector:
     """dlib's HOG face detector and 68-point shape predictor, with an aligned-crop fallback.
 
@@ -138,7 +148,7 @@ class LandmarkDetector:
         self.fallback_box = fallback_box
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(model_path)
+        self._predictor = _shape_predictor(model_path)
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, str, float]:
         """Landmarks of the most confident face of one RGB uint8 image.

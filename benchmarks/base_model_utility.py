@@ -57,6 +57,13 @@ VARIANTS: dict[str, dict] = {
     "batch32-epochs20": {"batch_size": 32, "epochs": 20},
     "epochs30-beta0.1": {"epochs": 30, "kl_weight": 0.1},
     "batch64-epochs15-beta0.1": {"batch_size": 64, "epochs": 15, "kl_weight": 0.1},
+    "batch64-epochs30": {"batch_size": 64, "epochs": 30},
+    "batch32-epochs30": {"batch_size": 32, "epochs": 30},
+    "batch16": {"batch_size": 16},
+    "batch16-epochs20": {"batch_size": 16, "epochs": 20},
+    "batch32-lr2e-3": {"batch_size": 32, "learning_rate": 2e-3},
+    "batch32-epochs20-beta0.3": {"batch_size": 32, "epochs": 20, "kl_weight": 0.3},
+    "batch32-epochs20-wide": {"batch_size": 32, "epochs": 20, "widths": (64, 128, 256)},
 }
 
 

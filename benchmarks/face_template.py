@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
 
 N = 68
 # dlib's 68-point mirror pairs (0-based); the nose bridge 27-30, 33, 51, 57, 62, 66 and
@@ -120,6 +125,9 @@ def main() -> None:
     S = (S - S[:, [27]]) / np.linalg.norm(eye_left - eye_right)  # origin at the nose root
     template = S.T.round(3)
     result = {
+        "benchmark": "face_template",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
         "n_faces": int(len(points)),
         "diagnostics": diagnostics,
         "nose_tip_depth_before_eye_corners": float(template[[36, 39, 42, 45], 2].mean() - template[30, 2]),

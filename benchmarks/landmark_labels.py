@@ -8,6 +8,8 @@ de-duplicated data set (the loader's default, conflicting duplicates dropped):
 
 - a mirror check: the targets of 1000 mirrored images against the originals' (yaw and roll
   change sign), which bounds how reliably each target is measured;
+- a fixed-box check: 1000 images where the detector found a face, measured again from the
+  fixed box of an aligned crop (the fallback for faces the detector misses);
 - a synthetic check: 400 synthetic faces of known tilt and smile, drawn at 128 px;
 - how landmarks were found (detector or the aligned-crop fixed box), overall and per group;
 - per target: its spread, its correlation with age, the female-male difference (in
@@ -117,6 +119,25 @@ def mirror_check(paths: list[str], targets: pd.DataFrame, n: int, seed: int) -> 
     return out
 
 
+def fixed_box_check(paths: list[str], targets: pd.DataFrame, n: int, seed: int) -> dict:
+    """Targets from the fixed box against the detector's, on images where the detector found a face.
+
+    Says how far the fallback used for the faces the detector misses can be trusted.
+    """
+    detected = np.flatnonzero((targets["detection"] == "detector").to_numpy())
+    pick = np.random.default_rng(seed + 1).choice(detected, size=min(n, len(detected)), replace=False)
+    boxed = landmark_table([paths[i] for i in pick], detect=False, n_jobs=2)
+    out = {"n": int(len(pick))}
+    for name in LANDMARK_TARGETS:
+        a, b = targets[name].to_numpy()[pick], boxed[name].to_numpy()
+        out[name] = {
+            "pearson_r": float(np.corrcoef(a, b)[0, 1]),
+            "mean_abs_difference_in_sd": float(np.mean(np.abs(a - b)) / targets[name].std()),
+        }
+    out["fit_error_median"] = float(boxed["fit_error"].median())
+    return out
+
+
 def synthetic_check(n: int, seed: int) -> dict:
     """Targets of synthetic faces (128 px, dlib upsampling once) against their drawn tilt and smile."""
     from bafo_pipeline.data import make_synthetic_faces
@@ -153,6 +174,7 @@ def main() -> None:
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mirror-check", type=int, default=1000, help="images re-measured mirrored (0: skip)")
+    parser.add_argument("--fixed-box-check", type=int, default=1000, help="detected images re-measured with the fixed box (0: skip)")
     parser.add_argument("--synthetic-check", type=int, default=400, help="synthetic faces of known tilt and smile (0: skip)")
     args = parser.parse_args()
 
@@ -199,6 +221,9 @@ def main() -> None:
         "landmark_seconds_incl_cache": landmark_seconds,
         "detection": detection,
         "targets": per_target,
+        "fixed_box_check": fixed_box_check(list(table["path"]), landmarks, args.fixed_box_check, args.seed)
+        if args.fixed_box_check
+        else None,
         "synthetic_check": synthetic_check(args.synthetic_check, args.seed) if args.synthetic_check else None,
         "mirror_check": mirror_check(list(table["path"]), landmarks, args.mirror_check, args.seed) if args.mirror_check else None,
     }

@@ -191,3 +191,10 @@ def test_model_file_found_without_importing_the_package():
     path = require_landmark_model()
     assert os.path.basename(path) == "shape_predictor_68_face_landmarks.dat"
     assert os.path.getsize(path) > 50_000_000
+
+
+def test_detect_false_always_uses_the_box(faces):
+    out = landmark_table(list(faces.images[:4]), detect=False, n_jobs=1)
+    assert (out["detection"] == "fixed_box").all() and out["detector_score"].isna().all()
+    with pytest.raises(ValueError, match="fallback_box"):
+        LandmarkDetector(detect=False, fallback_box=None)

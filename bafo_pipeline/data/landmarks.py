@@ -128,6 +128,9 @@ class LandmarkDetector:
     fallback_box : tuple of 4 floats or None, default=ALIGNED_CROP_BOX
         Face box (left, top, right, bottom, as fractions of width and height) used when
         the detector finds no face; None leaves such faces without landmarks.
+    detect : bool, default=True
+        False skips the detector and always uses ``fallback_box`` (crops aligned so well
+        that the face is always in the same place).
 
     Notes
     -----
@@ -135,7 +138,13 @@ class LandmarkDetector:
     gives each worker thread its own (dlib releases the GIL while it works).
     """
 
-    def __init__(self, *, upsample: int = 0, fallback_box: tuple[float, ...] | None = ALIGNED_CROP_BOX) -> None:
+    def __init__(
+        self,
+        *,
+        upsample: int = 0,
+        fallback_box: tuple[float, ...] | None = ALIGNED_CROP_BOX,
+        detect: bool = True,
+    ) -> None:
         model_path = require_landmark_model()
         import dlib
 
@@ -144,8 +153,11 @@ class LandmarkDetector:
             left, top, right, bottom = fallback_box
             if not (0 <= left < right and 0 <= top < bottom):
                 raise ValueError(f"fallback_box must be (left, top, right, bottom) fractions, got {fallback_box}")
+        if not detect and fallback_box is None:
+            raise ValueError("detect=False needs a fallback_box")
         self.upsample = int(upsample)
         self.fallback_box = fallback_box
+        self.detect = bool(detect)
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = _shape_predictor(model_path)
@@ -163,7 +175,9 @@ class LandmarkDetector:
             The detector's confidence (NaN for the fixed box).
         """
         image = np.ascontiguousarray(image, dtype=np.uint8)
-        boxes, scores, _ = self._detector.run(image, self.upsample, 0.0)
+        boxes, scores = [], []
+        if self.detect:
+            boxes, scores, _ = self._detector.run(image, self.upsample, 0.0)
         if len(boxes):
             best = int(np.argmax(scores))
             box, detection, score = boxes[best], "detector", float(scores[best])
@@ -271,6 +285,7 @@ def landmark_table(
     image_size: int = 200,
     upsample: int = 0,
     fallback_box: tuple[float, ...] | None = ALIGNED_CROP_BOX,
+    detect: bool = True,
     n_jobs: int | None = 2,
     strict: bool = False,
     verbose: bool = False,
@@ -291,7 +306,7 @@ def landmark_table(
         a cache made with other settings is ignored and rewritten.
     image_size : int, default=200
         Files are decoded (center crop, resize) to this square size before detection.
-    upsample, fallback_box
+    upsample, fallback_box, detect
         See :class:`LandmarkDetector`.
     n_jobs : int or None, default=2
         Worker threads (dlib releases the GIL); None uses every core.
@@ -318,7 +333,12 @@ def landmark_table(
         On a length mismatch, or an unreadable image with ``strict=True`` (the message
         names the file).
     """
-    detector_options = {"upsample": int(upsample), "fallback_box": None if fallback_box is None else list(fallback_box)}
+    detector_options: dict[str, Any] = {
+        "upsample": int(upsample),
+        "fallback_box": None if fallback_box is None else list(fallback_box),
+    }
+    if not detect:  # options at their default stay out of the key, so older caches stay valid
+        detector_options["detect"] = False
     require_landmark_model()
     sources = list(sources)
     if content_hashes is None:
@@ -338,7 +358,7 @@ def landmark_table(
         if h not in cached.index:
             first_of.setdefault(h, i)
     if first_of:
-        options = {"upsample": int(upsample), "fallback_box": fallback_box}
+        options = {"upsample": int(upsample), "fallback_box": fallback_box, "detect": bool(detect)}
         new = _detect_all(
             [sources[i] for i in first_of.values()],
             image_size=int(image_size),

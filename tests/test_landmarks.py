@@ -198,3 +198,10 @@ def test_detect_false_always_uses_the_box(faces):
     assert (out["detection"] == "fixed_box").all() and out["detector_score"].isna().all()
     with pytest.raises(ValueError, match="fallback_box"):
         LandmarkDetector(detect=False, fallback_box=None)
+
+
+def test_bad_arrays_are_refused():
+    with pytest.raises(ValueError, match="uint8"):
+        landmark_table([np.zeros((64, 64, 3), np.float32)], n_jobs=1)
+    with pytest.raises(ValueError, match=r"\(h, w, 3\)"):
+        landmark_table([np.zeros((64, 64), np.uint8)], n_jobs=1)

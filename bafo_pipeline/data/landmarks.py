@@ -196,7 +196,12 @@ class LandmarkDetector:
 
 
 def _settings(detector_options: dict[str, Any], image_size: int) -> str:
-    return json.dumps({"format": _CACHE_FORMAT, "image_size": image_size, **detector_options}, sort_keys=True)
+    """The cache key of the detector's settings (a cache made with other settings is not reused)."""
+    key = {"format": _CACHE_FORMAT, "image_size": image_size, **detector_options}
+    key["fallback_box"] = None if key["fallback_box"] is None else list(key["fallback_box"])
+    if key.pop("detect") is False:  # left out at its default, so older caches stay valid
+        key["detect"] = False
+    return json.dumps(key, sort_keys=True)
 
 
 def _read_cache(path: Path | None, settings: str) -> pd.DataFrame:
@@ -242,6 +247,8 @@ def _detect_all(
         if detector is None:
             detector = local.detector = LandmarkDetector(**detector_options)
         if isinstance(source, np.ndarray):
+            if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+                raise ValueError(f"image arrays must be RGB uint8 of shape (h, w, 3), got {source.dtype} {source.shape}")
             image = source
         else:
             try:
@@ -333,12 +340,7 @@ def landmark_table(
         On a length mismatch, or an unreadable image with ``strict=True`` (the message
         names the file).
     """
-    detector_options: dict[str, Any] = {
-        "upsample": int(upsample),
-        "fallback_box": None if fallback_box is None else list(fallback_box),
-    }
-    if not detect:  # options at their default stay out of the key, so older caches stay valid
-        detector_options["detect"] = False
+    options = {"upsample": int(upsample), "fallback_box": fallback_box, "detect": bool(detect)}
     require_landmark_model()
     sources = list(sources)
     if content_hashes is None:
@@ -350,7 +352,7 @@ def landmark_table(
     if n_threads < 1:
         raise ValueError(f"n_jobs must be a positive int or None, got {n_jobs!r}")
 
-    settings = _settings(detector_options, int(image_size))
+    settings = _settings(options, int(image_size))
     cache_path = None if cache is None else Path(cache)
     cached = _read_cache(cache_path, settings).drop_duplicates("content_hash").set_index("content_hash")
     first_of: dict[str, int] = {}
@@ -358,7 +360,6 @@ def landmark_table(
         if h not in cached.index:
             first_of.setdefault(h, i)
     if first_of:
-        options = {"upsample": int(upsample), "fallback_box": fallback_box, "detect": bool(detect)}
         new = _detect_all(
             [sources[i] for i in first_of.values()],
             image_size=int(image_size),

@@ -1,22 +1,27 @@
 """The bottom layer: helpers every other layer may use and that import nothing of the package.
 
-atomic writes (:mod:`.atomic`), devices and their arithmetic (:mod:`.device`),
-progress reporting (:mod:`.progress`) and JSON cleaning (:mod:`.jsonable`).
+atomic writes (:mod:`.atomic`), outputs that never overwrite inputs (:mod:`.outputs`), devices
+and their arithmetic (:mod:`.device`), progress reporting (:mod:`.progress`) and JSON cleaning
+(:mod:`.jsonable`).
 """
 
-from .atomic import AtomicFile, atomic_write_path, check_destination
+from .atomic import AtomicFile, atomic_write_path, check_destination, remove_stale_temporaries
 from .device import autocast, native_bfloat16, resolve_device
 from .jsonable import to_jsonable
+from .outputs import OutputClashError, check_not_an_input
 from .progress import Progress, epoch_progress
 
 __all__ = [
     "AtomicFile",
+    "OutputClashError",
     "Progress",
     "atomic_write_path",
     "autocast",
     "check_destination",
+    "check_not_an_input",
     "epoch_progress",
     "native_bfloat16",
+    "remove_stale_temporaries",
     "resolve_device",
     "to_jsonable",
 ]

@@ -41,7 +41,7 @@ class _UserErrorsAsMessages(click.Group):
 def _one_line(error: BaseException) -> str:
     """The error as one line a person can act on: what went wrong, where, and what to do."""
     if isinstance(error, OSError) and error.strerror and error.filename:
-        text = f"{error.filename}: {error.strerror.lower()}"
+        text = f"{error.filename}: {error.strerror[:1].lower()}{error.strerror[1:]}"
     elif isinstance(error, KeyError):
         text = f"{error.args[0]!r} not found" if error.args else "a required key is missing"
     else:

@@ -181,3 +181,20 @@ def test_an_output_inside_an_input_folder_or_holding_inputs_is_refused(tmp_path)
     with pytest.raises(OutputClashError, match="holds the input"):
         check_not_an_input(faces, files=[faces / "a.jpg"])  # a folder output beside its inputs
     check_not_an_input(tmp_path / "out", folders=[faces], files=[faces / "a.jpg"])
+
+
+def test_a_folder_that_cannot_be_written_is_named_in_the_error(tmp_path, monkeypatch):
+    import bafo_pipeline._utils.atomic as atomic
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if flags & os.O_CREAT and Path(path).parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(atomic.os, "open", read_only)
+    with pytest.raises(PermissionError) as info:
+        AtomicFile(tmp_path / "latents.parquet")
+    assert info.value.filename == str(tmp_path) and "cannot write latents.parquet there" in info.value.strerror
+    assert ".tmp" not in str(info.value)

@@ -237,6 +237,9 @@ class AtomicFile:
                 fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 continue
+            except OSError as error:  # read-only folder or filesystem, no space: name the folder, not our temp file
+                raise type(error)(error.errno, f"cannot write {self.path.name} there: {error.strerror}",
+                                  str(self.path.parent)) from None
             break
         if fcntl is not None:
             # Held until commit or abort (or death): marks the file as a live writer's.

@@ -177,3 +177,26 @@ def test_skipped_files_are_listed_by_reason_and_in_a_private_json_beside_the_out
     skipped = json.loads(listing.read_text())["skipped"]
     assert len(skipped) == 2 and {"file", "reason"} <= set(skipped[0]) and "row" in skipped[1]
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_repeated_or_empty_id_column_values_are_refused_naming_the_manifest_rows(model_dir, utkface, tmp_path):
+    faces = sorted(p for p in utkface.iterdir() if not p.name.startswith(("39_", "50_")))
+    manifest = tmp_path / "faces.csv"
+    table = pd.DataFrame({"path": [str(p) for p in faces], "age": 30.0, "gender": "male", "ethnicity": "white",
+                          "key": [f"k{i}" for i in range(len(faces))]})
+    table.loc[[2, 5, 9], "key"] = "same"  # data rows 3, 6 and 10 of the manifest
+    table.to_csv(manifest, index=False)
+    line = _error_line(_run("encode", "--model", model_dir, "--manifest", manifest, "--id-column", "key",
+                            "--out", tmp_path / "a.parquet"))
+    assert "repeats values" in line and "manifest rows 3, 6, 10" in line
+    table["key"] = "x"  # the case: every value the same
+    table.to_csv(manifest, index=False)
+    assert "12 rows share 1 ids" in _error_line(_run("encode", "--model", model_dir, "--manifest", manifest,
+                                                     "--id-column", "key", "--out", tmp_path / "b.parquet"))
+    table["key"] = [f"k{i}" for i in range(len(faces))]
+    table.loc[4, "key"] = None
+    table.to_csv(manifest, index=False)
+    line = _error_line(_run("encode", "--model", model_dir, "--manifest", manifest, "--id-column", "key",
+                            "--out", tmp_path / "c.parquet"))
+    assert "empty at manifest rows 5" in line
+    assert not any(tmp_path.glob("*.parquet"))

@@ -121,13 +121,15 @@ def export_latents(
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if not estimator.input_format_.is_image:
         raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
-    label_frame = source.attributes.reset_index(drop=True)
+    attributes = source.attributes
+    label_frame = attributes.reset_index(drop=True)
     if id_column is not None:
         if id_column not in label_frame.columns:
             raise ValueError(f"id column {id_column!r} not found; available: {list(label_frame.columns)}")
         if id_column in source.sensitive or (estimator.schema_ is not None and id_column in estimator.schema_.names):
             raise ValueError(f"id column {id_column!r} is a sensitive attribute; ids must not reveal one")
         ids = label_frame[id_column].to_numpy()
+        _refuse_missing_or_repeated_ids(ids, attributes.index, f"id column {id_column!r}")
     elif ids is not None:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) != len(label_frame):
@@ -251,6 +253,32 @@ def _encode_halves(pool: ThreadPoolExecutor, estimator, images) -> np.ndarray:
     second = pool.submit(estimator.encode_images, images[half:])
     first = estimator.encode_images(images[:half])
     return np.concatenate([first, second.result()])
+
+
+def _refuse_missing_or_repeated_ids(ids: np.ndarray, index: pd.Index, what: str) -> None:
+    """Ids must identify rows: no missing value, no value twice (the message names the rows).
+
+    Rows are named as the user knows them: a manifest's 1-based data-row numbers (header not
+    counted) where the source keeps them, else 1-based positions in the source.
+    """
+    rows = "manifest rows" if index.name == "row" else "rows"
+    number = (lambda p: str(index[p])) if index.name == "row" else (lambda p: str(p + 1))
+
+    def listed(positions) -> str:
+        return ", ".join(number(p) for p in positions[:5]) + (f" and {len(positions) - 5} more" if len(positions) > 5 else "")
+
+    values = pd.Series(ids)
+    missing = np.flatnonzero(values.isna().to_numpy())
+    if len(missing):
+        raise ValueError(f"{what} is empty at {rows} {listed(missing)}; ids must identify rows")
+    repeated = values.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        groups = pd.Series(np.flatnonzero(repeated)).groupby(values[repeated].to_numpy(), sort=False)
+        shown = "; ".join(f"{rows} {listed(positions.to_numpy())}" for _, positions in list(groups)[:3])
+        raise ValueError(
+            f"{what} repeats values: {int(repeated.sum())} rows share {groups.ngroups} ids ({shown}"
+            f"{'; ...' if groups.ngroups > 3 else ''}); ids must be unique"
+        )
 
 
 def _redact(reason: str) -> str:

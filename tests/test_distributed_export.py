@@ -1,0 +1,252 @@
+"""encode_dataset on a local Ray cluster: same latents as the in-process export, ids that reveal nothing,
+bad files counted, resumption after a killed job, no path or label columns."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, save_model
+from bafo_pipeline.pipeline.distributed import encode_dataset
+from bafo_pipeline.pipeline.ids import content_digest, id_of_digest
+from bafo_pipeline.pipeline.inputs import list_folder, read_manifest
+from bafo_pipeline.pipeline.job import JOB_FILE, PLAN_FILE
+from bafo_pipeline.pipeline.partition_encoder import PartitionFailed
+
+pytest.importorskip("ray")
+
+SIZE = 32
+KEY = bytes(range(32))
+N_GOOD = 24
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return make_synthetic_faces(80, image_size=SIZE, random_state=3)
+
+
+@pytest.fixture(scope="module")
+def model_dir(faces, tmp_path_factory):
+    model = BAFOTransformer(
+        latent_dim=16, widths=(8, 16), epochs=1, refine_epochs=1, batch_size=16, random_state=0,
+        image_shape=(SIZE, SIZE),
+    ).fit(faces.images, sensitive_features=faces.sensitive_features)
+    return save_model(model, tmp_path_factory.mktemp("model") / "bafo", metadata={"split": {"test_fraction": 0.3, "seed": 0}})
+
+
+def _utkface_name(i: int, faces) -> str:
+    age = int(faces.sensitive_features["age"].iloc[i])
+    gender = 1 if faces.sensitive_features["gender"].iloc[i] == "female" else 0
+    return f"{age}_{gender}_{i % 5}_20170116{i:06d}.jpg.chip.jpg"
+
+
+@pytest.fixture(scope="module")
+def folder(faces, tmp_path_factory):
+    """24 faces as UTKFace-named JPEGs (labels in the names), plus a corrupt, an empty and a non-image file."""
+    root = tmp_path_factory.mktemp("faces")
+    for i, image in enumerate(faces.images[:N_GOOD]):
+        Image.fromarray(image).resize((3 * SIZE, 3 * SIZE), Image.Resampling.BICUBIC).save(root / _utkface_name(i, faces), quality=90)
+    first = sorted(root.iterdir())[0].read_bytes()
+    (root / "41_0_3_20170119000001.jpg.chip.jpg").write_bytes(first[:150])  # header, then nothing
+    (root / "52_1_1_20170119000002.jpg.chip.jpg").write_bytes(b"")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def _read(out: Path) -> pd.DataFrame:
+    table = pq.read_table(out)
+    return pd.DataFrame({"id": table.column("id").to_numpy(), "latent": list(table.column("latent").to_numpy(zero_copy_only=False))})
+
+
+def _ids_of_files(paths) -> dict[int, Path]:
+    return {id_of_digest(content_digest(KEY, Path(p).read_bytes())): Path(p) for p in paths}
+
+
+def test_ray_export_equals_the_in_process_export_bit_for_bit(ray_cluster, model_dir, folder, tmp_path):
+    from bafo_pipeline.io.model_io import load_model
+
+    report = encode_dataset(model_dir, folder, tmp_path / "ray", id_key=KEY, workers=2, partition_rows=8, decoder="pil")
+    good = sorted(p for p in folder.iterdir() if p.suffix == ".jpg" and p.stat().st_size > 500)
+    assert len(good) == N_GOOD and report.counts["written"] == N_GOOD
+    assert report.n_partitions == 4 and len(list((tmp_path / "ray").glob("part-*.parquet"))) == 4
+
+    local = tmp_path / "local.parquet"
+    export_latents(load_model(model_dir), pd.DataFrame({"path": [str(p) for p in good]}), local, decoder="pil")
+    expected = pq.read_table(local)
+    by_file = dict(zip(map(str, good), expected.column("latent").to_numpy(zero_copy_only=False)))
+    ids = _ids_of_files(good)
+    got = _read(tmp_path / "ray")
+    assert set(got["id"]) == set(ids)
+    for row in got.itertuples():
+        np.testing.assert_array_equal(row.latent, by_file[str(ids[row.id])])
+
+    # Same schema as the in-process file, and the model fingerprint in every file.
+    for part in sorted((tmp_path / "ray").glob("part-*.parquet")):
+        schema = pq.read_schema(part)
+        assert schema.names == ["id", "latent"]
+        assert schema.field("id").type == expected.schema.field("id").type
+        assert schema.field("latent").type == expected.schema.field("latent").type
+        meta = json.loads(schema.metadata[b"bafo"])
+        assert meta["model_fingerprint"] == report.job["model_fingerprint"]
+        assert meta["precision"] == json.loads(expected.schema.metadata[b"bafo"])["precision"]
+
+
+def test_ids_and_row_order_come_from_the_content_not_the_names(ray_cluster, model_dir, folder, faces, tmp_path):
+    """Renamed files (other labels in the names, other name order) get the same ids, rows and partitions."""
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    rng = np.random.default_rng(0)
+    for i, path in enumerate(sorted(folder.glob("*.jpg"))):
+        shutil.copy(path, renamed / f"{rng.integers(1, 99)}_{i % 2}_{(i * 3) % 5}_{rng.integers(1e9)}.jpg.chip.jpg")
+    first = encode_dataset(model_dir, folder, tmp_path / "a", id_key=KEY, workers=1, partition_rows=100)
+    second = encode_dataset(model_dir, renamed, tmp_path / "b", id_key=KEY, workers=1, partition_rows=100)
+    a, b = pq.read_table(tmp_path / "a"), pq.read_table(tmp_path / "b")
+    assert a.column("id").to_pylist() == b.column("id").to_pylist()  # same rows in the same order
+    ids = np.asarray(a.column("id").to_pylist())
+    assert (np.diff(ids) > 0).all()  # written in id order: a keyed hash, not the name order
+    assert first.counts["written"] == second.counts["written"] == N_GOOD
+    # Another key gives other ids: without the key nobody can link an image to its row.
+    other = encode_dataset(model_dir, folder, tmp_path / "c", id_key=b"another key of 32 bytes........", workers=1)
+    assert not set(pq.read_table(tmp_path / "c").column("id").to_pylist()) & set(ids.tolist())
+    assert other.job["id_key_fingerprint"] != first.job["id_key_fingerprint"]
+
+
+def test_no_path_label_or_name_leaves_through_the_files(ray_cluster, model_dir, folder, tmp_path):
+    report = encode_dataset(model_dir, list_folder(folder, utkface=True), tmp_path / "out", id_key=KEY, workers=1, partition_rows=10)
+    assert report.counts["written"] == N_GOOD
+    names = [p.name for p in folder.iterdir()]
+    for path in (tmp_path / "out").iterdir():
+        schema = pq.read_schema(path) if path.suffix == ".parquet" else None
+        if schema is not None:
+            assert schema.names == ["id", "latent"]  # no labels unless asked, no path column
+        text = path.read_bytes().decode("latin-1")
+        for name in names:
+            assert name not in text and name.split(".")[0] not in text, f"{name} leaked into {path.name}"
+        assert str(folder) not in text
+    # Labels only when asked, and they are the ones in the names.
+    labelled = encode_dataset(model_dir, list_folder(folder, utkface=True), tmp_path / "labelled", id_key=KEY,
+                              workers=1, include_labels=True, partition_rows=10)
+    table = pq.read_table(tmp_path / "labelled").to_pandas()
+    assert list(table.columns) == ["id", "latent", "age", "gender", "ethnicity"]
+    files = _ids_of_files(p for p in folder.glob("*.jpg") if p.stat().st_size > 500)
+    for row in table.itertuples():
+        age, gender = files[row.id].name.split("_")[:2]
+        assert row.age == float(age) and row.gender == ("female" if gender == "1" else "male")
+    assert labelled.counts["written"] == N_GOOD
+
+
+def test_bad_files_are_skipped_with_reasons_and_their_batch_keeps_its_good_rows(ray_cluster, model_dir, folder, tmp_path):
+    # One partition and one batch: the bad files share a batch with every good one.
+    report = encode_dataset(model_dir, folder, tmp_path / "out", id_key=KEY, workers=1, partition_rows=1000, batch_size=64)
+    counts = report.counts
+    assert counts["read"] == N_GOOD + 2 and counts["written"] == N_GOOD and counts["skipped"] == 2
+    reasons = sorted(counts["skipped_by_reason"])
+    assert reasons[0] == "empty file (0 bytes)" and reasons[1].startswith("truncated image data")
+    assert all(item["source"].startswith("file ") for item in counts["skipped_items"])
+    job = json.loads((tmp_path / "out" / JOB_FILE).read_text())
+    assert job["counts"] == counts and job["files"] == [{"name": "part-00000.parquet", "rows": N_GOOD}]
+    with pytest.raises(PartitionFailed, match=str(folder)):
+        encode_dataset(model_dir, folder, tmp_path / "strict", id_key=KEY, workers=1, strict=True)
+    assert not (tmp_path / "strict" / JOB_FILE).exists()
+
+
+def test_manifest_rows_are_ids_and_bad_rows_are_named_by_row(ray_cluster, model_dir, folder, tmp_path):
+    files = sorted(p.name for p in folder.glob("*.jpg"))  # the 24 faces, the corrupt and the empty file
+    rows = [{"path": f"{folder.name}/{name}", "smile": i % 2} for i, name in enumerate(files)]
+    rows[3]["path"] = "../outside.jpg"  # leaves the manifest's folder
+    manifest = folder.parent / f"manifest_{tmp_path.name}.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    report = encode_dataset(model_dir, read_manifest(manifest, label_columns=["smile"]), tmp_path / "out", id_key=KEY,
+                            id_from="row", include_labels=True, workers=1, partition_rows=7)
+    table = pq.read_table(tmp_path / "out").to_pandas()
+    # ids are the manifest's own 1-based data rows, and each carries its row's label
+    assert all(row.smile == rows[row.id - 1]["smile"] for row in table.itertuples())
+    assert not (np.diff(table["id"].to_numpy()) > 0).all()  # rows are not written in manifest order
+    skipped = {item["source"]: item["reason"] for item in report.counts["skipped_items"]}
+    assert "leaves the manifest" in skipped["row 4"] and 4 not in set(table["id"])
+    assert report.counts["written"] == len(table) == len(files) - 3
+    assert report.counts["skipped"] == 3  # the escaping path, the empty and the corrupt file
+
+
+def test_a_rerun_of_a_complete_job_does_nothing_and_another_job_is_refused(ray_cluster, model_dir, folder, tmp_path):
+    first = encode_dataset(model_dir, folder, tmp_path / "out", id_key=KEY, workers=1, partition_rows=10)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    again = encode_dataset(model_dir, folder, tmp_path / "out", id_key=KEY, workers=1, partition_rows=10)
+    assert again.partitions_written == 0 and again.counts == first.counts
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(FileExistsError, match="another export"):
+        encode_dataset(model_dir, folder, tmp_path / "out", id_key=KEY, workers=1, partition_rows=5)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a bafo export|not this export"):
+        encode_dataset(model_dir, folder, tmp_path / "other", id_key=KEY, workers=1, overwrite=True)
+    assert (tmp_path / "other" / "mine.txt").read_text() == "keep me"
+
+
+# ------------------------------------------------------------------ resumption after a kill
+_SLOW_JOB = textwrap.dedent(
+    """
+    import os, signal, sys
+    import ray
+    from bafo_pipeline.pipeline.distributed import encode_dataset
+
+    address, model, source, out = sys.argv[1:5]
+    ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    done = []
+
+    def die_after_the_first_partition(n):
+        done.append(n)
+        print("partition done", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # a killed job: no cleanup, no job file
+
+    encode_dataset(model, source, out, id_key=bytes(range(32)), workers=1, partition_rows=1,
+                   progress=die_after_the_first_partition)
+    """
+)
+
+
+def _slow_pngs(folder: Path, n: int) -> None:
+    """Large solid-colour PNGs (about 0.1-0.4 s each to decode), distinct bytes through a trailing chunk."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (3000, 3000), (120, 30, 200)).save(buffer, format="PNG")
+    for i in range(n):
+        (folder / f"{i:03d}.png").write_bytes(buffer.getvalue() + f"extra{i}".encode())
+
+
+def test_a_killed_job_resumes_and_equals_an_uninterrupted_run(ray_cluster, model_dir, tmp_path):
+    source = tmp_path / "slow"
+    source.mkdir()
+    _slow_pngs(source, 8)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    job = subprocess.run([sys.executable, "-c", _SLOW_JOB, ray_cluster, str(model_dir), str(source), str(out)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert job.returncode == -signal.SIGKILL, job.stderr[-2000:]
+    time.sleep(1.0)  # the cluster stops the dead job's actor
+    parts = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert (out / PLAN_FILE).exists() and not (out / JOB_FILE).exists()  # recognisably half-finished
+    assert 1 <= len(parts) < 8, parts
+    (out / ".part-00007.parquet.0123456789ab.tmp").write_bytes(b"half a file")  # as a kill mid-write leaves
+
+    resumed = encode_dataset(model_dir, source, out, id_key=KEY, workers=1, partition_rows=1)
+    assert resumed.partitions_kept == len(parts) and resumed.partitions_written == 8 - len(parts)
+    assert not list(out.glob(".*.tmp"))
+    whole = encode_dataset(model_dir, source, tmp_path / "whole", id_key=KEY, workers=1, partition_rows=1)
+    assert resumed.counts == whole.counts and resumed.counts["written"] == 8
+    for part in sorted(out.glob("part-*.parquet")):
+        a, b = pq.read_table(part), pq.read_table(tmp_path / "whole" / part.name)
+        assert a.column("id").equals(b.column("id")) and a.column("latent").equals(b.column("latent"))

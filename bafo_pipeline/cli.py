@@ -58,6 +58,25 @@ def _concealment_options(function):
     return _apply(options, function)
 
 
+def _ray_options(function):
+    """Options of ``bafo encode --engine ray`` (the distributed export)."""
+    options = [
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: this process; ray: a Ray cluster, writing a folder of Parquet partitions."),
+        click.option("--images", help="--engine ray: a folder of images or a CSV/Parquet manifest, local or a URI (s3://...)."),
+        click.option("--workers", default=2, show_default=True, help="--engine ray: actors, each holding the model once."),
+        click.option("--gpus-per-worker", type=float, help="--engine ray: GPUs per actor (default 1 where the cluster has GPUs)."),
+        click.option("--partition-rows", type=int, help="--engine ray: images per output file (default ~1/64 of them, 500-100,000)."),
+        click.option("--ids", type=click.Choice(["content", "row"]), default="content", show_default=True,
+                     help="--engine ray: id = keyed hash of the file's bytes, or the manifest's 1-based row number."),
+        click.option("--id-key-file", type=click.Path(dir_okay=False),
+                     help="--engine ray: the key of the keyed ids (default $BAFO_ID_KEY_FILE or ~/.config/bafo/id.key, "
+                          "created on first use; keep it private and reuse it to resume)."),
+        click.option("--ray-address", help="--engine ray: the cluster to use (default $RAY_ADDRESS, else a local one)."),
+    ]
+    return _apply(options, function)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bafo-pipeline")
 def main() -> None:
@@ -129,7 +148,8 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @_data_options
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
+@click.option("--out", required=True, type=click.Path(),
+              help="Parquet file to write (--engine ray: a folder of Parquet partitions).")
 @click.option("--split", "which", type=click.Choice(["all", "train", "test"]), default="all", show_default=True,
               help="Rows to encode, by the model's own content-hash split.")
 @click.option("--include-split", is_flag=True, help="Add a 'split' column (train/test).")
@@ -140,15 +160,32 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
               help="Image decoding: Pillow on the CPU, or batched on the model's device (nvJPEG on a GPU); "
                    "auto picks torch on CUDA.")
 @click.option("--overwrite", is_flag=True)
+@_ray_options
 def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out, which,
-           include_split, include_labels, id_column, batch_size, decoder, overwrite):
+           include_split, include_labels, id_column, batch_size, decoder, overwrite, engine, images, workers,
+           gpus_per_worker, partition_rows, ids, id_key_file, ray_address):
     """Encode images to concealed latents and stream them to a Parquet file.
 
     By default the file holds only ids and latents: no labels, no file names
     (UTKFace names spell out age, gender and ethnicity). Unreadable images are
     skipped and listed by row (or stop the run with --strict); the file appears
     only when complete.
+
+    With --engine ray the work runs on a Ray cluster (a local one unless
+    RAY_ADDRESS or --ray-address names one) and OUT is a folder of Parquet
+    partitions with a _bafo_job.json written last; running the same command
+    again resumes an interrupted job.
     """
+    if engine == "ray":
+        return _encode_on_ray(
+            model_dir, utkface, manifest, images, image_column, sensitive, limit, strict, out, which, include_split,
+            include_labels, id_column, batch_size, decoder, overwrite, workers, gpus_per_worker, partition_rows, ids,
+            id_key_file, ray_address,
+        )
+    if images is not None:
+        raise click.UsageError("--images is for --engine ray; use --utkface or --manifest")
+    if Path(out).is_dir():
+        raise click.UsageError(f"{out} is a folder; the local engine writes one Parquet file (--engine ray writes folders)")
     from tqdm.auto import tqdm
 
     from .data.dataset import FaceDataset
@@ -185,6 +222,54 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     click.echo(f"wrote {report.n_written} latents to {out} ({len(report.skipped)} skipped)")
 
 
+def _encode_on_ray(model_dir, utkface, manifest, images, image_column, sensitive, limit, strict, out, which,
+                   include_split, include_labels, id_column, batch_size, decoder, overwrite, workers, gpus_per_worker,
+                   partition_rows, ids, id_key_file, ray_address):
+    """``bafo encode --engine ray``: list on this machine, encode on the cluster, one Parquet file per partition."""
+    from tqdm.auto import tqdm
+
+    from .pipeline.distributed import encode_dataset
+    from .pipeline.inputs import list_folder, read_manifest
+    from .pipeline.partition_encoder import PartitionFailed
+
+    if limit is not None:
+        raise click.UsageError("--limit is not supported with --engine ray (a subset by name would depend on the labels)")
+    if id_column is not None:
+        raise click.UsageError("--id-column is not supported with --engine ray; use --ids row for manifest row numbers")
+    sources = [s for s in (utkface, manifest, images) if s is not None]
+    if len(sources) != 1:
+        raise click.UsageError("--engine ray reads files: pass exactly one of --utkface, --manifest or --images")
+    columns = [c.strip() for c in sensitive.split(",") if c.strip()]
+    try:
+        if utkface is not None:
+            inputs = list_folder(utkface, utkface=True)
+        elif manifest is not None or str(images).lower().endswith((".csv", ".parquet", ".pq")):
+            inputs = read_manifest(manifest or images, image_column=image_column,
+                                   label_columns=columns if include_labels else (),
+                                   required_labels=columns if include_labels else ())
+        else:
+            inputs = list_folder(images)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"data: {len(inputs)} files listed, {len(inputs.skipped)} skipped while listing", err=True)
+    try:
+        with tqdm(total=len(inputs), desc="encoding", unit="img") as bar:
+            report = encode_dataset(
+                model_dir, inputs, out, include_labels=include_labels, id_from=ids, id_key=id_key_file,
+                split=which, include_split=include_split, workers=workers, gpus_per_worker=gpus_per_worker,
+                partition_rows=partition_rows, batch_size=batch_size, decoder=decoder, strict=strict,
+                overwrite=overwrite, address=ray_address, progress=bar.update,
+            )
+    except (FileExistsError, NotADirectoryError, PartitionFailed, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    counts = report.counts
+    for reason, count in list(counts["skipped_by_reason"].items())[:10]:
+        click.echo(f"skipped {count}: {reason}", err=True)
+    kept = f", {report.partitions_kept} kept from an earlier run" if report.partitions_kept else ""
+    click.echo(f"wrote {counts['written']} latents to {out} ({report.n_partitions} partitions{kept}; "
+               f"{counts['skipped']} skipped; job file {out}/_bafo_job.json)")
+
+
 def _scan_or_load(utkface, manifest, image_column, sensitive, config, synthetic_samples, limit, strict):
     """File sources are only scanned (decoded later, in streaming batches); synthetic faces are drawn."""
     if utkface is not None:
@@ -207,18 +292,24 @@ def _scan_or_load(utkface, manifest, image_column, sensitive, config, synthetic_
 
 # ---------------------------------------------------------------------------- audit
 @main.command()
-@click.option("--latents", "latents", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="A Parquet file of embeddings (repeat to compare several side by side).")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
-              help="CSV/Parquet labels joined by id; default: the labels stored in the first latents file.")
+@click.option("--latents", "latents", multiple=True, required=True,
+              help="Embeddings: a Parquet file, a folder of them (plain or hive-partitioned), a glob or a URI "
+                   "(repeat to compare several side by side).")
+@click.option("--labels",
+              help="CSV or Parquet labels (file, folder, glob or URI) joined by id; default: the labels stored "
+                   "in the first latents dataset.")
 @click.option("--id-column", default="id", show_default=True)
+@click.option("--latent-column", help="The embedding's list column in files of other tools (default: 'latent', "
+                                      "else the only list column, else one numeric column per dimension).")
+@click.option("--sample", type=int, help="Audit a stratified sample of this many rows (for datasets larger than "
+                                         "memory); the report says so.")
 @click.option("--attributes", default="age,gender,ethnicity", show_default=True, help="Sensitive attributes to audit.")
 @click.option("--target", help="A non-sensitive column for the downstream fairness report (e.g. smile).")
 @click.option("--folds", default=5, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--max-leakage", type=float, help="Exit with status 1 when any attribute's worst-case leakage exceeds this.")
 @click.option("--gate", help="Apply --max-leakage to this representation only (a file stem); default: all.")
-def audit(latents, labels, id_column, attributes, target, folds, out_dir, max_leakage, gate):
+def audit(latents, labels, id_column, latent_column, sample, attributes, target, folds, out_dir, max_leakage, gate):
     """Measure how much of each sensitive attribute the embeddings still reveal.
 
     Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
@@ -229,13 +320,18 @@ def audit(latents, labels, id_column, attributes, target, folds, out_dir, max_le
     from .audits import run_audit_files
 
     names = [s.strip() for s in attributes.split(",") if s.strip()]
-    report = _with_progress(
-        "auditing",
-        lambda progress: run_audit_files(
-            list(latents), labels, out_dir, id_column=id_column, attributes=names, target=target,
-            n_folds=folds, progress=progress,
-        ),
-    )
+    try:
+        report = _with_progress(
+            "auditing",
+            lambda progress: run_audit_files(
+                list(latents), labels, out_dir, id_column=id_column, latent_column=latent_column, sample=sample,
+                attributes=names, target=target, n_folds=folds, progress=progress,
+            ),
+        )
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    if sample is not None:
+        click.echo(report.leakage.warnings[0], err=True)
     _print_verdicts(report)
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
     if max_leakage is not None and report.exceeds(max_leakage, gate):

@@ -250,3 +250,36 @@ def test_a_killed_job_resumes_and_equals_an_uninterrupted_run(ray_cluster, model
     for part in sorted(out.glob("part-*.parquet")):
         a, b = pq.read_table(part), pq.read_table(tmp_path / "whole" / part.name)
         assert a.column("id").equals(b.column("id")) and a.column("latent").equals(b.column("latent"))
+
+
+def test_cli_encodes_on_ray_and_the_audit_reads_the_partitioned_output(ray_cluster, model_dir, folder, tmp_path):
+    from click.testing import CliRunner
+
+    from bafo_pipeline.cli import main
+
+    key_file = tmp_path / "owner" / "id.key"
+    out = tmp_path / "latents"
+    args = ["encode", "--engine", "ray", "--model", str(model_dir), "--utkface", str(folder), "--out", str(out),
+            "--include-labels", "--include-split", "--workers", "1", "--partition-rows", "10",
+            "--id-key-file", str(key_file)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {N_GOOD} latents" in result.output and "3 partitions" in result.output
+    assert key_file.stat().st_mode & 0o777 == 0o600  # the data owner's key, private
+    table = pq.read_table(out)
+    assert set(table.column_names) == {"id", "latent", "split", "age", "gender", "ethnicity"}
+    assert set(table.column("split").to_pylist()) == {"train", "test"}
+
+    again = CliRunner().invoke(main, args)  # the same job again: complete, nothing to redo
+    assert again.exit_code == 0 and f"wrote {N_GOOD} latents" in again.output
+
+    report = tmp_path / "report"
+    audited = CliRunner().invoke(main, ["audit", "--latents", str(out), "--attributes", "gender", "--folds", "3",
+                                        "--out", str(report)])
+    assert audited.exit_code == 0, audited.output
+    saved = json.loads((report / "report.json").read_text())
+    assert saved["leakage"]["representations"]["latents"]["n_samples"] == N_GOOD
+
+    refused = CliRunner().invoke(main, ["encode", "--engine", "ray", "--model", str(model_dir), "--utkface",
+                                        str(folder), "--out", str(out), "--limit", "5"])
+    assert refused.exit_code != 0 and "--limit" in refused.output

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -350,14 +351,25 @@ def _ray_session(address: str | None, verbose: bool) -> Iterator[Any]:
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-                 logging_level="INFO" if verbose else "WARNING")
+                 logging_level="INFO" if verbose else "ERROR")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = verbose
     context.print_on_execution_start = verbose
     context.enable_auto_log_stats = False
+    # A library stays quiet: Ray Data logs each execution's start and end, and re-reads its
+    # level from this variable whenever it sets up its loggers.
+    level = os.environ.get("RAY_DATA_LOG_LEVEL")
+    if not verbose:
+        os.environ["RAY_DATA_LOG_LEVEL"] = "ERROR"
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     try:
         yield ray
     finally:
+        if not verbose:
+            if level is None:
+                os.environ.pop("RAY_DATA_LOG_LEVEL", None)
+            else:
+                os.environ["RAY_DATA_LOG_LEVEL"] = level
         if started_here:
             ray.shutdown()
 
@@ -406,7 +418,7 @@ def _run(ray, estimator, filesystem, spec: JobSpec, inputs, refs, buckets, todo,
         PartitionEncoder,
         batch_size=1,
         batch_format="numpy",
-        fn_constructor_kwargs={"estimator": estimator, "filesystem": filesystem, "spec": spec},
+        fn_constructor_kwargs={"estimator": [ray.put(estimator)], "filesystem": filesystem, "spec": spec},
         compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),
         num_cpus=cpus,
         num_gpus=gpus,

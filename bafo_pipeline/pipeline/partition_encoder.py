@@ -116,8 +116,9 @@ class PartitionEncoder:
 
     Parameters
     ----------
-    estimator : BAFOTransformer
-        Fitted on images.
+    estimator : BAFOTransformer or list
+        Fitted on images; or a one-element list holding a Ray ``ObjectRef`` of it (nested, so
+        Ray hands the actor the reference and the model is stored once for all actors).
     filesystem : pyarrow.fs.FileSystem
         Where the inputs and the output folder are.
     spec : JobSpec
@@ -132,6 +133,10 @@ class PartitionEncoder:
     """
 
     def __init__(self, estimator, filesystem: pafs.FileSystem, spec: JobSpec, device: str | None = None) -> None:
+        if isinstance(estimator, list):
+            import ray
+
+            estimator = ray.get(estimator[0])
         if device is None:
             device = "cuda" if torch.cuda.is_available() and _has_assigned_gpu() else "cpu"
         self.estimator = estimator.set_params(device=device)
@@ -205,8 +210,8 @@ class PartitionEncoder:
             "precision": self.precision,
             "decoder": self.decoder,
         }
+        stats["seconds"] = round(time.perf_counter() - started, 3)  # reading, decoding and encoding
         self._write(partition, ids[order], z[order], labels, split_names if spec.include_split else None, stats)
-        stats["seconds"] = round(time.perf_counter() - started, 3)
         return stats
 
     def _ids_and_order(self, inputs: pa.Table, positions: np.ndarray, digests: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

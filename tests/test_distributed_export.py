@@ -22,7 +22,7 @@ from PIL import Image
 
 from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, save_model
 from bafo_pipeline.pipeline.distributed import encode_dataset
-from bafo_pipeline.pipeline.ids import content_digest, id_of_digest
+from bafo_pipeline.pipeline.ids import content_digest, id_of_digest, load_id_key
 from bafo_pipeline.pipeline.inputs import list_folder, read_manifest
 from bafo_pipeline.pipeline.job import JOB_FILE, PLAN_FILE
 from bafo_pipeline.pipeline.partition_encoder import PartitionFailed
@@ -67,35 +67,37 @@ def folder(faces, tmp_path_factory):
     return root
 
 
-def _read(out: Path) -> pd.DataFrame:
-    table = pq.read_table(out)
-    return pd.DataFrame({"id": table.column("id").to_numpy(), "latent": list(table.column("latent").to_numpy(zero_copy_only=False))})
-
-
 def _ids_of_files(paths) -> dict[int, Path]:
     return {id_of_digest(content_digest(KEY, Path(p).read_bytes())): Path(p) for p in paths}
 
 
-def test_ray_export_equals_the_in_process_export_bit_for_bit(ray_cluster, model_dir, folder, tmp_path):
+@pytest.fixture(scope="module")
+def plain_export(ray_cluster, model_dir, folder, tmp_path_factory):
+    """The folder exported by 2 actors into 4 partitions: ids and latents only."""
+    out = tmp_path_factory.mktemp("plain") / "latents"
+    return encode_dataset(model_dir, folder, out, id_key=KEY, workers=2, partition_rows=8, decoder="pil"), out
+
+
+def test_ray_export_equals_the_in_process_export_bit_for_bit(plain_export, model_dir, folder, tmp_path):
     from bafo_pipeline.io.model_io import load_model
 
-    report = encode_dataset(model_dir, folder, tmp_path / "ray", id_key=KEY, workers=2, partition_rows=8, decoder="pil")
+    report, out = plain_export
     good = sorted(p for p in folder.iterdir() if p.suffix == ".jpg" and p.stat().st_size > 500)
     assert len(good) == N_GOOD and report.counts["written"] == N_GOOD
-    assert report.n_partitions == 4 and len(list((tmp_path / "ray").glob("part-*.parquet"))) == 4
+    assert report.n_partitions == 4 and len(list(out.glob("part-*.parquet"))) == 4
 
     local = tmp_path / "local.parquet"
     export_latents(load_model(model_dir), pd.DataFrame({"path": [str(p) for p in good]}), local, decoder="pil")
     expected = pq.read_table(local)
     by_file = dict(zip(map(str, good), expected.column("latent").to_numpy(zero_copy_only=False)))
     ids = _ids_of_files(good)
-    got = _read(tmp_path / "ray")
-    assert set(got["id"]) == set(ids)
-    for row in got.itertuples():
-        np.testing.assert_array_equal(row.latent, by_file[str(ids[row.id])])
+    got = pq.read_table(out)
+    assert set(got.column("id").to_pylist()) == set(ids)
+    for i, latent in zip(got.column("id").to_pylist(), got.column("latent").to_numpy(zero_copy_only=False)):
+        np.testing.assert_array_equal(latent, by_file[str(ids[i])])
 
     # Same schema as the in-process file, and the model fingerprint in every file.
-    for part in sorted((tmp_path / "ray").glob("part-*.parquet")):
+    for part in sorted(out.glob("part-*.parquet")):
         schema = pq.read_schema(part)
         assert schema.names == ["id", "latent"]
         assert schema.field("id").type == expected.schema.field("id").type
@@ -105,63 +107,54 @@ def test_ray_export_equals_the_in_process_export_bit_for_bit(ray_cluster, model_
         assert meta["precision"] == json.loads(expected.schema.metadata[b"bafo"])["precision"]
 
 
-def test_ids_and_row_order_come_from_the_content_not_the_names(ray_cluster, model_dir, folder, faces, tmp_path):
+def test_ids_and_row_order_come_from_the_content_not_the_names(plain_export, model_dir, folder, tmp_path):
     """Renamed files (other labels in the names, other name order) get the same ids, rows and partitions."""
+    _, out = plain_export
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     rng = np.random.default_rng(0)
     for i, path in enumerate(sorted(folder.glob("*.jpg"))):
         shutil.copy(path, renamed / f"{rng.integers(1, 99)}_{i % 2}_{(i * 3) % 5}_{rng.integers(1e9)}.jpg.chip.jpg")
-    first = encode_dataset(model_dir, folder, tmp_path / "a", id_key=KEY, workers=1, partition_rows=100)
-    second = encode_dataset(model_dir, renamed, tmp_path / "b", id_key=KEY, workers=1, partition_rows=100)
-    a, b = pq.read_table(tmp_path / "a"), pq.read_table(tmp_path / "b")
-    assert a.column("id").to_pylist() == b.column("id").to_pylist()  # same rows in the same order
-    ids = np.asarray(a.column("id").to_pylist())
-    assert (np.diff(ids) > 0).all()  # written in id order: a keyed hash, not the name order
-    assert first.counts["written"] == second.counts["written"] == N_GOOD
-    # Another key gives other ids: without the key nobody can link an image to its row.
-    other = encode_dataset(model_dir, folder, tmp_path / "c", id_key=b"another key of 32 bytes........", workers=1)
-    assert not set(pq.read_table(tmp_path / "c").column("id").to_pylist()) & set(ids.tolist())
-    assert other.job["id_key_fingerprint"] != first.job["id_key_fingerprint"]
-
-
-def test_no_path_label_or_name_leaves_through_the_files(ray_cluster, model_dir, folder, tmp_path):
-    report = encode_dataset(model_dir, list_folder(folder, utkface=True), tmp_path / "out", id_key=KEY, workers=1, partition_rows=10)
+    report = encode_dataset(model_dir, renamed, tmp_path / "b", id_key=KEY, workers=1, partition_rows=8)
     assert report.counts["written"] == N_GOOD
-    names = [p.name for p in folder.iterdir()]
-    for path in (tmp_path / "out").iterdir():
-        schema = pq.read_schema(path) if path.suffix == ".parquet" else None
-        if schema is not None:
-            assert schema.names == ["id", "latent"]  # no labels unless asked, no path column
-        text = path.read_bytes().decode("latin-1")
-        for name in names:
-            assert name not in text and name.split(".")[0] not in text, f"{name} leaked into {path.name}"
-        assert str(folder) not in text
-    # Labels only when asked, and they are the ones in the names.
-    labelled = encode_dataset(model_dir, list_folder(folder, utkface=True), tmp_path / "labelled", id_key=KEY,
-                              workers=1, include_labels=True, partition_rows=10)
-    table = pq.read_table(tmp_path / "labelled").to_pandas()
-    assert list(table.columns) == ["id", "latent", "age", "gender", "ethnicity"]
-    files = _ids_of_files(p for p in folder.glob("*.jpg") if p.stat().st_size > 500)
-    for row in table.itertuples():
-        age, gender = files[row.id].name.split("_")[:2]
-        assert row.age == float(age) and row.gender == ("female" if gender == "1" else "male")
-    assert labelled.counts["written"] == N_GOOD
+    a, b = pq.read_table(out), pq.read_table(tmp_path / "b")
+    assert sorted(a.column("id").to_pylist()) == sorted(b.column("id").to_pylist())
+    for part in sorted(out.glob("part-*.parquet")):
+        ids = pq.read_table(part).column("id").to_numpy()
+        assert (np.diff(ids) > 0).all()  # written in id order (a keyed hash), never in name order
 
 
-def test_bad_files_are_skipped_with_reasons_and_their_batch_keeps_its_good_rows(ray_cluster, model_dir, folder, tmp_path):
-    # One partition and one batch: the bad files share a batch with every good one.
-    report = encode_dataset(model_dir, folder, tmp_path / "out", id_key=KEY, workers=1, partition_rows=1000, batch_size=64)
+def test_bad_files_are_skipped_with_reasons_and_their_batch_keeps_its_good_rows(plain_export, folder):
+    report, out = plain_export
     counts = report.counts
     assert counts["read"] == N_GOOD + 2 and counts["written"] == N_GOOD and counts["skipped"] == 2
     reasons = sorted(counts["skipped_by_reason"])
     assert reasons[0] == "empty file (0 bytes)" and reasons[1].startswith("truncated image data")
     assert all(item["source"].startswith("file ") for item in counts["skipped_items"])
-    job = json.loads((tmp_path / "out" / JOB_FILE).read_text())
-    assert job["counts"] == counts and job["files"] == [{"name": "part-00000.parquet", "rows": N_GOOD}]
+    job = json.loads((out / JOB_FILE).read_text())
+    assert job["counts"] == counts and sum(f["rows"] for f in job["files"]) == N_GOOD
+    # each bad file shared its partition (and batch) with good files, which were all written
+    for part in out.glob("part-*.parquet"):
+        meta = json.loads(pq.read_schema(part).metadata[b"bafo"])["job"]
+        assert meta["rows_written"] == meta["rows_read"] - meta["skipped"] > 0
+
+
+def test_strict_stops_at_a_bad_file_and_names_it(ray_cluster, model_dir, folder, tmp_path):
     with pytest.raises(PartitionFailed, match=str(folder)):
         encode_dataset(model_dir, folder, tmp_path / "strict", id_key=KEY, workers=1, strict=True)
     assert not (tmp_path / "strict" / JOB_FILE).exists()
+
+
+def test_no_path_or_name_leaves_through_the_files(plain_export, folder):
+    _, out = plain_export
+    names = [p.name for p in folder.iterdir()]
+    for path in out.iterdir():
+        if path.suffix == ".parquet":
+            assert pq.read_schema(path).names == ["id", "latent"]  # no labels unless asked, no path column
+        text = path.read_bytes().decode("latin-1")
+        for name in names:
+            assert name not in text and name.split(".")[0] not in text, f"{name} leaked into {path.name}"
+        assert str(folder) not in text and folder.name not in text
 
 
 def test_manifest_rows_are_ids_and_bad_rows_are_named_by_row(ray_cluster, model_dir, folder, tmp_path):
@@ -182,14 +175,17 @@ def test_manifest_rows_are_ids_and_bad_rows_are_named_by_row(ray_cluster, model_
     assert report.counts["skipped"] == 3  # the escaping path, the empty and the corrupt file
 
 
-def test_a_rerun_of_a_complete_job_does_nothing_and_another_job_is_refused(ray_cluster, model_dir, folder, tmp_path):
-    first = encode_dataset(model_dir, folder, tmp_path / "out", id_key=KEY, workers=1, partition_rows=10)
-    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
-    again = encode_dataset(model_dir, folder, tmp_path / "out", id_key=KEY, workers=1, partition_rows=10)
+def test_a_rerun_of_a_complete_job_does_nothing_and_another_job_is_refused(plain_export, model_dir, folder, tmp_path):
+    first, out = plain_export
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = encode_dataset(model_dir, folder, out, id_key=KEY, workers=2, partition_rows=8, decoder="pil")
     assert again.partitions_written == 0 and again.counts == first.counts
-    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
-    with pytest.raises(FileExistsError, match="another export"):
-        encode_dataset(model_dir, folder, tmp_path / "out", id_key=KEY, workers=1, partition_rows=5)
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match="another export"):  # other partitions: another job
+        encode_dataset(model_dir, folder, out, id_key=KEY, workers=1, partition_rows=5)
+    with pytest.raises(FileExistsError, match="another export"):  # another key: other ids
+        encode_dataset(model_dir, folder, out, id_key=b"another key of 32 bytes........", partition_rows=8)
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a bafo export|not this export"):
@@ -266,9 +262,16 @@ def test_cli_encodes_on_ray_and_the_audit_reads_the_partitioned_output(ray_clust
     assert result.exit_code == 0, result.output
     assert f"wrote {N_GOOD} latents" in result.output and "3 partitions" in result.output
     assert key_file.stat().st_mode & 0o777 == 0o600  # the data owner's key, private
-    table = pq.read_table(out)
-    assert set(table.column_names) == {"id", "latent", "split", "age", "gender", "ethnicity"}
-    assert set(table.column("split").to_pylist()) == {"train", "test"}
+    table = pq.read_table(out).to_pandas()
+    assert set(table.columns) == {"id", "latent", "split", "age", "gender", "ethnicity"}
+    assert set(table["split"]) == {"train", "test"}
+    owner_key = load_id_key(key_file, create=False)
+    files = {id_of_digest(content_digest(owner_key, p.read_bytes())): p for p in folder.glob("*.jpg")}
+    for row in table.itertuples():  # the labels are those in the file's name; the name itself is not there
+        age, gender = files[row.id].name.split("_")[:2]
+        assert row.age == float(age) and row.gender == ("female" if gender == "1" else "male")
+    for path in out.iterdir():
+        assert not any(p.name.split(".")[0] in path.read_bytes().decode("latin-1") for p in folder.iterdir())
 
     again = CliRunner().invoke(main, args)  # the same job again: complete, nothing to redo
     assert again.exit_code == 0 and f"wrote {N_GOOD} latents" in again.output
@@ -283,3 +286,23 @@ def test_cli_encodes_on_ray_and_the_audit_reads_the_partitioned_output(ray_clust
     refused = CliRunner().invoke(main, ["encode", "--engine", "ray", "--model", str(model_dir), "--utkface",
                                         str(folder), "--out", str(out), "--limit", "5"])
     assert refused.exit_code != 0 and "--limit" in refused.output
+
+
+def test_a_ray_dataset_of_image_bytes_gives_the_folder_export_rows(plain_export, model_dir, folder, tmp_path):
+    import ray
+
+    from_folder, folder_out = plain_export
+    dataset = ray.data.read_binary_files(str(folder), include_paths=True)  # Ray's own path column
+    report = encode_dataset(model_dir, dataset, tmp_path / "dataset", id_key=KEY, workers=1, partition_rows=10)
+    a = pq.read_table(folder_out).sort_by("id")
+    b = pq.read_table(tmp_path / "dataset").sort_by("id")
+    assert b.column_names == ["id", "latent"]  # the path column never reaches the output
+    assert a.column("id").equals(b.column("id")) and a.column("latent").equals(b.column("latent"))
+    assert report.counts["written"] == from_folder.counts["written"] == N_GOOD
+    # the empty, the corrupt and the text file (a folder listing leaves text files out by name)
+    assert report.counts["skipped"] == 3 and report.n_partitions == 3
+    for part in (tmp_path / "dataset").glob("part-*.parquet"):
+        ids = pq.read_table(part).column("id").to_numpy()
+        assert (np.diff(ids) > 0).all() and (ids % 3 == int(part.stem[-5:]) % 3).all()  # keyed-id partitions
+    again = encode_dataset(model_dir, dataset, tmp_path / "dataset", id_key=KEY, workers=1, partition_rows=10)
+    assert again.partitions_written == 0

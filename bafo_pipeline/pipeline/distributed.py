@@ -39,7 +39,15 @@ from ..io.model_io import load_model, model_fingerprint, read_model_config, save
 from .ids import key_fingerprint, keyed_buckets, load_id_key
 from .inputs import DEFAULT_MAX_FILE_BYTES, InputList, list_folder, read_manifest
 from .job import JOB_FILE, PLAN_FILE, JobFolder, summarize
-from .partition_encoder import JobSpec, PartitionEncoder, PartitionFailed
+from .partition_encoder import (
+    DATASET_RESERVED,
+    JobSpec,
+    PartitionEncoder,
+    PartitionFailed,
+    RowEncoder,
+    key_rows,
+    write_group,
+)
 
 __all__ = ["EncodeJobReport", "encode_dataset"]
 
@@ -187,20 +195,23 @@ def encode_dataset(
     estimator, fingerprint, split_rule = _model(model)
     if (split != "all" or include_split) and split_rule is None:
         raise ValueError("this model records no train/test split; use split='all' without include_split")
-    inputs = _inputs(source)
-    if id_from == "row" and inputs.rows is None:
-        raise ValueError("id_from='row' needs a manifest source; a folder has no row numbers")
+    dataset_source = _is_ray_dataset(source)
+    inputs = None if dataset_source else _inputs(source)
+    if id_from == "row" and (inputs is None or inputs.rows is None):
+        raise ValueError("id_from='row' needs a manifest source; folders and datasets have no row numbers")
     key = load_id_key(id_key)
-    label_schema = _label_schema(inputs) if include_labels else None
-    n_partitions = _n_partitions(len(inputs), partition_rows)
-    buckets = keyed_buckets(key, inputs.source_keys, n_partitions)
+    label_schema = (_dataset_label_schema(source) if dataset_source else _label_schema(inputs)) if include_labels else None
+    n_inputs = source.count() if dataset_source else len(inputs)
+    n_partitions = _n_partitions(n_inputs, partition_rows)
+    buckets = None if dataset_source else keyed_buckets(key, inputs.source_keys, n_partitions)
     settings = {
         "format": JOB_FORMAT,
         "format_version": JOB_FORMAT_VERSION,
         "model_fingerprint": fingerprint,
         "id_scheme": ID_SCHEMES[id_from],
         "id_key_fingerprint": key_fingerprint(key),
-        "source_kind": inputs.kind,
+        "source_kind": "ray-dataset" if dataset_source else inputs.kind,
+        "inputs": n_inputs,
         "n_partitions": n_partitions,
         "label_columns": list(label_schema or {}),
         "split": split,
@@ -208,7 +219,7 @@ def encode_dataset(
         "split_rule": split_rule if (split != "all" or include_split) else None,
         "max_file_bytes": max_file_bytes,
     }
-    plan_fingerprint = _plan_fingerprint(settings, inputs.source_keys, buckets)
+    plan_fingerprint = _plan_fingerprint(settings, [] if dataset_source else inputs.source_keys, buckets)
 
     filesystem, out_path = resolve_filesystem(out)
     folder = JobFolder(filesystem, out_path)
@@ -216,9 +227,8 @@ def encode_dataset(
     if finished is None:  # already complete: nothing to do
         job = folder.read_json(JOB_FILE)
         return EncodeJobReport(str(out), job["counts"], n_partitions, n_partitions, 0, job)
-    folder.write_json(PLAN_FILE, {**settings, "plan_fingerprint": plan_fingerprint, "inputs": len(inputs)})
+    folder.write_json(PLAN_FILE, {**settings, "plan_fingerprint": plan_fingerprint})
 
-    refs = _source_refs(inputs, key)
     metadata = {
         "model_fingerprint": fingerprint,
         "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
@@ -226,6 +236,7 @@ def encode_dataset(
         "id_key_fingerprint": settings["id_key_fingerprint"],
     }
     todo = [k for k in range(n_partitions) if k not in finished]
+    refs = None if dataset_source else _source_refs(inputs, key)
     with _ray_session(address, verbose) as ray:
         cpus, gpus = _resources(ray, workers, cpus_per_worker, gpus_per_worker)
         spec = JobSpec(
@@ -234,9 +245,17 @@ def encode_dataset(
             split_rule=settings["split_rule"], batch_size=batch_size, decoder=decoder, strict=strict,
             max_file_bytes=max_file_bytes, threads=threads_per_worker or max(2, int(cpus)), metadata=metadata,
         )
-        new_stats = _run(ray, estimator, filesystem, spec, inputs, refs, buckets, todo, workers, cpus, gpus, progress)
+        pool = {"workers": workers, "cpus": cpus, "gpus": gpus}
+        if dataset_source:
+            # The actors must leave a CPU to the tasks that key the rows and write the groups.
+            spare = max(1.0, ray.cluster_resources().get("CPU", 1) - 1)
+            pool["cpus"] = min(cpus, max(0.5, math.floor(spare / workers))) if cpus_per_worker is None else cpus
+            new_stats = _run_dataset(ray, estimator, filesystem, spec, source, todo, pool, progress)
+        else:
+            new_stats = _run(ray, estimator, filesystem, spec, inputs, refs, buckets, todo, pool, progress)
     stats = sorted([*finished.values(), *new_stats], key=lambda s: s["partition"])
-    counts = summarize(stats, [(refs.listing[s], r) for s, r in inputs.skipped])
+    listing_skips = [] if dataset_source else [(refs.listing[s], r) for s, r in inputs.skipped]
+    counts = summarize(stats, listing_skips)
     job = {
         **settings,
         "plan_fingerprint": plan_fingerprint,
@@ -278,11 +297,33 @@ def _inputs(source) -> InputList:
 def _label_schema(inputs: InputList) -> dict[str, str]:
     if inputs.labels is None or not inputs.labels.num_columns:
         raise ValueError(f"include_labels: this {inputs.kind} source has no label columns")
-    schema = {}
-    for name, typ in zip(inputs.labels.column_names, inputs.labels.schema.types):
-        schema[name] = "float64" if pa.types.is_floating(typ) else "int64" if pa.types.is_integer(typ) else (
-            "bool" if pa.types.is_boolean(typ) else "string")
-    return schema
+    return {name: _type_name(typ) for name, typ in zip(inputs.labels.column_names, inputs.labels.schema.types)}
+
+
+def _dataset_label_schema(dataset) -> dict[str, str]:
+    schema = dataset.schema()
+    labels = {n: _type_name(t) for n, t in zip(schema.names, schema.types) if n not in DATASET_RESERVED}
+    if not labels:
+        raise ValueError("include_labels: the dataset has no label columns besides 'bytes'")
+    return labels
+
+
+def _type_name(typ) -> str:
+    if not isinstance(typ, pa.DataType):
+        return "string"
+    if pa.types.is_floating(typ):
+        return "float64"
+    if pa.types.is_integer(typ):
+        return "int64"
+    return "bool" if pa.types.is_boolean(typ) else "string"
+
+
+def _is_ray_dataset(source) -> bool:
+    try:
+        from ray.data import Dataset
+    except ImportError:
+        return False
+    return isinstance(source, Dataset)
 
 
 def _n_partitions(n_inputs: int, partition_rows: int | None) -> int:
@@ -293,9 +334,13 @@ def _n_partitions(n_inputs: int, partition_rows: int | None) -> int:
     return max(1, math.ceil(n_inputs / partition_rows))
 
 
-def _plan_fingerprint(settings: dict, source_keys: list[str], buckets: np.ndarray) -> str:
+def _plan_fingerprint(settings: dict, source_keys: list[str], buckets: np.ndarray | None) -> str:
+    """What makes two runs the same job: settings, model, key and (files or manifest rows) -> partitions.
+
+    A ``ray.data.Dataset`` is not listed, so only its row count enters.
+    """
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for key, bucket in sorted(zip(source_keys, buckets.tolist())):
+    for key, bucket in sorted(zip(source_keys, [] if buckets is None else buckets.tolist())):
         digest.update(f"{bucket}\t{key}\n".encode())
     return digest.hexdigest()
 
@@ -408,7 +453,8 @@ def _partition_blobs(
     return items
 
 
-def _run(ray, estimator, filesystem, spec: JobSpec, inputs, refs, buckets, todo, workers, cpus, gpus, progress):
+def _run(ray, estimator, filesystem, spec: JobSpec, inputs, refs, buckets, todo, pool: dict, progress):
+    """Planned partitions (folders, manifests): one actor call reads, encodes and writes a whole partition."""
     if not todo:
         return []
     items = _partition_blobs(inputs, refs, buckets, todo, spec.n_partitions)
@@ -419,13 +465,42 @@ def _run(ray, estimator, filesystem, spec: JobSpec, inputs, refs, buckets, todo,
         batch_size=1,
         batch_format="numpy",
         fn_constructor_kwargs={"estimator": [ray.put(estimator)], "filesystem": filesystem, "spec": spec},
-        compute=ray.data.ActorPoolStrategy(size=min(workers, len(todo))),
-        num_cpus=cpus,
-        num_gpus=gpus,
+        compute=ray.data.ActorPoolStrategy(size=min(pool["workers"], len(todo))),
+        num_cpus=pool["cpus"],
+        num_gpus=pool["gpus"],
     )
+    return _collect(encoded, progress, inputs, refs)
+
+
+def _run_dataset(ray, estimator, filesystem, spec: JobSpec, dataset, todo, pool: dict, progress):
+    """A ``ray.data.Dataset`` of image bytes: key rows, encode in the actor pool, group by partition, write.
+
+    The rows are not listed beforehand, so partitions come from the keyed content hash and
+    a group-by gathers each partition's latents (not the images) before it is written.
+    """
+    if not todo:
+        return []
+    keyed = dataset.map_batches(key_rows, fn_kwargs={"spec": spec, "todo": todo}, batch_format="pyarrow")
+    encoded = keyed.map_batches(
+        RowEncoder,
+        batch_size=spec.batch_size,
+        batch_format="pyarrow",
+        fn_constructor_kwargs={"estimator": [ray.put(estimator)], "filesystem": filesystem, "spec": spec},
+        compute=ray.data.ActorPoolStrategy(size=pool["workers"]),
+        num_cpus=pool["cpus"],
+        num_gpus=pool["gpus"],
+    )
+    written = encoded.groupby("partition").map_groups(
+        write_group, batch_format="pyarrow", fn_kwargs={"filesystem": filesystem, "spec": spec},
+    )
+    return _collect(written, progress, None, None)
+
+
+def _collect(results, progress, inputs, refs) -> list[dict]:
+    """Stream the per-partition counts back to the driver as partitions finish."""
     stats = []
     try:
-        for row in encoded.iter_rows():
+        for row in results.iter_rows():
             record = json.loads(row["stats"])
             stats.append(record)
             if progress is not None:
@@ -433,7 +508,7 @@ def _run(ray, estimator, filesystem, spec: JobSpec, inputs, refs, buckets, todo,
     except Exception as error:  # Ray wraps the actor's exception; surface a strict stop as itself
         message = _strict_stop_message(error)
         if message is not None:
-            raise PartitionFailed(_name_the_file(message, inputs, refs)) from None
+            raise PartitionFailed(message if inputs is None else _name_the_file(message, inputs, refs)) from None
         raise
     return stats
 

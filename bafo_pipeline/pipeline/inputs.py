@@ -180,7 +180,8 @@ def read_manifest(
     try:
         if suffix == ".csv":
             with filesystem.open_input_stream(path) as stream:
-                table = pacsv.read_csv(stream)
+                # empty cells are missing values (as pandas reads them), strings included
+                table = pacsv.read_csv(stream, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
         else:
             table = pq.read_table(path, filesystem=filesystem)
     except (pa.ArrowException, OSError) as error:

@@ -38,7 +38,20 @@ from .encoding import encode_images, inference_settings
 from .ids import content_digest, id_of_digest, keyed_order
 from .inputs import read_file_bytes
 
-__all__ = ["JobSpec", "PartitionEncoder", "PartitionFailed", "partition_file_name"]
+__all__ = [
+    "DATASET_RESERVED",
+    "JobSpec",
+    "PartitionEncoder",
+    "PartitionFailed",
+    "RowEncoder",
+    "finish_partition",
+    "key_rows",
+    "partition_file_name",
+    "write_group",
+]
+
+#: Columns of a ``ray.data.Dataset`` source that are never labels: the image bytes and Ray's path column.
+DATASET_RESERVED = ("bytes", "path")
 
 #: Most skipped entries listed per partition file (all are counted by reason).
 MAX_LISTED_SKIPS = 1000
@@ -164,15 +177,24 @@ class PartitionEncoder:
     def encode_partition(self, partition: int, inputs: pa.Table) -> dict:
         """Encode and write one partition; returns its counts (what the job file sums up)."""
         started = time.perf_counter()
-        spec = self.spec
         sources = inputs.column("source").to_pylist()
-        latents, digests, sha1s, positions, skipped = [], [], [], [], []
-        for chunk_positions, images, loaded in self._decoded_chunks(inputs.column("location").to_pylist()):
+        encoded = self.encode_rows(inputs.column("location").to_pylist(), sources)
+        rows = inputs.column("row").to_numpy(zero_copy_only=False)
+        return finish_partition(
+            self.filesystem, self.spec, partition, inputs.num_rows, encoded, sources, rows, inputs,
+            self.precision, self.decoder, time.perf_counter() - started,
+        )
+
+    def encode_rows(self, items: list[str | bytes], sources: list[str]) -> EncodedRows:
+        """Read (file locations) or take (bytes), hash, decode and encode; bad items become skips."""
+        latents, digests, sha1s, positions, skipped, failed = [], [], [], [], [], []
+        for chunk_positions, images, loaded in self._decoded_chunks(items):
             for pos, item in zip(chunk_positions, loaded):
                 if item.reason is not None:
-                    if spec.strict:
+                    if self.spec.strict:
                         raise PartitionFailed(f"{sources[pos]}: {item.reason} (stopped: strict)")
                     skipped.append((sources[pos], item.reason))
+                    failed.append(pos)
             good = [pos for pos, item in zip(chunk_positions, loaded) if item.reason is None]
             if good:
                 latents.append(encode_images(self.estimator, images))
@@ -181,79 +203,45 @@ class PartitionEncoder:
                 sha1s += [item.sha1 for item in kept]
                 positions += good
         latent_dim = int(self.estimator.network_.config.latent_dim)
-        z = np.concatenate(latents) if latents else np.zeros((0, latent_dim), np.float32)
-        positions = np.asarray(positions, dtype=np.int64)
-
-        ids, order = self._ids_and_order(inputs, positions, digests)
-        if spec.id_from == "content":
-            keep, repeats = _first_of_each_id(ids[order], [digests[i] for i in order])
-            skipped += [(sources[positions[order[i]]], reason) for i, reason in repeats]
-            order = order[keep]
-        split_names, excluded = self._split(sha1s, order)
-        if split_names is not None and spec.split != "all":
-            order, split_names = order[split_names == spec.split], split_names[split_names == spec.split]
-
-        rows = positions[order]
-        labels = None
-        if spec.label_schema:
-            labels = inputs.select(list(spec.label_schema)).take(pa.array(rows, pa.int64())).to_pandas()
-        counts = Counter(reason for _, reason in skipped)
-        stats = {
-            "partition": partition,
-            "file": partition_file_name(partition),
-            "rows_read": inputs.num_rows,
-            "rows_written": int(len(order)),
-            "skipped": int(len(skipped)),
-            "skipped_by_reason": dict(sorted(counts.items())),
-            "skipped_items": [{"source": s, "reason": r} for s, r in skipped[:MAX_LISTED_SKIPS]],
-            "excluded_by_split": int(excluded),
-            "precision": self.precision,
-            "decoder": self.decoder,
-        }
-        stats["seconds"] = round(time.perf_counter() - started, 3)  # reading, decoding and encoding
-        self._write(partition, ids[order], z[order], labels, split_names if spec.include_split else None, stats)
-        return stats
-
-    def _ids_and_order(self, inputs: pa.Table, positions: np.ndarray, digests: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Ids of the decoded rows and the row order to write (sorted by a keyed hash, never by name)."""
-        if self.spec.id_from == "row":
-            ids = np.asarray(inputs.column("row").to_numpy(zero_copy_only=False)[positions], dtype=np.int64)
-            return ids, keyed_order(self.spec.id_key, ids)
-        ids = np.fromiter((id_of_digest(d) for d in digests), dtype=np.int64, count=len(digests))
-        return ids, np.argsort(ids, kind="stable")
-
-    def _split(self, sha1s: list[str | None], order: np.ndarray) -> tuple[np.ndarray | None, int]:
-        spec = self.spec
-        if not spec.needs_sha1:
-            return None, 0
-        is_test = hash_split([sha1s[i] for i in order], **spec.split_rule) if len(order) else np.zeros(0, bool)
-        names = np.where(is_test, "test", "train").astype(object)
-        excluded = 0 if spec.split == "all" else int((names != spec.split).sum())
-        return names, excluded
+        return EncodedRows(
+            positions=np.asarray(positions, dtype=np.int64),
+            digests=digests,
+            sha1s=sha1s,
+            latents=np.concatenate(latents) if latents else np.zeros((0, latent_dim), np.float32),
+            skipped=skipped,
+            failed=np.asarray(failed, dtype=np.int64),
+        )
 
     # ----------------------------------------------------------------- reading and decoding
-    def _decoded_chunks(self, locations: list[str]) -> Iterator[tuple[list[int], np.ndarray | torch.Tensor, list[_Loaded]]]:
-        """``(positions, images NCHW uint8 of the good ones, per-file results)`` per batch, one batch read ahead."""
+    def _decoded_chunks(self, items: list[str | bytes]) -> Iterator[tuple[list[int], np.ndarray | torch.Tensor, list[_Loaded]]]:
+        """``(positions, images NCHW uint8 of the good ones, per-item results)`` per batch, one batch read ahead."""
         size = self.spec.batch_size
-        starts = list(range(0, len(locations), size))
-        pending = self._submit(locations, starts[0], size) if starts else None
+        starts = list(range(0, len(items), size))
+        pending = self._submit(items, starts[0], size) if starts else None
         for index, start in enumerate(starts):
             handles = pending
-            pending = self._submit(locations, starts[index + 1], size) if index + 1 < len(starts) else None
+            pending = self._submit(items, starts[index + 1], size) if index + 1 < len(starts) else None
             loaded = [handle.result() for handle in handles]
             positions = list(range(start, start + len(loaded)))
             yield positions, self._stack(loaded), loaded
             del loaded
 
-    def _submit(self, locations: list[str], start: int, size: int) -> list[Future]:
+    def _submit(self, items: list[str | bytes], start: int, size: int) -> list[Future]:
         want_pixels = self.decoder == "pil"
-        return [self.pool.submit(self._load, loc, want_pixels) for loc in locations[start : start + size]]
+        return [self.pool.submit(self._load, item, want_pixels) for item in items[start : start + size]]
 
-    def _load(self, location: str, want_pixels: bool) -> _Loaded:
-        try:
-            data = read_file_bytes(self.filesystem, location, self.spec.max_file_bytes)
-        except OSError as error:
-            return _Loaded(reason=str(error))
+    def _load(self, item: str | bytes, want_pixels: bool) -> _Loaded:
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            data = bytes(item)
+            if len(data) > self.spec.max_file_bytes:
+                return _Loaded(reason=f"larger than the {self.spec.max_file_bytes} bytes cap")
+        elif item is None:
+            return _Loaded(reason="no image bytes")
+        else:
+            try:
+                data = read_file_bytes(self.filesystem, item, self.spec.max_file_bytes)
+            except OSError as error:
+                return _Loaded(reason=str(error))
         if not data:
             return _Loaded(reason="empty file (0 bytes)")
         digest = content_digest(self.spec.id_key, data)
@@ -294,38 +282,190 @@ class PartitionEncoder:
             item.image = None
         return images
 
-    # ----------------------------------------------------------------- writing
-    def _write(self, partition: int, ids, latents, labels, split, stats: dict) -> None:
-        spec = self.spec
-        metadata = {
-            **spec.metadata,
-            "precision": self.precision,
-            "decoder": self.decoder,
-            "job": {
-                "plan_fingerprint": spec.plan_fingerprint,
-                "partition": partition,
-                "n_partitions": spec.n_partitions,
-                **{k: v for k, v in stats.items() if k not in ("partition", "file", "precision", "decoder")},
-            },
-        }
-        final = join(spec.out, partition_file_name(partition))
-        if is_local(self.filesystem):
-            self._write_file(final, ids, latents, labels, split, metadata)
-            return
-        with tempfile.TemporaryDirectory(prefix="bafo-part-") as folder:
-            local = str(Path(folder) / partition_file_name(partition))
-            self._write_file(local, ids, latents, labels, split, metadata)
-            temporary = join(spec.out, f".{partition_file_name(partition)}.{time.time_ns()}.tmp")
-            pafs.copy_files(local, temporary, destination_filesystem=self.filesystem)
-            self.filesystem.move(temporary, final)
 
-    def _write_file(self, path: str, ids, latents, labels: pd.DataFrame | None, split, metadata: dict) -> None:
-        # overwrite=True: a retried task rewrites the same rows; the rename keeps it atomic.
-        with LatentParquetWriter(
-            path, latents.shape[1], metadata=metadata, id_type="int64", label_schema=self.spec.label_schema,
-            include_split=split is not None, overwrite=True,
-        ) as writer:
-            writer.write_batch(ids, latents, labels=labels, split=split)
+@dataclass
+class EncodedRows:
+    """One partition after encoding, before ordering and writing.
+
+    ``positions`` index the partition's inputs; ``digests``, ``sha1s`` and ``latents`` follow
+    ``positions``; ``skipped`` holds ``(source, reason)`` of the inputs that gave no latent,
+    at ``failed`` positions.
+    """
+
+    positions: np.ndarray
+    digests: list[bytes]
+    sha1s: list[str | None]
+    latents: np.ndarray
+    skipped: list[tuple[str, str]]
+    failed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def finish_partition(
+    filesystem: pafs.FileSystem,
+    spec: JobSpec,
+    partition: int,
+    rows_read: int,
+    encoded: EncodedRows,
+    sources: list[str],
+    row_numbers: np.ndarray,
+    labels: pa.Table | None,
+    precision: str,
+    decoder: str,
+    seconds: float,
+) -> dict:
+    """Order, de-duplicate and select the rows of a partition, write its file atomically, return its counts.
+
+    ``sources``, ``row_numbers`` and ``labels`` are indexed like the partition's inputs.
+    """
+    skipped = list(encoded.skipped)
+    positions, digests = encoded.positions, encoded.digests
+    if spec.id_from == "row":
+        ids = np.asarray(row_numbers, dtype=np.int64)[positions]
+        order = keyed_order(spec.id_key, ids)
+    else:
+        ids = np.fromiter((id_of_digest(d) for d in digests), dtype=np.int64, count=len(digests))
+        order = np.argsort(ids, kind="stable")
+        keep, repeats = _first_of_each_id(ids[order], [digests[i] for i in order])
+        skipped += [(sources[positions[order[i]]], reason) for i, reason in repeats]
+        order = order[keep]
+    split_names, excluded = None, 0
+    if spec.needs_sha1:
+        is_test = hash_split([encoded.sha1s[i] for i in order], **spec.split_rule) if len(order) else np.zeros(0, bool)
+        split_names = np.where(is_test, "test", "train").astype(object)
+        if spec.split != "all":
+            chosen = split_names == spec.split
+            excluded = int((~chosen).sum())
+            order, split_names = order[chosen], split_names[chosen]
+    label_frame = None
+    if spec.label_schema:
+        rows = pa.array(positions[order], pa.int64())
+        label_frame = labels.select(list(spec.label_schema)).take(rows).to_pandas()
+    counts = Counter(reason for _, reason in skipped)
+    stats = {
+        "partition": partition,
+        "file": partition_file_name(partition),
+        "rows_read": int(rows_read),
+        "rows_written": int(len(order)),
+        "skipped": int(len(skipped)),
+        "skipped_by_reason": dict(sorted(counts.items())),
+        "skipped_items": [{"source": s, "reason": r} for s, r in skipped[:MAX_LISTED_SKIPS]],
+        "excluded_by_split": excluded,
+        "precision": precision,
+        "decoder": decoder,
+        "seconds": round(seconds, 3),  # reading, decoding and encoding
+    }
+    metadata = {
+        **spec.metadata,
+        "precision": precision,
+        "decoder": decoder,
+        "job": {
+            "plan_fingerprint": spec.plan_fingerprint,
+            "n_partitions": spec.n_partitions,
+            **{k: v for k, v in stats.items() if k not in ("file", "precision", "decoder")},
+        },
+    }
+    _write_partition(
+        filesystem, spec, partition, ids[order], encoded.latents[order], label_frame,
+        split_names if spec.include_split else None, metadata,
+    )
+    return stats
+
+
+def _write_partition(filesystem, spec: JobSpec, partition: int, ids, latents, labels, split, metadata: dict) -> None:
+    final = join(spec.out, partition_file_name(partition))
+    if is_local(filesystem):
+        _write_file(final, spec, ids, latents, labels, split, metadata)
+        return
+    with tempfile.TemporaryDirectory(prefix="bafo-part-") as folder:
+        local = str(Path(folder) / partition_file_name(partition))
+        _write_file(local, spec, ids, latents, labels, split, metadata)
+        temporary = join(spec.out, f".{partition_file_name(partition)}.{time.time_ns()}.tmp")
+        pafs.copy_files(local, temporary, destination_filesystem=filesystem)
+        filesystem.move(temporary, final)
+
+
+def _write_file(path: str, spec: JobSpec, ids, latents, labels: pd.DataFrame | None, split, metadata: dict) -> None:
+    # overwrite=True: a retried task rewrites the same rows; the rename keeps it atomic.
+    with LatentParquetWriter(
+        path, latents.shape[1], metadata=metadata, id_type="int64", label_schema=spec.label_schema,
+        include_split=split is not None, overwrite=True,
+    ) as writer:
+        writer.write_batch(ids, latents, labels=labels, split=split)
+
+
+# --------------------------------------------------------------------------- ray.data.Dataset sources
+def key_rows(batch: pa.Table, *, spec: JobSpec, todo: list[int]) -> pa.Table:
+    """Place each row of a dataset of image bytes in its partition (keyed content hash); keep those to write.
+
+    Ray's ``path`` column is dropped here: it never travels further, let alone into the output.
+    """
+    if "bytes" not in batch.column_names:
+        raise ValueError(f"a ray.data.Dataset source needs a 'bytes' column of image files; columns: {batch.column_names}")
+    digests = [None if b is None else content_digest(spec.id_key, b) for b in batch.column("bytes").to_pylist()]
+    partitions = [0 if d is None else id_of_digest(d) % spec.n_partitions for d in digests]
+    sources = ["row without bytes" if d is None else f"content {d[:8].hex()}" for d in digests]
+    keyed = batch.drop_columns([c for c in ("path", "partition", "source") if c in batch.column_names])
+    keyed = keyed.append_column("partition", pa.array(partitions, pa.int64())).append_column(
+        "source", pa.array(sources, pa.string()))
+    wanted = set(todo)
+    return keyed.filter(pa.array([p in wanted for p in partitions], pa.bool_()))
+
+
+class RowEncoder(PartitionEncoder):
+    """Ray Data callable class for ``ray.data.Dataset`` sources: encodes batches of rows, whatever their partition.
+
+    Returns one row per input (``partition``, ``source``, ``digest``, ``sha1``, ``latent`` or
+    a ``reason``, the label columns); :func:`write_group` then writes each partition. The
+    image bytes do not leave this stage.
+    """
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        sources = batch.column("source").to_pylist()
+        encoded = self.encode_rows(batch.column("bytes").to_pylist(), sources)
+        n, dim = batch.num_rows, encoded.latents.shape[1]
+        latents = np.zeros((n, dim), np.float32)
+        latents[encoded.positions] = encoded.latents
+        digests: list = [None] * n
+        sha1s: list = [None] * n
+        for pos, digest, sha1 in zip(encoded.positions.tolist(), encoded.digests, encoded.sha1s):
+            digests[pos], sha1s[pos] = digest, sha1
+        reasons: list = [None] * n
+        for pos, (_, reason) in zip(encoded.failed.tolist(), encoded.skipped):
+            reasons[pos] = reason
+        out = batch.drop_columns(["bytes"])
+        columns = {
+            "digest": pa.array(digests, pa.binary()),
+            "sha1": pa.array(sha1s, pa.string()),
+            "latent": pa.FixedSizeListArray.from_arrays(pa.array(latents.ravel()), dim),
+            "reason": pa.array(reasons, pa.string()),
+            "precision": pa.array([self.precision] * n, pa.string()),
+            "decoder": pa.array([self.decoder] * n, pa.string()),
+        }
+        for name, column in columns.items():
+            out = out.append_column(name, column)
+        return out
+
+
+def write_group(table: pa.Table, *, filesystem: pafs.FileSystem, spec: JobSpec) -> pa.Table:
+    """Write one partition of a dataset source from its encoded rows (a ``map_groups`` function)."""
+    partition = int(table.column("partition")[0].as_py())
+    reasons = table.column("reason").to_pylist()
+    good = np.asarray([i for i, r in enumerate(reasons) if r is None], dtype=np.int64)
+    bad = [i for i, r in enumerate(reasons) if r is not None]
+    sources = table.column("source").to_pylist()
+    digests = table.column("digest").to_pylist()
+    sha1s = table.column("sha1").to_pylist()
+    flat = table.column("latent").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    latents = np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
+    encoded = EncodedRows(
+        positions=good, digests=[digests[i] for i in good], sha1s=[sha1s[i] for i in good], latents=latents[good],
+        skipped=[(sources[i], reasons[i]) for i in bad], failed=np.asarray(bad, dtype=np.int64),
+    )
+    stats = finish_partition(
+        filesystem, spec, partition, table.num_rows, encoded, sources, np.zeros(table.num_rows, np.int64), table,
+        table.column("precision")[0].as_py(), table.column("decoder")[0].as_py(), 0.0,
+    )
+    return pa.table({"partition": [partition], "stats": [json.dumps(stats)]})
 
 
 def _first_of_each_id(ids: np.ndarray, digests: list[bytes]) -> tuple[np.ndarray, list[tuple[int, str]]]:

@@ -143,6 +143,23 @@ def cli_seconds(args: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def read_and_hash_rate(paths: list[str]) -> float:
+    """Images/s one thread reads and hashes (keyed id + SHA-1): what stays on the CPU when a GPU decodes."""
+    import hashlib
+
+    from bafo_pipeline.io.filesystems import resolve_filesystem
+    from bafo_pipeline.pipeline.ids import content_digest
+    from bafo_pipeline.pipeline.inputs import read_file_bytes
+
+    filesystem, _ = resolve_filesystem(paths[0])
+    started = time.perf_counter()
+    for path in paths:
+        data = read_file_bytes(filesystem, path)
+        content_digest(KEY, data)
+        hashlib.sha1(data).hexdigest()
+    return len(paths) / (time.perf_counter() - started)
+
+
 def fit_line(n_small: int, t_small: float, n_large: int, t_large: float) -> dict:
     """``t = overhead + n / rate`` through two sizes: a job's fixed cost and its steady-state rate."""
     rate = (n_large - n_small) / (t_large - t_small) if t_large > t_small else float("inf")
@@ -188,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
             rounds["cli_ray_2", n].append({"seconds": cli_seconds(
                 [*common, "--engine", "ray", "--images", str(manifests[n]), "--out", str(tmp / "cli_ray"),
                  "--workers", "2", "--ray-address", address, "--id-key-file", str(tmp / "id.key")])})
+        read_hash = read_and_hash_rate(paths[: sizes[0]])
         equal = same_latents(tmp / f"local{sizes[1]}.parquet", tmp / f"ray2_{sizes[1]}", manifests[sizes[1]])
         memory = {f"{n}_images": round(driver_peak_rss_mb(address, model_dir, manifests[n], tmp / f"mem{n}", 2), 1)
                   for n in sizes}
@@ -225,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ray_cluster_start_seconds": round(cluster_start, 2),
         "partitions": {f"{n}_images": rounds["ray_2", n][0]["partitions"] for n in sizes},
         "latents_equal": equal,
+        "read_and_hash_images_per_second_one_thread": round(read_hash, 1),
         "driver_peak_rss_mb": memory,
         "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "settings": {"source": f"{args.utkface.name}: real UTKFace JPEGs (200x200), a seeded random sample",

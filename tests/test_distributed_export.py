@@ -164,8 +164,18 @@ def test_manifest_rows_are_ids_and_bad_rows_are_named_by_row(ray_cluster, model_
     manifest = folder.parent / f"manifest_{tmp_path.name}.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     report = encode_dataset(model_dir, read_manifest(manifest, label_columns=["smile"]), tmp_path / "out", id_key=KEY,
-                            id_from="row", include_labels=True, workers=1, partition_rows=7)
+                            id_from="row", include_labels=True, workers=1, partition_rows=7, decoder="torch")
     table = pq.read_table(tmp_path / "out").to_pandas()
+    # the batched torch decoder (nvJPEG on a GPU; here on the CPU) gives the in-process export's latents, up
+    # to float rounding: its batches hold other images here than there, in another memory layout
+    from bafo_pipeline.io.model_io import load_model
+
+    paths = [str(folder.parent / rows[i - 1]["path"]) for i in table["id"]]
+    local = export_latents(load_model(model_dir), pd.DataFrame({"path": paths}), tmp_path / "local.parquet",
+                           decoder="torch")
+    assert local.n_written == len(table) and report.job["decoder"] == ["torch"]
+    expected = pq.read_table(tmp_path / "local.parquet").column("latent").to_numpy(zero_copy_only=False)
+    np.testing.assert_allclose(np.stack(table["latent"].to_numpy()), np.stack(expected), rtol=0, atol=1e-6)
     # ids are the manifest's own 1-based data rows, and each carries its row's label
     assert all(row.smile == rows[row.id - 1]["smile"] for row in table.itertuples())
     assert not (np.diff(table["id"].to_numpy()) > 0).all()  # rows are not written in manifest order

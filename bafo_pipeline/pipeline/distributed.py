@@ -195,22 +195,86 @@ def encode_dataset(
     estimator, fingerprint, split_rule = _model(model)
     if (split != "all" or include_split) and split_rule is None:
         raise ValueError("this model records no train/test split; use split='all' without include_split")
-    dataset_source = _is_ray_dataset(source)
-    inputs = None if dataset_source else _inputs(source)
+    plan = _plan(source, load_id_key(id_key), fingerprint, id_from=id_from, include_labels=include_labels,
+                 partition_rows=partition_rows, split=split, include_split=include_split, split_rule=split_rule,
+                 max_file_bytes=max_file_bytes)
+
+    filesystem, out_path = resolve_filesystem(out)
+    folder = JobFolder(filesystem, out_path)
+    finished = _resume_state(folder, plan.fingerprint, overwrite)
+    if finished is None:  # already complete: nothing to do
+        job = folder.read_json(JOB_FILE)
+        return EncodeJobReport(str(out), job["counts"], plan.n_partitions, plan.n_partitions, 0, job)
+    folder.write_json(PLAN_FILE, {**plan.settings, "plan_fingerprint": plan.fingerprint})
+
+    todo = [k for k in range(plan.n_partitions) if k not in finished]
+    with _ray_session(address, verbose) as ray:
+        cpus, gpus = _resources(ray, workers, cpus_per_worker, gpus_per_worker)
+        if plan.dataset is not None and cpus_per_worker is None:
+            # The actors must leave a CPU to the tasks that key the rows and write the groups.
+            spare = max(1.0, ray.cluster_resources().get("CPU", 1) - 1)
+            cpus = min(cpus, max(0.5, math.floor(spare / workers)))
+        spec = JobSpec(
+            out=out_path, plan_fingerprint=plan.fingerprint, n_partitions=plan.n_partitions, id_key=plan.key,
+            id_from=id_from, label_schema=plan.label_schema, split=split, include_split=include_split,
+            split_rule=plan.settings["split_rule"], batch_size=batch_size, decoder=decoder, strict=strict,
+            max_file_bytes=max_file_bytes, threads=threads_per_worker or max(2, int(cpus)),
+            metadata=_file_metadata(estimator, plan.settings),
+        )
+        pool = {"workers": workers, "cpus": cpus, "gpus": gpus}
+        if plan.dataset is not None:
+            new_stats = _run_dataset(ray, estimator, filesystem, spec, plan.dataset, todo, pool, progress)
+        else:
+            new_stats = _run(ray, estimator, filesystem, spec, plan, todo, pool, progress)
+    stats = sorted([*finished.values(), *new_stats], key=lambda s: s["partition"])
+    job = _job_record(plan, stats, len(finished), len(new_stats), estimator, workers, time.time() - started)
+    folder.write_json(JOB_FILE, job)  # last: its presence means every partition is on disk
+    return EncodeJobReport(str(out), job["counts"], plan.n_partitions, len(finished), len(new_stats), job)
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass
+class _SourceRefs:
+    """How skipped inputs are named in the output: manifest rows as such, files by a keyed hash of their name."""
+
+    per_input: list[str]
+    listing: dict[str, str]
+
+
+@dataclass
+class _Plan:
+    """What a job will produce, fixed before anything is read: inputs, partitions, settings, fingerprint."""
+
+    key: bytes
+    settings: dict
+    fingerprint: str
+    n_partitions: int
+    label_schema: dict | None
+    inputs: InputList | None = None
+    buckets: np.ndarray | None = None
+    refs: _SourceRefs | None = None
+    dataset: Any = None
+
+
+def _plan(source, key: bytes, fingerprint: str, *, id_from, include_labels, partition_rows, split,
+          include_split, split_rule, max_file_bytes) -> _Plan:
+    dataset = source if _is_ray_dataset(source) else None
+    inputs = None if dataset is not None else _inputs(source)
     if id_from == "row" and (inputs is None or inputs.rows is None):
         raise ValueError("id_from='row' needs a manifest source; folders and datasets have no row numbers")
-    key = load_id_key(id_key)
-    label_schema = (_dataset_label_schema(source) if dataset_source else _label_schema(inputs)) if include_labels else None
-    n_inputs = source.count() if dataset_source else len(inputs)
+    label_schema = None
+    if include_labels:
+        label_schema = _dataset_label_schema(dataset) if dataset is not None else _label_schema(inputs)
+    n_inputs = dataset.count() if dataset is not None else len(inputs)
     n_partitions = _n_partitions(n_inputs, partition_rows)
-    buckets = None if dataset_source else keyed_buckets(key, inputs.source_keys, n_partitions)
+    buckets = None if inputs is None else keyed_buckets(key, inputs.source_keys, n_partitions)
     settings = {
         "format": JOB_FORMAT,
         "format_version": JOB_FORMAT_VERSION,
         "model_fingerprint": fingerprint,
         "id_scheme": ID_SCHEMES[id_from],
         "id_key_fingerprint": key_fingerprint(key),
-        "source_kind": "ray-dataset" if dataset_source else inputs.kind,
+        "source_kind": "ray-dataset" if dataset is not None else inputs.kind,
         "inputs": n_inputs,
         "n_partitions": n_partitions,
         "label_columns": list(label_schema or {}),
@@ -219,62 +283,40 @@ def encode_dataset(
         "split_rule": split_rule if (split != "all" or include_split) else None,
         "max_file_bytes": max_file_bytes,
     }
-    plan_fingerprint = _plan_fingerprint(settings, [] if dataset_source else inputs.source_keys, buckets)
+    plan_fingerprint = _plan_fingerprint(settings, [] if inputs is None else inputs.source_keys, buckets)
+    refs = None if inputs is None else _source_refs(inputs, key)
+    return _Plan(key, settings, plan_fingerprint, n_partitions, label_schema, inputs, buckets, refs, dataset)
 
-    filesystem, out_path = resolve_filesystem(out)
-    folder = JobFolder(filesystem, out_path)
-    finished = _resume_state(folder, plan_fingerprint, overwrite)
-    if finished is None:  # already complete: nothing to do
-        job = folder.read_json(JOB_FILE)
-        return EncodeJobReport(str(out), job["counts"], n_partitions, n_partitions, 0, job)
-    folder.write_json(PLAN_FILE, {**settings, "plan_fingerprint": plan_fingerprint})
 
-    metadata = {
-        "model_fingerprint": fingerprint,
+def _file_metadata(estimator, settings: dict) -> dict:
+    """What every partition file records about its making (the writer adds the format facts)."""
+    return {
+        "model_fingerprint": settings["model_fingerprint"],
         "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
         "id_scheme": settings["id_scheme"],
         "id_key_fingerprint": settings["id_key_fingerprint"],
     }
-    todo = [k for k in range(n_partitions) if k not in finished]
-    refs = None if dataset_source else _source_refs(inputs, key)
-    with _ray_session(address, verbose) as ray:
-        cpus, gpus = _resources(ray, workers, cpus_per_worker, gpus_per_worker)
-        spec = JobSpec(
-            out=out_path, plan_fingerprint=plan_fingerprint, n_partitions=n_partitions, id_key=key,
-            id_from=id_from, label_schema=label_schema, split=split, include_split=include_split,
-            split_rule=settings["split_rule"], batch_size=batch_size, decoder=decoder, strict=strict,
-            max_file_bytes=max_file_bytes, threads=threads_per_worker or max(2, int(cpus)), metadata=metadata,
-        )
-        pool = {"workers": workers, "cpus": cpus, "gpus": gpus}
-        if dataset_source:
-            # The actors must leave a CPU to the tasks that key the rows and write the groups.
-            spare = max(1.0, ray.cluster_resources().get("CPU", 1) - 1)
-            pool["cpus"] = min(cpus, max(0.5, math.floor(spare / workers))) if cpus_per_worker is None else cpus
-            new_stats = _run_dataset(ray, estimator, filesystem, spec, source, todo, pool, progress)
-        else:
-            new_stats = _run(ray, estimator, filesystem, spec, inputs, refs, buckets, todo, pool, progress)
-    stats = sorted([*finished.values(), *new_stats], key=lambda s: s["partition"])
-    listing_skips = [] if dataset_source else [(refs.listing[s], r) for s, r in inputs.skipped]
-    counts = summarize(stats, listing_skips)
-    job = {
-        **settings,
-        "plan_fingerprint": plan_fingerprint,
+
+
+def _job_record(plan: _Plan, stats: list[dict], kept: int, written: int, estimator, workers: int, seconds: float) -> dict:
+    """The content of ``_bafo_job.json``."""
+    listing_skips = [] if plan.inputs is None else [(plan.refs.listing[s], r) for s, r in plan.inputs.skipped]
+    return {
+        **plan.settings,
+        "plan_fingerprint": plan.fingerprint,
         "complete": True,
-        "counts": counts,
-        "partitions": {"total": n_partitions, "kept_from_earlier_runs": len(finished), "written_now": len(new_stats)},
+        "counts": summarize(stats, listing_skips),
+        "partitions": {"total": plan.n_partitions, "kept_from_earlier_runs": kept, "written_now": written},
         "files": [{"name": s["file"], "rows": s["rows_written"]} for s in stats],
         "precision": sorted({s["precision"] for s in stats if "precision" in s}),
         "decoder": sorted({s["decoder"] for s in stats if "decoder" in s}),
         "latent_dim": int(estimator.network_.config.latent_dim),
         "workers": workers,
-        "seconds_this_run": round(time.time() - started, 2),
+        "seconds_this_run": round(seconds, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    folder.write_json(JOB_FILE, job)  # last: its presence means every partition is on disk
-    return EncodeJobReport(str(out), counts, n_partitions, len(finished), len(new_stats), job)
 
 
-# --------------------------------------------------------------------------- planning
 def _model(model) -> tuple[Any, str, dict | None]:
     """``(estimator, fingerprint, split rule)`` from a model directory or a fitted estimator."""
     if isinstance(model, (str, os.PathLike)):
@@ -343,14 +385,6 @@ def _plan_fingerprint(settings: dict, source_keys: list[str], buckets: np.ndarra
     for key, bucket in sorted(zip(source_keys, [] if buckets is None else buckets.tolist())):
         digest.update(f"{bucket}\t{key}\n".encode())
     return digest.hexdigest()
-
-
-@dataclass
-class _SourceRefs:
-    """How skipped inputs are named in the output: manifest rows as such, files by a keyed hash of their name."""
-
-    per_input: list[str]
-    listing: dict[str, str]
 
 
 def _source_refs(inputs: InputList, key: bytes) -> _SourceRefs:
@@ -453,11 +487,11 @@ def _partition_blobs(
     return items
 
 
-def _run(ray, estimator, filesystem, spec: JobSpec, inputs, refs, buckets, todo, pool: dict, progress):
+def _run(ray, estimator, filesystem, spec: JobSpec, plan: _Plan, todo, pool: dict, progress):
     """Planned partitions (folders, manifests): one actor call reads, encodes and writes a whole partition."""
     if not todo:
         return []
-    items = _partition_blobs(inputs, refs, buckets, todo, spec.n_partitions)
+    items = _partition_blobs(plan.inputs, plan.refs, plan.buckets, todo, spec.n_partitions)
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     del items
     encoded = dataset.map_batches(
@@ -469,7 +503,7 @@ def _run(ray, estimator, filesystem, spec: JobSpec, inputs, refs, buckets, todo,
         num_cpus=pool["cpus"],
         num_gpus=pool["gpus"],
     )
-    return _collect(encoded, progress, inputs, refs)
+    return _collect(encoded, progress, plan.inputs, plan.refs)
 
 
 def _run_dataset(ray, estimator, filesystem, spec: JobSpec, dataset, todo, pool: dict, progress):

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, save_model
+from bafo_pipeline.audits import read_embedding_parquet
 from bafo_pipeline.pipeline.distributed import encode_dataset
 from bafo_pipeline.pipeline.ids import content_digest, id_of_digest, load_id_key
 from bafo_pipeline.pipeline.inputs import list_folder, read_manifest
@@ -316,3 +317,18 @@ def test_a_ray_dataset_of_image_bytes_gives_the_folder_export_rows(plain_export,
         assert (np.diff(ids) > 0).all() and (ids % 3 == int(part.stem[-5:]) % 3).all()  # keyed-id partitions
     again = encode_dataset(model_dir, dataset, tmp_path / "dataset", id_key=KEY, workers=1, partition_rows=10)
     assert again.partitions_written == 0
+
+
+def test_uris_through_fsspec_read_and_write_like_local_paths(plain_export, model_dir, folder, tmp_path):
+    """``local://`` is fsspec's local filesystem seen through pyarrow's fsspec handler: the path every
+    object store (s3://, gs://, az://, ...) takes, without a network."""
+    report = encode_dataset(model_dir, f"local://{folder}", f"local://{tmp_path}/out", id_key=KEY, workers=2,
+                            partition_rows=8, decoder="pil")
+    _, local_out = plain_export
+    assert report.counts == json.loads((local_out / JOB_FILE).read_text())["counts"]
+    assert not list((tmp_path / "out").glob(".*"))  # temporary objects moved into place
+    for part in sorted(local_out.glob("part-*.parquet")):
+        assert pq.read_table(tmp_path / "out" / part.name).equals(pq.read_table(part).replace_schema_metadata(
+            pq.read_table(tmp_path / "out" / part.name).schema.metadata))
+    ids, latents = read_embedding_parquet(f"local://{tmp_path}/out")
+    assert len(ids) == N_GOOD and latents.shape == (N_GOOD, 16)

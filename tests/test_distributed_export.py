@@ -322,7 +322,7 @@ def test_a_ray_dataset_of_image_bytes_gives_the_folder_export_rows(plain_export,
 def test_uris_through_fsspec_read_and_write_like_local_paths(plain_export, model_dir, folder, tmp_path):
     """``local://`` is fsspec's local filesystem seen through pyarrow's fsspec handler: the path every
     object store (s3://, gs://, az://, ...) takes, without a network."""
-    report = encode_dataset(model_dir, f"local://{folder}", f"local://{tmp_path}/out", id_key=KEY, workers=2,
+    report = encode_dataset(model_dir, f"local://{folder}", f"local://{tmp_path}/out", id_key=KEY, workers=1,
                             partition_rows=8, decoder="pil")
     _, local_out = plain_export
     assert report.counts == json.loads((local_out / JOB_FILE).read_text())["counts"]

@@ -230,7 +230,7 @@ def _encode_on_ray(model_dir, utkface, manifest, images, image_column, sensitive
 
     from .pipeline.distributed import encode_dataset
     from .pipeline.inputs import list_folder, read_manifest
-    from .pipeline.partition_encoder import PartitionFailed
+    from .pipeline.spec import PartitionFailed
 
     if limit is not None:
         raise click.UsageError("--limit is not supported with --engine ray (a subset by name would depend on the labels)")

@@ -24,9 +24,9 @@ from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces,
 from bafo_pipeline.audits import read_embedding_parquet
 from bafo_pipeline.pipeline.distributed import encode_dataset
 from bafo_pipeline.pipeline.ids import content_digest, id_of_digest, load_id_key
-from bafo_pipeline.pipeline.inputs import list_folder, read_manifest
+from bafo_pipeline.pipeline.inputs import read_manifest
 from bafo_pipeline.pipeline.job import JOB_FILE, PLAN_FILE
-from bafo_pipeline.pipeline.partition_encoder import PartitionFailed
+from bafo_pipeline.pipeline.spec import PartitionFailed
 
 pytest.importorskip("ray")
 

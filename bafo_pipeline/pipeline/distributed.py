@@ -17,44 +17,25 @@ cluster (``RAY_ADDRESS`` or ``address=``); files must then be reachable from eve
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import logging
 import math
 import os
-import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 from ..io.filesystems import resolve_filesystem
 from ..io.model_io import load_model, model_fingerprint, read_model_config, save_model
-from .ids import key_fingerprint, keyed_buckets, load_id_key
-from .inputs import DEFAULT_MAX_FILE_BYTES, InputList, list_folder, read_manifest
+from .ids import load_id_key
+from .inputs import DEFAULT_MAX_FILE_BYTES, InputList
 from .job import JOB_FILE, PLAN_FILE, JobFolder, summarize
-from .partition_encoder import (
-    DATASET_RESERVED,
-    JobSpec,
-    PartitionEncoder,
-    PartitionFailed,
-    RowEncoder,
-    key_rows,
-    write_group,
-)
+from .plan import ID_SCHEMES, Plan, make_plan
+from .ray_execution import ray_session, run_dataset, run_planned, worker_resources
+from .spec import JobSpec
 
 __all__ = ["EncodeJobReport", "encode_dataset"]
-
-JOB_FORMAT = "bafo-encode-job"
-JOB_FORMAT_VERSION = 1
-ID_SCHEMES = {"content": "keyed-blake2b-63 of the file bytes", "row": "manifest data-row number (1-based)"}
-_MIN_PARTITION_ROWS, _MAX_PARTITION_ROWS, _TARGET_PARTITIONS = 500, 100_000, 64
 
 
 @dataclass
@@ -181,7 +162,7 @@ def encode_dataset(
     Raises
     ------
     PartitionFailed
-        With ``strict``, for the first bad file (its manifest row or file key and why).
+        (:class:`~bafo_pipeline.pipeline.spec.PartitionFailed`) With ``strict``, for the first bad file (its manifest row or file key and why).
     FileExistsError
         If ``out`` holds another export or other files and ``overwrite`` is False.
     """
@@ -195,9 +176,11 @@ def encode_dataset(
     estimator, fingerprint, split_rule = _model(model)
     if (split != "all" or include_split) and split_rule is None:
         raise ValueError("this model records no train/test split; use split='all' without include_split")
-    plan = _plan(source, load_id_key(id_key), fingerprint, id_from=id_from, include_labels=include_labels,
-                 partition_rows=partition_rows, split=split, include_split=include_split, split_rule=split_rule,
-                 max_file_bytes=max_file_bytes)
+    plan = make_plan(
+        source, load_id_key(id_key), fingerprint, id_from=id_from, include_labels=include_labels,
+        partition_rows=partition_rows, split=split, include_split=include_split, split_rule=split_rule,
+        max_file_bytes=max_file_bytes,
+    )
 
     filesystem, out_path = resolve_filesystem(out)
     folder = JobFolder(filesystem, out_path)
@@ -208,8 +191,8 @@ def encode_dataset(
     folder.write_json(PLAN_FILE, {**plan.settings, "plan_fingerprint": plan.fingerprint})
 
     todo = [k for k in range(plan.n_partitions) if k not in finished]
-    with _ray_session(address, verbose) as ray:
-        cpus, gpus = _resources(ray, workers, cpus_per_worker, gpus_per_worker)
+    with ray_session(address, verbose) as ray:
+        cpus, gpus = worker_resources(ray, workers, cpus_per_worker, gpus_per_worker)
         if plan.dataset is not None and cpus_per_worker is None:
             # The actors must leave a CPU to the tasks that key the rows and write the groups.
             spare = max(1.0, ray.cluster_resources().get("CPU", 1) - 1)
@@ -223,100 +206,16 @@ def encode_dataset(
         )
         pool = {"workers": workers, "cpus": cpus, "gpus": gpus}
         if plan.dataset is not None:
-            new_stats = _run_dataset(ray, estimator, filesystem, spec, plan.dataset, todo, pool, progress)
+            new_stats = run_dataset(ray, estimator, filesystem, spec, plan.dataset, todo, pool, progress)
         else:
-            new_stats = _run(ray, estimator, filesystem, spec, plan, todo, pool, progress)
+            new_stats = run_planned(ray, estimator, filesystem, spec, plan, todo, pool, progress)
     stats = sorted([*finished.values(), *new_stats], key=lambda s: s["partition"])
     job = _job_record(plan, stats, len(finished), len(new_stats), estimator, workers, time.time() - started)
     folder.write_json(JOB_FILE, job)  # last: its presence means every partition is on disk
     return EncodeJobReport(str(out), job["counts"], plan.n_partitions, len(finished), len(new_stats), job)
 
 
-# --------------------------------------------------------------------------- planning
-@dataclass
-class _SourceRefs:
-    """How skipped inputs are named in the output: manifest rows as such, files by a keyed hash of their name."""
-
-    per_input: list[str]
-    listing: dict[str, str]
-
-
-@dataclass
-class _Plan:
-    """What a job will produce, fixed before anything is read: inputs, partitions, settings, fingerprint."""
-
-    key: bytes
-    settings: dict
-    fingerprint: str
-    n_partitions: int
-    label_schema: dict | None
-    inputs: InputList | None = None
-    buckets: np.ndarray | None = None
-    refs: _SourceRefs | None = None
-    dataset: Any = None
-
-
-def _plan(source, key: bytes, fingerprint: str, *, id_from, include_labels, partition_rows, split,
-          include_split, split_rule, max_file_bytes) -> _Plan:
-    dataset = source if _is_ray_dataset(source) else None
-    inputs = None if dataset is not None else _inputs(source)
-    if id_from == "row" and (inputs is None or inputs.rows is None):
-        raise ValueError("id_from='row' needs a manifest source; folders and datasets have no row numbers")
-    label_schema = None
-    if include_labels:
-        label_schema = _dataset_label_schema(dataset) if dataset is not None else _label_schema(inputs)
-    n_inputs = dataset.count() if dataset is not None else len(inputs)
-    n_partitions = _n_partitions(n_inputs, partition_rows)
-    buckets = None if inputs is None else keyed_buckets(key, inputs.source_keys, n_partitions)
-    settings = {
-        "format": JOB_FORMAT,
-        "format_version": JOB_FORMAT_VERSION,
-        "model_fingerprint": fingerprint,
-        "id_scheme": ID_SCHEMES[id_from],
-        "id_key_fingerprint": key_fingerprint(key),
-        "source_kind": "ray-dataset" if dataset is not None else inputs.kind,
-        "inputs": n_inputs,
-        "n_partitions": n_partitions,
-        "label_columns": list(label_schema or {}),
-        "split": split,
-        "include_split": include_split,
-        "split_rule": split_rule if (split != "all" or include_split) else None,
-        "max_file_bytes": max_file_bytes,
-    }
-    plan_fingerprint = _plan_fingerprint(settings, [] if inputs is None else inputs.source_keys, buckets)
-    refs = None if inputs is None else _source_refs(inputs, key)
-    return _Plan(key, settings, plan_fingerprint, n_partitions, label_schema, inputs, buckets, refs, dataset)
-
-
-def _file_metadata(estimator, settings: dict) -> dict:
-    """What every partition file records about its making (the writer adds the format facts)."""
-    return {
-        "model_fingerprint": settings["model_fingerprint"],
-        "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
-        "id_scheme": settings["id_scheme"],
-        "id_key_fingerprint": settings["id_key_fingerprint"],
-    }
-
-
-def _job_record(plan: _Plan, stats: list[dict], kept: int, written: int, estimator, workers: int, seconds: float) -> dict:
-    """The content of ``_bafo_job.json``."""
-    listing_skips = [] if plan.inputs is None else [(plan.refs.listing[s], r) for s, r in plan.inputs.skipped]
-    return {
-        **plan.settings,
-        "plan_fingerprint": plan.fingerprint,
-        "complete": True,
-        "counts": summarize(stats, listing_skips),
-        "partitions": {"total": plan.n_partitions, "kept_from_earlier_runs": kept, "written_now": written},
-        "files": [{"name": s["file"], "rows": s["rows_written"]} for s in stats],
-        "precision": sorted({s["precision"] for s in stats if "precision" in s}),
-        "decoder": sorted({s["decoder"] for s in stats if "decoder" in s}),
-        "latent_dim": int(estimator.network_.config.latent_dim),
-        "workers": workers,
-        "seconds_this_run": round(seconds, 2),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
+# --------------------------------------------------------------------------- helpers
 def _model(model) -> tuple[Any, str, dict | None]:
     """``(estimator, fingerprint, split rule)`` from a model directory or a fitted estimator."""
     if isinstance(model, (str, os.PathLike)):
@@ -325,76 +224,6 @@ def _model(model) -> tuple[Any, str, dict | None]:
     with tempfile.TemporaryDirectory(prefix="bafo-fingerprint-") as folder:
         saved = save_model(model, Path(folder) / "model")
         return model, model_fingerprint(saved), None
-
-
-def _inputs(source) -> InputList:
-    if isinstance(source, InputList):
-        return source
-    text = os.fspath(source)
-    if text.lower().endswith((".csv", ".parquet", ".pq")):
-        return read_manifest(text)
-    return list_folder(text)
-
-
-def _label_schema(inputs: InputList) -> dict[str, str]:
-    if inputs.labels is None or not inputs.labels.num_columns:
-        raise ValueError(f"include_labels: this {inputs.kind} source has no label columns")
-    return {name: _type_name(typ) for name, typ in zip(inputs.labels.column_names, inputs.labels.schema.types)}
-
-
-def _dataset_label_schema(dataset) -> dict[str, str]:
-    schema = dataset.schema()
-    labels = {n: _type_name(t) for n, t in zip(schema.names, schema.types) if n not in DATASET_RESERVED}
-    if not labels:
-        raise ValueError("include_labels: the dataset has no label columns besides 'bytes'")
-    return labels
-
-
-def _type_name(typ) -> str:
-    if not isinstance(typ, pa.DataType):
-        return "string"
-    if pa.types.is_floating(typ):
-        return "float64"
-    if pa.types.is_integer(typ):
-        return "int64"
-    return "bool" if pa.types.is_boolean(typ) else "string"
-
-
-def _is_ray_dataset(source) -> bool:
-    try:
-        from ray.data import Dataset
-    except ImportError:
-        return False
-    return isinstance(source, Dataset)
-
-
-def _n_partitions(n_inputs: int, partition_rows: int | None) -> int:
-    if partition_rows is None:
-        partition_rows = min(max(math.ceil(n_inputs / _TARGET_PARTITIONS), _MIN_PARTITION_ROWS), _MAX_PARTITION_ROWS)
-    if not (isinstance(partition_rows, int) and partition_rows >= 1):
-        raise ValueError(f"partition_rows must be a positive int, got {partition_rows!r}")
-    return max(1, math.ceil(n_inputs / partition_rows))
-
-
-def _plan_fingerprint(settings: dict, source_keys: list[str], buckets: np.ndarray | None) -> str:
-    """What makes two runs the same job: settings, model, key and (files or manifest rows) -> partitions.
-
-    A ``ray.data.Dataset`` is not listed, so only its row count enters.
-    """
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for key, bucket in sorted(zip(source_keys, [] if buckets is None else buckets.tolist())):
-        digest.update(f"{bucket}\t{key}\n".encode())
-    return digest.hexdigest()
-
-
-def _source_refs(inputs: InputList, key: bytes) -> _SourceRefs:
-    def ref(source_key: str) -> str:
-        if inputs.rows is not None:
-            return f"row {source_key}"
-        digest = hashlib.blake2b(source_key.encode(), key=key, digest_size=8, person=b"bafo-source-ref")
-        return f"file {digest.hexdigest()}"
-
-    return _SourceRefs([ref(k) for k in inputs.source_keys], {k: ref(k) for k, _ in inputs.skipped})
 
 
 def _resume_state(folder: JobFolder, plan_fingerprint: str, overwrite: bool) -> dict[int, dict] | None:
@@ -419,155 +248,30 @@ def _resume_state(folder: JobFolder, plan_fingerprint: str, overwrite: bool) -> 
     return finished
 
 
-# --------------------------------------------------------------------------- running
-@contextlib.contextmanager
-def _ray_session(address: str | None, verbose: bool) -> Iterator[Any]:
-    """Ray, connected: the caller's session if one is open, else a new one shut down afterwards."""
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("the ray engine needs Ray Data: pip install 'bafo-pipeline[ray]'") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
-                 logging_level="INFO" if verbose else "ERROR")
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = verbose
-    context.print_on_execution_start = verbose
-    context.enable_auto_log_stats = False
-    # A library stays quiet: Ray Data logs each execution's start and end, and re-reads its
-    # level from this variable whenever it sets up its loggers.
-    level = os.environ.get("RAY_DATA_LOG_LEVEL")
-    if not verbose:
-        os.environ["RAY_DATA_LOG_LEVEL"] = "ERROR"
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-    try:
-        yield ray
-    finally:
-        if not verbose:
-            if level is None:
-                os.environ.pop("RAY_DATA_LOG_LEVEL", None)
-            else:
-                os.environ["RAY_DATA_LOG_LEVEL"] = level
-        if started_here:
-            ray.shutdown()
-
-
-def _resources(ray, workers: int, cpus: float | None, gpus: float | None) -> tuple[float, float]:
-    cluster = ray.cluster_resources()
-    if gpus is None:
-        gpus = 1.0 if cluster.get("GPU", 0) >= 1 else 0.0
-    if cpus is None:
-        cpus = max(1.0, math.floor(cluster.get("CPU", 1) / workers))
-    return float(cpus), float(gpus)
-
-
-def _partition_blobs(
-    inputs: InputList, refs: _SourceRefs, buckets: np.ndarray, todo: list[int], n_partitions: int
-) -> list[dict]:
-    """One item per partition to write: its inputs as an Arrow IPC stream (locations, refs, rows, labels)."""
-    columns = {
-        "location": pa.array(inputs.locations, pa.string()),
-        "source": pa.array(refs.per_input, pa.string()),
-        "row": pa.array(inputs.rows if inputs.rows is not None else [0] * len(inputs), pa.int64()),
+def _file_metadata(estimator, settings: dict) -> dict:
+    """What every partition file records about its making (the writer adds the format facts)."""
+    return {
+        "model_fingerprint": settings["model_fingerprint"],
+        "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
+        "id_scheme": settings["id_scheme"],
+        "id_key_fingerprint": settings["id_key_fingerprint"],
     }
-    table = pa.table(columns)
-    if inputs.labels is not None:
-        for name in inputs.labels.column_names:
-            table = table.append_column(name, inputs.labels.column(name))
-    order = np.argsort(buckets, kind="stable")
-    bounds = np.searchsorted(buckets[order], np.arange(n_partitions + 1))
-    items = []
-    for k in todo:
-        chunk = table.take(pa.array(order[bounds[k] : bounds[k + 1]]))
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, chunk.schema) as writer:
-            writer.write_table(chunk)
-        items.append({"partition": k, "inputs": sink.getvalue().to_pybytes()})
-    return items
 
 
-def _run(ray, estimator, filesystem, spec: JobSpec, plan: _Plan, todo, pool: dict, progress):
-    """Planned partitions (folders, manifests): one actor call reads, encodes and writes a whole partition."""
-    if not todo:
-        return []
-    items = _partition_blobs(plan.inputs, plan.refs, plan.buckets, todo, spec.n_partitions)
-    dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    del items
-    encoded = dataset.map_batches(
-        PartitionEncoder,
-        batch_size=1,
-        batch_format="numpy",
-        fn_constructor_kwargs={"estimator": [ray.put(estimator)], "filesystem": filesystem, "spec": spec},
-        compute=ray.data.ActorPoolStrategy(size=min(pool["workers"], len(todo))),
-        num_cpus=pool["cpus"],
-        num_gpus=pool["gpus"],
-    )
-    return _collect(encoded, progress, plan.inputs, plan.refs)
-
-
-def _run_dataset(ray, estimator, filesystem, spec: JobSpec, dataset, todo, pool: dict, progress):
-    """A ``ray.data.Dataset`` of image bytes: key rows, encode in the actor pool, group by partition, write.
-
-    The rows are not listed beforehand, so partitions come from the keyed content hash and
-    a group-by gathers each partition's latents (not the images) before it is written.
-    """
-    if not todo:
-        return []
-    keyed = dataset.map_batches(key_rows, fn_kwargs={"spec": spec, "todo": todo}, batch_format="pyarrow")
-    encoded = keyed.map_batches(
-        RowEncoder,
-        batch_size=spec.batch_size,
-        batch_format="pyarrow",
-        fn_constructor_kwargs={"estimator": [ray.put(estimator)], "filesystem": filesystem, "spec": spec},
-        compute=ray.data.ActorPoolStrategy(size=pool["workers"]),
-        num_cpus=pool["cpus"],
-        num_gpus=pool["gpus"],
-    )
-    written = encoded.groupby("partition").map_groups(
-        write_group, batch_format="pyarrow", fn_kwargs={"filesystem": filesystem, "spec": spec},
-    )
-    return _collect(written, progress, None, None)
-
-
-def _collect(results, progress, inputs, refs) -> list[dict]:
-    """Stream the per-partition counts back to the driver as partitions finish."""
-    stats = []
-    try:
-        for row in results.iter_rows():
-            record = json.loads(row["stats"])
-            stats.append(record)
-            if progress is not None:
-                progress(record["rows_read"])
-    except Exception as error:  # Ray wraps the actor's exception; surface a strict stop as itself
-        message = _strict_stop_message(error)
-        if message is not None:
-            raise PartitionFailed(message if inputs is None else _name_the_file(message, inputs, refs)) from None
-        raise
-    return stats
-
-
-def _name_the_file(message: str, inputs: InputList, refs: _SourceRefs) -> str:
-    """On the driver (the data owner's terminal), say which file stopped a strict job."""
-    ref, _, reason = message.partition(": ")
-    if ref.startswith("file "):
-        where = refs.per_input.index(ref) if ref in refs.per_input else None
-        if where is not None:
-            return f"{inputs.locations[where]}: {reason}"
-    return message
-
-
-def _strict_stop_message(error: BaseException) -> str | None:
-    """The message of a :class:`PartitionFailed` raised in an actor, from the error Ray re-raises.
-
-    Ray re-raises the actor's exception as its own type with the original's traceback as
-    text, so the cause is found by type where Ray kept it and by its printed name otherwise.
-    """
-    cause, seen = error, set()
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, PartitionFailed):
-            return str(cause).splitlines()[0]
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    match = re.search(rf"{PartitionFailed.__name__}: (.+)", str(error))
-    return match.group(1).strip() if match else None
+def _job_record(plan: Plan, stats: list[dict], kept: int, written: int, estimator, workers: int, seconds: float) -> dict:
+    """The content of ``_bafo_job.json``."""
+    listing_skips = [] if plan.inputs is None else [(plan.refs.listing[s], r) for s, r in plan.inputs.skipped]
+    return {
+        **plan.settings,
+        "plan_fingerprint": plan.fingerprint,
+        "complete": True,
+        "counts": summarize(stats, listing_skips),
+        "partitions": {"total": plan.n_partitions, "kept_from_earlier_runs": kept, "written_now": written},
+        "files": [{"name": s["file"], "rows": s["rows_written"]} for s in stats],
+        "precision": sorted({s["precision"] for s in stats if "precision" in s}),
+        "decoder": sorted({s["decoder"] for s in stats if "decoder" in s}),
+        "latent_dim": int(estimator.network_.config.latent_dim),
+        "workers": workers,
+        "seconds_this_run": round(seconds, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -106,3 +106,67 @@ def test_manifest_rows_keep_their_numbers_and_paths_stay_inside(tmp_path):
     }
     with pytest.raises(ValueError, match=r"column\(s\) \['age'\] not found"):
         read_manifest(tmp_path / "m.csv", label_columns=["age"])
+
+
+# ------------------------------------------------------------------ writing one partition (no Ray)
+def _encoded(n, dim=4, duplicate_of=None):
+    import hashlib
+
+    from bafo_pipeline.pipeline.partition_writer import EncodedRows
+
+    blobs = [f"image {i}".encode() for i in range(n)]
+    if duplicate_of is not None:
+        blobs[-1] = blobs[duplicate_of]
+    latents = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
+    return EncodedRows(
+        positions=np.arange(n), digests=[content_digest(KEY, b) for b in blobs],
+        sha1s=[hashlib.sha1(b).hexdigest() for b in blobs], latents=latents,
+        skipped=[("file 00", "empty file (0 bytes)")], failed=np.array([n]),
+    ), blobs
+
+
+def _spec(tmp_path, **settings):
+    from bafo_pipeline.pipeline.spec import JobSpec
+
+    return JobSpec(out=str(tmp_path), plan_fingerprint="fp", n_partitions=3, id_key=KEY, **settings)
+
+
+def test_a_partition_is_written_in_id_order_without_repeated_content(tmp_path):
+    import pyarrow.parquet as pq
+
+    from bafo_pipeline.io.filesystems import resolve_filesystem
+    from bafo_pipeline.pipeline.partition_writer import finish_partition
+
+    encoded, blobs = _encoded(6, duplicate_of=1)
+    sources = [f"file {i:02d}" for i in range(7)]
+    stats = finish_partition(resolve_filesystem(tmp_path)[0], _spec(tmp_path), 2, 7, encoded, sources,
+                             np.zeros(7, np.int64), None, "float32", "pil", 0.1)
+    table = pq.read_table(tmp_path / "part-00002.parquet")
+    ids = table.column("id").to_pylist()
+    assert ids == sorted(ids) and len(ids) == 5  # the repeated image is written once
+    expected = {id_of_digest(content_digest(KEY, b)): i for i, b in enumerate(blobs[:5])}
+    for i, latent in zip(ids, table.column("latent").to_pylist()):
+        assert latent == encoded.latents[expected[i]].tolist()
+    assert stats["skipped_by_reason"] == {
+        "duplicate of another file in its partition (same bytes, same id)": 1, "empty file (0 bytes)": 1}
+    assert stats["rows_read"] == 7 and stats["rows_written"] == 5
+
+
+def test_a_split_selects_rows_by_the_models_content_hash_rule(tmp_path):
+    import pyarrow.parquet as pq
+
+    from bafo_pipeline.data.splits import hash_split
+    from bafo_pipeline.io.filesystems import resolve_filesystem
+    from bafo_pipeline.pipeline.partition_writer import finish_partition
+
+    encoded, blobs = _encoded(40)
+    rule = {"test_fraction": 0.3, "seed": 0}
+    spec = _spec(tmp_path, split="test", include_split=True, split_rule=rule)
+    stats = finish_partition(resolve_filesystem(tmp_path)[0], spec, 0, 41, encoded, [f"file {i}" for i in range(41)],
+                             np.zeros(41, np.int64), None, "float32", "pil", 0.1)
+    is_test = hash_split(encoded.sha1s, **rule)
+    table = pq.read_table(tmp_path / "part-00000.parquet")
+    assert set(table.column("split").to_pylist()) == {"test"}
+    assert sorted(table.column("id").to_pylist()) == sorted(
+        id_of_digest(d) for d, t in zip(encoded.digests, is_test) if t)
+    assert stats["excluded_by_split"] == int((~is_test).sum()) and stats["rows_written"] == int(is_test.sum())

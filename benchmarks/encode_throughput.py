@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     parser.add_argument("--skip-memory", action="store_true", help="Skip the two child-process memory runs.")
     args = parser.parse_args(argv)
-    from bafo_pipeline._device import resolve_device
+    from bafo_pipeline._utils import resolve_device
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:

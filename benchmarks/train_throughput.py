@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 
-from bafo_pipeline.model import BAFONetwork, NetworkConfig  # noqa: E402
-from bafo_pipeline._device import resolve_device  # noqa: E402
-from bafo_pipeline.training import Trainer, TrainingConfig  # noqa: E402
+from bafo_pipeline._nn.network import BAFONetwork, NetworkConfig  # noqa: E402
+from bafo_pipeline._utils import resolve_device  # noqa: E402
+from bafo_pipeline._nn.training import Trainer, TrainingConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -16,7 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from .._device import resolve_device
+from .._utils.device import resolve_device
 
 __all__ = ["TorchMLPProbe", "resolve_device"]
 

@@ -1,6 +1,17 @@
-"""scikit-learn estimators: the BAFO transformer and erasure steps."""
+"""scikit-learn estimators: the BAFO transformer, its concealment steps, and their persistence."""
 
-from ._bafo import BAFOTransformer
+from ._bafo import BAFOTransformer, LatentRefiner
 from ._erasure import LinearErasure
+from ._persistence import load_model, model_fingerprint, read_model_config, save_model
+from ._state import register_loadable
 
-__all__ = ["BAFOTransformer", "LinearErasure"]
+__all__ = [
+    "BAFOTransformer",
+    "LatentRefiner",
+    "LinearErasure",
+    "load_model",
+    "model_fingerprint",
+    "read_model_config",
+    "register_loadable",
+    "save_model",
+]

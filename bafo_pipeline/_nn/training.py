@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from .io._atomic import atomic_write_path
-from ._device import resolve_device  # noqa: F401  (re-exported: part of this module's API)
+from .._utils.atomic import atomic_write_path
+from .._utils.device import autocast
 from .adversary import AttributeAdversary, ConditionSlice
 from .independence import independence_penalty
-from .model import BAFONetwork, vae_loss_terms
+from .inputs import network_input
+from .network import BAFONetwork, vae_loss_terms
 
 
 @dataclass(frozen=True)
@@ -66,16 +68,28 @@ class TrainingConfig:
             raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
 
 
-def _training_autocast(device: torch.device):
+class TrainingHook(Protocol):
+    """A concealment step's part in the encoder's training (``step.training_hook(latent_dim, condition_slices)``).
+
+    The place for erasure learned inside training: between encoder and decoder
+    the hook may replace the sampled latent the decoder sees (e.g. by an eraser
+    refreshed from running class-conditional statistics), and it adds a term
+    to the loss (e.g. a distribution-matching penalty on the posterior means).
+    Its state is not part of training checkpoints.
+    """
+
+    def latent(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """What the decoder receives instead of the sampled latent ``z`` (training and validation)."""
+        ...
+
+    def loss(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """A scalar added to the batch loss; ``mean`` is the posterior mean (gradients flow to the encoder)."""
+        ...
+
+
+def training_autocast(device: torch.device):
     """The training precision: bf16 autocast on CUDA, float32 elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def _to_model_input(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW images → float in [0, 1], channels_last; float features pass through."""
-    if batch.dtype == torch.uint8:
-        return (batch.float() / 255.0).contiguous(memory_format=torch.channels_last)
-    return batch
+    return autocast(device, enabled=device.type == "cuda")
 
 
 class Trainer:
@@ -89,6 +103,8 @@ class Trainer:
     condition_slices : list of (int, int, str)
         Column range and kind of each attribute in the condition vector (for
         the independence penalty and the adversaries).
+    hooks : sequence of TrainingHook, default=()
+        Concealment steps taking part in training (see :class:`TrainingHook`).
     """
 
     def __init__(
@@ -97,6 +113,7 @@ class Trainer:
         config: TrainingConfig,
         device: torch.device,
         condition_slices: list[ConditionSlice],
+        hooks: Sequence[TrainingHook] = (),
     ):
         self.network = network.to(device)
         if network.config.kind == "conv":
@@ -104,6 +121,7 @@ class Trainer:
         self.config = config
         self.device = device
         self.condition_slices = condition_slices
+        self.hooks = tuple(hooks)
         # Fused Adam is one kernel per step on CUDA; the CPU keeps the default (bit-reproducible) path.
         self.optimizer = torch.optim.Adam(
             self.network.parameters(), lr=config.learning_rate, fused=True if device.type == "cuda" else None
@@ -121,13 +139,15 @@ class Trainer:
         self._n_samples: int | None = None
 
     def _autocast(self):
-        return _training_autocast(self.device)
+        return training_autocast(self.device)
 
     def _loss(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The batch loss and its parts, as on-device tensors (no host sync)."""
         cfg = self.config
         with self._autocast():
-            reconstruction, mean, logvar = self.network(x, c, generator=self.generator)
+            reconstruction, mean, logvar = self.network(
+                x, c, generator=self.generator, latent_hook=self._hooked_latent if self.hooks else None
+            )
         terms = vae_loss_terms(x, reconstruction, mean, logvar)
         per_sample = terms["reconstruction"] + cfg.kl_weight * (
             terms["kl_mean"] + cfg.variance_weight * terms["kl_variance"]
@@ -144,8 +164,17 @@ class Trainer:
             confusion = self.adversary.confusion_loss(mean, c)
             loss = loss + cfg.adversary_weight * x[0].numel() * confusion
             parts["adversary_confusion"] = confusion.detach()
+        for i, hook in enumerate(self.hooks):
+            term = hook.loss(mean, c)
+            loss = loss + term
+            parts[f"hook_{i}"] = term.detach()
         parts["loss"] = loss.detach()
         return loss, parts
+
+    def _hooked_latent(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        for hook in self.hooks:
+            z = hook.latent(z, c)
+        return z
 
     def _train_adversary(self, latents: torch.Tensor, conditions: torch.Tensor) -> None:
         """A few steps of the adversaries on the current (detached) latents."""
@@ -215,7 +244,7 @@ class Trainer:
                 index = permutation[start : start + cfg.batch_size]
                 if len(index) < 2:  # a one-row batch has no spread for the independence penalty
                     continue
-                loss, parts = self._loss(_to_model_input(inputs[index]), conditions[index])
+                loss, parts = self._loss(network_input(inputs[index], self.device), conditions[index])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -257,11 +286,11 @@ class Trainer:
         self.network.eval()
         total = torch.zeros((), device=self.device)
         for start in range(0, len(inputs), batch_size):
-            x = _to_model_input(inputs[start : start + batch_size].to(self.device))
+            x = network_input(inputs[start : start + batch_size], self.device)
             c = conditions[start : start + batch_size].to(self.device, torch.float32)
             with self._autocast():
                 mean, logvar = self.network.encode(x)
-                reconstruction = self.network.decode(mean, c)
+                reconstruction = self.network.decode(self._hooked_latent(mean, c), c)
             terms = vae_loss_terms(x, reconstruction, mean, logvar)
             total += (terms["reconstruction"] + terms["kl_mean"] + terms["kl_variance"]).sum()
         return float(total) / max(len(inputs), 1)
@@ -367,8 +396,8 @@ def fit_decoder(
         order = torch.randperm(len(latents), generator=generator).to(device)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            x = _to_model_input(inputs[index])
-            with _training_autocast(device):
+            x = network_input(inputs[index], device)
+            with training_autocast(device):
                 reconstruction = decoder(latents[index], conditions[index])
             loss = (reconstruction.float() - x.float()).pow(2).flatten(1).sum(1).mean()
             optimizer.zero_grad(set_to_none=True)

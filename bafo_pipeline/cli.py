@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -20,27 +21,42 @@ def _apply(options: list, function):
     return function
 
 
+class _PathOrURI(click.Path):
+    """A local path (checked as click.Path checks it), or a URI such as ``s3://bucket/faces`` (checked when read)."""
+
+    name = "path_or_uri"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", value):
+            return value
+        return super().convert(value, param, ctx)
+
+
 def _data_options(function):
     """Options shared by every command that reads a dataset."""
     options = [
-        click.option("--utkface", type=click.Path(exists=True, file_okay=False), help="A UTKFace folder (labels in file names)."),
-        click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="A CSV/Parquet table: image path + attribute columns."),
+        click.option("--utkface", type=_PathOrURI(exists=True, file_okay=False), help="A UTKFace folder (labels in file names); local or a URI."),
+        click.option("--manifest", type=_PathOrURI(exists=True, dir_okay=False), help="A CSV/Parquet table: image path + attribute columns; local or a URI."),
         click.option("--image-column", default="path", show_default=True, help="Manifest column holding image paths."),
         click.option("--sensitive", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Comma-separated sensitive columns of the manifest."),
         click.option("--synthetic-samples", default=3000, show_default=True, help="Number of synthetic faces (default data)."),
         click.option("--limit", type=int, help="Use at most this many images (quick runs)."),
         click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it."),
+        click.option("--allow-outside-root", is_flag=True,
+                     help="Accept files leading outside the folder or the manifest's folder (symlinks, ../ and "
+                          "absolute manifest paths); skipped with a reason otherwise."),
     ]
     return _apply(options, function)
 
 
-def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size=56, seed=0):
+def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size=56, seed=0,
+          allow_outside_root=False):
     from .data.sources import load_source
 
     dataset = load_source(
         utkface=utkface, manifest=manifest, synthetic_samples=synthetic_samples, image_size=image_size,
         image_column=image_column, sensitive=tuple(s.strip() for s in sensitive.split(",") if s.strip()),
-        limit=limit, strict=strict, seed=seed,
+        limit=limit, strict=strict, seed=seed, allow_outside_root=allow_outside_root,
     )
     click.echo(f"data: {dataset.report.summary()}", err=True)
     return dataset
@@ -64,16 +80,18 @@ def _ray_options(function):
     """Options of ``bafo encode --engine ray`` (the distributed export)."""
     options = [
         click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help="local: this process; ray: a Ray cluster, writing a folder of Parquet partitions."),
-        click.option("--images", help="--engine ray: a folder of images or a CSV/Parquet manifest, local or a URI (s3://...)."),
+                     help="local: this process, one Parquet file; ray: a Ray cluster, a folder of Parquet partitions."),
         click.option("--workers", default=2, show_default=True, help="--engine ray: actors, each holding the model once."),
         click.option("--gpus-per-worker", type=float, help="--engine ray: GPUs per actor (default 1 where the cluster has GPUs)."),
         click.option("--partition-rows", type=int, help="--engine ray: images per output file (default ~1/64 of them, 500-100,000)."),
         click.option("--ids", type=click.Choice(["content", "row"]), default="content", show_default=True,
-                     help="--engine ray: id = keyed hash of the file's bytes, or the manifest's 1-based row number."),
+                     help="--engine ray: id = keyed hash of the image's content, or the manifest's 1-based row number."),
         click.option("--id-key-file", type=click.Path(dir_okay=False),
-                     help="--engine ray: the key of the keyed ids (default $BAFO_ID_KEY_FILE or ~/.config/bafo/id.key, "
+                     help="--engine ray: the key of the ids (default $BAFO_ID_KEY_FILE or ~/.config/bafo/id.key, "
                           "created on first use; keep it private and reuse it to resume)."),
+        click.option("--key-table", type=click.Path(dir_okay=False),
+                     help="--engine ray: also write id -> source file here (CSV/Parquet, mode 0600, outside --out): "
+                          "for the data owner only."),
         click.option("--ray-address", help="--engine ray: the cluster to use (default $RAY_ADDRESS, else a local one)."),
     ]
     return _apply(options, function)
@@ -115,7 +133,8 @@ def main() -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Write a training checkpoint here after every epoch.")
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
-def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, latent_dim, epochs,
+def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir,
+          latent_dim, epochs,
           batch_size, learning_rate, kl_weight, variance_weight, independence_weight, condition_every_layer,
           adversary_weight, concealment, covariance_dims, decoder_epochs, image_size, test_fraction, device, seed,
           checkpoint, resume, overwrite):
@@ -128,7 +147,8 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 
     if Path(out_dir).exists() and not overwrite:
         raise click.UsageError(f"{out_dir} exists; pass --overwrite to replace it")
-    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size, seed)
+    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size, seed,
+                    allow_outside_root)
     train_set, _ = dataset.split(test_fraction=test_fraction, seed=seed)
     click.echo(f"training on {len(train_set)} images (held out: {len(dataset) - len(train_set)})", err=True)
     estimator = BAFOTransformer(
@@ -161,10 +181,12 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
               help="Image decoding: Pillow on the CPU, or batched on the model's device (nvJPEG on a GPU); "
                    "auto picks torch on CUDA.")
 @click.option("--overwrite", is_flag=True)
+@click.option("--images", type=_PathOrURI(exists=True, file_okay=False),
+              help="A folder of images without labels (searched recursively); local or a URI.")
 @_ray_options
-def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out, which,
-           include_split, include_labels, id_column, batch_size, decoder, overwrite, engine, images, workers,
-           gpus_per_worker, partition_rows, ids, id_key_file, ray_address):
+def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root,
+           out, which, include_split, include_labels, id_column, batch_size, decoder, overwrite, images, engine, workers,
+           gpus_per_worker, partition_rows, ids, id_key_file, key_table, ray_address):
     """Encode images to concealed latents and stream them to a Parquet file.
 
     By default the file holds only ids and latents: no labels, no file names
@@ -179,12 +201,17 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     """
     if engine == "ray":
         return _encode_on_ray(
-            model_dir, utkface, manifest, images, image_column, sensitive, limit, strict, out, which, include_split,
-            include_labels, id_column, batch_size, decoder, overwrite, workers, gpus_per_worker, partition_rows, ids,
-            id_key_file, ray_address,
+            model_dir, out, utkface=utkface, manifest=manifest, images=images, image_column=image_column,
+            sensitive=sensitive, limit=limit, strict=strict, allow_outside_root=allow_outside_root, which=which,
+            include_split=include_split, include_labels=include_labels, id_column=id_column, batch_size=batch_size,
+            decoder=decoder, overwrite=overwrite, workers=workers, gpus_per_worker=gpus_per_worker,
+            partition_rows=partition_rows, ids=ids, id_key_file=id_key_file, key_table=key_table,
+            ray_address=ray_address,
         )
-    if images is not None:
-        raise click.UsageError("--images is for --engine ray; use --utkface or --manifest")
+    ray_only = [f"--{n}" for n, v in (("ids", ids != "content"), ("id-key-file", id_key_file), ("key-table", key_table),
+                                      ("ray-address", ray_address), ("partition-rows", partition_rows)) if v]
+    if ray_only:
+        raise click.UsageError(f"{', '.join(ray_only)}: only with --engine ray")
     if Path(out).is_dir():
         raise click.UsageError(f"{out} is a folder; the local engine writes one Parquet file (--engine ray writes folders)")
     from tqdm.auto import tqdm
@@ -200,7 +227,8 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     split_info = metadata.get("split")
     if (which != "all" or include_split) and split_info is None:
         raise click.UsageError("this model records no train/test split; use --split all without --include-split")
-    source = _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synthetic_samples, limit, strict)
+    source = _scan(utkface, manifest, images, image_column, sensitive, metadata, estimator, synthetic_samples, limit,
+                   strict, allow_outside_root)
     names, rows = None, np.arange(len(source))
     if split_info is not None:
         is_test = hash_split(source.content_hash, test_fraction=split_info["test_fraction"], seed=split_info["seed"])
@@ -219,55 +247,49 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     click.echo(f"wrote {report.n_written} latents to {out} ({len(report.skipped)} skipped)")
 
 
-def _encode_on_ray(model_dir, utkface, manifest, images, image_column, sensitive, limit, strict, out, which,
-                   include_split, include_labels, id_column, batch_size, decoder, overwrite, workers, gpus_per_worker,
-                   partition_rows, ids, id_key_file, ray_address):
-    """``bafo encode --engine ray``: list on this machine, encode on the cluster, one Parquet file per partition."""
+def _encode_on_ray(model_dir, out, *, utkface, manifest, images, image_column, sensitive, limit, strict,
+                   allow_outside_root, which, include_split, include_labels, id_column, batch_size, decoder, overwrite,
+                   workers, gpus_per_worker, partition_rows, ids, id_key_file, key_table, ray_address):
+    """``bafo encode --engine ray``: scan here (hashing on the cluster), encode on the cluster, one file per partition."""
     from tqdm.auto import tqdm
 
-    from .pipeline.distributed import encode_dataset
-    from .pipeline.inputs import list_folder, read_manifest
-    from .pipeline.spec import PartitionFailed
+    from .pipeline.distributed import PartitionFailed, encode_dataset
 
     if limit is not None:
-        raise click.UsageError("--limit is not supported with --engine ray (a subset by name would depend on the labels)")
+        raise click.UsageError("--limit is not supported with --engine ray")
     if id_column is not None:
         raise click.UsageError("--id-column is not supported with --engine ray; use --ids row for manifest row numbers")
-    sources = [s for s in (utkface, manifest, images) if s is not None]
-    if len(sources) != 1:
+    if sum(s is not None for s in (utkface, manifest, images)) != 1:
         raise click.UsageError("--engine ray reads files: pass exactly one of --utkface, --manifest or --images")
-    columns = [c.strip() for c in sensitive.split(",") if c.strip()]
+    bar = tqdm(desc="encoding", unit="img")
     try:
-        if utkface is not None:
-            inputs = list_folder(utkface, utkface=True)
-        elif manifest is not None or str(images).lower().endswith((".csv", ".parquet", ".pq")):
-            inputs = read_manifest(manifest or images, image_column=image_column,
-                                   label_columns=columns if include_labels else (),
-                                   required_labels=columns if include_labels else ())
-        else:
-            inputs = list_folder(images)
-    except (OSError, ValueError) as error:
+        report = encode_dataset(
+            model_dir, out, utkface=utkface, manifest=manifest, images=images, image_column=image_column,
+            sensitive=tuple(c.strip() for c in sensitive.split(",") if c.strip()), include_labels=include_labels,
+            id_from=ids, id_key=id_key_file, key_table=key_table, split=which, include_split=include_split,
+            workers=workers, gpus_per_worker=gpus_per_worker, partition_rows=partition_rows, batch_size=batch_size,
+            decoder=decoder, strict=strict, overwrite=overwrite, allow_outside_root=allow_outside_root,
+            address=ray_address, progress=bar.update,
+        )
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, PartitionFailed, ValueError) as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"data: {len(inputs)} files listed, {len(inputs.skipped)} skipped while listing", err=True)
-    try:
-        with tqdm(total=len(inputs), desc="encoding", unit="img") as bar:
-            report = encode_dataset(
-                model_dir, inputs, out, include_labels=include_labels, id_from=ids, id_key=id_key_file,
-                split=which, include_split=include_split, workers=workers, gpus_per_worker=gpus_per_worker,
-                partition_rows=partition_rows, batch_size=batch_size, decoder=decoder, strict=strict,
-                overwrite=overwrite, address=ray_address, progress=bar.update,
-            )
-    except (FileExistsError, NotADirectoryError, PartitionFailed, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+    finally:
+        bar.close()
+    for where, reason in report.scan_skipped[:10]:
+        click.echo(f"skipped {where}: {reason}", err=True)
     counts = report.counts
     for reason, count in list(counts["skipped_by_reason"].items())[:10]:
         click.echo(f"skipped {count}: {reason}", err=True)
     kept = f", {report.partitions_kept} kept from an earlier run" if report.partitions_kept else ""
     click.echo(f"wrote {counts['written']} latents to {out} ({report.n_partitions} partitions{kept}; "
-               f"{counts['skipped']} skipped; job file {out}/_bafo_job.json)")
+               f"{counts['skipped']} skipped, {counts['duplicates_dropped'] + counts['conflicting_files_dropped']} "
+               f"duplicates dropped; job file {out}/_bafo_job.json)")
+    if key_table is not None:
+        click.echo(f"key table (id -> file, keep it private): {key_table}", err=True)
 
 
-def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synthetic_samples, limit, strict):
+def _scan(utkface, manifest, images, image_column, sensitive, metadata, estimator, synthetic_samples, limit, strict,
+          allow_outside_root):
     """Files are only scanned (decoded later, in streaming batches); synthetic faces are drawn as the model's were."""
     from .data.sources import scan_source
 
@@ -275,10 +297,10 @@ def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synth
     if data.get("source") == "synthetic":
         synthetic_samples = data.get("synthetic_samples", synthetic_samples)
     source, report = scan_source(
-        utkface=utkface, manifest=manifest, synthetic_samples=synthetic_samples,
+        utkface=utkface, manifest=manifest, images=images, synthetic_samples=synthetic_samples,
         image_size=estimator.input_format_.shape[0], image_column=image_column,
         sensitive=tuple(s.strip() for s in sensitive.split(",") if s.strip()), limit=limit, strict=strict,
-        seed=metadata.get("split", {}).get("seed", 0),
+        seed=metadata.get("split", {}).get("seed", 0), allow_outside_root=allow_outside_root,
     )
     click.echo(f"data: {report.summary()}", err=True)
     return source
@@ -375,8 +397,8 @@ def _print_verdicts(report) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
-def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, epochs, latent_dim,
-        concealment, covariance_dims, decoder_epochs, target, device, seed, overwrite):
+def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir, epochs,
+        latent_dim, concealment, covariance_dims, decoder_epochs, target, device, seed, overwrite):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
@@ -386,7 +408,8 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
 
-    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, 56, seed)
+    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, 56, seed,
+                    allow_outside_root)
     synthetic = utkface is None and manifest is None
     if target is None and synthetic:
         target = "smile"

@@ -5,11 +5,12 @@ cluster is already running when a job is submitted), for N and 4N images:
 
 - in-process ``bafo encode`` (scan + export, what the CLI does, in this warm process) and
   its export loop alone;
-- ``encode_dataset`` with 1 and 2 actors on the same files, end to end (listing, actor
-  start-up, encoding, writing, job file), and the rate inside the actors;
+- ``encode_dataset`` with 1 and 2 actors on the same files, end to end (the scan, with the
+  file hashing in Ray tasks; actor start-up, encoding, writing, job file), and the rate
+  inside the actors;
 - the fixed cost and steady-state rate of each engine (a line through the two sizes);
 - both as commands in fresh processes (``bafo encode`` vs ``bafo encode --engine ray``), 4N;
-- that both engines give the same latents (bit-identical at the same precision);
+- that both engines write the same rows (same pseudonymous ids) and the same latents;
 - the driver's peak memory for N and 4N images (child processes connected to the cluster).
 
 Variants run interleaved (``--repeats`` rounds) and the median is reported, with the load
@@ -68,17 +69,17 @@ def write_manifest(paths: list[str], where: Path) -> Path:
 
 
 def in_process(model_dir: Path, manifest: Path, out: Path) -> dict:
-    """What ``bafo encode --manifest M --out F`` does: scan (hash every file) and export."""
+    """What ``bafo encode --manifest M --out F`` does: scan (hash every file) and export, with pseudonymous ids."""
     from bafo_pipeline import export_latents
-    from bafo_pipeline.data import scan_manifest
-    from bafo_pipeline.io.model_io import load_model, model_fingerprint
+    from bafo_pipeline.data import pseudonymous_ids, scan_source
+    from bafo_pipeline.transformers import load_model, model_fingerprint
 
     started = time.perf_counter()
     estimator = load_model(model_dir)
-    table, _ = scan_manifest(manifest, sensitive=())
+    source, _ = scan_source(manifest=manifest, sensitive=())
     scanned = time.perf_counter()
-    report = export_latents(estimator, table, out, metadata={"model_fingerprint": model_fingerprint(model_dir)},
-                            overwrite=True, decoder="pil")
+    report = export_latents(estimator, source, out, ids=pseudonymous_ids(source.content_hash, KEY),
+                            metadata={"model_fingerprint": model_fingerprint(model_dir)}, overwrite=True, decoder="pil")
     finished = time.perf_counter()
     return {"seconds": finished - started, "export_seconds": finished - scanned, "written": report.n_written}
 
@@ -87,32 +88,23 @@ def on_ray(model_dir: Path, manifest: Path, out: Path, workers: int, partition_r
     from bafo_pipeline.pipeline.distributed import encode_dataset
 
     started = time.perf_counter()
-    report = encode_dataset(model_dir, manifest, out, id_key=KEY, workers=workers, partition_rows=partition_rows,
-                            decoder="pil", overwrite=True)
+    report = encode_dataset(model_dir, out, manifest=manifest, sensitive=(), id_key=KEY, workers=workers,
+                            partition_rows=partition_rows, decoder="pil", overwrite=True)
     seconds = time.perf_counter() - started
-    parts = [json.loads(pq.read_schema(p).metadata[b"bafo"])["job"] for p in sorted(out.glob("part-*.parquet"))]
+    parts = [json.loads(p.read_text()) for p in sorted(out.glob("_bafo_part-*.json"))]
     busy = sum(p["seconds"] for p in parts)
     return {"seconds": seconds, "written": report.n_written, "partitions": report.n_partitions,
             "actor_busy_seconds": busy, "rate_inside_actors": report.n_written / busy * workers}
 
 
-def same_latents(local: Path, ray_out: Path, manifest: Path) -> dict:
-    """Map each file to its keyed id and compare the two engines' latents row by row.
+def same_latents(local: Path, ray_out: Path) -> dict:
+    """The two engines' rows (both keyed by the same pseudonymous ids) and latents, compared row by row."""
+    from bafo_pipeline.io import read_latents
 
-    The in-process file's rows follow its scan (byte-identical duplicates kept once); the
-    Ray dataset keeps duplicates that fall into different partitions, so rows are matched
-    by id and the counts are reported.
-    """
-    from bafo_pipeline.data import scan_manifest
-    from bafo_pipeline.pipeline.ids import content_digest, id_of_digest
-
-    table, _ = scan_manifest(manifest, sensitive=())
-    expected = pq.read_table(local).column("latent").to_numpy(zero_copy_only=False)
-    by_id = {id_of_digest(content_digest(KEY, Path(p).read_bytes())): z for p, z in zip(table["path"], expected)}
-    ray_table = pq.read_table(ray_out)
-    got = ray_table.column("latent").to_numpy(zero_copy_only=False)
-    diffs = [float(np.max(np.abs(z - by_id[i]))) for i, z in zip(ray_table.column("id").to_pylist(), got) if i in by_id]
-    return {"rows_in_process": len(expected), "rows_ray": ray_table.num_rows, "rows_compared": len(diffs),
+    expected, got = read_latents(local), read_latents(ray_out)
+    by_id = dict(zip(expected.ids.tolist(), expected.latents))
+    diffs = [float(np.max(np.abs(z - by_id[i]))) for i, z in zip(got.ids.tolist(), got.latents) if i in by_id]
+    return {"rows_in_process": len(expected), "rows_ray": len(got), "same_ids": set(by_id) == set(got.ids.tolist()),
             "bit_identical_rows": int(sum(d == 0.0 for d in diffs)), "max_abs_difference": max(diffs) if diffs else None}
 
 
@@ -143,19 +135,16 @@ def cli_seconds(args: list[str]) -> float:
 
 
 def read_and_hash_rate(paths: list[str]) -> float:
-    """Images/s one thread reads and hashes (keyed id + SHA-1): what stays on the CPU when a GPU decodes."""
-    import hashlib
+    """Images/s one thread reads safely and hashes (SHA-1, then the keyed id): the planning pass, per core."""
+    import pyarrow.fs as pafs
 
-    from bafo_pipeline.io.filesystems import resolve_filesystem
-    from bafo_pipeline.pipeline.ids import content_digest
-    from bafo_pipeline.pipeline.inputs import read_file_bytes
+    from bafo_pipeline.data import pseudonymous_ids, read_file_bytes
+    from bafo_pipeline.data.splits import content_hash
 
-    filesystem, _ = resolve_filesystem(paths[0])
+    filesystem = pafs.LocalFileSystem()
     started = time.perf_counter()
-    for path in paths:
-        data = read_file_bytes(filesystem, path)
-        content_digest(KEY, data)
-        hashlib.sha1(data).hexdigest()
+    hashes = [content_hash(read_file_bytes(filesystem, path)) for path in paths]
+    pseudonymous_ids(hashes, KEY)
     return len(paths) / (time.perf_counter() - started)
 
 
@@ -202,10 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
             rounds["cli_in_process", n].append({"seconds": cli_seconds(
                 [*common, "--manifest", str(manifests[n]), "--sensitive", "", "--out", str(tmp / "cli.parquet")])})
             rounds["cli_ray_2", n].append({"seconds": cli_seconds(
-                [*common, "--engine", "ray", "--images", str(manifests[n]), "--out", str(tmp / "cli_ray"),
+                [*common, "--engine", "ray", "--manifest", str(manifests[n]), "--sensitive", "", "--out", str(tmp / "cli_ray"),
                  "--workers", "2", "--ray-address", address, "--id-key-file", str(tmp / "id.key")])})
         read_hash = read_and_hash_rate(paths[: sizes[0]])
-        equal = same_latents(tmp / f"local{sizes[1]}.parquet", tmp / f"ray2_{sizes[1]}", manifests[sizes[1]])
+        equal = same_latents(tmp / f"local{sizes[1]}.parquet", tmp / f"ray2_{sizes[1]}")
         memory = {f"{n}_images": round(driver_peak_rss_mb(address, model_dir, manifests[n], tmp / f"mem{n}", 2), 1)
                   for n in sizes}
         ray.shutdown()
@@ -250,8 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "precision": "auto", "repeats": args.repeats, "statistic": "median",
                      "ray_version": ray.__version__, "partition_rows": args.partition_rows or "auto",
                      "in_process": "scan_manifest + export_latents in this (warm) process, as bafo encode does",
-                     "ray_engine": "encode_dataset on the running local cluster: listing, actor start-up, encoding, "
-                            "writing, job file",
+                     "ray_engine": "encode_dataset on the running local cluster: scan (hashing in Ray tasks), "
+                                   "actor start-up, encoding, writing, job file",
                      "commands_cold_start": "bafo encode vs bafo encode --engine ray, each a fresh process"},
         "machine": machine(),
     }

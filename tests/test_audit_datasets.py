@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from bafo_pipeline.audits import read_embedding_parquet, read_labels, run_audit_files
 from bafo_pipeline.audits.sampling import stratified_sample
 from bafo_pipeline.cli import main
-from bafo_pipeline.io.datasets import parquet_files
+from bafo_pipeline.io import read_latents, read_metadata
 
 OPTIONS = {"probes": ("prior", "linear"), "n_bootstrap": 50, "n_permutations": 50, "n_folds": 3}
 N = 300
@@ -60,8 +60,8 @@ def test_a_hive_partitioned_folder_a_glob_and_a_uri_read_the_same_rows(tmp_path,
         assert sorted(got_ids.tolist()) == sorted(ids.tolist()), source
         for i, z in zip(got_ids.tolist(), got):
             np.testing.assert_array_equal(z, by_id[i])
-    _, files, _ = parquet_files(root)
-    assert len(files) == 2 and not any("_bafo" in f or f.endswith(".tmp") for f in files)
+    # the job file and the temporary file beside the data are not read (they are not Parquet)
+    assert read_metadata(root) == {} and len(read_latents(root).ids) == N
     # the hive key is a column of the labels read beside the embeddings
     read = read_labels(root)
     assert set(read.columns) >= {"id", "gender", "split"} and len(read) == N
@@ -69,7 +69,7 @@ def test_a_hive_partitioned_folder_a_glob_and_a_uri_read_the_same_rows(tmp_path,
 
 
 def test_missing_and_empty_sources_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         read_embedding_parquet(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no Parquet files"):
@@ -142,4 +142,4 @@ def test_cli_audits_a_dataset_folder_with_a_sample(tmp_path, data):
     assert result.exit_code == 0, result.output
     assert "stratified sample of 90 of 300 rows" in result.output
     result = CliRunner().invoke(main, ["audit", "--latents", str(tmp_path / "absent"), "--out", str(tmp_path / "r2")])
-    assert result.exit_code != 0 and "no such file or folder" in result.output and "Traceback" not in result.output
+    assert result.exit_code != 0 and "does not exist" in result.output and "Traceback" not in result.output

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..io.datasets import open_parquet_dataset, read_dataset
+from ..io.parquet import embedding_column, read_schema, read_table
 from .fairness import FairnessResult, fairness_report
 from .inputs import DEFAULT_ATTRIBUTES, align_by_id, check_representations
 from .leakage import audit_leakage
-from .readers import embedding_column, read_embedding_parquet, read_labels
+from .readers import read_embedding_parquet, read_labels
 from .report import report_dict, write_report
 from .result import AuditResult
 from .sampling import stratified_sample
@@ -220,22 +220,22 @@ def run_audit_files(
 
 def _labels_beside_embeddings(source, id_column: str, latent_column: str | None, label_columns) -> pd.DataFrame:
     """The label columns stored in an embeddings dataset (never the embedding itself)."""
-    dataset = open_parquet_dataset(source)
-    embedding = embedding_column(dataset.schema, latent_column)
+    schema = read_schema(source)
+    embedding = embedding_column(schema, latent_column)
     if embedding is not None:
-        columns = [name for name in dataset.schema.names if name != embedding]
+        columns = [name for name in schema.names if name != embedding]
     else:  # one column per dimension: only the named label columns are labels
-        columns = [name for name in dataset.schema.names if name == id_column or name in label_columns]
+        columns = [name for name in schema.names if name == id_column or name in label_columns]
     if columns in ([id_column], []):
         raise ValueError(f"{source}: no label columns besides {id_column!r}; pass a labels file")
-    return read_dataset(dataset, columns).to_pandas()
+    return read_table(source, columns).to_pandas()
 
 
 def _sampled_labels(source, labels: pd.DataFrame, id_column: str, label_columns, n: int, seed: int):
     """The labels rows of a stratified sample among the ids the embeddings have, and the note saying so."""
     if id_column not in labels.columns:
         raise ValueError(f"labels have no id column {id_column!r}; columns are {list(labels.columns)}")
-    embedded = read_dataset(source, [id_column]).column(id_column).to_pandas()
+    embedded = read_table(source, [id_column]).column(id_column).to_pandas()
     if labels[id_column].dtype != embedded.dtype:
         present = labels[id_column].astype(str).isin(set(embedded.astype(str)))
     else:

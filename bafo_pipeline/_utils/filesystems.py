@@ -1,7 +1,8 @@
-"""Where a dataset lives: local paths and URIs resolved to a ``pyarrow.fs`` filesystem.
+"""Where files live: local paths and URIs resolved to a ``pyarrow.fs`` filesystem.
 
-Every reader and writer of datasets (the distributed export, the audit's dataset reader)
-resolves its location here, so one set of rules holds everywhere:
+Every reader and writer of files that may be remote (image folders and manifests, Parquet
+datasets, the distributed export's output) resolves its location here, so one set of rules
+holds everywhere:
 
 - a plain path (or ``file://`` URI) is the local filesystem;
 - a URI whose scheme pyarrow implements (``s3://``, ``gs://``, ``hdfs://``, ``abfs://``...)
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import posixpath
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-__all__ = ["glob_files", "has_glob", "is_local", "is_uri", "join", "resolve_filesystem"]
+__all__ = ["glob_files", "has_glob", "is_local", "is_uri", "join", "resolve_filesystem", "within"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 _GLOB_CHARS = set("*?[")
@@ -81,6 +83,13 @@ def is_local(filesystem: pafs.FileSystem) -> bool:
 def join(base: str, *parts: str) -> str:
     """Join path parts with ``/`` (every pyarrow filesystem's separator, local ones included)."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def within(root: str, path: str) -> bool:
+    """Whether ``path`` is ``root`` or below it, once ``.`` and ``..`` are resolved (no symlink is followed)."""
+    root = posixpath.normpath(root)
+    path = posixpath.normpath(path)
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def has_glob(path: str) -> bool:

@@ -2,14 +2,18 @@
 
 Layout of ``OUT/``::
 
-    _bafo_plan.json      written first: what the job will produce (fingerprints, partition count)
-    part-00000.parquet   one file per partition, each complete or absent (temporary file + rename)
+    _bafo_plan.json            written first: what the job will produce (fingerprints, partition count)
+    part-00000.parquet         one file per partition, each complete or absent (temporary file + rename)
+    _bafo_part-00000.json      that partition's counts, written right after it
     ...
-    _bafo_job.json       written LAST: counts read / written / skipped (by reason), files, fingerprints
+    _bafo_job.json             written LAST: counts read / written / skipped (by reason), files, fingerprints
 
 A folder with a plan and no job file is a half-finished job; running the same job again
-keeps every partition whose file carries the plan's fingerprint and writes the others.
-Nothing here names a source file: UTKFace file names spell out labels.
+keeps every partition whose counts file carries the plan's fingerprint and writes the
+others. Files starting with ``_`` are not data to Parquet readers (Spark's and Hive's
+convention, and :mod:`bafo_pipeline.io`'s). Nothing here names a source file: UTKFace file
+names spell out labels, so files are named by a keyed hash and reasons are stripped of
+names and values (:func:`public_reason`).
 """
 
 from __future__ import annotations
@@ -21,18 +25,45 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from ..io import atomic_write_path
-from ..io.filesystems import is_local, join
+from .._utils.atomic import atomic_write_path
+from .._utils.filesystems import is_local, join
 
-__all__ = ["JOB_FILE", "PLAN_FILE", "JobFolder", "summarize"]
+__all__ = ["JOB_FILE", "PLAN_FILE", "JobFolder", "partition_file_name", "public_reason", "summarize"]
 
 PLAN_FILE = "_bafo_plan.json"
 JOB_FILE = "_bafo_job.json"
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
-_OURS = re.compile(r"^(?:part-\d{5,}\.parquet|_bafo_(?:plan|job)\.json|\.(?:part-\d{5,}\.parquet|_bafo_\w+\.json)\..+\.tmp)$")
+_OURS = re.compile(
+    r"^(?:part-\d{5,}\.parquet|_bafo_(?:plan|job|part-\d{5,})\.json|\.(?:part-\d{5,}\.parquet|_bafo_[\w-]+\.json)\..+\.tmp)$"
+)
 _TEMPORARY = re.compile(r"^\..+\.tmp$")
+#: Most skipped entries listed by name in a job file (all are counted by reason).
+MAX_LISTED_SKIPS = 100
+
+
+def partition_file_name(partition: int) -> str:
+    """``part-00042.parquet``: fixed per partition, so a re-run finds what is done."""
+    return f"part-{partition:05d}.parquet"
+
+
+def _stats_file_name(partition: int) -> str:
+    return f"_bafo_part-{partition:05d}.json"
+
+
+def public_reason(reason: str) -> str:
+    """A skip reason fit for the shared output folder: no quoted text, no file name, no path.
+
+    ``"unexpected suffix '.jpgg' after '26_1_2_2017'"`` becomes ``"unexpected suffix '…'
+    after '…'"``, ``"file not found: img/26_1_2_2017.jpg"`` becomes ``"file not found: …"``.
+    """
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason)
+    return _PATHLIKE_TOKEN.sub("…", text)
+
+
+_PATHLIKE_TOKEN = re.compile(
+    r"[^\s'\"(),;]*(?:[/\\]|\.(?:jpe?g|png|bmp|gif|tiff?|webp|chip)\b)[^\s'\"(),;]*", re.IGNORECASE
+)
 
 
 @dataclass
@@ -77,25 +108,25 @@ class JobFolder:
             stream.write(text.encode())
         self.filesystem.move(temporary, location)
 
-    def finished_partitions(self, plan_fingerprint: str) -> dict[int, dict]:
-        """``{partition: stats}`` of the partition files written for this plan (read from their footers)."""
-        done = {}
-        for name in self.names():
-            match = _PART.match(name)
-            if match is None:
-                continue
-            job = self._footer_job(join(self.path, name))
-            if job is not None and job.get("plan_fingerprint") == plan_fingerprint:
-                done[int(match.group(1))] = {**job, "file": name}
-        return done
+    def write_partition_stats(self, partition: int, stats: dict) -> None:
+        """Record a written partition's counts (after its file: together they mark it finished)."""
+        self.write_json(_stats_file_name(partition), stats)
 
-    def _footer_job(self, location: str) -> dict | None:
-        try:
-            with self.filesystem.open_input_file(location) as handle:
-                meta = pq.ParquetFile(handle).metadata.metadata or {}
-            return json.loads(meta[b"bafo"]).get("job")
-        except (OSError, ValueError, KeyError):  # unreadable or foreign: written again
-            return None
+    def finished_partitions(self, plan_fingerprint: str) -> dict[int, dict]:
+        """``{partition: counts}`` of the partitions written for this plan."""
+        names = set(self.names())
+        done = {}
+        for name in names:
+            match = _PART.match(name)
+            if match is None or _stats_file_name(int(match.group(1))) not in names:
+                continue
+            try:
+                stats = self.read_json(_stats_file_name(int(match.group(1))))
+            except ValueError:  # unreadable: written again
+                continue
+            if stats.get("plan_fingerprint") == plan_fingerprint:
+                done[int(match.group(1))] = stats
+        return done
 
     # ------------------------------------------------------------------ preparing
     def prepare(self, *, overwrite: bool) -> None:
@@ -120,28 +151,27 @@ class JobFolder:
         return len(stale)
 
     def remove_partitions_except(self, keep: set[int]) -> None:
-        """Delete partition files not in ``keep`` (left by another plan; they would mix in)."""
+        """Delete partition files (and counts) not in ``keep``: left by another plan or a killed run."""
         for name in self.names():
-            match = _PART.match(name)
+            match = _PART.match(name) or re.match(r"^_bafo_part-(\d{5,})\.json$", name)
             if match is not None and int(match.group(1)) not in keep:
                 self.filesystem.delete_file(join(self.path, name))
 
 
-def summarize(partition_stats: list[dict], listing_skips: list[tuple[str, str]], max_items: int = 100) -> dict:
-    """The counts of a job file from its partitions' counts and the skips found while listing."""
-    reasons: Counter = Counter(reason for _, reason in listing_skips)
-    items = [{"source": s, "reason": r} for s, r in listing_skips[:max_items]]
+def summarize(partition_stats: list[dict], scan_skips: list[tuple[str, str]], dropped: dict) -> dict:
+    """The counts of a job file: the scan's skips and drops, then each partition's counts."""
+    reasons: Counter = Counter(reason for _, reason in scan_skips)
+    items = [{"source": s, "reason": r} for s, r in scan_skips[:MAX_LISTED_SKIPS]]
     for stats in partition_stats:
         reasons.update(stats.get("skipped_by_reason", {}))
-        items += stats.get("skipped_items", [])[: max(0, max_items - len(items))]
-    read = sum(s["rows_read"] for s in partition_stats)
+        items += stats.get("skipped_items", [])[: max(0, MAX_LISTED_SKIPS - len(items))]
+    planned = sum(s["rows_read"] for s in partition_stats)
     return {
-        "listed": read + len(listing_skips),
-        "read": read,
+        "planned": planned,
         "written": sum(s["rows_written"] for s in partition_stats),
         "skipped": sum(reasons.values()),
-        "skipped_while_listing": len(listing_skips),
-        "excluded_by_split": sum(s.get("excluded_by_split", 0) for s in partition_stats),
+        "skipped_while_scanning": len(scan_skips),
+        **dropped,
         "skipped_by_reason": dict(sorted(reasons.items())),
         "skipped_items": items,
     }

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 import pyarrow.fs as pafs
 
-from .._utils.filesystems import is_local, join, resolve_filesystem
+from .._utils.filesystems import is_local, resolve_filesystem
 from .dataset import LoadReport
 from .files import DEFAULT_MAX_FILE_BYTES, IMAGE_SUFFIXES
 from .splits import EMPTY_CONTENT_HASH, dedupe_by_hash, hash_files

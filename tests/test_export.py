@@ -85,6 +85,8 @@ def test_bad_files_are_skipped_and_reported_by_row_without_names(model, files, t
 def test_strict_stops_at_the_first_bad_file_and_writes_nothing(model, files, tmp_path):
     out = tmp_path / "latents.parquet"
     with pytest.raises(ValueError, match="truncated|corrupt"):
+        export_latents(model, _table(files), out, batch_size=5, strict=True, ids=_in_order(files))
+    with pytest.raises(ValueError, match="truncated|corrupt|file not found"):  # the first in id order
         export_latents(model, _table(files), out, batch_size=5, strict=True)
     assert list(tmp_path.iterdir()) == []
 

@@ -52,38 +52,30 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _source_files(source) -> list:
-    """The image files a loaded or scanned source reads (none for synthetic faces)."""
-    table = getattr(source, "table", None)
-    if table is not None and "path" in table.columns:
-        return table["path"].tolist()
-    return list(getattr(source, "sources", None) or [])
-
-
 def _refuse_inputs_as_output(out, *, utkface=None, manifest=None, source=None, files=(), folders=()) -> None:
     """--out may be neither an input (image, manifest) nor inside an input folder."""
+    from .pipeline.export import source_files
+
     check_not_an_input(
         out, what="--out", folders=[f for f in (utkface, *folders) if f],
-        files=[*([manifest] if manifest else []), *files, *_source_files(source)],
+        files=[*([manifest] if manifest else []), *files, *((source_files(source) or []) if source is not None else [])],
     )
 
 
 def _report_skips(scanned: list, exported: list, listing: Path) -> None:
     """Show skipped inputs by reason (the first few by name) and write all of them to ``listing``.
 
-    ``scanned``: ``(file, reason)`` found while scanning; ``exported``: ``(row, reason)``
-    found while decoding. The listing names source files, which may spell out labels
+    ``scanned``: ``(file or manifest row, reason)`` found while scanning; ``exported``: the
+    same found while decoding. The listing names source files, which may spell out labels
     (UTKFace): it is written readable by its owner only, beside the output, not in it.
     """
     if not scanned and not exported:
         return
     from ._utils import atomic_write_path
 
-    entries = [{"file": str(item), "reason": reason} for item, reason in scanned]
-    entries += [{"row": int(row), "reason": reason} for row, reason in exported]
+    entries = [{"item": str(item), "reason": reason} for item, reason in [*scanned, *exported]]
     for entry in entries[:SKIPS_SHOWN]:
-        where = entry.get("file", f"row {entry.get('row')}")
-        click.echo(f"skipped {where}: {entry['reason']}", err=True)
+        click.echo(f"skipped {entry['item']}: {entry['reason']}", err=True)
     by_reason = Counter(_reason_kind(entry["reason"]) for entry in entries)
     click.echo("skipped by reason: " + "; ".join(f"{n} {kind}" for kind, n in by_reason.most_common()), err=True)
     with atomic_write_path(listing, overwrite=True) as tmp:
@@ -166,6 +158,19 @@ def _concealment_options(function):
     return _apply(options, function)
 
 
+def _id_key_options(function):
+    """Options of the pseudonymous ids' key and the key table (encode, run)."""
+    options = [
+        click.option("--id-key-file", type=click.Path(dir_okay=False),
+                     help="The key of the pseudonymous ids (default $BAFO_ID_KEY_FILE or ~/.config/bafo/id.key, "
+                          "created on first use): keep it private, reuse it to resume or to join exports by id."),
+        click.option("--key-table", type=click.Path(dir_okay=False),
+                     help="Also write id -> source file here (CSV/Parquet, mode 0600, apart from --out): "
+                          "for the data owner only, never to share."),
+    ]
+    return _apply(options, function)
+
+
 def _ray_options(function):
     """Options of ``bafo encode --engine ray`` (the distributed export)."""
     options = [
@@ -174,14 +179,6 @@ def _ray_options(function):
         click.option("--workers", default=2, show_default=True, help="--engine ray: actors, each holding the model once."),
         click.option("--gpus-per-worker", type=float, help="--engine ray: GPUs per actor (default 1 where the cluster has GPUs)."),
         click.option("--partition-rows", type=int, help="--engine ray: images per output file (default ~1/64 of them, 500-100,000)."),
-        click.option("--ids", type=click.Choice(["content", "row"]), default="content", show_default=True,
-                     help="--engine ray: id = keyed hash of the image's content, or the manifest's 1-based row number."),
-        click.option("--id-key-file", type=click.Path(dir_okay=False),
-                     help="--engine ray: the key of the ids (default $BAFO_ID_KEY_FILE or ~/.config/bafo/id.key, "
-                          "created on first use; keep it private and reuse it to resume)."),
-        click.option("--key-table", type=click.Path(dir_okay=False),
-                     help="--engine ray: also write id -> source file here (CSV/Parquet, mode 0600, outside --out): "
-                          "for the data owner only."),
         click.option("--ray-address", help="--engine ray: the cluster to use (default $RAY_ADDRESS, else a local one)."),
     ]
     return _apply(options, function)
@@ -269,7 +266,11 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
               help="Rows to encode, by the model's own content-hash split.")
 @click.option("--include-split", is_flag=True, help="Add a 'split' column (train/test).")
 @click.option("--include-labels", is_flag=True, help="Store the attribute columns too (for audit datasets only).")
-@click.option("--id-column", help="A non-sensitive manifest column to use as id (default: row numbers).")
+@click.option("--ids", type=click.Choice(["content", "row"]), default="content", show_default=True,
+              help="content: a keyed hash of each image's content (pseudonymous); row: the manifest's 1-based "
+                   "data-row number. Rows are written in the order of the pseudonymous ids either way.")
+@click.option("--id-column", help="A non-sensitive manifest column of your own keys to use as id instead.")
+@_id_key_options
 @click.option("--batch-size", default=512, show_default=True)
 @click.option("--decoder", type=click.Choice(["auto", "pil", "torch"]), default="auto", show_default=True,
               help="Image decoding: Pillow on the CPU, or batched on the model's device (nvJPEG on a GPU); "
@@ -279,8 +280,8 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
               help="A folder of images without labels (searched recursively); local or a URI.")
 @_ray_options
 def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root,
-           out, which, include_split, include_labels, id_column, batch_size, decoder, overwrite, images, engine, workers,
-           gpus_per_worker, partition_rows, ids, id_key_file, key_table, ray_address):
+           out, which, include_split, include_labels, ids, id_column, id_key_file, key_table, batch_size, decoder,
+           overwrite, images, engine, workers, gpus_per_worker, partition_rows, ray_address):
     """Encode images to concealed latents and stream them to a Parquet file.
 
     By default the file holds only ids and latents: no labels, no file names
@@ -302,8 +303,7 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
             partition_rows=partition_rows, ids=ids, id_key_file=id_key_file, key_table=key_table,
             ray_address=ray_address,
         )
-    ray_only = [f"--{n}" for n, v in (("ids", ids != "content"), ("id-key-file", id_key_file), ("key-table", key_table),
-                                      ("ray-address", ray_address), ("partition-rows", partition_rows)) if v]
+    ray_only = [f"--{n}" for n, v in (("ray-address", ray_address), ("partition-rows", partition_rows)) if v]
     if ray_only:
         raise click.UsageError(f"{', '.join(ray_only)}: only with --engine ray")
     if Path(out).is_dir():
@@ -316,7 +316,13 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
 
     if Path(out).exists() and not overwrite:
         raise click.UsageError(f"{out} exists; pass --overwrite to replace it")
-    _refuse_inputs_as_output(out, utkface=utkface, manifest=manifest, folders=[model_dir, images])
+    if ids == "row" and manifest is None:
+        raise click.UsageError("--ids row numbers a manifest's rows; pass --manifest (or use --ids content)")
+    if ids == "row" and id_column is not None:
+        raise click.UsageError("--ids row and --id-column both name the ids; choose one")
+    for output in (out, key_table):
+        if output is not None:
+            _refuse_inputs_as_output(output, utkface=utkface, manifest=manifest, folders=[model_dir, images])
     estimator = load_model(model_dir)
     metadata = read_model_config(model_dir).get("metadata", {})
     split_info = metadata.get("split")
@@ -324,23 +330,43 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
         raise click.UsageError("this model records no train/test split; use --split all without --include-split")
     source = _scan(utkface, manifest, images, image_column, sensitive, metadata, estimator, synthetic_samples, limit,
                    strict, allow_outside_root)
-    _refuse_inputs_as_output(out, source=source)
+    for output in (out, key_table):
+        if output is not None:
+            _refuse_inputs_as_output(output, source=source)
     scan_skipped = list(source.report.skipped)
-    names, rows = None, np.arange(len(source))
+    names = None
     if split_info is not None:
         is_test = hash_split(source.content_hash, test_fraction=split_info["test_fraction"], seed=split_info["seed"])
         names = np.where(is_test, "test", "train")
         if which != "all":
             keep = names == which
-            source, names, rows = source.subset(keep), names[keep], rows[keep]
+            source, names = source.subset(keep), names[keep]
     with tqdm(total=len(source), desc="encoding", unit="img") as bar:
         report = export_latents(
             estimator, source, out, include_labels=include_labels, split=names if include_split else None,
-            ids=None if id_column else rows, id_column=id_column, metadata={"model_fingerprint": model_fingerprint(model_dir)},
-            batch_size=batch_size, strict=strict, overwrite=overwrite, decoder=decoder, progress=bar.update,
+            id_column=id_column, id_from=ids, id_key=id_key_file, key_table=key_table,
+            metadata={"model_fingerprint": model_fingerprint(model_dir)}, batch_size=batch_size, strict=strict,
+            overwrite=overwrite, decoder=decoder, progress=bar.update,
         )
-    _report_skips(scan_skipped, report.skipped, _beside(out, ".skipped.json"))
+    _report_skips(scan_skipped, _named_rows(source, report.skipped), _beside(out, ".skipped.json"))
     click.echo(f"wrote {report.n_written} latents to {out} ({len(report.skipped)} skipped)")
+    if key_table is not None:
+        click.echo(f"key table (id -> file, keep it private): {key_table}", err=True)
+
+
+def _named_rows(source, skipped: list) -> list:
+    """The export's ``(position, reason)`` skips as ``(file or manifest row, reason)``: what the owner knows them by."""
+    from .pipeline.export import source_files
+
+    files = source_files(source)
+    rows = source.attributes.index
+    named = []
+    for position, reason in skipped:
+        where = f"row {rows[position]}" if rows.name == "row" else None
+        if files is not None:
+            where = f"{files[position]}" + (f" ({where})" if where else "")
+        named.append((where or f"image {position + 1}", reason))
+    return named
 
 
 def _encode_on_ray(model_dir, out, *, utkface, manifest, images, image_column, sensitive, limit, strict,
@@ -496,8 +522,10 @@ def _print_verdicts(report) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
+@_id_key_options
 def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir, epochs,
-        latent_dim, concealment, covariance_dims, decoder_epochs, target, device, seed, overwrite):
+        latent_dim, concealment, covariance_dims, decoder_epochs, target, device, seed, overwrite, id_key_file,
+        key_table):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
@@ -507,10 +535,13 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
 
-    _refuse_inputs_as_output(out_dir, utkface=utkface, manifest=manifest)
+    outputs = [o for o in (out_dir, key_table) if o is not None]
+    for output in outputs:
+        _refuse_inputs_as_output(output, utkface=utkface, manifest=manifest)
     dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, 56, seed,
                     allow_outside_root)
-    _refuse_inputs_as_output(out_dir, source=dataset)
+    for output in outputs:
+        _refuse_inputs_as_output(output, source=dataset)
     synthetic = utkface is None and manifest is None
     if target is None and synthetic:
         target = "smile"
@@ -521,7 +552,8 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
                  "synthetic_samples": synthetic_samples}
     try:
         result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,
-                              overwrite=overwrite, progress=lambda text: click.echo(text, err=True))
+                              overwrite=overwrite, progress=lambda text: click.echo(text, err=True),
+                              id_key=id_key_file, key_table=key_table)
     except FileExistsError as error:
         raise click.UsageError(_one_line(error)) from None
     _report_skips(dataset.report.skipped, [], Path(out_dir) / "skipped.json")

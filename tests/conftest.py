@@ -22,6 +22,18 @@ else:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _private_id_key(tmp_path_factory):
+    # Exports take the data owner's default key file unless given one: never the real ~/.config/bafo/id.key.
+    previous = os.environ.get("BAFO_ID_KEY_FILE")
+    os.environ["BAFO_ID_KEY_FILE"] = str(tmp_path_factory.mktemp("id_key") / "id.key")
+    yield
+    if previous is None:
+        os.environ.pop("BAFO_ID_KEY_FILE", None)
+    else:
+        os.environ["BAFO_ID_KEY_FILE"] = previous
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     # The test networks are tiny: extra intra-op threads only add synchronisation, which gets very
     # expensive on a small shared CPU (seen: 20-50x slower with 2 threads under load).

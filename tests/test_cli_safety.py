@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from pathlib import Path
 from PIL import Image
 
 from bafo_pipeline import make_synthetic_faces, read_latents
@@ -175,7 +176,8 @@ def test_skipped_files_are_listed_by_reason_and_in_a_private_json_beside_the_out
     listing = tmp_path / "latents.parquet.skipped.json"
     assert stat.S_IMODE(os.stat(listing).st_mode) == 0o600
     skipped = json.loads(listing.read_text())["skipped"]
-    assert len(skipped) == 2 and {"file", "reason"} <= set(skipped[0]) and "row" in skipped[1]
+    assert [Path(entry["item"]).name[:3] for entry in skipped] == ["39_", "50_"]  # the scan's, then the decoder's
+    assert all(entry["reason"] for entry in skipped)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -200,3 +202,27 @@ def test_repeated_or_empty_id_column_values_are_refused_naming_the_manifest_rows
                             "--out", tmp_path / "c.parquet"))
     assert "empty at manifest rows 5" in line
     assert not any(tmp_path.glob("*.parquet"))
+
+
+def test_encode_writes_pseudonymous_ids_and_a_key_table_only_on_request(model_dir, utkface, tmp_path):
+    from bafo_pipeline.data import load_id_key, pseudonymous_ids, scan_source
+
+    key_file = tmp_path / "owner.key"
+    out, keys = tmp_path / "latents.parquet", tmp_path / "keys.parquet"
+    result = _run("encode", "--model", model_dir, "--utkface", utkface, "--out", out, "--id-key-file", key_file,
+                  "--key-table", keys)
+    assert result.exit_code == 0, result.output
+    written = read_latents(out)
+    source, _ = scan_source(utkface=utkface)
+    assert set(written.ids) <= set(pseudonymous_ids(source.content_hash, load_id_key(key_file)))
+    assert (np.diff(written.ids) > 0).all()
+    table = pd.read_parquet(keys)
+    assert sorted(table["id"]) == sorted(written.ids) and stat.S_IMODE(os.stat(keys).st_mode) == 0o600
+    plain = tmp_path / "plain.parquet"
+    assert _run("encode", "--model", model_dir, "--utkface", utkface, "--out", plain).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if "keys" in p.name) == ["keys.parquet"]  # only when asked
+    assert "--manifest" in _error_line(_run("encode", "--model", model_dir, "--utkface", utkface, "--ids", "row",
+                                            "--out", tmp_path / "rows.parquet"))
+    face = sorted(utkface.iterdir())[0]
+    assert "input" in _error_line(_run("encode", "--model", model_dir, "--utkface", utkface, "--out",
+                                       tmp_path / "x.parquet", "--key-table", face))

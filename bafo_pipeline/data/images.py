@@ -24,7 +24,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .files import StoredFile
+from .files import StoredFile, open_regular_file
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -256,20 +256,18 @@ def _decode(source: ImageSource, target_h: int, target_w: int, max_pixels: int |
         return _decode_stream(io.BytesIO(data), source.path, target_h, target_w, max_pixels)
     label = os.fspath(source)
     try:
-        with open(label, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
-                raise ImageDecodeError(label, "empty file (0 bytes)")
-            return _decode_stream(fh, label, target_h, target_w, max_pixels)
-    except FileNotFoundError:
-        raise ImageDecodeError(label, "file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(label, "is a directory, not a file") from None
-    except PermissionError:
-        raise ImageDecodeError(label, "permission denied") from None
-    except ImageDecodeError:
-        raise
+        handle = open_regular_file(label)  # never a FIFO, a device or a file past the size cap
     except OSError as err:
-        raise ImageDecodeError(label, f"cannot read file: {err.strerror or err}") from None
+        raise ImageDecodeError(label, str(err)) from None
+    with handle as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ImageDecodeError(label, "empty file (0 bytes)")
+        try:
+            return _decode_stream(fh, label, target_h, target_w, max_pixels)
+        except ImageDecodeError:
+            raise
+        except OSError as err:
+            raise ImageDecodeError(label, f"cannot read file: {err.strerror or err}") from None
 
 
 def _decode_stream(fh, label: str, target_h: int, target_w: int, max_pixels: int | None) -> np.ndarray:

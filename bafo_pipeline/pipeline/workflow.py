@@ -55,6 +55,8 @@ def run_workflow(
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     audit_options: dict | None = None,
+    id_key: bytes | str | os.PathLike | None = None,
+    key_table: str | os.PathLike | None = None,
 ) -> WorkflowResult:
     """Train on the training split, export, and audit the held-out split.
 
@@ -78,6 +80,13 @@ def run_workflow(
         Called with a line of text as each step starts.
     audit_options : dict, optional
         Passed to :func:`bafo_pipeline.audits.run_audit`.
+    id_key : bytes, path or None, default=None
+        The key of the pseudonymous ids of both exports (see
+        :func:`~bafo_pipeline.pipeline.export_latents`): the same image has the
+        same id in both files, so the audit file joins the shared one by id.
+    key_table : path, optional
+        Also write id -> source file of the shared export here (0600), outside
+        ``out_dir``: for the data owner only.
 
     Returns
     -------
@@ -89,6 +98,10 @@ def run_workflow(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace its contents")
+    if key_table is not None and out.absolute() in Path(key_table).absolute().parents:
+        raise ValueError(f"the key table {key_table} would sit inside {out}, beside the shared latents; keep it apart")
+    if key_table is not None and Path(key_table).exists() and not overwrite:
+        raise FileExistsError(f"{key_table} already exists; pass overwrite=True (--overwrite) to replace it")
     out.mkdir(parents=True, exist_ok=True)
     train, test = dataset.split(test_fraction=test_fraction, seed=seed)
     if len(test) < 20:
@@ -102,15 +115,14 @@ def run_workflow(
     )
     provenance = {"model_fingerprint": model_fingerprint(model_dir)}
 
-    say("exporting latents of every image (no labels, no file names)")
+    say("exporting latents of every image (pseudonymous ids, no labels, no file names)")
     is_test = hash_split(dataset.content_hash, test_fraction=test_fraction, seed=seed)
     split = np.where(is_test, "test", "train")
     latents_path = out / "latents.parquet"
-    export_latents(estimator, dataset, latents_path, split=split, metadata=provenance, overwrite=True)
+    export_latents(estimator, dataset, latents_path, split=split, metadata=provenance, overwrite=True, id_key=id_key,
+                   key_table=key_table)
     audit_path = out / "audit_latents.parquet"
-    export_latents(
-        estimator, test, audit_path, include_labels=True, ids=np.flatnonzero(is_test), metadata=provenance, overwrite=True
-    )
+    export_latents(estimator, test, audit_path, include_labels=True, metadata=provenance, overwrite=True, id_key=id_key)
 
     say("auditing the held-out split")
     representations = {

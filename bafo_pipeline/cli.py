@@ -557,6 +557,8 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     except FileExistsError as error:
         raise click.UsageError(_one_line(error)) from None
     _report_skips(dataset.report.skipped, [], Path(out_dir) / "skipped.json")
+    if key_table is not None:
+        click.echo(f"key table (id -> file, keep it private): {key_table}", err=True)
     _print_verdicts(result.report)
     if result.utility is not None:
         click.echo("\nkept for downstream use (non-sensitive attributes, linear probe, chance-adjusted):")

@@ -140,4 +140,8 @@ def test_a_source_without_content_hashes_needs_explicit_ids(model, utkface, tmp_
     with pytest.raises(ValueError, match="content hashes"):
         export_latents(model, ImageFiles(pd.DataFrame({"path": paths})), tmp_path / "x.parquet", id_key=KEY)
     export_latents(model, ImageFiles(pd.DataFrame({"path": paths})), tmp_path / "y.parquet", ids=[7, 8, 9])
+    with pytest.raises(ValueError, match="names no files"):
+        export_latents(model, make_synthetic_faces(30, image_size=SIZE), tmp_path / "z.parquet", id_key=KEY,
+                       key_table=tmp_path / "keys.csv")
+    assert not (tmp_path / "z.parquet").exists()
     assert read_latents(tmp_path / "y.parquet").ids.tolist() == [7, 8, 9]  # given ids: as given, in source order

@@ -149,6 +149,8 @@ def export_latents(
         raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
     if key_table is not None:
         key_table = _check_key_table(key_table, out, overwrite)
+        if source_files(source) is None:
+            raise ValueError("this source names no files (synthetic or in-memory images): there is no key table to write")
     if split is not None and len(split) != len(source):
         raise ValueError(f"{len(split)} split names given for {len(source)} source rows")
     ids, order, id_provenance = _ids_and_order(estimator, source, ids, id_column, id_from, id_key)

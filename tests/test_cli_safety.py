@@ -226,3 +226,37 @@ def test_encode_writes_pseudonymous_ids_and_a_key_table_only_on_request(model_di
     face = sorted(utkface.iterdir())[0]
     assert "input" in _error_line(_run("encode", "--model", model_dir, "--utkface", utkface, "--out",
                                        tmp_path / "x.parquet", "--key-table", face))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_hostile_manifest_rows_and_symlink_loops_are_skipped_with_reasons_not_followed(model_dir, utkface, tmp_path):
+    # Issue 14, items 2 and 3: /dev/zero grew memory, a FIFO hung the export, a symlink loop killed the scan,
+    # and paths out of the dataset were followed without comment.
+    folder = tmp_path / "data"
+    folder.mkdir()
+    faces = sorted(p for p in utkface.iterdir() if not p.name.startswith(("39_", "50_")))
+    for face in faces[:4]:
+        (folder / face.name).write_bytes(face.read_bytes())
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    rows = [face.name for face in faces[:4]] + ["fifo.jpg", "loop.jpg", "/dev/zero", "../../../../etc/passwd",
+                                                str(faces[5])]
+    manifest = folder / "faces.csv"
+    pd.DataFrame({"path": rows, "age": 30.0, "gender": "male", "ethnicity": "white"}).to_csv(manifest, index=False)
+    out = tmp_path / "latents.parquet"
+    result = _run("encode", "--model", model_dir, "--manifest", manifest, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(read_latents(out)) == 4
+    reasons = {entry["item"]: entry["reason"] for entry in
+               json.loads((tmp_path / "latents.parquet.skipped.json").read_text())["skipped"]}
+    assert reasons["row 5"].startswith("not a regular file") and reasons["row 6"].startswith("symlink loop")
+    for row in ("row 7", "row 8", "row 9"):  # /dev/zero, ../etc/passwd, a file of another folder
+        assert "outside the manifest's folder" in reasons[row]
+    allowed = _run("encode", "--model", model_dir, "--manifest", manifest, "--allow-outside-root",
+                   "--out", tmp_path / "allowed.parquet")
+    assert allowed.exit_code == 0, allowed.output
+    assert len(read_latents(tmp_path / "allowed.parquet")) == 5  # + the face of the other folder; never /dev/zero
+    (utkface / "loop.jpg.chip.jpg").symlink_to(utkface / "loop.jpg.chip.jpg")
+    scanned = _run("encode", "--model", model_dir, "--utkface", utkface, "--out", tmp_path / "utk.parquet")
+    assert scanned.exit_code == 0, scanned.output
+    assert "loop.jpg.chip.jpg" in scanned.output

@@ -3,7 +3,6 @@ rows in id order, nothing that follows file names or labels; the key table only 
 
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -6,7 +6,7 @@ Example counts scale with the Hypothesis profile (tests/conftest.py: ``ci`` by d
 """
 
 import io
-import math
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -144,6 +144,9 @@ def image_folder(tmp_path_factory):
         Image.new("RGB", (8, 8), (40 * i, 10, 10)).save(folder / f"face{i}.png")
     (folder / "empty.png").write_bytes(b"")
     (folder / "sub").mkdir()
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(folder / "fifo.png")  # read the usual way, it would hang the scan
+    (folder / "loop.png").symlink_to(folder / "loop.png")
     return folder
 
 
@@ -154,7 +157,8 @@ _cells = st.one_of(
 )
 _paths = st.one_of(
     st.sampled_from(["face0.png", "face1.png", "face2.png", "empty.png", "sub", "missing.png", "", " ",
-                     "../face0.png", "./face1.png", "sub/../face2.png", "face0.png ", "FACE0.PNG"]),
+                     "../face0.png", "./face1.png", "sub/../face2.png", "face0.png ", "FACE0.PNG", "fifo.png",
+                     "loop.png", "/dev/zero", "/etc/passwd", "../../../../etc/hostname"]),
     st.none(), st.integers(0, 3), st.text(max_size=8),
 )
 
@@ -171,9 +175,9 @@ def manifests(draw):
 
 @_examples(0.25)
 @given(manifest=manifests(), sensitive=st.sampled_from([(), ("age",), ("gender",), ("age", "gender", "ethnicity")]),
-       strict=st.booleans())
+       strict=st.booleans(), allow_outside_root=st.booleans())
 def test_the_manifest_reader_keeps_good_rows_by_their_number_or_says_what_is_wrong(
-    image_folder, manifest, sensitive, strict
+    image_folder, manifest, sensitive, strict, allow_outside_root
 ):
     frame, suffix = manifest
     with tempfile.NamedTemporaryFile(suffix=suffix, dir=image_folder, delete=False) as handle:
@@ -186,7 +190,8 @@ def test_the_manifest_reader_keeps_good_rows_by_their_number_or_says_what_is_wro
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                table, report = scan_manifest(path, sensitive=sensitive, strict=strict, n_jobs=1)
+                table, report = scan_manifest(path, sensitive=sensitive, strict=strict, n_jobs=1,
+                                              allow_outside_root=allow_outside_root)
             except (ValueError, TypeError) as error:
                 assert str(error)
                 return
@@ -199,8 +204,9 @@ def test_the_manifest_reader_keeps_good_rows_by_their_number_or_says_what_is_wro
     dropped = report.duplicates_dropped + report.conflicting_files_dropped
     assert len(table) + len(report.skipped) + dropped == n_rows
     assert report.n_loaded == len(table)
-    for file in table["path"]:
+    for file in table["path"]:  # regular, non-empty files only; inside the manifest's folder unless allowed
         assert Path(file).is_file() and Path(file).stat().st_size > 0
+        assert allow_outside_root or Path(os.path.realpath(file)).is_relative_to(os.path.realpath(image_folder))
     assert all(isinstance(h, str) and len(h) == 40 for h in table["content_hash"])
     if "age" in table.columns:  # a missing age is skipped only where age is sensitive
         ages = table["age"].dropna() if "age" not in sensitive else table["age"]

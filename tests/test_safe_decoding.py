@@ -3,7 +3,6 @@ folder or a huge file is an unreadable image with a reason, never a hang or unbo
 
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -580,12 +580,26 @@ def _parse_attribute_values(schema, given: dict[str, str | None]) -> dict:
         if raw is None:
             continue
         if attribute.kind == "continuous":
-            values[attribute.name] = float(raw)
+            values[attribute.name] = _number(raw, f"--{attribute.name}")
         elif attribute.kind == "categorical" and ":" in raw:
-            values[attribute.name] = {k.strip(): float(w) for k, w in (part.split(":") for part in raw.split(","))}
+            parts = [part.split(":") for part in raw.split(",")]
+            if any(len(part) != 2 for part in parts):
+                raise click.BadParameter(f"{raw!r}: expected a mixture like 'asian:0.5,white:0.5'",
+                                         param_hint=f"--{attribute.name}")
+            values[attribute.name] = {k.strip(): _number(w, f"--{attribute.name}") for k, w in parts}
         else:
             values[attribute.name] = _category_or_fraction(attribute, raw)
     return values
+
+
+def _number(raw: str, option: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise click.BadParameter(f"{raw!r} is not a number", param_hint=option) from None
+    if not np.isfinite(value):
+        raise click.BadParameter(f"{raw!r} is not a finite number", param_hint=option)
+    return value
 
 
 def _category_or_fraction(attribute, raw: str):
@@ -738,7 +752,7 @@ def grid(model_dir, inputs, style, ages, fixed_age, max_inputs, out, overwrite):
     estimator = load_model(model_dir)
     images, _ = _decode_inputs(estimator, paths)
     if style == "ages":
-        panel = age_gender_grid(estimator, images, [float(a) for a in ages.split(",")])
+        panel = age_gender_grid(estimator, images, [_number(a, "--ages") for a in ages.split(",")])
     else:
         panel = attribute_rows_grid(estimator, images, age=fixed_age)
     save_grid_png(panel, out, overwrite=overwrite)

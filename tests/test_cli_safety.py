@@ -260,3 +260,14 @@ def test_hostile_manifest_rows_and_symlink_loops_are_skipped_with_reasons_not_fo
     scanned = _run("encode", "--model", model_dir, "--utkface", utkface, "--out", tmp_path / "utk.parquet")
     assert scanned.exit_code == 0, scanned.output
     assert "loop.jpg.chip.jpg" in scanned.output
+
+
+def test_malformed_attribute_values_are_usage_errors(model_dir, utkface, tmp_path):
+    for option, value in (("--age", "abc"), ("--age", "nan"), ("--ethnicity", "asian:x"), ("--ethnicity", "a:1:2")):
+        line = _error_line(_run("decode", "--model", model_dir, utkface, option, value, "--out", tmp_path / "d"))
+        assert option in line, line
+    assert "'NAME=VALUE'" in _error_line(_run("decode", "--model", model_dir, utkface, "--set", "smile",
+                                                "--out", tmp_path / "d")).replace("expected NAME=VALUE", "'NAME=VALUE'")
+    assert "--ages" in _error_line(_run("grid", "--model", model_dir, utkface, "--ages", "1,x", "--out",
+                                        tmp_path / "g.png"))
+    assert not (tmp_path / "d").exists() and not (tmp_path / "g.png").exists()

@@ -197,3 +197,20 @@ def test_a_folder_that_cannot_be_written_is_named_in_the_error(tmp_path, monkeyp
         AtomicFile(tmp_path / "latents.parquet")
     assert info.value.filename == str(tmp_path) and "cannot write latents.parquet there" in info.value.strerror
     assert ".tmp" not in str(info.value)
+
+
+@POSIX_ONLY
+def test_a_forked_child_leaves_its_parents_temporary_file_alone(tmp_path):
+    target = AtomicFile(tmp_path / "latents.parquet")
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the writer is collected and it exits normally (atexit runs)
+        del target
+        import gc
+
+        gc.collect()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert target.tmp_path.exists()
+    target.tmp_path.write_bytes(b"done")
+    target.commit()
+    assert (tmp_path / "latents.parquet").read_bytes() == b"done"

@@ -45,8 +45,9 @@ __all__ = ["AtomicFile", "atomic_write_path", "check_destination", "remove_stale
 #: Temporary files of dead writers younger than this are left alone where locks are unavailable.
 _STALE_AGE_WITHOUT_LOCKS = 24 * 3600
 
-# Temporary files being written by this process, removed by the SIGTERM handler.
-_pending: set[Path] = set()
+# Temporary files being written, with the id of the process writing each: the SIGTERM handler removes
+# only its own process's (a forked child inherits this table, not the files).
+_pending: dict[Path, int] = {}
 _pending_lock = threading.Lock()
 _sigterm_installed = False
 
@@ -62,17 +63,25 @@ def _remove_quietly(path: Path) -> None:
 
 def _forget_and_remove(path: Path, handle: int | None) -> None:
     with _pending_lock:
-        _pending.discard(path)
+        _pending.pop(path, None)
     _remove_quietly(path)
     if handle is not None:
         with contextlib.suppress(OSError):
             os.close(handle)
 
 
+def _abandon(path: Path, handle: int, writer: int) -> None:
+    """Finalizer of an uncommitted temporary file: removed by its writer; a forked child leaves it alone."""
+    if os.getpid() == writer:
+        _forget_and_remove(path, handle)
+
+
 def _remove_pending_and_terminate(signum, frame) -> None:  # pragma: no cover - runs in a dying process
-    for path in list(_pending):
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+    me = os.getpid()
+    for path, writer in list(_pending.items()):
+        if writer == me:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -246,10 +255,10 @@ class AtomicFile:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with _pending_lock:
-            _pending.add(candidate)
+            _pending[candidate] = os.getpid()
         self.tmp_path = candidate
         self._lock_handle = fd
-        self._finalizer = weakref.finalize(self, _forget_and_remove, candidate, fd)
+        self._finalizer = weakref.finalize(self, _abandon, candidate, fd, os.getpid())
         self._done = False
 
     def commit(self) -> Path:

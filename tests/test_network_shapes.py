@@ -46,3 +46,24 @@ def test_numpy_whole_numbers_are_accepted_as_ints():
     config = NetworkConfig("conv", (3, np.int64(32), 32), np.int64(9), np.int32(16), (8, 16))
     assert config.input_shape == (3, 32, 32) and type(config.latent_dim) is int
     assert isinstance(BAFONetwork(config)(torch.zeros(1, 3, 32, 32), torch.zeros(1, 9))[0], torch.Tensor)
+
+
+def test_image_arrays_past_the_memory_budget_are_refused_before_allocating(tmp_path):
+    from click.testing import CliRunner
+
+    from bafo_pipeline import make_synthetic_faces
+    from bafo_pipeline.cli import main
+    from bafo_pipeline.data.images import decode_images
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="GiB in memory"):
+            make_synthetic_faces(3000, image_size=100_000)
+        with pytest.raises(ValueError, match="GiB in memory"):
+            decode_images(["a.jpg"] * 1000, size=(100_000, 100_000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20
+    result = CliRunner().invoke(main, ["train", "--image-size", "100000", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 1 and "GiB in memory" in result.output and "Traceback" not in result.output

@@ -108,6 +108,22 @@ def check_size(size: Size) -> tuple[int, int]:
     return int(height), int(width)
 
 
+#: Largest array of decoded images built in memory (bytes): past it a request is refused before
+#: allocating (``bafo train --image-size 100000`` would otherwise ask for terabytes).
+MAX_DECODED_BYTES = 16 * 2**30
+
+
+def check_decoded_size(n_images: int, height: int, width: int) -> None:
+    """Refuse to build ``n_images`` RGB images of ``height`` x ``width`` in memory past :data:`MAX_DECODED_BYTES`."""
+    needed = int(n_images) * int(height) * int(width) * 3
+    if needed > MAX_DECODED_BYTES:
+        raise ValueError(
+            f"{n_images} images of {height}x{width} pixels need {needed / 2**30:.3g} GiB in memory, over the "
+            f"{MAX_DECODED_BYTES / 2**30:.0f} GiB this package allocates; use a smaller image size or fewer "
+            "images (bafo encode streams files in batches)"
+        )
+
+
 def check_max_pixels(max_pixels: int | None) -> None:
     """Raise ``ValueError`` unless ``max_pixels`` is a positive int or None."""
     if max_pixels is not None and not is_positive_int(max_pixels):
@@ -370,6 +386,7 @@ def decode_images(
     n_threads = resolve_n_jobs(n_jobs)
     tracker = _Progress(progress)
     paths = list(paths)
+    check_decoded_size(len(paths), target_h, target_w)
     args = (target_h, target_w, max_pixels)
     pool = ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-decode") if n_threads > 1 and len(paths) > 1 else None
     try:

@@ -154,12 +154,12 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
 
     from .data.splits import hash_split
     from .pipeline.export import export_latents
-    from .transformers import load_model, model_fingerprint, read_model_config
+    from .transformers import load_verified_model
 
     if Path(out).exists() and not overwrite:
         raise click.UsageError(f"{out} exists; pass --overwrite to replace it")
-    estimator = load_model(model_dir)
-    metadata = read_model_config(model_dir).get("metadata", {})
+    loaded = load_verified_model(model_dir)
+    estimator, metadata = loaded.estimator, loaded.metadata
     split_info = metadata.get("split")
     if (which != "all" or include_split) and split_info is None:
         raise click.UsageError("this model records no train/test split; use --split all without --include-split")
@@ -174,7 +174,7 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     with tqdm(total=len(source), desc="encoding", unit="img") as bar:
         report = export_latents(
             estimator, source, out, include_labels=include_labels, split=names if include_split else None,
-            ids=None if id_column else rows, id_column=id_column, metadata={"model_fingerprint": model_fingerprint(model_dir)},
+            ids=None if id_column else rows, id_column=id_column, metadata=loaded.provenance(),
             batch_size=batch_size, strict=strict, overwrite=overwrite, decoder=decoder, progress=bar.update,
         )
     for row, reason in report.skipped:

@@ -17,7 +17,7 @@ from sklearn.decomposition import PCA
 
 from ..data.dataset import FaceDataset
 from ..data.splits import hash_split
-from ..transformers import BAFOTransformer, model_fingerprint, save_model
+from ..transformers import BAFOTransformer, load_verified_model, save_model
 from .export import export_latents
 
 
@@ -100,7 +100,7 @@ def run_workflow(
         estimator, out / "model", overwrite=True,
         metadata={"split": {"test_fraction": test_fraction, "seed": seed}, "data": data_info or {}},
     )
-    provenance = {"model_fingerprint": model_fingerprint(model_dir)}
+    provenance = load_verified_model(model_dir).provenance()  # the saved model as it loads back: what was exported
 
     say("exporting latents of every image (no labels, no file names)")
     is_test = hash_split(dataset.content_hash, test_fraction=test_fraction, seed=seed)

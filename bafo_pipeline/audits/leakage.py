@@ -17,7 +17,7 @@ from .._utils.progress import Progress
 from .inputs import Attribute, align_by_id, check_representations, prepare_attributes
 from .permutation import per_fold_test, refit_linear_test
 from .probes import PROBES, make_probe
-from .resampling import bootstrap_weights, chunks, percentile_interval
+from .resampling import bca_interval, bootstrap_weights, chunks, jackknife_weights, snap_zero
 from .result import SCHEMA_VERSION, AuditResult
 
 __all__ = ["audit_leakage", "CATEGORICAL_METRICS", "CONTINUOUS_METRICS"]
@@ -42,6 +42,8 @@ _RANGE = {
 }
 # The chance-adjusted score that defines "leakage" for each kind of attribute.
 LEAKAGE_METRIC = {"categorical": "adjusted_balanced_accuracy", "continuous": "r2"}
+# Delete-a-group jackknife groups per test fold, for the BCa acceleration.
+_JACKKNIFE_GROUPS = 20
 
 
 def _folds(attribute: Attribute, n_folds: int, random_state: int) -> list[np.ndarray]:
@@ -171,16 +173,21 @@ def _summarise(
     """Fold mean, fold std, bootstrap interval and permutation p-value of every metric.
 
     Every statistic is the mean over folds of a per-fold score. The interval is
-    the union of two: a percentile bootstrap of that mean (test rows resampled
-    within folds, probes held fixed: test-sample noise) and a corrected t-interval
-    from the fold-to-fold spread (which also carries training-set noise). The
-    p-value comes from :mod:`.permutation`.
+    the union of two: a BCa bootstrap of that mean (test rows resampled within
+    folds, probes held fixed: test-sample noise; the acceleration from a
+    delete-a-group jackknife of test rows) and a corrected t-interval from the
+    fold-to-fold spread (which also carries training-set noise). The union
+    always contains the estimate. The p-value comes from :mod:`.permutation`.
+    With a single "fold" (the data-rich attacker: probes fitted on a separate
+    training export) only the bootstrap interval is given.
     """
     names = CATEGORICAL_METRICS if kind == "categorical" else CONTINUOUS_METRICS
     per_fold = [_scores(kind, out, np.ones((1, len(out["y"])))) for out in outputs]
     point = {m: np.array([float(s[m][0]) for s in per_fold]) for m in names}
+    total = {m: float(np.sum(point[m])) for m in names}
 
     boot = {m: np.zeros(n_bootstrap) for m in names}
+    jack: dict[str, list[np.ndarray]] = {m: [] for m in names}
     for k, out in enumerate(outputs):
         m_rows = len(out["y"])
         rng = np.random.default_rng([*seed, k])
@@ -190,21 +197,28 @@ def _summarise(
             for m in names:
                 boot[m][done : done + size] += scores[m] / len(outputs)
             done += size
+        if n_bootstrap:
+            left_out = _scores(kind, out, jackknife_weights(m_rows, _JACKKNIFE_GROUPS, rng))
+            for m in names:
+                jack[m].append((total[m] - point[m][k] + left_out[m]) / len(outputs))
 
     leak_name = LEAKAGE_METRIC[kind]
     rows = []
     for m in [*names]:
-        mean = float(np.mean(point[m]))
-        std = float(np.std(point[m], ddof=1))
-        lo, hi = percentile_interval(boot[m], confidence) if n_bootstrap else (mean, mean)
-        t_lo, t_hi = _fold_interval(mean, std, len(outputs), confidence)
+        mean = float(snap_zero(np.mean(point[m])))
+        std = float(snap_zero(np.std(point[m], ddof=1))) if len(outputs) > 1 else float("nan")
+        if n_bootstrap:
+            lo, hi = bca_interval(snap_zero(boot[m]), mean, snap_zero(np.concatenate(jack[m])), confidence)
+        else:
+            lo, hi = mean, mean
+        t_lo, t_hi = _fold_interval(mean, std, len(outputs), confidence) if len(outputs) > 1 else (lo, hi)
         low, high = _RANGE[m]
         rows.append(
             {
                 "metric": m,
                 "mean": mean,
-                "ci_low": float(np.clip(np.fmin(lo, t_lo), low, high)),
-                "ci_high": float(np.clip(np.fmax(hi, t_hi), low, high)),
+                "ci_low": float(np.clip(np.fmin(np.fmin(lo, t_lo), mean), low, high)),
+                "ci_high": float(np.clip(np.fmax(np.fmax(hi, t_hi), mean), low, high)),
                 "std": std,
             }
         )

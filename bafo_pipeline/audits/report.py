@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from .._utils.jsonable import to_jsonable
 from .fairness import GROUP_METRICS, FairnessResult
 from .probes import PROBE_DESCRIPTIONS
+from .resampling import ZERO_TOLERANCE
 from .result import SCHEMA_VERSION, AuditResult
 
 __all__ = ["REPORT_FILES", "report_dict", "write_report", "plot_leakage", "plot_fairness"]
@@ -132,11 +133,21 @@ def plot_fairness(fairness: Sequence[FairnessResult]) -> Figure | None:
 
 # -------------------------------------------------------------------- HTML
 def _fmt(value: Any, digits: int = 3) -> str:
+    """A score: fixed decimals, small values in scientific notation, rounding noise of zero as 0."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "–"
     if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+        if abs(value) < ZERO_TOLERANCE:
+            return "0"
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
     return str(value)
+
+
+def _fmt_p(value: Any) -> str:
+    """A p-value: however small it is, it is never shown as zero."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    return f"{value:.3g}"
 
 
 def _interval(mean: float, lo: float, hi: float) -> str:
@@ -163,7 +174,7 @@ def _detail_tables(result: AuditResult) -> str:
             for m in metrics:
                 r = by.loc[m]
                 cells.append(
-                    _fmt(r["mean"]) if m == "p_value" else _interval(r["mean"], r["ci_low"], r["ci_high"])
+                    _fmt_p(r["mean"]) if m == "p_value" else _interval(r["mean"], r["ci_low"], r["ci_high"])
                 )
             rows.append(cells)
         parts.append(f"<h3>{html.escape(rep)} — {html.escape(attr)}</h3>" + _table(["probe", *metrics], rows))
@@ -228,7 +239,7 @@ def _html(result: AuditResult, fairness: Sequence[FairnessResult], images: dict[
             r.attribute,
             r.probe,
             _interval(r.leakage, r.ci_low, r.ci_high),
-            _fmt(r.p_value),
+            _fmt_p(r.p_value),
             r.verdict,
         ]
         for r in worst.itertuples()

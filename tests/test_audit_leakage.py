@@ -187,7 +187,7 @@ def test_prior_probe_is_exactly_chance():
 
 def test_result_roundtrips_through_json(linear_case):
     text = linear_case.to_json()
-    assert '"schema_version": 1' in text and "NaN" not in text
+    assert '"schema_version": 2' in text and "NaN" not in text
     again = AuditResult.from_json(text)
     pd.testing.assert_frame_equal(
         again.table.drop(columns=["n"]), linear_case.table.drop(columns=["n"]), check_dtype=False

@@ -65,7 +65,7 @@ def test_report_files_are_written(files, report):
     out = files / "out"
     assert {p.name for p in out.iterdir()} == {"report.json", "report.html", "leakage.png", "fairness.png"}
     data = json.loads((out / "report.json").read_text())
-    assert data["schema_version"] == 1 and data["leakage"]["schema_version"] == 1
+    assert data["schema_version"] == 2 and data["leakage"]["schema_version"] == 2
     assert "NaN" not in (out / "report.json").read_text()
     assert set(data["leakage"]["representations"]) == {"leaky", "blind"}
     assert [f["representation"] for f in data["fairness"]] == ["leaky", "blind"]

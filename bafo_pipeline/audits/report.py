@@ -57,8 +57,9 @@ def _png(fig: Figure) -> bytes:
 
 
 def plot_leakage(result: AuditResult) -> Figure:
-    """One panel per attribute: leakage of every probe and representation with intervals."""
-    leak = result.metric("leakage")
+    """One panel per attribute: leakage of every probe (and attacker) and representation with intervals."""
+    leak = result.metric("leakage").copy()
+    leak["probe"] = [_probe_label(p, a) for p, a in zip(leak["probe"], leak["attacker"])]
     attributes = list(dict.fromkeys(leak["attribute"]))
     reps = list(dict.fromkeys(leak["representation"]))
     probes = list(dict.fromkeys(leak["probe"]))
@@ -162,15 +163,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _probe_label(probe: str, attacker: str) -> str:
+    """A probe's name, marked when it is the data-rich attacker's."""
+    return probe if attacker == "cross-validated" else f"{probe} ({attacker})"
+
+
 def _detail_tables(result: AuditResult) -> str:
     parts = []
     t = result.table
     for (rep, attr), group in t.groupby(["representation", "attribute"], sort=False):
         metrics = [m for m in _METRIC_ORDER if m in set(group["metric"])]
         rows = []
-        for probe, sub in group.groupby("probe", sort=False):
+        for (probe, attacker), sub in group.groupby(["probe", "attacker"], sort=False):
             by = sub.set_index("metric")
-            cells = [probe]
+            cells = [_probe_label(probe, attacker)]
             for m in metrics:
                 r = by.loc[m]
                 cells.append(
@@ -233,20 +239,36 @@ def _html(result: AuditResult, fairness: Sequence[FairnessResult], images: dict[
     k = cfg.get("n_folds", 5)
     level = round(100 * cfg.get("confidence", 0.95))
     worst = result.worst_case()
+    data_rich = "data-rich" in result.attackers
     verdict_rows = [
         [
             r.representation,
             r.attribute,
-            r.probe,
+            _probe_label(r.probe, r.attacker),
             _interval(r.leakage, r.ci_low, r.ci_high),
+            *([_fmt(r.cross_validated), _fmt(r.data_rich)] if data_rich else []),
             _fmt_p(r.p_value),
             r.verdict,
         ]
         for r in worst.itertuples()
     ]
+    verdict_header = [
+        "representation", "attribute", "best probe", "leakage [CI]",
+        *(["cross-validated", "data-rich"] if data_rich else []), "p", "verdict",
+    ]
+    attackers_text = (
+        " A second, <b>data-rich</b> attacker fits each probe on a labelled training export and scores it on "
+        "every audited row (bootstrap interval over those rows; exact permutation p-value of its fixed "
+        "predictions); the verdict takes the stronger of the two attackers."
+        if data_rich
+        else ""
+    )
     reps = _table(
-        ["representation", "samples", "dimensions"],
-        [[name, v["n_samples"], v["dim"]] for name, v in result.representations.items()],
+        ["representation", "samples", "dimensions", "training-export samples"],
+        [
+            [name, v["n_samples"], v["dim"], v.get("n_training_samples", "–")]
+            for name, v in result.representations.items()
+        ],
     )
     attrs = []
     for name, a in result.attributes.items():
@@ -277,12 +299,12 @@ def _html(result: AuditResult, fairness: Sequence[FairnessResult], images: dict[
 trained on {k - 1} of {k} stratified folds and scored on the fold it did not see. <b>Leakage</b>
 is the chance-adjusted score (adjusted balanced accuracy for categories, R² against the training
 median for continuous attributes): 0 = chance, 1 = perfect. The headline is the worst case over
-probes. Intervals ({level}%): the wider of a percentile bootstrap of test rows
+probes. Intervals ({level}%): the union of a BCa bootstrap of test rows
 ({cfg.get("n_bootstrap")} replicates) and a corrected t-interval over folds. p-values
 ({cfg.get("n_permutations")} permutations): linear probe refitted under permuted labels; other
-probes per fold, Bonferroni over folds; the summary adds Bonferroni over probes.</p>
+probes per fold, Bonferroni over folds; the summary adds Bonferroni over probes.{attackers_text}</p>
 <h2>Verdicts</h2>
-{_table(["representation", "attribute", "best probe", "leakage [CI]", "p", "verdict"], verdict_rows)}
+{_table(verdict_header, verdict_rows)}
 <h2>Leakage by probe</h2>
 {img("leakage.png")}
 {_detail_tables(result)}

@@ -15,12 +15,16 @@ from .._utils.jsonable import to_jsonable
 
 __all__ = ["SCHEMA_VERSION", "TABLE_COLUMNS", "AuditResult"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema versions :meth:`AuditResult.from_dict` reads (1: before the data-rich attacker).
+READABLE_VERSIONS = (1, 2)
+CROSS_VALIDATED = "cross-validated"
 TABLE_COLUMNS = [
     "representation",
     "attribute",
     "kind",
     "probe",
+    "attacker",
     "metric",
     "mean",
     "ci_low",
@@ -37,8 +41,11 @@ class AuditResult:
     Attributes
     ----------
     table : DataFrame
-        Long format, columns ``representation, attribute, kind, probe, metric,
-        mean, ci_low, ci_high, std, n``: ``mean`` is the mean over test folds,
+        Long format, columns ``representation, attribute, kind, probe, attacker,
+        metric, mean, ci_low, ci_high, std, n``: ``attacker`` is
+        ``"cross-validated"`` (probes cross-validated on the audited rows) or
+        ``"data-rich"`` (probes fitted on a labelled training export, scored on
+        every audited row); ``mean`` is the mean over test folds,
         ``ci_low``/``ci_high`` the bootstrap interval of that mean, ``std`` the
         standard deviation across folds, ``n`` the samples audited. The metric
         ``leakage`` is the chance-adjusted score (adjusted balanced accuracy,
@@ -70,7 +77,14 @@ class AuditResult:
         """Rows of one metric, e.g. ``result.metric("leakage")``."""
         return self.table[self.table["metric"] == name].reset_index(drop=True)
 
-    def value(self, representation: str, attribute: str, probe: str, metric: str = "leakage") -> pd.Series:
+    def value(
+        self,
+        representation: str,
+        attribute: str,
+        probe: str,
+        metric: str = "leakage",
+        attacker: str = CROSS_VALIDATED,
+    ) -> pd.Series:
         """The table row of one score (``mean``, ``ci_low``, ``ci_high``, ``std``...)."""
         t = self.table
         hit = t[
@@ -78,13 +92,21 @@ class AuditResult:
             & (t["attribute"] == attribute)
             & (t["probe"] == probe)
             & (t["metric"] == metric)
+            & (t["attacker"] == attacker)
         ]
         if hit.empty:
-            raise KeyError(f"no score for {(representation, attribute, probe, metric)}")
+            raise KeyError(f"no score for {(representation, attribute, probe, metric, attacker)}")
         return hit.iloc[0]
 
-    def worst_case(self, *, alpha: float = 0.05, with_verdict: bool = True) -> pd.DataFrame:
-        """The headline: per representation and attribute, the best attacker's leakage.
+    @property
+    def attackers(self) -> list[str]:
+        """The attackers audited: ``["cross-validated"]``, plus ``"data-rich"`` when a training export was given."""
+        return list(dict.fromkeys(self.table["attacker"])) if len(self.table) else [CROSS_VALIDATED]
+
+    def worst_case(
+        self, *, alpha: float = 0.05, with_verdict: bool = True, attacker: str | None = None
+    ) -> pd.DataFrame:
+        """The headline: per representation and attribute, the strongest attack's leakage.
 
         Parameters
         ----------
@@ -92,43 +114,53 @@ class AuditResult:
             Significance level used in the verdict.
         with_verdict : bool, default=True
             Add a plain-language ``verdict`` column.
+        attacker : {"cross-validated", "data-rich"}, optional
+            Only this attacker's probes; by default the stronger of both.
 
         Returns
         -------
         DataFrame
-            ``representation, attribute, kind, probe`` (the attack probe, i.e. not
-            the prior baseline, with the highest mean leakage), ``leakage, ci_low,
-            ci_high`` (its score; can be slightly negative when every probe is at
-            chance), ``p_value`` (smallest
-            permutation p-value over the non-baseline probes, Bonferroni-corrected
-            for their number), ``linear`` and ``nonlinear`` (best linear and best
-            non-linear leakage) and, optionally, ``verdict``.
+            ``representation, attribute, kind, probe, attacker`` (the attack probe,
+            i.e. not the prior baseline, with the highest mean leakage, and whose it
+            is), ``leakage, ci_low, ci_high`` (its score; can be slightly negative
+            when every probe is at chance), ``p_value`` (smallest permutation
+            p-value over the attacks, Bonferroni-corrected for their number),
+            ``linear`` and ``nonlinear`` (best linear and best non-linear leakage),
+            ``cross_validated`` and ``data_rich`` (each attacker's best leakage; NaN
+            for an attacker not audited) and, optionally, ``verdict``.
         """
         leak = self.metric("leakage")
-        pvals = self.metric("p_value").set_index(["representation", "attribute", "probe"])["mean"]
+        pvals = self.metric("p_value")
+        if attacker is not None:
+            leak, pvals = leak[leak["attacker"] == attacker], pvals[pvals["attacker"] == attacker]
+        pvals = pvals.set_index(["representation", "attribute", "probe", "attacker"])["mean"]
         out = []
         for (rep, attr), group in leak.groupby(["representation", "attribute"], sort=False):
             attacks = group[group["probe"] != "prior"]
             if attacks.empty:  # only the baseline was run
                 attacks = group
             best = attacks.loc[attacks["mean"].idxmax()]
-            tested = [pvals.get((rep, attr, p), np.nan) for p in attacks["probe"]]
+            tested = [pvals.get((rep, attr, p, a), np.nan) for p, a in zip(attacks["probe"], attacks["attacker"])]
             tested = [p for p in tested if not np.isnan(p)]
             p = min(1.0, min(tested) * len(tested)) if tested else np.nan
-            by_probe = group.set_index("probe")["mean"]
-            nonlinear = [by_probe[p] for p in ("mlp", "gbdt") if p in by_probe]
+            by_attacker = attacks.groupby("attacker")["mean"].max()
+            linear = group.loc[group["probe"] == "linear", "mean"]
+            nonlinear = group.loc[group["probe"].isin(["mlp", "gbdt", "knn"]), "mean"]
             out.append(
                 {
                     "representation": rep,
                     "attribute": attr,
                     "kind": best["kind"],
                     "probe": best["probe"],
+                    "attacker": best["attacker"],
                     "leakage": best["mean"],
                     "ci_low": best["ci_low"],
                     "ci_high": best["ci_high"],
                     "p_value": p,
-                    "linear": by_probe.get("linear", np.nan),
-                    "nonlinear": max(nonlinear) if nonlinear else np.nan,
+                    "linear": linear.max() if len(linear) else np.nan,
+                    "nonlinear": nonlinear.max() if len(nonlinear) else np.nan,
+                    "cross_validated": by_attacker.get(CROSS_VALIDATED, np.nan),
+                    "data_rich": by_attacker.get("data-rich", np.nan),
                 }
             )
         frame = pd.DataFrame(out)
@@ -192,11 +224,13 @@ class AuditResult:
     def from_dict(cls, data: dict[str, Any]) -> AuditResult:
         """Rebuild from :meth:`to_dict` output."""
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
-                f"unsupported audit schema_version {version!r} (this code reads {SCHEMA_VERSION})"
+                f"unsupported audit schema_version {version!r} (this code reads {list(READABLE_VERSIONS)})"
             )
         table = pd.DataFrame(data["results"], columns=TABLE_COLUMNS)
+        if version == 1:  # written before the data-rich attacker: every probe was cross-validated
+            table["attacker"] = CROSS_VALIDATED
         for col in ("mean", "ci_low", "ci_high", "std"):
             table[col] = pd.to_numeric(table[col]).astype(float)
         return cls(
@@ -206,7 +240,7 @@ class AuditResult:
             config=data.get("config", {}),
             timings=data.get("timings", []),
             warnings=data.get("warnings", []),
-            schema_version=version,
+            schema_version=SCHEMA_VERSION,
         )
 
     @classmethod

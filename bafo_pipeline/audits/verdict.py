@@ -33,13 +33,14 @@ def severity(leakage: float) -> str:
 
 def _natural_units(result, row: dict[str, Any]) -> str:
     rep, attr, probe = row["representation"], row["attribute"], row["probe"]
+    attacker = row.get("attacker", "cross-validated")
     if row["kind"] == "categorical":
-        bacc = result.value(rep, attr, probe, "balanced_accuracy")["mean"]
+        bacc = result.value(rep, attr, probe, "balanced_accuracy", attacker)["mean"]
         k = len(result.attributes.get(attr, {}).get("classes", [])) or 2
         return f"balanced accuracy {bacc:.2f} against chance {1 / k:.2f}"
-    mae = result.value(rep, attr, probe, "mae")["mean"]
+    mae = result.value(rep, attr, probe, "mae", attacker)["mean"]
     try:
-        base = result.value(rep, attr, "prior", "mae")["mean"]
+        base = result.value(rep, attr, "prior", "mae", attacker)["mean"]
         return f"mean absolute error {mae:.3g} against {base:.3g} for always guessing the median"
     except KeyError:
         return f"mean absolute error {mae:.3g}"
@@ -72,8 +73,9 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
             )
         return text + " These probes recover nothing; stronger attackers are not ruled out."
     units = _natural_units(result, row)
+    trained = " trained on the labelled training export" if row.get("attacker") == "data-rich" else ""
     text = (
-        f"{severity(leak).capitalize()} leakage of {attr}: {PROBE_NAMES.get(row['probe'], row['probe'])} "
+        f"{severity(leak).capitalize()} leakage of {attr}: {PROBE_NAMES.get(row['probe'], row['probe'])}{trained} "
         f"recovers it ({units}; chance-adjusted {_num(leak)}{ci}{p_text})."
     )
     linear, nonlinear = row.get("linear", np.nan), row.get("nonlinear", np.nan)

@@ -178,6 +178,9 @@ def _detail_tables(result: AuditResult) -> str:
             by = sub.set_index("metric")
             cells = [_probe_label(probe, attacker)]
             for m in metrics:
+                if m not in by.index:  # e.g. the adjacency test has a leakage and a p-value only
+                    cells.append("–")
+                    continue
                 r = by.loc[m]
                 cells.append(
                     _fmt_p(r["mean"]) if m == "p_value" else _interval(r["mean"], r["ci_low"], r["ci_high"])

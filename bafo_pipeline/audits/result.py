@@ -19,6 +19,7 @@ SCHEMA_VERSION = 2
 #: Schema versions :meth:`AuditResult.from_dict` reads (1: before the data-rich attacker).
 READABLE_VERSIONS = (1, 2)
 CROSS_VALIDATED = "cross-validated"
+SIDE_CHANNEL = "side channel"
 TABLE_COLUMNS = [
     "representation",
     "attribute",
@@ -171,27 +172,111 @@ class AuditResult:
         return frame
 
     def max_leakage(self, representation: str | None = None) -> float:
-        """Largest worst-case leakage over attributes (and representations unless one is named)."""
+        """Largest worst-case leakage over attributes (and representations unless one is named; a named
+        one's side channels count with it)."""
         worst = self.worst_case(with_verdict=False)
         if representation is not None:
             if representation not in self.representations:
                 raise KeyError(
                     f"unknown representation {representation!r}; have {list(self.representations)}"
                 )
-            worst = worst[worst["representation"] == representation]
+            names = {representation} | {
+                n for n, info in self.representations.items() if info.get("of") == representation
+            }
+            worst = worst[worst["representation"].isin(names)]
         return float(worst["leakage"].max())
 
     def exceeds(self, threshold: float, representation: str | None = None) -> bool:
-        """The gate: True when some attribute's worst-case leakage is above ``threshold``.
+        """The leakage gate: True when some attribute's worst-case leakage is above ``threshold``.
 
         Parameters
         ----------
         threshold : float
             Maximum tolerated chance-adjusted leakage (0 = chance, 1 = perfect).
         representation : str, optional
-            Gate only this representation (default: every one audited).
+            Gate only this representation and its side channels (default: every one audited).
         """
         return self.max_leakage(representation) > threshold
+
+    def failed(
+        self, threshold: float | None = None, representation: str | None = None, *, alpha: float = 0.05
+    ) -> bool:
+        """The verdict: True when a side channel leaks, or (with ``threshold``) the leakage gate fails.
+
+        Side channels should carry nothing at all, so any significant leakage through
+        them fails, whatever the threshold; see :meth:`side_channels`.
+        """
+        if self.side_channels_leak(alpha=alpha, threshold=threshold, representation=representation):
+            return True
+        return threshold is not None and self.exceeds(threshold, representation)
+
+    # ------------------------------------------------------------ side channels
+    def side_channels(self, *, alpha: float = 0.05, threshold: float | None = None) -> pd.DataFrame:
+        """The worst case of every side channel (a file's ids, row order, other columns) and whether it leaks.
+
+        A side channel leaks when its worst-case p-value, Bonferroni-corrected over
+        every side-channel test of the audit (channels x attributes), is below
+        ``alpha``, or when its worst-case leakage exceeds ``threshold``.
+
+        Returns
+        -------
+        DataFrame
+            :meth:`worst_case` rows of the side channels, with ``of`` and
+            ``channel`` (the file and the channel), ``family_p_value`` and ``leaks``.
+            Empty when no side channel was audited.
+        """
+        names = [n for n, info in self.representations.items() if info.get("role") == SIDE_CHANNEL]
+        worst = self.worst_case(alpha=alpha)
+        worst = worst[worst["representation"].isin(names)].reset_index(drop=True) if len(worst) else worst
+        if worst.empty:
+            return worst.assign(of=[], channel=[], family_p_value=[], leaks=[])
+        worst["of"] = [self.representations[n].get("of") for n in worst["representation"]]
+        worst["channel"] = [self.representations[n].get("channel") for n in worst["representation"]]
+        worst["family_p_value"] = np.minimum(1.0, worst["p_value"].to_numpy(dtype=float) * len(worst))
+        leaks = worst["family_p_value"].fillna(1.0).to_numpy() < alpha
+        if threshold is not None:
+            leaks |= worst["leakage"].to_numpy(dtype=float) > threshold
+        worst["leaks"] = leaks
+        return worst
+
+    def side_channels_leak(self, *, alpha: float = 0.05, threshold: float | None = None,
+                           representation: str | None = None) -> bool:
+        """True when some side channel (of ``representation``, if named) leaks; see :meth:`side_channels`."""
+        frame = self.side_channels(alpha=alpha, threshold=threshold)
+        if representation is not None and len(frame):
+            frame = frame[frame["of"] == representation]
+        return bool(len(frame) and frame["leaks"].any())
+
+    def with_rows(self, rows: list[dict[str, Any]]) -> AuditResult:
+        """A copy with more table rows (e.g. a test that is not a fitted probe)."""
+        table = pd.concat([self.table, pd.DataFrame(rows, columns=TABLE_COLUMNS)], ignore_index=True) if rows else (
+            self.table.copy()
+        )
+        return AuditResult(table, dict(self.representations), dict(self.attributes), dict(self.config),
+                           list(self.timings), list(self.warnings), self.schema_version)
+
+    def merged(self, other: AuditResult) -> AuditResult:
+        """This result and ``other`` (other representations of the same attributes) as one.
+
+        The config is this one's; ``other``'s side-channel settings are added to it.
+        """
+        config = dict(self.config)
+        for key in ("side_channel_probes",):
+            if key in other.config:
+                config[key] = other.config[key]
+        skipped = {**self.config.get("skipped_columns", {}), **other.config.get("skipped_columns", {})}
+        if skipped:
+            config["skipped_columns"] = skipped
+        warnings = list(self.warnings) + [w for w in other.warnings if w not in self.warnings]
+        return AuditResult(
+            pd.concat([self.table, other.table], ignore_index=True),
+            {**self.representations, **other.representations},
+            {**self.attributes, **{k: v for k, v in other.attributes.items() if k not in self.attributes}},
+            config,
+            list(self.timings) + list(other.timings),
+            warnings,
+            self.schema_version,
+        )
 
     # ---------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:

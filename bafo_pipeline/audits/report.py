@@ -37,13 +37,18 @@ _METRIC_ORDER = (
 )
 
 
-def report_dict(result: AuditResult, fairness: Sequence[FairnessResult] = ()) -> dict[str, Any]:
+def report_dict(
+    result: AuditResult, fairness: Sequence[FairnessResult] = (), files: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Everything of the report as one JSON-ready dict."""
+    sides = result.side_channels()
     return to_jsonable(
         {
             "schema_version": SCHEMA_VERSION,
             "kind": "bafo-audit-report",
             "leakage": result.to_dict(),
+            "side_channels": sides.drop(columns=["verdict"], errors="ignore").to_dict("records"),
+            "files": files or {},
             "fairness": [f.to_dict() for f in fairness],
         }
     )
@@ -58,7 +63,8 @@ def _png(fig: Figure) -> bytes:
 
 def plot_leakage(result: AuditResult) -> Figure:
     """One panel per attribute: leakage of every probe (and attacker) and representation with intervals."""
-    leak = result.metric("leakage").copy()
+    leak = result.metric("leakage")
+    leak = leak[~leak["representation"].isin(_side_channel_names(result))].copy()
     leak["probe"] = [_probe_label(p, a) for p, a in zip(leak["probe"], leak["attacker"])]
     attributes = list(dict.fromkeys(leak["attribute"]))
     reps = list(dict.fromkeys(leak["representation"]))
@@ -163,6 +169,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _side_channel_names(result: AuditResult) -> set[str]:
+    return {n for n, info in result.representations.items() if info.get("role") == "side channel"}
+
+
 def _probe_label(probe: str, attacker: str) -> str:
     """A probe's name, marked when it is the data-rich attacker's."""
     return probe if attacker == "cross-validated" else f"{probe} ({attacker})"
@@ -237,11 +247,56 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f
 """
 
 
-def _html(result: AuditResult, fairness: Sequence[FairnessResult], images: dict[str, bytes]) -> str:
+def _side_channels_html(result: AuditResult, files: dict[str, Any]) -> str:
+    sides = result.side_channels()
+    if sides.empty and not files:
+        return ""
+    parts = [
+        "<h2>Side channels and metadata</h2><p>Everything in a file besides its embedding can give the labels "
+        "away: ids numbered in the order of label-bearing file names, rows written in that order, extra columns. "
+        "Each is probed like an embedding (linear and nearest-neighbour probes, and the adjacency test: do rows "
+        "next to each other in its order share the label?). A channel <b>leaks</b> when its worst case is "
+        "significant after Bonferroni over all side-channel tests; the audit then fails.</p>"
+    ]
+    if not sides.empty:
+        rows = [
+            [r.of, r.channel, r.attribute, r.probe, _interval(r.leakage, r.ci_low, r.ci_high), _fmt_p(r.family_p_value),
+             "LEAKS" if r.leaks else "no", r.verdict]
+            for r in sides.itertuples()
+        ]
+        parts.append(
+            _table(["file", "channel", "attribute", "best probe", "leakage [CI]", "p (all channels)", "leaks",
+                    "verdict"], rows)
+        )
+    for name, facts in files.items():
+        parts.append(f"<h3>{html.escape(str(name))}</h3>")
+        described = [
+            f"embedding: {facts.get('embedding')}",
+            f"labels taken from the file: {facts.get('label_columns_in_file') or 'none'}",
+        ]
+        if facts.get("data_fingerprint"):
+            described.append(f"data fingerprint: {facts['data_fingerprint']}")
+        parts.append("<ul>" + "".join(f"<li>{html.escape(str(d))}</li>" for d in described) + "</ul>")
+        skipped = facts.get("skipped_columns") or []
+        if skipped:
+            parts.append(_table(["column not audited", "why"], [list(s) for s in skipped]))
+        entries = facts.get("metadata") or []
+        if entries:
+            parts.append(
+                _table(["footer entry", "what it reveals", "concern"],
+                       [[e["key"], e["reveals"], e.get("concern") or ""] for e in entries])
+            )
+    return "\n".join(parts)
+
+
+def _html(
+    result: AuditResult, fairness: Sequence[FairnessResult], images: dict[str, bytes], files: dict[str, Any]
+) -> str:
     cfg = result.config
     k = cfg.get("n_folds", 5)
     level = round(100 * cfg.get("confidence", 0.95))
     worst = result.worst_case()
+    worst = worst[~worst["representation"].isin(_side_channel_names(result))]
     data_rich = "data-rich" in result.attackers
     verdict_rows = [
         [
@@ -271,6 +326,7 @@ def _html(result: AuditResult, fairness: Sequence[FairnessResult], images: dict[
         [
             [name, v["n_samples"], v["dim"], v.get("n_training_samples", "–")]
             for name, v in result.representations.items()
+            if v.get("role") != "side channel"
         ],
     )
     attrs = []
@@ -308,6 +364,7 @@ probes. Intervals ({level}%): the union of a BCa bootstrap of test rows
 probes per fold, Bonferroni over folds; the summary adds Bonferroni over probes.{attackers_text}</p>
 <h2>Verdicts</h2>
 {_table(verdict_header, verdict_rows)}
+{_side_channels_html(result, files)}
 <h2>Leakage by probe</h2>
 {img("leakage.png")}
 {_detail_tables(result)}
@@ -333,6 +390,7 @@ def write_report(
     fairness: Sequence[FairnessResult] = (),
     *,
     overwrite: bool = True,
+    files: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.html``, ``leakage.png`` (and ``fairness.png``).
 
@@ -347,6 +405,8 @@ def write_report(
     fairness : sequence of FairnessResult, optional
     overwrite : bool, default=True
         Replace existing report files.
+    files : dict, optional
+        Facts about the audited files (footer metadata, columns), shown with the side channels.
 
     Returns
     -------
@@ -368,9 +428,9 @@ def write_report(
     if fig is not None:
         images["fairness.png"] = _png(fig)
     contents: dict[str, bytes] = {
-        "report.json": (json.dumps(report_dict(result, fairness), indent=2, allow_nan=False) + "\n").encode(),
+        "report.json": (json.dumps(report_dict(result, fairness, files), indent=2, allow_nan=False) + "\n").encode(),
         **images,
-        "report.html": _html(result, fairness, images).encode("utf-8"),
+        "report.html": _html(result, fairness, images, files or {}).encode("utf-8"),
     }
     paths = {}
     for name, data in contents.items():

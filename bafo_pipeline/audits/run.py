@@ -17,6 +17,7 @@ from .leakage import audit_leakage
 from .readers import read_embedding_parquet, read_labels
 from .report import report_dict, write_report
 from .result import AuditResult
+from .side_channels import SideChannels, audit_side_channels
 
 __all__ = ["AuditReport", "run_audit", "run_audit_files"]
 
@@ -28,14 +29,21 @@ class AuditReport:
     Attributes
     ----------
     leakage : AuditResult
+        The embeddings' leakage, and their files' side channels (representations
+        with ``role: "side channel"``).
     fairness : list of FairnessResult
     paths : dict of str to Path
         Empty when no output folder was given.
+    files : dict of str to dict
+        Per audited file (by representation name): what its footer metadata
+        reveals, the columns taken as the embedding and as labels, the columns not
+        audited, and its data fingerprint when one was taken.
     """
 
     leakage: AuditResult
     fairness: list[FairnessResult] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def worst_case(self) -> pd.DataFrame:
         """See :meth:`AuditResult.worst_case`."""
@@ -45,9 +53,13 @@ class AuditReport:
         """The ``--max-leakage`` gate; see :meth:`AuditResult.exceeds`."""
         return self.leakage.exceeds(threshold, representation)
 
+    def failed(self, threshold: float | None = None, representation: str | None = None) -> bool:
+        """The verdict: a side channel leaks, or the gate fails; see :meth:`AuditResult.failed`."""
+        return self.leakage.failed(threshold, representation)
+
     def to_dict(self) -> dict[str, Any]:
         """The content of ``report.json``."""
-        return report_dict(self.leakage, self.fairness)
+        return report_dict(self.leakage, self.fairness, self.files)
 
 
 def run_audit(
@@ -62,6 +74,10 @@ def run_audit(
     intersections: Sequence[Sequence[str]] | None = None,
     min_group_size: int = 30,
     overwrite: bool = True,
+    fit_representations: np.ndarray | Mapping[str, Any] | None = None,
+    fit_labels: pd.DataFrame | None = None,
+    side_channels: Sequence[SideChannels] = (),
+    files: Mapping[str, dict[str, Any]] | None = None,
     **audit_options: Any,
 ) -> AuditReport:
     """Audit one or more representations and write the report.
@@ -87,6 +103,16 @@ def run_audit(
         Passed to :func:`fairness_report`.
     overwrite : bool, default=True
         Replace existing report files in ``out_dir``.
+    fit_representations, fit_labels : optional
+        A labelled training export for the data-rich attacker (see
+        :func:`audit_leakage`); ``(ids, array)`` pairs are matched to ``fit_labels``
+        by ``id_column``.
+    side_channels : sequence of SideChannels
+        The files' ids, row order and other columns
+        (:func:`~.side_channels.side_channels_of_table`), probed too and matched to
+        ``labels`` by ``id_column``.
+    files : mapping, optional
+        Facts about the audited files, kept in the report (``report.files``).
     **audit_options
         Passed to :func:`audit_leakage` (``kinds``, ``bands``, ``probes``, ``n_folds``,
         ``n_bootstrap``, ``n_permutations``, ``confidence``, ``random_state``,
@@ -98,6 +124,7 @@ def run_audit(
         Use ``report.exceeds(x)`` for the ``--max-leakage`` gate.
     """
     collected: list[str] = []
+    labels_by_id = labels
     if isinstance(representations, Mapping) and any(isinstance(v, tuple) for v in representations.values()):
         if id_column is None:
             raise ValueError("representations given as (ids, array) pairs need id_column")
@@ -108,8 +135,24 @@ def run_audit(
             raise ValueError(f"labels have no target column {target!r}; columns are {list(labels.columns)}")
         if attributes is not None and target in attributes:
             raise ValueError(f"the target {target!r} cannot also be an audited attribute")
-    leakage = audit_leakage(reps, labels, attributes=attributes, **audit_options)
+    if fit_representations is not None:
+        audit_options = {**audit_options, "id_column": id_column}
+    leakage = audit_leakage(
+        reps, labels, attributes=attributes, fit_representations=fit_representations, fit_labels=fit_labels,
+        **audit_options,
+    )
     leakage.warnings[:0] = collected
+    if side_channels:
+        if id_column is None:
+            raise ValueError("side channels are matched to the labels by id: pass id_column")
+        keys = ("kinds", "bands", "n_folds", "n_bootstrap", "n_permutations", "confidence", "random_state",
+                "n_threads", "progress")
+        side = audit_side_channels(
+            side_channels, labels_by_id, id_column=id_column, attributes=attributes,
+            **{k: audit_options[k] for k in keys if k in audit_options},
+        )
+        if side is not None:
+            leakage = leakage.merged(side)
 
     fairness: list[FairnessResult] = []
     if target is not None:
@@ -136,8 +179,9 @@ def run_audit(
                     n_threads=leakage.config["n_threads"],
                 )
             )
-    paths = write_report(leakage, out_dir, fairness, overwrite=overwrite) if out_dir is not None else {}
-    return AuditReport(leakage, fairness, paths)
+    facts = {name: dict(info) for name, info in (files or {}).items()}
+    paths = write_report(leakage, out_dir, fairness, overwrite=overwrite, files=facts) if out_dir is not None else {}
+    return AuditReport(leakage, fairness, paths, facts)
 
 
 def _names(paths: Sequence[str | os.PathLike]) -> list[str]:

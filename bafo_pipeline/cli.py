@@ -70,7 +70,8 @@ def main() -> None:
       bafo run --out runs/demo                      # the whole job on synthetic faces
       bafo train --utkface DIR --out models/bafo     # train on real faces
       bafo encode --model models/bafo --utkface DIR --out latents.parquet
-      bafo audit --latents latents.parquet --out report/
+      bafo audit --latents latents.parquet --out report/ --attach
+      bafo verify latents.parquet --max-leakage 0.05
       bafo decode --model models/bafo face.jpg --age 40 --gender female --out decoded/
     """
 
@@ -256,16 +257,72 @@ def _print_verdicts(report) -> None:
     from .pipeline.workflow import verdict_table
 
     utility = {f.representation: f for f in report.fairness}
-    for name, rows in verdict_table(report).groupby("representation", sort=False):
+    table = verdict_table(report)
+    both = table["data_rich"].notna().any()
+    for name, rows in table.groupby("representation", sort=False):
         click.echo(f"\n{name}")
         for row in rows.itertuples():
-            click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}): {row.verdict}")
+            attackers = f" [cross-validated {row.cross_validated:.3f}, data-rich {row.data_rich:.3f}]" if both else ""
+            click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}){attackers}: {row.verdict}")
         if name in utility:
             fairness = utility[name]
             click.echo(
                 f"  utility: a downstream model predicts {fairness.target} at balanced accuracy "
                 f"{fairness.overall.get('balanced_accuracy', float('nan')):.2f}"
             )
+    sides = report.leakage.side_channels()
+    if len(sides):
+        click.echo("\nside channels (ids, row order, other columns):")
+        for (of, channel), rows in sides.groupby(["of", "channel"], sort=False):
+            leaking = rows[rows["leaks"]]
+            if leaking.empty:
+                click.echo(f"  {of} · {channel}: no significant link to "
+                           f"{', '.join(rows['attribute'])} (largest {rows['leakage'].max():.3f})")
+            for row in leaking.itertuples():
+                click.echo(f"  LEAKS {row.verdict}")
+
+
+# --------------------------------------------------------------------------- verify
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--max-leakage", type=float,
+              help="Largest tolerated worst-case leakage of any attribute (default: the gate the audit recorded).")
+@click.option("--bound", type=click.Choice(["estimate", "upper"]), default="estimate", show_default=True,
+              help="Compare --max-leakage with each worst case's estimate, or with its interval's upper end.")
+def verify(path, max_leakage, bound):
+    """Check the audit receipt of a latents file before using it.
+
+    \b
+    Exit status:
+      0  the receipt is present, fresh and passing
+      1  failing: some attribute's worst-case leakage exceeds --max-leakage
+         (or the audit's own gate failed), or a side channel leaks
+      2  the file cannot be read, or the options are wrong
+      3  missing: the file carries no receipt (run bafo audit --attach)
+      4  stale: the rows (or the model the file names) changed since the audit
+    """
+    from .audits.receipt import check_receipt
+
+    try:
+        check = check_receipt(path, max_leakage, bound=bound)
+    except (FileNotFoundError, ValueError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    receipt = check.receipt or {}
+    if receipt:
+        click.echo(
+            f"receipt of {receipt.get('created_at')}: {receipt.get('audited_rows')} rows audited by "
+            f"{', '.join(receipt.get('attackers', []))} probes ({', '.join(receipt.get('probes', []))})"
+        )
+        for row in receipt.get("worst_case", []):
+            click.echo(
+                f"  {row['attribute']:<12} {row['leakage']:6.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
+                f"({row['probe']}, {row['attacker']})"
+            )
+    for reason in check.reasons:
+        click.echo(f"  {reason}", err=True)
+    click.echo({"ok": "OK", "failing": "FAILED", "missing": "NO RECEIPT", "stale": "STALE"}[check.status])
+    sys.exit(check.exit_code)
 
 
 # ------------------------------------------------------------------------------ run

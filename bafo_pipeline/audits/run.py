@@ -77,6 +77,7 @@ def run_audit(
     fit_representations: np.ndarray | Mapping[str, Any] | None = None,
     fit_labels: pd.DataFrame | None = None,
     side_channels: Sequence[SideChannels] = (),
+    side_channel_labels: pd.DataFrame | None = None,
     files: Mapping[str, dict[str, Any]] | None = None,
     **audit_options: Any,
 ) -> AuditReport:
@@ -110,7 +111,10 @@ def run_audit(
     side_channels : sequence of SideChannels
         The files' ids, row order and other columns
         (:func:`~.side_channels.side_channels_of_table`), probed too and matched to
-        ``labels`` by ``id_column``.
+        ``labels`` (or ``side_channel_labels``) by ``id_column``.
+    side_channel_labels : DataFrame, optional
+        The labels of the side channels' rows, with ``id_column``, when they are not
+        ``labels`` (e.g. a shared file of every image, audited beside a held-out split).
     files : mapping, optional
         Facts about the audited files, kept in the report (``report.files``).
     **audit_options
@@ -148,7 +152,8 @@ def run_audit(
         keys = ("kinds", "bands", "n_folds", "n_bootstrap", "n_permutations", "confidence", "random_state",
                 "n_threads", "progress")
         side = audit_side_channels(
-            side_channels, labels_by_id, id_column=id_column, attributes=attributes,
+            side_channels, labels_by_id if side_channel_labels is None else side_channel_labels,
+            id_column=id_column, attributes=attributes,
             **{k: audit_options[k] for k in keys if k in audit_options},
         )
         if side is not None:

@@ -206,20 +206,36 @@ def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synth
               help="A Parquet file of embeddings (repeat to compare several side by side).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="CSV/Parquet labels joined by id; default: the labels stored in the first latents file.")
+@click.option("--fit-latents", "fit_latents", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A labelled training export for the data-rich attacker (one per --latents, in order): probes "
+                   "are fitted on it and scored on the audited file. Labels come from --labels, joined by id, or "
+                   "from the training file itself.")
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--attributes", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Sensitive attributes to audit.")
 @click.option("--target", help="A non-sensitive column for the downstream fairness report (e.g. smile).")
 @click.option("--folds", default=5, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--max-leakage", type=float, help="Exit with status 1 when any attribute's worst-case leakage exceeds this.")
+@click.option("--max-leakage", type=float, help="Fail when any attribute's worst-case leakage exceeds this.")
 @click.option("--gate", help="Apply --max-leakage to this representation only (a file stem); default: all.")
-def audit(latents, labels, id_column, attributes, target, folds, out_dir, max_leakage, gate):
+@click.option("--attach", is_flag=True,
+              help="Write the verdict into each latents file's footer (an audit receipt, for bafo verify); "
+                   "the rows are not touched.")
+def audit(latents, labels, fit_latents, id_column, attributes, target, folds, out_dir, max_leakage, gate, attach):
     """Measure how much of each sensitive attribute the embeddings still reveal.
 
     Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
-    cross-validated on the given data; the headline is the best probe's
-    chance-adjusted score (0 = chance, 1 = perfect). Audit data the encoder
-    never trained on (bafo encode --split test --include-labels).
+    cross-validated on the given data; with --fit-latents they are also fitted
+    on a labelled training export and scored on the audited rows (the
+    data-rich attacker), and the verdict takes the stronger of the two. The
+    headline is the best probe's chance-adjusted score (0 = chance, 1 =
+    perfect). Each file's ids, row order and other columns are audited as side
+    channels, and its footer metadata is listed. Audit data the encoder never
+    trained on (bafo encode --split test --include-labels).
+
+    \b
+    Exit status:
+      0  done: no side channel leaks, and --max-leakage (if given) holds
+      1  failed: a side channel leaks, or some worst-case leakage exceeds --max-leakage
     """
     from .audits import run_audit_files
 
@@ -228,13 +244,20 @@ def audit(latents, labels, id_column, attributes, target, folds, out_dir, max_le
         "auditing",
         lambda progress: run_audit_files(
             list(latents), labels, out_dir, id_column=id_column, attributes=names, target=target,
-            n_folds=folds, progress=progress,
+            n_folds=folds, progress=progress, fit_latents=list(fit_latents) or None, attach=attach,
+            max_leakage=max_leakage,
         ),
     )
     _print_verdicts(report)
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
-    if max_leakage is not None and report.exceeds(max_leakage, gate):
-        click.echo(f"FAILED: worst-case leakage exceeds {max_leakage}", err=True)
+    if attach:
+        click.echo(f"receipt attached to {', '.join(latents)}")
+    if report.failed(max_leakage, gate):
+        if report.leakage.side_channels_leak(threshold=max_leakage, representation=gate):
+            click.echo("FAILED: a side channel (ids, row order or another column) reveals a sensitive attribute",
+                       err=True)
+        if max_leakage is not None and report.exceeds(max_leakage, gate):
+            click.echo(f"FAILED: worst-case leakage exceeds {max_leakage}", err=True)
         sys.exit(1)
 
 

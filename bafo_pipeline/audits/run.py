@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .fairness import FairnessResult, fairness_report
-from .inputs import align_by_id, check_representations
+from .inputs import DEFAULT_ATTRIBUTES, align_by_id, check_representations
 from .leakage import audit_leakage
 from .readers import read_embedding_parquet, read_labels
 from .report import report_dict, write_report
@@ -129,6 +129,8 @@ def run_audit(
     """
     collected: list[str] = []
     labels_by_id = labels
+    if side_channels and audit_options.get("progress") is not None:
+        audit_options = {**audit_options, "progress": _Continued(audit_options["progress"])}
     if isinstance(representations, Mapping) and any(isinstance(v, tuple) for v in representations.values()):
         if id_column is None:
             raise ValueError("representations given as (ids, array) pairs need id_column")
@@ -151,6 +153,8 @@ def run_audit(
             raise ValueError("side channels are matched to the labels by id: pass id_column")
         keys = ("kinds", "bands", "n_folds", "n_bootstrap", "n_permutations", "confidence", "random_state",
                 "n_threads", "progress")
+        if isinstance(audit_options.get("progress"), _Continued):
+            audit_options["progress"].next_part()
         side = audit_side_channels(
             side_channels, labels_by_id if side_channel_labels is None else side_channel_labels,
             id_column=id_column, attributes=attributes,
@@ -189,6 +193,26 @@ def run_audit(
     return AuditReport(leakage, fairness, paths, facts)
 
 
+class _Continued:
+    """A progress sink that keeps counting across the audits of one run (embeddings, then side channels)."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink, self.offset, self.total = sink, 0, 0
+
+    def __call__(self, done: int, total: int, text: str = "") -> None:
+        self.total = total
+        if hasattr(self.sink, "update"):  # a tqdm bar
+            self.sink.total = self.offset + total
+            self.sink.n = self.offset + done
+            self.sink.refresh()
+        else:
+            self.sink(self.offset + done, self.offset + total, text)
+
+    def next_part(self) -> None:
+        self.offset += self.total
+        self.total = 0
+
+
 def _names(paths: Sequence[str | os.PathLike]) -> list[str]:
     names: list[str] = []
     for p in paths:
@@ -206,22 +230,44 @@ def run_audit_files(
     out_dir: str | os.PathLike | None = None,
     *,
     id_column: str = "id",
-    latent_column: str = "latent",
+    latent_column: str | None = None,
+    fit_latents: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike] | None = None,
+    side_channels: bool = True,
+    attach: bool = False,
+    max_leakage: float | None = None,
     **options: Any,
 ) -> AuditReport:
     """:func:`run_audit` on Parquet embedding files (what ``bafo audit`` calls).
 
+    Besides each file's embedding, the audit probes its side channels (ids, row
+    order, every column that is neither embedding nor label) and lists what its
+    footer metadata reveals.
+
     Parameters
     ----------
     latents : sequence of paths, or mapping of name to path
-        Parquet files with an id column and a ``latent`` list column (or one numeric
-        column per dimension). Sequence entries are named by file stem.
+        Parquet files with an id column and the embedding: a list column
+        (``latent``, the one named by ``latent_column``, or the only list column),
+        or one numeric column per dimension (see :mod:`.sources`; label columns
+        are never taken as dimensions). Sequence entries are named by file stem.
     labels : path, DataFrame or None
-        CSV or Parquet labels with ``id_column``; ``None`` uses the non-embedding
-        columns of the first latents file.
+        CSV or Parquet labels with ``id_column``; ``None`` uses the label columns
+        stored in the latents files themselves.
     out_dir : str or path-like, optional
     id_column : str, default="id"
-    latent_column : str, default="latent"
+    latent_column : str, optional
+        The embedding's list column in files of other tools (e.g. ``"embedding"``).
+    fit_latents : sequence of paths, or mapping of name to path, optional
+        Labelled training exports for the data-rich attacker, one per latents file
+        (by position, or by name); their labels come from ``labels`` (joined by id)
+        or, without it, from the training files themselves.
+    side_channels : bool, default=True
+        Probe the files' ids, row order and other columns.
+    attach : bool, default=False
+        Write an audit receipt into each latents file's footer (atomically; the rows
+        are untouched), for ``bafo verify``.
+    max_leakage : float, optional
+        The gate recorded in the receipts.
     **options
         Passed to :func:`run_audit`.
 
@@ -229,21 +275,110 @@ def run_audit_files(
     -------
     AuditReport
     """
-    if not isinstance(latents, Mapping):
-        latents = list(latents)
-        latents = dict(zip(_names(latents), latents))
-    if not latents:
-        raise ValueError("no latents file given")
-    pairs = {
-        name: read_embedding_parquet(path, id_column=id_column, latent_column=latent_column)
+    from ..io.footer import data_fingerprint
+    from .file_metadata import describe_footer
+    from .receipt import attach_receipt, make_receipt
+    from .side_channels import side_channels_of_table
+
+    latents = _named(latents, "latents")
+    used = [*(options.get("attributes") or DEFAULT_ATTRIBUTES), *filter(None, [options.get("target")])]
+    external = None
+    if isinstance(labels, pd.DataFrame):
+        external = labels
+    elif labels is not None:
+        external = read_labels(labels, id_column=id_column)
+    label_names = [c for c in (external.columns if external is not None else used) if c != id_column]
+    fingerprints = {name: data_fingerprint(path) for name, path in latents.items()} if attach else {}
+    files = {
+        name: _read_file(path, id_column=id_column, latent_column=latent_column, labels=label_names)
         for name, path in latents.items()
     }
-    if labels is None:
-        first = Path(next(iter(latents.values())))
-        table = pd.read_parquet(first)
-        labels = table.drop(columns=[c for c in table.columns if c == latent_column])
-        if labels.columns.tolist() == [id_column]:
-            raise ValueError(f"{first}: no label columns besides {id_column!r}; pass a labels file")
-    elif not isinstance(labels, pd.DataFrame):
-        labels = read_labels(labels, id_column=id_column)
-    return run_audit(pairs, labels, out_dir, id_column=id_column, **options)
+    first_name = next(iter(files))
+    table = external if external is not None else _labels_in_file(files[first_name], latents[first_name], id_column,
+                                                                   used)
+    fit_pairs, fit_table = None, None
+    if fit_latents is not None:
+        fit_paths = _named(fit_latents, "fit_latents", names=list(latents))
+        fits = {
+            name: _read_file(path, id_column=id_column, latent_column=latent_column, labels=label_names)
+            for name, path in fit_paths.items()
+        }
+        fit_pairs = {name: (f.ids, f.Z) for name, f in fits.items()}
+        first_fit = next(iter(fits))
+        fit_table = external if external is not None else _labels_in_file(fits[first_fit], fit_paths[first_fit],
+                                                                           id_column, used)
+    channels = []
+    facts: dict[str, dict[str, Any]] = {}
+    for name, file in files.items():
+        in_file = [c for c in file.rest.column_names if c != id_column and (c in file.declared_labels or (
+            external is None and c in table.columns))]
+        if side_channels:
+            channels.append(side_channels_of_table(
+                file.rest, source=name, id_column=id_column, embedding_columns=[], label_columns=in_file,
+            ))
+        facts[name] = {
+            "embedding": file.embedding,
+            "label_columns_in_file": in_file,
+            "skipped_columns": channels[-1].skipped if side_channels else [],
+            "metadata": describe_footer(file.footer),
+            "data_fingerprint": fingerprints.get(name),
+        }
+    pairs = {name: (f.ids, f.Z) for name, f in files.items()}
+    report = run_audit(
+        pairs, table, out_dir, id_column=id_column, fit_representations=fit_pairs, fit_labels=fit_table,
+        side_channels=channels, files=facts, **options,
+    )
+    if attach:
+        for name, path in latents.items():
+            receipt = make_receipt(report, name, path, fingerprint=fingerprints[name], threshold=max_leakage,
+                                   training_export=None if fit_latents is None else "given")
+            attach_receipt(path, receipt)
+    return report
+
+
+def _named(paths, what: str, names: list[str] | None = None) -> dict[str, Any]:
+    """``{name: path}``: a mapping as it is, a sequence named by file stem (or by ``names``, in order)."""
+    if isinstance(paths, Mapping):
+        named = dict(paths)
+        if names is not None:
+            unknown = [n for n in named if n not in names]
+            if unknown:
+                raise ValueError(f"{what} names {unknown}, which are not among the audited files {names}")
+    else:
+        paths = list(paths)
+        if names is not None:
+            if len(paths) > len(names):
+                raise ValueError(f"{len(paths)} {what} files for {len(names)} latents files")
+            named = dict(zip(names, paths))
+        else:
+            named = dict(zip(_names(paths), paths))
+    if not named:
+        raise ValueError(f"no {what} file given")
+    return named
+
+
+def _read_file(path, *, id_column: str, latent_column: str | None, labels: Sequence[str]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..io.footer import read_footer_metadata
+    from .sources import embedding_of
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+    return embedding_of(table, where=path, id_column=id_column, latent_column=latent_column, labels=labels,
+                        footer=read_footer_metadata(path))
+
+
+def _labels_in_file(file, path, id_column: str, used: Sequence[str]) -> pd.DataFrame:
+    """The label columns stored in an embeddings file: those it declares, and the audited ones it has."""
+    wanted = [c for c in file.rest.column_names if c != id_column and (c in file.declared_labels or c in used)]
+    if not wanted:
+        raise ValueError(
+            f"{path}: no label columns besides {id_column!r} (looked for {list(used)}); pass a labels file"
+        )
+    return file.rest.select([id_column, *wanted]).to_pandas()

@@ -315,45 +315,40 @@ def audit_side_channels(
     from .inputs import align_by_id, prepare_attributes
     from .leakage import audit_leakage
 
-    results = []
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for file in files:
-        pairs = file.pairs()
-        if not pairs:
+        pairs.update(file.pairs())
+    if not pairs:
+        return None
+    result = audit_leakage(
+        pairs, labels, id_column=id_column, attributes=attributes, kinds=kinds, bands=bands,
+        probes=SIDE_CHANNEL_PROBES, n_folds=n_folds, n_bootstrap=n_bootstrap, n_permutations=n_permutations,
+        confidence=confidence, random_state=random_state, n_threads=n_threads, progress=progress,
+    )
+    aligned, aligned_labels, _ = align_by_id(pairs, labels, id_column, [])
+    attrs = prepare_attributes(aligned_labels, attributes, kinds, bands, n_folds, [])
+    extra = []
+    for i, (name, values) in enumerate(aligned.items()):
+        if values.shape[1] != 1:
             continue
-        result = audit_leakage(
-            pairs, labels, id_column=id_column, attributes=attributes, kinds=kinds, bands=bands,
-            probes=SIDE_CHANNEL_PROBES, n_folds=n_folds, n_bootstrap=n_bootstrap, n_permutations=n_permutations,
-            confidence=confidence, random_state=random_state, n_threads=n_threads, progress=progress,
-        )
-        aligned, aligned_labels, _ = align_by_id(pairs, labels, id_column, [])
-        attrs = prepare_attributes(aligned_labels, attributes, kinds, bands, n_folds, [])
-        extra = []
-        for i, (name, values) in enumerate(aligned.items()):
-            if values.shape[1] != 1:
-                continue
-            for j, attribute in enumerate(attrs):
-                rng = np.random.default_rng([random_state, i, j, 3])
-                for row in adjacency_rows(values, attribute, confidence=confidence, rng=rng):
-                    extra.append(
-                        {
-                            "representation": name,
-                            "attribute": attribute.name,
-                            "kind": attribute.kind,
-                            "probe": "adjacency",
-                            "attacker": "cross-validated",
-                            **row,
-                            "n": len(attribute.rows),
-                        }
-                    )
-        result = result.with_rows(extra)
+        for j, attribute in enumerate(attrs):
+            rng = np.random.default_rng([random_state, i, j, 3])
+            for row in adjacency_rows(values, attribute, confidence=confidence, rng=rng):
+                extra.append(
+                    {
+                        "representation": name,
+                        "attribute": attribute.name,
+                        "kind": attribute.kind,
+                        "probe": "adjacency",
+                        "attacker": "cross-validated",
+                        **row,
+                        "n": len(attribute.rows),
+                    }
+                )
+    result = result.with_rows(extra)
+    for file in files:
         for name, info in file.describe().items():
             result.representations[name].update(info)
-        result.config["side_channel_probes"] = [*SIDE_CHANNEL_PROBES, "adjacency"]
-        result.config["skipped_columns"] = {file.source: [list(s) for s in file.skipped]}
-        results.append(result)
-    if not results:
-        return None
-    merged = results[0]
-    for other in results[1:]:
-        merged = merged.merged(other)
-    return merged
+    result.config["side_channel_probes"] = [*SIDE_CHANNEL_PROBES, "adjacency"]
+    result.config["skipped_columns"] = {file.source: [list(s) for s in file.skipped] for file in files}
+    return result

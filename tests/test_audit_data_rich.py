@@ -107,3 +107,28 @@ def test_run_audit_passes_the_training_export_through(tmp_path):
     assert set(report.leakage.table["attacker"]) == {"cross-validated", "data-rich"}
     html = (tmp_path / "report.html").read_text()
     assert "data-rich" in html
+
+
+def test_the_cli_audits_a_training_export_beside_the_held_out_file(tmp_path):
+    from click.testing import CliRunner
+
+    from bafo_pipeline.cli import main
+    from bafo_pipeline.io import write_latents
+
+    rng = np.random.default_rng(5)
+    schema = {"age": "float64", "gender": "string"}
+    Z_train, train = _population(1500, rng, 0.5)
+    Z_test, test = _population(200, rng, 0.5)
+    order = rng.permutation(200)  # rows in an order of their own, ids joined across the two files
+    write_latents(tmp_path / "train.parquet", [(np.arange(1000, 2500), Z_train, train)], label_schema=schema)
+    write_latents(tmp_path / "test.parquet", [(order, Z_test[order], test.iloc[order])], label_schema=schema)
+    result = CliRunner().invoke(main, [
+        "audit", "--latents", str(tmp_path / "test.parquet"), "--fit-latents", str(tmp_path / "train.parquet"),
+        "--attributes", "age,gender", "--folds", "3", "--out", str(tmp_path / "report"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "data-rich" in result.output
+    data = __import__("json").loads((tmp_path / "report" / "report.json").read_text())
+    rich = [r for r in data["leakage"]["results"] if r["attacker"] == "data-rich" and r["metric"] == "leakage"]
+    assert {r["representation"] for r in rich} == {"test"} and all(r["n"] == 200 for r in rich)
+    assert data["leakage"]["representations"]["test"]["n_training_samples"] == 1500

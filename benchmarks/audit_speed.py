@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
         key = t["probe"]
         per_probe[key] = per_probe.get(key, 0.0) + t["fit_seconds"]
     scoring = sum(t["scoring_seconds"] for t in result.timings)
+    channels = [name for name, info in result.representations.items() if info.get("role") == "side channel"]
     worst = result.worst_case(with_verdict=False)
+    embeddings = [name for name, info in result.representations.items() if info.get("role") is None]
+    worst = worst[worst["representation"].isin(embeddings)]  # side channels are reported by run_audit_files
     report = {
         "benchmark": "audit_speed",
         "machine": {
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             "dim": args.dim,
             "attributes": list(labels.columns),
             "audited": list(result.attributes),
+            "side_channels": channels,
         },
         "settings": {
             k: result.config[k] for k in ("n_folds", "probes", "n_bootstrap", "n_permutations", "confidence")

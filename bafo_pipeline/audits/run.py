@@ -14,7 +14,7 @@ import pandas as pd
 from .fairness import FairnessResult, fairness_report
 from .inputs import DEFAULT_ATTRIBUTES, align_by_id, check_representations
 from .leakage import audit_leakage
-from .readers import read_embedding_parquet, read_labels
+from .readers import read_labels
 from .report import report_dict, write_report
 from .result import AuditResult
 from .side_channels import SideChannels, audit_side_channels
@@ -296,7 +296,7 @@ def run_audit_files(
     first_name = next(iter(files))
     table = external if external is not None else _labels_in_file(files[first_name], latents[first_name], id_column,
                                                                    used)
-    fit_pairs, fit_table = None, None
+    fit_pairs, fit_table, fit_paths = None, None, {}
     if fit_latents is not None:
         fit_paths = _named(fit_latents, "fit_latents", names=list(latents))
         fits = {
@@ -330,8 +330,9 @@ def run_audit_files(
     )
     if attach:
         for name, path in latents.items():
+            training = data_fingerprint(fit_paths[name]) if name in fit_paths else None
             receipt = make_receipt(report, name, path, fingerprint=fingerprints[name], threshold=max_leakage,
-                                   training_export=None if fit_latents is None else "given")
+                                   training_export=training)
             attach_receipt(path, receipt)
     return report
 

@@ -182,7 +182,8 @@ def embedding_of(
                 f"{where}: no list column holding the embedding (name one with --latent-column) and no numeric "
                 f"feature columns besides the labels; columns are {table.column_names}"
             )
-        Z = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in columns]).astype(np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below with their row
+            Z = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in columns]).astype(np.float32)
     bad = ~np.isfinite(Z).all(axis=1)
     if bad.any():
         raise ValueError(f"{where}: row {int(np.flatnonzero(bad)[0])} has a missing or non-finite embedding value")

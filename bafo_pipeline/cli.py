@@ -364,8 +364,12 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
-    you would hand on), OUT/audit_latents.parquet (held-out split with labels,
-    for auditing only) and OUT/report/ (report.html, report.json).
+    you would hand on), OUT/audit_latents.parquet and OUT/audit_train_latents.parquet
+    (held-out and training splits with labels, for auditing only) and OUT/report/
+    (report.html, report.json). The held-out split is audited by probes
+    cross-validated on it and by probes fitted on the training split (the
+    data-rich attacker); the shared file's ids, row order and split column are
+    audited as side channels, and the command exits with status 1 if one leaks.
     """
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
@@ -390,6 +394,9 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
         for name, rows in result.utility.groupby("representation", sort=False):
             click.echo(f"  {name}: " + ", ".join(f"{r.attribute} {r.leakage:.2f}" for r in rows.itertuples()))
     click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
+    if result.report.leakage.side_channels_leak():
+        click.echo("FAILED: the shared file's ids, row order or columns reveal a sensitive attribute", err=True)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------- decode, grid

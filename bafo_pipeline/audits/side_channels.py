@@ -44,6 +44,7 @@ __all__ = [
     "SideChannels",
     "adjacency_rows",
     "adjacency_test",
+    "audit_side_channels",
     "side_channels_of_table",
 ]
 
@@ -261,20 +262,6 @@ def adjacency_rows(
         {"metric": "leakage", "mean": agreement, "ci_low": agreement - half, "ci_high": min(1.0, agreement + half),
          "std": np.nan},
         {"metric": "p_value", "mean": p_value, "ci_low": np.nan, "ci_high": np.nan, "std": np.nan},
-    ]
-
-
-def family_p_values(worst: Any, n_tests: int) -> np.ndarray:
-    """Bonferroni over the side-channel tests: ``min(1, p * n_tests)``."""
-    return np.minimum(1.0, np.asarray(worst, dtype=np.float64) * max(n_tests, 1))
-
-
-def side_channel_names(representations: Mapping[str, Mapping[str, Any]], of: str | None = None) -> list[str]:
-    """The representations that are side channels (of one source, when ``of`` is given)."""
-    return [
-        name
-        for name, info in representations.items()
-        if info.get("role") == ROLE and (of is None or info.get("of") == of)
     ]
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,11 +37,18 @@ class ExportReport:
         the source table, and file names are redacted from the reason.
     metadata : dict
         The ``bafo`` metadata stored in the file.
+    timings : dict
+        How the export spent its time, in seconds: ``wall``; in the calling
+        thread, ``waiting_for_decoder`` (blocked until the next decoded batch),
+        ``encoding`` and ``writing``, and its CPU time ``caller_cpu``;
+        ``process_cpu``, the whole process's CPU time (decoder and encoder
+        threads included).
     """
 
     n_written: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
 
 
 def source_fingerprint(content_hashes: Sequence[str]) -> str:
@@ -149,43 +159,102 @@ def export_latents(
         label_schema=label_schema, include_split=split is not None, overwrite=overwrite,
     )
     size = estimator.input_format_.shape[:2]
-    with writer, _encoder_threads_beside_decoding(settings.device, None if source.in_memory else decoder):
-        batches = source.iter_batches(batch_size, size, strict=strict, decoder=decoder, device=settings.device)
-        for rows, images, errors in batches:
+    clock = _StageClock()
+    with writer, _encoders_beside_decoding(settings.device, None if source.in_memory else decoder) as encode:
+        batches = iter(source.iter_batches(batch_size, size, strict=strict, decoder=decoder, device=settings.device))
+        while True:
+            with clock.stage("waiting_for_decoder"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            rows, images, errors = batch
             for row, reason in errors:
                 report.skipped.append((row, _redact(reason)))
             if len(rows):
-                latents = estimator.encode_images(images)
-                writer.write_batch(
-                    ids[rows], latents,
-                    labels=label_frame.iloc[rows].reset_index(drop=True) if include_labels else None,
-                    split=None if split is None else split[rows],
-                )
+                with clock.stage("encoding"):
+                    latents = encode(estimator, images)
+                with clock.stage("writing"):
+                    writer.write_batch(
+                        ids[rows], latents,
+                        labels=label_frame.iloc[rows].reset_index(drop=True) if include_labels else None,
+                        split=None if split is None else split[rows],
+                    )
                 report.n_written += len(rows)
             if progress is not None:
                 progress(len(rows) + len(errors))
     report.metadata = writer.metadata
+    report.timings = clock.totals()
     return report
 
 
-@contextmanager
-def _encoder_threads_beside_decoding(device: torch.device, decoder: str | None):
-    """While Pillow decodes in a thread pool on the CPU, give the CPU encoder only the remaining cores.
+class _StageClock:
+    """Wall time per stage of the calling thread, plus the thread's and the process's CPU time."""
 
-    Decoding is the slower stage and its pool stays busy (it prefetches the next
-    batch); an encoder that also claims every core makes the threads preempt each
-    other. Measured on 2 cores: 0.64-0.72 of the decode ceiling with 2 encoder
-    threads, 0.77-0.89 with 1 (benchmarks/encode_throughput.py).
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {"waiting_for_decoder": 0.0, "encoding": 0.0, "writing": 0.0}
+        self._start = (time.perf_counter(), time.thread_time(), time.process_time())
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[name] += time.perf_counter() - started
+
+    def totals(self) -> dict[str, float]:
+        wall, caller, process = self._start
+        return {
+            "wall": time.perf_counter() - wall, **self._seconds,
+            "caller_cpu": time.thread_time() - caller, "process_cpu": time.process_time() - process,
+        }
+
+
+@contextmanager
+def _encoders_beside_decoding(device: torch.device, decoder: str | None):
+    """Share the CPU between Pillow's decoder threads and the encoder; yields ``encode(estimator, images)``.
+
+    The encoder gets the intra-op threads the decoder pool leaves (at least one):
+    intra-op threads wait for each other at every operation, so when they
+    outnumber the free cores they stall (2 cores: 0.64-0.72 of the decode
+    ceiling with 2 intra-op threads, 0.77-0.89 with 1 and bf16; 0.19 against
+    0.52 with float32 on a loaded machine; benchmarks/encode_throughput.py).
+
+    Where that leaves one intra-op thread on a machine with several cores, two
+    Python threads encode the two halves of each batch instead, each with that
+    one thread: they never wait for each other, and the scheduler gives them
+    whatever CPU the decoders leave. The decoders hold the GIL for part of
+    every image, so on 2 cores they keep about one core busy, and without its
+    second thread a float32 encoder (slower than decoding per image on an
+    AVX2-only CPU) would leave the rest idle. A row's latent does not depend on
+    how its batch is split (the CPU encoder pads every slice to one size).
     """
     if device.type != "cpu" or decoder != "pil":
-        yield
+        yield _encode_whole
         return
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - resolve_n_jobs(None)))
+    intra_op = max(1, threads - resolve_n_jobs(None))
+    torch.set_num_threads(intra_op)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="bafo-encode") if intra_op == 1 and (os.cpu_count() or 1) > 1 else None
     try:
-        yield
+        yield _encode_whole if pool is None else partial(_encode_halves, pool)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
         torch.set_num_threads(threads)
+
+
+def _encode_whole(estimator, images) -> np.ndarray:
+    return estimator.encode_images(images)
+
+
+def _encode_halves(pool: ThreadPoolExecutor, estimator, images) -> np.ndarray:
+    half = (len(images) + 1) // 2
+    if half == len(images):
+        return estimator.encode_images(images)
+    second = pool.submit(estimator.encode_images, images[half:])
+    first = estimator.encode_images(images[:half])
+    return np.concatenate([first, second.result()])
 
 
 def _redact(reason: str) -> str:

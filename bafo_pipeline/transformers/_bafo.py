@@ -15,7 +15,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._nn.inference import PRECISIONS, InferenceSettings, inference_network
+from .._nn.engine import TorchEncoder, cached_encoder
+from .._nn.folding import AffineMap, Layer, fold_encoder, mlp_mean_layers
+from .._nn.inference import PRECISIONS, InferenceSettings, inference_network, uses_bfloat16
 from .._nn.inputs import network_input
 from .._nn.network import BAFONetwork, NetworkConfig, vae_loss_terms
 from .._nn.training import Trainer, TrainingConfig, fit_decoder
@@ -25,7 +27,7 @@ from ..attributes import AttributeSchema, as_sensitive_frame
 from ._erasure import LinearErasure
 from ._persistence import load_model, save_model
 from ._state import NetworkState, get_state, register_loadable, set_state
-from ._steps import PRESETS, check_steps, fit_ready, get_step_params, is_invertible, set_step_params
+from ._steps import PRESETS, check_steps, fit_ready, foldable_layers, get_step_params, is_invertible, set_step_params
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
 
 DEFAULT_CONV_WIDTHS = (32, 64, 128)
@@ -477,9 +479,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     def _encoder_means(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Posterior means of preprocessed inputs (uint8 NCHW images or standardised features)."""
-        return np.concatenate(
-            [self._encode(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
-        )
+        # Images go through the encoder transform uses, so the concealment is fitted on the very
+        # means it will be applied to.
+        encode = self._image_encoder(conceal=False) if self.input_format_.is_image else self._encode
+        return np.concatenate([encode(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)])
 
     def _encode(self, batch, *, sample: bool = False, generator: torch.Generator | None = None) -> np.ndarray:
         """Posterior means (or draws) of one preprocessed batch: uint8 NCHW images (array or
@@ -497,7 +500,12 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
         Unlike :meth:`transform`, no input form is detected and nothing is
         copied or re-checked per pixel: the batch is taken as the network
-        takes it.
+        takes it. Like :meth:`transform`, it runs one network from pixels to
+        concealed latents: the concealment steps that describe themselves as
+        layers (``as_layers()``: :class:`LinearErasure`, :class:`LatentRefiner`)
+        are folded into the encoder, made once per fitted concealment; on
+        the CPU it encodes 64 images at a time, so a row's latent does not
+        depend on the batch it came in.
 
         Parameters
         ----------
@@ -521,8 +529,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 f"expected uint8 images of shape (n, {channels}, {height}, {width}), "
                 f"got {images.dtype} {tuple(images.shape)}"
             )
-        means = self._encode(images)
-        return self._conceal(means) if conceal else means
+        return self._image_encoder(conceal=conceal)(images)
 
     def inference_settings(self) -> InferenceSettings:
         """The device :meth:`transform` and :meth:`encode_images` run on, and their arithmetic.
@@ -535,24 +542,55 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             resolved for this model on this device).
         """
         check_is_fitted(self)
-        _, device, bf16 = self._inference_network()
-        return InferenceSettings(device, "bfloat16" if bf16 else "float32")
+        device = resolve_device(self.device)
+        return InferenceSettings(device, "bfloat16" if uses_bfloat16(self.precision, device, self.network_) else "float32")
+
+    def _image_encoder(self, *, conceal: bool = True) -> TorchEncoder:
+        """The folded network from uint8 images to (concealed) latents on the estimator's device, in the
+        arithmetic ``precision`` resolves to; made once, rebuilt when the concealment is refitted.
+
+        The leading steps with ``as_layers()`` are folded into the network; any after them run on its output.
+        """
+        device = resolve_device(self.device)
+        bfloat16 = uses_bfloat16(self.precision, device, self.network_)
+        steps = self._concealment_steps() if conceal else []
+
+        def build() -> TorchEncoder:
+            layers, n_folded = foldable_layers(steps)
+            after = [step.transform for step in steps[n_folded:]]
+            return TorchEncoder(fold_encoder(self.network_, layers), device, bfloat16, after=after)
+
+        return cached_encoder(self.network_, (str(device), bfloat16, bool(steps)), steps, build)
+
+    def _concealment_steps(self) -> list:
+        """The fitted concealment steps in order; raises where concealment is promised but not fitted."""
+        steps = list(getattr(self, "concealment_steps_", None) or [])
+        if not steps and self.schema_ is not None and self.concealment_steps():
+            # Never hand out unconcealed latents under a setting that promises concealment.
+            raise ValueError(
+                f"concealment={self.concealment!r} is set but its steps are not fitted; "
+                "call fit_concealment(X, sensitive_features=...) first"
+            )
+        return steps
 
     def _conceal(self, means: np.ndarray) -> np.ndarray:
         """Apply the fitted concealment steps to posterior means (no sensitive features needed)."""
-        steps = getattr(self, "concealment_steps_", None) or []
-        if not steps:
-            if self.schema_ is not None and self.concealment_steps():
-                # Never hand out unconcealed latents under a setting that promises concealment.
-                raise ValueError(
-                    f"concealment={self.concealment!r} is set but its steps are not fitted; "
-                    "call fit_concealment(X, sensitive_features=...) first"
-                )
-            return means
         latents = means
-        for step in steps:
+        for step in self._concealment_steps():
             latents = step.transform(latents)
         return np.asarray(latents).astype(np.float32, copy=False)
+
+    def _mean_layers(self) -> list[Layer]:
+        """A fitted tabular model's ``transform`` as layers (float64): standardisation, MLP mean path,
+        then its concealment steps (what :meth:`LatentRefiner.as_layers` folds)."""
+        if self.input_format_.is_image:
+            raise ValueError("only a tabular model's transform is described as layers; image models fold them")
+        steps = self._concealment_steps()
+        layers, n_folded = foldable_layers(steps)
+        if n_folded < len(steps):
+            raise ValueError(f"a {type(steps[n_folded]).__name__} step cannot be described as layers")
+        standardise = AffineMap.standardisation(self.feature_mean_, self.feature_scale_)
+        return [standardise, *mlp_mean_layers(self.network_), *layers]
 
     # Views of concealment_steps_ in the presets' layout, for code written before step lists.
     @property
@@ -643,7 +681,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         latents : ndarray of shape (len(row_indices), latent_dim), float32
         """
         check_is_fitted(self)
-        _, device, _ = self._inference_network()
+        if self.input_format_.is_image and not sample:
+            for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
+                yield indices, self._image_encoder(conceal=conceal)(batch)
+            return
+        device = resolve_device(self.device)
         generator = torch.Generator(device=device).manual_seed(_seed_from(self.random_state))
         for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
             means = self._encode(batch, sample=sample, generator=generator)
@@ -949,6 +991,18 @@ class LatentRefiner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         """Decode refined latents back towards the refiner's input, with the given attributes."""
         check_is_fitted(self)
         return self.model_.inverse_transform(X, sensitive_features=sensitive_features)
+
+    def as_layers(self) -> list[Layer]:
+        """The fitted refiner's ``transform`` as layers, for folding into an image encoder.
+
+        Returns
+        -------
+        list of AffineMap and nn.SiLU
+            Its standardisation, then its MLP encoder up to the posterior mean
+            (float64; see :mod:`bafo_pipeline._nn.folding`).
+        """
+        check_is_fitted(self)
+        return self.model_._mean_layers()
 
     @property
     def _n_features_out(self) -> int:

@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, 
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._nn.folding import AffineMap
 from ..attributes import AttributeSchema, as_sensitive_frame
 
 
@@ -208,6 +209,21 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             return X - (X - self.mean_.astype(np.float32)) @ self.projection_.astype(np.float32)
         erased = X - (X - self.mean_) @ self.projection_
         return erased.astype(X.dtype, copy=False)
+
+    def as_layers(self) -> list[AffineMap]:
+        """The fitted erasure as one affine map, for folding into an image encoder.
+
+        ``X - (X - mean_) @ projection_`` is ``X @ (I - projection_) + mean_ @ projection_``;
+        a :class:`~bafo_pipeline.BAFOTransformer` multiplies it into the layer before
+        it, so inference needs no separate erasure pass.
+
+        Returns
+        -------
+        list of AffineMap
+            One map, in float64.
+        """
+        check_is_fitted(self)
+        return [AffineMap(np.eye(len(self.projection_)) - self.projection_, self.mean_ @ self.projection_)]
 
     FLOAT32_AMPLIFICATION = 10.0
     """The largest spectral norm of ``projection_`` at which float32 input is erased in float32."""

@@ -21,6 +21,13 @@ Optional parts, found by name:
     loss term); the step is still fitted on the trained encoder's latents
     afterwards. No step of the package has one yet; it is the place for
     erasure learned inside training.
+``as_layers()``
+    describes the fitted step as a chain of
+    :class:`~bafo_pipeline._nn.folding.AffineMap` s and ``nn.SiLU``
+    activations (float64) computing its ``transform``; an image model then
+    folds it into its encoder network (:func:`~bafo_pipeline._nn.folding.fold_encoder`)
+    instead of running it after the network. :class:`LinearErasure` is one
+    affine map, :class:`LatentRefiner` its standardisation and MLP.
 
 Parameters a step leaves at ``None`` among :data:`INHERITED_PARAMS` take the
 estimator's value when it fits the step (the device, the seed, the attribute
@@ -39,6 +46,7 @@ __all__ = [
     "PRESETS",
     "check_steps",
     "fit_ready",
+    "foldable_layers",
     "get_step_params",
     "is_invertible",
     "set_step_params",
@@ -69,6 +77,18 @@ def fit_ready(step, inherited: dict):
 def is_invertible(step) -> bool:
     """Whether decoding maps back through ``step`` (it has ``inverse_transform``)."""
     return callable(getattr(step, "inverse_transform", None))
+
+
+def foldable_layers(steps: Sequence) -> tuple[list, int]:
+    """``(layers, n)``: the concatenated ``as_layers()`` of the leading steps that have it, and how many
+    steps that is (the steps from ``n`` on run after the folded network, with their ``transform``)."""
+    layers: list = []
+    for n, step in enumerate(steps):
+        as_layers = getattr(step, "as_layers", None)
+        if not callable(as_layers):
+            return layers, n
+        layers += as_layers()
+    return layers, len(steps)
 
 
 def get_step_params(prefix: str, steps: Sequence) -> dict:

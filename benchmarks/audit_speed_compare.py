@@ -7,7 +7,7 @@ copies of the package, alternating round by round so both see the same machine l
 are timed: ``arrays`` (``audit_leakage`` on arrays) and ``files`` (``run_audit_files``,
 what ``bafo audit`` runs: reading, side channels where the version has them, report).
 Prints one JSON object naming the machine, with the after/before ratio of each mode's
-median wall time.
+median wall time and median process CPU time (steadier than wall time on a loaded machine).
 
     python benchmarks/audit_speed_compare.py --before DIR [--rounds 2] [--out result.json]
 """
@@ -46,12 +46,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     versions = {"before": Path(args.before).resolve(), "after": HERE.parent}
     runs: dict = {mode: {name: [] for name in versions} for mode in args.modes.split(",")}
+    cpu: dict = {mode: {name: [] for name in versions} for mode in runs}
     details: dict = {mode: {} for mode in runs}
     for _ in range(args.rounds):
         for mode in runs:
             for name, root in versions.items():
                 result = _run(root, mode, args.n)
                 runs[mode][name].append(result["seconds"]["wall"])
+                cpu[mode][name].append(result["seconds"]["process_cpu"])
                 details[mode][name] = {"seconds": result["seconds"], "worst_case": result["worst_case"]}
     report = {
         "benchmark": "audit_speed_compare",
@@ -59,8 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
         "n": args.n,
         "rounds": args.rounds,
         "wall_seconds": runs,
+        "process_cpu_seconds": cpu,
         "ratio_after_over_before": {
             mode: round(statistics.median(t["after"]) / statistics.median(t["before"]), 3) for mode, t in runs.items()
+        },
+        "cpu_ratio_after_over_before": {
+            mode: round(statistics.median(t["after"]) / statistics.median(t["before"]), 3) for mode, t in cpu.items()
         },
         "last_round": details,
     }

@@ -97,7 +97,7 @@ def test_side_by_side_and_gate(report):
 def test_progress_reports_every_fit(report):
     rep, calls = report
     embeddings = 2 * 4 * 3 * 3  # representations x attributes (age, age_band, gender, ethnicity) x probes x folds
-    side_channels = 2 * 2 * 4 * 3 * 3  # files x (id, row order) x attributes x (prior, linear, knn) x folds
+    side_channels = 2 * 2 * 4 * 2 * 3  # files x (id, row order) x attributes x (linear, knn) x folds
     total = embeddings + side_channels
     assert [c[0] for c in calls] == list(range(1, total + 1))
     assert all(c[1] == embeddings for c in calls[:embeddings]) and calls[-1][1] == total

@@ -261,7 +261,7 @@ class AuditResult:
         The config is this one's; ``other``'s side-channel settings are added to it.
         """
         config = dict(self.config)
-        for key in ("side_channel_probes",):
+        for key in ("side_channel_probes", "side_channel_bootstrap"):
             if key in other.config:
                 config[key] = other.config[key]
         skipped = {**self.config.get("skipped_columns", {}), **other.config.get("skipped_columns", {})}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._utils.progress import ContinuedProgress
 from .fairness import FairnessResult, fairness_report
 from .inputs import DEFAULT_ATTRIBUTES, align_by_id, check_representations
 from .leakage import audit_leakage
@@ -130,7 +131,7 @@ def run_audit(
     collected: list[str] = []
     labels_by_id = labels
     if side_channels and audit_options.get("progress") is not None:
-        audit_options = {**audit_options, "progress": _Continued(audit_options["progress"])}
+        audit_options = {**audit_options, "progress": ContinuedProgress(audit_options["progress"])}
     if isinstance(representations, Mapping) and any(isinstance(v, tuple) for v in representations.values()):
         if id_column is None:
             raise ValueError("representations given as (ids, array) pairs need id_column")
@@ -153,7 +154,7 @@ def run_audit(
             raise ValueError("side channels are matched to the labels by id: pass id_column")
         keys = ("kinds", "bands", "n_folds", "n_bootstrap", "n_permutations", "confidence", "random_state",
                 "n_threads", "progress")
-        if isinstance(audit_options.get("progress"), _Continued):
+        if isinstance(audit_options.get("progress"), ContinuedProgress):
             audit_options["progress"].next_part()
         side = audit_side_channels(
             side_channels, labels_by_id if side_channel_labels is None else side_channel_labels,
@@ -191,26 +192,6 @@ def run_audit(
     facts = {name: dict(info) for name, info in (files or {}).items()}
     paths = write_report(leakage, out_dir, fairness, overwrite=overwrite, files=facts) if out_dir is not None else {}
     return AuditReport(leakage, fairness, paths, facts)
-
-
-class _Continued:
-    """A progress sink that keeps counting across the audits of one run (embeddings, then side channels)."""
-
-    def __init__(self, sink: Any) -> None:
-        self.sink, self.offset, self.total = sink, 0, 0
-
-    def __call__(self, done: int, total: int, text: str = "") -> None:
-        self.total = total
-        if hasattr(self.sink, "update"):  # a tqdm bar
-            self.sink.total = self.offset + total
-            self.sink.n = self.offset + done
-            self.sink.refresh()
-        else:
-            self.sink(self.offset + done, self.offset + total, text)
-
-    def next_part(self) -> None:
-        self.offset += self.total
-        self.total = 0
 
 
 def _names(paths: Sequence[str | os.PathLike]) -> list[str]:

@@ -11,9 +11,11 @@ row order, as a representation of its own, and probes each one:
 * ``column 'x'``: the rank of each value of column ``x`` (numbers in numeric order,
   text in text order, missing values first), or the numbers of a list column.
 
-Probes: the prior baseline, the linear probe, and a k-nearest-neighbour probe (the
-attacker who reads a row's label off its neighbours). The permutation p-value of a
-one-value channel is the **adjacency test**: rows sorted by the channel, how often
+Probes: the linear probe and a k-nearest-neighbour probe (the attacker who reads a
+row's label off its neighbours), with a lighter bootstrap than the embeddings' (at most
+:data:`SIDE_CHANNEL_BOOTSTRAP` replicates). The p-value of a one-value channel is the
+**adjacency test** alone (the probes' own permutation tests are skipped there; they run
+for a list column): rows sorted by the channel, how often
 do neighbouring rows share the label (deciles for continuous attributes), against
 its exact mean and variance over random orders (normal approximation)? It catches
 both trends (ids rising with age) and blocks (ids grouped by gender) and, unlike a
@@ -37,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats
 
+from .._utils.progress import ContinuedProgress
 from .inputs import Attribute
 
 __all__ = [
@@ -49,7 +52,9 @@ __all__ = [
 ]
 
 #: Probes fitted on every side channel (cheap on one value per row); ``adjacency`` is added for one-value channels.
-SIDE_CHANNEL_PROBES = ("prior", "linear", "knn")
+SIDE_CHANNEL_PROBES = ("linear", "knn")
+#: At most this many bootstrap replicates for a side channel's intervals.
+SIDE_CHANNEL_BOOTSTRAP = 200
 ROLE = "side channel"
 _DECILES = 10
 # The adjacency test's p-value: random orders below this many rows, the normal approximation from it on.
@@ -307,11 +312,23 @@ def audit_side_channels(
         pairs.update(file.pairs())
     if not pairs:
         return None
-    result = audit_leakage(
-        pairs, labels, id_column=id_column, attributes=attributes, kinds=kinds, bands=bands,
-        probes=SIDE_CHANNEL_PROBES, n_folds=n_folds, n_bootstrap=n_bootstrap, n_permutations=n_permutations,
-        confidence=confidence, random_state=random_state, n_threads=n_threads, progress=progress,
+    settings = dict(
+        id_column=id_column, attributes=attributes, kinds=kinds, bands=bands, probes=SIDE_CHANNEL_PROBES,
+        n_folds=n_folds, n_bootstrap=min(n_bootstrap, SIDE_CHANNEL_BOOTSTRAP), confidence=confidence,
+        random_state=random_state, n_threads=n_threads, progress=progress,
     )
+    # One-value channels get their p-value from the adjacency test; list columns from the probes' own tests.
+    single = {name: pair for name, pair in pairs.items() if np.ndim(pair[1]) == 2 and np.shape(pair[1])[1] == 1}
+    several = {name: pair for name, pair in pairs.items() if name not in single}
+    if progress is not None and not isinstance(progress, ContinuedProgress):
+        settings["progress"] = ContinuedProgress(progress)
+    result = None
+    for group, permutations in ((single, 0), (several, n_permutations)):
+        if group:
+            part = audit_leakage(group, labels, n_permutations=permutations, **settings)
+            result = part if result is None else result.merged(part)
+            if isinstance(settings["progress"], ContinuedProgress):
+                settings["progress"].next_part()
     aligned, aligned_labels, _ = align_by_id(pairs, labels, id_column, [])
     attrs = prepare_attributes(aligned_labels, attributes, kinds, bands, n_folds, [])
     extra = []
@@ -337,5 +354,6 @@ def audit_side_channels(
         for name, info in file.describe().items():
             result.representations[name].update(info)
     result.config["side_channel_probes"] = [*SIDE_CHANNEL_PROBES, "adjacency"]
+    result.config["side_channel_bootstrap"] = min(n_bootstrap, SIDE_CHANNEL_BOOTSTRAP)
     result.config["skipped_columns"] = {file.source: [list(s) for s in file.skipped] for file in files}
     return result

@@ -48,7 +48,7 @@ def _labels(folder: Path) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--utkface", default=str(Path(__file__).resolve().parents[2] / "shared/data/utkface/UTKFace"))
+    parser.add_argument("--utkface", default="../shared/data/utkface/UTKFace", help="the UTKFace folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

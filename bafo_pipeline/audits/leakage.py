@@ -94,7 +94,9 @@ def _fit_and_score(
         out = {"y": y_test, "P": P, "prior": np.maximum(prior, M.PROBA_FLOOR)}
     else:
         pred = np.asarray(probe.predict(X_test), dtype=np.float64)
-        out = {"y": y_test, "pred": pred, "baseline": np.full(len(y_test), float(np.median(y_train)))}
+        # R² is a squared error, which the training mean minimises: against the median (which minimises
+        # the absolute error) a probe that learnt nothing but the mean would score above 0 on skewed targets.
+        out = {"y": y_test, "pred": pred, "baseline": np.full(len(y_test), float(np.mean(y_train)))}
     seconds = time.perf_counter() - start
     iterations = None
     if hasattr(probe, "n_epochs_"):

@@ -95,7 +95,7 @@ def plot_leakage(result: AuditResult) -> Figure:
         ax.axhline(0.0, color="black", linewidth=1, linestyle="--")
         ax.set_xticks(np.arange(len(reps)), reps, rotation=15 if len(reps) > 2 else 0)
         kind = sub["kind"].iloc[0]
-        ax.set_title(f"{attr} ({'R² vs median' if kind == 'continuous' else 'adjusted balanced accuracy'})")
+        ax.set_title(f"{attr} ({'R² vs training mean' if kind == 'continuous' else 'adjusted balanced accuracy'})")
         ax.set_ylim(min(-0.1, float(np.nanmin(sub["ci_low"].fillna(sub["mean"]))) - 0.05), 1.0)
         ax.set_ylabel("leakage (0 = chance)")
         if i == 0:
@@ -357,7 +357,7 @@ def _html(
 <p>How well can each sensitive attribute be predicted from each representation? Each probe is
 trained on {k - 1} of {k} stratified folds and scored on the fold it did not see. <b>Leakage</b>
 is the chance-adjusted score (adjusted balanced accuracy for categories, R² against the training
-median for continuous attributes): 0 = chance, 1 = perfect. The headline is the worst case over
+mean for continuous attributes): 0 = chance, 1 = perfect. The headline is the worst case over
 probes. Intervals ({level}%): the union of a BCa bootstrap of test rows
 ({cfg.get("n_bootstrap")} replicates) and a corrected t-interval over folds. p-values
 ({cfg.get("n_permutations")} permutations): linear probe refitted under permuted labels; other

@@ -50,7 +50,7 @@ class AuditResult:
         ``ci_low``/``ci_high`` the bootstrap interval of that mean, ``std`` the
         standard deviation across folds, ``n`` the samples audited. The metric
         ``leakage`` is the chance-adjusted score (adjusted balanced accuracy,
-        or R² against the training median for continuous attributes); the metric
+        or R² against the training mean for continuous attributes); the metric
         ``p_value`` holds the permutation p-value in ``mean``.
     representations : dict
         ``name -> {"n_samples", "dim"}``.

@@ -97,6 +97,15 @@ def infer_kind(values: pd.Series) -> str:
 
     Numeric (not boolean) columns with more than 10 distinct values are continuous;
     everything else is categorical.
+
+    Parameters
+    ----------
+    values : Series
+        One attribute's column.
+
+    Returns
+    -------
+    {"continuous", "categorical"}
     """
     return "continuous" if attribute_kind(values) == "continuous" else "categorical"
 
@@ -157,6 +166,17 @@ def align_by_id(
     Every representation must cover the same ids (so they are compared on the same
     samples) and every id must have exactly one labels row. Labels rows with no
     embedding are dropped with a warning.
+
+    Parameters
+    ----------
+    representations : mapping of str to (ids, ndarray of shape (n, d))
+        Each embedding with the ids of its rows.
+    labels : DataFrame
+        One row per id, with ``id_column``.
+    id_column : str
+        The labels column holding the ids.
+    collected : list of str, optional
+        Receives the text of each warning given here (for the report).
 
     Returns
     -------

@@ -156,6 +156,18 @@ def attach_receipt(path: str | os.PathLike, receipt: dict[str, Any]) -> Path:
 def read_receipt(path: str | os.PathLike) -> dict[str, Any] | None:
     """The receipt in a file's footer, or None when it has none.
 
+    Parameters
+    ----------
+    path : path-like
+        A Parquet file; only its footer is read.
+
+    Returns
+    -------
+    dict or None
+        The receipt as :func:`attach_receipt` wrote it (verdict per attribute,
+        probes, attackers, data and model fingerprints, date), unchecked: use
+        :func:`check_receipt` to know whether it still holds.
+
     Raises
     ------
     ValueError

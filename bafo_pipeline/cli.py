@@ -195,7 +195,8 @@ def main(debug: bool) -> None:
       bafo run --out runs/demo                      # the whole job on synthetic faces
       bafo train --utkface DIR --out models/bafo     # train on real faces
       bafo encode --model models/bafo --utkface DIR --out latents.parquet
-      bafo audit --latents latents.parquet --out report/
+      bafo audit --latents latents.parquet --out report/ --attach
+      bafo verify latents.parquet --max-leakage 0.05
       bafo decode --model models/bafo face.jpg --age 40 --gender female --out decoded/
     """
 
@@ -312,7 +313,7 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
 
     from .data.splits import hash_split
     from .pipeline.export import export_latents
-    from .transformers import load_model, model_fingerprint, read_model_config
+    from .transformers import load_verified_model
 
     if Path(out).exists() and not overwrite:
         raise click.UsageError(f"{out} exists; pass --overwrite to replace it")
@@ -323,8 +324,8 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     for output in (out, key_table):
         if output is not None:
             _refuse_inputs_as_output(output, utkface=utkface, manifest=manifest, folders=[model_dir, images])
-    estimator = load_model(model_dir)
-    metadata = read_model_config(model_dir).get("metadata", {})
+    loaded = load_verified_model(model_dir)
+    estimator, metadata = loaded.estimator, loaded.metadata
     split_info = metadata.get("split")
     if (which != "all" or include_split) and split_info is None:
         raise click.UsageError("this model records no train/test split; use --split all without --include-split")
@@ -345,7 +346,7 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
         report = export_latents(
             estimator, source, out, include_labels=include_labels, split=names if include_split else None,
             id_column=id_column, id_from=ids, id_key=id_key_file, key_table=key_table,
-            metadata={"model_fingerprint": model_fingerprint(model_dir)}, batch_size=batch_size, strict=strict,
+            metadata=loaded.provenance(), batch_size=batch_size, strict=strict,
             overwrite=overwrite, decoder=decoder, progress=bar.update,
         )
     _report_skips(scan_skipped, _named_rows(source, report.skipped), _beside(out, ".skipped.json"))
@@ -437,6 +438,10 @@ def _scan(utkface, manifest, images, image_column, sensitive, metadata, estimato
 @click.option("--labels",
               help="CSV or Parquet labels (file, folder, glob or URI) joined by id; default: the labels stored "
                    "in the first latents dataset.")
+@click.option("--fit-latents", "fit_latents", multiple=True,
+              help="A labelled training export for the data-rich attacker (one per --latents, in order; a file, "
+                   "folder, glob or URI): probes are fitted on it and scored on the audited data. Labels come "
+                   "from --labels, joined by id, or from the training export itself.")
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--latent-column", help="The embedding's list column in files of other tools (default: 'latent', "
                                       "else the only list column, else one numeric column per dimension).")
@@ -446,21 +451,33 @@ def _scan(utkface, manifest, images, image_column, sensitive, metadata, estimato
 @click.option("--target", help="A non-sensitive column for the downstream fairness report (e.g. smile).")
 @click.option("--folds", default=5, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--max-leakage", type=float, help="Exit with status 1 when any attribute's worst-case leakage exceeds this.")
+@click.option("--max-leakage", type=float, help="Fail when any attribute's worst-case leakage exceeds this.")
 @click.option("--gate", help="Apply --max-leakage to this representation only (a file stem); default: all.")
 @click.option("--overwrite", is_flag=True, help="Replace the report files of an earlier audit in --out.")
-def audit(latents, labels, id_column, latent_column, sample, attributes, target, folds, out_dir, max_leakage, gate,
-          overwrite):
+@click.option("--attach", is_flag=True,
+              help="Write the verdict into each latents file's footer (an audit receipt, for bafo verify); "
+                   "the rows are not touched. Single Parquet files only.")
+def audit(latents, labels, fit_latents, id_column, latent_column, sample, attributes, target, folds, out_dir,
+          max_leakage, gate, overwrite, attach):
     """Measure how much of each sensitive attribute the embeddings still reveal.
 
     Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
-    cross-validated on the given data; the headline is the best probe's
-    chance-adjusted score (0 = chance, 1 = perfect). Audit data the encoder
-    never trained on (bafo encode --split test --include-labels).
+    cross-validated on the given data; with --fit-latents they are also fitted
+    on a labelled training export and scored on the audited rows (the
+    data-rich attacker), and the verdict takes the stronger of the two. The
+    headline is the best probe's chance-adjusted score (0 = chance, 1 =
+    perfect). Each file's ids, row order and other columns are audited as side
+    channels, and its footer metadata is listed. Audit data the encoder never
+    trained on (bafo encode --split test --include-labels).
+
+    \b
+    Exit status:
+      0  done: no side channel leaks, and --max-leakage (if given) holds
+      1  failed: a side channel leaks, or some worst-case leakage exceeds --max-leakage
     """
     from .audits import run_audit_files
 
-    inputs = [*latents, *([labels] if labels else [])]
+    inputs = [*latents, *fit_latents, *([labels] if labels else [])]
     check_not_an_input(out_dir, what="--out", files=[i for i in inputs if not Path(i).is_dir()],
                        folders=[i for i in inputs if Path(i).is_dir()])
     names = [s.strip() for s in attributes.split(",") if s.strip()]
@@ -469,14 +486,21 @@ def audit(latents, labels, id_column, latent_column, sample, attributes, target,
         lambda progress: run_audit_files(
             list(latents), labels, out_dir, id_column=id_column, latent_column=latent_column, sample=sample,
             attributes=names, target=target, n_folds=folds, progress=progress, overwrite=overwrite,
+            fit_latents=list(fit_latents) or None, attach=attach, max_leakage=max_leakage,
         ),
     )
     if sample is not None:
         click.echo(report.leakage.warnings[0], err=True)
     _print_verdicts(report)
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
-    if max_leakage is not None and report.exceeds(max_leakage, gate):
-        click.echo(f"FAILED: worst-case leakage exceeds {max_leakage}", err=True)
+    if attach:
+        click.echo(f"receipt attached to {', '.join(latents)}")
+    if report.failed(max_leakage, gate):
+        if report.leakage.side_channels_leak(threshold=max_leakage, representation=gate):
+            click.echo("FAILED: a side channel (ids, row order or another column) reveals a sensitive attribute",
+                       err=True)
+        if max_leakage is not None and report.exceeds(max_leakage, gate):
+            click.echo(f"FAILED: worst-case leakage exceeds {max_leakage}", err=True)
         sys.exit(1)
 
 
@@ -499,16 +523,72 @@ def _print_verdicts(report) -> None:
     from .pipeline.workflow import verdict_table
 
     utility = {f.representation: f for f in report.fairness}
-    for name, rows in verdict_table(report).groupby("representation", sort=False):
+    table = verdict_table(report)
+    both = table["data_rich"].notna().any()
+    for name, rows in table.groupby("representation", sort=False):
         click.echo(f"\n{name}")
         for row in rows.itertuples():
-            click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}): {row.verdict}")
+            attackers = f" [cross-validated {row.cross_validated:.3f}, data-rich {row.data_rich:.3f}]" if both else ""
+            click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}){attackers}: {row.verdict}")
         if name in utility:
             fairness = utility[name]
             click.echo(
                 f"  utility: a downstream model predicts {fairness.target} at balanced accuracy "
                 f"{fairness.overall.get('balanced_accuracy', float('nan')):.2f}"
             )
+    sides = report.leakage.side_channels()
+    if len(sides):
+        click.echo("\nside channels (ids, row order, other columns):")
+        for (of, channel), rows in sides.groupby(["of", "channel"], sort=False):
+            leaking = rows[rows["leaks"]]
+            if leaking.empty:
+                click.echo(f"  {of} · {channel}: no significant link to "
+                           f"{', '.join(rows['attribute'])} (largest {rows['leakage'].max():.3f})")
+            for row in leaking.itertuples():
+                click.echo(f"  LEAKS {row.verdict}")
+
+
+# --------------------------------------------------------------------------- verify
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--max-leakage", type=float,
+              help="Largest tolerated worst-case leakage of any attribute (default: the gate the audit recorded).")
+@click.option("--bound", type=click.Choice(["estimate", "upper"]), default="estimate", show_default=True,
+              help="Compare --max-leakage with each worst case's estimate, or with its interval's upper end.")
+def verify(path, max_leakage, bound):
+    """Check the audit receipt of a latents file before using it.
+
+    \b
+    Exit status:
+      0  the receipt is present, fresh and passing
+      1  failing: some attribute's worst-case leakage exceeds --max-leakage
+         (or the audit's own gate failed), or a side channel leaks
+      2  the file cannot be read, or the options are wrong
+      3  missing: the file carries no receipt (run bafo audit --attach)
+      4  stale: the rows (or the model the file names) changed since the audit
+    """
+    from .audits.receipt import check_receipt
+
+    try:
+        check = check_receipt(path, max_leakage, bound=bound)
+    except (FileNotFoundError, ValueError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    receipt = check.receipt or {}
+    if receipt:
+        click.echo(
+            f"receipt of {receipt.get('created_at')}: {receipt.get('audited_rows')} rows audited by "
+            f"{', '.join(receipt.get('attackers', []))} probes ({', '.join(receipt.get('probes', []))})"
+        )
+        for row in receipt.get("worst_case", []):
+            click.echo(
+                f"  {row['attribute']:<12} {row['leakage']:6.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
+                f"({row['probe']}, {row['attacker']})"
+            )
+    for reason in check.reasons:
+        click.echo(f"  {reason}", err=True)
+    click.echo({"ok": "OK", "failing": "FAILED", "missing": "NO RECEIPT", "stale": "STALE"}[check.status])
+    sys.exit(check.exit_code)
 
 
 # ------------------------------------------------------------------------------ run
@@ -529,8 +609,12 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
-    you would hand on), OUT/audit_latents.parquet (held-out split with labels,
-    for auditing only) and OUT/report/ (report.html, report.json).
+    you would hand on), OUT/audit_latents.parquet and OUT/audit_train_latents.parquet
+    (held-out and training splits with labels, for auditing only) and OUT/report/
+    (report.html, report.json). The held-out split is audited by probes
+    cross-validated on it and by probes fitted on the training split (the
+    data-rich attacker); the shared file's ids, row order and split column are
+    audited as side channels, and the command exits with status 1 if one leaks.
     """
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
@@ -565,6 +649,9 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
         for name, rows in result.utility.groupby("representation", sort=False):
             click.echo(f"  {name}: " + ", ".join(f"{r.attribute} {r.leakage:.2f}" for r in rows.itertuples()))
     click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
+    if result.report.leakage.side_channels_leak():
+        click.echo("FAILED: the shared file's ids, row order or columns reveal a sensitive attribute", err=True)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------- decode, grid

@@ -97,7 +97,7 @@ def test_label_columns_of_a_wide_file_are_not_embedding_dimensions(tmp_path, dat
                          "gender": labels["gender"]})
     wide.to_parquet(tmp_path / "wide.parquet")
     rep = run_audit_files([tmp_path / "wide.parquet"], None, attributes=["age", "gender"], **OPTIONS)
-    worst = rep.worst_case().set_index("attribute")
+    worst = rep.worst_case().set_index(["representation", "attribute"]).loc["wide"]  # the embedding, not side channels
     # age is not in Z: were the age column a feature, a linear probe would read it perfectly
     assert worst.loc["age", "leakage"] < 0.3 and worst.loc["gender", "leakage"] > 0.5
 
@@ -131,7 +131,8 @@ def test_audit_of_a_sample_reads_only_the_sampled_rows_and_says_so(tmp_path, dat
     assert "stratified sample of 120 of 300 rows" in note
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert note in json.dumps(saved)
-    assert rep.worst_case().set_index("attribute").loc["gender", "leakage"] > 0.5  # still sees the leak
+    worst = rep.worst_case().set_index(["representation", "attribute"])
+    assert worst.loc[("hive", "gender"), "leakage"] > 0.5  # still sees the leak
 
 
 def test_cli_audits_a_dataset_folder_with_a_sample(tmp_path, data):
@@ -143,3 +144,16 @@ def test_cli_audits_a_dataset_folder_with_a_sample(tmp_path, data):
     assert "stratified sample of 90 of 300 rows" in result.output
     result = CliRunner().invoke(main, ["audit", "--latents", str(tmp_path / "absent"), "--out", str(tmp_path / "r2")])
     assert result.exit_code != 0 and "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_data_rich_attacker_reads_a_training_dataset_folder_and_receipts_need_one_file(tmp_path, data):
+    ids, Z, labels = data
+    train = _hive(tmp_path / "train", ids, Z, labels)  # a folder: the training export of a distributed job
+    test_ids = ids + 20_000
+    pq.write_table(_table(test_ids, Z).append_column("gender", pa.array(labels["gender"])), tmp_path / "test.parquet")
+    rep = run_audit_files([tmp_path / "test.parquet"], None, fit_latents=[train], attributes=["gender"], **OPTIONS)
+    rich = rep.leakage.value("test", "gender", "linear", "leakage", "data-rich")  # fitted on the folder
+    assert rich["n"] == N and rich["mean"] > 0.5
+    assert rep.leakage.representations["test"]["n_training_samples"] == N
+    with pytest.raises(ValueError, match="one Parquet file"):
+        run_audit_files([train], None, attach=True, attributes=["gender"], **OPTIONS)

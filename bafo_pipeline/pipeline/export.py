@@ -22,6 +22,7 @@ from ..data import key_fingerprint, load_id_key, pseudonymous_ids, write_key_tab
 from ..data.dataset import FaceSource
 from ..data.images import resolve_n_jobs
 from ..io.parquet import LatentParquetWriter
+from ..transformers import describe_concealment
 
 DECODERS = ("auto", "pil", "torch")
 
@@ -125,7 +126,9 @@ def export_latents(
         for the data owner, never for the people the latents go to. Refused
         when it is ``out`` or exists (unless ``overwrite``).
     metadata : dict, optional
-        Extra provenance (e.g. ``model_fingerprint``).
+        Extra provenance (e.g. :meth:`LoadedModel.provenance
+        <bafo_pipeline.transformers.LoadedModel.provenance>`: the verified
+        ``model_fingerprint``). The estimator's fitted ``concealment`` is always recorded.
     batch_size : int, default=512
     strict : bool, default=False
         Stop at the first unreadable image (no file is written) instead of
@@ -165,6 +168,7 @@ def export_latents(
         decoder = "torch" if settings.device.type == "cuda" else "pil"
     provenance = {
         "model_fingerprint": None,
+        "concealment": describe_concealment(estimator),
         "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
         "source_fingerprint": None if hashes is None else source_fingerprint(hashes),
         "source_rows": len(label_frame),

@@ -271,3 +271,14 @@ def test_malformed_attribute_values_are_usage_errors(model_dir, utkface, tmp_pat
     assert "--ages" in _error_line(_run("grid", "--model", model_dir, utkface, "--ages", "1,x", "--out",
                                         tmp_path / "g.png"))
     assert not (tmp_path / "d").exists() and not (tmp_path / "g.png").exists()
+
+
+def test_a_model_folder_whose_config_is_not_an_object_is_one_error_line(model_dir, utkface, tmp_path):
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    (broken / "config.json").write_text("[1, 2]")  # issue 14, item 8: a config.json that is a list
+    for command in (["encode", "--model", broken, "--utkface", utkface, "--out", tmp_path / "x.parquet"],
+                    ["decode", "--model", broken, utkface, "--age", "40", "--out", tmp_path / "d"]):
+        assert "config.json" in _error_line(_run(*command))

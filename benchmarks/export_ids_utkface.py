@@ -14,7 +14,9 @@ holding the file alone can read from each id and row order:
 * the issue's attack: 5% of the rows labelled, every other row given its nearest labelled
   neighbour's labels in id order (or row order);
 * Spearman's correlation of age with each order, and how often neighbouring rows share a
-  gender.
+  gender;
+* the audit's own check of the whole file (``run_audit_files``: the id, the row order and every
+  other column audited as side channels, ``report.leakage.side_channels()``).
 
 A file "leaks" when any channel's permutation p-value, Bonferroni-adjusted over the file's
 channels and attributes, is below 0.05. Rows are written in id order, so in the new
@@ -39,13 +41,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 
 from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, read_latents  # noqa: E402
-from bafo_pipeline.audits import audit_leakage  # noqa: E402
+from bafo_pipeline.audits import audit_leakage, run_audit_files  # noqa: E402
 from bafo_pipeline.data import load_id_key, parse_utkface_name, scan_source  # noqa: E402
 from bafo_pipeline.data.sources import load_source  # noqa: E402
 from bafo_pipeline.pipeline.workflow import run_workflow  # noqa: E402
@@ -118,6 +122,25 @@ def _audit_orders(ids: np.ndarray, labels: pd.DataFrame, seed: int, probes: tupl
     }
 
 
+def _side_channels(path: Path, ids: np.ndarray, labels: pd.DataFrame, seed: int) -> dict:
+    """The audit's own check of the whole file (``run_audit_files``: every column and the row order as side
+    channels), with the labels joined by id as only the data owner can."""
+    labels_file = path.with_suffix(".labels.csv")
+    labels.reset_index(drop=True).assign(id=ids).to_csv(labels_file, index=False)
+    report = run_audit_files([path], labels_file, attributes=list(ATTRIBUTES), probes=("prior", "linear"),
+                             random_state=seed)
+    sides = report.leakage.side_channels()
+    return {
+        "leaks": bool(len(sides) and sides["leaks"].any()),
+        "channels": [
+            {"channel": r["channel"], "attribute": r["attribute"], "probe": r["probe"],
+             "leakage": round(float(r["leakage"]), 4), "ci": [round(float(r["ci_low"]), 4), round(float(r["ci_high"]), 4)],
+             "family_p_value": float(f"{r['family_p_value']:.3g}"), "leaks": bool(r["leaks"])}
+            for r in sides.to_dict("records")
+        ],
+    }
+
+
 def _written(path: Path, key_table: Path) -> tuple[np.ndarray, pd.DataFrame]:
     """The file's ids in written order, and each row's labels joined through the key table (the owner's view)."""
     table = read_latents(path)
@@ -149,12 +172,6 @@ def main(argv: list[str] | None = None) -> dict:
     source, scan_report = scan_source(utkface=args.utkface, limit=args.limit)
     variants = {}
 
-    # 0.1's scheme, the positive control: ids are positions in name order, rows in that order.
-    names = source.table["path"].map(lambda p: Path(p).name)
-    name_order = np.argsort(names.to_numpy(), kind="stable")
-    labels = _labels_of(source.table["path"]).iloc[name_order]
-    variants["0.1: name-order positions"] = _audit_orders(np.arange(len(labels)), labels, args.seed, probes)
-
     # bafo encode: export_latents as the CLI calls it.
     model = _model(args.seed)
     encoded = work / "latents.parquet"
@@ -162,20 +179,39 @@ def main(argv: list[str] | None = None) -> dict:
     export_latents(model, source, encoded, id_key=key_file, key_table=work / "encode_keys.csv")
     export_seconds = time.perf_counter() - export_seconds
     ids, labels = _written(encoded, work / "encode_keys.csv")
-    variants["bafo encode: pseudonymous ids"] = {"rows": len(ids), **_audit_orders(ids, labels, args.seed, probes)}
+
+    # 0.1's scheme, the positive control: the same rows, ids = positions in name order, rows in that order.
+    names = pd.read_csv(work / "encode_keys.csv").set_index("id").loc[ids, "source"].map(lambda p: Path(p).name)
+    name_order = np.argsort(names.to_numpy(), kind="stable")
+    old_file = work / "name_order.parquet"
+    table = pq.read_table(encoded).take(pa.array(name_order))
+    pq.write_table(table.set_column(table.schema.get_field_index("id"), "id", pa.array(np.arange(len(ids)))),
+                   old_file)
+    old_labels = labels.iloc[name_order]
+    variants["0.1: name-order positions"] = {
+        "rows": len(ids), **_audit_orders(np.arange(len(ids)), old_labels, args.seed, probes),
+        "audit_side_channels": _side_channels(old_file, np.arange(len(ids)), old_labels, args.seed),
+    }
+    variants["bafo encode: pseudonymous ids"] = {
+        "rows": len(ids), **_audit_orders(ids, labels, args.seed, probes),
+        "audit_side_channels": _side_channels(encoded, ids, labels, args.seed),
+    }
 
     # bafo run: the workflow's two files (a subset: it trains a model first).
     dataset = load_source(utkface=args.utkface, limit=args.run_limit)
     estimator = BAFOTransformer(latent_dim=8, widths=(8, 16), epochs=1, decoder_epochs=0, concealment="none",
                                 random_state=args.seed)
     result = run_workflow(dataset, work / "run", estimator, seed=args.seed, id_key=key_file,
-                          key_table=work / "run_keys.csv", audit_options={"probes": ("prior", "linear"),
-                                                                          "n_bootstrap": 0, "n_permutations": 0})
+                          key_table=work / "run_keys.csv", audit_options={"probes": ("prior", "linear")})
     for name, path in (("latents.parquet", result.latents_path), ("audit_latents.parquet", result.audit_latents_path)):
         ids, labels = _written(path, work / "run_keys.csv")
         variants[f"bafo run ({args.run_limit} images): {name}"] = {
-            "rows": len(ids), **_audit_orders(ids, labels, args.seed, probes)
+            "rows": len(ids), **_audit_orders(ids, labels, args.seed, probes),
+            "audit_side_channels": _side_channels(path, ids, labels, args.seed),
         }
+    variants[f"bafo run ({args.run_limit} images): its own verdict"] = {
+        "side_channels_leak": bool(result.report.leakage.side_channels_leak()),
+    }
     report = {
         "benchmark": "export_ids_utkface",
         "machine": machine(),

@@ -33,6 +33,7 @@ do not depend on the model. Prints one JSON object naming the machine.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -166,8 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     probes = tuple(p for p in args.probes.split(",") if p)
     work = Path(tempfile.mkdtemp(prefix="export_ids_"))
-    key_file = work / "id.key"
-    load_id_key(key_file)  # a fresh key for this run, as a new data owner would have
+    key_file = work / "id.key"  # the data owner's key: random, but drawn from --seed so that a run can be repeated
+    key_file.write_text(hashlib.sha256(f"export_ids_utkface {args.seed}".encode()).hexdigest() + "\n")
+    key_file.chmod(0o600)
+    load_id_key(key_file)
     started = time.perf_counter()
     source, scan_report = scan_source(utkface=args.utkface, limit=args.limit)
     variants = {}
@@ -209,8 +212,14 @@ def main(argv: list[str] | None = None) -> dict:
             "rows": len(ids), **_audit_orders(ids, labels, args.seed, probes),
             "audit_side_channels": _side_channels(path, ids, labels, args.seed),
         }
+    own = result.report.leakage.side_channels()
     variants[f"bafo run ({args.run_limit} images): its own verdict"] = {
         "side_channels_leak": bool(result.report.leakage.side_channels_leak()),
+        "tests": len(own),
+        "leaking": [{"channel": r["channel"], "attribute": r["attribute"], "probe": r["probe"],
+                     "leakage": round(float(r["leakage"]), 4), "p_value": float(f"{r['p_value']:.3g}"),
+                     "family_p_value": float(f"{r['family_p_value']:.3g}")}
+                    for r in own.to_dict("records") if r["leaks"]],
     }
     report = {
         "benchmark": "export_ids_utkface",

@@ -14,6 +14,7 @@ import torch
 from .io._atomic import atomic_write_path
 from ._device import resolve_device  # noqa: F401  (re-exported: part of this module's API)
 from .adversary import AttributeAdversary, ConditionSlice
+from .in_loop import InLoopConcealment
 from .independence import independence_penalty
 from .model import BAFONetwork, vae_loss_terms
 
@@ -89,6 +90,11 @@ class Trainer:
     condition_slices : list of (int, int, str)
         Column range and kind of each attribute in the condition vector (for
         the independence penalty and the adversaries).
+    in_loop : InLoopConcealment, optional
+        Concealment learned in training: its eraser sits between encoder and
+        decoder (applied to the sampled latent), its penalty is added to the
+        loss, and it may choose the batch order. The adversary, if any, then
+        reads the erased posterior means.
     """
 
     def __init__(
@@ -97,8 +103,10 @@ class Trainer:
         config: TrainingConfig,
         device: torch.device,
         condition_slices: list[ConditionSlice],
+        in_loop: InLoopConcealment | None = None,
     ):
         self.network = network.to(device)
+        self.in_loop = None if in_loop is None else in_loop.to(device)
         if network.config.kind == "conv":
             self.network = self.network.to(memory_format=torch.channels_last)
         self.config = config
@@ -127,7 +135,13 @@ class Trainer:
         """The batch loss and its parts, as on-device tensors (no host sync)."""
         cfg = self.config
         with self._autocast():
-            reconstruction, mean, logvar = self.network(x, c, generator=self.generator)
+            if self.in_loop is None:
+                reconstruction, mean, logvar = self.network(x, c, generator=self.generator)
+            else:
+                mean, logvar = self.network.encode(x)
+                self.in_loop.observe(mean.detach().float(), c)
+                noise = torch.randn(mean.shape, generator=self.generator, device=mean.device, dtype=mean.dtype)
+                reconstruction = self.network.decode(self.in_loop.erase(mean + noise * torch.exp(0.5 * logvar)), c)
         terms = vae_loss_terms(x, reconstruction, mean, logvar)
         per_sample = terms["reconstruction"] + cfg.kl_weight * (
             terms["kl_mean"] + cfg.variance_weight * terms["kl_variance"]
@@ -139,9 +153,19 @@ class Trainer:
             # Scaled by the input size so the weight means the same for 56x56 images and tabular data.
             loss = loss + cfg.independence_weight * x[0].numel() * penalty
             parts["independence"] = penalty.detach()
+        if self.in_loop is not None:
+            if self.in_loop.removal_weight > 0:
+                removed = self.in_loop.removal(mean)
+                loss = loss + self.in_loop.removal_weight * removed
+                parts["removed"] = removed.detach()
+            matching = self.in_loop.penalty(mean, c, generator=self.generator)
+            if matching is not None:
+                loss = loss + self.in_loop.matching_weight * x[0].numel() * matching
+                parts["matching"] = matching.detach()
         if self.adversary is not None:
-            self._train_adversary(mean.detach(), c)
-            confusion = self.adversary.confusion_loss(mean, c)
+            seen = mean if self.in_loop is None else self.in_loop.erase(mean.float())
+            self._train_adversary(seen.detach(), c)
+            confusion = self.adversary.confusion_loss(seen, c)
             loss = loss + cfg.adversary_weight * x[0].numel() * confusion
             parts["adversary_confusion"] = confusion.detach()
         parts["loss"] = loss.detach()
@@ -208,7 +232,10 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.epochs):
             started = time.perf_counter()
             self.network.train()
-            permutation = train_idx[torch.randperm(len(train_idx), generator=self.generator, device=self.device)]
+            if self.in_loop is None:
+                permutation = train_idx[torch.randperm(len(train_idx), generator=self.generator, device=self.device)]
+            else:
+                permutation = self.in_loop.batch_order(train_idx, conditions, self.generator)
             totals: dict[str, torch.Tensor] = {}
             n_batches = 0
             for start in range(0, len(permutation), cfg.batch_size):
@@ -261,7 +288,8 @@ class Trainer:
             c = conditions[start : start + batch_size].to(self.device, torch.float32)
             with self._autocast():
                 mean, logvar = self.network.encode(x)
-                reconstruction = self.network.decode(mean, c)
+                latent = mean if self.in_loop is None else self.in_loop.erase(mean.float())
+                reconstruction = self.network.decode(latent, c)
             terms = vae_loss_terms(x, reconstruction, mean, logvar)
             total += (terms["reconstruction"] + terms["kl_mean"] + terms["kl_variance"]).sum()
         return float(total) / max(len(inputs), 1)
@@ -277,6 +305,8 @@ class Trainer:
             "history": self.history,
             "config": asdict(self.config),
         }
+        if self.in_loop is not None:
+            state["in_loop"] = self.in_loop.state_dict()
         if self.adversary is not None:
             state["adversary"] = self.adversary.state_dict()
             state["adversary_optimizer"] = self.adversary_optimizer.state_dict()
@@ -312,6 +342,10 @@ class Trainer:
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu())
+        if self.in_loop is not None:
+            if "in_loop" not in state:
+                raise ValueError(f"checkpoint {path} was written without in-loop concealment")
+            self.in_loop.load_state_dict(state["in_loop"])
         if self.adversary is not None:
             self.adversary.load_state_dict(state["adversary"])
             self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])

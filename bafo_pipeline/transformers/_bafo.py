@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..attributes import AttributeSchema
+from ..in_loop import MATCHING, InLoopConcealment
 from ..model import BAFONetwork, NetworkConfig, vae_loss_terms
 from .._device import resolve_device
 from ..training import Trainer, TrainingConfig, fit_decoder
@@ -69,7 +70,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         trained to leave their predictions at the batch marginals. 0 disables.
     adversary_steps : int, default=2
         Adversary updates per encoder update.
-    concealment : {"none", "linear", "full"}, default="full"
+    concealment : {"none", "linear", "full", "trained"}, default="full"
         What is applied to the encoder's posterior means (fitted with the
         sensitive features, which are then never needed at transform time):
 
@@ -80,6 +81,14 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
           (an MLP BAFO on the latents, ``refine_epochs`` epochs,
           ``refine_adversary_weight``) against non-linear probes, then linear
           erasure again. ``inverse_transform`` decodes through the refiner.
+        - ``"trained"``: concealment learned in training. A linear eraser
+          fitted on running statistics of the posterior means (with
+          ``covariance_dims``) sits between encoder and decoder, so the
+          decoder learns from erased latents and the encoder keeps its content
+          where the erasure does not reach; ``matching_weight`` adds a
+          distribution-matching penalty against non-linear leakage. At
+          transform time a :class:`LinearErasure` fitted on the final training
+          latents applies the same map.
     covariance_dims : int, default=0
         With ``concealment="linear"`` or ``"full"``: the first linear erasure
         also removes this many directions in which the attribute groups'
@@ -89,6 +98,20 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         audit, leaked less to a data-rich attacker and reconstructed 1.0 dB
         better; on synthetic faces it also removed non-sensitive information
         (background). Off by default; see docs/COVARIANCE_ERASURE.md.
+    matching : {"mmd", "sliced"}, default="mmd"
+        With ``concealment="trained"``: the penalty that pulls each attribute
+        group's (erased, whitened) posterior means onto the batch's
+        distribution: Gaussian-kernel MMD or sliced Wasserstein.
+    matching_weight : float, default=0.0
+        Its weight (times the input size, like ``independence_weight``); 0
+        disables it.
+    balanced_batches : bool, default=False
+        With ``concealment="trained"``: draw training batches with every
+        combination of the categorical attributes equally likely.
+    removal_weight : float, default=1.0
+        With ``concealment="trained"``: weight of a KL-like pull on what the
+        in-loop eraser removes from the posterior means, which keeps that part
+        small so that the final eraser and the decoder agree with the running one.
     decoder_epochs : int, default=6
         With ``concealment="linear"`` or ``"full"``: after the concealment is
         fitted, fine-tune a copy of the decoder for this many epochs to rebuild
@@ -186,8 +209,12 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "independence_weight": [Interval(Real, 0, None, closed="left")],
         "adversary_weight": [Interval(Real, 0, None, closed="left")],
         "adversary_steps": [Interval(Integral, 1, None, closed="left")],
-        "concealment": [StrOptions({"none", "linear", "full"})],
+        "concealment": [StrOptions({"none", "linear", "full", "trained"})],
         "covariance_dims": [Interval(Integral, 0, None, closed="left")],
+        "matching": [StrOptions(set(MATCHING))],
+        "matching_weight": [Interval(Real, 0, None, closed="left")],
+        "balanced_batches": ["boolean"],
+        "removal_weight": [Interval(Real, 0, None, closed="left")],
         "decoder_epochs": [Interval(Integral, 0, None, closed="left")],
         "refine_epochs": [Interval(Integral, 1, None, closed="left")],
         "refine_adversary_weight": [Interval(Real, 0, None, closed="left")],
@@ -216,6 +243,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         adversary_steps: int = 2,
         concealment: str = "full",
         covariance_dims: int = 0,
+        matching: str = "mmd",
+        matching_weight: float = 0.0,
+        balanced_batches: bool = False,
+        removal_weight: float = 1.0,
         decoder_epochs: int = 6,
         refine_epochs: int = 30,
         refine_adversary_weight: float = 0.3,
@@ -240,6 +271,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.adversary_steps = adversary_steps
         self.concealment = concealment
         self.covariance_dims = covariance_dims
+        self.matching = matching
+        self.matching_weight = matching_weight
+        self.balanced_batches = balanced_batches
+        self.removal_weight = removal_weight
         self.decoder_epochs = decoder_epochs
         self.refine_epochs = refine_epochs
         self.refine_adversary_weight = refine_adversary_weight
@@ -313,7 +348,14 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             seed=seed,
         )
         device = resolve_device(self.device)
-        trainer = Trainer(network, config, device, _condition_slices(schema))
+        in_loop = None
+        if self.concealment == "trained" and schema is not None:
+            in_loop = InLoopConcealment(
+                self.latent_dim, _condition_slices(schema), torch.from_numpy(conditions),
+                covariance_dims=self.covariance_dims, matching=self.matching, matching_weight=self.matching_weight,
+                balanced=self.balanced_batches, removal_weight=self.removal_weight,
+            )
+        trainer = Trainer(network, config, device, _condition_slices(schema), in_loop=in_loop)
         with _epoch_progress(self.verbose, self.epochs) as on_epoch_end:
             self.history_ = trainer.fit(
                 torch.from_numpy(inputs),
@@ -367,7 +409,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         )
         erased = self.erasure_.transform(means)
         conditions = self.schema_.encode(frame)
-        self.erased_label_map_ = _least_squares_map(conditions, means - erased)
+        # A decoder trained in the loop already decodes erased latents: nothing to add back.
+        if self.concealment != "trained":
+            self.erased_label_map_ = _least_squares_map(conditions, means - erased)
         if self.concealment == "full":
             self.refiner_ = BAFOTransformer(
                 latent_dim=self.latent_dim, epochs=self.refine_epochs, batch_size=self.batch_size,

@@ -8,7 +8,11 @@ whole batch, and are zero when the group-conditional distributions agree:
 - :func:`group_mmd`: squared maximum mean discrepancy with Gaussian kernels at
   several bandwidths (multiples of the median pairwise distance);
 - :func:`group_sliced_wasserstein`: squared 2-Wasserstein distance between the
-  group's and the batch's projections on random directions, averaged.
+  group's and the batch's projections on random directions, averaged;
+- :func:`group_second_moments`: the squared Frobenius distance between each
+  group's second-moment matrix (about the batch mean) and the batch's own: the
+  soft form of ``LinearErasure``'s covariance-direction criterion, over all
+  directions at once.
 
 Give them latents in whitened coordinates (every direction at unit variance),
 so a difference along a low-variance direction counts as much as one along a
@@ -68,6 +72,36 @@ def group_mmd(
     mmd = (within - 2.0 * across + kernel.mean()).clamp_min(0.0)
     share = counts / len(x)
     return (share * mmd * usable).sum()
+
+
+def group_second_moments(
+    latents: torch.Tensor, group_onehot: torch.Tensor, *, min_group_size: int = 4
+) -> torch.Tensor:
+    """Per attribute, the group-share-weighted ``|M_g - M|_F^2`` of second moments about the batch mean; summed.
+
+    Parameters
+    ----------
+    latents : Tensor of shape (n, d)
+        Preferably whitened (then ``M`` is about the identity and the sum over
+        groups is the trace of ``sum_g p_g (C_g - I)^2``, what ``covariance_dims``
+        ranks directions by).
+    group_onehot : Tensor of shape (n, n_groups)
+    min_group_size : int, default=4
+
+    Returns
+    -------
+    Tensor
+        A scalar; zero when every group's batch rows have the batch's mean and covariance.
+    """
+    x = latents.float()
+    x = x - x.mean(0, keepdim=True)
+    pooled = x.T @ x / len(x)
+    onehot = group_onehot.float()
+    counts = onehot.sum(0)
+    usable = (counts >= min_group_size).float()
+    groups = torch.einsum("ng,ni,nj->gij", onehot, x, x) / counts.clamp_min(1.0)[:, None, None]
+    gaps = (groups - pooled).pow(2).sum((1, 2))
+    return (counts / len(x) * gaps * usable).sum()
 
 
 def group_sliced_wasserstein(

@@ -26,10 +26,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .distribution_matching import balanced_sampling_weights, group_mmd, group_sliced_wasserstein
+from .distribution_matching import (
+    balanced_sampling_weights,
+    group_mmd,
+    group_second_moments,
+    group_sliced_wasserstein,
+)
 from .running_erasure import ConditionSlice, GroupLayout, RunningEraser
 
-MATCHING = ("mmd", "sliced")
+MATCHING = ("mmd", "sliced", "moments")
 
 
 class InLoopConcealment(nn.Module):
@@ -46,7 +51,7 @@ class InLoopConcealment(nn.Module):
     covariance_dims : int, default=0
         Covariance directions the in-loop eraser also removes.
     continuous_bins : int, default=4
-    matching : {"mmd", "sliced"}, default="mmd"
+    matching : {"mmd", "sliced", "moments"}, default="mmd"
     matching_weight : float, default=0.0
         Weight of the distribution-matching penalty (0 disables it), multiplied by
         the input size, like the trainer's other penalties.
@@ -109,6 +114,8 @@ class InLoopConcealment(nn.Module):
         whitened = self.eraser.whitened(means.float())
         if self.matching == "mmd":
             return group_mmd(whitened, self.layout.group_onehot(conditions), self.eraser.attribute_of_group)
+        if self.matching == "moments":
+            return group_second_moments(whitened, self.layout.group_onehot(conditions))
         return group_sliced_wasserstein(whitened, self.layout.group_ids(conditions), generator=generator)
 
     def batch_order(self, rows: torch.Tensor, conditions: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

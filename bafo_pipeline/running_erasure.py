@@ -214,7 +214,9 @@ class RunningEraser(nn.Module):
         erased_covariance = keep.T @ covariance @ keep
         self.mean_.copy_(mean.float())
         self.keep_.copy_(keep.float())
-        self.whiten_.copy_(_whitening(erased_covariance, 1e-6)[0].float())
+        # A small ridge keeps near-empty directions from being blown up (and their gradients with them).
+        ridge = 1e-3 * torch.trace(erased_covariance) / d
+        self.whiten_.copy_(_whitening(erased_covariance + ridge * identity, 1e-6)[0].float())
 
     def _covariance_keep(
         self, keep: torch.Tensor, mean: torch.Tensor, covariance: torch.Tensor, scale: torch.Tensor

@@ -98,10 +98,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         audit, leaked less to a data-rich attacker and reconstructed 1.0 dB
         better; on synthetic faces it also removed non-sensitive information
         (background). Off by default; see docs/COVARIANCE_ERASURE.md.
-    matching : {"mmd", "sliced"}, default="mmd"
+    matching : {"mmd", "sliced", "moments"}, default="mmd"
         With ``concealment="trained"``: the penalty that pulls each attribute
         group's (erased, whitened) posterior means onto the batch's
-        distribution: Gaussian-kernel MMD or sliced Wasserstein.
+        distribution: Gaussian-kernel MMD, sliced Wasserstein, or the gap
+        between the group's and the batch's second moments.
     matching_weight : float, default=0.0
         Its weight (times the input size, like ``independence_weight``); 0
         disables it.

@@ -357,6 +357,66 @@ def derived(results: dict) -> dict:
     return out
 
 
+def markdown_table(result: dict) -> str:
+    """Leakage (data-rich, audit), PSNR and utility per variant, from a result file."""
+    derived_numbers = result["derived"]
+
+    def leak(entry, attribute, digits):
+        if entry is None:
+            return "–"
+        e = entry[attribute]
+        low, high = e["ci95"]
+        return f"{e['worst']:.{digits}f} ({e['worst_probe']}; {low:.{digits}f}–{high:.{digits}f})"
+
+    lines = [
+        "| variant | gender bacc | ethnicity bacc | age MAE | age-band bacc | audit gender / ethnicity / age | PSNR (dB) | ΔPSNR | fit (min) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    utility_names = []
+    for name, r in result["variants"].items():
+        d, a = r["data_rich"], r.get("audit")
+        audit = "–" if a is None else f"{a['gender']['worst']:.3f} / {a['ethnicity']['worst']:.3f} / {a['age']['worst']:.2f}"
+        loss = derived_numbers[name].get("psnr_loss_db")
+        lines.append(
+            f"| {name} | {leak(d, 'gender', 3)} | {leak(d, 'ethnicity', 3)} | {leak(d, 'age', 2)} | {leak(d, 'age_band', 3)} "
+            f"| {audit} | {r['psnr_db']:.2f} | {'–' if loss is None else f'{-loss:+.2f}'} | {(r['fit_seconds'] + (r.get('post_fit_seconds') or 0)) / 60:.1f} |"
+        )
+        if r.get("utility"):
+            utility_names = list(r["utility"])
+    if utility_names:
+        lines += ["", "| variant | " + " | ".join(utility_names) + " |", "|---|" + "---|" * len(utility_names)]
+        for name, r in result["variants"].items():
+            shares = derived_numbers[name].get("utility_share") or {}
+            cells = []
+            for target in utility_names:
+                value = (r.get("utility") or {}).get(target)
+                share = shares.get(target)
+                cells.append("–" if value is None else f"{value['best']:.3f}" + ("" if share is None else f" ({share:.2f})"))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def merge(sources: list[str], target: Path) -> dict:
+    """Combine result files of one setting (later files win per variant); recompute the derived numbers."""
+    parts = [json.loads(Path(source).read_text()) for source in sources]
+    if target.exists():
+        parts.insert(0, json.loads(target.read_text()))
+    settings = {json.dumps(p["setting"], sort_keys=True) for p in parts}
+    if len(settings) != 1:
+        raise SystemExit(f"cannot merge results of different settings: {settings}")
+    variants, runs = {}, []
+    for part in parts:
+        variants.update(part["variants"])
+        runs += [run for run in part.get("runs", []) if run not in runs]
+    output = {"benchmark": "trained_concealment", "setting": parts[0]["setting"], "goals": GOALS,
+              "variants": variants, "derived": derived(variants), "runs": runs}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(output, indent=1))
+    os.replace(tmp, target)
+    return output
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=("utkface", "synthetic"), default="utkface")
@@ -376,9 +436,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--json", default=str(ROOT / "docs" / "results" / "trained_concealment.json"))
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--table", action="store_true", help="print the --json results as markdown tables and exit")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="merge these result files (same setting; runs run side by side) into --json and exit")
     args = parser.parse_args(argv)
     if args.list:
         print(json.dumps(VARIANTS, indent=1))
+        return {}
+    if args.merge:
+        return merge(args.merge, Path(args.json))
+    if args.table:
+        print(markdown_table(json.loads(Path(args.json).read_text())))
         return {}
     import torch
 

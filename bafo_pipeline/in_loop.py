@@ -3,10 +3,12 @@
 :class:`InLoopConcealment` bundles
 
 - a :class:`~bafo_pipeline.running_erasure.RunningEraser` applied to the
-  *sampled* latent between encoder and decoder (so noise along erased
-  directions is erased too): the decoder learns from erased latents plus the
-  labels, and the encoder learns to keep content where the erasure does not
-  reach;
+  posterior mean between encoder and decoder, the posterior noise added after
+  it: the decoder learns from erased latents plus the labels, and the encoder
+  learns to keep content where the erasure does not reach. (Erasing the sample
+  instead fails: the eraser is fitted on the means' statistics, and along
+  collapsed directions the noise is orders of magnitude wider than the means,
+  so LEACE's oblique map amplifies it into the directions the decoder uses);
 - an optional distribution-matching penalty
   (:mod:`~bafo_pipeline.distribution_matching`) on the erased, whitened
   posterior means (what is exported), against the non-linear leakage linear
@@ -64,6 +66,10 @@ class InLoopConcealment(nn.Module):
         the end) and the running one agree, and the decoder never relies on it.
     momentum : float, default=0.98
         EMA decay of the eraser's statistics.
+    erase_forward : bool, default=True
+        Apply the eraser between encoder and decoder. ``False`` leaves the
+        forward pass alone: only the removal pull (and the matching penalty)
+        act, and the decoder sees the raw samples.
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class InLoopConcealment(nn.Module):
         balanced: bool = False,
         removal_weight: float = 1.0,
         momentum: float = 0.98,
+        erase_forward: bool = True,
     ):
         super().__init__()
         if matching not in MATCHING:
@@ -91,6 +98,7 @@ class InLoopConcealment(nn.Module):
         self.matching_weight = matching_weight
         self.balanced = balanced
         self.removal_weight = removal_weight
+        self.erase_forward = erase_forward
 
     def observe(self, means: torch.Tensor, conditions: torch.Tensor) -> None:
         """Fold a batch of posterior means into the eraser's statistics and refresh its map."""
@@ -100,6 +108,10 @@ class InLoopConcealment(nn.Module):
     def erase(self, latents: torch.Tensor) -> torch.Tensor:
         """The current erasure map applied to (sampled or mean) latents."""
         return self.eraser(latents)
+
+    def decoder_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """What the decoder gets in training (before the noise is added): the erased means, or the means."""
+        return self.eraser(latents) if self.erase_forward else latents
 
     def removal(self, means: torch.Tensor) -> torch.Tensor:
         """Half the squared norm of what the eraser removes from each posterior mean, averaged."""

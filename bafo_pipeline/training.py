@@ -141,7 +141,11 @@ class Trainer:
                 mean, logvar = self.network.encode(x)
                 self.in_loop.observe(mean.detach().float(), c)
                 noise = torch.randn(mean.shape, generator=self.generator, device=mean.device, dtype=mean.dtype)
-                reconstruction = self.network.decode(self.in_loop.erase(mean + noise * torch.exp(0.5 * logvar)), c)
+                # Erase the mean, then add the posterior noise: the eraser is fitted on the means' statistics,
+                # and along collapsed directions the noise is far wider than the means, so erasing the sample
+                # would amplify noise into the directions the decoder relies on.
+                latent = self.in_loop.decoder_input(mean.float()) + noise * torch.exp(0.5 * logvar)
+                reconstruction = self.network.decode(latent, c)
         terms = vae_loss_terms(x, reconstruction, mean, logvar)
         per_sample = terms["reconstruction"] + cfg.kl_weight * (
             terms["kl_mean"] + cfg.variance_weight * terms["kl_variance"]
@@ -288,7 +292,7 @@ class Trainer:
             c = conditions[start : start + batch_size].to(self.device, torch.float32)
             with self._autocast():
                 mean, logvar = self.network.encode(x)
-                latent = mean if self.in_loop is None else self.in_loop.erase(mean.float())
+                latent = mean if self.in_loop is None else self.in_loop.decoder_input(mean.float())
                 reconstruction = self.network.decode(latent, c)
             terms = vae_loss_terms(x, reconstruction, mean, logvar)
             total += (terms["reconstruction"] + terms["kl_mean"] + terms["kl_variance"]).sum()

@@ -162,6 +162,9 @@ def model_key(settings: dict, args, info: dict) -> str:
     """A directory name fixed by everything the trained encoder depends on."""
     identity = {"fit": settings["fit"], "epochs": args.epochs, "latent": args.latent_dim, "data": info,
                 "seed": args.seed, "base": args.base}
+    if settings["fit"].get("concealment") == "trained":  # the in-loop code is under study: key on its source
+        sources = ("in_loop.py", "running_erasure.py", "distribution_matching.py", "training.py")
+        identity["code"] = hashlib.sha1(b"".join((ROOT / "bafo_pipeline" / f).read_bytes() for f in sources)).hexdigest()
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 

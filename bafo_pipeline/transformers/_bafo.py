@@ -113,6 +113,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         With ``concealment="trained"``: weight of a KL-like pull on what the
         in-loop eraser removes from the posterior means, which keeps that part
         small so that the final eraser and the decoder agree with the running one.
+    erase_in_loop : bool, default=True
+        With ``concealment="trained"``: apply the running eraser between
+        encoder and decoder in training (``False``: only the removal pull and
+        the matching penalty act; the final eraser is fitted all the same).
     decoder_epochs : int, default=6
         With ``concealment="linear"`` or ``"full"``: after the concealment is
         fitted, fine-tune a copy of the decoder for this many epochs to rebuild
@@ -216,6 +220,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "matching_weight": [Interval(Real, 0, None, closed="left")],
         "balanced_batches": ["boolean"],
         "removal_weight": [Interval(Real, 0, None, closed="left")],
+        "erase_in_loop": ["boolean"],
         "decoder_epochs": [Interval(Integral, 0, None, closed="left")],
         "refine_epochs": [Interval(Integral, 1, None, closed="left")],
         "refine_adversary_weight": [Interval(Real, 0, None, closed="left")],
@@ -248,6 +253,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         matching_weight: float = 0.0,
         balanced_batches: bool = False,
         removal_weight: float = 1.0,
+        erase_in_loop: bool = True,
         decoder_epochs: int = 6,
         refine_epochs: int = 30,
         refine_adversary_weight: float = 0.3,
@@ -276,6 +282,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.matching_weight = matching_weight
         self.balanced_batches = balanced_batches
         self.removal_weight = removal_weight
+        self.erase_in_loop = erase_in_loop
         self.decoder_epochs = decoder_epochs
         self.refine_epochs = refine_epochs
         self.refine_adversary_weight = refine_adversary_weight
@@ -354,7 +361,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             in_loop = InLoopConcealment(
                 self.latent_dim, _condition_slices(schema), torch.from_numpy(conditions),
                 covariance_dims=self.covariance_dims, matching=self.matching, matching_weight=self.matching_weight,
-                balanced=self.balanced_batches, removal_weight=self.removal_weight,
+                balanced=self.balanced_batches, removal_weight=self.removal_weight, erase_forward=self.erase_in_loop,
             )
         trainer = Trainer(network, config, device, _condition_slices(schema), in_loop=in_loop)
         with _epoch_progress(self.verbose, self.epochs) as on_epoch_end:

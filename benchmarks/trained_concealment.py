@@ -171,7 +171,8 @@ def model_key(settings: dict, args, info: dict) -> str:
 def fit_or_load(name: str, settings: dict, train, args, info: dict):
     from bafo_pipeline import BAFOTransformer, load_model, save_model
 
-    directory = Path(args.models) / f"{args.data}-{name.replace('+', '_').replace('=', '-')}-{model_key(settings, args, info)}"
+    # Named by what the encoder depends on only: post-hoc variants share their base encoder.
+    directory = Path(args.models) / f"{args.data}-{settings['fit'].get('concealment', 'full')}-{model_key(settings, args, info)}"
     if directory.exists() and not args.refit:
         return load_model(directory, device="cpu"), json.loads((directory / "fit_seconds.json").read_text())
     params = {"latent_dim": args.latent_dim, "epochs": args.epochs, "random_state": args.seed, "device": "cpu",

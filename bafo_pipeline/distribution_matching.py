@@ -91,7 +91,9 @@ def group_second_moments(
     Returns
     -------
     Tensor
-        A scalar; zero when every group's batch rows have the batch's mean and covariance.
+        A scalar; zero when every group's batch rows have the batch's mean and
+        covariance. Divided by the square of the batch's mean variance, so that
+        shrinking the latents does not lower it.
     """
     x = latents.float()
     x = x - x.mean(0, keepdim=True)
@@ -101,7 +103,8 @@ def group_second_moments(
     usable = (counts >= min_group_size).float()
     groups = torch.einsum("ng,ni,nj->gij", onehot, x, x) / counts.clamp_min(1.0)[:, None, None]
     gaps = (groups - pooled).pow(2).sum((1, 2))
-    return (counts / len(x) * gaps * usable).sum()
+    scale = (torch.trace(pooled) / x.shape[1]).pow(2).clamp_min(1e-12)
+    return (counts / len(x) * gaps * usable).sum() / scale
 
 
 def group_sliced_wasserstein(

@@ -59,13 +59,17 @@ class InLoopConcealment(nn.Module):
         the input size, like the trainer's other penalties.
     balanced : bool, default=False
         Draw batches with every gender x ethnicity (x ...) cell equally likely.
-    removal_weight : float, default=1.0
+    removal_weight : float, default=0.0
         Weight of half the squared norm of what the eraser removes from the
         posterior means (a KL-like pull, per sample, unscaled). It keeps the
         removed part small, so the final eraser (fitted on exact statistics at
         the end) and the running one agree, and the decoder never relies on it.
     momentum : float, default=0.98
         EMA decay of the eraser's statistics.
+    ridge : float, default=0.0
+        The eraser's covariance ridge (see :class:`RunningEraser`).
+    orthogonal : bool, default=False
+        Erase by orthogonal projection rather than LEACE (see :class:`RunningEraser`).
     erase_forward : bool, default=True
         Apply the eraser between encoder and decoder. ``False`` leaves the
         forward pass alone: only the removal pull (and the matching penalty)
@@ -83,9 +87,11 @@ class InLoopConcealment(nn.Module):
         matching: str = "mmd",
         matching_weight: float = 0.0,
         balanced: bool = False,
-        removal_weight: float = 1.0,
+        removal_weight: float = 0.0,
         momentum: float = 0.98,
         erase_forward: bool = True,
+        ridge: float = 0.0,
+        orthogonal: bool = False,
     ):
         super().__init__()
         if matching not in MATCHING:
@@ -93,7 +99,10 @@ class InLoopConcealment(nn.Module):
         if matching_weight < 0 or removal_weight < 0:
             raise ValueError(f"matching_weight and removal_weight must be >= 0, got {matching_weight}, {removal_weight}")
         self.layout = GroupLayout(slices, conditions, continuous_bins)
-        self.eraser = RunningEraser(latent_dim, self.layout, covariance_dims=covariance_dims, momentum=momentum)
+        self.eraser = RunningEraser(
+            latent_dim, self.layout, covariance_dims=covariance_dims, momentum=momentum, ridge=ridge,
+            orthogonal=orthogonal,
+        )
         self.matching = matching
         self.matching_weight = matching_weight
         self.balanced = balanced

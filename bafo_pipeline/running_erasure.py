@@ -132,6 +132,20 @@ class RunningEraser(nn.Module):
         Relative eigenvalue / singular-value threshold below which directions
         count as empty (the statistics are estimates, so looser than
         ``LinearErasure``'s exact-data default).
+    ridge : float, default=0.0
+        Added to the covariance, times its mean eigenvalue, before whitening.
+        LEACE's oblique map multiplies a direction's coordinate by the ratio of
+        standard deviations between directions; on running (lagging)
+        statistics of a latent with near-collapsed directions that ratio
+        amplifies estimation error into the directions the decoder uses. A
+        small ridge bounds it (the exact final eraser needs none).
+    orthogonal : bool, default=False
+        Remove the span of the cross-covariance (and the top covariance-gap
+        directions) by Euclidean orthogonal projection instead of LEACE's
+        oblique, whitened map. Also leaves no cross-covariance with the
+        concepts, moves latents more than LEACE, and never amplifies one
+        direction into another: what a map refitted every step on lagging
+        statistics needs.
     """
 
     def __init__(
@@ -142,6 +156,8 @@ class RunningEraser(nn.Module):
         covariance_dims: int = 0,
         momentum: float = 0.98,
         tolerance: float = 1e-7,
+        ridge: float = 0.0,
+        orthogonal: bool = False,
     ):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
@@ -152,6 +168,8 @@ class RunningEraser(nn.Module):
         self.covariance_dims = covariance_dims
         self.momentum = momentum
         self.tolerance = tolerance
+        self.ridge = ridge
+        self.orthogonal = orthogonal
         d = latent_dim
         k = layout.concepts(torch.zeros(1, max(stop for _, stop, _ in layout.slices))).shape[1]
         g = layout.total_groups
@@ -201,7 +219,50 @@ class RunningEraser(nn.Module):
         scale = 1.0 / self.weight
         mean = self.z_mean * scale
         covariance = self.z_second * scale - torch.outer(mean, mean)
+        d = len(mean)
+        identity = torch.eye(d, dtype=mean.dtype, device=mean.device)
+        if self.ridge:
+            covariance = covariance + self.ridge * torch.trace(covariance) / d * identity
         cross = self.zc_second * scale - torch.outer(mean, self.c_mean * scale)
+        if self.orthogonal:
+            keep = self._orthogonal_keep(cross, mean, covariance, scale)
+        else:
+            keep = self._leace_keep(cross, mean, covariance, scale)
+        erased_covariance = keep.T @ covariance @ keep
+        self.mean_.copy_(mean.float())
+        self.keep_.copy_(keep.float())
+        # A small ridge keeps near-empty directions from being blown up (and their gradients with them).
+        ridge = 1e-3 * torch.trace(erased_covariance) / d
+        self.whiten_.copy_(_whitening(erased_covariance + ridge * identity, 1e-6)[0].float())
+
+    def _group_moments(self, mean: torch.Tensor, scale: torch.Tensor):
+        """``(share, second moment about the pooled mean)`` of every group with rows."""
+        share = self.group_share * scale
+        for g in range(len(share)):
+            if share[g] <= 0:
+                continue
+            group_mean = self.group_mean[g] * scale / share[g]
+            second = self.group_second[g] * scale / share[g]
+            yield share[g], second - torch.outer(group_mean, mean) - torch.outer(mean, group_mean) + torch.outer(mean, mean)
+
+    def _orthogonal_keep(self, cross, mean, covariance, scale) -> torch.Tensor:
+        d = len(mean)
+        identity = torch.eye(d, dtype=mean.dtype, device=mean.device)
+        u, s, _ = torch.linalg.svd(cross, full_matrices=False)
+        u = u[:, s > torch.clamp(1e-6 * s.max(), min=1e-12)] if len(s) else u
+        keep = identity - u @ u.T
+        if self.covariance_dims:
+            erased = keep @ covariance @ keep
+            spread = torch.zeros_like(covariance)
+            for share, about_pooled in self._group_moments(mean, scale):
+                deviation = keep @ about_pooled @ keep - erased
+                spread += share * deviation @ deviation
+            eigenvalues, eigenvectors = torch.linalg.eigh(spread)
+            top = eigenvectors[:, torch.argsort(eigenvalues, descending=True)[: self.covariance_dims]]
+            keep = keep @ (identity - top @ top.T)
+        return keep
+
+    def _leace_keep(self, cross, mean, covariance, scale) -> torch.Tensor:
         d = len(mean)
         identity = torch.eye(d, dtype=mean.dtype, device=mean.device)
         whiten, unwhiten = _whitening(covariance, self.tolerance)
@@ -211,12 +272,7 @@ class RunningEraser(nn.Module):
         keep = identity - whiten @ u @ u.T @ unwhiten
         if self.covariance_dims:
             keep = keep @ self._covariance_keep(keep, mean, covariance, scale)
-        erased_covariance = keep.T @ covariance @ keep
-        self.mean_.copy_(mean.float())
-        self.keep_.copy_(keep.float())
-        # A small ridge keeps near-empty directions from being blown up (and their gradients with them).
-        ridge = 1e-3 * torch.trace(erased_covariance) / d
-        self.whiten_.copy_(_whitening(erased_covariance + ridge * identity, 1e-6)[0].float())
+        return keep
 
     def _covariance_keep(
         self, keep: torch.Tensor, mean: torch.Tensor, covariance: torch.Tensor, scale: torch.Tensor
@@ -225,17 +281,11 @@ class RunningEraser(nn.Module):
         erased = keep.T @ covariance @ keep
         whiten, unwhiten = _whitening(erased, self.tolerance)
         span = whiten @ unwhiten
-        share = self.group_share * scale
         spread = torch.zeros_like(covariance)
-        for g in range(len(share)):
-            if share[g] <= 0:
-                continue
-            group_mean = self.group_mean[g] * scale / share[g]
-            second = self.group_second[g] * scale / share[g]
-            # Second moment about the pooled mean, as LinearErasure measures it.
-            about_pooled = second - torch.outer(group_mean, mean) - torch.outer(mean, group_mean) + torch.outer(mean, mean)
+        # Second moments about the pooled mean, as LinearErasure measures them.
+        for share, about_pooled in self._group_moments(mean, scale):
             deviation = whiten @ keep.T @ about_pooled @ keep @ whiten - span
-            spread += share[g] * deviation @ deviation
+            spread += share * deviation @ deviation
         eigenvalues, eigenvectors = torch.linalg.eigh(spread)
         top = eigenvectors[:, torch.argsort(eigenvalues, descending=True)[: self.covariance_dims]]
         identity = torch.eye(len(span), dtype=span.dtype, device=span.device)

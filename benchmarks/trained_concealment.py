@@ -70,7 +70,7 @@ VARIANTS: dict[str, dict] = {
     "full-dec6": {"fit": {"concealment": "none"}, "post": {"concealment": "full", "decoder_epochs": 6}},
     # concealment learned in training
     "trained": {"fit": {"concealment": "trained", "decoder_epochs": 0}},
-    "trained-rw0": {"fit": {"concealment": "trained", "decoder_epochs": 0, "removal_weight": 0.0}},
+    "trained-rw1": {"fit": {"concealment": "trained", "decoder_epochs": 0, "removal_weight": 1.0}},
     "trained-cov8": {"fit": {"concealment": "trained", "covariance_dims": 8, "decoder_epochs": 0}},
     "trained-cov16": {"fit": {"concealment": "trained", "covariance_dims": 16, "decoder_epochs": 0}},
 }

@@ -109,7 +109,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     balanced_batches : bool, default=False
         With ``concealment="trained"``: draw training batches with every
         combination of the categorical attributes equally likely.
-    removal_weight : float, default=1.0
+    removal_weight : float, default=0.0
         With ``concealment="trained"``: weight of a KL-like pull on what the
         in-loop eraser removes from the posterior means, which keeps that part
         small so that the final eraser and the decoder agree with the running one.
@@ -252,7 +252,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         matching: str = "mmd",
         matching_weight: float = 0.0,
         balanced_batches: bool = False,
-        removal_weight: float = 1.0,
+        removal_weight: float = 0.0,
         erase_in_loop: bool = True,
         decoder_epochs: int = 6,
         refine_epochs: int = 30,

@@ -131,3 +131,45 @@ def test_in_loop_hook_checks_its_settings():
         InLoopConcealment(10, _slices(schema), C, matching="wasserstein")
     with pytest.raises(ValueError, match=">= 0"):
         InLoopConcealment(10, _slices(schema), C, matching_weight=-1.0)
+
+
+def test_trained_concealment_round_trips_through_save_and_load(tmp_path):
+    from bafo_pipeline import BAFOTransformer, load_model, make_synthetic_faces, save_model
+
+    faces = make_synthetic_faces(96, image_size=32, random_state=3)
+    model = BAFOTransformer(
+        latent_dim=6, widths=(4, 8), epochs=2, batch_size=32, concealment="trained", covariance_dims=1,
+        matching="moments", matching_weight=0.01, decoder_epochs=1, random_state=0,
+    ).fit(faces.images, sensitive_features=faces.sensitive_features)
+    assert model.erasure_ is not None and model.refiner_ is None
+    assert "matching" in model.history_[-1]
+    loaded = load_model(save_model(model, tmp_path / "model"))
+    Z = model.transform(faces.images)
+    np.testing.assert_array_equal(loaded.transform(faces.images), Z)
+    S = faces.sensitive_features
+    np.testing.assert_array_equal(loaded.inverse_transform(Z, sensitive_features=S), model.inverse_transform(Z, sensitive_features=S))
+    assert loaded.get_params() == model.get_params()
+
+
+def test_trainer_decodes_erased_means_plus_noise():
+    from bafo_pipeline.model import BAFONetwork, NetworkConfig
+    from bafo_pipeline.training import Trainer, TrainingConfig
+
+    X, S, schema, C = _table(n=256)
+    hook = InLoopConcealment(4, _slices(schema), C, momentum=0.0)
+    network = BAFONetwork(NetworkConfig(kind="mlp", input_shape=(10,), condition_dim=C.shape[1], latent_dim=4, widths=(16,)))
+    seen = []
+    network.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    trainer = Trainer(network, TrainingConfig(epochs=1, batch_size=256, validation_fraction=0.0), torch.device("cpu"),
+                      _slices(schema), in_loop=hook)
+    inputs = torch.from_numpy(X).float()
+    mean, logvar = network.encode(inputs)
+    trainer._loss(inputs, C.float())
+    # The eraser was refreshed on this very batch (momentum 0): the erased means have no cross-covariance
+    # with any concept, and the decoder got them plus the posterior noise (not erased noise).
+    erased = hook.erase(mean.detach())
+    concepts = hook.layout.concepts(C.float())
+    cross = (erased - erased.mean(0)).T @ (concepts - concepts.mean(0)) / len(erased)
+    assert cross.abs().max() < 1e-4
+    noise = seen[-1] - erased
+    assert torch.allclose(noise.std(0), torch.exp(0.5 * logvar.detach()).mean(0), rtol=0.3)

@@ -56,6 +56,13 @@ GOALS = {  # issue 12
     "synthetic_leak_chance_adjusted": 0.05,
 }
 
+# The in-loop training code as this process loaded it (read once, so edits made while it runs do not
+# change which cached models it finds).
+IN_LOOP_SOURCE = hashlib.sha1(b"".join(
+    (ROOT / "bafo_pipeline" / name).read_bytes()
+    for name in ("in_loop.py", "running_erasure.py", "distribution_matching.py", "training.py")
+)).hexdigest()
+
 # name -> {"fit": estimator parameters, "post": parameters for a fit_concealment refit (optional)}
 VARIANTS: dict[str, dict] = {
     "none": {"fit": {"concealment": "none"}},
@@ -163,8 +170,7 @@ def model_key(settings: dict, args, info: dict) -> str:
     identity = {"fit": settings["fit"], "epochs": args.epochs, "latent": args.latent_dim, "data": info,
                 "seed": args.seed, "base": args.base}
     if settings["fit"].get("concealment") == "trained":  # the in-loop code is under study: key on its source
-        sources = ("in_loop.py", "running_erasure.py", "distribution_matching.py", "training.py")
-        identity["code"] = hashlib.sha1(b"".join((ROOT / "bafo_pipeline" / f).read_bytes() for f in sources)).hexdigest()
+        identity["code"] = IN_LOOP_SOURCE
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 

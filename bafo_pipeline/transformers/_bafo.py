@@ -117,6 +117,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         With ``concealment="trained"``: apply the running eraser between
         encoder and decoder in training (``False``: only the removal pull and
         the matching penalty act; the final eraser is fitted all the same).
+    in_loop_ridge : float, default=0.0
+        With ``concealment="trained"``: ridge on the running eraser's
+        covariance (times its mean eigenvalue), which keeps near-collapsed
+        latent directions from dominating LEACE's whitened criterion.
+    in_loop_orthogonal : bool, default=False
+        With ``concealment="trained"``: the running eraser removes the
+        concept directions by orthogonal projection instead of LEACE.
     decoder_epochs : int, default=6
         With ``concealment="linear"`` or ``"full"``: after the concealment is
         fitted, fine-tune a copy of the decoder for this many epochs to rebuild
@@ -221,6 +228,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "balanced_batches": ["boolean"],
         "removal_weight": [Interval(Real, 0, None, closed="left")],
         "erase_in_loop": ["boolean"],
+        "in_loop_ridge": [Interval(Real, 0, None, closed="left")],
+        "in_loop_orthogonal": ["boolean"],
         "decoder_epochs": [Interval(Integral, 0, None, closed="left")],
         "refine_epochs": [Interval(Integral, 1, None, closed="left")],
         "refine_adversary_weight": [Interval(Real, 0, None, closed="left")],
@@ -254,6 +263,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         balanced_batches: bool = False,
         removal_weight: float = 0.0,
         erase_in_loop: bool = True,
+        in_loop_ridge: float = 0.0,
+        in_loop_orthogonal: bool = False,
         decoder_epochs: int = 6,
         refine_epochs: int = 30,
         refine_adversary_weight: float = 0.3,
@@ -283,6 +294,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.balanced_batches = balanced_batches
         self.removal_weight = removal_weight
         self.erase_in_loop = erase_in_loop
+        self.in_loop_ridge = in_loop_ridge
+        self.in_loop_orthogonal = in_loop_orthogonal
         self.decoder_epochs = decoder_epochs
         self.refine_epochs = refine_epochs
         self.refine_adversary_weight = refine_adversary_weight
@@ -362,6 +375,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 self.latent_dim, _condition_slices(schema), torch.from_numpy(conditions),
                 covariance_dims=self.covariance_dims, matching=self.matching, matching_weight=self.matching_weight,
                 balanced=self.balanced_batches, removal_weight=self.removal_weight, erase_forward=self.erase_in_loop,
+                ridge=self.in_loop_ridge, orthogonal=self.in_loop_orthogonal,
             )
         trainer = Trainer(network, config, device, _condition_slices(schema), in_loop=in_loop)
         with _epoch_progress(self.verbose, self.epochs) as on_epoch_end:

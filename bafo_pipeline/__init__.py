@@ -3,20 +3,20 @@
 The public API:
 
 - :class:`BAFOTransformer` — the blind autoencoder as a scikit-learn transformer.
-- :class:`LinearErasure` — closed-form linear concept erasure (LEACE).
+- :class:`LinearErasure`, :class:`LatentRefiner`, :class:`TrainedErasure` — concealment steps (closed-form LEACE;
+  an adversarial refiner; LEACE learned in training).
 - :func:`make_synthetic_faces`, :func:`load_utkface`, :func:`load_manifest` — data.
 - :func:`save_model`, :func:`load_model` — model directories.
 - :func:`export_latents`, :func:`read_latents` — Parquet latent datasets.
-- :func:`audit_representations` — the leakage audit.
+- :func:`bafo_pipeline.audits.audit_leakage`, :func:`bafo_pipeline.audits.run_audit` — the leakage audit.
 """
 
 from ._version import package_version
 from .attributes import Attribute, AttributeSchema
 from .data import FaceDataset, load_manifest, load_utkface, make_synthetic_faces
 from .io import read_latents, write_latents
-from .io.export import export_latents
-from .io.model_io import load_model, save_model
-from .transformers import BAFOTransformer, LinearErasure
+from .pipeline import export_latents
+from .transformers import BAFOTransformer, LatentRefiner, LinearErasure, TrainedErasure, load_model, save_model
 
 __version__ = package_version()
 
@@ -25,7 +25,9 @@ __all__ = [
     "AttributeSchema",
     "BAFOTransformer",
     "FaceDataset",
+    "LatentRefiner",
     "LinearErasure",
+    "TrainedErasure",
     "export_latents",
     "load_manifest",
     "load_model",

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .attributes import DEFAULT_SENSITIVE
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -24,7 +26,7 @@ def _data_options(function):
         click.option("--utkface", type=click.Path(exists=True, file_okay=False), help="A UTKFace folder (labels in file names)."),
         click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="A CSV/Parquet table: image path + attribute columns."),
         click.option("--image-column", default="path", show_default=True, help="Manifest column holding image paths."),
-        click.option("--sensitive", default="age,gender,ethnicity", show_default=True, help="Comma-separated sensitive columns of the manifest."),
+        click.option("--sensitive", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Comma-separated sensitive columns of the manifest."),
         click.option("--synthetic-samples", default=3000, show_default=True, help="Number of synthetic faces (default data)."),
         click.option("--limit", type=int, help="Use at most this many images (quick runs)."),
         click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it."),
@@ -47,8 +49,10 @@ def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 def _concealment_options(function):
     """Options that set the concealment steps (train and run)."""
     options = [
-        click.option("--concealment", type=click.Choice(["none", "linear", "full"]), default="full", show_default=True,
-                     help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE."),
+        click.option("--concealment", type=click.Choice(["none", "linear", "full", "trained"]), default="full",
+                     show_default=True,
+                     help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE; "
+                          "trained: LEACE learned in training (docs/TRAINED_CONCEALMENT.md)."),
         click.option("--covariance-dims", default=0, show_default=True,
                      help="Also erase this many directions where the groups' spreads differ "
                           "(docs/COVARIANCE_ERASURE.md)."),
@@ -103,8 +107,7 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
     The split is by content hash (duplicates never straddle it), so `bafo encode
     --split test` later finds exactly the images the model never saw.
     """
-    from .io.model_io import save_model
-    from .transformers import BAFOTransformer
+    from .transformers import BAFOTransformer, save_model
 
     if Path(out_dir).exists() and not overwrite:
         raise click.UsageError(f"{out_dir} exists; pass --overwrite to replace it")
@@ -151,29 +154,25 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     """
     from tqdm.auto import tqdm
 
-    from .data.dataset import FaceDataset
     from .data.splits import hash_split
-    from .io.export import export_latents
-    from .io.model_io import load_model, model_fingerprint, read_model_config
+    from .pipeline.export import export_latents
+    from .transformers import load_model, model_fingerprint, read_model_config
 
     if Path(out).exists() and not overwrite:
         raise click.UsageError(f"{out} exists; pass --overwrite to replace it")
     estimator = load_model(model_dir)
-    config = read_model_config(model_dir)
-    split_info = config.get("metadata", {}).get("split")
+    metadata = read_model_config(model_dir).get("metadata", {})
+    split_info = metadata.get("split")
     if (which != "all" or include_split) and split_info is None:
         raise click.UsageError("this model records no train/test split; use --split all without --include-split")
-    source = _scan_or_load(utkface, manifest, image_column, sensitive, config, synthetic_samples, limit, strict)
-    in_memory = isinstance(source, FaceDataset)
+    source = _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synthetic_samples, limit, strict)
     names, rows = None, np.arange(len(source))
     if split_info is not None:
-        hashes = source.content_hash if in_memory else source["content_hash"].to_numpy()
-        is_test = hash_split(hashes, test_fraction=split_info["test_fraction"], seed=split_info["seed"])
+        is_test = hash_split(source.content_hash, test_fraction=split_info["test_fraction"], seed=split_info["seed"])
         names = np.where(is_test, "test", "train")
         if which != "all":
             keep = names == which
-            source = source.subset(keep) if in_memory else source[keep].reset_index(drop=True)
-            names, rows = names[keep], rows[keep]
+            source, names, rows = source.subset(keep), names[keep], rows[keep]
     with tqdm(total=len(source), desc="encoding", unit="img") as bar:
         report = export_latents(
             estimator, source, out, include_labels=include_labels, split=names if include_split else None,
@@ -185,24 +184,21 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     click.echo(f"wrote {report.n_written} latents to {out} ({len(report.skipped)} skipped)")
 
 
-def _scan_or_load(utkface, manifest, image_column, sensitive, config, synthetic_samples, limit, strict):
-    """File sources are only scanned (decoded later, in streaming batches); synthetic faces are drawn."""
-    if utkface is not None:
-        from .data.utkface import scan_utkface
+def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synthetic_samples, limit, strict):
+    """Files are only scanned (decoded later, in streaming batches); synthetic faces are drawn as the model's were."""
+    from .data.sources import scan_source
 
-        table, report = scan_utkface(utkface, strict=strict)
-    elif manifest is not None:
-        from .data.manifest import scan_manifest
-
-        columns = tuple(s.strip() for s in sensitive.split(",") if s.strip())
-        table, report = scan_manifest(manifest, image_column=image_column, sensitive=columns, strict=strict)
-    else:
-        data = config.get("metadata", {}).get("data", {})
-        seed = config.get("metadata", {}).get("split", {}).get("seed", 0)
-        n = data.get("synthetic_samples", synthetic_samples) if data.get("source") == "synthetic" else synthetic_samples
-        return _load(None, None, image_column, sensitive, n, limit, strict, config["input_format"]["shape"][0], seed)
+    data = metadata.get("data", {})
+    if data.get("source") == "synthetic":
+        synthetic_samples = data.get("synthetic_samples", synthetic_samples)
+    source, report = scan_source(
+        utkface=utkface, manifest=manifest, synthetic_samples=synthetic_samples,
+        image_size=estimator.input_format_.shape[0], image_column=image_column,
+        sensitive=tuple(s.strip() for s in sensitive.split(",") if s.strip()), limit=limit, strict=strict,
+        seed=metadata.get("split", {}).get("seed", 0),
+    )
     click.echo(f"data: {report.summary()}", err=True)
-    return table if limit is None else table.iloc[:limit].reset_index(drop=True)
+    return source
 
 
 # ---------------------------------------------------------------------------- audit
@@ -212,7 +208,7 @@ def _scan_or_load(utkface, manifest, image_column, sensitive, config, synthetic_
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="CSV/Parquet labels joined by id; default: the labels stored in the first latents file.")
 @click.option("--id-column", default="id", show_default=True)
-@click.option("--attributes", default="age,gender,ethnicity", show_default=True, help="Sensitive attributes to audit.")
+@click.option("--attributes", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Sensitive attributes to audit.")
 @click.option("--target", help="A non-sensitive column for the downstream fairness report (e.g. smile).")
 @click.option("--folds", default=5, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
@@ -259,7 +255,7 @@ def _with_progress(description: str, work):
 
 
 def _print_verdicts(report) -> None:
-    from .workflow import verdict_table
+    from .pipeline.workflow import verdict_table
 
     utility = {f.representation: f for f in report.fairness}
     for name, rows in verdict_table(report).groupby("representation", sort=False):
@@ -294,7 +290,7 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     for auditing only) and OUT/report/ (report.html, report.json).
     """
     from .transformers import BAFOTransformer
-    from .workflow import run_workflow
+    from .pipeline.workflow import run_workflow
 
     dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, 56, seed)
     synthetic = utkface is None and manifest is None
@@ -320,13 +316,17 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
 
 # --------------------------------------------------------------------- decode, grid
 def _parse_attribute_values(schema, given: dict[str, str | None]) -> dict:
-    """CLI strings → values the schema accepts; unspecified attributes get a neutral value."""
+    """CLI strings → values the schema accepts; attributes left out are not set (the model decodes them at
+    their neutral value)."""
+    unknown = sorted(name for name, raw in given.items() if raw is not None and name not in schema.names)
+    if unknown:
+        raise click.BadParameter(f"unknown attribute(s) {unknown}; this model is conditioned on {schema.names}")
     values = {}
     for attribute in schema.attributes:
         raw = given.get(attribute.name)
         if raw is None:
-            values[attribute.name] = attribute.neutral()
-        elif attribute.kind == "continuous":
+            continue
+        if attribute.kind == "continuous":
             values[attribute.name] = float(raw)
         elif attribute.kind == "categorical" and ":" in raw:
             values[attribute.name] = {k.strip(): float(w) for k, w in (part.split(":") for part in raw.split(","))}
@@ -395,7 +395,7 @@ def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir):
     """
     from PIL import Image
 
-    from .io.model_io import load_model
+    from .transformers import load_model
 
     estimator = load_model(model_dir)
     if estimator.schema_ is None:
@@ -429,8 +429,8 @@ def _as_uint8_nhwc(images: np.ndarray) -> np.ndarray:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 def grid(model_dir, inputs, style, ages, fixed_age, max_inputs, out):
     """The paper's figures: a face across ages and genders, or inputs vs. their decodes."""
-    from .figures import age_gender_grid, attribute_rows_grid, save_grid_png
-    from .io.model_io import load_model
+    from .pipeline.figures import age_gender_grid, attribute_rows_grid, save_grid_png
+    from .transformers import load_model
 
     estimator = load_model(model_dir)
     paths = _list_images(inputs)[:max_inputs]

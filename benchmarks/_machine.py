@@ -6,9 +6,63 @@ import os
 import platform
 from datetime import datetime, timezone
 
+# /proc/cpuinfo flags that decide which kernels the encoder gets.
+CPU_FEATURES = {
+    "avx2": "avx2",
+    "fma": "fma",
+    "avx512f": "avx512f",
+    "avx512_vnni": "avx512_vnni",
+    "avx512_bf16": "avx512_bf16",
+    "amx_bf16": "amx_bf16",
+    "amx_int8": "amx_int8",
+}
+
+# Environment variables that cap the instruction set (how an AVX2-only CPU is emulated on a newer one).
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def cpu_features() -> dict:
+    """The real CPU's flags (AVX2 / AVX512 / AVX512-BF16 / AMX ...), whatever emulation is active."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            line = next((line for line in handle if line.startswith("flags")), "")
+        flags = set(line.split(":", 1)[1].split()) if ":" in line else set()
+    except OSError:
+        pass
+    return {name: flag in flags for name, flag in CPU_FEATURES.items()}
+
+
+def isa_emulation() -> dict:
+    """The instruction-set caps in force and what the libraries report under them.
+
+    ``ATEN_CPU_CAPABILITY`` caps PyTorch's own kernels, ``ONEDNN_MAX_CPU_ISA``
+    oneDNN's (convolutions); ONNX Runtime has no such switch and picks its
+    kernels from the real CPU.
+    """
+    import torch
+
+    result = {name: os.environ.get(name) for name in ISA_CAPS}
+    result["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    # What precision="auto" consults (oneDNN's view, which ONEDNN_MAX_CPU_ISA caps).
+    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        native = bool(torch.backends.mkldnn.is_available() and checker is not None and checker())
+    except RuntimeError:
+        native = False
+    result["native_bfloat16_as_seen_by_torch"] = native
+    try:
+        import onnxruntime
+
+        result["onnxruntime"] = f"{onnxruntime.__version__} (kernels chosen from the real CPU: no ISA cap)"
+    except ImportError:
+        result["onnxruntime"] = None
+    result["emulating"] = any(result[name] for name in ISA_CAPS)
+    return result
+
 
 def machine() -> dict:
-    """CPU model and count, load, GPU (if any) and library versions."""
+    """CPU model, features, count, load, ISA emulation, GPU (if any) and library versions."""
     import torch
 
     cpu_model = platform.processor() or "unknown"
@@ -17,11 +71,15 @@ def machine() -> dict:
             cpu_model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
         "platform": platform.platform(),
         "cpu_model": cpu_model,
+        "cpu_features": cpu_features(),
+        "isa_emulation": isa_emulation(),
         "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1min": None if load is None else round(load[0], 2),
+        "load_average_1_5_15min": None if load is None else [round(value, 2) for value in load],
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -23,7 +23,7 @@ import sklearn
 import torch
 
 from bafo_pipeline.audits import audit_leakage
-from bafo_pipeline.audits.mlp import resolve_device
+from bafo_pipeline._utils import resolve_device
 
 BUDGET_SECONDS = 60.0
 

@@ -1,31 +1,55 @@
-"""End-to-end export throughput: 200x200 JPEG files on disk -> concealed latents in Parquet.
+"""End-to-end export throughput: JPEG files on disk -> concealed latents in Parquet, against two references.
 
-Reports images/s for the whole export and, measured in the same run, for image
-decoding + resizing alone: with Pillow (the ceiling on a CPU; target >= 70% of
-it on the 2-core CPU) and, with ``--decoder torch``, with the batched decoder on
-the model's device (the ceiling on a GPU; target >= 25,000 img/s end to end on
-an H100/H200). Peak memory is measured in child processes for N and 2N images:
-it must not grow with the number of images. Prints JSON.
+Measured side by side in one run, for ``--rounds`` rounds (each round runs the
+three one after the other, and the ratios are taken within a round):
 
-    python benchmarks/encode_throughput.py [--images 4000] [--decoder auto|pil|torch] [--device auto]
-        [--precision auto|float32|bfloat16] [--skip-memory]
+- the **Pillow decode ceiling**: decoding + resizing alone with the project's
+  Pillow decoder (``decode_images``, its thread pool), the CPU ceiling of the
+  export (target: the export >= 70% of it on 2 cores), and how many cores it
+  kept busy (its threads hold the GIL for part of each image);
+- the **export** (``export_latents``, concealment ``"full"``), with how its
+  time was spent: waiting for decoded batches, encoding, writing, and the CPU
+  time of the calling thread and of the decoder threads;
+- the **DataLoader loop** a user would write: a torch ``DataLoader`` with 2
+  worker processes decoding with Pillow, the estimator's public ``transform``,
+  ``pandas.to_parquet`` (target: the export >= 2x it).
+
+With ``--folder`` it reads real JPEG files (a seeded sample of ``--images`` of
+them, e.g. UTKFace's 200x200 faces); without, it writes synthetic 200x200
+quality-90 JPEGs. ``--emulate avx2`` reruns itself with PyTorch's and oneDNN's
+kernels capped at AVX2 (``ATEN_CPU_CAPABILITY=avx2``,
+``ONEDNN_MAX_CPU_ISA=AVX2``), as on a CPU without AVX512 and bf16; ONNX
+Runtime has no such cap and keeps the real CPU's kernels (the JSON says so).
+With ``--decoder torch`` it also measures the batched decoder on the model's
+device (the GPU ceiling). Peak memory is measured in child processes for N and
+2N images: it must not grow with the number of images. Prints JSON.
+
+    python benchmarks/encode_throughput.py [--folder DIR] [--images 3000] [--emulate avx2]
+        [--precision auto|float32|bfloat16] [--rounds 3]
+        [--decoder auto|pil|torch] [--device auto] [--skip-memory] [--skip-dataloader] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
+
+EMULATIONS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+IMAGE_SIZE = (56, 56)
 
 
 def write_jpegs(folder: Path, n: int) -> list[str]:
@@ -42,41 +66,98 @@ def write_jpegs(folder: Path, n: int) -> list[str]:
     return paths
 
 
+def sample_files(folder: Path, n: int) -> list[str]:
+    """A seeded sample of n JPEG files of ``folder`` (sorted names would all start with one age)."""
+    files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    if len(files) < n:
+        raise SystemExit(f"{folder} holds {len(files)} JPEG files, fewer than --images {n}")
+    return [files[i] for i in sorted(np.random.default_rng(0).choice(len(files), n, replace=False))]
+
+
 def fitted_model(device: str = "auto", precision: str = "auto"):
     """The default architecture with its full concealment (weights untrained: speed does not depend on them)."""
     from bafo_pipeline import BAFOTransformer, make_synthetic_faces
 
     faces = make_synthetic_faces(256, random_state=0)
-    return BAFOTransformer(epochs=0, refine_epochs=1, device=device, precision=precision, random_state=0).fit(
-        faces.images, sensitive_features=faces.sensitive_features
-    )
+    return BAFOTransformer(
+        epochs=0, refine_epochs=1, device=device, precision=precision, random_state=0
+    ).fit(faces.images, sensitive_features=faces.sensitive_features)
 
 
-def export_once(
-    paths: list[str], out: Path, batch_size: int, decoder: str = "auto", device: str = "auto", precision: str = "auto"
-) -> dict:
-    """Export ``paths`` once after a warm-up batch; images/s and the settings the export recorded."""
+def export_once(model, paths: list[str], out: Path, batch_size: int, decoder: str = "auto") -> dict:
+    """One timed export of ``paths``: images/s, how the time was spent, and the settings the file records."""
     from bafo_pipeline import export_latents
+    from bafo_pipeline.data import ImageFiles
     from bafo_pipeline.io import read_metadata
 
-    model = fitted_model(device, precision)
-    export_latents(model, pd.DataFrame({"path": paths[:batch_size]}), out, batch_size=batch_size,
-                   overwrite=True, decoder=decoder)  # warm-up: kernels, decoder handles, inference copy
     started = time.perf_counter()
-    report = export_latents(model, pd.DataFrame({"path": paths}), out, batch_size=batch_size, overwrite=True,
+    report = export_latents(model, ImageFiles(pd.DataFrame({"path": paths})), out, batch_size=batch_size, overwrite=True,
                             decoder=decoder)
     seconds = time.perf_counter() - started
     assert report.n_written == len(paths), report.skipped[:3]
     recorded = read_metadata(out)
-    return {"images_per_second": len(paths) / seconds, "precision": recorded["precision"], "decoder": recorded["decoder"]}
+    timings = report.timings
+    decoder_cpu = timings["process_cpu"] - timings["caller_cpu"]
+    return {
+        "images_per_second": len(paths) / seconds,
+        "settings": {key: recorded[key] for key in ("precision", "decoder")},
+        "time_shares": {
+            "waiting_for_decoder": round(timings["waiting_for_decoder"] / timings["wall"], 3),
+            "encoding": round(timings["encoding"] / timings["wall"], 3),
+            "writing": round(timings["writing"] / timings["wall"], 3),
+            "caller_thread_cpu_per_wall": round(timings["caller_cpu"] / timings["wall"], 3),
+            "decoder_threads_cpu_per_wall": round(decoder_cpu / timings["wall"], 3),
+        },
+        "cpu_microseconds_per_image": {
+            "caller_thread": round(timings["caller_cpu"] / len(paths) * 1e6, 1),
+            "decoder_threads": round(decoder_cpu / len(paths) * 1e6, 1),
+        },
+    }
 
 
-def pil_decode_ceiling(paths: list[str]) -> float:
+def warm_up(model, paths: list[str], out: Path, batch_size: int, decoder: str) -> None:
+    """Kernels, decoder handles and the inference runtime, built before anything is timed."""
+    from bafo_pipeline import export_latents
+    from bafo_pipeline.data import ImageFiles
+
+    export_latents(model, ImageFiles(pd.DataFrame({"path": paths[:batch_size]})), out, batch_size=batch_size, overwrite=True,
+                   decoder=decoder)
+    model.transform(np.zeros((8, *IMAGE_SIZE, 3), dtype=np.uint8))
+
+
+def pil_decode_ceiling(paths: list[str]) -> tuple[float, float]:
+    """images/s of decoding alone, and the cores it kept busy (process CPU time / wall time)."""
     from bafo_pipeline.data import decode_images
 
-    started = time.perf_counter()
-    images, kept, _ = decode_images(paths, size=(56, 56))
+    started, cpu = time.perf_counter(), time.process_time()
+    images, kept, _ = decode_images(paths, size=IMAGE_SIZE)
     assert len(kept) == len(paths)
+    seconds = time.perf_counter() - started
+    return len(paths) / seconds, (time.process_time() - cpu) / seconds
+
+
+class PillowFiles:
+    """The torch Dataset a user would write: open with Pillow, convert to RGB, resize, to an array."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        with Image.open(self.paths[index]) as image:
+            return np.asarray(image.convert("RGB").resize(IMAGE_SIZE[::-1]))
+
+
+def dataloader_loop(model, paths: list[str], out: Path, batch_size: int) -> float:
+    """images/s of DataLoader (2 workers, Pillow) -> ``model.transform`` -> ``pandas.to_parquet``."""
+    from torch.utils.data import DataLoader
+
+    started = time.perf_counter()
+    loader = DataLoader(PillowFiles(paths), batch_size=batch_size, num_workers=2)
+    latents = np.concatenate([model.transform(batch.numpy()) for batch in loader])
+    pd.DataFrame(latents, columns=model.get_feature_names_out()).to_parquet(out)
     return len(paths) / (time.perf_counter() - started)
 
 
@@ -86,70 +167,122 @@ def device_decode_ceiling(paths: list[str], batch_size: int, device) -> float:
 
     from bafo_pipeline.data.jpeg_tensors import iter_tensor_batches
 
-    for _ in iter_tensor_batches(paths[:batch_size], batch_size=batch_size, size=(56, 56), device=device):
+    for _ in iter_tensor_batches(paths[:batch_size], batch_size=batch_size, size=IMAGE_SIZE, device=device):
         pass  # warm-up
     started = time.perf_counter()
-    n = sum(len(indices) for indices, _, _ in iter_tensor_batches(paths, batch_size=batch_size, size=(56, 56), device=device))
+    n = sum(len(indices) for indices, _, _ in iter_tensor_batches(paths, batch_size=batch_size, size=IMAGE_SIZE, device=device))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     assert n == len(paths)
     return len(paths) / (time.perf_counter() - started)
 
 
-def peak_rss_mb(n: int, folder: Path, batch_size: int, decoder: str, device: str, precision: str) -> float:
-    """Peak resident memory of a child process exporting the first n files."""
+def peak_rss_mb(paths: list[str], folder: Path, batch_size: int, decoder: str, device: str, precision: str) -> float:
+    """Peak resident memory of a child process exporting ``paths``."""
+    listing = folder / "child_paths.txt"
+    listing.write_text("\n".join(paths))
     code = (
         "import sys, resource; sys.path.insert(0, sys.argv[1]);"
-        "from encode_throughput import export_once; from pathlib import Path;"
-        "paths = sorted(str(p) for p in Path(sys.argv[2]).glob('*.jpg'))[: int(sys.argv[3])];"
-        "export_once(paths, Path(sys.argv[2]) / 'child.parquet', int(sys.argv[4]), *sys.argv[5:8]);"
+        "from encode_throughput import export_once, fitted_model; from pathlib import Path;"
+        "paths = Path(sys.argv[2]).read_text().splitlines();"
+        "model = fitted_model(*sys.argv[5:7]);"
+        "export_once(model, paths, Path(sys.argv[2]).parent / 'child.parquet', int(sys.argv[3]), sys.argv[4]);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     output = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent), str(folder), str(n), str(batch_size), decoder, device,
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(listing), str(batch_size), decoder, device,
          precision],
         check=True, capture_output=True, text=True,
     ).stdout
     return int(output.strip().splitlines()[-1]) / 1024
 
 
+def _median(values: list[float], digits: int = 1) -> float:
+    return round(statistics.median(values), digits)
+
+
+def run(args) -> dict:
+    from bafo_pipeline._utils import resolve_device
+
+    device = resolve_device(args.device)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        n_files = args.images if args.skip_memory else 2 * args.images
+        all_paths = sample_files(args.folder, n_files) if args.folder else write_jpegs(folder, n_files)
+        paths = all_paths[: args.images]
+        for path in all_paths:  # into the page cache, so no variant pays the first read
+            Path(path).read_bytes()
+        model = fitted_model(args.device, args.precision)
+        warm_up(model, paths, folder / "latents.parquet", args.batch_size, args.decoder)
+        rounds = []
+        for _ in range(args.rounds):
+            ceiling, ceiling_cores = pil_decode_ceiling(paths)
+            export = export_once(model, paths, folder / "latents.parquet", args.batch_size, args.decoder)
+            loop = None if args.skip_dataloader else dataloader_loop(model, paths, folder / "loop.parquet", args.batch_size)
+            rounds.append({"pil_decode_ceiling": round(ceiling, 1), "pil_decode_ceiling_cores_busy": round(ceiling_cores, 2),
+                           "export": export,
+                           "dataloader_loop": None if loop is None else round(loop, 1),
+                           "load_average_1min": round(os.getloadavg()[0], 2)})
+        device_ceiling = device_decode_ceiling(paths, args.batch_size, device) if args.decoder == "torch" else None
+        memory = None if args.skip_memory else {
+            f"{n}_images": round(peak_rss_mb(all_paths[:n], folder, args.batch_size, args.decoder, args.device,
+                                             args.precision), 1)
+            for n in (args.images, 2 * args.images)
+        }
+    exports = [r["export"]["images_per_second"] for r in rounds]
+    result = {
+        "benchmark": "encode_throughput",
+        "export_images_per_second": _median(exports),
+        "pil_decode_ceiling_images_per_second": _median([r["pil_decode_ceiling"] for r in rounds]),
+        "fraction_of_pil_ceiling": _median([r["export"]["images_per_second"] / r["pil_decode_ceiling"] for r in rounds], 3),
+        "dataloader_loop_images_per_second": None if args.skip_dataloader else _median([r["dataloader_loop"] for r in rounds]),
+        "speedup_over_dataloader_loop": None if args.skip_dataloader else _median(
+            [r["export"]["images_per_second"] / r["dataloader_loop"] for r in rounds], 2),
+        "device_decode_ceiling_images_per_second": None if device_ceiling is None else round(device_ceiling, 1),
+        "peak_rss_mb": memory,
+        "rounds": [{**r, "export": {**r["export"], "images_per_second": round(r["export"]["images_per_second"], 1)}}
+                   for r in rounds],
+        "settings": {
+            "images": args.images, "rounds": args.rounds,
+            "source": str(args.folder) if args.folder else "synthetic 200x200 JPEG, quality 90",
+            "image_size": IMAGE_SIZE[0], "batch_size": args.batch_size, "concealment": "full", "device": str(device),
+            **rounds[0]["export"]["settings"], "emulate": args.emulate,
+            "dataloader_loop": "DataLoader(num_workers=2, Pillow open/convert/resize) -> transform -> pandas.to_parquet",
+        },
+        "load_average_1min_before": round(load_before[0], 2),
+        "machine": machine(),
+    }
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--folder", type=Path, help="Real JPEG files (default: synthetic ones).")
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--decoder", choices=["auto", "pil", "torch"], default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
+    parser.add_argument("--emulate", choices=sorted(EMULATIONS), help="Cap torch's and oneDNN's instruction set.")
     parser.add_argument("--skip-memory", action="store_true", help="Skip the two child-process memory runs.")
+    parser.add_argument("--skip-dataloader", action="store_true", help="Skip the DataLoader loop.")
+    parser.add_argument("--out", type=Path, help="Also write the JSON here.")
     args = parser.parse_args(argv)
-    from bafo_pipeline._device import resolve_device
-
-    device = resolve_device(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        paths = write_jpegs(folder, args.images if args.skip_memory else 2 * args.images)
-        first = paths[: args.images]
-        pil_ceiling = pil_decode_ceiling(first)
-        device_ceiling = device_decode_ceiling(first, args.batch_size, device) if args.decoder != "pil" else None
-        export = export_once(first, folder / "latents.parquet", args.batch_size, args.decoder, args.device, args.precision)
-        memory = None if args.skip_memory else {
-            f"{n}_images": round(peak_rss_mb(n, folder, args.batch_size, args.decoder, args.device, args.precision), 1)
-            for n in (args.images, 2 * args.images)
-        }
-    rate = export["images_per_second"]
-    result = {
-        "benchmark": "encode_throughput",
-        "export_images_per_second": round(rate, 1),
-        "pil_decode_ceiling_images_per_second": round(pil_ceiling, 1),
-        "fraction_of_pil_ceiling": round(rate / pil_ceiling, 3),
-        "device_decode_ceiling_images_per_second": None if device_ceiling is None else round(device_ceiling, 1),
-        "peak_rss_mb": memory,
-        "settings": {"images": args.images, "source": "200x200 JPEG, quality 90", "image_size": 56,
-                     "batch_size": args.batch_size, "concealment": "full", "device": str(device),
-                     "decoder": export["decoder"], "precision": export["precision"]},
-        "machine": machine(),
-    }
-    print(json.dumps(result, indent=2))
+    if args.emulate and any(os.environ.get(k) != v for k, v in EMULATIONS[args.emulate].items()):
+        # The caps are read when torch and oneDNN start: rerun in a fresh process with them set.
+        env = {**os.environ, **EMULATIONS[args.emulate]}
+        command = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv)]
+        completed = subprocess.run(command, env=env, check=True, stdout=subprocess.PIPE, text=True)
+        result = json.loads(completed.stdout)
+        print(completed.stdout, end="")
+        return result
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
     return result
 
 

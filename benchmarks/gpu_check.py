@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_throughput", ["--device", "cuda", "--images", "65536", "--epochs", "4", "--batch-size", "1024"]),
         "encode_throughput": lambda tmp: run_benchmark(
             "encode_throughput", ["--decoder", "torch", "--device", "cuda", "--images", str(args.export_images),
-                                  "--batch-size", "2048", "--skip-memory"]),
+                                  "--batch-size", "2048", "--skip-memory", "--rounds", "1"]),
     }
     failed = 0
     for name, step in steps.items():

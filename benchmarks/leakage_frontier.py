@@ -18,17 +18,19 @@ copied by hand::
     python benchmarks/leakage_frontier.py --render-only   # re-render figure and page from the JSON
 
 Variant syntax (``--variants``, comma-separated): ``none``, ``linear``, ``full:W`` (refiner
-adversary weight W, ``--refine-epochs`` epochs), ``full:W:epochs=E``; refiner levers the
-estimator does not expose, composed from the public API (LinearErasure, a tabular
-BAFOTransformer as refiner, LinearErasure): ``full:W:kl=K`` (refiner KL weight) and
-``full:W:dim=D`` (refiner latent size), combinable; and ``residual`` / ``residual:W``:
-subtract the labels' least-squares prediction of the latent instead of erasing directions
-(exactly invertible at decode time, but ``transform`` then needs the labels). ``--append``
-adds variants to an existing JSON (same data, model and audit folds) without redoing the rest.
+adversary weight W, ``--refine-epochs`` epochs), ``full:W:epochs=E``, ``full:W:kl=K`` (refiner
+KL weight) and ``full:W:dim=D`` (refiner latent size), combinable; ``cov=C`` (covariance
+erasure) and ``dec=E`` (decoder fine-tuning) on ``linear`` and ``full``. Every one of these
+is the estimator's own concealment, given as a list of steps (``LinearErasure``,
+``LatentRefiner``, ``LinearErasure``; see :func:`concealment_of`). And ``residual`` /
+``residual:W``: subtract the labels' least-squares prediction of the latent instead of
+erasing directions (exactly invertible at decode time, but ``transform`` then needs the
+labels, so no estimator step can do it; it is composed here). ``--append`` adds variants to
+an existing JSON (same data, model and audit folds) without redoing the rest.
 
 Every LEACE-based variant is also decoded a second way, with the erased component's
-label-predictable part added back before the decoder (the labels are given at decode time
-anyway): same latents, same leakage, a decode-side repair the library does not (yet) do.
+label-predictable part added back before the decoder from richer label features than the
+estimator's own ``erased_label_map_`` uses: same latents, same leakage, another decode-side repair.
 """
 
 from __future__ import annotations
@@ -47,12 +49,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bafo_pipeline.attributes import DEFAULT_SENSITIVE
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "docs" / "results" / "leakage_frontier.json"
 DEFAULT_FIGURE = ROOT / "docs" / "figures" / "frontier.png"
 DEFAULT_MARKDOWN = ROOT / "docs" / "FRONTIER.md"
 DEFAULT_VARIANTS = "none,linear,full:0,full:0.1,full:0.3,full:1.0"
-ATTRIBUTES = ("age", "gender", "ethnicity")
+ATTRIBUTES = DEFAULT_SENSITIVE
 ATTACK_PROBES = ("linear", "mlp", "gbdt")
 # Issue 6's goal, in the audit's natural units (worst case over the attack probes).
 GOAL = {
@@ -129,13 +133,39 @@ def parse_variant(spec: str, refine_epochs: int) -> dict:
     return variant
 
 
-def uses_library(variant: dict) -> bool:
-    """True when ``BAFOTransformer``'s own ``concealment`` parameter implements the variant."""
+def is_preset(variant: dict) -> bool:
+    """True when one of the estimator's named presets (with its own knobs) implements the variant."""
     return variant["concealment"] in ("none", "linear") or (
         variant["concealment"] == "full"
         and variant["refine_kl_weight"] is None
         and variant["refine_latent_dim"] is None
     )
+
+
+def concealment_of(variant: dict, params: dict) -> list:
+    """The variant as the estimator's ``concealment``: a list of steps (``[]`` for ``none``).
+
+    ``params`` are the trained model's parameters: the refiner trains with its batch size,
+    learning rate, adversary steps and validation share, as the ``"full"`` preset does.
+    """
+    from bafo_pipeline import LatentRefiner, LinearErasure
+
+    if variant["concealment"] == "none":
+        return []
+    first = LinearErasure(covariance_dims=variant.get("covariance_dims", 0))
+    if variant["concealment"] == "linear":
+        return [first]
+    refiner = LatentRefiner(
+        epochs=variant["refine_epochs"],
+        adversary_weight=variant["adversary_weight"],
+        kl_weight=1.0 if variant["refine_kl_weight"] is None else variant["refine_kl_weight"],
+        latent_dim=variant["refine_latent_dim"],
+        batch_size=params["batch_size"],
+        learning_rate=params["learning_rate"],
+        adversary_steps=params["adversary_steps"],
+        validation_fraction=params["validation_fraction"],
+    )
+    return [first, refiner, LinearErasure()]
 
 
 class LabelRegression:
@@ -177,36 +207,6 @@ class LabelRegression:
 
     def predict(self, sensitive: pd.DataFrame) -> np.ndarray:
         return self.ols_.predict(self._features(sensitive)).astype(np.float32)
-
-
-class ComposedConcealment:
-    """LEACE -> refiner (a tabular BAFOTransformer with any KL weight / latent size) -> LEACE.
-
-    The same chain as ``concealment="full"``, built from public parts so that refiner
-    settings the estimator does not expose can be compared. Works on the base
-    model's posterior means; ``inverse`` maps back to (erased) posterior means.
-    """
-
-    def __init__(self, base, variant: dict, seed: int):
-        self.base = base
-        self.variant = variant
-        self.seed = seed
-
-    def fit(self, means: np.ndarray, sensitive: pd.DataFrame) -> ComposedConcealment:
-        from bafo_pipeline import LinearErasure
-
-        self.first_ = LinearErasure().fit(means, sensitive_features=sensitive)
-        erased = self.first_.transform(means)
-        self.refiner_ = make_refiner(self.base, self.variant, self.seed).fit(erased, sensitive_features=sensitive)
-        self.final_ = LinearErasure().fit(self.refiner_.transform(erased), sensitive_features=sensitive)
-        return self
-
-    def transform(self, means: np.ndarray, sensitive: pd.DataFrame) -> np.ndarray:
-        refined = self.refiner_.transform(self.first_.transform(means))
-        return self.final_.transform(refined).astype(np.float32)
-
-    def inverse(self, Z: np.ndarray, sensitive: pd.DataFrame) -> np.ndarray:
-        return self.refiner_.inverse_transform(Z, sensitive_features=sensitive).astype(np.float32)
 
 
 class ResidualConcealment:
@@ -252,23 +252,9 @@ class ResidualConcealment:
 
 
 def make_refiner(base, variant: dict, seed: int):
-    """A refiner configured like ``BAFOTransformer._fit_concealment`` builds it, with the variant's levers."""
-    from bafo_pipeline import BAFOTransformer
-
-    p = base.get_params()
-    return BAFOTransformer(
-        latent_dim=variant["refine_latent_dim"] or p["latent_dim"],
-        epochs=variant["refine_epochs"],
-        batch_size=p["batch_size"],
-        learning_rate=p["learning_rate"],
-        kl_weight=1.0 if variant["refine_kl_weight"] is None else variant["refine_kl_weight"],
-        adversary_weight=variant["adversary_weight"],
-        adversary_steps=p["adversary_steps"],
-        concealment="none",
-        validation_fraction=p["validation_fraction"],
-        device=p["device"],
-        random_state=seed,
-    )
+    """The refiner step of ``full`` (a :class:`LatentRefiner`), for the residual chain, seeded as the estimator seeds it."""
+    refiner = concealment_of({**variant, "concealment": "full"}, base.get_params())[1]
+    return refiner.set_params(device=base.get_params()["device"], random_state=seed)
 
 
 # -------------------------------------------------------------------- data
@@ -276,7 +262,7 @@ def machine_info(device: str, threads: int, audit_threads: int) -> dict:
     import sklearn
     import torch
 
-    from bafo_pipeline.training import resolve_device
+    from bafo_pipeline._utils import resolve_device
 
     cpu_model = platform.processor() or platform.machine()
     try:
@@ -323,7 +309,7 @@ def machine_info(device: str, threads: int, audit_threads: int) -> dict:
 
 def load_real(model_dir: Path, utkface: Path, device: str):
     from bafo_pipeline import load_model, load_utkface
-    from bafo_pipeline.io.model_io import read_model_config
+    from bafo_pipeline.transformers import read_model_config
 
     config = read_model_config(model_dir)
     split = config.get("metadata", {}).get("split", {"test_fraction": 0.15, "seed": 0})
@@ -463,7 +449,7 @@ def recommend(variants: list[dict]) -> dict:
     then lowest gender, then ethnicity worst case (audit). ``cheapest``: among the
     variants meeting as many audit targets as ``most_private``, the smallest PSNR loss.
     """
-    candidates = [v for v in variants if v["concealment"] != "none" and uses_library(v)]
+    candidates = [v for v in variants if v["concealment"] != "none" and is_preset(v)]
     within = [v for v in candidates if v["goals_met"]["reconstruction"]]
     best_within = min(
         within,
@@ -539,17 +525,11 @@ def measure_variant(
     S_test = test.sensitive_features.reset_index(drop=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    if uses_library(variant):
-        params = {
-            "concealment": variant["concealment"],
-            "covariance_dims": variant.get("covariance_dims", 0),
-            "decoder_epochs": variant.get("decoder_epochs", 0),
-        }
-        if variant["concealment"] == "full":
-            params.update(refine_adversary_weight=variant["adversary_weight"], refine_epochs=variant["refine_epochs"])
-        model.set_params(**params)
+    if variant["concealment"] != "residual":
+        model.set_params(concealment=concealment_of(variant, model.get_params()),
+                         decoder_epochs=variant.get("decoder_epochs", 0))
         # 'none' has nothing to fit; skip the training-set encode unless old steps must be cleared.
-        if variant["concealment"] != "none" or getattr(model, "erasure_", None) is not None:
+        if variant["concealment"] != "none" or model.concealment_steps_:
             model.fit_concealment(train.images, sensitive_features=S_train)
         seconds["fit_concealment"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -557,18 +537,19 @@ def measure_variant(
         seconds["transform_test"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded = model.inverse_transform(Z, sensitive_features=S_test)
-        first, refiner = getattr(model, "erasure_", None), getattr(model, "refiner_", None)
+        steps = model.concealment_steps_
+        first = steps[0] if steps else None
+        refiner = next((step for step in steps if hasattr(step, "inverse_transform")), None)
         encode_train = lambda: model.transform(train.images)
     else:
-        chain_class = ResidualConcealment if variant["concealment"] == "residual" else ComposedConcealment
-        chain = chain_class(base, variant, seed).fit(means["train"], S_train)
+        chain = ResidualConcealment(base, variant, seed).fit(means["train"], S_train)
         seconds["fit_concealment"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         Z = chain.transform(means["test"], S_test)
         seconds["transform_test"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded = base.inverse_transform(chain.inverse(Z, S_test), sensitive_features=S_test)
-        first, refiner = (chain.first_, chain.refiner_) if chain_class is ComposedConcealment else (None, None)
+        first, refiner = None, None
         encode_train = lambda: chain.transform(means["train"], S_train)
     record = {"Z": Z, "errors": reconstruction_errors(test.images, decoded)}
     seconds["reconstruct_test"] = time.perf_counter() - t0
@@ -610,7 +591,7 @@ def run(args) -> dict:
         raise SystemExit(f"variant names repeat: {names}")
     if "none" not in names and not args.append:
         raise SystemExit("the variants must include 'none' (the PSNR reference)")
-    # 'none' is always measured first: it is the PSNR reference and the base composed variants decode through.
+    # 'none' is always measured first: it is the PSNR reference and the base the residual variants decode through.
     reference_variant = parse_variant("none", args.refine_epochs)
     measured = [reference_variant, *[v for v in variants if v["name"] != "none"]]
 
@@ -725,7 +706,9 @@ def run(args) -> dict:
         .round(5)
         .to_dict("records"),
     }
-    return _jsonable(result)
+    from bafo_pipeline._utils import to_jsonable
+
+    return to_jsonable(result)
 
 
 def merge(previous: dict, new: dict) -> dict:
@@ -749,21 +732,6 @@ def merge(previous: dict, new: dict) -> dict:
         | {"variants": sorted(names)},
     ]
     return merged
-
-
-def _jsonable(obj):
-    """Plain JSON types; NaN and infinities become None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    return obj
 
 
 # --------------------------------------------------------------- rendering
@@ -1060,7 +1028,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
         (
             "- Reconstruction uses the true labels, so it measures what concealment costs the image content. "
             "**Attribute control (does a decode with changed labels show the new attributes?) was not "
-            "measured in this run**: it needs an independent judge (`bafo_pipeline.judges.FaceJudge`), too "
+            "measured in this run**: it needs an independent judge (`benchmarks/judges.py`), too "
             "slow to train on this shared CPU in the time budget."
         ),
         (
@@ -1072,9 +1040,11 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
             "unchanged. The library's `inverse_transform` does not do this today."
         ),
         (
-            "- `full` variants with `kl=` or `dim=` options, and `residual` variants, are composed in the script "
-            "from public parts (LinearErasure, a tabular BAFOTransformer as refiner), with the refiner configured "
-            "as the estimator configures its own."
+            "- `full` variants with `kl=` or `dim=` options are the estimator's concealment given as a list of steps "
+            "(`LinearErasure`, `LatentRefiner(kl_weight=..., latent_dim=...)`, `LinearErasure`), the refiner "
+            "configured as the `full` preset configures its own; runs made before the package's re-layer "
+            "(issue 10) composed them in the script and decoded them without the estimator's erased-label map. "
+            "`residual` variants need the labels at transform time, so they are composed in the script."
         ),
         "",
     ]

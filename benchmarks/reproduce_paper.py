@@ -39,9 +39,11 @@ import torch
 
 from bafo_pipeline import BAFOTransformer, load_utkface, make_synthetic_faces
 from bafo_pipeline.audits import audit_leakage
-from bafo_pipeline.figures import age_gender_grid, attribute_rows_grid, decode_as, save_grid_png
-from bafo_pipeline.judges import FaceJudge
-from bafo_pipeline.training import resolve_device
+from bafo_pipeline._utils import resolve_device
+from bafo_pipeline.pipeline.figures import age_gender_grid, attribute_rows_grid, decode_as, save_grid_png
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from judges import FaceJudge  # noqa: E402
 
 SCHEMA = "bafo-reproduce-paper/1"
 AGES = (1, 20, 40, 60, 80)

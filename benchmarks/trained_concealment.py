@@ -60,10 +60,12 @@ GOALS = {  # issue 12
 # change which cached models it finds).
 IN_LOOP_SOURCE = hashlib.sha1(b"".join(
     (ROOT / "bafo_pipeline" / name).read_bytes()
-    for name in ("in_loop.py", "running_erasure.py", "distribution_matching.py", "training.py")
+    for name in ("_nn/in_loop.py", "_nn/running_erasure.py", "_nn/distribution_matching.py", "_nn/training.py",
+                 "transformers/_trained_erasure.py")
 )).hexdigest()
 
-# name -> {"fit": estimator parameters, "post": parameters for a fit_concealment refit (optional)}
+# name -> {"fit": estimator parameters, "post": parameters for a fit_concealment refit (optional)}.
+# "matching_weight" in "fit" spells concealment=[TrainedErasure(covariance_dims=..., matching_weight=...)].
 VARIANTS: dict[str, dict] = {
     "none": {"fit": {"concealment": "none"}},
     # post-hoc concealment refitted on the 'none' encoder (the same cached model)
@@ -77,7 +79,9 @@ VARIANTS: dict[str, dict] = {
     "full-dec6": {"fit": {"concealment": "none"}, "post": {"concealment": "full", "decoder_epochs": 6}},
     # concealment learned in training
     "trained": {"fit": {"concealment": "trained", "decoder_epochs": 0}},
-    "trained-rw1": {"fit": {"concealment": "trained", "decoder_epochs": 0, "removal_weight": 1.0}},
+    # the estimator's preset as it fits by default: the in-loop encoder, then the decoder fine-tuned (6 epochs)
+    "trained-dec6": {"fit": {"concealment": "trained", "decoder_epochs": 0},
+                     "post": {"concealment": "trained", "decoder_epochs": 6}},
     "trained-cov8": {"fit": {"concealment": "trained", "covariance_dims": 8, "decoder_epochs": 0}},
     "trained-cov16": {"fit": {"concealment": "trained", "covariance_dims": 16, "decoder_epochs": 0}},
 }
@@ -169,7 +173,8 @@ def model_key(settings: dict, args, info: dict) -> str:
     """A directory name fixed by everything the trained encoder depends on."""
     identity = {"fit": settings["fit"], "epochs": args.epochs, "latent": args.latent_dim, "data": info,
                 "seed": args.seed, "base": args.base}
-    if settings["fit"].get("concealment") == "trained":  # the in-loop code is under study: key on its source
+    if settings["fit"].get("concealment") == "trained" or "matching_weight" in settings["fit"]:
+        # the in-loop code is under study: key on its source
         identity["code"] = IN_LOOP_SOURCE
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -183,6 +188,11 @@ def fit_or_load(name: str, settings: dict, train, args, info: dict):
         return load_model(directory, device="cpu"), json.loads((directory / "fit_seconds.json").read_text())
     params = {"latent_dim": args.latent_dim, "epochs": args.epochs, "random_state": args.seed, "device": "cpu",
               "precision": "float32", **json.loads(args.base), **settings["fit"]}
+    if "matching_weight" in params:
+        from bafo_pipeline import TrainedErasure
+
+        params["concealment"] = [TrainedErasure(covariance_dims=params.pop("covariance_dims", 0),
+                                                matching_weight=params.pop("matching_weight"))]
     model = BAFOTransformer(**params)
     started = time.perf_counter()
     model.fit(train.images, sensitive_features=train.sensitive_features)
@@ -308,7 +318,8 @@ def measure(name: str, args, train, test, info, targets) -> dict:
     decoded = model.inverse_transform(Z_test, sensitive_features=test.sensitive_features)
     result = {
         "settings": settings,
-        "params": {k: v for k, v in model.get_params().items() if k not in ("device", "verbose")},
+        "params": json.loads(json.dumps({k: v for k, v in model.get_params(deep=False).items()
+                                         if k not in ("device", "verbose")}, default=repr)),
         "fit_seconds": fit_seconds["fit"],
         "train_images_per_second": fit_seconds["images_per_second"],
         "post_fit_seconds": post_seconds,

@@ -5,6 +5,11 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
+from sklearn.base import clone, is_classifier, is_regressor
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import cross_val_predict
+
 from bafo_pipeline.audits import PROBES, TorchMLPProbe, make_probe
 
 
@@ -51,3 +56,50 @@ def test_make_probe():
             assert hasattr(make_probe(name, task, random_state=0), "fit")
     with pytest.raises(ValueError, match="unknown probe 'svm'"):
         make_probe("svm", "classification", random_state=0)
+
+
+def _classification_data(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    return X, np.where(X[:, 0] + X[:, 1] ** 2 > 1, "a", np.where(X[:, 2] > 0, "b", "c"))
+
+
+def test_mlp_is_a_cloneable_estimator_whose_refit_reproduces_it():
+    X, y = _classification_data()
+    probe = TorchMLPProbe(hidden=[16, 8], max_epochs=20, random_state=4, device="cpu")
+    assert is_classifier(probe) and not is_regressor(probe)
+    assert is_regressor(TorchMLPProbe(task="regression"))
+    fitted = probe.fit(X, y)
+    twin = clone(fitted)
+    assert twin.get_params() == probe.get_params() and twin.get_params()["hidden"] == [16, 8]  # verbatim
+    assert not hasattr(twin, "net_") and not hasattr(twin, "classes_")  # unfitted
+    np.testing.assert_array_equal(twin.fit(X, y).predict_proba(X), fitted.predict_proba(X))  # same seed
+    other = clone(probe).set_params(random_state=5).fit(X, y)
+    assert not np.array_equal(other.predict_proba(X), fitted.predict_proba(X))
+    assert list(fitted.classes_) == ["a", "b", "c"] and fitted.n_features_in_ == 4
+    assert fitted.score(X, y) == np.mean(fitted.predict(X) == y)
+
+
+def test_mlp_works_inside_scikit_learn_model_selection():
+    X, y = _classification_data(240)
+    proba = cross_val_predict(
+        TorchMLPProbe(hidden=(32,), max_epochs=50, device="cpu"), X, y, cv=3, method="predict_proba"
+    )
+    assert proba.shape == (240, 3) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert balanced_accuracy_score(y, np.array(["a", "b", "c"])[proba.argmax(axis=1)]) > 0.5  # chance: 1/3
+
+
+def test_mlp_checks_its_parameters_and_inputs():
+    X, y = _classification_data(60)
+    assert not hasattr(TorchMLPProbe(task="regression"), "predict_proba")  # only classifiers have it
+    with pytest.raises(ValueError, match="'task' parameter of TorchMLPProbe must be a str among"):
+        TorchMLPProbe(task="ranking").fit(X, y)
+    with pytest.raises(ValueError, match="hidden must hold positive layer widths"):
+        TorchMLPProbe(hidden=(16, 0)).fit(X, y)
+    with pytest.raises(ValueError, match="Unknown label type"):
+        TorchMLPProbe(max_epochs=2).fit(X, np.linspace(0, 1, 60))  # a continuous target is no classes
+    fitted = TorchMLPProbe(max_epochs=2, device="cpu").fit(X, y)
+    with pytest.raises(ValueError, match="X has 3 features, but TorchMLPProbe is expecting 4"):
+        fitted.predict(X[:, :3])
+    with pytest.raises(NotFittedError):
+        TorchMLPProbe().predict(X)

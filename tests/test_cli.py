@@ -77,6 +77,8 @@ def test_decode_redraws_faces_with_chosen_attributes_under_neutral_names(model_d
     assert not np.array_equal(outputs["female"], outputs["male"])
     bad = runner.invoke(main, ["decode", "--model", str(model_dir), str(faces), "--gender", "robot", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "robot" in bad.output
+    unknown = runner.invoke(main, ["decode", "--model", str(model_dir), str(faces), "--set", "smile=1", "--out", str(tmp_path / "y")])
+    assert unknown.exit_code != 0 and "unknown attribute(s) ['smile']" in unknown.output
 
 
 def test_grid_draws_inputs_across_ages_and_genders(model_dir, tmp_path):

@@ -28,12 +28,21 @@ def _gender_accuracy(train_latents, train, test_latents, test) -> float:
     return balanced_accuracy_score(test.attributes["gender"], probe.predict(test_latents))
 
 
-def test_linear_concealment_equals_erasing_the_plain_latents(split_faces):
+def test_linear_concealment_equals_erasing_the_plain_latents(split_faces, float64_chain):
     train, test = split_faces
-    plain = _model(concealment="none").fit(train.images, sensitive_features=train.sensitive_features)
-    linear = _model(concealment="linear").fit(train.images, sensitive_features=train.sensitive_features)
+    # float32: the comparisons below are about rounding, which bfloat16 (auto on some CPUs) would swamp.
+    plain = _model(concealment="none", precision="float32").fit(train.images, sensitive_features=train.sensitive_features)
+    linear = _model(concealment="linear", precision="float32").fit(train.images, sensitive_features=train.sensitive_features)
     eraser = LinearErasure().fit(plain.transform(train.images), sensitive_features=train.sensitive_features)
-    np.testing.assert_allclose(linear.transform(test.images), eraser.transform(plain.transform(test.images)), atol=1e-5)
+    (fitted,) = linear.concealment_steps_
+    np.testing.assert_array_equal(fitted.projection_, eraser.projection_)  # fitted on the very same latents
+    folded, erased = linear.transform(test.images), eraser.transform(plain.transform(test.images))
+    # transform folds the erasure into the encoder's last layer (multiplied in float64, rounded once);
+    # erasing the float32 latents after the encoder rounds twice. This projection amplifies the rounding
+    # (spectral norm ~740): seen 3e-5 of the spread from the exact chain folded, 1e-4 step by step.
+    exact = float64_chain(linear, test.images)
+    assert np.abs(folded - exact).max() < 2e-4 * exact.std()
+    assert np.abs(folded - erased).max() < 1e-3 * exact.std()
     # The fitted eraser leaves no linear trace of gender on the data it was fitted on.
     Z = linear.transform(train.images)
     assert _gender_accuracy(Z, train, Z, train) < 0.56

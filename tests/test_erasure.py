@@ -87,3 +87,69 @@ def test_erasing_already_erased_data_changes_nothing():
     again = LinearErasure().fit(Z, sensitive_features=S)
     np.testing.assert_allclose(again.transform(Z), Z, atol=1e-9)
     np.testing.assert_allclose(again.projection_, 0, atol=1e-9)
+
+
+# ------------------------------------------------------------ input forms and dtypes
+
+
+def test_float32_statistics_are_float64_and_the_output_stays_float32():
+    X, S = _heteroscedastic(n=2000)
+    X32 = X.astype(np.float32)
+    eraser = LinearErasure().fit(X32, sensitive_features=S)
+    reference = LinearErasure().fit(X32.astype(np.float64), sensitive_features=S)
+    assert eraser.projection_.dtype == np.float64
+    np.testing.assert_array_equal(eraser.projection_, reference.projection_)  # same statistics, bit for bit
+    assert np.linalg.norm(eraser.projection_, 2) <= LinearErasure.FLOAT32_AMPLIFICATION  # well conditioned
+    Z = eraser.transform(X32)
+    assert Z.dtype == np.float32
+    # Erased in float32 arithmetic (no float64 copy of X) ...
+    expected = X32 - (X32 - eraser.mean_.astype(np.float32)) @ eraser.projection_.astype(np.float32)
+    np.testing.assert_array_equal(Z, expected)
+    # ... and as exact as a float32 result can be: within float32 rounding of the float64 erasure.
+    Z64 = reference.transform(X32.astype(np.float64))
+    scale = np.abs(X).max()
+    assert np.abs(Z - Z64).max() < 1e-5 * scale
+    assert _max_cross_covariance(eraser, Z.astype(np.float64), S) < 1e-6 * scale
+
+
+def test_float32_input_is_erased_in_float64_where_float32_would_amplify_rounding():
+    rng = np.random.default_rng(3)
+    gender = rng.integers(0, 2, 2000)
+    X = rng.normal(size=(2000, 4))
+    X[:, 3] = X[:, 0] + 1e-3 * gender + 1e-5 * rng.normal(size=len(X))  # gender only in a near-flat direction
+    S = pd.DataFrame({"gender": np.where(gender == 1, "f", "m")})
+    X32 = X.astype(np.float32)
+    eraser = LinearErasure().fit(X32, sensitive_features=S)
+    assert np.linalg.norm(eraser.projection_, 2) > LinearErasure.FLOAT32_AMPLIFICATION  # a near-singular direction
+    Z = eraser.transform(X32)
+    assert Z.dtype == np.float32
+    expected = (X32 - (X32 - eraser.mean_) @ eraser.projection_).astype(np.float32)
+    np.testing.assert_array_equal(Z, expected)
+    # Why: float32 arithmetic would have left far more of the attribute than float32 rounding does.
+    in_float32 = X32 - (X32 - eraser.mean_.astype(np.float32)) @ eraser.projection_.astype(np.float32)
+    leak = _max_cross_covariance(eraser, in_float32.astype(np.float64), S)
+    assert leak > 10 * _max_cross_covariance(eraser, Z.astype(np.float64), S)
+
+
+def test_other_dtypes_are_erased_in_float64():
+    X, S = _heteroscedastic(n=300)
+    integers = np.rint(10 * X).astype(np.int64)
+    eraser = LinearErasure().fit(integers, sensitive_features=S)
+    Z = eraser.transform(integers)
+    assert Z.dtype == np.float64
+    np.testing.assert_allclose(Z, LinearErasure().fit(integers.astype(float), sensitive_features=S).transform(integers.astype(float)))
+
+
+def test_sensitive_features_as_numpy_polars_and_mappings():
+    pl = pytest.importorskip("polars")
+    X, S = _heteroscedastic(n=500)
+    S = S.assign(age=np.random.default_rng(2).uniform(10, 80, len(S)))
+    reference = LinearErasure().fit(X, sensitive_features=S).projection_
+    as_numpy = np.empty((len(S), 2), dtype=object)
+    as_numpy[:, 0], as_numpy[:, 1] = S["gender"], S["age"]
+    for features in (pl.from_pandas(S), {"gender": S["gender"].to_numpy(), "age": S["age"].to_list()}, as_numpy):
+        np.testing.assert_array_equal(LinearErasure().fit(X, sensitive_features=features).projection_, reference)
+    one_column = LinearErasure().fit(X, sensitive_features=(S["gender"] == "f").to_numpy())
+    assert one_column.schema_.names == ["sensitive_0"] and one_column.schema_["sensitive_0"].kind == "binary"
+    with pytest.raises(ValueError, match="sensitive_features has 500 rows but X has 499 samples"):
+        LinearErasure().fit(X[:-1], sensitive_features=pl.from_pandas(S))

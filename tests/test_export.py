@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, read_latents
-from bafo_pipeline.data.dataset import FaceDataset
+from bafo_pipeline._nn import inference as _inference
+from bafo_pipeline.data import FaceDataset, ImageFiles
 from bafo_pipeline.data.images import decode_images
 from bafo_pipeline.data.jpeg_tensors import iter_tensor_batches
-from bafo_pipeline.transformers import _inference
 
 SIZE = 32
 
@@ -53,7 +53,7 @@ def _dataset(images, faces):
 
 
 def _table(paths):
-    return pd.DataFrame({"path": paths, "age": np.arange(len(paths)) + 20})
+    return ImageFiles(pd.DataFrame({"path": paths, "age": np.arange(len(paths)) + 20}))
 
 
 @pytest.mark.parametrize("decoder", ["pil", "torch"])
@@ -110,8 +110,9 @@ def test_in_memory_export_equals_transform_and_records_precision(model, faces, t
     export_latents(model, dataset, out, batch_size=32)
     table = read_latents(out)
     np.testing.assert_array_equal(table.latents, model.transform(faces.images))
-    _, _, bf16 = model._inference_network()
-    assert table.metadata["precision"] == ("bfloat16" if bf16 else "float32")
+    settings = model.inference_settings()
+    assert table.metadata["precision"] == settings.precision
+    assert settings.precision == ("bfloat16" if _inference.uses_bfloat16("auto", settings.device, model.network_) else "float32")
     assert table.metadata["decoder"] == "in-memory"
 
 
@@ -160,13 +161,13 @@ def test_inference_copy_is_made_once_and_leaves_the_fitted_network_alone(model):
 
 
 def test_cpu_encoder_leaves_the_decoding_threads_their_cores_and_restores_its_own(model, files, tmp_path):
-    from bafo_pipeline.data.images import _resolve_n_jobs
+    from bafo_pipeline.data.images import resolve_n_jobs
 
     good = [p for i, p in enumerate(files) if i not in (3, 8)]
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        for decoder, expected in (("pil", max(1, 3 - _resolve_n_jobs(None))), ("torch", 3)):
+        for decoder, expected in (("pil", max(1, 3 - resolve_n_jobs(None))), ("torch", 3)):
             seen = []
             export_latents(model, _table(good), tmp_path / f"{decoder}.parquet", batch_size=4, decoder=decoder,
                            progress=lambda done: seen.append(torch.get_num_threads()))

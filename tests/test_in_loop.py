@@ -1,14 +1,16 @@
-"""Concealment learned in training: the running eraser, the matching penalties, balanced batches."""
+"""Concealment learned in training: the running eraser, the matching penalty, the TrainedErasure step."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from bafo_pipeline import AttributeSchema, LinearErasure
-from bafo_pipeline.distribution_matching import balanced_sampling_weights, group_mmd, group_sliced_wasserstein
-from bafo_pipeline.in_loop import InLoopConcealment
-from bafo_pipeline.running_erasure import GroupLayout, RunningEraser
+from bafo_pipeline import AttributeSchema, BAFOTransformer, LinearErasure, TrainedErasure, load_model, save_model
+from bafo_pipeline._nn.distribution_matching import group_second_moments
+from bafo_pipeline._nn.in_loop import InLoopErasure
+from bafo_pipeline._nn.network import BAFONetwork, NetworkConfig
+from bafo_pipeline._nn.running_erasure import GroupLayout, RunningEraser
+from bafo_pipeline._nn.training import Trainer, TrainingConfig
 
 
 def _slices(schema):
@@ -94,82 +96,149 @@ def _groups(n, seed, spread_difference):
     x = torch.randn(n, 4, generator=generator)
     x[:, 0] *= torch.where(labels == 1, 1.0 + spread_difference, 1.0)
     onehot = torch.nn.functional.one_hot(labels, 2).float()
-    return x, labels, onehot
+    return x, onehot
 
 
-@pytest.mark.parametrize("penalty", ["mmd", "sliced"])
-def test_matching_penalties_see_a_spread_difference_and_can_remove_it(penalty):
-    def value(x, labels, onehot):
-        if penalty == "mmd":
-            return group_mmd(x, onehot, torch.zeros(2, dtype=torch.long))
-        return group_sliced_wasserstein(x, [labels], generator=torch.Generator().manual_seed(0))
-
-    same = value(*_groups(512, 0, 0.0))
-    different = value(*_groups(512, 0, 2.0))
+def test_moment_matching_sees_a_spread_difference_and_can_remove_it():
+    same = group_second_moments(*_groups(512, 0, 0.0))
+    different = group_second_moments(*_groups(512, 0, 2.0))
     assert different > 5 * same
-    x, labels, onehot = _groups(512, 0, 2.0)
+    x, onehot = _groups(512, 0, 2.0)
     x.requires_grad_()
     optimizer = torch.optim.Adam([x], lr=0.02)
     for _ in range(100):
         optimizer.zero_grad()
-        value(x, labels, onehot).backward()
+        group_second_moments(x, onehot).backward()
         optimizer.step()
-    assert value(x, labels, onehot) < 0.3 * different
-
-
-def test_balanced_weights_give_every_cell_the_same_mass():
-    ids = [torch.tensor([0, 0, 0, 0, 1, 1]), torch.tensor([0, 1, 1, 1, 0, 0])]
-    weights = balanced_sampling_weights(ids)
-    cells = [(0, 0), (0, 1), (1, 0)]
-    mass = {cell: float(sum(w for w, a, b in zip(weights, *ids) if (int(a), int(b)) == cell)) for cell in cells}
-    assert all(m == pytest.approx(1 / 3) for m in mass.values())
+    assert group_second_moments(x, onehot) < 0.3 * different
 
 
 def test_in_loop_hook_checks_its_settings():
     X, S, schema, C = _table(n=200)
-    with pytest.raises(ValueError, match="matching"):
-        InLoopConcealment(10, _slices(schema), C, matching="wasserstein")
     with pytest.raises(ValueError, match=">= 0"):
-        InLoopConcealment(10, _slices(schema), C, matching_weight=-1.0)
+        InLoopErasure(10, _slices(schema), matching_weight=-1.0)
+    with pytest.raises(ValueError, match="covariance_dims"):
+        InLoopErasure(10, _slices(schema), covariance_dims=10)
+    hook = InLoopErasure(10, _slices(schema))
+    with pytest.raises(RuntimeError, match="begin"):
+        hook.latent(torch.zeros(2, 10), C[:2].float(), torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="continuous_bins"):
+        TrainedErasure(continuous_bins=0).training_hook(10, _slices(schema))
 
 
-def test_trained_concealment_round_trips_through_save_and_load(tmp_path):
-    from bafo_pipeline import BAFOTransformer, load_model, make_synthetic_faces, save_model
-
-    faces = make_synthetic_faces(96, image_size=32, random_state=3)
-    model = BAFOTransformer(
-        latent_dim=6, widths=(4, 8), epochs=2, batch_size=32, concealment="trained", covariance_dims=1,
-        matching="moments", matching_weight=0.01, decoder_epochs=1, random_state=0,
-    ).fit(faces.images, sensitive_features=faces.sensitive_features)
-    assert model.erasure_ is not None and model.refiner_ is None
-    assert "matching" in model.history_[-1]
-    loaded = load_model(save_model(model, tmp_path / "model"))
-    Z = model.transform(faces.images)
-    np.testing.assert_array_equal(loaded.transform(faces.images), Z)
-    S = faces.sensitive_features
-    np.testing.assert_array_equal(loaded.inverse_transform(Z, sensitive_features=S), model.inverse_transform(Z, sensitive_features=S))
-    assert loaded.get_params() == model.get_params()
+def _trainer_with_hook(hook, X, C, latent_dim=4):
+    network = BAFONetwork(NetworkConfig(kind="mlp", input_shape=(X.shape[1],), condition_dim=C.shape[1],
+                                        latent_dim=latent_dim, widths=(16,)))
+    config = TrainingConfig(epochs=1, batch_size=256, validation_fraction=0.0)
+    return network, Trainer(network, config, torch.device("cpu"), hook.condition_slices, hooks=[hook])
 
 
 def test_trainer_decodes_erased_means_plus_noise():
-    from bafo_pipeline.model import BAFONetwork, NetworkConfig
-    from bafo_pipeline.training import Trainer, TrainingConfig
-
     X, S, schema, C = _table(n=256)
-    hook = InLoopConcealment(4, _slices(schema), C, momentum=0.0)
-    network = BAFONetwork(NetworkConfig(kind="mlp", input_shape=(10,), condition_dim=C.shape[1], latent_dim=4, widths=(16,)))
+    hook = InLoopErasure(4, _slices(schema), momentum=0.0)
+    network, trainer = _trainer_with_hook(hook, X, C)
+    hook.begin(C.float(), X.shape[1])
     seen = []
     network.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
-    trainer = Trainer(network, TrainingConfig(epochs=1, batch_size=256, validation_fraction=0.0), torch.device("cpu"),
-                      _slices(schema), in_loop=hook)
     inputs = torch.from_numpy(X).float()
     mean, logvar = network.encode(inputs)
     trainer._loss(inputs, C.float())
     # The eraser was refreshed on this very batch (momentum 0): the erased means have no cross-covariance
     # with any concept, and the decoder got them plus the posterior noise (not erased noise).
     erased = hook.erase(mean.detach())
-    concepts = hook.layout.concepts(C.float())
+    concepts = hook.eraser.layout.concepts(C.float())
     cross = (erased - erased.mean(0)).T @ (concepts - concepts.mean(0)) / len(erased)
     assert cross.abs().max() < 1e-4
-    noise = seen[-1] - erased
+    noise = seen[-1][:, :4] - erased
     assert torch.allclose(noise.std(0), torch.exp(0.5 * logvar.detach()).mean(0), rtol=0.3)
+
+
+def test_validation_batches_leave_the_statistics_alone():
+    X, S, schema, C = _table(n=256)
+    hook = InLoopErasure(4, _slices(schema))
+    network, trainer = _trainer_with_hook(hook, X, C)
+    hook.begin(C.float(), X.shape[1])
+    trainer._loss(torch.from_numpy(X).float(), C.float())
+    before = hook.eraser.z_mean.clone()
+    trainer.evaluate(torch.from_numpy(X).float() + 5.0, C.float())
+    assert torch.equal(hook.eraser.z_mean, before)
+    trainer._loss(torch.from_numpy(X).float() + 5.0, C.float())
+    assert not torch.equal(hook.eraser.z_mean, before)
+
+
+def _planted(n, seed):
+    """Tabular rows hiding a gender mean shift (linear), a gender spread difference (non-linear),
+    and a signal u drawn independently of every attribute."""
+    rng = np.random.default_rng(seed)
+    S = pd.DataFrame({"gender": rng.choice(["female", "male"], n), "age": rng.uniform(1, 80, n)})
+    male = (S["gender"] == "male").to_numpy()
+    u = rng.normal(size=n)
+    X = rng.normal(size=(n, 8)) * 0.3
+    X[:, 0] += 2.0 * male
+    X[:, 1] += rng.normal(size=n) * np.where(male, 2.0, 0.3)
+    X[:, 2] += u
+    X[:, 3] += S["age"].to_numpy() / 25
+    return X.astype(np.float32), S, u
+
+
+def test_trained_erasure_removes_planted_group_signals_and_keeps_the_independent_one():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, r2_score
+
+    X, S, u = _planted(4000, 0)
+    X_test, S_test, u_test = _planted(2000, 1)
+    model = BAFOTransformer(
+        latent_dim=16, widths=(64, 64), epochs=25, batch_size=128, learning_rate=2e-3, decoder_epochs=0,
+        concealment=[TrainedErasure(covariance_dims=1, matching_weight=0.01)], device="cpu", random_state=0,
+    ).fit(X, sensitive_features=S)
+    Z, Z_test = model.transform(X), model.transform(X_test)
+    raw, raw_test = model.transform(X, conceal=False), model.transform(X_test, conceal=False)
+
+    def gender_read(probe, A, A_test):
+        return balanced_accuracy_score(S_test["gender"], probe.fit(A, S["gender"]).predict(A_test))
+
+    trees = HistGradientBoostingClassifier(random_state=0)
+    # Before the final erasure the trees read the planted spread difference; after it, linear probes are at
+    # chance and the trees are far weaker (the spread difference is mostly gone).
+    assert gender_read(trees, raw, raw_test) > 0.8
+    assert gender_read(LogisticRegression(max_iter=1000), Z, Z_test) < 0.55
+    assert gender_read(trees, Z, Z_test) < 0.7
+    # The signal drawn independently of the attributes stays linearly readable.
+    assert r2_score(u_test, LinearRegression().fit(Z, u).predict(Z_test)) > 0.45
+    assert model.history_[-1]["hook_0"] > 0  # the matching penalty took part
+
+
+def test_trained_preset_round_trips_through_save_and_load(tmp_path):
+    from bafo_pipeline import make_synthetic_faces
+
+    faces = make_synthetic_faces(96, image_size=32, random_state=3)
+    S = faces.sensitive_features
+    model = BAFOTransformer(
+        latent_dim=6, widths=(4, 8), epochs=2, batch_size=32, concealment="trained", covariance_dims=1,
+        decoder_epochs=1, random_state=0,
+    ).fit(faces.images, sensitive_features=S)
+    assert [type(step) for step in model.concealment_steps_] == [TrainedErasure]
+    assert model.erased_label_map_ is None  # the decoder learned from erased latents: nothing to add back
+    loaded = load_model(save_model(model, tmp_path / "model"))
+    assert type(loaded.concealment_steps_[0]) is TrainedErasure
+    Z = model.transform(faces.images)
+    np.testing.assert_array_equal(loaded.transform(faces.images), Z)
+    np.testing.assert_array_equal(loaded.inverse_transform(Z, sensitive_features=S), model.inverse_transform(Z, sensitive_features=S))
+    assert loaded.get_params() == model.get_params()
+
+
+def test_a_later_erasure_still_gets_a_label_map():
+    X, S, _ = _planted(300, 2)
+    model = BAFOTransformer(
+        latent_dim=4, widths=(16,), epochs=2, decoder_epochs=0, random_state=0,
+        concealment=[TrainedErasure(), LinearErasure(covariance_dims=1)],
+    ).fit(X, sensitive_features=S)
+    trained_out = model.concealment_steps_[0].transform(model.transform(X, conceal=False))
+    removed = trained_out - model.transform(X)
+    # The map covers only what the second (post-hoc) erasure removed.
+    assert model.erased_label_map_ is not None
+    conditions = model.schema_.encode(S)
+    predicted = conditions @ model.erased_label_map_[:-1] + model.erased_label_map_[-1]
+    residual = ((removed - predicted) ** 2).sum() / ((removed - removed.mean(0)) ** 2).sum()
+    assert residual < 1.0

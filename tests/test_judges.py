@@ -1,4 +1,7 @@
-"""FaceJudge: learns attributes from synthetic faces, predicts in the right form, rejects bad input."""
+"""FaceJudge (benchmarks/judges.py): learns attributes from synthetic faces, predicts in the right form, rejects bad input."""
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -6,7 +9,9 @@ import pytest
 import torch
 
 from bafo_pipeline.data.synthetic import make_synthetic_faces
-from bafo_pipeline.judges import FaceJudge, _augment, _blur
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from judges import FaceJudge, _augment, _blur  # noqa: E402
 
 SIZE = 32
 

@@ -10,15 +10,8 @@ from safetensors.torch import load_file
 
 from bafo_pipeline._version import package_version
 from bafo_pipeline.data.synthetic import make_synthetic_faces
-from bafo_pipeline.io.model_io import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    load_model,
-    model_fingerprint,
-    read_model_config,
-    save_model,
-)
-from bafo_pipeline.transformers import BAFOTransformer
+from bafo_pipeline.transformers import BAFOTransformer, load_model, model_fingerprint, read_model_config, save_model
+from bafo_pipeline.transformers._persistence import CONFIG_NAME, WEIGHTS_NAME
 
 VALUES = {"age": 60, "gender": 0.5, "ethnicity": {"indian": 1.0, "others": 1.0}}
 
@@ -56,18 +49,53 @@ def test_directory_holds_json_config_and_safetensors(fitted, tmp_path):
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging directory left
     config = json.loads((path / CONFIG_NAME).read_text())
-    assert config["package_version"] == package_version()
-    assert config["schema"] == fitted.schema_.to_dict()
-    assert config["params"]["latent_dim"] == 4 and config["network"]["widths"] == [4, 8]
-    assert read_model_config(path)["metadata"] == {"split": {"seed": 0}}
+    assert config["package_version"] == package_version() and config["class"] == "BAFOTransformer"
+    assert config["params"]["latent_dim"] == 4 and read_model_config(path)["metadata"] == {"split": {"seed": 0}}
+    state = config["state"]
+    # Every fitted attribute is stored, and only those: the state is vars(estimator)'s "name_" entries.
+    assert set(state) == {k for k in vars(fitted) if k.endswith("_") and not k.startswith("_")}
+    assert state["schema_"]["schema"] == fitted.schema_.to_dict()
+    assert state["network_"]["config"]["widths"] == [4, 8]
     tensors = load_file(path / WEIGHTS_NAME)
-    state = fitted.network_.state_dict()
-    assert {k for k in tensors if k.startswith("network.")} == {f"network.{k}" for k in state}
-    assert all(torch.equal(tensors[f"network.{k}"], v) for k, v in state.items())
-    # The concealment steps (default "full") travel in the same file, under their own prefixes.
-    assert {"erasure.mean", "erasure.projection", "final_erasure.projection"} <= set(tensors)
-    assert any(k.startswith("refiner.network.") for k in tensors)
-    assert config["refiner"]["params"]["adversary_weight"] == fitted.refine_adversary_weight
+    weights = fitted.network_.state_dict()
+    assert set(state["network_"]["weights"]) == set(weights)
+    assert all(torch.equal(tensors[state["network_"]["weights"][k]], v) for k, v in weights.items())
+    # The concealment steps (default "full") travel in the same file, as nested estimators.
+    steps = state["concealment_steps_"]
+    assert [step["class"] for step in steps] == ["LinearErasure", "LatentRefiner", "LinearErasure"]
+    assert steps[1]["params"]["adversary_weight"] == fitted.refine_adversary_weight
+    assert tensors[steps[0]["state"]["projection_"]["tensor"]].dtype == torch.float64
+    # The fine-tuned decoder's network repeats network_'s encoder: those weights are stored once.
+    concealed = state["concealed_network_"]["weights"]
+    assert all(concealed[k] == state["network_"]["weights"][k] for k in concealed if k.startswith("encoder."))
+    assert any(concealed[k] != state["network_"]["weights"][k] for k in concealed if k.startswith("decoder."))
+
+
+def test_pickle_and_directory_store_the_same_state(fitted, faces, tmp_path):
+    import pickle
+
+    from bafo_pipeline.transformers._state import NetworkState
+
+    state = pickle.loads(pickle.dumps(fitted)).__getstate__()["_fitted_state"]
+    assert set(state) == set(json.loads((save_model(fitted, tmp_path / "m") / CONFIG_NAME).read_text())["state"])
+    assert isinstance(state["network_"], NetworkState)  # CPU tensors: a GPU-fitted model unpickles anywhere
+    unpickled = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(unpickled.transform(faces.images), fitted.transform(faces.images))
+
+
+def test_a_new_fitted_attribute_is_stored_without_persistence_code(fitted, faces, tmp_path):
+    import copy
+    import pickle
+
+    model = copy.deepcopy(fitted)
+    model.extra_counts_ = np.arange(3)  # as a future fit might add
+    model.extra_note_ = {"kind": ("a", 1)}
+    for loaded in (load_model(save_model(model, tmp_path / "m")), pickle.loads(pickle.dumps(model))):
+        np.testing.assert_array_equal(loaded.extra_counts_, [0, 1, 2])
+        assert loaded.extra_note_ == {"kind": ("a", 1)}
+    model.extra_thing_ = object()
+    with pytest.raises(TypeError, match="extra_thing_.*cannot store a object"):
+        save_model(model, tmp_path / "m2")
 
 
 def test_tabular_model_keeps_standardisation_and_feature_names(tmp_path):
@@ -128,7 +156,7 @@ def test_unreadable_model_directories_give_clear_errors(fitted, tmp_path):
     (path / CONFIG_NAME).write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_model(path)
-    config["network"]["latent_dim"] = 5
+    config["state"]["network_"]["config"]["latent_dim"] = 5
     (path / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(ValueError, match="weights do not load into the configured model"):
         load_model(path)
@@ -143,9 +171,14 @@ def test_fingerprint_identifies_the_weights(fitted, faces, tmp_path):
     assert model_fingerprint(save_model(other, tmp_path / "c")) != model_fingerprint(first)
 
 
-def test_a_model_saved_before_concealment_loads_without_it_and_says_so(fitted, tmp_path):
-    path = save_model(fitted, tmp_path / "model")
+def test_a_model_saved_before_concealment_loads_without_it_and_says_so(tmp_path):
+    # A directory of 0.1.0's format (version 1) whose config lacks concealment, as earlier releases wrote it.
+    import shutil
+    from pathlib import Path
+
+    path = Path(shutil.copytree(Path(__file__).parent / "data" / "model_v0_1", tmp_path / "model"))
     config = json.loads((path / CONFIG_NAME).read_text())
+    assert config["format_version"] == 1
     for key in ("concealment", "refine_epochs", "refine_adversary_weight"):
         del config["params"][key]
     for key in ("erasure", "final_erasure", "refiner"):
@@ -153,4 +186,4 @@ def test_a_model_saved_before_concealment_loads_without_it_and_says_so(fitted, t
     (path / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="predates concealment"):
         loaded = load_model(path)
-    assert loaded.concealment == "none" and loaded.erasure_ is None
+    assert loaded.concealment == "none" and loaded.erasure_ is None and loaded.concealment_steps_ == []

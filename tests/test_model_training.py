@@ -6,9 +6,10 @@ import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from bafo_pipeline.data.synthetic import make_synthetic_faces
-from bafo_pipeline.independence import independence_penalty, normalized_hsic
-from bafo_pipeline.model import BAFONetwork, NetworkConfig, vae_loss_terms
-from bafo_pipeline.training import Trainer, TrainingConfig, resolve_device
+from bafo_pipeline._nn.independence import independence_penalty, normalized_hsic
+from bafo_pipeline._nn.network import BAFONetwork, NetworkConfig, vae_loss_terms
+from bafo_pipeline._nn.training import Trainer, TrainingConfig
+from bafo_pipeline._utils import resolve_device
 from bafo_pipeline.transformers import BAFOTransformer
 
 

@@ -1,4 +1,4 @@
-"""Tests for bafo_pipeline.io.parquet and bafo_pipeline.io._atomic."""
+"""Tests for bafo_pipeline.io.parquet and bafo_pipeline._utils.atomic."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bafo_pipeline.io._atomic import AtomicFile, atomic_write_path
+from bafo_pipeline._utils.atomic import AtomicFile, atomic_write_path
 from bafo_pipeline.io.parquet import (
     LatentParquetWriter,
     iter_latent_batches,

@@ -378,7 +378,17 @@ def test_pickle_round_trip_keeps_outputs(faces, fitted, tmp_path, how):
 def test_pickled_state_holds_only_cpu_tensors(fitted):
     state = fitted.__getstate__()
     assert "network_" not in state
-    assert all(t.device.type == "cpu" for t in state["_network_state"].values())
+    assert all(t.device.type == "cpu" for t in state["_fitted_state"]["network_"].weights.values())
+
+
+def test_a_pickle_of_release_0_1_still_loads(fitted, faces):
+    # 0.1.0 pickled the network as "_network_config" + "_network_state" next to the other attributes.
+    state = {k: v for k, v in vars(fitted).items() if k != "network_"}
+    state["_network_config"] = fitted.network_.config.to_dict()
+    state["_network_state"] = {k: v.clone() for k, v in fitted.network_.state_dict().items()}
+    old = BAFOTransformer.__new__(BAFOTransformer)
+    old.__setstate__(state)
+    np.testing.assert_array_equal(old.transform(faces.images[:8]), fitted.transform(faces.images[:8]))
 
 
 def test_quiet_unless_verbose(faces, capsys):

@@ -14,7 +14,7 @@ run_audit, run_audit_files
     Everything at once, writing ``report.json``, ``report.html`` and plots.
 """
 
-from ._utils import AuditWarning
+from ._warnings import AuditWarning
 from .fairness import FairnessResult, fairness_report
 from .inputs import align_by_id, infer_kind
 from .leakage import audit_leakage

@@ -34,7 +34,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from ._utils import to_jsonable, warn
+from .._utils.jsonable import to_jsonable
+from ._warnings import warn
 from .inputs import DEFAULT_BANDS, band_names, infer_kind
 from .resampling import bootstrap_weights, chunks, percentile_interval
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._utils import warn
+from ..attributes import DEFAULT_SENSITIVE
+from ..attributes import infer_kind as attribute_kind
+from ._warnings import warn
 
 __all__ = [
     "ATTRIBUTE_KINDS",
@@ -28,10 +30,8 @@ __all__ = [
 ]
 
 ATTRIBUTE_KINDS = ("categorical", "continuous")
-DEFAULT_ATTRIBUTES = ("age", "gender", "ethnicity")
+DEFAULT_ATTRIBUTES = DEFAULT_SENSITIVE
 DEFAULT_BANDS: dict[str, tuple[float, ...]] = {"age": (20.0, 40.0, 60.0)}
-# A numeric column with more distinct values than this is treated as continuous.
-_MAX_CATEGORICAL_LEVELS = 20
 
 
 @dataclass
@@ -85,14 +85,13 @@ class Attribute:
 
 
 def infer_kind(values: pd.Series) -> str:
-    """Guess ``"continuous"`` or ``"categorical"`` from a column's dtype and cardinality.
+    """``"continuous"`` or ``"categorical"``: the package's one rule (:func:`bafo_pipeline.attributes.infer_kind`),
+    with ``"binary"`` read as categorical, since the audit only needs to know whether to regress or classify.
 
-    Numeric (not boolean) columns with more than 20 distinct values are continuous;
+    Numeric (not boolean) columns with more than 10 distinct values are continuous;
     everything else is categorical.
     """
-    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
-        return "categorical"
-    return "continuous" if values.nunique(dropna=True) > _MAX_CATEGORICAL_LEVELS else "categorical"
+    return "continuous" if attribute_kind(values) == "continuous" else "categorical"
 
 
 def check_representations(representations) -> dict[str, np.ndarray]:

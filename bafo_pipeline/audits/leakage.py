@@ -13,7 +13,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from . import metrics as M
-from ._utils import Progress
+from .._utils.progress import Progress
 from .inputs import Attribute, align_by_id, check_representations, prepare_attributes
 from .permutation import per_fold_test, refit_linear_test
 from .probes import PROBES, make_probe
@@ -394,7 +394,7 @@ def audit_leakage(
         limits.restore_original_limits()
         tracker.close()
 
-    from .mlp import resolve_device
+    from .._utils.device import resolve_device
 
     config = {
         "n_folds": n_folds,

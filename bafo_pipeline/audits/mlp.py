@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import copy
+from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.utils import ClassifierTags, RegressorTags
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from .._device import resolve_device
+from .._utils.device import resolve_device
 
 __all__ = ["TorchMLPProbe", "resolve_device"]
 
 
-class TorchMLPProbe:
+def _is_classifier(probe: "TorchMLPProbe") -> bool:
+    return probe.task == "classification"
+
+
+class TorchMLPProbe(BaseEstimator):
     """Two-hidden-layer ReLU network trained with AdamW, stopped early on held-out loss.
 
     The early-stopping split is carved out of the data given to :meth:`fit` (the
     probe's training fold), never from the audit's test fold. Inputs are
     standardised with the training statistics; regression targets too.
+
+    A scikit-learn estimator: a classifier when ``task="classification"``, a
+    regressor when ``task="regression"`` (its tags say which), so it clones,
+    pickles, and works with ``cross_val_predict`` and the like.
 
     Parameters
     ----------
@@ -44,11 +60,34 @@ class TorchMLPProbe:
     ----------
     classes_ : ndarray
         Class labels (classification).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when ``X`` had string column names.
+    mean_, scale_ : ndarray of shape (n_features_in_,)
+        Input standardisation.
+    y_mean_, y_scale_ : float
+        Target standardisation (regression).
+    net_ : torch.nn.Sequential
+        The trained network (the weights of its best epoch).
+    device_ : torch.device
     n_epochs_ : int
         Epochs run.
     best_epoch_ : int
         Epoch whose weights were kept.
     """
+
+    _parameter_constraints: dict = {
+        "task": [StrOptions({"classification", "regression"})],
+        "hidden": [tuple, list],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "device": [str, torch.device],
+        "random_state": [Interval(Integral, 0, 2**32 - 1, closed="both")],
+    }
 
     def __init__(
         self,
@@ -92,11 +131,26 @@ class TorchMLPProbe:
         mask[val] = True
         return np.flatnonzero(~mask), np.flatnonzero(mask)
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> TorchMLPProbe:
-        """Train on ``X`` (n, d) and labels or targets ``y`` (n,)."""
-        if self.task not in ("classification", "regression"):
-            raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
-        X = np.asarray(X, dtype=np.float32)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y) -> TorchMLPProbe:
+        """Train on ``X`` (n, d) and labels or targets ``y`` (n,).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            Class labels (classification) or numeric targets (regression).
+
+        Returns
+        -------
+        self : TorchMLPProbe
+        """
+        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h > 0 for h in self.hidden):
+            raise ValueError(f"hidden must hold positive layer widths, got {self.hidden!r}")
+        classify = _is_classifier(self)
+        X, y = validate_data(self, X, y, dtype=np.float32, ensure_min_samples=2, y_numeric=not classify)
+        if classify:
+            check_classification_targets(y)
         rng = np.random.default_rng(self.random_state)
         device = resolve_device(self.device)
         self.mean_ = X.mean(axis=0)
@@ -162,18 +216,65 @@ class TorchMLPProbe:
         self.device_ = device
         return self
 
-    def _forward(self, X: np.ndarray) -> torch.Tensor:
-        X = (np.asarray(X, dtype=np.float32) - self.mean_) / self.scale_
+    def _forward(self, X) -> torch.Tensor:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        X = (X - self.mean_) / self.scale_
         with torch.no_grad():
             return self.net_(torch.as_tensor(X, device=self.device_)).float().cpu()
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities, columns in the order of ``classes_``."""
+    @available_if(_is_classifier)
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_`` (classification only).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
         return torch.softmax(self._forward(X), dim=1).numpy().astype(np.float64)
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Class labels (classification) or targets (regression)."""
+    def predict(self, X) -> np.ndarray:
+        """Class labels (classification) or targets (regression).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+        """
         out = self._forward(X)
-        if self.task == "classification":
+        if _is_classifier(self):
             return self.classes_[out.argmax(dim=1).numpy()]
         return out.squeeze(1).numpy().astype(np.float64) * self.y_scale_ + self.y_mean_
+
+    def score(self, X, y) -> float:
+        """Accuracy (classification) or R² (regression) on ``(X, y)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        score : float
+        """
+        metric = accuracy_score if _is_classifier(self) else r2_score
+        return float(metric(y, self.predict(X)))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        if _is_classifier(self):
+            tags.estimator_type = "classifier"
+            tags.classifier_tags = ClassifierTags()
+        else:
+            tags.estimator_type = "regressor"
+            tags.regressor_tags = RegressorTags()
+        tags.target_tags.required = True
+        return tags

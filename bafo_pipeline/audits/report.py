@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ._utils import to_jsonable
+from .._utils.jsonable import to_jsonable
 from .fairness import GROUP_METRICS, FairnessResult
 from .probes import PROBE_DESCRIPTIONS
 from .result import SCHEMA_VERSION, AuditResult
@@ -317,7 +317,7 @@ def write_report(
     dict of str to Path
         File name to path of every file written.
     """
-    from bafo_pipeline.io._atomic import atomic_write_path
+    from .._utils.atomic import atomic_write_path
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

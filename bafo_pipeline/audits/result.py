@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._utils import to_jsonable
+from .._utils.jsonable import to_jsonable
 
 __all__ = ["SCHEMA_VERSION", "TABLE_COLUMNS", "AuditResult"]
 
@@ -182,7 +182,7 @@ class AuditResult:
         """Serialise with :meth:`to_dict`; also write to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
         if path is not None:
-            from bafo_pipeline.io._atomic import atomic_write_path
+            from .._utils.atomic import atomic_write_path
 
             with atomic_write_path(path, overwrite=True) as tmp:
                 tmp.write_text(text + "\n", encoding="utf-8")

@@ -1,15 +1,20 @@
-"""Data: loaders (UTKFace folder, CSV/Parquet manifest), image decoding, content-hash splits, synthetic faces."""
+"""Data: loaders (UTKFace folder, CSV/Parquet manifest), image decoding, content-hash splits, synthetic faces,
+and the :class:`FaceSource` protocol every batch consumer reads sources through."""
 
-from .dataset import FaceDataset, LoadReport
+from .dataset import FaceDataset, FaceSource, ImageBatch, LoadReport
 from .images import ImageDecodeError, decode_image, decode_images, iter_decoded_batches
 from .manifest import load_manifest, scan_manifest
-from .sources import load_source
+from .sources import load_source, scan_source
 from .splits import hash_split
+from .tables import ImageFiles
 from .synthetic import SYNTHETIC_NON_SENSITIVE, SYNTHETIC_SENSITIVE, make_synthetic_faces
 from .utkface import load_utkface, parse_utkface_name, scan_utkface
 
 __all__ = [
     "FaceDataset",
+    "FaceSource",
+    "ImageBatch",
+    "ImageFiles",
     "ImageDecodeError",
     "LoadReport",
     "SYNTHETIC_NON_SENSITIVE",
@@ -20,6 +25,7 @@ __all__ = [
     "iter_decoded_batches",
     "load_manifest",
     "load_source",
+    "scan_source",
     "load_utkface",
     "make_synthetic_faces",
     "parse_utkface_name",

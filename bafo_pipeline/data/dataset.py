@@ -1,11 +1,59 @@
-"""The in-memory container every loader returns: images, attributes and a load report."""
+"""The in-memory container every loader returns (images, attributes, a load report), and the
+:class:`FaceSource` protocol that batch consumers (the export) read any source through."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
+
+#: ``(rows, images, errors)``: positions in the source, uint8 ``(n, C, H, W)`` images (a NumPy
+#: array or a tensor on the decoding device), and ``(row, reason)`` for each unreadable image.
+ImageBatch = tuple[np.ndarray, Any, list[tuple[int, str]]]
+
+
+@runtime_checkable
+class FaceSource(Protocol):
+    """Labelled face images read in batches: what :func:`~bafo_pipeline.pipeline.export_latents` takes.
+
+    :class:`FaceDataset` (decoded, in memory) and
+    :class:`~bafo_pipeline.data.tables.ImageFiles` (files decoded batch by
+    batch) implement it; a new kind of source (a database, a bucket, a video)
+    only has to do the same.
+
+    Attributes
+    ----------
+    attributes : DataFrame
+        One row per image: the label columns (never file paths).
+    sensitive : tuple of str
+        Which of those columns are sensitive.
+    content_hash : ndarray of str or None
+        Hex digest per image (drives splits), when known.
+    in_memory : bool
+        True when the images are already decoded (no decoder is involved).
+    """
+
+    sensitive: tuple[str, ...]
+    in_memory: ClassVar[bool]
+
+    @property
+    def attributes(self) -> pd.DataFrame: ...
+
+    @property
+    def content_hash(self) -> np.ndarray | None: ...
+
+    def __len__(self) -> int: ...
+
+    def subset(self, indices) -> "FaceSource":
+        """The rows at ``indices`` (integer positions or a boolean mask)."""
+
+    def iter_batches(
+        self, batch_size: int, size: tuple[int, int], *, strict: bool = False, decoder: str = "pil", device=None
+    ) -> Iterator[ImageBatch]:
+        """``(rows, uint8 NCHW images of ``size``, [(row, reason), ...])`` per batch."""
 
 
 @dataclass
@@ -74,6 +122,7 @@ class FaceDataset:
     content_hash: np.ndarray
     sources: list[str] | None = None
     report: LoadReport = field(default_factory=LoadReport)
+    in_memory: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -116,3 +165,21 @@ class FaceDataset:
 
         is_test = hash_split(self.content_hash, test_fraction=test_fraction, seed=seed)
         return self.subset(~is_test), self.subset(is_test)
+
+    def iter_batches(
+        self, batch_size: int, size: tuple[int, int], *, strict: bool = False, decoder: str = "pil", device=None
+    ) -> Iterator[ImageBatch]:
+        """The images in batches, as uint8 NCHW views: the :class:`FaceSource` protocol.
+
+        ``strict``, ``decoder`` and ``device`` are ignored: nothing is decoded.
+
+        Raises
+        ------
+        ValueError
+            When the images are not of ``size`` (height, width).
+        """
+        if self.images.shape[1:3] != tuple(size):
+            raise ValueError(f"the dataset's images are {self.images.shape[1:3]}, the model expects {tuple(size)}")
+        for start in range(0, len(self), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(self)))
+            yield rows, self.images[rows].transpose(0, 3, 1, 2), []

@@ -47,7 +47,7 @@ _REDUCING_GAP = 2.0
 # EXIF orientation tag value -> the transpose that makes the image upright
 # (the table of PIL.ImageOps.exif_transpose).
 _EXIF_ORIENTATION = 0x0112
-_ORIENTATION_FIX = {
+ORIENTATION_FIX = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -84,17 +84,20 @@ class _BombError(Exception):
     """Internal marker for our own pixel cap."""
 
 
-def _is_positive_int(value: Any) -> bool:
+# The checks and helpers below are shared with the torch decoder (jpeg_tensors.py) and the
+# export (thread budget); they are public for that reason, not part of the data API.
+def is_positive_int(value: Any) -> bool:
+    """True for a positive int (NumPy ints included, booleans excluded)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
-def _check_size(size: Size) -> tuple[int, int]:
+def check_size(size: Size) -> tuple[int, int]:
     """Return ``size`` as ``(height, width)`` positive ints or raise ``ValueError``."""
-    if _is_positive_int(size):
+    if is_positive_int(size):
         size = (int(size), int(size))
     try:
         height, width = size  # type: ignore[misc]
-        ok = _is_positive_int(height) and _is_positive_int(width)
+        ok = is_positive_int(height) and is_positive_int(width)
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -102,20 +105,22 @@ def _check_size(size: Size) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _check_max_pixels(max_pixels: int | None) -> None:
-    if max_pixels is not None and not _is_positive_int(max_pixels):
+def check_max_pixels(max_pixels: int | None) -> None:
+    """Raise ``ValueError`` unless ``max_pixels`` is a positive int or None."""
+    if max_pixels is not None and not is_positive_int(max_pixels):
         raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
 
 
-def _resolve_n_jobs(n_jobs: int | None) -> int:
+def resolve_n_jobs(n_jobs: int | None) -> int:
+    """Decoding threads for ``n_jobs``: None → ``min(4, cpu count)``, -1 → every core."""
     if n_jobs is None:
         return max(1, min(4, os.cpu_count() or 1))
-    if not (_is_positive_int(n_jobs) or (isinstance(n_jobs, (int, np.integer)) and n_jobs == -1)):
+    if not (is_positive_int(n_jobs) or (isinstance(n_jobs, (int, np.integer)) and n_jobs == -1)):
         raise ValueError(f"n_jobs must be None, -1 (all cores) or a positive int, got {n_jobs!r}")
     return (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
 
 
-def _center_crop_box(width: int, height: int, target_w: int, target_h: int) -> tuple[float, float, float, float]:
+def center_crop_box(width: int, height: int, target_w: int, target_h: int) -> tuple[float, float, float, float]:
     """The largest box of the target aspect ratio centered in a ``width x height`` image."""
     if width * target_h > height * target_w:  # too wide: trim left and right
         crop_w = height * target_w / target_h
@@ -163,14 +168,14 @@ def _decode_opened(im: Image.Image, target_h: int, target_w: int, max_pixels: in
         orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # a broken EXIF block should not cost the image
         orientation = 1
-    transpose = _ORIENTATION_FIX.get(orientation)
+    transpose = ORIENTATION_FIX.get(orientation)
     swapped = orientation in (5, 6, 7, 8)
     # Sizes in the stored (pre-rotation) frame.
     stored_tw, stored_th = (target_h, target_w) if swapped else (target_w, target_h)
 
     if im.format in ("JPEG", "MPO"):
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the crop stays >= target size.
-        x0, y0, x1, y1 = _center_crop_box(width, height, stored_tw, stored_th)
+        x0, y0, x1, y1 = center_crop_box(width, height, stored_tw, stored_th)
         want = (
             int(np.ceil(width * stored_tw / (x1 - x0))),
             int(np.ceil(height * stored_th / (y1 - y0))),
@@ -180,7 +185,7 @@ def _decode_opened(im: Image.Image, target_h: int, target_w: int, max_pixels: in
     if transpose is not None:
         im = im.transpose(transpose)
     im = _to_rgb(im)
-    box = _center_crop_box(im.width, im.height, target_w, target_h)
+    box = center_crop_box(im.width, im.height, target_w, target_h)
     if im.size != (target_w, target_h) or box != (0.0, 0.0, float(target_w), float(target_h)):
         im = im.resize((target_w, target_h), _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
     arr = np.asarray(im, dtype=np.uint8)
@@ -226,8 +231,8 @@ def decode_image(
     ValueError
         If ``size`` or ``max_pixels`` is invalid.
     """
-    target_h, target_w = _check_size(size)
-    _check_max_pixels(max_pixels)
+    target_h, target_w = check_size(size)
+    check_max_pixels(max_pixels)
     return _decode(source, target_h, target_w, max_pixels)
 
 
@@ -274,7 +279,7 @@ def _decode_stream(fh, label: str, target_h: int, target_w: int, max_pixels: int
         raise ImageDecodeError(label, f"corrupt or unsupported image data ({type(err).__name__}: {text})") from None
 
 
-def _try_decode(source: ImageSource, target_h: int, target_w: int, max_pixels: int | None):
+def try_decode(source: ImageSource, target_h: int, target_w: int, max_pixels: int | None):
     """Return the array, or the ImageDecodeError (so worker threads never raise)."""
     try:
         return _decode(source, target_h, target_w, max_pixels)
@@ -301,7 +306,7 @@ class _Progress:
 
 
 def _submit_all(
-    pool: ThreadPoolExecutor | None, sources: Sequence[ImageSource], args: tuple, work: Callable = _try_decode
+    pool: ThreadPoolExecutor | None, sources: Sequence[ImageSource], args: tuple, work: Callable = try_decode
 ) -> list:
     """Futures of ``work(source, *args)`` (pool), or ``None`` placeholders to run lazily (no pool), in order."""
     if pool is None:
@@ -310,7 +315,7 @@ def _submit_all(
 
 
 def _result(handle: Future | None, source: ImageSource, args: tuple):
-    return _try_decode(source, *args) if handle is None else handle.result()
+    return try_decode(source, *args) if handle is None else handle.result()
 
 
 def decode_images(
@@ -350,9 +355,9 @@ def decode_images(
     errors : list of (str, str)
         ``(path, reason)`` for each skipped file, in input order.
     """
-    target_h, target_w = _check_size(size)
-    _check_max_pixels(max_pixels)
-    n_threads = _resolve_n_jobs(n_jobs)
+    target_h, target_w = check_size(size)
+    check_max_pixels(max_pixels)
+    n_threads = resolve_n_jobs(n_jobs)
     tracker = _Progress(progress)
     paths = list(paths)
     args = (target_h, target_w, max_pixels)
@@ -425,11 +430,11 @@ def iter_decoded_batches(
     errors : list of (str, str)
         ``(path, reason)`` for the files of this batch that were skipped.
     """
-    target_h, target_w = _check_size(size)
-    _check_max_pixels(max_pixels)
-    if not _is_positive_int(batch_size):
+    target_h, target_w = check_size(size)
+    check_max_pixels(max_pixels)
+    if not is_positive_int(batch_size):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    n_threads = _resolve_n_jobs(n_jobs)
+    n_threads = resolve_n_jobs(n_jobs)
     return _iter_batches(iter(paths), int(batch_size), (target_h, target_w, max_pixels), strict, n_threads)
 
 
@@ -438,10 +443,10 @@ def _iter_batches(paths: Iterator[ImageSource], batch_size: int, args: tuple, st
         images, kept, errors = _collect(handles, chunk, args, strict)
         return kept, images, errors
 
-    return _prefetched_batches(paths, batch_size, n_threads, "bafo-decode", _try_decode, args, finish)
+    return prefetched_batches(paths, batch_size, n_threads, "bafo-decode", try_decode, args, finish)
 
 
-def _prefetched_batches(
+def prefetched_batches(
     sources: Iterator[ImageSource],
     batch_size: int,
     n_threads: int,

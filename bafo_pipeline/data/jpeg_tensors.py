@@ -62,17 +62,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .images import (
-    _ORIENTATION_FIX,
     DEFAULT_MAX_PIXELS,
+    ORIENTATION_FIX,
     ImageDecodeError,
     Size,
-    _center_crop_box,
-    _check_max_pixels,
-    _check_size,
-    _is_positive_int,
-    _prefetched_batches,
-    _resolve_n_jobs,
-    _try_decode,
+    center_crop_box,
+    check_max_pixels,
+    check_size,
+    is_positive_int,
+    prefetched_batches,
+    resolve_n_jobs,
+    try_decode,
 )
 
 __all__ = [
@@ -366,14 +366,14 @@ def _fast_path_ok(header: JpegHeader, max_pixels: int | None) -> bool:
         header.components in (1, 3)
         and header.precision == 8
         and header.sof_marker in _FAST_SOF_MARKERS
-        and header.orientation not in _ORIENTATION_FIX  # Pillow ignores values outside 2..8 too
+        and header.orientation not in ORIENTATION_FIX  # Pillow ignores values outside 2..8 too
         and (max_pixels is None or header.width * header.height <= max_pixels)
     )
 
 
 def _fallback(data: bytes | bytearray, label: str, args: tuple):
     """Pillow decode of bytes already read, with errors naming the file."""
-    out = _try_decode(data, *args)
+    out = try_decode(data, *args)
     if isinstance(out, ImageDecodeError) and out.path != label:
         return ImageDecodeError(label, out.reason)
     return out
@@ -390,7 +390,7 @@ def _prepare(source: TensorSource, target_h: int, target_w: int, max_pixels: int
             with open(label, "rb") as fh:
                 data = fh.read()
         except OSError:  # missing, a directory, no permission, ...: Pillow's path names the problem
-            return _try_decode(label, *args)
+            return try_decode(label, *args)
     header = jpeg_header(data)
     if header is None or not _fast_path_ok(header, max_pixels):
         return _fallback(data, label, args)
@@ -420,7 +420,7 @@ def _budget_slices(sizes: Sequence[int], budget: int) -> Iterator[slice]:
 def _resize(images: torch.Tensor, target_h: int, target_w: int) -> torch.Tensor:
     """Center-crop ``(n, 3, h, w)`` uint8 images to the target aspect ratio and resize them."""
     height, width = images.shape[-2:]
-    x0, y0, x1, y1 = _center_crop_box(width, height, target_w, target_h)
+    x0, y0, x1, y1 = center_crop_box(width, height, target_w, target_h)
     left, top = math.floor(x0 + 0.5), math.floor(y0 + 0.5)
     right = max(left + 1, math.floor(x1 + 0.5))
     bottom = max(top + 1, math.floor(y1 + 0.5))
@@ -620,11 +620,11 @@ def iter_tensor_batches(
     ImageDecodeError
         With ``strict=True``, for the first bad file.
     """
-    target_h, target_w = _check_size(size)
-    _check_max_pixels(max_pixels)
-    if not _is_positive_int(batch_size):
+    target_h, target_w = check_size(size)
+    check_max_pixels(max_pixels)
+    if not is_positive_int(batch_size):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    n_threads = _resolve_n_jobs(n_jobs)
+    n_threads = resolve_n_jobs(n_jobs)
     device = torch.device(device)
     decode = jpeg_decoder(backend, device=device)
     args = (target_h, target_w, max_pixels)
@@ -643,4 +643,4 @@ def _iter_batches(
     def finish(handles, chunk, pool):
         return _process_batch(handles, chunk, args, strict, pool, decode, device)
 
-    return _prefetched_batches(paths, batch_size, n_threads, "bafo-jpeg", _prepare, args, finish)
+    return prefetched_batches(paths, batch_size, n_threads, "bafo-jpeg", _prepare, args, finish)

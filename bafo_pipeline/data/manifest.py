@@ -10,21 +10,22 @@ images) are skipped and reported by row number, or stop the load when
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, LoadReport
-from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, Size, _is_positive_int, decode_images
+from .images import DEFAULT_MAX_PIXELS, Size
 from .splits import EMPTY_CONTENT_HASH, dedupe_by_hash, hash_files
+from .tables import PRIVATE_COLUMNS, dataset_from_table
 
 __all__ = ["load_manifest", "read_manifest_table", "scan_manifest"]
 
-DEFAULT_SENSITIVE = ("age", "gender", "ethnicity")
-_RESERVED = ("path", "content_hash")
+_RESERVED = PRIVATE_COLUMNS
 _READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
 
 
@@ -208,65 +209,6 @@ def scan_manifest(
     return table, report
 
 
-def _subset_by_hash(table: pd.DataFrame, limit: int | None) -> pd.DataFrame:
-    """The ``limit`` rows with the smallest content hashes, in their original order."""
-    if limit is None:
-        return table
-    if not _is_positive_int(limit):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
-    if limit >= len(table):
-        return table
-    chosen = np.sort(np.argsort(table["content_hash"].to_numpy(dtype=str), kind="stable")[: int(limit)])
-    return table.iloc[chosen]
-
-
-def _dataset_from_table(
-    table: pd.DataFrame,
-    report: LoadReport,
-    *,
-    source: str,
-    sensitive: Sequence[str],
-    attribute_columns: Sequence[str],
-    describe: Callable[[Any, str, str], tuple[str, str]],
-    image_size: Size,
-    strict: bool,
-    n_jobs: int | None,
-    limit: int | None,
-    progress: Any,
-    max_pixels: int | None,
-) -> FaceDataset:
-    """Decode the images of a scanned table into a :class:`FaceDataset`.
-
-    ``describe(index_label, path, reason)`` turns a decode failure into the
-    ``(item, reason)`` pair recorded in the report (or raised when strict).
-    """
-    table = _subset_by_hash(table, limit)
-    paths = table["path"].tolist()
-    try:
-        images, kept, errors = decode_images(
-            paths, image_size, strict=strict, n_jobs=n_jobs, progress=progress, max_pixels=max_pixels
-        )
-    except ImageDecodeError as err:
-        pos = paths.index(err.path)
-        raise ImageDecodeError(*describe(table.index[pos], err.path, err.reason)) from err
-    failed = np.setdiff1d(np.arange(len(paths)), kept)
-    report.skipped.extend(describe(table.index[pos], path, reason) for pos, (path, reason) in zip(failed, errors))
-    kept_table = table.iloc[kept]
-    report.n_loaded = len(kept_table)
-    if report.n_loaded == 0:
-        first = "; ".join(f"{item}: {reason}" for item, reason in report.skipped[:3])
-        example = f"; e.g. {first}" if first else ""
-        raise ValueError(f"no images could be loaded from {source} ({report.summary()}){example}")
-    return FaceDataset(
-        images=images,
-        attributes=kept_table[list(attribute_columns)].reset_index(drop=True),
-        sensitive=tuple(sensitive),
-        content_hash=kept_table["content_hash"].to_numpy(dtype=object),
-        sources=kept_table["path"].tolist(),
-        report=report,
-    )
-
-
 def load_manifest(
     path: str | os.PathLike,
     image_size: Size = 56,
@@ -324,7 +266,7 @@ def load_manifest(
         n_jobs=n_jobs,
     )
     columns = [c for c in table.columns if c not in _RESERVED]
-    return _dataset_from_table(
+    return dataset_from_table(
         table,
         report,
         source=str(path),

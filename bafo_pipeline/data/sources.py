@@ -1,4 +1,5 @@
-"""One entry point for the data sources the CLI and benchmarks offer: synthetic, UTKFace, manifest."""
+"""Entry points for the data sources the CLI and benchmarks offer (synthetic, UTKFace, manifest):
+decoded into memory (:func:`load_source`) or scanned for streaming (:func:`scan_source`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .dataset import FaceDataset
+from ..attributes import DEFAULT_SENSITIVE
+from .dataset import FaceDataset, FaceSource, LoadReport
 
 
 def load_source(
@@ -16,7 +18,7 @@ def load_source(
     synthetic_samples: int = 3000,
     image_size: int = 56,
     image_column: str = "path",
-    sensitive: Sequence[str] = ("age", "gender", "ethnicity"),
+    sensitive: Sequence[str] = DEFAULT_SENSITIVE,
     limit: int | None = None,
     strict: bool = False,
     seed: int = 0,
@@ -61,3 +63,47 @@ def load_source(
 
     n_samples = synthetic_samples if limit is None else min(limit, synthetic_samples)
     return make_synthetic_faces(n_samples, image_size, random_state=seed)
+
+
+def scan_source(
+    *,
+    utkface: str | os.PathLike | None = None,
+    manifest: str | os.PathLike | None = None,
+    synthetic_samples: int = 3000,
+    image_size: int = 56,
+    image_column: str = "path",
+    sensitive: Sequence[str] = DEFAULT_SENSITIVE,
+    limit: int | None = None,
+    strict: bool = False,
+    seed: int = 0,
+) -> tuple[FaceSource, LoadReport]:
+    """Like :func:`load_source`, but files are only scanned: their images are decoded later, in batches.
+
+    Returns
+    -------
+    source : FaceSource
+        :class:`~bafo_pipeline.data.tables.ImageFiles` for a folder or a
+        manifest (the first ``limit`` rows); the drawn :class:`FaceDataset`
+        for synthetic faces (``image_size`` pixels).
+    report : LoadReport
+        What the scan skipped or dropped.
+    """
+    if utkface is not None and manifest is not None:
+        raise ValueError("give either a UTKFace folder or a manifest, not both")
+    if utkface is None and manifest is None:
+        dataset = load_source(synthetic_samples=synthetic_samples, image_size=image_size, limit=limit, seed=seed)
+        return dataset, dataset.report
+    from .tables import ImageFiles
+
+    if utkface is not None:
+        from .utkface import UTKFACE_SENSITIVE, scan_utkface
+
+        table, report = scan_utkface(utkface, strict=strict)
+        sensitive = UTKFACE_SENSITIVE
+    else:
+        from .manifest import scan_manifest
+
+        table, report = scan_manifest(manifest, image_column=image_column, sensitive=tuple(sensitive), strict=strict)
+    if limit is not None:
+        table = table.iloc[:limit]
+    return ImageFiles(table, tuple(sensitive), report), report

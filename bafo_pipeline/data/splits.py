@@ -81,10 +81,10 @@ def hash_files(
     reasons : list of str or None
         ``None`` where the file was read, else why not (e.g. ``"file not found"``).
     """
-    from .images import _resolve_n_jobs
+    from .images import resolve_n_jobs
 
     paths = [os.fspath(p) for p in paths]
-    n_threads = _resolve_n_jobs(n_jobs)
+    n_threads = resolve_n_jobs(n_jobs)
     if n_threads == 1 or len(paths) < 2:
         results = [_hash_one(p) for p in paths]
     else:

@@ -34,6 +34,7 @@ from numbers import Integral
 import numpy as np
 import pandas as pd
 
+from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, LoadReport
 from .splits import content_hash
 
@@ -45,7 +46,7 @@ __all__ = [
     "make_synthetic_faces",
 ]
 
-SYNTHETIC_SENSITIVE = ("age", "gender", "ethnicity")
+SYNTHETIC_SENSITIVE = DEFAULT_SENSITIVE
 SYNTHETIC_NON_SENSITIVE = ("smile", "background", "tilt", "hair_style", "glasses")
 
 ETHNICITIES = ("white", "black", "asian", "indian", "others")

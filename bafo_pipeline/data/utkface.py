@@ -19,12 +19,20 @@ from typing import Any
 
 import pandas as pd
 
+from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, LoadReport
 from .images import DEFAULT_MAX_PIXELS, Size
-from .manifest import _dataset_from_table
 from .splits import EMPTY_CONTENT_HASH, dedupe_by_hash, hash_files
+from .tables import dataset_from_table
 
-__all__ = ["UTKFACE_ETHNICITIES", "UTKFACE_GENDERS", "load_utkface", "parse_utkface_name", "scan_utkface"]
+__all__ = [
+    "UTKFACE_ETHNICITIES",
+    "UTKFACE_GENDERS",
+    "UTKFACE_SENSITIVE",
+    "load_utkface",
+    "parse_utkface_name",
+    "scan_utkface",
+]
 
 #: Gender codes of the file names, in code order.
 UTKFACE_GENDERS = ("male", "female")
@@ -32,7 +40,9 @@ UTKFACE_GENDERS = ("male", "female")
 UTKFACE_ETHNICITIES = ("white", "black", "asian", "indian", "others")
 
 _MAX_AGE = 120
-_LABELS = ("age", "gender", "ethnicity")
+#: The labels a UTKFace file name spells out (the package's default sensitive attributes).
+UTKFACE_SENSITIVE = DEFAULT_SENSITIVE
+_LABELS = UTKFACE_SENSITIVE
 # The distributed "aligned & cropped" names end in .jpg.chip.jpg; the
 # "in-the-wild" release uses the same fields with a plain .jpg.
 _SUFFIXES = (".jpg.chip.jpg", ".jpg", ".jpeg", ".png")
@@ -222,7 +232,7 @@ def load_utkface(
         As :func:`scan_utkface`; also ``ValueError`` when no image at all can be loaded.
     """
     table, report = scan_utkface(folder, dedupe=dedupe, strict=strict, n_jobs=n_jobs)
-    return _dataset_from_table(
+    return dataset_from_table(
         table,
         report,
         source=str(folder),

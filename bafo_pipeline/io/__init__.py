@@ -1,10 +1,10 @@
-"""Parquet export/import of latent datasets, and model save/load."""
+"""The Parquet latent format: one writer and one reader, used by the export, the CLI and the audit alike."""
 
-from ._atomic import atomic_write_path
 from .parquet import (
     LatentParquetWriter,
     LatentTable,
     iter_latent_batches,
+    read_embedding,
     read_latents,
     read_metadata,
     write_latents,
@@ -13,8 +13,8 @@ from .parquet import (
 __all__ = [
     "LatentParquetWriter",
     "LatentTable",
-    "atomic_write_path",
     "iter_latent_batches",
+    "read_embedding",
     "read_latents",
     "read_metadata",
     "write_latents",

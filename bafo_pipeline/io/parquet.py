@@ -32,7 +32,6 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,12 +42,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bafo_pipeline.io._atomic import AtomicFile
+from .._utils.atomic import AtomicFile
+from .._version import package_version
 
 __all__ = [
     "LatentParquetWriter",
     "LatentTable",
     "iter_latent_batches",
+    "read_embedding",
     "read_latents",
     "read_metadata",
     "write_latents",
@@ -94,13 +95,6 @@ _PATHLIKE_VALUE = (
     r"|^\d{1,3}_[01]_[0-4]_\d"
 )
 _PATHLIKE_VALUE_RE = re.compile(_PATHLIKE_VALUE, re.IGNORECASE)
-
-
-def _package_version() -> str:
-    try:
-        return importlib_metadata.version("bafo-pipeline")
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _utc_now() -> str:
@@ -380,7 +374,7 @@ class LatentParquetWriter:
             **self._user_metadata,
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
-            "package_version": _package_version(),
+            "package_version": package_version(),
             "latent_dim": self.latent_dim,
             "row_count": row_count,
             "created_at": _utc_now(),
@@ -789,29 +783,28 @@ def _columns_to_read(
     return structural + labels, labels
 
 
-def _latent_matrix(path: Path, column: pa.ChunkedArray, first_row: int, meta: dict) -> np.ndarray:
+def _latent_matrix(
+    path: Path, column: pa.ChunkedArray, first_row: int, meta: dict, name: str = LATENT_COLUMN
+) -> np.ndarray:
+    """A list-of-floats column as a float32 matrix, through Arrow buffers; errors name the file and row."""
     typ = column.type
-    if pa.types.is_fixed_size_list(typ):
-        dim = typ.list_size
-    elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
-        lengths = pc.list_value_length(column)
-        low, high = pc.min_max(lengths).values()
-        if low.as_py() is not None and low.as_py() != high.as_py():
-            raise ValueError(
-                f"{path}: {LATENT_COLUMN!r} rows have different lengths ({low} to {high})"
-            )
-        dim = high.as_py() if high.as_py() is not None else int(meta.get("latent_dim", 0))
-    else:
-        raise ValueError(
-            f"{path}: column {LATENT_COLUMN!r} has type {typ}, expected a list of floats"
-        )
+    if not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+        raise ValueError(f"{path}: column {name!r} has type {typ}, expected a list of floats")
     if not pa.types.is_floating(typ.value_type):
-        raise ValueError(
-            f"{path}: column {LATENT_COLUMN!r} holds {typ.value_type}, expected floats"
-        )
+        raise ValueError(f"{path}: column {name!r} holds {typ.value_type}, expected floats")
     if column.null_count:
         row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{path}: latent at row {first_row + row} is missing")
+        raise ValueError(f"{path}: {name!r} at row {first_row + row} is missing")
+    if pa.types.is_fixed_size_list(typ):
+        dim = typ.list_size
+    else:
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        dim = int(lengths[0]) if len(lengths) else int(meta.get("latent_dim", 0))
+        if (lengths != dim).any():
+            row = int(np.flatnonzero(lengths != dim)[0])
+            raise ValueError(
+                f"{path}: row {first_row + row} has {lengths[row]} {name!r} values, row {first_row} has {dim}"
+            )
 
     out = np.empty((len(column), dim), dtype=np.float32)
     start = 0
@@ -821,7 +814,7 @@ def _latent_matrix(path: Path, column: pa.ChunkedArray, first_row: int, meta: di
             row = start + int(
                 np.flatnonzero(pc.is_null(values).to_numpy(zero_copy_only=False))[0]
             ) // max(dim, 1)
-            raise ValueError(f"{path}: latent at row {first_row + row} has a missing element")
+            raise ValueError(f"{path}: {name!r} at row {first_row + row} has a missing element")
         stop = start + len(chunk)
         out[start:stop] = values.to_numpy(zero_copy_only=False).reshape(len(chunk), dim)
         start = stop
@@ -920,3 +913,59 @@ def iter_latent_batches(
         table = pa.Table.from_batches([batch])
         yield _to_latent_table(path, table, label_columns, meta, first_row)
         first_row += batch.num_rows
+
+
+def read_embedding(
+    path: str | os.PathLike, *, id_column: str = ID_COLUMN, latent_column: str = LATENT_COLUMN
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and an embedding matrix from a Parquet file, ours or another tool's (what the audit reads).
+
+    The embedding is ``latent_column`` (a fixed-size or variable list of floats
+    of one length, as :class:`LatentParquetWriter` writes it) or, when that
+    column is absent, every other numeric column (one feature per column, as
+    many tools write embeddings).
+
+    Parameters
+    ----------
+    path : str or path-like
+    id_column : str, default="id"
+    latent_column : str, default="latent"
+
+    Returns
+    -------
+    ids : ndarray of shape (n,)
+    Z : ndarray of shape (n, d), float32
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is not Parquet, the id column is missing, the list lengths
+        differ, values are missing or not finite, or no numeric columns are
+        found; the message names the file and row.
+    """
+    path, parquet_file = _open_parquet(path)
+    meta = _parse_metadata(path, parquet_file.metadata)
+    names = parquet_file.schema_arrow.names
+    if id_column not in names:
+        raise ValueError(f"{path}: no id column {id_column!r}; columns are {names}")
+    if latent_column in names:
+        table = parquet_file.read(columns=[id_column, latent_column])
+        Z = _latent_matrix(path, table.column(latent_column), 0, meta, latent_column)
+    else:
+        numeric = [
+            field.name
+            for field in parquet_file.schema_arrow
+            if field.name != id_column and (pa.types.is_floating(field.type) or pa.types.is_integer(field.type))
+        ]
+        if not numeric:
+            raise ValueError(
+                f"{path}: no {latent_column!r} column and no numeric feature columns; columns are {names}"
+            )
+        table = parquet_file.read(columns=[id_column, *numeric])
+        Z = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in numeric]).astype(np.float32)
+    bad = ~np.isfinite(Z).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{path}: row {int(np.flatnonzero(bad)[0])} has a missing or non-finite embedding value")
+    return np.asarray(_string_numpy(table.column(id_column))), Z

@@ -15,19 +15,27 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..attributes import AttributeSchema
-from ..in_loop import MATCHING, InLoopConcealment
-from ..model import BAFONetwork, NetworkConfig, vae_loss_terms
-from .._device import resolve_device
-from ..training import Trainer, TrainingConfig, fit_decoder
+from .._nn.engine import TorchEncoder, cached_encoder
+from .._nn.folding import AffineMap, Layer, fold_encoder, mlp_mean_layers
+from .._nn.inference import PRECISIONS, InferenceSettings, inference_network, uses_bfloat16
+from .._nn.inputs import network_input
+from .._nn.network import BAFONetwork, NetworkConfig, vae_loss_terms
+from .._nn.training import Trainer, TrainingConfig, fit_decoder
+from .._utils.device import autocast, resolve_device
+from .._utils.progress import epoch_progress
+from ..attributes import AttributeSchema, as_sensitive_frame
 from ._erasure import LinearErasure
-from ._inference import PRECISIONS, autocast, inference_network, model_input
+from ._trained_erasure import TrainedErasure
+from ._persistence import load_model, save_model
+from ._state import NetworkState, get_state, register_loadable, set_state
+from ._steps import PRESETS, check_steps, fit_ready, foldable_layers, get_step_params, is_invertible, set_step_params
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
 
 DEFAULT_CONV_WIDTHS = (32, 64, 128)
 DEFAULT_MLP_WIDTHS = (128, 64)
 
 
+@register_loadable
 class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Encode images (or features) into latents meant to be blind to sensitive attributes.
 
@@ -36,7 +44,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     the encoder has no need to store them. ``transform`` returns the posterior
     mean; ``inverse_transform`` decodes a latent with any chosen attributes.
     Conditioning alone does *not* make the latent blind: audit it with
-    :func:`bafo_pipeline.audits.audit_representations`, and raise
+    :func:`bafo_pipeline.audits.audit_leakage` (or ``bafo audit``), and raise
     ``independence_weight`` or add :class:`LinearErasure` where it leaks.
 
     Parameters
@@ -70,27 +78,32 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         trained to leave their predictions at the batch marginals. 0 disables.
     adversary_steps : int, default=2
         Adversary updates per encoder update.
-    concealment : {"none", "linear", "full", "trained"}, default="full"
+    concealment : {"none", "linear", "full", "trained"} or list of steps, default="full"
         What is applied to the encoder's posterior means (fitted with the
-        sensitive features, which are then never needed at transform time):
+        sensitive features, which are then never needed at transform time).
+        A list of concealment steps, applied in order (scikit-learn
+        transformers fitted with ``sensitive_features``; see
+        :meth:`concealment_steps` and docs/ARCHITECTURE.md), e.g.
+        ``[LinearErasure(covariance_dims=8), LatentRefiner(adversary_weight=1.0), LinearErasure()]``;
+        their parameters are nested (``concealment__0__covariance_dims``), so
+        ``GridSearchCV`` can tune them. Or one of the named presets:
 
-        - ``"none"``: the paper's BAFO latent as is;
-        - ``"linear"``: closed-form linear erasure (:class:`LinearErasure`),
-          so no linear probe beats chance on the training distribution;
-        - ``"full"``: linear erasure, then an adversarially trained refiner
-          (an MLP BAFO on the latents, ``refine_epochs`` epochs,
-          ``refine_adversary_weight``) against non-linear probes, then linear
+        - ``"none"``: the paper's BAFO latent as is (no steps);
+        - ``"linear"``: ``[LinearErasure(covariance_dims=covariance_dims)]``,
+          closed-form linear erasure, so no linear probe beats chance on the
+          training distribution;
+        - ``"full"``: ``[LinearErasure(covariance_dims=covariance_dims),
+          LatentRefiner(epochs=refine_epochs, adversary_weight=refine_adversary_weight),
+          LinearErasure()]``: linear erasure, an adversarially trained refiner
+          (an MLP BAFO on the latents) against non-linear probes, then linear
           erasure again. ``inverse_transform`` decodes through the refiner.
-        - ``"trained"``: concealment learned in training. A linear eraser
-          fitted on running statistics of the posterior means (with
-          ``covariance_dims``) sits between encoder and decoder, so the
-          decoder learns from erased latents and the encoder keeps its content
-          where the erasure does not reach; ``matching_weight`` adds a
-          distribution-matching penalty against non-linear leakage. At
-          transform time a :class:`LinearErasure` fitted on the final training
-          latents applies the same map.
+        - ``"trained"``: ``[TrainedErasure(covariance_dims=covariance_dims)]``,
+          linear erasure learned in training: the eraser sits between encoder
+          and decoder while the encoder trains, so the encoder keeps its
+          non-sensitive content where the erasure does not reach
+          (docs/TRAINED_CONCEALMENT.md).
     covariance_dims : int, default=0
-        With ``concealment="linear"`` or ``"full"``: the first linear erasure
+        Of the presets ``"linear"``, ``"full"`` and ``"trained"``: the first linear erasure
         also removes this many directions in which the attribute groups'
         covariances differ most (see :class:`LinearErasure`), the spread
         differences that non-linear probes read once the group means agree.
@@ -98,32 +111,6 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         audit, leaked less to a data-rich attacker and reconstructed 1.0 dB
         better; on synthetic faces it also removed non-sensitive information
         (background). Off by default; see docs/COVARIANCE_ERASURE.md.
-    matching : {"mmd", "sliced", "moments"}, default="mmd"
-        With ``concealment="trained"``: the penalty that pulls each attribute
-        group's (erased, whitened) posterior means onto the batch's
-        distribution: Gaussian-kernel MMD, sliced Wasserstein, or the gap
-        between the group's and the batch's second moments.
-    matching_weight : float, default=0.0
-        Its weight (times the input size, like ``independence_weight``); 0
-        disables it.
-    balanced_batches : bool, default=False
-        With ``concealment="trained"``: draw training batches with every
-        combination of the categorical attributes equally likely.
-    removal_weight : float, default=0.0
-        With ``concealment="trained"``: weight of a KL-like pull on what the
-        in-loop eraser removes from the posterior means, which keeps that part
-        small so that the final eraser and the decoder agree with the running one.
-    erase_in_loop : bool, default=True
-        With ``concealment="trained"``: apply the running eraser between
-        encoder and decoder in training (``False``: only the removal pull and
-        the matching penalty act; the final eraser is fitted all the same).
-    in_loop_ridge : float, default=0.0
-        With ``concealment="trained"``: ridge on the running eraser's
-        covariance (times its mean eigenvalue), which keeps near-collapsed
-        latent directions from dominating LEACE's whitened criterion.
-    in_loop_orthogonal : bool, default=False
-        With ``concealment="trained"``: the running eraser removes the
-        concept directions by orthogonal projection instead of LEACE.
     decoder_epochs : int, default=6
         With ``concealment="linear"`` or ``"full"``: after the concealment is
         fitted, fine-tune a copy of the decoder for this many epochs to rebuild
@@ -134,10 +121,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         17.2 dB on UTKFace and from 18.2 to 19.2 dB on synthetic faces
         (docs/FRONTIER.md, docs/results/decoder_epochs_synthetic.json).
         0 keeps the encoder's own decoder.
+        A list of steps sets this on its own :class:`LinearErasure` instead.
     refine_epochs : int, default=30
-        Training epochs of the refiner (``concealment="full"``).
+        Training epochs of the refiner (preset ``"full"``; a list of steps sets
+        :class:`LatentRefiner` ``epochs`` instead).
     refine_adversary_weight : float, default=0.3
-        Adversary weight of the refiner (``concealment="full"``).
+        Adversary weight of the refiner (preset ``"full"``; a list of steps sets
+        :class:`LatentRefiner` ``adversary_weight`` instead).
     attribute_kinds : dict of str to str, optional
         Override the inferred kind (``"continuous"``, ``"binary"``,
         ``"categorical"``) of sensitive columns.
@@ -174,15 +164,21 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Only for a DataFrame ``X`` with string column names.
     feature_mean_, feature_scale_ : ndarray of shape (n_features_in_,)
         Standardisation of tabular ``X``.
+    concealment_steps_ : list
+        The fitted concealment steps, in order (empty for ``"none"`` or
+        without sensitive features).
     erasure_, refiner_, final_erasure_ : LinearErasure, BAFOTransformer or None
-        The fitted concealment steps (``None`` where ``concealment`` has none).
+        Views of ``concealment_steps_`` in the presets' layout (first erasure,
+        the refiner's model, last erasure; ``None`` where there is none),
+        kept for code written before step lists.
     concealed_network_ : BAFONetwork or None
         With ``decoder_epochs > 0``: the network whose decoder was fine-tuned
         on concealed latents (its encoder is ``network_``'s).
     erased_label_map_ : ndarray of shape (n_conditions + 1, latent_dim) or None
         Least-squares map from the decoder's attribute encoding (plus an
-        intercept row) to what the first erasure removed from the training
-        latents. ``inverse_transform`` adds its prediction for the chosen
+        intercept row) to what the leading non-invertible steps (the first
+        erasure) removed from the training latents, leaving out steps that
+        took part in training (their output is what the decoder learned from). ``inverse_transform`` adds its prediction for the chosen
         attributes back before decoding: the typical latent signature of those
         attributes, which the erasure took out (+0.5 dB PSNR on UTKFace with
         ``"full"``, +0.7 dB with ``"linear"``).
@@ -190,9 +186,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     Notes
     -----
     Float image pixels are rounded to 8 bits for training and encoding (the
-    training set lives on the device as uint8). Pickles and
-    :func:`bafo_pipeline.io.model_io.save_model` store the network as CPU
-    tensors, so a model fitted on a GPU loads on a CPU-only machine.
+    training set lives on the device as uint8). Pickles and model directories
+    (:meth:`save`, :func:`~bafo_pipeline.save_model`) store the fitted state
+    (every attribute ending in ``_``, networks as CPU tensors) through one
+    pair of methods, ``_get_state``/``_set_state``, so a model fitted on a GPU
+    loads on a CPU-only machine.
 
     Examples
     --------
@@ -221,15 +219,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "independence_weight": [Interval(Real, 0, None, closed="left")],
         "adversary_weight": [Interval(Real, 0, None, closed="left")],
         "adversary_steps": [Interval(Integral, 1, None, closed="left")],
-        "concealment": [StrOptions({"none", "linear", "full", "trained"})],
+        "concealment": [StrOptions(set(PRESETS)), list, tuple],
         "covariance_dims": [Interval(Integral, 0, None, closed="left")],
-        "matching": [StrOptions(set(MATCHING))],
-        "matching_weight": [Interval(Real, 0, None, closed="left")],
-        "balanced_batches": ["boolean"],
-        "removal_weight": [Interval(Real, 0, None, closed="left")],
-        "erase_in_loop": ["boolean"],
-        "in_loop_ridge": [Interval(Real, 0, None, closed="left")],
-        "in_loop_orthogonal": ["boolean"],
         "decoder_epochs": [Interval(Integral, 0, None, closed="left")],
         "refine_epochs": [Interval(Integral, 1, None, closed="left")],
         "refine_adversary_weight": [Interval(Real, 0, None, closed="left")],
@@ -258,13 +249,6 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         adversary_steps: int = 2,
         concealment: str = "full",
         covariance_dims: int = 0,
-        matching: str = "mmd",
-        matching_weight: float = 0.0,
-        balanced_batches: bool = False,
-        removal_weight: float = 0.0,
-        erase_in_loop: bool = True,
-        in_loop_ridge: float = 0.0,
-        in_loop_orthogonal: bool = False,
         decoder_epochs: int = 6,
         refine_epochs: int = 30,
         refine_adversary_weight: float = 0.3,
@@ -289,13 +273,6 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.adversary_steps = adversary_steps
         self.concealment = concealment
         self.covariance_dims = covariance_dims
-        self.matching = matching
-        self.matching_weight = matching_weight
-        self.balanced_batches = balanced_batches
-        self.removal_weight = removal_weight
-        self.erase_in_loop = erase_in_loop
-        self.in_loop_ridge = in_loop_ridge
-        self.in_loop_orthogonal = in_loop_orthogonal
         self.decoder_epochs = decoder_epochs
         self.refine_epochs = refine_epochs
         self.refine_adversary_weight = refine_adversary_weight
@@ -305,6 +282,68 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.precision = precision
         self.random_state = random_state
         self.verbose = verbose
+
+    # ----------------------------------------------------------- parameters
+    def get_params(self, deep: bool = True) -> dict:
+        """Parameters; with ``deep`` and a list of concealment steps, also ``concealment__<i>`` and
+        ``concealment__<i>__<param>`` (as :class:`~sklearn.pipeline.Pipeline` exposes its steps)."""
+        params = super().get_params(deep=deep)
+        if deep and isinstance(self.concealment, (list, tuple)):
+            params.update(get_step_params("concealment", self.concealment))
+        return params
+
+    def set_params(self, **params) -> "BAFOTransformer":
+        """Set parameters, including nested ones of concealment steps (``concealment__0__covariance_dims=8``)."""
+        nested = {k[len("concealment__"):]: params.pop(k) for k in list(params) if k.startswith("concealment__")}
+        super().set_params(**params)
+        if nested:
+            if not isinstance(self.concealment, (list, tuple)):
+                raise ValueError(
+                    f"concealment={self.concealment!r} is a named preset with no steps to address; "
+                    "give concealment a list of steps to set concealment__<i>__<param>"
+                )
+            self.concealment = set_step_params(self.concealment, nested)
+        return self
+
+    def concealment_steps(self) -> list:
+        """The (unfitted) concealment steps the current parameters describe: a named preset spelled out.
+
+        Returns
+        -------
+        list
+            ``[]`` for ``"none"``; ``[LinearErasure(...)]`` for ``"linear"``;
+            ``[LinearErasure(...), LatentRefiner(...), LinearErasure()]`` for
+            ``"full"``; a list given as ``concealment`` as it is.
+        """
+        if isinstance(self.concealment, (list, tuple)):
+            check_steps(self.concealment)
+            preset_knobs = {"covariance_dims": 0, "refine_epochs": 30, "refine_adversary_weight": 0.3}
+            changed = [k for k, default in preset_knobs.items() if getattr(self, k) != default]
+            if changed:
+                raise ValueError(
+                    f"{changed} configure the named concealment presets; with a list of steps, set them on "
+                    "the steps (LinearErasure(covariance_dims=...), LatentRefiner(epochs=..., adversary_weight=...))"
+                )
+            return list(self.concealment)
+        if self.concealment == "none":
+            return []
+        if self.concealment == "trained":
+            return [TrainedErasure(covariance_dims=self.covariance_dims)]
+        first = LinearErasure(covariance_dims=self.covariance_dims)
+        if self.concealment == "linear":
+            return [first]
+        refiner = LatentRefiner(
+            epochs=self.refine_epochs, adversary_weight=self.refine_adversary_weight, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, adversary_steps=self.adversary_steps,
+            validation_fraction=self.validation_fraction,
+        )
+        return [first, refiner, LinearErasure()]
+
+    def _prepared_steps(self, seed: int) -> list:
+        """Unfitted copies of the concealment steps, with the estimator's device, seed and attribute kinds
+        where a step leaves them at None."""
+        inherited = {"attribute_kinds": self.attribute_kinds, "device": self.device, "random_state": seed}
+        return [fit_ready(step, inherited) for step in self.concealment_steps()]
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
@@ -369,16 +408,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             seed=seed,
         )
         device = resolve_device(self.device)
-        in_loop = None
-        if self.concealment == "trained" and schema is not None:
-            in_loop = InLoopConcealment(
-                self.latent_dim, _condition_slices(schema), torch.from_numpy(conditions),
-                covariance_dims=self.covariance_dims, matching=self.matching, matching_weight=self.matching_weight,
-                balanced=self.balanced_batches, removal_weight=self.removal_weight, erase_forward=self.erase_in_loop,
-                ridge=self.in_loop_ridge, orthogonal=self.in_loop_orthogonal,
-            )
-        trainer = Trainer(network, config, device, _condition_slices(schema), in_loop=in_loop)
-        with _epoch_progress(self.verbose, self.epochs) as on_epoch_end:
+        steps = self._prepared_steps(seed) if schema is not None else []
+        slices = _condition_slices(schema)
+        hooks = [step.training_hook(self.latent_dim, slices) for step in steps if hasattr(step, "training_hook")]
+        trainer = Trainer(network, config, device, slices, hooks=hooks)
+        with epoch_progress(self.verbose, self.epochs) as on_epoch_end:
             self.history_ = trainer.fit(
                 torch.from_numpy(inputs),
                 torch.from_numpy(conditions),
@@ -390,7 +424,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.network_ = trainer.network.cpu().to(memory_format=torch.contiguous_format).eval()
         self.schema_ = schema
         self.input_format_ = fmt
-        self._fit_concealment(inputs, sensitive_features, seed)
+        self._fit_concealment(inputs, sensitive_features, steps, seed)
         return self
 
     def fit_concealment(self, X, *, sensitive_features):
@@ -415,86 +449,176 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             raise ValueError("this model was fitted without sensitive features; there is nothing to conceal")
         inputs = np.concatenate([batch for _, batch in self._encode_batches(X, self.input_format_, 1024)])
         frame = self._sensitive_frame(sensitive_features, len(inputs), broadcast=False)
-        self._fit_concealment(inputs, frame, _seed_from(self.random_state))
+        seed = _seed_from(self.random_state)
+        self._fit_concealment(inputs, frame, self._prepared_steps(seed), seed)
         return self
 
-    def _fit_concealment(self, inputs: np.ndarray, sensitive_features, seed: int) -> None:
-        """Fit the post-encoder steps of ``concealment`` on the training latents."""
-        self.erasure_ = self.refiner_ = self.final_erasure_ = self.erased_label_map_ = None
-        self.concealed_network_ = None
-        if self.schema_ is None or self.concealment == "none":
+    def _fit_concealment(self, inputs: np.ndarray, sensitive_features, steps: list, seed: int) -> None:
+        """Fit ``steps`` in turn on the training latents, then the decode-side repairs (label map, decoder)."""
+        self.concealment_steps_, self.erased_label_map_, self.concealed_network_ = [], None, None
+        if self.schema_ is None or not steps:
             return
-        frame = _as_frame(sensitive_features)
+        frame = as_sensitive_frame(sensitive_features, n_rows=len(inputs))
         means = self._encoder_means(inputs)
-        self.erasure_ = LinearErasure(attribute_kinds=self.attribute_kinds, covariance_dims=self.covariance_dims).fit(
-            means, sensitive_features=frame
-        )
-        erased = self.erasure_.transform(means)
         conditions = self.schema_.encode(frame)
-        # A decoder trained in the loop already decodes erased latents: nothing to add back.
-        if self.concealment != "trained":
-            self.erased_label_map_ = _least_squares_map(conditions, means - erased)
-        if self.concealment == "full":
-            self.refiner_ = BAFOTransformer(
-                latent_dim=self.latent_dim, epochs=self.refine_epochs, batch_size=self.batch_size,
-                learning_rate=self.learning_rate, adversary_weight=self.refine_adversary_weight,
-                adversary_steps=self.adversary_steps, attribute_kinds=self.attribute_kinds, concealment="none",
-                validation_fraction=self.validation_fraction, device=self.device, random_state=seed,
-            ).fit(erased, sensitive_features=frame)
-            refined = self.refiner_.transform(erased)
-            self.final_erasure_ = LinearErasure(attribute_kinds=self.attribute_kinds).fit(
-                refined, sensitive_features=frame
-            )
+        # Decoding passes the steps before the first invertible one (erasure); the label map puts back what
+        # they removed, as far as the chosen attributes predict it, except what steps that took part in
+        # training removed: the decoder learned from their output.
+        leading = next((i for i, step in enumerate(steps) if is_invertible(step)), len(steps))
+        trained = next((i for i, step in enumerate(steps) if not hasattr(step, "training_hook")), len(steps))
+        latents = decoded_from = means
+        for i, step in enumerate(steps):
+            latents = step.fit(latents, sensitive_features=frame).transform(latents)
+            self.concealment_steps_.append(step)
+            if i + 1 == trained:
+                decoded_from = latents
+            if i + 1 == leading and leading > trained:
+                self.erased_label_map_ = _least_squares_map(conditions, decoded_from - latents)
         if self.decoder_epochs:
-            network = copy.deepcopy(self.network_)
-            with _epoch_progress(self.verbose, self.decoder_epochs, "fitting decoder") as on_epoch_end:
+            if self._n_features_out != self.latent_dim:
+                raise ValueError(
+                    f"decoder_epochs={self.decoder_epochs} fine-tunes the decoder on the concealed latents, but the "
+                    f"steps change their size ({self.latent_dim} -> {self._n_features_out}); set decoder_epochs=0"
+                )
+            network = copy.deepcopy(self.network_)  # only its decoder is fine-tuned
+            with epoch_progress(self.verbose, self.decoder_epochs, "fitting decoder") as on_epoch_end:
                 network.decoder = fit_decoder(
-                    network.decoder, torch.from_numpy(self._conceal(means)), torch.from_numpy(conditions),
-                    torch.from_numpy(np.ascontiguousarray(inputs)), epochs=self.decoder_epochs,
-                    batch_size=self.batch_size, learning_rate=self.learning_rate, device=resolve_device(self.device),
-                    seed=seed, on_epoch_end=on_epoch_end,
+                    network.decoder, torch.from_numpy(self._conceal(means)),
+                    torch.from_numpy(conditions), torch.from_numpy(np.ascontiguousarray(inputs)),
+                    epochs=self.decoder_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                    device=resolve_device(self.device), seed=seed, on_epoch_end=on_epoch_end,
                 )
             self.concealed_network_ = network.eval()
 
     def _encoder_means(self, inputs: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Posterior means of preprocessed inputs (uint8 NCHW images or standardised features)."""
-        return np.concatenate(
-            [self._encode(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
-        )
+        # Images go through the encoder transform uses, so the concealment is fitted on the very
+        # means it will be applied to.
+        encode = self._image_encoder(conceal=False) if self.input_format_.is_image else self._encode
+        return np.concatenate([encode(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)])
 
     def _encode(self, batch, *, sample: bool = False, generator: torch.Generator | None = None) -> np.ndarray:
         """Posterior means (or draws) of one preprocessed batch: uint8 NCHW images (array or
         tensor, on any device) or standardised features."""
         network, device, bf16 = self._inference_network()
         with torch.inference_mode(), autocast(device, bf16):
-            mean, logvar = network.encode(model_input(batch, device))
+            mean, logvar = network.encode(network_input(batch, device))
             if sample:
                 noise = torch.randn(mean.shape, generator=generator, device=device)
                 mean = mean + noise * torch.exp(0.5 * logvar)
         return mean.float().cpu().numpy()
 
-    def _latents_of_images(self, images, *, conceal: bool = True) -> np.ndarray:
-        """Latents of uint8 NCHW images (array or tensor) already decoded to the fitted size (the export's path)."""
+    def encode_images(self, images, *, conceal: bool = True) -> np.ndarray:
+        """Latents of a batch of decoded images: the fast path of exports and batch jobs.
+
+        Unlike :meth:`transform`, no input form is detected and nothing is
+        copied or re-checked per pixel: the batch is taken as the network
+        takes it. Like :meth:`transform`, it runs one network from pixels to
+        concealed latents: the concealment steps that describe themselves as
+        layers (``as_layers()``: :class:`LinearErasure`, :class:`LatentRefiner`)
+        are folded into the encoder, made once per fitted concealment; on
+        the CPU it encodes 64 images at a time, so a row's latent does not
+        depend on the batch it came in.
+
+        Parameters
+        ----------
+        images : ndarray or Tensor of shape (n, C, H, W), uint8
+            Decoded to the fitted size and channel count; a NumPy array (any
+            strides, e.g. an NCHW view of NHWC pixels) or a tensor, possibly
+            already on the estimator's device.
+        conceal : bool, default=True
+            Apply the fitted concealment steps (see :meth:`transform`).
+
+        Returns
+        -------
+        Z : ndarray of shape (n, latent_dim), float32
+        """
+        check_is_fitted(self)
+        if not self.input_format_.is_image:
+            raise ValueError("encode_images needs an image model; this one was fitted on tabular data")
         height, width, channels = self.input_format_.shape
         if images.dtype not in (np.uint8, torch.uint8) or tuple(images.shape[1:]) != (channels, height, width):
-            raise ValueError(f"expected uint8 images of shape (n, {channels}, {height}, {width}), got {images.dtype} {tuple(images.shape)}")
-        means = self._encode(images)
-        return self._conceal(means) if conceal else means
+            raise ValueError(
+                f"expected uint8 images of shape (n, {channels}, {height}, {width}), "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        return self._image_encoder(conceal=conceal)(images)
+
+    def inference_settings(self) -> InferenceSettings:
+        """The device :meth:`transform` and :meth:`encode_images` run on, and their arithmetic.
+
+        Returns
+        -------
+        InferenceSettings
+            ``device`` (a ``torch.device``, ``"auto"`` resolved) and
+            ``precision`` (``"bfloat16"`` or ``"float32"``, ``"auto"``
+            resolved for this model on this device).
+        """
+        check_is_fitted(self)
+        device = resolve_device(self.device)
+        return InferenceSettings(device, "bfloat16" if uses_bfloat16(self.precision, device, self.network_) else "float32")
+
+    def _image_encoder(self, *, conceal: bool = True) -> TorchEncoder:
+        """The folded network from uint8 images to (concealed) latents on the estimator's device, in the
+        arithmetic ``precision`` resolves to; made once, rebuilt when the concealment is refitted.
+
+        The leading steps with ``as_layers()`` are folded into the network; any after them run on its output.
+        """
+        device = resolve_device(self.device)
+        bfloat16 = uses_bfloat16(self.precision, device, self.network_)
+        steps = self._concealment_steps() if conceal else []
+
+        def build() -> TorchEncoder:
+            layers, n_folded = foldable_layers(steps)
+            after = [step.transform for step in steps[n_folded:]]
+            return TorchEncoder(fold_encoder(self.network_, layers), device, bfloat16, after=after)
+
+        return cached_encoder(self.network_, (str(device), bfloat16, bool(steps)), steps, build)
+
+    def _concealment_steps(self) -> list:
+        """The fitted concealment steps in order; raises where concealment is promised but not fitted."""
+        steps = list(getattr(self, "concealment_steps_", None) or [])
+        if not steps and self.schema_ is not None and self.concealment_steps():
+            # Never hand out unconcealed latents under a setting that promises concealment.
+            raise ValueError(
+                f"concealment={self.concealment!r} is set but its steps are not fitted; "
+                "call fit_concealment(X, sensitive_features=...) first"
+            )
+        return steps
 
     def _conceal(self, means: np.ndarray) -> np.ndarray:
         """Apply the fitted concealment steps to posterior means (no sensitive features needed)."""
-        if getattr(self, "erasure_", None) is None:
-            if self.schema_ is not None and self.concealment != "none":
-                # Never hand out unconcealed latents under a setting that promises concealment.
-                raise ValueError(
-                    f"concealment={self.concealment!r} is set but its steps are not fitted; "
-                    "call fit_concealment(X, sensitive_features=...) first"
-                )
-            return means
-        latents = self.erasure_.transform(means)
-        if self.refiner_ is not None:
-            latents = self.final_erasure_.transform(self.refiner_.transform(latents))
-        return latents.astype(np.float32, copy=False)
+        latents = means
+        for step in self._concealment_steps():
+            latents = step.transform(latents)
+        return np.asarray(latents).astype(np.float32, copy=False)
+
+    def _mean_layers(self) -> list[Layer]:
+        """A fitted tabular model's ``transform`` as layers (float64): standardisation, MLP mean path,
+        then its concealment steps (what :meth:`LatentRefiner.as_layers` folds)."""
+        if self.input_format_.is_image:
+            raise ValueError("only a tabular model's transform is described as layers; image models fold them")
+        steps = self._concealment_steps()
+        layers, n_folded = foldable_layers(steps)
+        if n_folded < len(steps):
+            raise ValueError(f"a {type(steps[n_folded]).__name__} step cannot be described as layers")
+        standardise = AffineMap.standardisation(self.feature_mean_, self.feature_scale_)
+        return [standardise, *mlp_mean_layers(self.network_), *layers]
+
+    # Views of concealment_steps_ in the presets' layout, for code written before step lists.
+    @property
+    def erasure_(self) -> LinearErasure | None:
+        steps = self.concealment_steps_
+        return steps[0] if steps and isinstance(steps[0], LinearErasure) else None
+
+    @property
+    def refiner_(self) -> "BAFOTransformer | None":
+        return next((step.model_ for step in self.concealment_steps_ if isinstance(step, LatentRefiner)), None)
+
+    @property
+    def final_erasure_(self) -> LinearErasure | None:
+        steps = self.concealment_steps_
+        return steps[-1] if len(steps) > 1 and isinstance(steps[-1], LinearErasure) else None
 
     def _fit_inputs(self, X, fmt: InputFormat) -> np.ndarray:
         """All fit inputs in memory: uint8 NCHW images or standardised float32 features."""
@@ -520,9 +644,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 stacklevel=4,
             )
             return np.zeros((n_samples, 0), dtype=np.float32), None
-        frame = _as_frame(sensitive_features)
-        if len(frame) != n_samples:
-            raise ValueError(f"sensitive_features has {len(frame)} rows but X has {n_samples} samples")
+        frame = as_sensitive_frame(sensitive_features, n_rows=n_samples)
         schema = AttributeSchema.infer(frame, kinds=self.attribute_kinds)
         return schema.encode(frame), schema
 
@@ -572,7 +694,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         latents : ndarray of shape (len(row_indices), latent_dim), float32
         """
         check_is_fitted(self)
-        _, device, _ = self._inference_network()
+        if self.input_format_.is_image and not sample:
+            for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
+                yield indices, self._image_encoder(conceal=conceal)(batch)
+            return
+        device = resolve_device(self.device)
         generator = torch.Generator(device=device).manual_seed(_seed_from(self.random_state))
         for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
             means = self._encode(batch, sample=sample, generator=generator)
@@ -631,9 +757,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         conditions = self._encode_conditions(frame, len(Z), allow_fractional=True)
         concealed_network = getattr(self, "concealed_network_", None)
         if concealed_network is None:
-            if getattr(self, "refiner_", None) is not None:
-                # Linear erasure is not invertible; the refiner's decoder maps back to (erased) encoder latents.
-                Z = self.refiner_.inverse_transform(Z, sensitive_features=frame).astype(np.float32)
+            # Back through the invertible steps (the refiner's decoder); erasure is not invertible and is passed.
+            for step in reversed(getattr(self, "concealment_steps_", None) or []):
+                if is_invertible(step):
+                    Z = np.asarray(step.inverse_transform(Z, sensitive_features=frame)).astype(np.float32)
             label_map = getattr(self, "erased_label_map_", None)
             if label_map is not None:  # put back what the erasure removed, as far as the attributes predict it
                 Z = (Z + conditions @ label_map[:-1] + label_map[-1]).astype(np.float32)
@@ -664,12 +791,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             if unknown:
                 raise ValueError(f"unknown attribute(s) {unknown}; this model is conditioned on {self.schema_.names}")
             neutral = {a.name: a.neutral() for a in self.schema_.attributes if a.name not in sensitive_features}
-            frame = _broadcast({**sensitive_features, **neutral}, n_samples)
-        else:
-            frame = _as_frame(sensitive_features)
-        if len(frame) != n_samples:
-            raise ValueError(f"sensitive_features has {len(frame)} rows but there are {n_samples} samples")
-        return frame
+            return _broadcast({**sensitive_features, **neutral}, n_samples)
+        return as_sensitive_frame(sensitive_features, n_rows=n_samples)
 
     def _encode_conditions(self, frame: pd.DataFrame | None, n_samples: int, *, allow_fractional: bool) -> np.ndarray:
         if frame is None:
@@ -702,7 +825,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         network, device, _ = self._inference_network()  # float32: scores must compare across machines
         total, count = 0.0, 0
         for indices, batch in self._encode_batches(X, self.input_format_, 1024):
-            x = model_input(batch, device)
+            x = network_input(batch, device)
             rows = None if frame is None else frame.iloc[indices]
             c = torch.from_numpy(self._encode_conditions(rows, len(x), allow_fractional=False)).to(device)
             with torch.inference_mode():
@@ -715,34 +838,198 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     @property
     def _n_features_out(self) -> int:
         # Raises AttributeError before fit, so get_feature_names_out reports "not fitted".
+        steps = getattr(self, "concealment_steps_", None)
+        if steps:
+            return len(steps[-1].get_feature_names_out())
         return self.network_.config.latent_dim
 
-    # ------------------------------------------------------------- pickling
+    # ---------------------------------------------------------- persistence
+    def _get_state(self) -> dict:
+        """The fitted state (every attribute ending in ``_``), networks as CPU tensors: what pickles and
+        model directories store."""
+        return get_state(self)
+
+    def _set_state(self, state: dict) -> None:
+        """Inverse of :meth:`_get_state`."""
+        set_state(self, state)
+
     def __getstate__(self) -> dict:
-        # Store the network as CPU tensors so a model fitted on a GPU unpickles anywhere. Copy the
-        # state first: on Python >= 3.11 object.__getstate__ returns the live __dict__.
+        # Copy the state first: on Python >= 3.11 object.__getstate__ returns the live __dict__.
         state = dict(super().__getstate__())
-        network = state.pop("network_", None)
-        if network is not None:
-            state["_network_config"] = network.config.to_dict()
-            state["_network_state"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+        fitted = self._get_state()
+        for name in fitted:
+            state.pop(name)
+        state["_fitted_state"] = fitted
         return state
 
     def __setstate__(self, state: dict) -> None:
         state = dict(state)
-        config = state.pop("_network_config", None)
-        weights = state.pop("_network_state", None)
+        fitted = state.pop("_fitted_state", {})
+        config, weights = state.pop("_network_config", None), state.pop("_network_state", None)
+        if config is not None:  # a pickle of bafo-pipeline 0.1.0
+            fitted["network_"] = NetworkState(config, weights)
         super().__setstate__(state)
-        if config is not None:
-            network = BAFONetwork(NetworkConfig.from_dict(config))
-            network.load_state_dict(weights)
-            self.network_ = network.eval()
+        self._set_state(fitted)
+
+    def save(self, path, *, overwrite: bool = False, metadata: dict | None = None):
+        """Write this fitted estimator to a model directory; see :func:`~bafo_pipeline.save_model`."""
+        return save_model(self, path, overwrite=overwrite, metadata=metadata)
+
+    @classmethod
+    def load(cls, path, *, device: str | None = None) -> "BAFOTransformer":
+        """Read a model directory; see :func:`~bafo_pipeline.load_model`."""
+        model = load_model(path, device=device)
+        if not isinstance(model, cls):
+            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float32"]
         tags.non_deterministic = False
         return tags
+
+
+@register_loadable
+class LatentRefiner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """A concealment step: re-encode latents through a second, adversarially trained conditional VAE.
+
+    A tabular :class:`BAFOTransformer` (MLP encoder and decoder) is fitted on
+    the latents with the sensitive features, with an ensemble of adversaries
+    pushing its own latent to leave them confused; ``transform`` returns its
+    posterior mean, ``inverse_transform`` decodes back towards the input
+    latents with chosen attributes. Between two :class:`LinearErasure` steps
+    it is ``concealment="full"``.
+
+    Parameters
+    ----------
+    epochs : int, default=30
+    adversary_weight : float, default=0.3
+    latent_dim : int, optional
+        Size of its output; ``None`` keeps the size of its input.
+    kl_weight : float, default=1.0
+    batch_size : int, default=256
+    learning_rate : float, default=1e-3
+    adversary_steps : int, default=2
+    validation_fraction : float, default=0.1
+        See :class:`BAFOTransformer`.
+    attribute_kinds : dict, optional
+    device : str, optional
+    random_state : int, optional
+        ``None``: inside a :class:`BAFOTransformer`, the estimator's attribute
+        kinds, device and seed; on its own, inferred kinds, ``"auto"`` and a
+        random seed.
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    model_ : BAFOTransformer
+        The fitted tabular model.
+    n_features_in_ : int
+    """
+
+    __metadata_request__fit = {"sensitive_features": True}
+    __metadata_request__inverse_transform = {"sensitive_features": True}
+
+    _parameter_constraints: dict = {
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "adversary_weight": [Interval(Real, 0, None, closed="left")],
+        "latent_dim": [Interval(Integral, 1, None, closed="left"), None],
+        "kl_weight": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "adversary_steps": [Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "attribute_kinds": [dict, None],
+        "device": [str, torch.device, None],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        epochs: int = 30,
+        adversary_weight: float = 0.3,
+        latent_dim: int | None = None,
+        kl_weight: float = 1.0,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        adversary_steps: int = 2,
+        validation_fraction: float = 0.1,
+        attribute_kinds: dict | None = None,
+        device: str | None = None,
+        random_state: int | None = None,
+        verbose: int = 0,
+    ):
+        self.epochs = epochs
+        self.adversary_weight = adversary_weight
+        self.latent_dim = latent_dim
+        self.kl_weight = kl_weight
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.adversary_steps = adversary_steps
+        self.validation_fraction = validation_fraction
+        self.attribute_kinds = attribute_kinds
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, *, sensitive_features=None):
+        """Train the refiner on latents ``X`` (n, d) with the attributes they should not reveal.
+
+        Returns
+        -------
+        self : LatentRefiner
+        """
+        if sensitive_features is None:
+            raise ValueError("LatentRefiner needs sensitive_features at fit time (with metadata routing in pipelines)")
+        X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
+        self.model_ = BAFOTransformer(
+            latent_dim=self.latent_dim or X.shape[1], epochs=self.epochs, batch_size=self.batch_size,
+            learning_rate=self.learning_rate, kl_weight=self.kl_weight, adversary_weight=self.adversary_weight,
+            adversary_steps=self.adversary_steps, attribute_kinds=self.attribute_kinds, concealment="none",
+            validation_fraction=self.validation_fraction, device=self.device or "auto",
+            random_state=self.random_state, verbose=self.verbose,
+        ).fit(X, sensitive_features=sensitive_features)
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """The refiner's posterior means of latents ``X``; needs no attributes."""
+        check_is_fitted(self)
+        return self.model_.transform(X)
+
+    def inverse_transform(self, X, *, sensitive_features=None) -> np.ndarray:
+        """Decode refined latents back towards the refiner's input, with the given attributes."""
+        check_is_fitted(self)
+        return self.model_.inverse_transform(X, sensitive_features=sensitive_features)
+
+    def as_layers(self) -> list[Layer]:
+        """The fitted refiner's ``transform`` as layers, for folding into an image encoder.
+
+        Returns
+        -------
+        list of AffineMap and nn.SiLU
+            Its standardisation, then its MLP encoder up to the posterior mean
+            (float64; see :mod:`bafo_pipeline._nn.folding`).
+        """
+        check_is_fitted(self)
+        return self.model_._mean_layers()
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.model_._n_features_out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.non_deterministic = False
+        return tags
+
+
+register_loadable(LinearErasure)
+register_loadable(TrainedErasure)
 
 
 def _least_squares_map(conditions: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -755,33 +1042,6 @@ def _n_rows(X) -> int:
     if hasattr(X, "shape") and len(X.shape):
         return int(X.shape[0])
     return len(X)
-
-
-def _as_frame(sensitive_features) -> pd.DataFrame:
-    """Sensitive features as a DataFrame with a fresh 0..n-1 index (rows match X by position)."""
-    if isinstance(sensitive_features, pd.DataFrame):
-        return sensitive_features.reset_index(drop=True)
-    if isinstance(sensitive_features, pd.Series):
-        name = sensitive_features.name if isinstance(sensitive_features.name, str) else "sensitive_0"
-        return sensitive_features.reset_index(drop=True).to_frame(name)
-    if isinstance(sensitive_features, Mapping):
-        scalars = [name for name, value in sensitive_features.items() if np.ndim(value) == 0]
-        if scalars:
-            raise ValueError(
-                f"sensitive_features{scalars} hold single values; give one value per row "
-                "(only inverse_transform repeats a single value over all rows)"
-            )
-        return pd.DataFrame(dict(sensitive_features))
-    if isinstance(sensitive_features, (str, bytes)) or np.ndim(sensitive_features) not in (1, 2):
-        raise ValueError(
-            "sensitive_features must be a DataFrame, a Series, a mapping of column name to values, "
-            f"or a 1-D/2-D array; got {type(sensitive_features).__name__}"
-        )
-    # Lists of rows keep each column's own type (np.asarray would turn ages into strings next to "male").
-    data = sensitive_features if isinstance(sensitive_features, np.ndarray) else list(sensitive_features)
-    frame = pd.DataFrame(data)
-    frame.columns = [f"sensitive_{i}" for i in range(frame.shape[1])]
-    return frame
 
 
 def _broadcast(values: Mapping, n_samples: int) -> pd.DataFrame:
@@ -821,32 +1081,3 @@ def _seed_from(random_state) -> int:
     if isinstance(random_state, Integral) and not isinstance(random_state, bool):
         return int(random_state)
     return int(check_random_state(random_state).randint(2**31 - 1))
-
-
-class _epoch_progress:
-    """A tqdm bar over epochs when verbose, else a no-op callback."""
-
-    def __init__(self, verbose: int, epochs: int, description: str = "training"):
-        self.bar = None
-        if verbose:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=epochs, desc=description, unit="epoch")
-
-    def __enter__(self):
-        if self.bar is None:
-            return None
-
-        def on_epoch_end(record: dict) -> None:
-            self.bar.update(1)
-            postfix = {"loss": f"{record.get('loss', float('nan')):.1f}"}
-            if "validation_loss" in record:
-                postfix["val"] = f"{record['validation_loss']:.1f}"
-            postfix["img_s"] = f"{record['images_per_second']:.0f}"
-            self.bar.set_postfix(postfix)
-
-        return on_epoch_end
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()

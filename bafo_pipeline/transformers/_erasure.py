@@ -10,7 +10,8 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, 
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..attributes import AttributeSchema
+from .._nn.folding import AffineMap
+from ..attributes import AttributeSchema, as_sensitive_frame
 
 
 class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -95,24 +96,26 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
+            The statistics (mean, covariances, projection) are computed in
+            float64 whatever the input dtype.
         y : None
             Ignored.
         sensitive_features : DataFrame of shape (n_samples, n_attributes)
-            The attributes to erase.
+            The attributes to erase: a pandas or polars DataFrame, a mapping of
+            column name to values, or a numpy array (anything
+            :func:`~bafo_pipeline.attributes.as_sensitive_frame` accepts).
 
         Returns
         -------
         self : LinearErasure
         """
-        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
         if sensitive_features is None:
             raise ValueError("LinearErasure needs sensitive_features at fit time (with metadata routing in pipelines)")
-        frame = sensitive_features if isinstance(sensitive_features, pd.DataFrame) else pd.DataFrame(sensitive_features)
-        if len(frame) != len(X):
-            raise ValueError(f"sensitive_features has {len(frame)} rows but X has {len(X)}")
-        frame = frame.reset_index(drop=True)
+        frame = as_sensitive_frame(sensitive_features, n_rows=len(X))
         self.schema_ = AttributeSchema.infer(frame, kinds=self.attribute_kinds)
-        concepts, groups = self._concepts(frame)
+        concepts, groups = self._concepts(frame, with_groups=bool(self.covariance_dims))
+        X = X.astype(np.float64, copy=False)  # statistics in float64 whatever the input
         self.mean_ = X.mean(axis=0)
         Xc = X - self.mean_
         Zc = concepts - concepts.mean(axis=0)
@@ -136,7 +139,7 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         u, s, _ = np.linalg.svd(whiten @ (Xc.T @ Zc / len(Xc)), full_matrices=False)
         # Relative to the concepts' scale, not to the largest singular value: data that is already
         # erased has only rounding noise here, and none of it may count as a direction to remove.
-        concept_scale = np.sqrt((Zc**2).mean(axis=0).max(initial=0.0))
+        concept_scale = np.sqrt((np.einsum("ij,ij->j", Zc, Zc) / len(Zc)).max(initial=0.0))
         u = u[:, s > self.tolerance * max(concept_scale, np.finfo(float).tiny)]
         return (unwhiten @ (u @ u.T) @ whiten).T
 
@@ -157,23 +160,39 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         top = eigenvectors[:, np.argsort(eigenvalues)[::-1][: self.covariance_dims]]
         return whiten @ (span - top @ top.T) @ unwhiten + (np.eye(len(span)) - whiten @ unwhiten)
 
-    def _concepts(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The concept matrix LEACE decorrelates, and each attribute's groups (classes or quantile bins)."""
-        blocks = [self.schema_.encode(frame).astype(np.float64)]
-        groups = []
+    def _concepts(self, frame: pd.DataFrame, *, with_groups: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The concept matrix LEACE decorrelates, and each attribute's groups (classes or quantile bins).
+
+        The groups serve only the covariance erasure; ``with_groups=False`` skips them.
+        """
+        encoded = self.schema_.encode(frame)
+        groups, bins = [], []
         for attribute in self.schema_.attributes:
             if attribute.kind != "continuous":
-                groups.append(frame[attribute.name].astype(str).to_numpy())
+                if with_groups:
+                    groups.append(frame[attribute.name].astype(str).to_numpy())
             elif self.continuous_bins:
                 values = frame[attribute.name].to_numpy(dtype=float)
                 edges = np.unique(np.quantile(values, np.linspace(0, 1, self.continuous_bins + 1)[1:-1]))
-                bins = np.searchsorted(edges, values, side="right")
-                blocks.append(np.eye(len(edges) + 1)[bins])
-                groups.append(bins)
-        return np.concatenate(blocks, axis=1), groups
+                bins.append((np.searchsorted(edges, values, side="right"), len(edges) + 1))
+                groups.append(bins[-1][0])
+        # One matrix: the encoded attributes, then a one-hot block per continuous attribute's bins.
+        concepts = np.zeros((len(encoded), encoded.shape[1] + sum(width for _, width in bins)))
+        concepts[:, : encoded.shape[1]] = encoded
+        offset, rows = encoded.shape[1], np.arange(len(encoded))
+        for labels, width in bins:
+            concepts[rows, offset + labels] = 1.0
+            offset += width
+        return concepts, groups
 
     def transform(self, X) -> np.ndarray:
         """Erase: ``X - (X - mean_) @ projection_``. Needs no sensitive attributes.
+
+        float64 input is erased in float64. float32 input stays float32: it is erased
+        in float32 arithmetic when the projection cannot amplify float32 rounding by
+        more than :attr:`FLOAT32_AMPLIFICATION` (spectral norm of ``projection_``),
+        so the result is as exact as a float32 output can be; otherwise (near-singular
+        directions of ``X`` carrying the attributes) in float64, then cast back.
 
         Parameters
         ----------
@@ -182,11 +201,35 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Returns
         -------
         X_erased : ndarray of shape (n_samples, n_features)
+            Of the dtype of ``X`` (float64 for other dtypes).
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        if X.dtype == np.float32 and self._float32_is_precise():
+            return X - (X - self.mean_.astype(np.float32)) @ self.projection_.astype(np.float32)
         erased = X - (X - self.mean_) @ self.projection_
         return erased.astype(X.dtype, copy=False)
+
+    def as_layers(self) -> list[AffineMap]:
+        """The fitted erasure as one affine map, for folding into an image encoder.
+
+        ``X - (X - mean_) @ projection_`` is ``X @ (I - projection_) + mean_ @ projection_``;
+        a :class:`~bafo_pipeline.BAFOTransformer` multiplies it into the layer before
+        it, so inference needs no separate erasure pass.
+
+        Returns
+        -------
+        list of AffineMap
+            One map, in float64.
+        """
+        check_is_fitted(self)
+        return [AffineMap(np.eye(len(self.projection_)) - self.projection_, self.mean_ @ self.projection_)]
+
+    FLOAT32_AMPLIFICATION = 10.0
+    """The largest spectral norm of ``projection_`` at which float32 input is erased in float32."""
+
+    def _float32_is_precise(self) -> bool:
+        return bool(np.linalg.norm(self.projection_, 2) <= self.FLOAT32_AMPLIFICATION)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

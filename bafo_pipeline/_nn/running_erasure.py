@@ -132,20 +132,6 @@ class RunningEraser(nn.Module):
         Relative eigenvalue / singular-value threshold below which directions
         count as empty (the statistics are estimates, so looser than
         ``LinearErasure``'s exact-data default).
-    ridge : float, default=0.0
-        Added to the covariance, times its mean eigenvalue, before whitening.
-        LEACE's oblique map multiplies a direction's coordinate by the ratio of
-        standard deviations between directions; on running (lagging)
-        statistics of a latent with near-collapsed directions that ratio
-        amplifies estimation error into the directions the decoder uses. A
-        small ridge bounds it (the exact final eraser needs none).
-    orthogonal : bool, default=False
-        Remove the span of the cross-covariance (and the top covariance-gap
-        directions) by Euclidean orthogonal projection instead of LEACE's
-        oblique, whitened map. Also leaves no cross-covariance with the
-        concepts, moves latents more than LEACE, and never amplifies one
-        direction into another: what a map refitted every step on lagging
-        statistics needs.
     """
 
     def __init__(
@@ -156,8 +142,6 @@ class RunningEraser(nn.Module):
         covariance_dims: int = 0,
         momentum: float = 0.98,
         tolerance: float = 1e-7,
-        ridge: float = 0.0,
-        orthogonal: bool = False,
     ):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
@@ -168,8 +152,6 @@ class RunningEraser(nn.Module):
         self.covariance_dims = covariance_dims
         self.momentum = momentum
         self.tolerance = tolerance
-        self.ridge = ridge
-        self.orthogonal = orthogonal
         d = latent_dim
         k = layout.concepts(torch.zeros(1, max(stop for _, stop, _ in layout.slices))).shape[1]
         g = layout.total_groups
@@ -221,13 +203,8 @@ class RunningEraser(nn.Module):
         covariance = self.z_second * scale - torch.outer(mean, mean)
         d = len(mean)
         identity = torch.eye(d, dtype=mean.dtype, device=mean.device)
-        if self.ridge:
-            covariance = covariance + self.ridge * torch.trace(covariance) / d * identity
         cross = self.zc_second * scale - torch.outer(mean, self.c_mean * scale)
-        if self.orthogonal:
-            keep = self._orthogonal_keep(cross, mean, covariance, scale)
-        else:
-            keep = self._leace_keep(cross, mean, covariance, scale)
+        keep = self._leace_keep(cross, mean, covariance, scale)
         erased_covariance = keep.T @ covariance @ keep
         self.mean_.copy_(mean.float())
         self.keep_.copy_(keep.float())
@@ -244,23 +221,6 @@ class RunningEraser(nn.Module):
             group_mean = self.group_mean[g] * scale / share[g]
             second = self.group_second[g] * scale / share[g]
             yield share[g], second - torch.outer(group_mean, mean) - torch.outer(mean, group_mean) + torch.outer(mean, mean)
-
-    def _orthogonal_keep(self, cross, mean, covariance, scale) -> torch.Tensor:
-        d = len(mean)
-        identity = torch.eye(d, dtype=mean.dtype, device=mean.device)
-        u, s, _ = torch.linalg.svd(cross, full_matrices=False)
-        u = u[:, s > torch.clamp(1e-6 * s.max(), min=1e-12)] if len(s) else u
-        keep = identity - u @ u.T
-        if self.covariance_dims:
-            erased = keep @ covariance @ keep
-            spread = torch.zeros_like(covariance)
-            for share, about_pooled in self._group_moments(mean, scale):
-                deviation = keep @ about_pooled @ keep - erased
-                spread += share * deviation @ deviation
-            eigenvalues, eigenvectors = torch.linalg.eigh(spread)
-            top = eigenvectors[:, torch.argsort(eigenvalues, descending=True)[: self.covariance_dims]]
-            keep = keep @ (identity - top @ top.T)
-        return keep
 
     def _leace_keep(self, cross, mean, covariance, scale) -> torch.Tensor:
         d = len(mean)

@@ -1,5 +1,7 @@
 """Independent judges: a CNN that predicts age, gender and ethnicity from face images.
 
+Benchmark tooling (used by ``reproduce_paper.py``), not part of the package.
+
 The paper checked its decoded faces with outside models (a commercial gender API
 and an age classifier with RMSE 6.75). :class:`FaceJudge` plays that role here:
 a separate network, sharing nothing with the BAFO encoder, trained on real
@@ -22,11 +24,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.nn import functional as F
 
-from .training import resolve_device
+from bafo_pipeline._utils import resolve_device
+from bafo_pipeline.attributes import DEFAULT_SENSITIVE, infer_kind
 
 __all__ = ["FaceJudge", "JudgeNetwork"]
 
-DEFAULT_TARGETS = ("age", "gender", "ethnicity")
+DEFAULT_TARGETS = DEFAULT_SENSITIVE
 _MAX_CATEGORIES = 64
 
 
@@ -87,8 +90,9 @@ class FaceJudge(BaseEstimator):
 
     One shared trunk with a head per target: cross-entropy for categorical
     targets (gender, ethnicity), a Huber loss on the standardised value for
-    continuous ones (age). Numeric columns with more than ``max_categories``
-    distinct values are continuous; every other column is categorical.
+    continuous ones (age). A target's kind is the package's one rule
+    (:func:`bafo_pipeline.attributes.infer_kind`: numeric with more than 10
+    distinct values is continuous), binary read as categorical.
 
     Parameters
     ----------
@@ -107,8 +111,6 @@ class FaceJudge(BaseEstimator):
         each batch, a Gaussian blur (sigma 0.5-2 pixels at 56x56). The blur keeps the
         judge from reading softness as an attribute: it later scores decoded
         images, which are much softer than photographs.
-    max_categories : int, default=20
-        Numeric targets with more distinct values are treated as continuous.
     device : str, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     random_state : int, RandomState or None
@@ -148,7 +150,6 @@ class FaceJudge(BaseEstimator):
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "augment": ["boolean"],
-        "max_categories": [Interval(Integral, 2, None, closed="left")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -164,7 +165,6 @@ class FaceJudge(BaseEstimator):
         learning_rate: float = 3e-3,
         weight_decay: float = 5e-4,
         augment: bool = True,
-        max_categories: int = 20,
         device: str = "auto",
         random_state: int | None = None,
         verbose: int = 0,
@@ -176,7 +176,6 @@ class FaceJudge(BaseEstimator):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.augment = augment
-        self.max_categories = max_categories
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -222,8 +221,7 @@ class FaceJudge(BaseEstimator):
             column = y[name]
             if column.isna().any():
                 raise ValueError(f"target {name!r}: missing value in row {int(np.argmax(column.isna().to_numpy()))}")
-            numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
-            if numeric and column.nunique() > self.max_categories:
+            if infer_kind(column) == "continuous":
                 values = column.to_numpy(dtype=np.float64)
                 center, scale = float(np.median(values)), float(values.std()) or 1.0
                 self.kinds_[name] = "continuous"

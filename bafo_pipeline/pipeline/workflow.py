@@ -15,11 +15,10 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 
-from .data.dataset import FaceDataset
-from .data.splits import hash_split
-from .io.export import export_latents
-from .io.model_io import model_fingerprint, save_model
-from .transformers import BAFOTransformer
+from ..data.dataset import FaceDataset
+from ..data.splits import hash_split
+from ..transformers import BAFOTransformer, model_fingerprint, save_model
+from .export import export_latents
 
 
 @dataclass
@@ -84,7 +83,7 @@ def run_workflow(
     -------
     WorkflowResult
     """
-    from .audits import run_audit
+    from ..audits import run_audit
 
     say = progress or (lambda text: None)
     out = Path(out_dir)
@@ -127,7 +126,7 @@ def run_workflow(
     kept = [c for c in labels.columns if c not in dataset.sensitive]
     utility = None
     if kept:
-        from .audits import audit_leakage
+        from ..audits import audit_leakage
 
         utility = audit_leakage(
             representations, labels, attributes=kept, probes=("prior", "linear"), bands={},

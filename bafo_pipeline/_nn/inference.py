@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import copy
 import weakref
-from contextlib import AbstractContextManager
+from typing import NamedTuple
 
-import numpy as np
 import torch
 
-from ..model import BAFONetwork
+from .._utils.device import native_bfloat16
+from .network import BAFONetwork
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions natively (and so faster than float32).
+class InferenceSettings(NamedTuple):
+    """Where and how a fitted estimator encodes: its device, and ``"bfloat16"`` or ``"float32"``."""
 
-    True for CUDA GPUs with bf16 support and for CPUs with AVX512-BF16 or AMX
-    (as oneDNN reports them); False elsewhere, where bf16 would be emulated.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        try:
-            return bool(torch.backends.mkldnn.is_available() and checker is not None and checker())
-        except RuntimeError:
-            return False
-    return False
+    device: torch.device
+    precision: str
 
 
 def uses_bfloat16(precision: str, device: torch.device, network: BAFONetwork) -> bool:
@@ -43,11 +33,6 @@ def uses_bfloat16(precision: str, device: torch.device, network: BAFONetwork) ->
     if precision == "bfloat16":
         return True
     return network.config.kind == "conv" and native_bfloat16(device)
-
-
-def autocast(device: torch.device, enabled: bool) -> AbstractContextManager:
-    """bfloat16 autocast on ``device`` when ``enabled``; the encoder's head stays float32 either way."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 # Inference copies per fitted network, dropped with it. Kept outside the estimator so that
@@ -73,20 +58,3 @@ def inference_network(network: BAFONetwork, device: torch.device, precision: str
         copies[key] = clone
     clone = copies[key]
     return clone, uses_bfloat16(precision, device, clone)
-
-
-def model_input(batch: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch on ``device`` as float32: uint8 images scaled to [0, 1] in channels_last memory; features as they are.
-
-    ``batch`` may be a NumPy array or a tensor, of any strides (an NCHW view of
-    NHWC pixels is converted without an intermediate copy).
-    """
-    if not isinstance(batch, torch.Tensor):
-        if any(stride < 0 for stride in batch.strides):  # torch cannot view negative strides
-            batch = np.ascontiguousarray(batch)
-        batch = torch.from_numpy(batch)
-    x = batch
-    x = x.to(device, non_blocking=True)
-    if x.dtype != torch.uint8:
-        return x.float()
-    return x.to(dtype=torch.float32, memory_format=torch.channels_last).div_(255.0)

@@ -24,11 +24,6 @@ def decode_as(estimator, latents: np.ndarray, values: Mapping) -> np.ndarray:
     return _unit_nhwc(estimator, estimator.inverse_transform(latents, sensitive_features=dict(values)))
 
 
-def _neutral_values(estimator, fixed: Mapping) -> dict:
-    """``fixed`` values, and a neutral value for every other attribute of the model."""
-    return {a.name: fixed.get(a.name, a.neutral()) for a in estimator.schema_.attributes}
-
-
 def age_gender_grid(
     estimator, images: np.ndarray, ages: Sequence[float], *, age_name: str = "age", gender_name: str = "gender",
     fixed: Mapping | None = None,
@@ -48,7 +43,7 @@ def age_gender_grid(
         for g, gender in enumerate(genders):
             row = [originals[i] if g == 0 else np.ones_like(originals[i])]
             for age in ages:
-                values = _neutral_values(estimator, {**(fixed or {}), age_name: age, gender_name: gender})
+                values = {**(fixed or {}), age_name: age, gender_name: gender}  # the rest decode as neutral
                 row.append(decode_as(estimator, latents[i : i + 1], values)[0])
             rows.append(row)
     return np.asarray(rows)
@@ -62,7 +57,7 @@ def attribute_rows_grid(
     latents = estimator.transform(images)
     rows = [list(_unit_nhwc(estimator, images))]
     for gender in estimator.schema_[gender_name].categories:
-        values = _neutral_values(estimator, {**(fixed or {}), age_name: age, gender_name: gender})
+        values = {**(fixed or {}), age_name: age, gender_name: gender}  # the rest decode as neutral
         rows.append(list(decode_as(estimator, latents, values)))
     return np.asarray(rows)
 

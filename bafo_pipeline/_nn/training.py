@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from .io._atomic import atomic_write_path
-from ._device import resolve_device  # noqa: F401  (re-exported: part of this module's API)
+from .._utils.atomic import atomic_write_path
+from .._utils.device import autocast
 from .adversary import AttributeAdversary, ConditionSlice
-from .in_loop import InLoopConcealment
 from .independence import independence_penalty
-from .model import BAFONetwork, vae_loss_terms
+from .inputs import network_input
+from .network import BAFONetwork, vae_loss_terms
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,33 @@ class TrainingConfig:
             raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
 
 
-def _training_autocast(device: torch.device):
+class TrainingHook(Protocol):
+    """A concealment step's part in the encoder's training (``step.training_hook(latent_dim, condition_slices)``).
+
+    The place for erasure learned inside training: between encoder and decoder
+    the hook may replace the sampled latent the decoder sees (e.g. by an eraser
+    refreshed from running class-conditional statistics,
+    :class:`~bafo_pipeline._nn.in_loop.InLoopErasure`), and it adds a term to
+    the loss (e.g. a distribution-matching penalty on the posterior means).
+    An optional ``begin(conditions, input_size)`` is called once before the
+    first batch of :meth:`Trainer.fit` with the training rows' conditions and
+    the number of values in one input row. Its state is not part of training
+    checkpoints.
+    """
+
+    def latent(self, z: torch.Tensor, conditions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """What the decoder receives instead of the sampled latent ``z`` (training and validation);
+        ``mean`` is the posterior mean ``z`` was sampled around (``z`` itself in validation)."""
+        ...
+
+    def loss(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """A scalar added to the batch loss; ``mean`` is the posterior mean (gradients flow to the encoder)."""
+        ...
+
+
+def training_autocast(device: torch.device):
     """The training precision: bf16 autocast on CUDA, float32 elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def _to_model_input(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW images → float in [0, 1], channels_last; float features pass through."""
-    if batch.dtype == torch.uint8:
-        return (batch.float() / 255.0).contiguous(memory_format=torch.channels_last)
-    return batch
+    return autocast(device, enabled=device.type == "cuda")
 
 
 class Trainer:
@@ -90,11 +108,8 @@ class Trainer:
     condition_slices : list of (int, int, str)
         Column range and kind of each attribute in the condition vector (for
         the independence penalty and the adversaries).
-    in_loop : InLoopConcealment, optional
-        Concealment learned in training: its eraser sits between encoder and
-        decoder (applied to the sampled latent), its penalty is added to the
-        loss, and it may choose the batch order. The adversary, if any, then
-        reads the erased posterior means.
+    hooks : sequence of TrainingHook, default=()
+        Concealment steps taking part in training (see :class:`TrainingHook`).
     """
 
     def __init__(
@@ -103,15 +118,15 @@ class Trainer:
         config: TrainingConfig,
         device: torch.device,
         condition_slices: list[ConditionSlice],
-        in_loop: InLoopConcealment | None = None,
+        hooks: Sequence[TrainingHook] = (),
     ):
         self.network = network.to(device)
-        self.in_loop = None if in_loop is None else in_loop.to(device)
         if network.config.kind == "conv":
             self.network = self.network.to(memory_format=torch.channels_last)
         self.config = config
         self.device = device
         self.condition_slices = condition_slices
+        self.hooks = tuple(hooks)
         # Fused Adam is one kernel per step on CUDA; the CPU keeps the default (bit-reproducible) path.
         self.optimizer = torch.optim.Adam(
             self.network.parameters(), lr=config.learning_rate, fused=True if device.type == "cuda" else None
@@ -129,23 +144,15 @@ class Trainer:
         self._n_samples: int | None = None
 
     def _autocast(self):
-        return _training_autocast(self.device)
+        return training_autocast(self.device)
 
     def _loss(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The batch loss and its parts, as on-device tensors (no host sync)."""
         cfg = self.config
         with self._autocast():
-            if self.in_loop is None:
-                reconstruction, mean, logvar = self.network(x, c, generator=self.generator)
-            else:
-                mean, logvar = self.network.encode(x)
-                self.in_loop.observe(mean.detach().float(), c)
-                noise = torch.randn(mean.shape, generator=self.generator, device=mean.device, dtype=mean.dtype)
-                # Erase the mean, then add the posterior noise: the eraser is fitted on the means' statistics,
-                # and along collapsed directions the noise is far wider than the means, so erasing the sample
-                # would amplify noise into the directions the decoder relies on.
-                latent = self.in_loop.decoder_input(mean.float()) + noise * torch.exp(0.5 * logvar)
-                reconstruction = self.network.decode(latent, c)
+            reconstruction, mean, logvar = self.network(
+                x, c, generator=self.generator, latent_hook=self._hooked_latent if self.hooks else None
+            )
         terms = vae_loss_terms(x, reconstruction, mean, logvar)
         per_sample = terms["reconstruction"] + cfg.kl_weight * (
             terms["kl_mean"] + cfg.variance_weight * terms["kl_variance"]
@@ -157,23 +164,22 @@ class Trainer:
             # Scaled by the input size so the weight means the same for 56x56 images and tabular data.
             loss = loss + cfg.independence_weight * x[0].numel() * penalty
             parts["independence"] = penalty.detach()
-        if self.in_loop is not None:
-            if self.in_loop.removal_weight > 0:
-                removed = self.in_loop.removal(mean)
-                loss = loss + self.in_loop.removal_weight * removed
-                parts["removed"] = removed.detach()
-            matching = self.in_loop.penalty(mean, c, generator=self.generator)
-            if matching is not None:
-                loss = loss + self.in_loop.matching_weight * x[0].numel() * matching
-                parts["matching"] = matching.detach()
         if self.adversary is not None:
-            seen = mean if self.in_loop is None else self.in_loop.erase(mean.float())
-            self._train_adversary(seen.detach(), c)
-            confusion = self.adversary.confusion_loss(seen, c)
+            self._train_adversary(mean.detach(), c)
+            confusion = self.adversary.confusion_loss(mean, c)
             loss = loss + cfg.adversary_weight * x[0].numel() * confusion
             parts["adversary_confusion"] = confusion.detach()
+        for i, hook in enumerate(self.hooks):
+            term = hook.loss(mean, c)
+            loss = loss + term
+            parts[f"hook_{i}"] = term.detach()
         parts["loss"] = loss.detach()
         return loss, parts
+
+    def _hooked_latent(self, z: torch.Tensor, c: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        for hook in self.hooks:
+            z = hook.latent(z, c, mean)
+        return z
 
     def _train_adversary(self, latents: torch.Tensor, conditions: torch.Tensor) -> None:
         """A few steps of the adversaries on the current (detached) latents."""
@@ -229,6 +235,10 @@ class Trainer:
             raise ValueError(f"inputs have {len(inputs)} rows but conditions have {len(conditions)}")
         self._n_samples = len(inputs)
         train_idx, valid_idx = self._split(len(inputs))
+        for hook in self.hooks:
+            begin = getattr(hook, "begin", None)
+            if callable(begin):
+                begin(conditions[train_idx], int(inputs[0].numel()))
         checkpoint = Path(checkpoint) if checkpoint is not None else None
         if resume and checkpoint is not None and checkpoint.exists():
             self._load_checkpoint(checkpoint)
@@ -236,17 +246,14 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.epochs):
             started = time.perf_counter()
             self.network.train()
-            if self.in_loop is None:
-                permutation = train_idx[torch.randperm(len(train_idx), generator=self.generator, device=self.device)]
-            else:
-                permutation = self.in_loop.batch_order(train_idx, conditions, self.generator)
+            permutation = train_idx[torch.randperm(len(train_idx), generator=self.generator, device=self.device)]
             totals: dict[str, torch.Tensor] = {}
             n_batches = 0
             for start in range(0, len(permutation), cfg.batch_size):
                 index = permutation[start : start + cfg.batch_size]
                 if len(index) < 2:  # a one-row batch has no spread for the independence penalty
                     continue
-                loss, parts = self._loss(_to_model_input(inputs[index]), conditions[index])
+                loss, parts = self._loss(network_input(inputs[index], self.device), conditions[index])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -288,12 +295,11 @@ class Trainer:
         self.network.eval()
         total = torch.zeros((), device=self.device)
         for start in range(0, len(inputs), batch_size):
-            x = _to_model_input(inputs[start : start + batch_size].to(self.device))
+            x = network_input(inputs[start : start + batch_size], self.device)
             c = conditions[start : start + batch_size].to(self.device, torch.float32)
             with self._autocast():
                 mean, logvar = self.network.encode(x)
-                latent = mean if self.in_loop is None else self.in_loop.decoder_input(mean.float())
-                reconstruction = self.network.decode(latent, c)
+                reconstruction = self.network.decode(self._hooked_latent(mean, c, mean), c)
             terms = vae_loss_terms(x, reconstruction, mean, logvar)
             total += (terms["reconstruction"] + terms["kl_mean"] + terms["kl_variance"]).sum()
         return float(total) / max(len(inputs), 1)
@@ -309,8 +315,6 @@ class Trainer:
             "history": self.history,
             "config": asdict(self.config),
         }
-        if self.in_loop is not None:
-            state["in_loop"] = self.in_loop.state_dict()
         if self.adversary is not None:
             state["adversary"] = self.adversary.state_dict()
             state["adversary_optimizer"] = self.adversary_optimizer.state_dict()
@@ -346,10 +350,6 @@ class Trainer:
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu())
-        if self.in_loop is not None:
-            if "in_loop" not in state:
-                raise ValueError(f"checkpoint {path} was written without in-loop concealment")
-            self.in_loop.load_state_dict(state["in_loop"])
         if self.adversary is not None:
             self.adversary.load_state_dict(state["adversary"])
             self.adversary_optimizer.load_state_dict(state["adversary_optimizer"])
@@ -405,8 +405,8 @@ def fit_decoder(
         order = torch.randperm(len(latents), generator=generator).to(device)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            x = _to_model_input(inputs[index])
-            with _training_autocast(device):
+            x = network_input(inputs[index], device)
+            with training_autocast(device):
                 reconstruction = decoder(latents[index], conditions[index])
             loss = (reconstruction.float() - x.float()).pow(2).flatten(1).sum(1).mean()
             optimizer.zero_grad(set_to_none=True)

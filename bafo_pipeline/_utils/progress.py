@@ -1,26 +1,11 @@
-"""Small shared helpers: the audit's warning class, progress reporting, JSON cleaning."""
+"""Progress reporting: a tqdm bar over training epochs, and the adapter the audit reports through."""
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-__all__ = ["AuditWarning", "Progress", "warn", "to_jsonable"]
-
-
-class AuditWarning(UserWarning):
-    """Something in the audit input that the caller should know about (rows dropped, ...)."""
-
-
-def warn(message: str, collected: list[str] | None = None) -> None:
-    """Emit an :class:`AuditWarning` and keep its text for the report."""
-    if collected is not None:
-        collected.append(message)
-    warnings.warn(message, AuditWarning, stacklevel=3)
+__all__ = ["Progress", "ProgressCallback", "epoch_progress"]
 
 
 class Progress:
@@ -73,19 +58,30 @@ class Progress:
 ProgressCallback = Callable[[int, int, str], None]
 
 
-def to_jsonable(value: Any) -> Any:
-    """Recursively turn numpy scalars/arrays into Python types and NaN/inf into None."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [to_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
+class epoch_progress:
+    """A tqdm bar over epochs when verbose, else a no-op callback."""
+
+    def __init__(self, verbose: int, epochs: int, description: str = "training"):
+        self.bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=epochs, desc=description, unit="epoch")
+
+    def __enter__(self):
+        if self.bar is None:
+            return None
+
+        def on_epoch_end(record: dict) -> None:
+            self.bar.update(1)
+            postfix = {"loss": f"{record.get('loss', float('nan')):.1f}"}
+            if "validation_loss" in record:
+                postfix["val"] = f"{record['validation_loss']:.1f}"
+            postfix["img_s"] = f"{record['images_per_second']:.0f}"
+            self.bar.set_postfix(postfix)
+
+        return on_epoch_end
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

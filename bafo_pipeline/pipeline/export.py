@@ -5,20 +5,22 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..data.dataset import FaceDataset
-from ..data.images import _resolve_n_jobs
-from .parquet import LatentParquetWriter
+from ..data.dataset import FaceSource
+from ..data.images import resolve_n_jobs
+from ..io.parquet import LatentParquetWriter
 
-PRIVATE_COLUMNS = ("path", "content_hash")
 DECODERS = ("auto", "pil", "torch")
 
 
@@ -34,11 +36,18 @@ class ExportReport:
         the source table, and file names are redacted from the reason.
     metadata : dict
         The ``bafo`` metadata stored in the file.
+    timings : dict
+        How the export spent its time, in seconds: ``wall``; in the calling
+        thread, ``waiting_for_decoder`` (blocked until the next decoded batch),
+        ``encoding`` and ``writing``, and its CPU time ``caller_cpu``;
+        ``process_cpu``, the whole process's CPU time (decoder and encoder
+        threads included).
     """
 
     n_written: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
 
 
 def source_fingerprint(content_hashes: Sequence[str]) -> str:
@@ -51,7 +60,7 @@ def source_fingerprint(content_hashes: Sequence[str]) -> str:
 
 def export_latents(
     estimator,
-    source: FaceDataset | pd.DataFrame,
+    source: FaceSource,
     out: str | os.PathLike,
     *,
     include_labels: bool = False,
@@ -70,12 +79,13 @@ def export_latents(
     Parameters
     ----------
     estimator : BAFOTransformer
-        Fitted on images.
-    source : FaceDataset or DataFrame
-        Images in memory, or a table with a ``path`` column (from
-        :func:`~bafo_pipeline.data.scan_utkface` or
-        :func:`~bafo_pipeline.data.scan_manifest`) whose files are decoded in
-        streaming batches, so memory stays bounded.
+        Fitted on images; encodes through its public
+        :meth:`~bafo_pipeline.BAFOTransformer.encode_images`.
+    source : FaceSource
+        Labelled images read batch by batch: a :class:`~bafo_pipeline.data.FaceDataset`
+        in memory, or :class:`~bafo_pipeline.data.ImageFiles` (a scanned
+        folder or manifest, see :func:`~bafo_pipeline.data.scan_source`) whose
+        files are decoded in streaming batches, so memory stays bounded.
     out : path
         The Parquet file; it appears only once complete.
     include_labels : bool, default=False
@@ -111,13 +121,11 @@ def export_latents(
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if not estimator.input_format_.is_image:
         raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
-    attributes = source.attributes if isinstance(source, FaceDataset) else source
-    label_frame = attributes.drop(columns=[c for c in PRIVATE_COLUMNS if c in attributes.columns])
-    sensitive = set(source.sensitive) if isinstance(source, FaceDataset) else set()
+    label_frame = source.attributes.reset_index(drop=True)
     if id_column is not None:
         if id_column not in label_frame.columns:
             raise ValueError(f"id column {id_column!r} not found; available: {list(label_frame.columns)}")
-        if id_column in sensitive or (estimator.schema_ is not None and id_column in estimator.schema_.names):
+        if id_column in source.sensitive or (estimator.schema_ is not None and id_column in estimator.schema_.names):
             raise ValueError(f"id column {id_column!r} is a sensitive attribute; ids must not reveal one")
         ids = label_frame[id_column].to_numpy()
     elif ids is not None:
@@ -126,17 +134,17 @@ def export_latents(
             raise ValueError(f"{len(ids)} ids given for {len(label_frame)} source rows")
     else:
         ids = np.arange(len(label_frame), dtype=np.int64)
-    hashes = source.content_hash if isinstance(source, FaceDataset) else attributes.get("content_hash")
-    _, device, bf16 = estimator._inference_network()
+    hashes = source.content_hash
+    settings = estimator.inference_settings()
     if decoder == "auto":
-        decoder = "torch" if device.type == "cuda" else "pil"
+        decoder = "torch" if settings.device.type == "cuda" else "pil"
     provenance = {
         "model_fingerprint": None,
         "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
         "source_fingerprint": None if hashes is None else source_fingerprint(hashes),
         "source_rows": len(label_frame),
-        "precision": "bfloat16" if bf16 else "float32",
-        "decoder": "in-memory" if isinstance(source, FaceDataset) else decoder,
+        "precision": settings.precision,
+        "decoder": "in-memory" if source.in_memory else decoder,
         **(metadata or {}),
     }
     split = None if split is None else np.asarray(split, dtype=object)
@@ -146,81 +154,103 @@ def export_latents(
         out, estimator.latent_dim, metadata=provenance, id_type="int64" if ids.dtype.kind in "iu" else "string",
         label_schema=label_schema, include_split=split is not None, overwrite=overwrite,
     )
-    with writer, _encoder_threads_beside_decoding(device, decoder if isinstance(source, pd.DataFrame) else None):
-        batches = _image_batches(source, batch_size, estimator.input_format_.shape[:2], strict, decoder, device)
-        for rows, images, errors in batches:
+    size = estimator.input_format_.shape[:2]
+    clock = _StageClock()
+    with writer, _encoders_beside_decoding(settings.device, None if source.in_memory else decoder) as encode:
+        batches = iter(source.iter_batches(batch_size, size, strict=strict, decoder=decoder, device=settings.device))
+        while True:
+            with clock.stage("waiting_for_decoder"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            rows, images, errors = batch
             for row, reason in errors:
                 report.skipped.append((row, _redact(reason)))
             if len(rows):
-                latents = estimator._latents_of_images(images)
-                writer.write_batch(
-                    ids[rows], latents,
-                    labels=label_frame.iloc[rows].reset_index(drop=True) if include_labels else None,
-                    split=None if split is None else split[rows],
-                )
+                with clock.stage("encoding"):
+                    latents = encode(estimator, images)
+                with clock.stage("writing"):
+                    writer.write_batch(
+                        ids[rows], latents,
+                        labels=label_frame.iloc[rows].reset_index(drop=True) if include_labels else None,
+                        split=None if split is None else split[rows],
+                    )
                 report.n_written += len(rows)
             if progress is not None:
                 progress(len(rows) + len(errors))
     report.metadata = writer.metadata
+    report.timings = clock.totals()
     return report
 
 
-@contextmanager
-def _encoder_threads_beside_decoding(device: torch.device, decoder: str | None):
-    """While Pillow decodes in a thread pool on the CPU, give the CPU encoder only the remaining cores.
+class _StageClock:
+    """Wall time per stage of the calling thread, plus the thread's and the process's CPU time."""
 
-    Decoding is the slower stage and its pool stays busy (it prefetches the next
-    batch); an encoder that also claims every core makes the threads preempt each
-    other. Measured on 2 cores: 0.64-0.72 of the decode ceiling with 2 encoder
-    threads, 0.77-0.89 with 1 (benchmarks/encode_throughput.py).
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {"waiting_for_decoder": 0.0, "encoding": 0.0, "writing": 0.0}
+        self._start = (time.perf_counter(), time.thread_time(), time.process_time())
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[name] += time.perf_counter() - started
+
+    def totals(self) -> dict[str, float]:
+        wall, caller, process = self._start
+        return {
+            "wall": time.perf_counter() - wall, **self._seconds,
+            "caller_cpu": time.thread_time() - caller, "process_cpu": time.process_time() - process,
+        }
+
+
+@contextmanager
+def _encoders_beside_decoding(device: torch.device, decoder: str | None):
+    """Share the CPU between Pillow's decoder threads and the encoder; yields ``encode(estimator, images)``.
+
+    The encoder gets the intra-op threads the decoder pool leaves (at least one):
+    intra-op threads wait for each other at every operation, so when they
+    outnumber the free cores they stall (2 cores: 0.64-0.72 of the decode
+    ceiling with 2 intra-op threads, 0.77-0.89 with 1 and bf16; 0.19 against
+    0.52 with float32 on a loaded machine; benchmarks/encode_throughput.py).
+
+    Where that leaves one intra-op thread on a machine with several cores, two
+    Python threads encode the two halves of each batch instead, each with that
+    one thread: they never wait for each other, and the scheduler gives them
+    whatever CPU the decoders leave. The decoders hold the GIL for part of
+    every image, so on 2 cores they keep about one core busy, and without its
+    second thread a float32 encoder (slower than decoding per image on an
+    AVX2-only CPU) would leave the rest idle. A row's latent does not depend on
+    how its batch is split (the CPU encoder pads every slice to one size).
     """
     if device.type != "cpu" or decoder != "pil":
-        yield
+        yield _encode_whole
         return
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - _resolve_n_jobs(None)))
+    intra_op = max(1, threads - resolve_n_jobs(None))
+    torch.set_num_threads(intra_op)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="bafo-encode") if intra_op == 1 and (os.cpu_count() or 1) > 1 else None
     try:
-        yield
+        yield _encode_whole if pool is None else partial(_encode_halves, pool)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
         torch.set_num_threads(threads)
 
 
-def _image_batches(
-    source: FaceDataset | pd.DataFrame, batch_size: int, size: tuple[int, int], strict: bool, decoder: str, device
-) -> Iterator[tuple[np.ndarray, np.ndarray | torch.Tensor, list[tuple[int, str]]]]:
-    """``(source_rows, images uint8 NCHW, [(row, reason), ...])`` per batch; images on ``device`` for ``"torch"``."""
-    if isinstance(source, FaceDataset):
-        if source.images.shape[1:3] != tuple(size):
-            raise ValueError(f"the dataset's images are {source.images.shape[1:3]}, the model expects {tuple(size)}")
-        for start in range(0, len(source), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(source)))
-            yield rows, source.images[rows].transpose(0, 3, 1, 2), []
-        return
-    if "path" not in source.columns:
-        raise ValueError(f"a source table needs a 'path' column; got {list(source.columns)}")
-    paths = source["path"].astype(str).tolist()
-    if decoder == "torch":
-        from ..data.jpeg_tensors import iter_tensor_batches
-
-        batches = iter_tensor_batches(paths, batch_size=batch_size, size=size, device=device, strict=strict)
-    else:
-        from ..data.images import iter_decoded_batches
-
-        batches = (
-            (indices, images.transpose(0, 3, 1, 2), errors)
-            for indices, images, errors in iter_decoded_batches(paths, batch_size=batch_size, size=size, strict=strict)
-        )
-    offset = 0
-    for indices, images, errors in batches:
-        failed_rows = _rows_of_errors(paths, offset, batch_size, indices, errors)
-        offset += batch_size
-        yield np.asarray(indices, dtype=np.int64), images, failed_rows
+def _encode_whole(estimator, images) -> np.ndarray:
+    return estimator.encode_images(images)
 
 
-def _rows_of_errors(paths, offset, batch_size, indices, errors) -> list[tuple[int, str]]:
-    batch_rows = range(offset, min(offset + batch_size, len(paths)))
-    missing = sorted(set(batch_rows) - set(int(i) for i in indices))
-    return [(row, reason) for row, (_, reason) in zip(missing, errors)]
+def _encode_halves(pool: ThreadPoolExecutor, estimator, images) -> np.ndarray:
+    half = (len(images) + 1) // 2
+    if half == len(images):
+        return estimator.encode_images(images)
+    second = pool.submit(estimator.encode_images, images[half:])
+    first = estimator.encode_images(images[:half])
+    return np.concatenate([first, second.result()])
 
 
 def _redact(reason: str) -> str:

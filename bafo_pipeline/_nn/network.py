@@ -9,6 +9,7 @@ networks for images and MLPs for tabular features or embeddings.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -213,9 +214,16 @@ class BAFONetwork(nn.Module):
         return self.decoder(z, condition)
 
     def forward(
-        self, x: torch.Tensor, condition: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        condition: torch.Tensor,
+        generator: torch.Generator | None = None,
+        latent_hook: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode, sample with the reparameterisation trick, decode with ``condition``.
+
+        ``latent_hook(z, condition, mean)``, when given, replaces the sampled
+        latent before it reaches the decoder (training hooks of concealment steps).
 
         Returns
         -------
@@ -224,6 +232,8 @@ class BAFONetwork(nn.Module):
         mean, logvar = self.encode(x)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + noise * torch.exp(0.5 * logvar)
+        if latent_hook is not None:
+            z = latent_hook(z, condition, mean)
         return self.decode(z, condition), mean, logvar
 
 

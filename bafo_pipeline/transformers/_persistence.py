@@ -1,0 +1,307 @@
+"""Model directories: ``config.json`` + ``model.safetensors``, for any fitted estimator of the package.
+
+safetensors holds only tensors, so loading a model file never executes code;
+the JSON config holds the format, the package version, the class and
+parameters of the estimator, its fitted state (the tensors by name; see
+:mod:`._state`, the same state pickles hold) and free metadata. A model
+fitted on a GPU loads on the CPU (tensors are saved from the CPU).
+
+Format versions: 2 (this one) stores the generic fitted state; 1 (written by
+bafo-pipeline 0.1.0) listed the BAFOTransformer's attributes one by one and is
+read by :func:`_estimator_from_v1`, frozen as that release wrote it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .._nn.network import BAFONetwork, NetworkConfig
+from .._version import package_version
+from ..attributes import AttributeSchema
+from ._inputs import InputFormat
+from ._state import TensorStore, decode, encode, loadable_classes, set_state, storable_params
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_model", "model_fingerprint", "read_model_config", "save_model"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "bafo-model"
+FORMAT_VERSION = 2
+
+
+def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, metadata: dict | None = None) -> Path:
+    """Write a fitted estimator to the directory ``path``, atomically.
+
+    Parameters
+    ----------
+    estimator : BAFOTransformer
+        Fitted (any fitted estimator of the package, or of a class registered
+        with :func:`~bafo_pipeline.transformers.register_loadable`).
+    path : str or path-like
+        Directory to create. The files are written into a temporary sibling
+        directory that is renamed into place only when complete.
+    overwrite : bool, default=False
+        Replace an existing model directory (only a bafo model directory, or
+        an empty one, is ever replaced).
+    metadata : dict, optional
+        JSON-ready facts to keep beside the model (e.g. how the data was split);
+        read them back with :func:`read_model_config`.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    TypeError
+        When the estimator holds a fitted attribute of a kind that cannot be
+        stored (the message names it).
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(estimator)
+    if type(estimator).__name__ not in loadable_classes():
+        raise TypeError(f"a {type(estimator).__name__} cannot be saved as a model directory; register its class first")
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+        _check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = TensorStore()
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "package_version": package_version(),
+        "class": type(estimator).__name__,
+        "params": encode(storable_params(estimator.get_params(deep=False)), store, "params"),
+        "state": encode(estimator._get_state(), store, "state"),
+        "metadata": metadata or {},
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        save_file(store.tensors, staging / WEIGHTS_NAME)
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def load_model(path: str | os.PathLike, *, device: str | None = None):
+    """Load a model directory written by :func:`save_model` (this release's or 0.1.0's format).
+
+    Parameters
+    ----------
+    path : str or path-like
+    device : str, optional
+        Override the stored ``device`` parameter (e.g. ``"cpu"``), of the
+        estimator and of its concealment steps. By default the stored one is
+        kept, except that a model saved with an explicit CUDA device falls
+        back to ``"auto"`` (with a warning) where CUDA is not available.
+
+    Returns
+    -------
+    BAFOTransformer
+        Fitted, with its networks on the CPU.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        For a directory that is not a readable bafo model (see
+        :func:`read_model_config`), or weights that do not match the config.
+    """
+    path = Path(path)
+    config = read_model_config(path)
+    try:
+        tensors = load_file(path / WEIGHTS_NAME, device="cpu")
+        if config.get("format_version", 1) < 2:
+            estimator = _estimator_from_v1(path, config, tensors)
+        else:
+            classes = loadable_classes()
+            if config.get("class") not in classes:
+                raise ValueError(f"the model is a {config.get('class')!r}, not one of {sorted(classes)}")
+            estimator = classes[config["class"]](**decode(config["params"], tensors, classes))
+            set_state(estimator, decode(config["state"], tensors, classes))
+    except Exception as error:  # corrupt file, or weights of another shape than the config says
+        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured model ({error})") from error
+    stored = str(estimator.get_params().get("device", "auto"))
+    if device is None and stored.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(
+            f"{path} was saved with device={stored!r}, which is not available here; using 'auto' (CPU)",
+            UserWarning,
+            stacklevel=2,
+        )
+        device = "auto"
+    if device is not None:
+        _set_device(estimator, device)
+    return estimator
+
+
+def _set_device(estimator, device: str) -> None:
+    """``device`` for the estimator and every fitted step (and step model) that has a device parameter."""
+    if "device" in estimator.get_params(deep=False):
+        estimator.set_params(device=device)
+    for step in getattr(estimator, "concealment_steps_", None) or []:
+        _set_device(step, device)
+    inner = getattr(estimator, "model_", None)
+    if inner is not None:
+        _set_device(inner, device)
+
+
+# ----------------------------------------------------------------- format version 1 (0.1.0)
+def _estimator_from_v1(path: Path, config: dict, tensors: dict):
+    """A BAFOTransformer from a directory written by bafo-pipeline 0.1.0 (format version 1)."""
+    params = _tuples(dict(config["params"]))
+    if "concealment" not in params:
+        warnings.warn(
+            f"{path} predates concealment: it loads with concealment='none' and its latents are not concealed; "
+            "call fit_concealment(X, sensitive_features=...) after set_params(concealment='full') to add it",
+            UserWarning,
+            stacklevel=3,
+        )
+        params["concealment"] = "none"
+    return _v1_state(config, params, tensors, prefix="")
+
+
+def _v1_state(config: dict, params: dict, tensors: dict, prefix: str):
+    """Version 1 stored these attributes of a BAFOTransformer, and its concealment steps by role."""
+    classes = loadable_classes()
+    estimator = classes["BAFOTransformer"](**params)
+    network = BAFONetwork(NetworkConfig.from_dict(config["network"]))
+    start = f"{prefix}network."
+    network.load_state_dict({k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)})
+    fitted = {
+        "network_": network.eval(),
+        "schema_": None if config["schema"] is None else AttributeSchema.from_dict(config["schema"]),
+        "input_format_": InputFormat(
+            config["input_format"]["kind"], tuple(config["input_format"]["shape"]), config["input_format"]["dtype"]
+        ),
+        "history_": config.get("history", []),
+    }
+    if config.get("n_features_in") is not None:
+        fitted["n_features_in_"] = int(config["n_features_in"])
+    if config.get("feature_names_in") is not None:
+        fitted["feature_names_in_"] = np.asarray(config["feature_names_in"], dtype=object)
+    if f"{prefix}feature_mean" in tensors:
+        fitted["feature_mean_"] = tensors[f"{prefix}feature_mean"].numpy()
+        fitted["feature_scale_"] = tensors[f"{prefix}feature_scale"].numpy()
+    label_map = tensors.get(f"{prefix}erased_label_map")
+    fitted["erased_label_map_"] = None if label_map is None else label_map.numpy()
+    start = f"{prefix}concealed_decoder."
+    decoder_state = {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
+    fitted["concealed_network_"] = None
+    if decoder_state:  # only its decoder differs from network_
+        concealed = copy.deepcopy(network)
+        concealed.decoder.load_state_dict(decoder_state)
+        fitted["concealed_network_"] = concealed.eval()
+    steps = []
+    if "erasure" in config:
+        steps.append(_v1_erasure(config["erasure"], tensors, f"{prefix}erasure"))
+    if "refiner" in config:
+        refiner_params = _tuples(dict(config["refiner"]["params"]))
+        refiner_params["device"] = params.get("device", "auto")
+        model = _v1_state(config["refiner"], refiner_params, tensors, f"{prefix}refiner.")
+        step = classes["LatentRefiner"](
+            epochs=refiner_params["epochs"], adversary_weight=refiner_params["adversary_weight"],
+            batch_size=refiner_params["batch_size"], learning_rate=refiner_params["learning_rate"],
+            adversary_steps=refiner_params["adversary_steps"], validation_fraction=refiner_params["validation_fraction"],
+            attribute_kinds=refiner_params["attribute_kinds"], device=refiner_params["device"],
+            random_state=refiner_params["random_state"],
+        )
+        set_state(step, {"model_": model, "n_features_in_": model.n_features_in_})
+        steps.append(step)
+    if "final_erasure" in config:
+        steps.append(_v1_erasure(config["final_erasure"], tensors, f"{prefix}final_erasure"))
+    fitted["concealment_steps_"] = steps
+    set_state(estimator, fitted)
+    return estimator
+
+
+def _v1_erasure(config: dict, tensors: dict, name: str):
+    erasure = loadable_classes()["LinearErasure"](**config["params"])
+    mean = tensors[f"{name}.mean"].numpy()
+    set_state(erasure, {
+        "schema_": AttributeSchema.from_dict(config["schema"]),
+        "mean_": mean,
+        "projection_": tensors[f"{name}.projection"].numpy(),
+        "n_features_in_": len(mean),
+    })
+    return erasure
+
+
+def _tuples(params: dict) -> dict:
+    """JSON lists back to the tuples the estimator's parameters hold."""
+    for key in ("image_shape", "widths"):
+        if params.get(key) is not None:
+            params[key] = tuple(params[key])
+    return params
+
+
+def read_model_config(path: str | os.PathLike) -> dict:
+    """The ``config.json`` of a model directory, checked for format and version.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` lacks the config or the weights file.
+    ValueError
+        When the config is not valid JSON or not a supported bafo model format.
+    """
+    path = Path(path)
+    config_path = path / CONFIG_NAME
+    for required in (config_path, path / WEIGHTS_NAME):
+        if not required.is_file():
+            raise FileNotFoundError(f"{path} is not a bafo model directory: {required.name} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from None
+    if config.get("format") != FORMAT_NAME or config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path}: not a bafo model of a supported format "
+            f"(format={config.get('format')!r}, version={config.get('format_version')!r})"
+        )
+    return config
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 of a saved model's weights file: identifies the exact model in exports."""
+    digest = hashlib.sha256()
+    with open(Path(path) / WEIGHTS_NAME, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_replaceable(path: Path) -> None:
+    """Only a model directory (or an empty one) may be replaced: overwrite must never delete other data."""
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory; refusing to replace it with a model directory")
+    if any(path.iterdir()) and not (path / CONFIG_NAME).is_file():
+        raise FileExistsError(f"{path} is a non-empty directory that is not a bafo model; refusing to replace it")
+    if (path / CONFIG_NAME).is_file():
+        try:
+            is_model = json.loads((path / CONFIG_NAME).read_text()).get("format") == FORMAT_NAME
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            is_model = False
+        if not is_model:
+            raise FileExistsError(f"{path} holds a {CONFIG_NAME} that is not a bafo model's; refusing to replace it")

@@ -1,0 +1,127 @@
+"""Concealment steps: what :class:`BAFOTransformer` applies to its encoder's posterior means.
+
+A step is a scikit-learn transformer of latents that learns from the sensitive
+attributes at fit time only:
+
+``fit(Z, y=None, *, sensitive_features)``
+    learns from the training latents ``Z`` (posterior means, or the previous
+    step's output) and the attributes (a DataFrame);
+``transform(Z)``
+    conceals, with no attributes (none are available when latents are shared).
+
+Optional parts, found by name:
+
+``inverse_transform(Z, *, sensitive_features)``
+    maps concealed latents back towards the step's input when decoding
+    (:class:`LatentRefiner` decodes through its own decoder); a step without
+    it (:class:`LinearErasure`, which is not invertible) is passed through.
+``training_hook(latent_dim, condition_slices)``
+    returns a :class:`~bafo_pipeline._nn.training.TrainingHook` that takes
+    part in the encoder's own training (between encoder and decoder, plus a
+    loss term); the step is still fitted on the trained encoder's latents
+    afterwards. :class:`~bafo_pipeline.transformers.TrainedErasure` has one
+    (linear erasure learned in training).
+``as_layers()``
+    describes the fitted step as a chain of
+    :class:`~bafo_pipeline._nn.folding.AffineMap` s and ``nn.SiLU``
+    activations (float64) computing its ``transform``; an image model then
+    folds it into its encoder network (:func:`~bafo_pipeline._nn.folding.fold_encoder`)
+    instead of running it after the network. :class:`LinearErasure` is one
+    affine map, :class:`LatentRefiner` its standardisation and MLP.
+
+Parameters a step leaves at ``None`` among :data:`INHERITED_PARAMS` take the
+estimator's value when it fits the step (the device, the seed, the attribute
+kinds), so ``[LinearErasure(), LatentRefiner(), LinearErasure()]`` follows the
+estimator as the named presets do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sklearn.base import clone
+
+__all__ = [
+    "INHERITED_PARAMS",
+    "PRESETS",
+    "check_steps",
+    "fit_ready",
+    "foldable_layers",
+    "get_step_params",
+    "is_invertible",
+    "set_step_params",
+]
+
+PRESETS = ("none", "linear", "full", "trained")
+INHERITED_PARAMS = ("attribute_kinds", "device", "random_state")
+
+
+def check_steps(steps: Sequence, name: str = "concealment") -> None:
+    """Raise ``TypeError`` unless every step has ``fit`` and ``transform``."""
+    for i, step in enumerate(steps):
+        if not (hasattr(step, "fit") and hasattr(step, "transform") and hasattr(step, "get_params")):
+            raise TypeError(
+                f"{name}[{i}] is a {type(step).__name__}; a concealment step must be a scikit-learn transformer "
+                "(get_params, fit(Z, sensitive_features=...), transform(Z))"
+            )
+
+
+def fit_ready(step, inherited: dict):
+    """An unfitted copy of ``step`` whose :data:`INHERITED_PARAMS` left at None take the estimator's values."""
+    step = clone(step)
+    own = step.get_params(deep=False)
+    updates = {k: v for k, v in inherited.items() if k in INHERITED_PARAMS and k in own and own[k] is None}
+    return step.set_params(**updates) if updates else step
+
+
+def is_invertible(step) -> bool:
+    """Whether decoding maps back through ``step`` (it has ``inverse_transform``)."""
+    return callable(getattr(step, "inverse_transform", None))
+
+
+def foldable_layers(steps: Sequence) -> tuple[list, int]:
+    """``(layers, n)``: the concatenated ``as_layers()`` of the leading steps that have it, and how many
+    steps that is (the steps from ``n`` on run after the folded network, with their ``transform``)."""
+    layers: list = []
+    for n, step in enumerate(steps):
+        as_layers = getattr(step, "as_layers", None)
+        if not callable(as_layers):
+            return layers, n
+        layers += as_layers()
+    return layers, len(steps)
+
+
+def get_step_params(prefix: str, steps: Sequence) -> dict:
+    """``{prefix__0: step, prefix__0__param: value, ...}``: the nested parameters of a list of steps
+    (as scikit-learn's Pipeline exposes its steps in ``get_params(deep=True)``, with positions for names)."""
+    out = {}
+    for i, step in enumerate(steps):
+        out[f"{prefix}__{i}"] = step
+        if hasattr(step, "get_params"):
+            out.update({f"{prefix}__{i}__{k}": v for k, v in step.get_params(deep=True).items()})
+    return out
+
+
+def set_step_params(steps: list, params: dict, prefix: str = "concealment") -> list:
+    """Apply ``{"0": new_step, "0__param": value, ...}`` (the part after ``prefix__``) to ``steps``.
+
+    Returns a new list when a step is replaced (the caller's list is never
+    mutated); nested parameters are set on the steps themselves, as
+    :meth:`sklearn.pipeline.Pipeline.set_params` does.
+    """
+    steps = list(steps)
+    nested: dict[int, dict] = {}
+    for key, value in params.items():
+        index, _, rest = key.partition("__")
+        if not index.isdigit() or int(index) >= len(steps):
+            raise ValueError(
+                f"invalid parameter {prefix}__{key!r}: {prefix} has {len(steps)} step(s), addressed as "
+                f"{prefix}__0 ... {prefix}__{max(len(steps) - 1, 0)}"
+            )
+        if rest:
+            nested.setdefault(int(index), {})[rest] = value
+        else:
+            steps[int(index)] = value
+    for index, sub_params in nested.items():
+        steps[index].set_params(**sub_params)
+    return steps

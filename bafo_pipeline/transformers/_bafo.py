@@ -112,8 +112,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         better; on synthetic faces it also removed non-sensitive information
         (background). Off by default; see docs/COVARIANCE_ERASURE.md.
     decoder_epochs : int, default=6
-        With ``concealment="linear"`` or ``"full"``: after the concealment is
-        fitted, fine-tune a copy of the decoder for this many epochs to rebuild
+        With any concealment (``"linear"``, ``"full"``, ``"trained"``): after
+        the concealment is fitted, fine-tune a copy of the decoder for this many epochs to rebuild
         the training inputs from their *concealed* latents and attributes, and
         decode with it in ``inverse_transform`` (instead of mapping back
         through the refiner). It changes no latent, only how sharp decodes

@@ -378,9 +378,60 @@ def derived(results: dict) -> dict:
     return out
 
 
+CHANCE = {"gender": 0.5, "ethnicity": 0.2, "age_band": 0.25}  # balanced-accuracy chance (synthetic faces)
+
+
+def chance_adjusted(balanced_accuracy: float, attribute: str) -> float:
+    """``(bacc - chance) / (1 - chance)``: 0 at chance, 1 when perfect."""
+    chance = CHANCE[attribute]
+    return (balanced_accuracy - chance) / (1.0 - chance)
+
+
+def goals_table(result: dict) -> str:
+    """Issue 12's goals, met (yes) or not (no), per variant; the value that decides in brackets."""
+    numbers = derived(result["variants"])
+    synthetic = result["setting"]["data"] == "synthetic"
+    if synthetic:
+        leak_goals = [("data_rich", a) for a in CHANCE]
+        header = ["gender (ca ≤ 0.05)", "ethnicity (ca ≤ 0.05)", "age band (ca ≤ 0.05)"]
+    else:
+        leak_goals = [(k, a) for k in ("data_rich", "audit") for a in ("gender", "ethnicity", "age")]
+        header = [f"{'data-rich' if k == 'data_rich' else 'audit'} {a} ({GOALS[k][a][0]} {GOALS[k][a][1]})"
+                  for k, a in leak_goals]
+    header += ["PSNR (≥ none − 1 dB)", "utility (≥ 0.9 each)"]
+    lines = ["| variant | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for name, r in result["variants"].items():
+        cells = []
+        for attacker, attribute in leak_goals:
+            if attacker not in r:
+                cells.append("–")
+                continue
+            value = r[attacker][attribute]["worst"]
+            if synthetic:
+                adjusted = chance_adjusted(value, attribute)
+                cells.append(f"{'yes' if adjusted <= GOALS['synthetic_leak_chance_adjusted'] else 'no'} ({adjusted:.3f})")
+            else:
+                op, bound = GOALS[attacker][attribute]
+                met = value <= bound if op == "<=" else value >= bound
+                cells.append(f"{'yes' if met else 'no'} ({value:.3f})" if attribute != "age" else
+                             f"{'yes' if met else 'no'} ({value:.2f})")
+        entry = numbers[name]
+        loss = entry.get("psnr_loss_db")
+        cells.append("–" if loss is None else f"{'yes' if loss <= GOALS['psnr_loss_db'] else 'no'} ({-loss:+.2f})")
+        shares = entry.get("utility_share") or {}
+        if shares:
+            worst = min(shares, key=lambda k: shares[k] if shares[k] is not None else -1)
+            ok = all(v is not None and v >= GOALS["utility_share"] for v in shares.values())
+            cells.append(f"{'yes' if ok else 'no'} (min {shares[worst]:.2f}, {worst})")
+        else:
+            cells.append("–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(result: dict) -> str:
     """Leakage (data-rich, audit), PSNR and utility per variant, from a result file."""
-    derived_numbers = result["derived"]
+    derived_numbers = derived(result["variants"])
 
     def leak(entry, attribute, digits):
         if entry is None:
@@ -467,7 +518,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.merge:
         return merge(args.merge, Path(args.json))
     if args.table:
-        print(markdown_table(json.loads(Path(args.json).read_text())))
+        stored = json.loads(Path(args.json).read_text())
+        print(markdown_table(stored) + "\n\nGoals of issue 12 (ca: chance-adjusted):\n\n" + goals_table(stored))
         return {}
     import torch
 

@@ -65,7 +65,7 @@ IN_LOOP_SOURCE = hashlib.sha1(b"".join(
 )).hexdigest()
 
 # name -> {"fit": estimator parameters, "post": parameters for a fit_concealment refit (optional)}.
-# "matching_weight" in "fit" spells concealment=[TrainedErasure(covariance_dims=..., matching_weight=...)].
+# "matching_weight" or "freeze_after" in "fit" spells concealment=[TrainedErasure(covariance_dims=..., ...)].
 VARIANTS: dict[str, dict] = {
     "none": {"fit": {"concealment": "none"}},
     # post-hoc concealment refitted on the 'none' encoder (the same cached model)
@@ -173,7 +173,7 @@ def model_key(settings: dict, args, info: dict) -> str:
     """A directory name fixed by everything the trained encoder depends on."""
     identity = {"fit": settings["fit"], "epochs": args.epochs, "latent": args.latent_dim, "data": info,
                 "seed": args.seed, "base": args.base}
-    if settings["fit"].get("concealment") == "trained" or "matching_weight" in settings["fit"]:
+    if settings["fit"].get("concealment") == "trained" or {"matching_weight", "freeze_after"} & set(settings["fit"]):
         # the in-loop code is under study: key on its source
         identity["code"] = IN_LOOP_SOURCE
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
@@ -188,11 +188,12 @@ def fit_or_load(name: str, settings: dict, train, args, info: dict):
         return load_model(directory, device="cpu"), json.loads((directory / "fit_seconds.json").read_text())
     params = {"latent_dim": args.latent_dim, "epochs": args.epochs, "random_state": args.seed, "device": "cpu",
               "precision": "float32", **json.loads(args.base), **settings["fit"]}
-    if "matching_weight" in params:
+    if {"matching_weight", "freeze_after"} & set(params):
         from bafo_pipeline import TrainedErasure
 
         params["concealment"] = [TrainedErasure(covariance_dims=params.pop("covariance_dims", 0),
-                                                matching_weight=params.pop("matching_weight"))]
+                                                matching_weight=params.pop("matching_weight", 0.0),
+                                                freeze_after=params.pop("freeze_after", None))]
     model = BAFOTransformer(**params)
     started = time.perf_counter()
     model.fit(train.images, sensitive_features=train.sensitive_features)

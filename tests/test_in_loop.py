@@ -242,3 +242,22 @@ def test_a_later_erasure_still_gets_a_label_map():
     predicted = conditions @ model.erased_label_map_[:-1] + model.erased_label_map_[-1]
     residual = ((removed - predicted) ** 2).sum() / ((removed - removed.mean(0)) ** 2).sum()
     assert residual < 1.0
+
+
+def test_a_frozen_eraser_stops_following_the_statistics():
+    X, S, schema, C = _table(n=512)
+    hook = InLoopErasure(4, _slices(schema), freeze_after=1)
+    network, trainer = _trainer_with_hook(hook, X, C)
+    hook.begin(C.float(), X.shape[1])
+    inputs = torch.from_numpy(X).float()
+    trainer._loss(inputs[:256], C[:256].float())
+    frozen = hook.eraser.keep_.clone()
+    trainer._loss(inputs[256:] * 3.0, C[256:].float())
+    assert hook.refreshed == 1 and torch.equal(hook.eraser.keep_, frozen)
+    unfrozen = InLoopErasure(4, _slices(schema))
+    _, other = _trainer_with_hook(unfrozen, X, C)
+    unfrozen.begin(C.float(), X.shape[1])
+    other._loss(inputs[:256], C[:256].float())
+    first = unfrozen.eraser.keep_.clone()
+    other._loss(inputs[256:] * 3.0, C[256:].float())
+    assert not torch.equal(unfrozen.eraser.keep_, first)

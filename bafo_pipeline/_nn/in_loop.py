@@ -46,6 +46,12 @@ class InLoopErasure:
         size like the trainer's other penalties (0 disables it).
     momentum : float, default=0.98
         EMA decay of the eraser's statistics.
+    freeze_after : int, optional
+        Refresh the eraser on this many training batches only, then keep its
+        map fixed while the encoder goes on training (None: refresh on every
+        batch). A map refitted every batch moves with the estimation noise of
+        directions that carry little sensitive signal, and content cannot settle
+        outside it.
 
     Notes
     -----
@@ -65,6 +71,7 @@ class InLoopErasure:
         continuous_bins: int = 4,
         matching_weight: float = 0.0,
         momentum: float = 0.98,
+        freeze_after: int | None = None,
     ):
         if matching_weight < 0:
             raise ValueError(f"matching_weight must be >= 0, got {matching_weight}")
@@ -76,6 +83,8 @@ class InLoopErasure:
         self.continuous_bins = continuous_bins
         self.matching_weight = matching_weight
         self.momentum = momentum
+        self.freeze_after = freeze_after
+        self.refreshed = 0
         self.eraser: RunningEraser | None = None
         self._loss_scale = 1.0
 
@@ -90,9 +99,10 @@ class InLoopErasure:
     def latent(self, z: torch.Tensor, conditions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """``erase(mean) + (z - mean)``; a training batch first updates and refreshes the eraser."""
         eraser = self._ready()
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and (self.freeze_after is None or self.refreshed < self.freeze_after):
             eraser.update(mean.detach().float(), conditions)
             eraser.refresh()
+            self.refreshed += 1
         return (eraser(mean.float()) + (z - mean).float()).to(z.dtype)
 
     def loss(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from numbers import Real
+from numbers import Integral, Real
 
 from sklearn.utils._param_validation import Interval
 
@@ -40,6 +40,11 @@ class TrainedErasure(LinearErasure):
         moments of the erased, whitened posterior means lie from the batch's
         (a soft covariance-direction erasure over all directions), scaled by
         the input size like the estimator's other penalties. 0 disables it.
+    freeze_after : int, optional
+        Refresh the in-loop eraser on this many training batches only, then
+        keep it fixed while the encoder trains on (None: refresh every batch).
+        Experimental: measured on planted data and synthetic faces only
+        (docs/TRAINED_CONCEALMENT.md).
     tolerance : float, default=1e-10
         As :class:`LinearErasure`'s.
 
@@ -56,6 +61,7 @@ class TrainedErasure(LinearErasure):
     _parameter_constraints: dict = {
         **LinearErasure._parameter_constraints,
         "matching_weight": [Interval(Real, 0, None, closed="left")],
+        "freeze_after": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(
@@ -65,6 +71,7 @@ class TrainedErasure(LinearErasure):
         continuous_bins: int = 4,
         covariance_dims: int = 0,
         matching_weight: float = 0.0,
+        freeze_after: int | None = None,
         tolerance: float = 1e-10,
     ):
         super().__init__(
@@ -72,6 +79,7 @@ class TrainedErasure(LinearErasure):
             tolerance=tolerance,
         )
         self.matching_weight = matching_weight
+        self.freeze_after = freeze_after
 
     def training_hook(self, latent_dim: int, condition_slices: list) -> InLoopErasure:
         """The in-loop eraser (and matching penalty) the encoder trains with.
@@ -93,4 +101,5 @@ class TrainedErasure(LinearErasure):
         return InLoopErasure(
             latent_dim, condition_slices, covariance_dims=self.covariance_dims,
             continuous_bins=self.continuous_bins, matching_weight=float(self.matching_weight),
+            freeze_after=self.freeze_after,
         )

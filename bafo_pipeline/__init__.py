@@ -3,7 +3,8 @@
 The public API:
 
 - :class:`BAFOTransformer` — the blind autoencoder as a scikit-learn transformer.
-- :class:`LinearErasure`, :class:`LatentRefiner` — concealment steps (closed-form LEACE; an adversarial refiner).
+- :class:`LinearErasure`, :class:`LatentRefiner`, :class:`TrainedErasure` — concealment steps (closed-form LEACE;
+  an adversarial refiner; LEACE learned in training).
 - :func:`make_synthetic_faces`, :func:`load_utkface`, :func:`load_manifest` — data.
 - :func:`save_model`, :func:`load_model` — model directories.
 - :func:`export_latents`, :func:`read_latents` — Parquet latent datasets.
@@ -15,7 +16,7 @@ from .attributes import Attribute, AttributeSchema
 from .data import FaceDataset, load_manifest, load_utkface, make_synthetic_faces
 from .io import read_latents, write_latents
 from .pipeline import export_latents
-from .transformers import BAFOTransformer, LatentRefiner, LinearErasure, load_model, save_model
+from .transformers import BAFOTransformer, LatentRefiner, LinearErasure, TrainedErasure, load_model, save_model
 
 __version__ = package_version()
 
@@ -26,6 +27,7 @@ __all__ = [
     "FaceDataset",
     "LatentRefiner",
     "LinearErasure",
+    "TrainedErasure",
     "export_latents",
     "load_manifest",
     "load_model",

@@ -147,8 +147,10 @@ def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 def _concealment_options(function):
     """Options that set the concealment steps (train and run)."""
     options = [
-        click.option("--concealment", type=click.Choice(["none", "linear", "full"]), default="full", show_default=True,
-                     help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE."),
+        click.option("--concealment", type=click.Choice(["none", "linear", "full", "trained"]), default="full",
+                     show_default=True,
+                     help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE; "
+                          "trained: LEACE learned in training (docs/TRAINED_CONCEALMENT.md)."),
         click.option("--covariance-dims", default=0, show_default=True,
                      help="Also erase this many directions where the groups' spreads differ "
                           "(docs/COVARIANCE_ERASURE.md)."),

@@ -115,7 +115,7 @@ class _ZeroLatentHook:
     def __init__(self, latent_dim, slices):
         self.calls, self.latent_dim, self.slices = 0, latent_dim, slices
 
-    def latent(self, z, conditions):
+    def latent(self, z, conditions, mean):
         self.calls += 1
         assert z.shape[1] == self.latent_dim and conditions.shape[1] == self.slices[-1][1]
         return torch.zeros_like(z)

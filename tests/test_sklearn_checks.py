@@ -1,4 +1,4 @@
-"""scikit-learn's estimator checks on BAFOTransformer (tabular form) and LinearErasure."""
+"""scikit-learn's estimator checks on BAFOTransformer (tabular form), LinearErasure and TrainedErasure."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
 from bafo_pipeline.audits import TorchMLPProbe
-from bafo_pipeline.transformers import BAFOTransformer, LinearErasure
+from bafo_pipeline.transformers import BAFOTransformer, LinearErasure, TrainedErasure
 
 
 # The checks call fit(X, y) without sensitive features, which makes a plain VAE; the estimator
@@ -34,6 +34,19 @@ class ParityErasure(LinearErasure):
 # SCIPY_ARRAY_API is set, and LinearErasure does not claim array API support).
 @parametrize_with_checks([ParityErasure(), ParityErasure(continuous_bins=0, covariance_dims=1)])
 def test_linear_erasure_passes_the_estimator_checks(estimator, check):
+    check(estimator)
+
+
+class ParityTrainedErasure(TrainedErasure):
+    """TrainedErasure with the parity attribute of :class:`ParityErasure` (same shim)."""
+
+    def fit(self, X, y=None):
+        n_samples = X.shape[0] if hasattr(X, "shape") else len(np.asarray(X))
+        return super().fit(X, y, sensitive_features=np.arange(n_samples) % 2)
+
+
+@parametrize_with_checks([ParityTrainedErasure(covariance_dims=1, matching_weight=0.01)])
+def test_trained_erasure_passes_the_estimator_checks(estimator, check):
     check(estimator)
 
 

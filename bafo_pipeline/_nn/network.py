@@ -267,12 +267,12 @@ class BAFONetwork(nn.Module):
         x: torch.Tensor,
         condition: torch.Tensor,
         generator: torch.Generator | None = None,
-        latent_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        latent_hook: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode, sample with the reparameterisation trick, decode with ``condition``.
 
-        ``latent_hook(z, condition)``, when given, replaces the sampled latent
-        before it reaches the decoder (training hooks of concealment steps).
+        ``latent_hook(z, condition, mean)``, when given, replaces the sampled
+        latent before it reaches the decoder (training hooks of concealment steps).
 
         Returns
         -------
@@ -282,7 +282,7 @@ class BAFONetwork(nn.Module):
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         z = mean + noise * torch.exp(0.5 * logvar)
         if latent_hook is not None:
-            z = latent_hook(z, condition)
+            z = latent_hook(z, condition, mean)
         return self.decode(z, condition), mean, logvar
 
 

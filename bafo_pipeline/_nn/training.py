@@ -73,13 +73,18 @@ class TrainingHook(Protocol):
 
     The place for erasure learned inside training: between encoder and decoder
     the hook may replace the sampled latent the decoder sees (e.g. by an eraser
-    refreshed from running class-conditional statistics), and it adds a term
-    to the loss (e.g. a distribution-matching penalty on the posterior means).
-    Its state is not part of training checkpoints.
+    refreshed from running class-conditional statistics,
+    :class:`~bafo_pipeline._nn.in_loop.InLoopErasure`), and it adds a term to
+    the loss (e.g. a distribution-matching penalty on the posterior means).
+    An optional ``begin(conditions, input_size)`` is called once before the
+    first batch of :meth:`Trainer.fit` with the training rows' conditions and
+    the number of values in one input row. Its state is not part of training
+    checkpoints.
     """
 
-    def latent(self, z: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        """What the decoder receives instead of the sampled latent ``z`` (training and validation)."""
+    def latent(self, z: torch.Tensor, conditions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """What the decoder receives instead of the sampled latent ``z`` (training and validation);
+        ``mean`` is the posterior mean ``z`` was sampled around (``z`` itself in validation)."""
         ...
 
     def loss(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
@@ -171,9 +176,9 @@ class Trainer:
         parts["loss"] = loss.detach()
         return loss, parts
 
-    def _hooked_latent(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def _hooked_latent(self, z: torch.Tensor, c: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         for hook in self.hooks:
-            z = hook.latent(z, c)
+            z = hook.latent(z, c, mean)
         return z
 
     def _train_adversary(self, latents: torch.Tensor, conditions: torch.Tensor) -> None:
@@ -230,6 +235,10 @@ class Trainer:
             raise ValueError(f"inputs have {len(inputs)} rows but conditions have {len(conditions)}")
         self._n_samples = len(inputs)
         train_idx, valid_idx = self._split(len(inputs))
+        for hook in self.hooks:
+            begin = getattr(hook, "begin", None)
+            if callable(begin):
+                begin(conditions[train_idx], int(inputs[0].numel()))
         checkpoint = Path(checkpoint) if checkpoint is not None else None
         if resume and checkpoint is not None and checkpoint.exists():
             self._load_checkpoint(checkpoint)
@@ -290,7 +299,7 @@ class Trainer:
             c = conditions[start : start + batch_size].to(self.device, torch.float32)
             with self._autocast():
                 mean, logvar = self.network.encode(x)
-                reconstruction = self.network.decode(self._hooked_latent(mean, c), c)
+                reconstruction = self.network.decode(self._hooked_latent(mean, c, mean), c)
             terms = vae_loss_terms(x, reconstruction, mean, logvar)
             total += (terms["reconstruction"] + terms["kl_mean"] + terms["kl_variance"]).sum()
         return float(total) / max(len(inputs), 1)

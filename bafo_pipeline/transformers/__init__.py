@@ -12,6 +12,7 @@ from ._persistence import (
     read_model_config,
     save_model,
 )
+from ._trained_erasure import TrainedErasure
 from ._state import register_loadable
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "LinearErasure",
     "LoadedModel",
     "ModelIntegrityError",
+    "TrainedErasure",
     "describe_concealment",
     "load_model",
     "load_verified_model",

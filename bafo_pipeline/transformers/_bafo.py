@@ -25,6 +25,7 @@ from .._utils.device import autocast, resolve_device
 from .._utils.progress import epoch_progress
 from ..attributes import AttributeSchema, as_sensitive_frame
 from ._erasure import LinearErasure
+from ._trained_erasure import TrainedErasure
 from ._persistence import load_model, save_model
 from ._state import NetworkState, get_state, register_loadable, set_state
 from ._steps import PRESETS, check_steps, fit_ready, foldable_layers, get_step_params, is_invertible, set_step_params
@@ -77,7 +78,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         trained to leave their predictions at the batch marginals. 0 disables.
     adversary_steps : int, default=2
         Adversary updates per encoder update.
-    concealment : {"none", "linear", "full"} or list of steps, default="full"
+    concealment : {"none", "linear", "full", "trained"} or list of steps, default="full"
         What is applied to the encoder's posterior means (fitted with the
         sensitive features, which are then never needed at transform time).
         A list of concealment steps, applied in order (scikit-learn
@@ -96,8 +97,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
           LinearErasure()]``: linear erasure, an adversarially trained refiner
           (an MLP BAFO on the latents) against non-linear probes, then linear
           erasure again. ``inverse_transform`` decodes through the refiner.
+        - ``"trained"``: ``[TrainedErasure(covariance_dims=covariance_dims)]``,
+          linear erasure learned in training: the eraser sits between encoder
+          and decoder while the encoder trains, so the encoder keeps its
+          non-sensitive content where the erasure does not reach
+          (docs/TRAINED_CONCEALMENT.md).
     covariance_dims : int, default=0
-        Of the presets ``"linear"`` and ``"full"``: the first linear erasure
+        Of the presets ``"linear"``, ``"full"`` and ``"trained"``: the first linear erasure
         also removes this many directions in which the attribute groups'
         covariances differ most (see :class:`LinearErasure`), the spread
         differences that non-linear probes read once the group means agree.
@@ -106,8 +112,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         better; on synthetic faces it also removed non-sensitive information
         (background). Off by default; see docs/COVARIANCE_ERASURE.md.
     decoder_epochs : int, default=6
-        With ``concealment="linear"`` or ``"full"``: after the concealment is
-        fitted, fine-tune a copy of the decoder for this many epochs to rebuild
+        With any concealment (``"linear"``, ``"full"``, ``"trained"``): after
+        the concealment is fitted, fine-tune a copy of the decoder for this many epochs to rebuild
         the training inputs from their *concealed* latents and attributes, and
         decode with it in ``inverse_transform`` (instead of mapping back
         through the refiner). It changes no latent, only how sharp decodes
@@ -174,7 +180,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     erased_label_map_ : ndarray of shape (n_conditions + 1, latent_dim) or None
         Least-squares map from the decoder's attribute encoding (plus an
         intercept row) to what the leading non-invertible steps (the first
-        erasure) removed from the training latents. ``inverse_transform`` adds its prediction for the chosen
+        erasure) removed from the training latents, leaving out steps that
+        took part in training (their output is what the decoder learned from). ``inverse_transform`` adds its prediction for the chosen
         attributes back before decoding: the typical latent signature of those
         attributes, which the erasure took out (+0.5 dB PSNR on UTKFace with
         ``"full"``, +0.7 dB with ``"linear"``).
@@ -328,6 +335,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             return list(self.concealment)
         if self.concealment == "none":
             return []
+        if self.concealment == "trained":
+            return [TrainedErasure(covariance_dims=self.covariance_dims)]
         first = LinearErasure(covariance_dims=self.covariance_dims)
         if self.concealment == "linear":
             return [first]
@@ -465,14 +474,18 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         means = self._encoder_means(inputs)
         conditions = self.schema_.encode(frame)
         # Decoding passes the steps before the first invertible one (erasure); the label map puts back what
-        # they removed, as far as the chosen attributes predict it.
+        # they removed, as far as the chosen attributes predict it, except what steps that took part in
+        # training removed: the decoder learned from their output.
         leading = next((i for i, step in enumerate(steps) if is_invertible(step)), len(steps))
-        latents = means
+        trained = next((i for i, step in enumerate(steps) if not hasattr(step, "training_hook")), len(steps))
+        latents = decoded_from = means
         for i, step in enumerate(steps):
             latents = step.fit(latents, sensitive_features=frame).transform(latents)
             self.concealment_steps_.append(step)
-            if i + 1 == leading:
-                self.erased_label_map_ = _least_squares_map(conditions, means - latents)
+            if i + 1 == trained:
+                decoded_from = latents
+            if i + 1 == leading and leading > trained:
+                self.erased_label_map_ = _least_squares_map(conditions, decoded_from - latents)
         if self.decoder_epochs:
             if self._n_features_out != self.latent_dim:
                 raise ValueError(
@@ -1051,6 +1064,7 @@ class LatentRefiner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
 
 register_loadable(LinearErasure)
+register_loadable(TrainedErasure)
 
 
 def _least_squares_map(conditions: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -19,8 +19,8 @@ Optional parts, found by name:
     returns a :class:`~bafo_pipeline._nn.training.TrainingHook` that takes
     part in the encoder's own training (between encoder and decoder, plus a
     loss term); the step is still fitted on the trained encoder's latents
-    afterwards. No step of the package has one yet; it is the place for
-    erasure learned inside training.
+    afterwards. :class:`~bafo_pipeline.transformers.TrainedErasure` has one
+    (linear erasure learned in training).
 ``as_layers()``
     describes the fitted step as a chain of
     :class:`~bafo_pipeline._nn.folding.AffineMap` s and ``nn.SiLU``
@@ -52,7 +52,7 @@ __all__ = [
     "set_step_params",
 ]
 
-PRESETS = ("none", "linear", "full")
+PRESETS = ("none", "linear", "full", "trained")
 INHERITED_PARAMS = ("attribute_kinds", "device", "random_state")
 
 

@@ -1,0 +1,123 @@
+"""Concealment learned in training: a :class:`~bafo_pipeline._nn.training.TrainingHook` with a running eraser.
+
+:class:`InLoopErasure`
+
+- keeps a :class:`~bafo_pipeline._nn.running_erasure.RunningEraser` on the
+  training batches' posterior means and, between encoder and decoder, gives the
+  decoder ``erase(mean) + (z - mean)``: the erased mean plus the posterior
+  noise. The decoder learns from erased latents plus the labels, and the
+  encoder learns to keep its content where the erasure does not reach.
+  (Erasing the sample ``z`` instead fails: the eraser is fitted on the means'
+  statistics, and along collapsed directions the noise is orders of
+  magnitude wider than the means, so LEACE's oblique map amplifies it into
+  the directions the decoder uses.)
+- optionally adds :func:`~bafo_pipeline._nn.distribution_matching.group_second_moments`
+  of the erased, whitened means to the loss, against the non-linear leakage
+  (group spread differences) that linear erasure leaves.
+
+The concealment step that owns the hook is fitted post hoc on the trained
+encoder's latents as usual (the same map from exact statistics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .distribution_matching import group_second_moments
+from .running_erasure import ConditionSlice, GroupLayout, RunningEraser
+
+
+class InLoopErasure:
+    """Erase inside the forward pass (and optionally match group second moments) while the encoder trains.
+
+    Parameters
+    ----------
+    latent_dim : int
+    condition_slices : sequence of (start, stop, kind)
+        Where each sensitive attribute sits in the condition vector.
+    covariance_dims : int, default=0
+        Covariance directions the eraser also removes.
+    continuous_bins : int, default=4
+        Quantile bins of continuous attributes, as ``LinearErasure``'s (at least 2).
+    matching_weight : float, default=0.0
+        Weight of the second-moment matching penalty, multiplied by the input
+        size like the trainer's other penalties (0 disables it).
+    momentum : float, default=0.98
+        EMA decay of the eraser's statistics.
+    freeze_after : int, optional
+        Refresh the eraser on this many training batches only, then keep its
+        map fixed while the encoder goes on training (None: refresh on every
+        batch). A map refitted every batch moves with the estimation noise of
+        directions that carry little sensitive signal, and content cannot settle
+        outside it.
+
+    Notes
+    -----
+    :meth:`begin` must run before the first batch (the trainer calls it): it
+    fixes the continuous attributes' bin edges from all training conditions.
+    Only batches seen with gradients enabled (training, not validation)
+    update the statistics. The statistics are not part of training
+    checkpoints: a resumed fit starts them afresh.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        condition_slices: Sequence[ConditionSlice],
+        *,
+        covariance_dims: int = 0,
+        continuous_bins: int = 4,
+        matching_weight: float = 0.0,
+        momentum: float = 0.98,
+        freeze_after: int | None = None,
+    ):
+        if matching_weight < 0:
+            raise ValueError(f"matching_weight must be >= 0, got {matching_weight}")
+        if not 0 <= covariance_dims < latent_dim:
+            raise ValueError(f"covariance_dims must lie in [0, latent_dim={latent_dim}), got {covariance_dims}")
+        self.latent_dim = latent_dim
+        self.condition_slices = list(condition_slices)
+        self.covariance_dims = covariance_dims
+        self.continuous_bins = continuous_bins
+        self.matching_weight = matching_weight
+        self.momentum = momentum
+        self.freeze_after = freeze_after
+        self.refreshed = 0
+        self.eraser: RunningEraser | None = None
+        self._loss_scale = 1.0
+
+    def begin(self, conditions: torch.Tensor, input_size: int) -> None:
+        """Set up on the training rows' conditions (bin edges, device) and the size of one input row."""
+        layout = GroupLayout(self.condition_slices, conditions.detach().cpu(), self.continuous_bins)
+        self.eraser = RunningEraser(
+            self.latent_dim, layout, covariance_dims=self.covariance_dims, momentum=self.momentum
+        ).to(conditions.device)
+        self._loss_scale = float(input_size)
+
+    def latent(self, z: torch.Tensor, conditions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """``erase(mean) + (z - mean)``; a training batch first updates and refreshes the eraser."""
+        eraser = self._ready()
+        if torch.is_grad_enabled() and (self.freeze_after is None or self.refreshed < self.freeze_after):
+            eraser.update(mean.detach().float(), conditions)
+            eraser.refresh()
+            self.refreshed += 1
+        return (eraser(mean.float()) + (z - mean).float()).to(z.dtype)
+
+    def loss(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """The weighted second-moment matching penalty on the erased, whitened means (0 when disabled)."""
+        eraser = self._ready()
+        if self.matching_weight == 0:
+            return mean.new_zeros(())
+        penalty = group_second_moments(eraser.whitened(mean.float()), eraser.layout.group_onehot(conditions))
+        return self.matching_weight * self._loss_scale * penalty
+
+    def erase(self, latents: torch.Tensor) -> torch.Tensor:
+        """The current erasure map applied to latents."""
+        return self._ready()(latents)
+
+    def _ready(self) -> RunningEraser:
+        if self.eraser is None:
+            raise RuntimeError("InLoopErasure.begin(conditions, input_size) must run before the first batch")
+        return self.eraser

@@ -81,8 +81,8 @@ def main() -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
 @click.option("--latent-dim", default=48, show_default=True, help="Latent size (the paper compares 48 and 100).")
 @click.option("--epochs", default=20, show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--learning-rate", default=1e-3, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--learning-rate", default=2e-3, show_default=True)
 @click.option("--kl-weight", default=1.0, show_default=True, help="Weight of the KL term.")
 @click.option("--variance-weight", default=1.0, show_default=True, help="Extra weight on the KL variance term.")
 @click.option("--independence-weight", default=0.0, show_default=True, help="HSIC penalty pushing latents to independence from the sensitive attributes.")
@@ -272,7 +272,7 @@ def _print_verdicts(report) -> None:
 @main.command()
 @_data_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for model, latents and report.")
-@click.option("--epochs", default=10, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
 @click.option("--latent-dim", default=48, show_default=True)
 @_concealment_options
 @click.option("--target", help="Non-sensitive attribute for the fairness report (default: smile on synthetic faces).")

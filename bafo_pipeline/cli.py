@@ -70,7 +70,8 @@ def main() -> None:
       bafo run --out runs/demo                      # the whole job on synthetic faces
       bafo train --utkface DIR --out models/bafo     # train on real faces
       bafo encode --model models/bafo --utkface DIR --out latents.parquet
-      bafo audit --latents latents.parquet --out report/
+      bafo audit --latents latents.parquet --out report/ --attach
+      bafo verify latents.parquet --max-leakage 0.05
       bafo decode --model models/bafo face.jpg --age 40 --gender female --out decoded/
     """
 
@@ -154,12 +155,12 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
 
     from .data.splits import hash_split
     from .pipeline.export import export_latents
-    from .transformers import load_model, model_fingerprint, read_model_config
+    from .transformers import load_verified_model
 
     if Path(out).exists() and not overwrite:
         raise click.UsageError(f"{out} exists; pass --overwrite to replace it")
-    estimator = load_model(model_dir)
-    metadata = read_model_config(model_dir).get("metadata", {})
+    loaded = load_verified_model(model_dir)
+    estimator, metadata = loaded.estimator, loaded.metadata
     split_info = metadata.get("split")
     if (which != "all" or include_split) and split_info is None:
         raise click.UsageError("this model records no train/test split; use --split all without --include-split")
@@ -174,7 +175,7 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     with tqdm(total=len(source), desc="encoding", unit="img") as bar:
         report = export_latents(
             estimator, source, out, include_labels=include_labels, split=names if include_split else None,
-            ids=None if id_column else rows, id_column=id_column, metadata={"model_fingerprint": model_fingerprint(model_dir)},
+            ids=None if id_column else rows, id_column=id_column, metadata=loaded.provenance(),
             batch_size=batch_size, strict=strict, overwrite=overwrite, decoder=decoder, progress=bar.update,
         )
     for row, reason in report.skipped:
@@ -205,20 +206,36 @@ def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synth
               help="A Parquet file of embeddings (repeat to compare several side by side).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False),
               help="CSV/Parquet labels joined by id; default: the labels stored in the first latents file.")
+@click.option("--fit-latents", "fit_latents", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A labelled training export for the data-rich attacker (one per --latents, in order): probes "
+                   "are fitted on it and scored on the audited file. Labels come from --labels, joined by id, or "
+                   "from the training file itself.")
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--attributes", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Sensitive attributes to audit.")
 @click.option("--target", help="A non-sensitive column for the downstream fairness report (e.g. smile).")
 @click.option("--folds", default=5, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--max-leakage", type=float, help="Exit with status 1 when any attribute's worst-case leakage exceeds this.")
+@click.option("--max-leakage", type=float, help="Fail when any attribute's worst-case leakage exceeds this.")
 @click.option("--gate", help="Apply --max-leakage to this representation only (a file stem); default: all.")
-def audit(latents, labels, id_column, attributes, target, folds, out_dir, max_leakage, gate):
+@click.option("--attach", is_flag=True,
+              help="Write the verdict into each latents file's footer (an audit receipt, for bafo verify); "
+                   "the rows are not touched.")
+def audit(latents, labels, fit_latents, id_column, attributes, target, folds, out_dir, max_leakage, gate, attach):
     """Measure how much of each sensitive attribute the embeddings still reveal.
 
     Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
-    cross-validated on the given data; the headline is the best probe's
-    chance-adjusted score (0 = chance, 1 = perfect). Audit data the encoder
-    never trained on (bafo encode --split test --include-labels).
+    cross-validated on the given data; with --fit-latents they are also fitted
+    on a labelled training export and scored on the audited rows (the
+    data-rich attacker), and the verdict takes the stronger of the two. The
+    headline is the best probe's chance-adjusted score (0 = chance, 1 =
+    perfect). Each file's ids, row order and other columns are audited as side
+    channels, and its footer metadata is listed. Audit data the encoder never
+    trained on (bafo encode --split test --include-labels).
+
+    \b
+    Exit status:
+      0  done: no side channel leaks, and --max-leakage (if given) holds
+      1  failed: a side channel leaks, or some worst-case leakage exceeds --max-leakage
     """
     from .audits import run_audit_files
 
@@ -227,13 +244,20 @@ def audit(latents, labels, id_column, attributes, target, folds, out_dir, max_le
         "auditing",
         lambda progress: run_audit_files(
             list(latents), labels, out_dir, id_column=id_column, attributes=names, target=target,
-            n_folds=folds, progress=progress,
+            n_folds=folds, progress=progress, fit_latents=list(fit_latents) or None, attach=attach,
+            max_leakage=max_leakage,
         ),
     )
     _print_verdicts(report)
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
-    if max_leakage is not None and report.exceeds(max_leakage, gate):
-        click.echo(f"FAILED: worst-case leakage exceeds {max_leakage}", err=True)
+    if attach:
+        click.echo(f"receipt attached to {', '.join(latents)}")
+    if report.failed(max_leakage, gate):
+        if report.leakage.side_channels_leak(threshold=max_leakage, representation=gate):
+            click.echo("FAILED: a side channel (ids, row order or another column) reveals a sensitive attribute",
+                       err=True)
+        if max_leakage is not None and report.exceeds(max_leakage, gate):
+            click.echo(f"FAILED: worst-case leakage exceeds {max_leakage}", err=True)
         sys.exit(1)
 
 
@@ -256,16 +280,72 @@ def _print_verdicts(report) -> None:
     from .pipeline.workflow import verdict_table
 
     utility = {f.representation: f for f in report.fairness}
-    for name, rows in verdict_table(report).groupby("representation", sort=False):
+    table = verdict_table(report)
+    both = table["data_rich"].notna().any()
+    for name, rows in table.groupby("representation", sort=False):
         click.echo(f"\n{name}")
         for row in rows.itertuples():
-            click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}): {row.verdict}")
+            attackers = f" [cross-validated {row.cross_validated:.3f}, data-rich {row.data_rich:.3f}]" if both else ""
+            click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}){attackers}: {row.verdict}")
         if name in utility:
             fairness = utility[name]
             click.echo(
                 f"  utility: a downstream model predicts {fairness.target} at balanced accuracy "
                 f"{fairness.overall.get('balanced_accuracy', float('nan')):.2f}"
             )
+    sides = report.leakage.side_channels()
+    if len(sides):
+        click.echo("\nside channels (ids, row order, other columns):")
+        for (of, channel), rows in sides.groupby(["of", "channel"], sort=False):
+            leaking = rows[rows["leaks"]]
+            if leaking.empty:
+                click.echo(f"  {of} · {channel}: no significant link to "
+                           f"{', '.join(rows['attribute'])} (largest {rows['leakage'].max():.3f})")
+            for row in leaking.itertuples():
+                click.echo(f"  LEAKS {row.verdict}")
+
+
+# --------------------------------------------------------------------------- verify
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--max-leakage", type=float,
+              help="Largest tolerated worst-case leakage of any attribute (default: the gate the audit recorded).")
+@click.option("--bound", type=click.Choice(["estimate", "upper"]), default="estimate", show_default=True,
+              help="Compare --max-leakage with each worst case's estimate, or with its interval's upper end.")
+def verify(path, max_leakage, bound):
+    """Check the audit receipt of a latents file before using it.
+
+    \b
+    Exit status:
+      0  the receipt is present, fresh and passing
+      1  failing: some attribute's worst-case leakage exceeds --max-leakage
+         (or the audit's own gate failed), or a side channel leaks
+      2  the file cannot be read, or the options are wrong
+      3  missing: the file carries no receipt (run bafo audit --attach)
+      4  stale: the rows (or the model the file names) changed since the audit
+    """
+    from .audits.receipt import check_receipt
+
+    try:
+        check = check_receipt(path, max_leakage, bound=bound)
+    except (FileNotFoundError, ValueError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    receipt = check.receipt or {}
+    if receipt:
+        click.echo(
+            f"receipt of {receipt.get('created_at')}: {receipt.get('audited_rows')} rows audited by "
+            f"{', '.join(receipt.get('attackers', []))} probes ({', '.join(receipt.get('probes', []))})"
+        )
+        for row in receipt.get("worst_case", []):
+            click.echo(
+                f"  {row['attribute']:<12} {row['leakage']:6.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
+                f"({row['probe']}, {row['attacker']})"
+            )
+    for reason in check.reasons:
+        click.echo(f"  {reason}", err=True)
+    click.echo({"ok": "OK", "failing": "FAILED", "missing": "NO RECEIPT", "stale": "STALE"}[check.status])
+    sys.exit(check.exit_code)
 
 
 # ------------------------------------------------------------------------------ run
@@ -284,8 +364,12 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
-    you would hand on), OUT/audit_latents.parquet (held-out split with labels,
-    for auditing only) and OUT/report/ (report.html, report.json).
+    you would hand on), OUT/audit_latents.parquet and OUT/audit_train_latents.parquet
+    (held-out and training splits with labels, for auditing only) and OUT/report/
+    (report.html, report.json). The held-out split is audited by probes
+    cross-validated on it and by probes fitted on the training split (the
+    data-rich attacker); the shared file's ids, row order and split column are
+    audited as side channels, and the command exits with status 1 if one leaks.
     """
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
@@ -310,6 +394,9 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
         for name, rows in result.utility.groupby("representation", sort=False):
             click.echo(f"  {name}: " + ", ".join(f"{r.attribute} {r.leakage:.2f}" for r in rows.itertuples()))
     click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
+    if result.report.leakage.side_channels_leak():
+        click.echo("FAILED: the shared file's ids, row order or columns reveal a sensitive attribute", err=True)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------- decode, grid

@@ -65,9 +65,15 @@ def test_report_files_are_written(files, report):
     out = files / "out"
     assert {p.name for p in out.iterdir()} == {"report.json", "report.html", "leakage.png", "fairness.png"}
     data = json.loads((out / "report.json").read_text())
-    assert data["schema_version"] == 1 and data["leakage"]["schema_version"] == 1
+    assert data["schema_version"] == 2 and data["leakage"]["schema_version"] == 2
     assert "NaN" not in (out / "report.json").read_text()
-    assert set(data["leakage"]["representations"]) == {"leaky", "blind"}
+    represented = data["leakage"]["representations"]
+    assert {n for n, v in represented.items() if v.get("role") != "side channel"} == {"leaky", "blind"}
+    # Each file's ids and row order are audited too, as side channels.
+    assert {n for n, v in represented.items() if v.get("role") == "side channel"} == {
+        "leaky · id", "leaky · row order", "blind · id", "blind · row order"
+    }
+    assert {(c["of"], c["channel"]) for c in data["side_channels"]} >= {("leaky", "id"), ("blind", "row order")}
     assert [f["representation"] for f in data["fairness"]] == ["leaky", "blind"]
     html = (out / "report.html").read_text()
     for verdict in rep.worst_case()["verdict"]:
@@ -90,9 +96,11 @@ def test_side_by_side_and_gate(report):
 
 def test_progress_reports_every_fit(report):
     rep, calls = report
-    total = 2 * 4 * 3 * 3  # representations x attributes (age, age_band, gender, ethnicity) x probes x folds
+    embeddings = 2 * 4 * 3 * 3  # representations x attributes (age, age_band, gender, ethnicity) x probes x folds
+    side_channels = 2 * 2 * 4 * 2 * 3  # files x (id, row order) x attributes x (linear, knn) x folds
+    total = embeddings + side_channels
     assert [c[0] for c in calls] == list(range(1, total + 1))
-    assert all(c[1] == total for c in calls)
+    assert all(c[1] == embeddings for c in calls[:embeddings]) and calls[-1][1] == total
     assert calls[0][2] == "leaky/age: prior fold 1/3"
 
 

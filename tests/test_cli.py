@@ -118,7 +118,9 @@ def test_run_does_the_whole_job(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--epochs", "1", "--latent-dim", "16", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"model", "latents.parquet", "audit_latents.parquet", "report"}
+    assert {p.name for p in out.iterdir()} == {
+        "model", "latents.parquet", "audit_latents.parquet", "audit_train_latents.parquet", "report"
+    }
     assert pq.read_schema(out / "latents.parquet").names == ["id", "latent", "split"]
     assert (out / "report" / "report.html").stat().st_size > 0
     for representation in ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)"):

@@ -11,9 +11,16 @@ from safetensors.torch import load_file
 from bafo_pipeline._version import package_version
 from bafo_pipeline.data.synthetic import make_synthetic_faces
 from bafo_pipeline.transformers import BAFOTransformer, load_model, model_fingerprint, read_model_config, save_model
-from bafo_pipeline.transformers._persistence import CONFIG_NAME, WEIGHTS_NAME
+from bafo_pipeline.transformers._persistence import CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME
 
 VALUES = {"age": 60, "gender": 0.5, "ethnicity": {"indian": 1.0, "others": 1.0}}
+
+
+def reseal(path):
+    """Rewrite the manifest after a deliberate edit, as a tool that knows the format would."""
+    from bafo_pipeline.transformers._integrity import directory_digests, manifest_document
+
+    (path / MANIFEST_NAME).write_text(manifest_document(directory_digests(path)))
 
 
 
@@ -46,7 +53,7 @@ def test_loaded_model_gives_identical_outputs(fitted, faces, tmp_path):
 
 def test_directory_holds_json_config_and_safetensors(fitted, tmp_path):
     path = save_model(fitted, tmp_path / "model", metadata={"split": {"seed": 0}})
-    assert sorted(p.name for p in path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(p.name for p in path.iterdir()) == [CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging directory left
     config = json.loads((path / CONFIG_NAME).read_text())
     assert config["package_version"] == package_version() and config["class"] == "BAFOTransformer"
@@ -138,6 +145,7 @@ def test_a_model_saved_for_cuda_loads_on_a_cpu_only_machine(fitted, faces, tmp_p
     config = json.loads((path / CONFIG_NAME).read_text())
     config["params"]["device"] = "cuda:0"  # as written by a model trained with device="cuda:0"
     (path / CONFIG_NAME).write_text(json.dumps(config))
+    reseal(path)
     with pytest.warns(UserWarning, match="not available here"):
         loaded = load_model(path)
     assert loaded.device == "auto"
@@ -151,18 +159,25 @@ def test_unreadable_model_directories_give_clear_errors(fitted, tmp_path):
     path = save_model(fitted, tmp_path / "model")
     config = json.loads((path / CONFIG_NAME).read_text())
     (path / CONFIG_NAME).write_text(json.dumps({**config, "format_version": 99}))
+    reseal(path)
     with pytest.raises(ValueError, match="not a bafo model of a supported format"):
         load_model(path)
     (path / CONFIG_NAME).write_text("{not json")
+    reseal(path)
     with pytest.raises(ValueError, match="not valid JSON"):
+        load_model(path)
+    (path / CONFIG_NAME).write_text("[1, 2]")
+    reseal(path)
+    with pytest.raises(ValueError, match="not a bafo model config"):
         load_model(path)
     config["state"]["network_"]["config"]["latent_dim"] = 5
     (path / CONFIG_NAME).write_text(json.dumps(config))
+    reseal(path)
     with pytest.raises(ValueError, match="weights do not load into the configured model"):
         load_model(path)
 
 
-def test_fingerprint_identifies_the_weights(fitted, faces, tmp_path):
+def test_fingerprint_identifies_the_model(fitted, faces, tmp_path):
     first = save_model(fitted, tmp_path / "a")
     again = save_model(load_model(first), tmp_path / "b")
     assert model_fingerprint(first) == model_fingerprint(again)

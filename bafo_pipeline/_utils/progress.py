@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Progress", "ProgressCallback", "epoch_progress"]
+__all__ = ["ContinuedProgress", "Progress", "ProgressCallback", "epoch_progress"]
 
 
 class Progress:
@@ -56,6 +56,30 @@ class Progress:
 
 
 ProgressCallback = Callable[[int, int, str], None]
+
+
+class ContinuedProgress:
+    """A progress sink that keeps counting across several jobs, each reporting from 1 (an audit in parts).
+
+    Call :meth:`next_part` between jobs. Wraps a ``(done, total, description)``
+    callable or a tqdm bar.
+    """
+
+    def __init__(self, sink: Any) -> None:
+        self.sink, self.offset, self.total = sink, 0, 0
+
+    def __call__(self, done: int, total: int, description: str = "") -> None:
+        self.total = total
+        if hasattr(self.sink, "update"):  # a tqdm bar
+            self.sink.total = self.offset + total
+            self.sink.n = self.offset + done
+            self.sink.refresh()
+        else:
+            self.sink(self.offset + done, self.offset + total, description)
+
+    def next_part(self) -> None:
+        self.offset += self.total
+        self.total = 0
 
 
 class epoch_progress:

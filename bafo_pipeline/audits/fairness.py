@@ -5,8 +5,10 @@ from the representation with cross-validated predictions; fairlearn's ``MetricFr
 breaks its selection rate, TPR, FPR and accuracy down by each sensitive attribute, by
 banded continuous attributes (age) and by intersections (gender x ethnicity), and
 ``demographic_parity_difference`` / ``equalized_odds_difference`` summarise the gaps.
-Intervals are percentile bootstraps over evaluation rows (the downstream model is
-held fixed), computed with the same definitions as fairlearn's.
+Intervals come from a bootstrap over evaluation rows (the downstream model is held
+fixed), computed with the same definitions as fairlearn's: BCa intervals for the group
+rates, and simultaneous pairwise bands for the disparities (a max-minus-min, whose
+percentile interval is biased upward; see :func:`.resampling.largest_gap_interval`).
 """
 
 from __future__ import annotations
@@ -37,13 +39,20 @@ from threadpoolctl import threadpool_limits
 from .._utils.jsonable import to_jsonable
 from ._warnings import warn
 from .inputs import DEFAULT_BANDS, band_names, infer_kind
-from .resampling import bootstrap_weights, chunks, percentile_interval
+from .resampling import bca_interval, bootstrap_weights, chunks, jackknife_weights, largest_gap_interval
 
 __all__ = ["FairnessResult", "fairness_report", "group_rates", "GROUP_METRICS", "DISPARITY_METRICS"]
 
 GROUP_METRICS = ("selection_rate", "true_positive_rate", "false_positive_rate", "accuracy")
 DISPARITY_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
 _SEPARATOR = " & "
+# The group rates whose largest gap each disparity is (fairlearn's definitions).
+_DISPARITY_RATES = {
+    "demographic_parity_difference": ("selection_rate",),
+    "equalized_odds_difference": ("true_positive_rate", "false_positive_rate"),
+}
+# Jackknife groups for the BCa acceleration of group rates.
+_JACKKNIFE_GROUPS = 200
 
 
 @dataclass
@@ -375,13 +384,15 @@ def _fairness_report(
                 + ", ".join(small)
             )
         if n_bootstrap:
-            boot_rates, boot_disp = _bootstrap_group_rates(
-                yt, yp, codes, len(names), n_bootstrap, rng, eligible
+            boot_rates, _ = _bootstrap_group_rates(yt, yp, codes, len(names), n_bootstrap, rng, eligible)
+            jack_rates, _ = group_rates(
+                yt, yp, codes, len(names), jackknife_weights(len(yt), _JACKKNIFE_GROUPS, rng), eligible
             )
         for j, name in enumerate(names):
             for metric in GROUP_METRICS:
+                value = float(by_group[metric].iloc[j])
                 lo, hi = (
-                    percentile_interval(boot_rates[metric][:, j], confidence)
+                    bca_interval(boot_rates[metric][:, j], value, jack_rates[metric][:, j], confidence)
                     if n_bootstrap
                     else (np.nan, np.nan)
                 )
@@ -391,7 +402,7 @@ def _fairness_report(
                         "feature": feature,
                         "group": name,
                         "metric": metric,
-                        "value": float(by_group[metric].iloc[j]),
+                        "value": value,
                         "ci_low": lo,
                         "ci_high": hi,
                         "count": int(counts[j]),
@@ -405,9 +416,16 @@ def _fairness_report(
         ):
             if eligible.sum() >= 2:
                 value = float(fn(yt[included], yp[included], sensitive_features=g[included]))
-                lo, hi = (
-                    percentile_interval(boot_disp[metric], confidence) if n_bootstrap else (np.nan, np.nan)
-                )
+                lo, hi = np.nan, np.nan
+                if n_bootstrap:
+                    _, lo, hi = largest_gap_interval(
+                        [
+                            (by_group[rate].to_numpy(dtype=float)[eligible], boot_rates[rate][:, eligible])
+                            for rate in _DISPARITY_RATES[metric]
+                        ],
+                        confidence,
+                    )
+                    lo, hi = min(lo, value), max(hi, value)
             else:
                 value, lo, hi = np.nan, np.nan, np.nan
             disparity_rows.append(

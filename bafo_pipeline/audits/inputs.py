@@ -25,6 +25,7 @@ __all__ = [
     "align_by_id",
     "band_names",
     "check_representations",
+    "encode_like",
     "infer_kind",
     "prepare_attributes",
 ]
@@ -52,6 +53,10 @@ class Attribute:
         Class names, indexed by code (categorical only).
     derived_from : str or None
         Source column of a banded attribute.
+    edges : tuple of float or None
+        Band edges of a banded attribute; ``band_names`` gives ``all_bands``' names.
+    all_bands : list of str or None
+        Every band's name, empty ones included (``classes`` keeps the non-empty ones).
     """
 
     name: str
@@ -60,6 +65,8 @@ class Attribute:
     values: np.ndarray
     classes: list[str] | None = None
     derived_from: str | None = None
+    edges: tuple[float, ...] | None = None
+    all_bands: list[str] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -90,6 +97,15 @@ def infer_kind(values: pd.Series) -> str:
 
     Numeric (not boolean) columns with more than 10 distinct values are continuous;
     everything else is categorical.
+
+    Parameters
+    ----------
+    values : Series
+        One attribute's column.
+
+    Returns
+    -------
+    {"continuous", "categorical"}
     """
     return "continuous" if attribute_kind(values) == "continuous" else "categorical"
 
@@ -150,6 +166,17 @@ def align_by_id(
     Every representation must cover the same ids (so they are compared on the same
     samples) and every id must have exactly one labels row. Labels rows with no
     embedding are dropped with a warning.
+
+    Parameters
+    ----------
+    representations : mapping of str to (ids, ndarray of shape (n, d))
+        Each embedding with the ids of its rows.
+    labels : DataFrame
+        One row per id, with ``id_column``.
+    id_column : str
+        The labels column holding the ids.
+    collected : list of str, optional
+        Receives the text of each warning given here (for the report).
 
     Returns
     -------
@@ -311,6 +338,69 @@ def _banded(source: Attribute, edges: Sequence[float], n_folds: int, collected) 
         remap[codes].astype(np.int64),
         [b for b, k in zip(names, keep) if k],
         derived_from=source.name,
+        edges=tuple(edges),
+        all_bands=names,
+    )
+
+
+def encode_like(attribute: Attribute, labels: pd.DataFrame, collected: list[str] | None = None) -> Attribute:
+    """Encode another table's labels (a training export's) with the classes of an audited attribute.
+
+    The data-rich attacker fits its probes on these rows and is scored on the audited
+    ones, so class codes (and band edges) must be the audited attribute's. Rows whose
+    class the audited data lacks are dropped, and a class the other table lacks is
+    named, each with a warning.
+
+    Returns
+    -------
+    Attribute
+        Same name, kind and classes; ``rows`` index ``labels``.
+    """
+    source = attribute.derived_from or attribute.name
+    if source not in labels.columns:
+        raise ValueError(
+            f"the training labels have no column {source!r}; columns are {list(labels.columns)}"
+        )
+    column = labels[source]
+    if attribute.kind == "continuous" or attribute.edges is not None:
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64)
+        bad = column.notna().to_numpy() & ~np.isfinite(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"training labels: attribute {source!r} at row {row} is not a finite number")
+        rows = np.flatnonzero(~np.isnan(values))
+        values = values[rows]
+        if attribute.edges is None:
+            return Attribute(attribute.name, attribute.kind, rows, values)
+        text = np.asarray(attribute.all_bands, dtype=object)[np.digitize(values, attribute.edges)]
+    else:
+        present = column.notna().to_numpy()
+        rows = np.flatnonzero(present)
+        text = column.to_numpy()[present].astype(str)
+    index = {name: code for code, name in enumerate(attribute.classes or [])}
+    codes = np.array([index.get(t, -1) for t in text], dtype=np.int64)
+    unknown = codes < 0
+    if unknown.any():
+        warn(
+            f"training labels: {int(unknown.sum())} rows of {attribute.name!r} have classes the audited data "
+            f"lacks ({_first([str(t) for t in pd.unique(text[unknown])])}) and are left out of the data-rich probes",
+            collected,
+        )
+    absent = [c for c in attribute.classes or [] if c not in set(text[~unknown])]
+    if absent:
+        warn(
+            f"training labels: {attribute.name!r} has no rows of {absent}; the data-rich probes cannot predict them",
+            collected,
+        )
+    return Attribute(
+        attribute.name,
+        attribute.kind,
+        rows[~unknown],
+        codes[~unknown],
+        attribute.classes,
+        attribute.derived_from,
+        attribute.edges,
+        attribute.all_bands,
     )
 
 

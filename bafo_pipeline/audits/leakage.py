@@ -14,13 +14,18 @@ from threadpoolctl import threadpool_limits
 
 from . import metrics as M
 from .._utils.progress import Progress
-from .inputs import Attribute, align_by_id, check_representations, prepare_attributes
+from .inputs import Attribute, align_by_id, check_representations, encode_like, prepare_attributes
 from .permutation import per_fold_test, refit_linear_test
-from .probes import PROBES, make_probe
-from .resampling import bootstrap_weights, chunks, percentile_interval
-from .result import SCHEMA_VERSION, AuditResult
+from .probes import KNOWN_PROBES, PROBES, make_probe
+from .resampling import bca_interval, bootstrap_weights, chunks, jackknife_weights, snap_zero
+from .result import SCHEMA_VERSION, TABLE_COLUMNS, AuditResult
 
-__all__ = ["audit_leakage", "CATEGORICAL_METRICS", "CONTINUOUS_METRICS"]
+__all__ = ["ATTACKERS", "audit_leakage", "CATEGORICAL_METRICS", "CONTINUOUS_METRICS"]
+
+#: The two attackers: probes cross-validated on the audited rows, and probes fitted on a
+#: labelled training export and scored on the audited (held-out) rows.
+CROSS_VALIDATED, DATA_RICH = "cross-validated", "data-rich"
+ATTACKERS = (CROSS_VALIDATED, DATA_RICH)
 
 CATEGORICAL_METRICS = (
     "balanced_accuracy",
@@ -42,6 +47,8 @@ _RANGE = {
 }
 # The chance-adjusted score that defines "leakage" for each kind of attribute.
 LEAKAGE_METRIC = {"categorical": "adjusted_balanced_accuracy", "continuous": "r2"}
+# Delete-a-group jackknife groups per test fold, for the BCa acceleration.
+_JACKKNIFE_GROUPS = 20
 
 
 def _folds(attribute: Attribute, n_folds: int, random_state: int) -> list[np.ndarray]:
@@ -59,6 +66,46 @@ def _folds(attribute: Attribute, n_folds: int, random_state: int) -> list[np.nda
     return [test for _, test in splitter.split(np.zeros((len(strata), 1)), strata)]
 
 
+def _fit_and_score(
+    name: str,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    attribute: Attribute,
+    *,
+    random_state: int,
+    device: str,
+    mlp_params,
+    gbdt_params,
+) -> tuple[dict[str, np.ndarray], float, int | None]:
+    """Fit one probe and return its held-out outputs, the seconds it took and its iterations."""
+    task = "classification" if attribute.kind == "categorical" else "regression"
+    probe = make_probe(
+        name, task, random_state=random_state, device=device, mlp_params=mlp_params, gbdt_params=gbdt_params
+    )
+    start = time.perf_counter()
+    probe.fit(X_train, y_train)
+    if task == "classification":
+        P = np.zeros((len(y_test), attribute.n_classes))
+        P[:, np.asarray(probe.classes_, dtype=np.int64)] = probe.predict_proba(X_test)
+        prior = np.bincount(y_train, minlength=attribute.n_classes) / len(y_train)
+        # A class the training rows lack (possible for the data-rich attacker) is never decided for.
+        out = {"y": y_test, "P": P, "prior": np.maximum(prior, M.PROBA_FLOOR)}
+    else:
+        pred = np.asarray(probe.predict(X_test), dtype=np.float64)
+        # R² is a squared error, which the training mean minimises: against the median (which minimises
+        # the absolute error) a probe that learnt nothing but the mean would score above 0 on skewed targets.
+        out = {"y": y_test, "pred": pred, "baseline": np.full(len(y_test), float(np.mean(y_train)))}
+    seconds = time.perf_counter() - start
+    iterations = None
+    if hasattr(probe, "n_epochs_"):
+        iterations = int(probe.n_epochs_)
+    elif hasattr(probe, "n_iter_"):
+        iterations = int(np.max(probe.n_iter_))
+    return out, seconds, iterations
+
+
 def _run_probe(
     name: str,
     Z: np.ndarray,
@@ -73,7 +120,6 @@ def _run_probe(
     label: str,
 ) -> tuple[list[dict[str, np.ndarray]], float, list[int]]:
     """Fit the probe on every training fold; return held-out outputs per fold and seconds."""
-    task = "classification" if attribute.kind == "categorical" else "regression"
     X_all = Z[attribute.rows]
     y_all = attribute.values
     outputs: list[dict[str, np.ndarray]] = []
@@ -84,30 +130,13 @@ def _run_probe(
         in_test[:] = False
         in_test[test] = True
         train = np.flatnonzero(~in_test)
-        probe = make_probe(
-            name,
-            task,
-            random_state=random_state + k,
-            device=device,
-            mlp_params=mlp_params,
-            gbdt_params=gbdt_params,
+        out, took, iterations = _fit_and_score(
+            name, X_all[train], y_all[train], X_all[test], y_all[test], attribute,
+            random_state=random_state + k, device=device, mlp_params=mlp_params, gbdt_params=gbdt_params,
         )
-        start = time.perf_counter()
-        probe.fit(X_all[train], y_all[train])
-        y_tr, y_te = y_all[train], y_all[test]
-        if task == "classification":
-            P = np.zeros((len(test), attribute.n_classes))
-            P[:, np.asarray(probe.classes_, dtype=np.int64)] = probe.predict_proba(X_all[test])
-            prior = np.bincount(y_tr, minlength=attribute.n_classes) / len(y_tr)
-            out = {"y": y_te, "P": P, "prior": prior}
-        else:
-            pred = np.asarray(probe.predict(X_all[test]), dtype=np.float64)
-            out = {"y": y_te, "pred": pred, "baseline": np.full(len(test), float(np.median(y_tr)))}
-        seconds += time.perf_counter() - start
-        if hasattr(probe, "n_epochs_"):
-            epochs.append(int(probe.n_epochs_))
-        elif hasattr(probe, "n_iter_"):
-            epochs.append(int(np.max(probe.n_iter_)))
+        seconds += took
+        if iterations is not None:
+            epochs.append(iterations)
         outputs.append(out)
         advance(f"{label}: {name} fold {k + 1}/{len(folds)}")
     return outputs, seconds, epochs
@@ -127,12 +156,17 @@ def _p_value(
     outputs: list[dict[str, np.ndarray]],
     n_permutations: int,
     rng: np.random.Generator,
+    attacker: str = CROSS_VALIDATED,
 ) -> float:
-    """Permutation p-value of "no leakage" for one probe (NaN for the prior baseline)."""
+    """Permutation p-value of "no leakage" for one probe (NaN for the prior baseline).
+
+    The data-rich attacker's probes never saw the audited labels, so permuting those
+    labels against their fixed predictions is an exact test.
+    """
     if probe == "prior" or n_permutations == 0:
         return float("nan")
     categorical = attribute.kind == "categorical"
-    if probe == "linear":
+    if probe == "linear" and attacker == CROSS_VALIDATED:
         _, p = refit_linear_test(
             Z[attribute.rows],
             attribute.values,
@@ -171,16 +205,21 @@ def _summarise(
     """Fold mean, fold std, bootstrap interval and permutation p-value of every metric.
 
     Every statistic is the mean over folds of a per-fold score. The interval is
-    the union of two: a percentile bootstrap of that mean (test rows resampled
-    within folds, probes held fixed: test-sample noise) and a corrected t-interval
-    from the fold-to-fold spread (which also carries training-set noise). The
-    p-value comes from :mod:`.permutation`.
+    the union of two: a BCa bootstrap of that mean (test rows resampled within
+    folds, probes held fixed: test-sample noise; the acceleration from a
+    delete-a-group jackknife of test rows) and a corrected t-interval from the
+    fold-to-fold spread (which also carries training-set noise). The union
+    always contains the estimate. The p-value comes from :mod:`.permutation`.
+    With a single "fold" (the data-rich attacker: probes fitted on a separate
+    training export) only the bootstrap interval is given.
     """
     names = CATEGORICAL_METRICS if kind == "categorical" else CONTINUOUS_METRICS
     per_fold = [_scores(kind, out, np.ones((1, len(out["y"])))) for out in outputs]
     point = {m: np.array([float(s[m][0]) for s in per_fold]) for m in names}
+    total = {m: float(np.sum(point[m])) for m in names}
 
     boot = {m: np.zeros(n_bootstrap) for m in names}
+    jack: dict[str, list[np.ndarray]] = {m: [] for m in names}
     for k, out in enumerate(outputs):
         m_rows = len(out["y"])
         rng = np.random.default_rng([*seed, k])
@@ -190,21 +229,28 @@ def _summarise(
             for m in names:
                 boot[m][done : done + size] += scores[m] / len(outputs)
             done += size
+        if n_bootstrap:
+            left_out = _scores(kind, out, jackknife_weights(m_rows, _JACKKNIFE_GROUPS, rng))
+            for m in names:
+                jack[m].append((total[m] - point[m][k] + left_out[m]) / len(outputs))
 
     leak_name = LEAKAGE_METRIC[kind]
     rows = []
     for m in [*names]:
-        mean = float(np.mean(point[m]))
-        std = float(np.std(point[m], ddof=1))
-        lo, hi = percentile_interval(boot[m], confidence) if n_bootstrap else (mean, mean)
-        t_lo, t_hi = _fold_interval(mean, std, len(outputs), confidence)
+        mean = float(snap_zero(np.mean(point[m])))
+        std = float(snap_zero(np.std(point[m], ddof=1))) if len(outputs) > 1 else float("nan")
+        if n_bootstrap:
+            lo, hi = bca_interval(snap_zero(boot[m]), mean, snap_zero(np.concatenate(jack[m])), confidence)
+        else:
+            lo, hi = mean, mean
+        t_lo, t_hi = _fold_interval(mean, std, len(outputs), confidence) if len(outputs) > 1 else (lo, hi)
         low, high = _RANGE[m]
         rows.append(
             {
                 "metric": m,
                 "mean": mean,
-                "ci_low": float(np.clip(np.fmin(lo, t_lo), low, high)),
-                "ci_high": float(np.clip(np.fmax(hi, t_hi), low, high)),
+                "ci_low": float(np.clip(np.fmin(np.fmin(lo, t_lo), mean), low, high)),
+                "ci_high": float(np.clip(np.fmax(np.fmax(hi, t_hi), mean), low, high)),
                 "std": std,
             }
         )
@@ -212,6 +258,84 @@ def _summarise(
     rows.insert(0, leak)
     rows.append({"metric": "p_value", "mean": p_value, "ci_low": np.nan, "ci_high": np.nan, "std": np.nan})
     return rows
+
+
+def _record(rows, timings, rep_name, attribute, probe, attacker, summary, seconds, scoring, epochs) -> None:
+    for r in summary:
+        rows.append(
+            {
+                "representation": rep_name,
+                "attribute": attribute.name,
+                "kind": attribute.kind,
+                "probe": probe,
+                "attacker": attacker,
+                **r,
+                "n": len(attribute.rows),
+            }
+        )
+    timings.append(
+        {
+            "representation": rep_name,
+            "attribute": attribute.name,
+            "probe": probe,
+            "attacker": attacker,
+            "fit_seconds": seconds,
+            "scoring_seconds": scoring,
+            "iterations_per_fold": epochs,
+        }
+    )
+
+
+def _training_export(
+    fit_representations,
+    fit_labels: pd.DataFrame | None,
+    reps: Mapping[str, np.ndarray],
+    attrs: Sequence[Attribute],
+    *,
+    id_column: str | None,
+    collected: list[str],
+) -> tuple[dict[str, np.ndarray], dict[str, Attribute]]:
+    """Validate the data-rich attacker's training rows; encode their labels like the audited attributes."""
+    if fit_representations is None and fit_labels is None:
+        return {}, {}
+    if fit_representations is None or fit_labels is None:
+        raise ValueError("the data-rich attacker needs both fit_representations and fit_labels")
+    if not isinstance(fit_labels, pd.DataFrame):
+        raise TypeError(f"fit_labels must be a pandas DataFrame, got {type(fit_labels).__name__}")
+    if not isinstance(fit_representations, Mapping):
+        if len(reps) != 1:
+            raise ValueError(
+                f"{len(reps)} representations are audited; give fit_representations as a mapping naming them"
+            )
+        fit_representations = {next(iter(reps)): fit_representations}
+    unknown = [name for name in fit_representations if str(name) not in reps]
+    if unknown:
+        raise ValueError(f"fit_representations names {unknown}, which are not audited (audited: {list(reps)})")
+    if any(isinstance(v, tuple) for v in fit_representations.values()):
+        if id_column is None:
+            raise ValueError("fit_representations given as (ids, array) pairs need id_column")
+        fit_representations, fit_labels, _ = align_by_id(fit_representations, fit_labels, id_column, collected)
+    try:
+        fit = check_representations(fit_representations)
+    except ValueError as error:
+        raise ValueError(f"training export: {error}") from None
+    n = len(next(iter(fit.values())))
+    if len(fit_labels) != n:
+        raise ValueError(f"fit_labels have {len(fit_labels)} rows but fit_representations have {n}")
+    for name, Z in fit.items():
+        if Z.shape[1] != reps[name].shape[1]:
+            raise ValueError(
+                f"representation {name!r}: the training export has {Z.shape[1]} dimensions, the audited one "
+                f"{reps[name].shape[1]}"
+            )
+    fit_labels = fit_labels.reset_index(drop=True)
+    encoded = {a.name: encode_like(a, fit_labels, collected) for a in attrs}
+    for name, attribute in encoded.items():
+        if len(attribute.rows) < 2:
+            raise ValueError(f"training export: attribute {name!r} has {len(attribute.rows)} labelled rows")
+        if attribute.kind == "categorical" and len(np.unique(attribute.values)) < 2:
+            raise ValueError(f"training export: attribute {name!r} has a single class")
+    return fit, encoded
 
 
 def audit_leakage(
@@ -222,6 +346,8 @@ def audit_leakage(
     kinds: Mapping[str, str] | None = None,
     bands: Mapping[str, Sequence[float]] | None = None,
     id_column: str | None = None,
+    fit_representations: np.ndarray | Mapping[str, Any] | None = None,
+    fit_labels: pd.DataFrame | None = None,
     probes: Sequence[str] = PROBES,
     n_folds: int = 5,
     n_bootstrap: int = 500,
@@ -238,9 +364,15 @@ def audit_leakage(
     """Measure how well each attribute can be predicted from each representation.
 
     For every representation, attribute and probe, the probe is trained on K-1
-    stratified folds and scored on the held-out fold, K times. Scores are averaged
-    over folds, with a percentile-bootstrap interval (test rows resampled within
-    folds) and, for the chance-adjusted score, a within-fold permutation p-value.
+    stratified folds and scored on the held-out fold, K times (the
+    *cross-validated* attacker). Scores are averaged over folds, with a bootstrap
+    interval (test rows resampled within folds) and a permutation p-value.
+
+    With ``fit_representations`` and ``fit_labels`` the *data-rich* attacker is
+    audited too: each probe is fitted on all the rows of a labelled training
+    export and scored on every audited row, as anyone holding the exported
+    training set with its labels could. The table tells the attackers apart
+    (column ``attacker``) and the worst case takes the stronger of the two.
 
     Parameters
     ----------
@@ -260,6 +392,14 @@ def audit_leakage(
         ``<name>_band``; default ``{"age": (20, 40, 60)}``; ``{}`` disables.
     id_column : str, optional
         Column of ``labels`` holding the ids of ``(ids, array)`` pairs.
+    fit_representations : array-like or mapping, optional
+        The same representations of *other* rows (the training split), for the
+        data-rich attacker: an array (when one representation is audited), or a
+        mapping whose names are among those of ``representations`` (arrays, or
+        ``(ids, array)`` pairs matched to ``fit_labels`` by ``id_column``).
+        Representations without one are audited by the cross-validated attacker only.
+    fit_labels : DataFrame, optional
+        The attributes of the ``fit_representations`` rows; required with them.
     probes : sequence of str, default=("prior", "linear", "mlp", "gbdt")
     n_folds : int, default=5
     n_bootstrap : int, default=500
@@ -305,9 +445,9 @@ def audit_leakage(
     if n_bootstrap < 0 or n_permutations < 0:
         raise ValueError("n_bootstrap and n_permutations must be >= 0")
     probes = list(probes)
-    unknown = [p for p in probes if p not in PROBES]
+    unknown = [p for p in probes if p not in KNOWN_PROBES]
     if unknown or not probes or len(set(probes)) != len(probes):
-        raise ValueError(f"probes must be distinct names from {PROBES}, got {probes}")
+        raise ValueError(f"probes must be distinct names from {KNOWN_PROBES}, got {probes}")
 
     paired = isinstance(representations, Mapping) and any(
         isinstance(v, tuple) for v in representations.values()
@@ -327,9 +467,13 @@ def audit_leakage(
     if id_column is not None and attributes is not None and id_column in attributes:
         raise ValueError(f"the id column {id_column!r} cannot be audited as an attribute")
     attrs = prepare_attributes(labels, attributes, kinds, bands, n_folds, collected)
+    fit_reps, fit_attrs = _training_export(
+        fit_representations, fit_labels, reps, attrs, id_column=id_column, collected=collected
+    )
 
     folds = {a.name: _folds(a, n_folds, random_state) for a in attrs}
-    tracker = Progress(progress, len(reps) * len(attrs) * len(probes) * n_folds, verbose=verbose)
+    n_fits = len(reps) * len(attrs) * len(probes) * n_folds + len(fit_reps) * len(attrs) * len(probes)
+    tracker = Progress(progress, n_fits, verbose=verbose)
     rows: list[dict[str, Any]] = []
     timings: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -369,27 +513,29 @@ def audit_leakage(
                         p_value=p_value,
                     )
                     scoring = time.perf_counter() - start
-                    for r in summary:
-                        rows.append(
-                            {
-                                "representation": rep_name,
-                                "attribute": attribute.name,
-                                "kind": attribute.kind,
-                                "probe": probe,
-                                **r,
-                                "n": len(attribute.rows),
-                            }
-                        )
-                    timings.append(
-                        {
-                            "representation": rep_name,
-                            "attribute": attribute.name,
-                            "probe": probe,
-                            "fit_seconds": seconds,
-                            "scoring_seconds": scoring,
-                            "iterations_per_fold": epochs,
-                        }
+                    _record(rows, timings, rep_name, attribute, probe, CROSS_VALIDATED, summary, seconds,
+                            scoring, epochs)
+                if rep_name not in fit_reps:
+                    continue
+                trained = fit_attrs[attribute.name]
+                X_fit, X_test = fit_reps[rep_name][trained.rows], Z[attribute.rows]
+                for probe in probes:
+                    out, seconds, iterations = _fit_and_score(
+                        probe, X_fit, trained.values, X_test, attribute.values, attribute,
+                        random_state=random_state, device=device, mlp_params=mlp_params, gbdt_params=gbdt_params,
                     )
+                    tracker.advance(f"{rep_name}/{attribute.name}: {probe} on the training export")
+                    start = time.perf_counter()
+                    p_value = _p_value(
+                        probe, Z, attribute, [], [out], n_permutations,
+                        np.random.default_rng([random_state, i_attr, 2]), attacker=DATA_RICH,
+                    )
+                    summary = _summarise(
+                        attribute.kind, [out], n_bootstrap=n_bootstrap, confidence=confidence,
+                        seed=(random_state, i_attr, 2), p_value=p_value,
+                    )
+                    _record(rows, timings, rep_name, attribute, probe, DATA_RICH, summary, seconds,
+                            time.perf_counter() - start, [] if iterations is None else [iterations])
     finally:
         limits.restore_original_limits()
         tracker.close()
@@ -406,11 +552,17 @@ def audit_leakage(
         "n_threads": n_threads,
         "mlp_device": str(resolve_device(device)) if "mlp" in probes else None,
         "leakage_metric": dict(LEAKAGE_METRIC),
+        "attackers": [CROSS_VALIDATED, *([DATA_RICH] if fit_reps else [])],
         "total_seconds": time.perf_counter() - started,
     }
+    described = {}
+    for name, Z in reps.items():
+        described[name] = {"n_samples": int(Z.shape[0]), "dim": int(Z.shape[1])}
+        if name in fit_reps:
+            described[name]["n_training_samples"] = int(fit_reps[name].shape[0])
     return AuditResult(
-        table=pd.DataFrame(rows),
-        representations={k: {"n_samples": int(v.shape[0]), "dim": int(v.shape[1])} for k, v in reps.items()},
+        table=pd.DataFrame(rows, columns=TABLE_COLUMNS),
+        representations=described,
         attributes={a.name: a.summary() for a in attrs},
         config=config,
         timings=timings,

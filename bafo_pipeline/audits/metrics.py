@@ -138,7 +138,7 @@ def regression_scores(
     Parameters
     ----------
     y, pred, baseline : ndarray of shape (m,)
-        Truth, the probe's held-out prediction, and the baseline's (the median of
+        Truth, the probe's held-out prediction, and the baseline's (the mean of
         the probe's training fold).
     W : ndarray of shape (B, m)
 
@@ -146,7 +146,7 @@ def regression_scores(
     -------
     dict of str to ndarray of shape (B,)
         ``mae`` and ``r2``, the coefficient of determination against the baseline:
-        ``1 - SSE(probe) / SSE(training median)`` (0 = no better than the median).
+        ``1 - SSE(probe) / SSE(training mean)`` (0 = no better than the mean).
     """
     total = W.sum(axis=1)
     mae = (W @ np.abs(y - pred)) / total

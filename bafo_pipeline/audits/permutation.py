@@ -92,10 +92,10 @@ def _lda_statistic(Xw: np.ndarray, Y: np.ndarray, folds: Sequence[np.ndarray], k
 
 
 def _ridge_statistic(X: np.ndarray, Y: np.ndarray, folds: Sequence[np.ndarray]) -> np.ndarray:
-    """Fold-mean R² (against the training median) of ridge regression refitted per labelling.
+    """Fold-mean R² (against the training mean) of ridge regression refitted per labelling.
 
     ``Y`` has shape (B, n), each row a within-fold permutation of the targets, so
-    each fold keeps its values and training means and medians do not change.
+    each fold keeps its values and training means do not change.
     """
     # X_jᵀ y_j per fold and labelling; a training set's cross-product is a sum of these.
     partial = [Y[:, test].astype(np.float32) @ X[test].astype(np.float32) for test in folds]
@@ -107,13 +107,13 @@ def _ridge_statistic(X: np.ndarray, Y: np.ndarray, folds: Sequence[np.ndarray]) 
         in_test[:] = False
         in_test[test] = True
         train = np.flatnonzero(~in_test)
-        x_mean, y_mean, median = X[train].mean(axis=0), y0[train].mean(), np.median(y0[train])
+        x_mean, y_mean = X[train].mean(axis=0), y0[train].mean()
         Xc = X[train] - x_mean
         cross = total - partial[j] - len(train) * y_mean * x_mean  # centred Xᵀy, (B, d)
         w = np.linalg.solve(Xc.T @ Xc + _RIDGE_ALPHA * np.eye(X.shape[1]), cross.T)  # (d, B)
         pred = ((X[test] - x_mean) @ w).T + y_mean  # (B, m)
         y_test = Y[:, test]
-        stat += 1.0 - ((y_test - pred) ** 2).sum(axis=1) / ((y0[test] - median) ** 2).sum()
+        stat += 1.0 - ((y_test - pred) ** 2).sum(axis=1) / ((y0[test] - y_mean) ** 2).sum()
     return stat / len(folds)
 
 

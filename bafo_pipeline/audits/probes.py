@@ -9,14 +9,19 @@ import numpy as np
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .mlp import TorchMLPProbe
 
-__all__ = ["PROBES", "PROBE_DESCRIPTIONS", "make_probe"]
+__all__ = ["KNOWN_PROBES", "PROBES", "PROBE_DESCRIPTIONS", "make_probe"]
 
+#: The default ladder for embeddings.
 PROBES = ("prior", "linear", "mlp", "gbdt")
+#: Every probe :func:`make_probe` builds (``knn`` is the side channels' neighbour attacker).
+KNOWN_PROBES = (*PROBES, "knn")
+KNN_NEIGHBOURS = 15
 
 PROBE_DESCRIPTIONS = {
     "prior": "training-fold class frequencies / training-fold median (the chance baseline)",
@@ -26,6 +31,8 @@ PROBE_DESCRIPTIONS = {
         "histogram gradient boosting, learning rate 0.2, <=100 iterations, "
         "early stopping on an inner 10% split"
     ),
+    "knn": f"{KNN_NEIGHBOURS} nearest neighbours on standardised values (reads a row's label off its neighbours)",
+    "adjacency": "neighbouring rows in the channel's order share the label (side channels; no fitting)",
 }
 
 
@@ -42,7 +49,7 @@ def make_probe(
 
     Parameters
     ----------
-    name : {"prior", "linear", "mlp", "gbdt"}
+    name : {"prior", "linear", "mlp", "gbdt", "knn"}
     task : {"classification", "regression"}
     random_state : int
     device : str
@@ -77,4 +84,7 @@ def make_probe(
         }
         cls = HistGradientBoostingClassifier if classify else HistGradientBoostingRegressor
         return cls(**params)
-    raise ValueError(f"unknown probe {name!r}; choose from {PROBES}")
+    if name == "knn":
+        neighbours = KNeighborsClassifier if classify else KNeighborsRegressor
+        return make_pipeline(StandardScaler(), neighbours(n_neighbors=KNN_NEIGHBOURS))
+    raise ValueError(f"unknown probe {name!r}; choose from {KNOWN_PROBES}")

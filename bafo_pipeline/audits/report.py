@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from .._utils.jsonable import to_jsonable
 from .fairness import GROUP_METRICS, FairnessResult
 from .probes import PROBE_DESCRIPTIONS
+from .resampling import ZERO_TOLERANCE
 from .result import SCHEMA_VERSION, AuditResult
 
 __all__ = ["REPORT_FILES", "report_dict", "write_report", "plot_leakage", "plot_fairness"]
@@ -36,13 +37,18 @@ _METRIC_ORDER = (
 )
 
 
-def report_dict(result: AuditResult, fairness: Sequence[FairnessResult] = ()) -> dict[str, Any]:
+def report_dict(
+    result: AuditResult, fairness: Sequence[FairnessResult] = (), files: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Everything of the report as one JSON-ready dict."""
+    sides = result.side_channels()
     return to_jsonable(
         {
             "schema_version": SCHEMA_VERSION,
             "kind": "bafo-audit-report",
             "leakage": result.to_dict(),
+            "side_channels": sides.drop(columns=["verdict"], errors="ignore").to_dict("records"),
+            "files": files or {},
             "fairness": [f.to_dict() for f in fairness],
         }
     )
@@ -56,8 +62,10 @@ def _png(fig: Figure) -> bytes:
 
 
 def plot_leakage(result: AuditResult) -> Figure:
-    """One panel per attribute: leakage of every probe and representation with intervals."""
+    """One panel per attribute: leakage of every probe (and attacker) and representation with intervals."""
     leak = result.metric("leakage")
+    leak = leak[~leak["representation"].isin(_side_channel_names(result))].copy()
+    leak["probe"] = [_probe_label(p, a) for p, a in zip(leak["probe"], leak["attacker"])]
     attributes = list(dict.fromkeys(leak["attribute"]))
     reps = list(dict.fromkeys(leak["representation"]))
     probes = list(dict.fromkeys(leak["probe"]))
@@ -87,7 +95,7 @@ def plot_leakage(result: AuditResult) -> Figure:
         ax.axhline(0.0, color="black", linewidth=1, linestyle="--")
         ax.set_xticks(np.arange(len(reps)), reps, rotation=15 if len(reps) > 2 else 0)
         kind = sub["kind"].iloc[0]
-        ax.set_title(f"{attr} ({'R² vs median' if kind == 'continuous' else 'adjusted balanced accuracy'})")
+        ax.set_title(f"{attr} ({'R² vs training mean' if kind == 'continuous' else 'adjusted balanced accuracy'})")
         ax.set_ylim(min(-0.1, float(np.nanmin(sub["ci_low"].fillna(sub["mean"]))) - 0.05), 1.0)
         ax.set_ylabel("leakage (0 = chance)")
         if i == 0:
@@ -132,11 +140,21 @@ def plot_fairness(fairness: Sequence[FairnessResult]) -> Figure | None:
 
 # -------------------------------------------------------------------- HTML
 def _fmt(value: Any, digits: int = 3) -> str:
+    """A score: fixed decimals, small values in scientific notation, rounding noise of zero as 0."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "–"
     if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+        if abs(value) < ZERO_TOLERANCE:
+            return "0"
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
     return str(value)
+
+
+def _fmt_p(value: Any) -> str:
+    """A p-value: however small it is, it is never shown as zero."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    return f"{value:.3g}"
 
 
 def _interval(mean: float, lo: float, hi: float) -> str:
@@ -151,19 +169,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _side_channel_names(result: AuditResult) -> set[str]:
+    return {n for n, info in result.representations.items() if info.get("role") == "side channel"}
+
+
+def _probe_label(probe: str, attacker: str) -> str:
+    """A probe's name, marked when it is the data-rich attacker's."""
+    return probe if attacker == "cross-validated" else f"{probe} ({attacker})"
+
+
 def _detail_tables(result: AuditResult) -> str:
     parts = []
     t = result.table
     for (rep, attr), group in t.groupby(["representation", "attribute"], sort=False):
         metrics = [m for m in _METRIC_ORDER if m in set(group["metric"])]
         rows = []
-        for probe, sub in group.groupby("probe", sort=False):
+        for (probe, attacker), sub in group.groupby(["probe", "attacker"], sort=False):
             by = sub.set_index("metric")
-            cells = [probe]
+            cells = [_probe_label(probe, attacker)]
             for m in metrics:
+                if m not in by.index:  # e.g. the adjacency test has a leakage and a p-value only
+                    cells.append("–")
+                    continue
                 r = by.loc[m]
                 cells.append(
-                    _fmt(r["mean"]) if m == "p_value" else _interval(r["mean"], r["ci_low"], r["ci_high"])
+                    _fmt_p(r["mean"]) if m == "p_value" else _interval(r["mean"], r["ci_low"], r["ci_high"])
                 )
             rows.append(cells)
         parts.append(f"<h3>{html.escape(rep)} — {html.escape(attr)}</h3>" + _table(["probe", *metrics], rows))
@@ -217,25 +247,87 @@ th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f
 """
 
 
-def _html(result: AuditResult, fairness: Sequence[FairnessResult], images: dict[str, bytes]) -> str:
+def _side_channels_html(result: AuditResult, files: dict[str, Any]) -> str:
+    sides = result.side_channels()
+    if sides.empty and not files:
+        return ""
+    parts = [
+        "<h2>Side channels and metadata</h2><p>Everything in a file besides its embedding can give the labels "
+        "away: ids numbered in the order of label-bearing file names, rows written in that order, extra columns. "
+        "Each is probed like an embedding (linear and nearest-neighbour probes, and the adjacency test: do rows "
+        "next to each other in its order share the label?). A channel <b>leaks</b> when its worst case is "
+        "significant after Bonferroni over all side-channel tests; the audit then fails.</p>"
+    ]
+    if not sides.empty:
+        rows = [
+            [r.of, r.channel, r.attribute, r.probe, _interval(r.leakage, r.ci_low, r.ci_high), _fmt_p(r.family_p_value),
+             "LEAKS" if r.leaks else "no", r.verdict]
+            for r in sides.itertuples()
+        ]
+        parts.append(
+            _table(["file", "channel", "attribute", "best probe", "leakage [CI]", "p (all channels)", "leaks",
+                    "verdict"], rows)
+        )
+    for name, facts in files.items():
+        parts.append(f"<h3>{html.escape(str(name))}</h3>")
+        described = [
+            f"embedding: {facts.get('embedding')}",
+            f"labels taken from the file: {facts.get('label_columns_in_file') or 'none'}",
+        ]
+        if facts.get("data_fingerprint"):
+            described.append(f"data fingerprint: {facts['data_fingerprint']}")
+        parts.append("<ul>" + "".join(f"<li>{html.escape(str(d))}</li>" for d in described) + "</ul>")
+        skipped = facts.get("skipped_columns") or []
+        if skipped:
+            parts.append(_table(["column not audited", "why"], [list(s) for s in skipped]))
+        entries = facts.get("metadata") or []
+        if entries:
+            parts.append(
+                _table(["footer entry", "what it reveals", "concern"],
+                       [[e["key"], e["reveals"], e.get("concern") or ""] for e in entries])
+            )
+    return "\n".join(parts)
+
+
+def _html(
+    result: AuditResult, fairness: Sequence[FairnessResult], images: dict[str, bytes], files: dict[str, Any]
+) -> str:
     cfg = result.config
     k = cfg.get("n_folds", 5)
     level = round(100 * cfg.get("confidence", 0.95))
     worst = result.worst_case()
+    worst = worst[~worst["representation"].isin(_side_channel_names(result))]
+    data_rich = "data-rich" in result.attackers
     verdict_rows = [
         [
             r.representation,
             r.attribute,
-            r.probe,
+            _probe_label(r.probe, r.attacker),
             _interval(r.leakage, r.ci_low, r.ci_high),
-            _fmt(r.p_value),
+            *([_fmt(r.cross_validated), _fmt(r.data_rich)] if data_rich else []),
+            _fmt_p(r.p_value),
             r.verdict,
         ]
         for r in worst.itertuples()
     ]
+    verdict_header = [
+        "representation", "attribute", "best probe", "leakage [CI]",
+        *(["cross-validated", "data-rich"] if data_rich else []), "p", "verdict",
+    ]
+    attackers_text = (
+        " A second, <b>data-rich</b> attacker fits each probe on a labelled training export and scores it on "
+        "every audited row (bootstrap interval over those rows; exact permutation p-value of its fixed "
+        "predictions); the verdict takes the stronger of the two attackers."
+        if data_rich
+        else ""
+    )
     reps = _table(
-        ["representation", "samples", "dimensions"],
-        [[name, v["n_samples"], v["dim"]] for name, v in result.representations.items()],
+        ["representation", "samples", "dimensions", "training-export samples"],
+        [
+            [name, v["n_samples"], v["dim"], v.get("n_training_samples", "–")]
+            for name, v in result.representations.items()
+            if v.get("role") != "side channel"
+        ],
     )
     attrs = []
     for name, a in result.attributes.items():
@@ -265,13 +357,14 @@ def _html(result: AuditResult, fairness: Sequence[FairnessResult], images: dict[
 <p>How well can each sensitive attribute be predicted from each representation? Each probe is
 trained on {k - 1} of {k} stratified folds and scored on the fold it did not see. <b>Leakage</b>
 is the chance-adjusted score (adjusted balanced accuracy for categories, R² against the training
-median for continuous attributes): 0 = chance, 1 = perfect. The headline is the worst case over
-probes. Intervals ({level}%): the wider of a percentile bootstrap of test rows
+mean for continuous attributes): 0 = chance, 1 = perfect. The headline is the worst case over
+probes. Intervals ({level}%): the union of a BCa bootstrap of test rows
 ({cfg.get("n_bootstrap")} replicates) and a corrected t-interval over folds. p-values
 ({cfg.get("n_permutations")} permutations): linear probe refitted under permuted labels; other
-probes per fold, Bonferroni over folds; the summary adds Bonferroni over probes.</p>
+probes per fold, Bonferroni over folds; the summary adds Bonferroni over probes.{attackers_text}</p>
 <h2>Verdicts</h2>
-{_table(["representation", "attribute", "best probe", "leakage [CI]", "p", "verdict"], verdict_rows)}
+{_table(verdict_header, verdict_rows)}
+{_side_channels_html(result, files)}
 <h2>Leakage by probe</h2>
 {img("leakage.png")}
 {_detail_tables(result)}
@@ -297,6 +390,7 @@ def write_report(
     fairness: Sequence[FairnessResult] = (),
     *,
     overwrite: bool = True,
+    files: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.html``, ``leakage.png`` (and ``fairness.png``).
 
@@ -311,6 +405,8 @@ def write_report(
     fairness : sequence of FairnessResult, optional
     overwrite : bool, default=True
         Replace existing report files.
+    files : dict, optional
+        Facts about the audited files (footer metadata, columns), shown with the side channels.
 
     Returns
     -------
@@ -332,9 +428,9 @@ def write_report(
     if fig is not None:
         images["fairness.png"] = _png(fig)
     contents: dict[str, bytes] = {
-        "report.json": (json.dumps(report_dict(result, fairness), indent=2, allow_nan=False) + "\n").encode(),
+        "report.json": (json.dumps(report_dict(result, fairness, files), indent=2, allow_nan=False) + "\n").encode(),
         **images,
-        "report.html": _html(result, fairness, images).encode("utf-8"),
+        "report.html": _html(result, fairness, images, files or {}).encode("utf-8"),
     }
     paths = {}
     for name, data in contents.items():

@@ -15,12 +15,17 @@ from .._utils.jsonable import to_jsonable
 
 __all__ = ["SCHEMA_VERSION", "TABLE_COLUMNS", "AuditResult"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema versions :meth:`AuditResult.from_dict` reads (1: before the data-rich attacker).
+READABLE_VERSIONS = (1, 2)
+CROSS_VALIDATED = "cross-validated"
+SIDE_CHANNEL = "side channel"
 TABLE_COLUMNS = [
     "representation",
     "attribute",
     "kind",
     "probe",
+    "attacker",
     "metric",
     "mean",
     "ci_low",
@@ -37,12 +42,15 @@ class AuditResult:
     Attributes
     ----------
     table : DataFrame
-        Long format, columns ``representation, attribute, kind, probe, metric,
-        mean, ci_low, ci_high, std, n``: ``mean`` is the mean over test folds,
+        Long format, columns ``representation, attribute, kind, probe, attacker,
+        metric, mean, ci_low, ci_high, std, n``: ``attacker`` is
+        ``"cross-validated"`` (probes cross-validated on the audited rows) or
+        ``"data-rich"`` (probes fitted on a labelled training export, scored on
+        every audited row); ``mean`` is the mean over test folds,
         ``ci_low``/``ci_high`` the bootstrap interval of that mean, ``std`` the
         standard deviation across folds, ``n`` the samples audited. The metric
         ``leakage`` is the chance-adjusted score (adjusted balanced accuracy,
-        or R² against the training median for continuous attributes); the metric
+        or R² against the training mean for continuous attributes); the metric
         ``p_value`` holds the permutation p-value in ``mean``.
     representations : dict
         ``name -> {"n_samples", "dim"}``.
@@ -70,7 +78,14 @@ class AuditResult:
         """Rows of one metric, e.g. ``result.metric("leakage")``."""
         return self.table[self.table["metric"] == name].reset_index(drop=True)
 
-    def value(self, representation: str, attribute: str, probe: str, metric: str = "leakage") -> pd.Series:
+    def value(
+        self,
+        representation: str,
+        attribute: str,
+        probe: str,
+        metric: str = "leakage",
+        attacker: str = CROSS_VALIDATED,
+    ) -> pd.Series:
         """The table row of one score (``mean``, ``ci_low``, ``ci_high``, ``std``...)."""
         t = self.table
         hit = t[
@@ -78,13 +93,21 @@ class AuditResult:
             & (t["attribute"] == attribute)
             & (t["probe"] == probe)
             & (t["metric"] == metric)
+            & (t["attacker"] == attacker)
         ]
         if hit.empty:
-            raise KeyError(f"no score for {(representation, attribute, probe, metric)}")
+            raise KeyError(f"no score for {(representation, attribute, probe, metric, attacker)}")
         return hit.iloc[0]
 
-    def worst_case(self, *, alpha: float = 0.05, with_verdict: bool = True) -> pd.DataFrame:
-        """The headline: per representation and attribute, the best attacker's leakage.
+    @property
+    def attackers(self) -> list[str]:
+        """The attackers audited: ``["cross-validated"]``, plus ``"data-rich"`` when a training export was given."""
+        return list(dict.fromkeys(self.table["attacker"])) if len(self.table) else [CROSS_VALIDATED]
+
+    def worst_case(
+        self, *, alpha: float = 0.05, with_verdict: bool = True, attacker: str | None = None
+    ) -> pd.DataFrame:
+        """The headline: per representation and attribute, the strongest attack's leakage.
 
         Parameters
         ----------
@@ -92,43 +115,53 @@ class AuditResult:
             Significance level used in the verdict.
         with_verdict : bool, default=True
             Add a plain-language ``verdict`` column.
+        attacker : {"cross-validated", "data-rich"}, optional
+            Only this attacker's probes; by default the stronger of both.
 
         Returns
         -------
         DataFrame
-            ``representation, attribute, kind, probe`` (the attack probe, i.e. not
-            the prior baseline, with the highest mean leakage), ``leakage, ci_low,
-            ci_high`` (its score; can be slightly negative when every probe is at
-            chance), ``p_value`` (smallest
-            permutation p-value over the non-baseline probes, Bonferroni-corrected
-            for their number), ``linear`` and ``nonlinear`` (best linear and best
-            non-linear leakage) and, optionally, ``verdict``.
+            ``representation, attribute, kind, probe, attacker`` (the attack probe,
+            i.e. not the prior baseline, with the highest mean leakage, and whose it
+            is), ``leakage, ci_low, ci_high`` (its score; can be slightly negative
+            when every probe is at chance), ``p_value`` (smallest permutation
+            p-value over the attacks, Bonferroni-corrected for their number),
+            ``linear`` and ``nonlinear`` (best linear and best non-linear leakage),
+            ``cross_validated`` and ``data_rich`` (each attacker's best leakage; NaN
+            for an attacker not audited) and, optionally, ``verdict``.
         """
         leak = self.metric("leakage")
-        pvals = self.metric("p_value").set_index(["representation", "attribute", "probe"])["mean"]
+        pvals = self.metric("p_value")
+        if attacker is not None:
+            leak, pvals = leak[leak["attacker"] == attacker], pvals[pvals["attacker"] == attacker]
+        pvals = pvals.set_index(["representation", "attribute", "probe", "attacker"])["mean"]
         out = []
         for (rep, attr), group in leak.groupby(["representation", "attribute"], sort=False):
             attacks = group[group["probe"] != "prior"]
             if attacks.empty:  # only the baseline was run
                 attacks = group
             best = attacks.loc[attacks["mean"].idxmax()]
-            tested = [pvals.get((rep, attr, p), np.nan) for p in attacks["probe"]]
+            tested = [pvals.get((rep, attr, p, a), np.nan) for p, a in zip(attacks["probe"], attacks["attacker"])]
             tested = [p for p in tested if not np.isnan(p)]
             p = min(1.0, min(tested) * len(tested)) if tested else np.nan
-            by_probe = group.set_index("probe")["mean"]
-            nonlinear = [by_probe[p] for p in ("mlp", "gbdt") if p in by_probe]
+            by_attacker = attacks.groupby("attacker")["mean"].max()
+            linear = group.loc[group["probe"] == "linear", "mean"]
+            nonlinear = group.loc[group["probe"].isin(["mlp", "gbdt", "knn"]), "mean"]
             out.append(
                 {
                     "representation": rep,
                     "attribute": attr,
                     "kind": best["kind"],
                     "probe": best["probe"],
+                    "attacker": best["attacker"],
                     "leakage": best["mean"],
                     "ci_low": best["ci_low"],
                     "ci_high": best["ci_high"],
                     "p_value": p,
-                    "linear": by_probe.get("linear", np.nan),
-                    "nonlinear": max(nonlinear) if nonlinear else np.nan,
+                    "linear": linear.max() if len(linear) else np.nan,
+                    "nonlinear": nonlinear.max() if len(nonlinear) else np.nan,
+                    "cross_validated": by_attacker.get(CROSS_VALIDATED, np.nan),
+                    "data_rich": by_attacker.get("data-rich", np.nan),
                 }
             )
         frame = pd.DataFrame(out)
@@ -139,27 +172,111 @@ class AuditResult:
         return frame
 
     def max_leakage(self, representation: str | None = None) -> float:
-        """Largest worst-case leakage over attributes (and representations unless one is named)."""
+        """Largest worst-case leakage over attributes (and representations unless one is named; a named
+        one's side channels count with it)."""
         worst = self.worst_case(with_verdict=False)
         if representation is not None:
             if representation not in self.representations:
                 raise KeyError(
                     f"unknown representation {representation!r}; have {list(self.representations)}"
                 )
-            worst = worst[worst["representation"] == representation]
+            names = {representation} | {
+                n for n, info in self.representations.items() if info.get("of") == representation
+            }
+            worst = worst[worst["representation"].isin(names)]
         return float(worst["leakage"].max())
 
     def exceeds(self, threshold: float, representation: str | None = None) -> bool:
-        """The gate: True when some attribute's worst-case leakage is above ``threshold``.
+        """The leakage gate: True when some attribute's worst-case leakage is above ``threshold``.
 
         Parameters
         ----------
         threshold : float
             Maximum tolerated chance-adjusted leakage (0 = chance, 1 = perfect).
         representation : str, optional
-            Gate only this representation (default: every one audited).
+            Gate only this representation and its side channels (default: every one audited).
         """
         return self.max_leakage(representation) > threshold
+
+    def failed(
+        self, threshold: float | None = None, representation: str | None = None, *, alpha: float = 0.05
+    ) -> bool:
+        """The verdict: True when a side channel leaks, or (with ``threshold``) the leakage gate fails.
+
+        Side channels should carry nothing at all, so any significant leakage through
+        them fails, whatever the threshold; see :meth:`side_channels`.
+        """
+        if self.side_channels_leak(alpha=alpha, threshold=threshold, representation=representation):
+            return True
+        return threshold is not None and self.exceeds(threshold, representation)
+
+    # ------------------------------------------------------------ side channels
+    def side_channels(self, *, alpha: float = 0.05, threshold: float | None = None) -> pd.DataFrame:
+        """The worst case of every side channel (a file's ids, row order, other columns) and whether it leaks.
+
+        A side channel leaks when its worst-case p-value, Bonferroni-corrected over
+        every side-channel test of the audit (channels x attributes), is below
+        ``alpha``, or when its worst-case leakage exceeds ``threshold``.
+
+        Returns
+        -------
+        DataFrame
+            :meth:`worst_case` rows of the side channels, with ``of`` and
+            ``channel`` (the file and the channel), ``family_p_value`` and ``leaks``.
+            Empty when no side channel was audited.
+        """
+        names = [n for n, info in self.representations.items() if info.get("role") == SIDE_CHANNEL]
+        worst = self.worst_case(alpha=alpha)
+        worst = worst[worst["representation"].isin(names)].reset_index(drop=True) if len(worst) else worst
+        if worst.empty:
+            return worst.assign(of=[], channel=[], family_p_value=[], leaks=[])
+        worst["of"] = [self.representations[n].get("of") for n in worst["representation"]]
+        worst["channel"] = [self.representations[n].get("channel") for n in worst["representation"]]
+        worst["family_p_value"] = np.minimum(1.0, worst["p_value"].to_numpy(dtype=float) * len(worst))
+        leaks = worst["family_p_value"].fillna(1.0).to_numpy() < alpha
+        if threshold is not None:
+            leaks |= worst["leakage"].to_numpy(dtype=float) > threshold
+        worst["leaks"] = leaks
+        return worst
+
+    def side_channels_leak(self, *, alpha: float = 0.05, threshold: float | None = None,
+                           representation: str | None = None) -> bool:
+        """True when some side channel (of ``representation``, if named) leaks; see :meth:`side_channels`."""
+        frame = self.side_channels(alpha=alpha, threshold=threshold)
+        if representation is not None and len(frame):
+            frame = frame[frame["of"] == representation]
+        return bool(len(frame) and frame["leaks"].any())
+
+    def with_rows(self, rows: list[dict[str, Any]]) -> AuditResult:
+        """A copy with more table rows (e.g. a test that is not a fitted probe)."""
+        table = pd.concat([self.table, pd.DataFrame(rows, columns=TABLE_COLUMNS)], ignore_index=True) if rows else (
+            self.table.copy()
+        )
+        return AuditResult(table, dict(self.representations), dict(self.attributes), dict(self.config),
+                           list(self.timings), list(self.warnings), self.schema_version)
+
+    def merged(self, other: AuditResult) -> AuditResult:
+        """This result and ``other`` (other representations of the same attributes) as one.
+
+        The config is this one's; ``other``'s side-channel settings are added to it.
+        """
+        config = dict(self.config)
+        for key in ("side_channel_probes", "side_channel_bootstrap"):
+            if key in other.config:
+                config[key] = other.config[key]
+        skipped = {**self.config.get("skipped_columns", {}), **other.config.get("skipped_columns", {})}
+        if skipped:
+            config["skipped_columns"] = skipped
+        warnings = list(self.warnings) + [w for w in other.warnings if w not in self.warnings]
+        return AuditResult(
+            pd.concat([self.table, other.table], ignore_index=True),
+            {**self.representations, **other.representations},
+            {**self.attributes, **{k: v for k, v in other.attributes.items() if k not in self.attributes}},
+            config,
+            list(self.timings) + list(other.timings),
+            warnings,
+            self.schema_version,
+        )
 
     # ---------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -192,11 +309,13 @@ class AuditResult:
     def from_dict(cls, data: dict[str, Any]) -> AuditResult:
         """Rebuild from :meth:`to_dict` output."""
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
-                f"unsupported audit schema_version {version!r} (this code reads {SCHEMA_VERSION})"
+                f"unsupported audit schema_version {version!r} (this code reads {list(READABLE_VERSIONS)})"
             )
         table = pd.DataFrame(data["results"], columns=TABLE_COLUMNS)
+        if version == 1:  # written before the data-rich attacker: every probe was cross-validated
+            table["attacker"] = CROSS_VALIDATED
         for col in ("mean", "ci_low", "ci_high", "std"):
             table[col] = pd.to_numeric(table[col]).astype(float)
         return cls(
@@ -206,7 +325,7 @@ class AuditResult:
             config=data.get("config", {}),
             timings=data.get("timings", []),
             warnings=data.get("warnings", []),
-            schema_version=version,
+            schema_version=SCHEMA_VERSION,
         )
 
     @classmethod

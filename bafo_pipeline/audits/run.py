@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._utils.progress import ContinuedProgress
 from .fairness import FairnessResult, fairness_report
-from .inputs import align_by_id, check_representations
+from .inputs import DEFAULT_ATTRIBUTES, align_by_id, check_representations
 from .leakage import audit_leakage
-from .readers import read_embedding_parquet, read_labels
+from .readers import read_labels
 from .report import report_dict, write_report
 from .result import AuditResult
+from .side_channels import SideChannels, audit_side_channels
 
 __all__ = ["AuditReport", "run_audit", "run_audit_files"]
 
@@ -28,14 +30,21 @@ class AuditReport:
     Attributes
     ----------
     leakage : AuditResult
+        The embeddings' leakage, and their files' side channels (representations
+        with ``role: "side channel"``).
     fairness : list of FairnessResult
     paths : dict of str to Path
         Empty when no output folder was given.
+    files : dict of str to dict
+        Per audited file (by representation name): what its footer metadata
+        reveals, the columns taken as the embedding and as labels, the columns not
+        audited, and its data fingerprint when one was taken.
     """
 
     leakage: AuditResult
     fairness: list[FairnessResult] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def worst_case(self) -> pd.DataFrame:
         """See :meth:`AuditResult.worst_case`."""
@@ -45,9 +54,13 @@ class AuditReport:
         """The ``--max-leakage`` gate; see :meth:`AuditResult.exceeds`."""
         return self.leakage.exceeds(threshold, representation)
 
+    def failed(self, threshold: float | None = None, representation: str | None = None) -> bool:
+        """The verdict: a side channel leaks, or the gate fails; see :meth:`AuditResult.failed`."""
+        return self.leakage.failed(threshold, representation)
+
     def to_dict(self) -> dict[str, Any]:
         """The content of ``report.json``."""
-        return report_dict(self.leakage, self.fairness)
+        return report_dict(self.leakage, self.fairness, self.files)
 
 
 def run_audit(
@@ -62,6 +75,11 @@ def run_audit(
     intersections: Sequence[Sequence[str]] | None = None,
     min_group_size: int = 30,
     overwrite: bool = True,
+    fit_representations: np.ndarray | Mapping[str, Any] | None = None,
+    fit_labels: pd.DataFrame | None = None,
+    side_channels: Sequence[SideChannels] = (),
+    side_channel_labels: pd.DataFrame | None = None,
+    files: Mapping[str, dict[str, Any]] | None = None,
     **audit_options: Any,
 ) -> AuditReport:
     """Audit one or more representations and write the report.
@@ -87,6 +105,19 @@ def run_audit(
         Passed to :func:`fairness_report`.
     overwrite : bool, default=True
         Replace existing report files in ``out_dir``.
+    fit_representations, fit_labels : optional
+        A labelled training export for the data-rich attacker (see
+        :func:`audit_leakage`); ``(ids, array)`` pairs are matched to ``fit_labels``
+        by ``id_column``.
+    side_channels : sequence of SideChannels
+        The files' ids, row order and other columns
+        (:func:`~.side_channels.side_channels_of_table`), probed too and matched to
+        ``labels`` (or ``side_channel_labels``) by ``id_column``.
+    side_channel_labels : DataFrame, optional
+        The labels of the side channels' rows, with ``id_column``, when they are not
+        ``labels`` (e.g. a shared file of every image, audited beside a held-out split).
+    files : mapping, optional
+        Facts about the audited files, kept in the report (``report.files``).
     **audit_options
         Passed to :func:`audit_leakage` (``kinds``, ``bands``, ``probes``, ``n_folds``,
         ``n_bootstrap``, ``n_permutations``, ``confidence``, ``random_state``,
@@ -98,6 +129,9 @@ def run_audit(
         Use ``report.exceeds(x)`` for the ``--max-leakage`` gate.
     """
     collected: list[str] = []
+    labels_by_id = labels
+    if side_channels and audit_options.get("progress") is not None:
+        audit_options = {**audit_options, "progress": ContinuedProgress(audit_options["progress"])}
     if isinstance(representations, Mapping) and any(isinstance(v, tuple) for v in representations.values()):
         if id_column is None:
             raise ValueError("representations given as (ids, array) pairs need id_column")
@@ -108,8 +142,27 @@ def run_audit(
             raise ValueError(f"labels have no target column {target!r}; columns are {list(labels.columns)}")
         if attributes is not None and target in attributes:
             raise ValueError(f"the target {target!r} cannot also be an audited attribute")
-    leakage = audit_leakage(reps, labels, attributes=attributes, **audit_options)
+    if fit_representations is not None:
+        audit_options = {**audit_options, "id_column": id_column}
+    leakage = audit_leakage(
+        reps, labels, attributes=attributes, fit_representations=fit_representations, fit_labels=fit_labels,
+        **audit_options,
+    )
     leakage.warnings[:0] = collected
+    if side_channels:
+        if id_column is None:
+            raise ValueError("side channels are matched to the labels by id: pass id_column")
+        keys = ("kinds", "bands", "n_folds", "n_bootstrap", "n_permutations", "confidence", "random_state",
+                "n_threads", "progress")
+        if isinstance(audit_options.get("progress"), ContinuedProgress):
+            audit_options["progress"].next_part()
+        side = audit_side_channels(
+            side_channels, labels_by_id if side_channel_labels is None else side_channel_labels,
+            id_column=id_column, attributes=attributes,
+            **{k: audit_options[k] for k in keys if k in audit_options},
+        )
+        if side is not None:
+            leakage = leakage.merged(side)
 
     fairness: list[FairnessResult] = []
     if target is not None:
@@ -136,8 +189,9 @@ def run_audit(
                     n_threads=leakage.config["n_threads"],
                 )
             )
-    paths = write_report(leakage, out_dir, fairness, overwrite=overwrite) if out_dir is not None else {}
-    return AuditReport(leakage, fairness, paths)
+    facts = {name: dict(info) for name, info in (files or {}).items()}
+    paths = write_report(leakage, out_dir, fairness, overwrite=overwrite, files=facts) if out_dir is not None else {}
+    return AuditReport(leakage, fairness, paths, facts)
 
 
 def _names(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -157,22 +211,44 @@ def run_audit_files(
     out_dir: str | os.PathLike | None = None,
     *,
     id_column: str = "id",
-    latent_column: str = "latent",
+    latent_column: str | None = None,
+    fit_latents: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike] | None = None,
+    side_channels: bool = True,
+    attach: bool = False,
+    max_leakage: float | None = None,
     **options: Any,
 ) -> AuditReport:
     """:func:`run_audit` on Parquet embedding files (what ``bafo audit`` calls).
 
+    Besides each file's embedding, the audit probes its side channels (ids, row
+    order, every column that is neither embedding nor label) and lists what its
+    footer metadata reveals.
+
     Parameters
     ----------
     latents : sequence of paths, or mapping of name to path
-        Parquet files with an id column and a ``latent`` list column (or one numeric
-        column per dimension). Sequence entries are named by file stem.
+        Parquet files with an id column and the embedding: a list column
+        (``latent``, the one named by ``latent_column``, or the only list column),
+        or one numeric column per dimension (see :mod:`.sources`; label columns
+        are never taken as dimensions). Sequence entries are named by file stem.
     labels : path, DataFrame or None
-        CSV or Parquet labels with ``id_column``; ``None`` uses the non-embedding
-        columns of the first latents file.
+        CSV or Parquet labels with ``id_column``; ``None`` uses the label columns
+        stored in the latents files themselves.
     out_dir : str or path-like, optional
     id_column : str, default="id"
-    latent_column : str, default="latent"
+    latent_column : str, optional
+        The embedding's list column in files of other tools (e.g. ``"embedding"``).
+    fit_latents : sequence of paths, or mapping of name to path, optional
+        Labelled training exports for the data-rich attacker, one per latents file
+        (by position, or by name); their labels come from ``labels`` (joined by id)
+        or, without it, from the training files themselves.
+    side_channels : bool, default=True
+        Probe the files' ids, row order and other columns.
+    attach : bool, default=False
+        Write an audit receipt into each latents file's footer (atomically; the rows
+        are untouched), for ``bafo verify``.
+    max_leakage : float, optional
+        The gate recorded in the receipts.
     **options
         Passed to :func:`run_audit`.
 
@@ -180,21 +256,111 @@ def run_audit_files(
     -------
     AuditReport
     """
-    if not isinstance(latents, Mapping):
-        latents = list(latents)
-        latents = dict(zip(_names(latents), latents))
-    if not latents:
-        raise ValueError("no latents file given")
-    pairs = {
-        name: read_embedding_parquet(path, id_column=id_column, latent_column=latent_column)
+    from ..io.footer import data_fingerprint
+    from .file_metadata import describe_footer
+    from .receipt import attach_receipt, make_receipt
+    from .side_channels import side_channels_of_table
+
+    latents = _named(latents, "latents")
+    used = [*(options.get("attributes") or DEFAULT_ATTRIBUTES), *filter(None, [options.get("target")])]
+    external = None
+    if isinstance(labels, pd.DataFrame):
+        external = labels
+    elif labels is not None:
+        external = read_labels(labels, id_column=id_column)
+    label_names = [c for c in (external.columns if external is not None else used) if c != id_column]
+    fingerprints = {name: data_fingerprint(path) for name, path in latents.items()} if attach else {}
+    files = {
+        name: _read_file(path, id_column=id_column, latent_column=latent_column, labels=label_names)
         for name, path in latents.items()
     }
-    if labels is None:
-        first = Path(next(iter(latents.values())))
-        table = pd.read_parquet(first)
-        labels = table.drop(columns=[c for c in table.columns if c == latent_column])
-        if labels.columns.tolist() == [id_column]:
-            raise ValueError(f"{first}: no label columns besides {id_column!r}; pass a labels file")
-    elif not isinstance(labels, pd.DataFrame):
-        labels = read_labels(labels, id_column=id_column)
-    return run_audit(pairs, labels, out_dir, id_column=id_column, **options)
+    first_name = next(iter(files))
+    table = external if external is not None else _labels_in_file(files[first_name], latents[first_name], id_column,
+                                                                   used)
+    fit_pairs, fit_table, fit_paths = None, None, {}
+    if fit_latents is not None:
+        fit_paths = _named(fit_latents, "fit_latents", names=list(latents))
+        fits = {
+            name: _read_file(path, id_column=id_column, latent_column=latent_column, labels=label_names)
+            for name, path in fit_paths.items()
+        }
+        fit_pairs = {name: (f.ids, f.Z) for name, f in fits.items()}
+        first_fit = next(iter(fits))
+        fit_table = external if external is not None else _labels_in_file(fits[first_fit], fit_paths[first_fit],
+                                                                           id_column, used)
+    channels = []
+    facts: dict[str, dict[str, Any]] = {}
+    for name, file in files.items():
+        in_file = [c for c in file.rest.column_names if c != id_column and (c in file.declared_labels or (
+            external is None and c in table.columns))]
+        if side_channels:
+            channels.append(side_channels_of_table(
+                file.rest, source=name, id_column=id_column, embedding_columns=[], label_columns=in_file,
+            ))
+        facts[name] = {
+            "embedding": file.embedding,
+            "label_columns_in_file": in_file,
+            "skipped_columns": channels[-1].skipped if side_channels else [],
+            "metadata": describe_footer(file.footer),
+            "data_fingerprint": fingerprints.get(name),
+        }
+    pairs = {name: (f.ids, f.Z) for name, f in files.items()}
+    report = run_audit(
+        pairs, table, out_dir, id_column=id_column, fit_representations=fit_pairs, fit_labels=fit_table,
+        side_channels=channels, files=facts, **options,
+    )
+    if attach:
+        for name, path in latents.items():
+            training = data_fingerprint(fit_paths[name]) if name in fit_paths else None
+            receipt = make_receipt(report, name, path, fingerprint=fingerprints[name], threshold=max_leakage,
+                                   training_export=training)
+            attach_receipt(path, receipt)
+    return report
+
+
+def _named(paths, what: str, names: list[str] | None = None) -> dict[str, Any]:
+    """``{name: path}``: a mapping as it is, a sequence named by file stem (or by ``names``, in order)."""
+    if isinstance(paths, Mapping):
+        named = dict(paths)
+        if names is not None:
+            unknown = [n for n in named if n not in names]
+            if unknown:
+                raise ValueError(f"{what} names {unknown}, which are not among the audited files {names}")
+    else:
+        paths = list(paths)
+        if names is not None:
+            if len(paths) > len(names):
+                raise ValueError(f"{len(paths)} {what} files for {len(names)} latents files")
+            named = dict(zip(names, paths))
+        else:
+            named = dict(zip(_names(paths), paths))
+    if not named:
+        raise ValueError(f"no {what} file given")
+    return named
+
+
+def _read_file(path, *, id_column: str, latent_column: str | None, labels: Sequence[str]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..io.footer import read_footer_metadata
+    from .sources import embedding_of
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+    return embedding_of(table, where=path, id_column=id_column, latent_column=latent_column, labels=labels,
+                        footer=read_footer_metadata(path))
+
+
+def _labels_in_file(file, path, id_column: str, used: Sequence[str]) -> pd.DataFrame:
+    """The label columns stored in an embeddings file: those it declares, and the audited ones it has."""
+    wanted = [c for c in file.rest.column_names if c != id_column and (c in file.declared_labels or c in used)]
+    if not wanted:
+        raise ValueError(
+            f"{path}: no label columns besides {id_column!r} (looked for {list(used)}); pass a labels file"
+        )
+    return file.rest.select([id_column, *wanted]).to_pandas()

@@ -15,6 +15,8 @@ PROBE_NAMES = {
     "linear": "a linear probe",
     "mlp": "an MLP",
     "gbdt": "gradient boosting",
+    "knn": "a nearest-neighbour probe",
+    "adjacency": "the labels of neighbouring rows",
 }
 
 
@@ -33,13 +35,14 @@ def severity(leakage: float) -> str:
 
 def _natural_units(result, row: dict[str, Any]) -> str:
     rep, attr, probe = row["representation"], row["attribute"], row["probe"]
+    attacker = row.get("attacker", "cross-validated")
     if row["kind"] == "categorical":
-        bacc = result.value(rep, attr, probe, "balanced_accuracy")["mean"]
+        bacc = result.value(rep, attr, probe, "balanced_accuracy", attacker)["mean"]
         k = len(result.attributes.get(attr, {}).get("classes", [])) or 2
         return f"balanced accuracy {bacc:.2f} against chance {1 / k:.2f}"
-    mae = result.value(rep, attr, probe, "mae")["mean"]
+    mae = result.value(rep, attr, probe, "mae", attacker)["mean"]
     try:
-        base = result.value(rep, attr, "prior", "mae")["mean"]
+        base = result.value(rep, attr, "prior", "mae", attacker)["mean"]
         return f"mean absolute error {mae:.3g} against {base:.3g} for always guessing the median"
     except KeyError:
         return f"mean absolute error {mae:.3g}"
@@ -58,6 +61,9 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
     """
     attr, leak, lo, hi, p = row["attribute"], row["leakage"], row["ci_low"], row["ci_high"], row["p_value"]
     ci = "" if np.isnan(lo) else f" [{_num(lo)}, {_num(hi)}]"
+    info = result.representations.get(row["representation"], {})
+    if info.get("role") == "side channel":
+        return _side_channel_verdict(info, row, ci, alpha)
     p_text = "" if np.isnan(p) else f", p = {p:.3g}"
     significant = (not np.isnan(p) and p < alpha) or (np.isnan(p) and not np.isnan(lo) and lo > 0)
     if row["probe"] == "prior" or not significant:
@@ -72,11 +78,28 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
             )
         return text + " These probes recover nothing; stronger attackers are not ruled out."
     units = _natural_units(result, row)
+    trained = " trained on the labelled training export" if row.get("attacker") == "data-rich" else ""
     text = (
-        f"{severity(leak).capitalize()} leakage of {attr}: {PROBE_NAMES.get(row['probe'], row['probe'])} "
+        f"{severity(leak).capitalize()} leakage of {attr}: {PROBE_NAMES.get(row['probe'], row['probe'])}{trained} "
         f"recovers it ({units}; chance-adjusted {_num(leak)}{ci}{p_text})."
     )
     linear, nonlinear = row.get("linear", np.nan), row.get("nonlinear", np.nan)
     if not np.isnan(linear) and not np.isnan(nonlinear) and linear < 0.05 and nonlinear >= 0.05:
         text += " Linear probes are near chance, so the remaining signal is non-linear."
     return text
+
+
+def _side_channel_verdict(info: dict[str, Any], row: dict[str, Any], ci: str, alpha: float) -> str:
+    channel, attr, p = info.get("channel", row["representation"]), row["attribute"], row["p_value"]
+    p_text = "" if np.isnan(p) else f", p = {p:.3g}"
+    if not np.isnan(p) and p < alpha:
+        if row["probe"] == "adjacency":
+            how = f"rows next to each other in this order share {attr} far more often than chance"
+        else:
+            how = f"{PROBE_NAMES.get(row['probe'], row['probe'])} recovers {attr} from it"
+        return (
+            f"The {channel} of {info.get('of')} reveals {attr}: {how} (chance-adjusted "
+            f"{_num(row['leakage'])}{ci}{p_text}). Renumber or reorder the rows independently of the labels "
+            "(or drop the column) before sharing."
+        )
+    return f"The {channel} of {info.get('of')} shows no significant link to {attr} ({_num(row['leakage'])}{ci}{p_text})."

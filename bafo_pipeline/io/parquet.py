@@ -49,6 +49,7 @@ __all__ = [
     "LatentParquetWriter",
     "LatentTable",
     "iter_latent_batches",
+    "looks_like_path",
     "read_embedding",
     "read_latents",
     "read_metadata",
@@ -99,6 +100,11 @@ _PATHLIKE_VALUE_RE = re.compile(_PATHLIKE_VALUE, re.IGNORECASE)
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a string value looks like a file path or file name (UTKFace names spell out the labels)."""
+    return bool(_PATHLIKE_VALUE_RE.search(value))
 
 
 def _name_looks_like_path(name: str) -> bool:

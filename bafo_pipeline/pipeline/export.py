@@ -20,6 +20,7 @@ import torch
 from ..data.dataset import FaceSource
 from ..data.images import resolve_n_jobs
 from ..io.parquet import LatentParquetWriter
+from ..transformers import describe_concealment
 
 DECODERS = ("auto", "pil", "torch")
 
@@ -99,7 +100,9 @@ def export_latents(
     id_column : str, optional
         A non-sensitive attribute column to use as ``id`` instead.
     metadata : dict, optional
-        Extra provenance (e.g. ``model_fingerprint``).
+        Extra provenance (e.g. :meth:`LoadedModel.provenance
+        <bafo_pipeline.transformers.LoadedModel.provenance>`: the verified
+        ``model_fingerprint``). The estimator's fitted ``concealment`` is always recorded.
     batch_size : int, default=512
     strict : bool, default=False
         Stop at the first unreadable image (no file is written) instead of
@@ -140,6 +143,7 @@ def export_latents(
         decoder = "torch" if settings.device.type == "cuda" else "pil"
     provenance = {
         "model_fingerprint": None,
+        "concealment": describe_concealment(estimator),
         "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
         "source_fingerprint": None if hashes is None else source_fingerprint(hashes),
         "source_rows": len(label_frame),

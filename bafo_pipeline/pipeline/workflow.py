@@ -17,7 +17,7 @@ from sklearn.decomposition import PCA
 
 from ..data.dataset import FaceDataset
 from ..data.splits import hash_split
-from ..transformers import BAFOTransformer, model_fingerprint, save_model
+from ..transformers import BAFOTransformer, load_verified_model, save_model
 from .export import export_latents
 
 
@@ -27,7 +27,8 @@ class WorkflowResult:
 
     Attributes
     ----------
-    model_dir, latents_path, audit_latents_path, report_dir : Path
+    model_dir, latents_path, audit_latents_path, train_latents_path, report_dir : Path
+        ``train_latents_path`` is the labelled training split, for the data-rich attacker only.
     report : AuditReport
         ``report.worst_case()`` is the headline table.
     utility : DataFrame or None
@@ -38,6 +39,7 @@ class WorkflowResult:
     model_dir: Path
     latents_path: Path
     audit_latents_path: Path
+    train_latents_path: Path
     report_dir: Path
     report: Any
     utility: pd.DataFrame | None = None
@@ -64,7 +66,14 @@ def run_workflow(
     out_dir : path
         Receives ``model/``, ``latents.parquet`` (every image: ids and
         latents only, what you would share), ``audit_latents.parquet`` (the
-        held-out split with its labels, for the audit only) and ``report/``.
+        held-out split with its labels, for the audit only),
+        ``audit_train_latents.parquet`` (the training split with its labels:
+        the data-rich attacker's training data, for the audit only) and
+        ``report/``. The audit probes the held-out split with both attackers
+        (cross-validated on it, and fitted on the training split as anyone
+        holding the exported training set with labels could), and the shared
+        file's side channels (ids, row order, split column) against every
+        image's labels.
     estimator : BAFOTransformer
         Unfitted; its parameters decide the model and the concealment.
     test_fraction, seed : split by content hash.
@@ -100,7 +109,7 @@ def run_workflow(
         estimator, out / "model", overwrite=True,
         metadata={"split": {"test_fraction": test_fraction, "seed": seed}, "data": data_info or {}},
     )
-    provenance = {"model_fingerprint": model_fingerprint(model_dir)}
+    provenance = load_verified_model(model_dir).provenance()  # the saved model as it loads back: what was exported
 
     say("exporting latents of every image (no labels, no file names)")
     is_test = hash_split(dataset.content_hash, test_fraction=test_fraction, seed=seed)
@@ -111,17 +120,28 @@ def run_workflow(
     export_latents(
         estimator, test, audit_path, include_labels=True, ids=np.flatnonzero(is_test), metadata=provenance, overwrite=True
     )
+    train_path = out / "audit_train_latents.parquet"
+    export_latents(
+        estimator, train, train_path, include_labels=True, ids=np.flatnonzero(~is_test), metadata=provenance,
+        overwrite=True,
+    )
 
-    say("auditing the held-out split")
-    representations = {
-        "pixels (PCA 64)": _pixel_baseline(train, test, seed),
-        "bafo encoder (no concealment)": estimator.transform(test.images, conceal=False),
-        "bafo (shared latents)": estimator.transform(test.images),
-    }
+    say("auditing the held-out split (cross-validated and data-rich attackers) and the shared file's side channels")
+    pixels_train, pixels_test = _pixel_baseline(train, test, seed)
+    names = ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)")
+    representations = dict(zip(names, (
+        pixels_test, estimator.transform(test.images, conceal=False), estimator.transform(test.images)
+    )))
+    training = dict(zip(names, (
+        pixels_train, estimator.transform(train.images, conceal=False), estimator.transform(train.images)
+    )))
     labels = test.attributes.reset_index(drop=True)
     report = run_audit(
         representations, labels, out / "report", attributes=list(dataset.sensitive), target=target,
-        **(audit_options or {}),
+        fit_representations=training, fit_labels=train.attributes.reset_index(drop=True),
+        side_channels=[_shared_file_channels(latents_path, names[-1])],
+        side_channel_labels=dataset.attributes.reset_index(drop=True).assign(**{_ID: np.arange(len(dataset))}),
+        id_column=_ID, **(audit_options or {}),
     )
     kept = [c for c in labels.columns if c not in dataset.sensitive]
     utility = None
@@ -132,17 +152,36 @@ def run_workflow(
             representations, labels, attributes=kept, probes=("prior", "linear"), bands={},
             n_bootstrap=0, n_permutations=0, random_state=seed,
         ).worst_case(with_verdict=False)[["representation", "attribute", "leakage"]]
-    return WorkflowResult(model_dir, latents_path, audit_path, out / "report", report, utility)
+    return WorkflowResult(model_dir, latents_path, audit_path, train_path, out / "report", report, utility)
 
 
-def _pixel_baseline(train: FaceDataset, test: FaceDataset, seed: int) -> np.ndarray:
-    """Raw pixels reduced by PCA fitted on the training split: the no-privacy reference."""
+# The id column of the shared file; its ids are the dataset's row numbers (export_latents' default).
+_ID = "id"
+
+
+def _shared_file_channels(path: Path, name: str):
+    """The side channels of the shared latents file (ids, row order, split): what it reveals besides latents."""
+    import pyarrow.parquet as pq
+
+    from ..audits.side_channels import side_channels_of_table
+
+    table = pq.read_table(path, columns=[c for c in pq.read_schema(path).names if c != "latent"])
+    return side_channels_of_table(table, source=name, id_column=_ID, embedding_columns=["latent"])
+
+
+def _pixel_baseline(train: FaceDataset, test: FaceDataset, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw pixels reduced by PCA fitted on the training split: the no-privacy reference (train, test)."""
     flat = lambda d: d.images.reshape(len(d), -1).astype(np.float32) / 255.0  # noqa: E731
     n_components = min(64, len(train) - 1, flat(train).shape[1])
-    return PCA(n_components, random_state=seed).fit(flat(train)).transform(flat(test))
+    pca = PCA(n_components, random_state=seed).fit(flat(train))
+    return pca.transform(flat(train)), pca.transform(flat(test))
 
 
 def verdict_table(report) -> pd.DataFrame:
-    """The headline rows: per representation and attribute, the best probe's leakage and a verdict."""
+    """The headline rows: per representation and attribute, the best probe's leakage and a verdict
+    (side channels apart: see ``report.leakage.side_channels()``)."""
     table = report.worst_case()
-    return table[["representation", "attribute", "probe", "leakage", "verdict"]]
+    channels = {n for n, info in report.leakage.representations.items() if info.get("role") == "side channel"}
+    table = table[~table["representation"].isin(channels)]
+    return table[["representation", "attribute", "probe", "attacker", "leakage", "cross_validated", "data_rich",
+                  "verdict"]]

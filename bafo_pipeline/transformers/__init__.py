@@ -2,14 +2,27 @@
 
 from ._bafo import BAFOTransformer, LatentRefiner
 from ._erasure import LinearErasure
-from ._persistence import load_model, model_fingerprint, read_model_config, save_model
+from ._integrity import ModelIntegrityError
+from ._persistence import (
+    LoadedModel,
+    describe_concealment,
+    load_model,
+    load_verified_model,
+    model_fingerprint,
+    read_model_config,
+    save_model,
+)
 from ._state import register_loadable
 
 __all__ = [
     "BAFOTransformer",
     "LatentRefiner",
     "LinearErasure",
+    "LoadedModel",
+    "ModelIntegrityError",
+    "describe_concealment",
     "load_model",
+    "load_verified_model",
     "model_fingerprint",
     "read_model_config",
     "register_loadable",

@@ -1,10 +1,17 @@
-"""Model directories: ``config.json`` + ``model.safetensors``, for any fitted estimator of the package.
+"""Model directories: ``config.json`` + ``model.safetensors`` + ``manifest.json``, for any fitted estimator.
 
 safetensors holds only tensors, so loading a model file never executes code;
 the JSON config holds the format, the package version, the class and
 parameters of the estimator, its fitted state (the tensors by name; see
 :mod:`._state`, the same state pickles hold) and free metadata. A model
 fitted on a GPU loads on the CPU (tensors are saved from the CPU).
+
+The manifest lists every file's SHA-256 (:mod:`._integrity`). Loading hashes
+the very bytes it parses, refuses a directory that differs from its manifest,
+and refuses a config whose concealment no longer describes the fitted steps;
+:func:`load_verified_model` returns the fingerprint of what was loaded, which
+exports record. Directories without a manifest (earlier releases) load with a
+warning that their integrity cannot be verified.
 
 Format versions: 2 (this one) stores the generic fitted state; 1 (written by
 bafo-pipeline 0.1.0) listed the BAFOTransformer's attributes one by one and is
@@ -14,25 +21,51 @@ read by :func:`_estimator_from_v1`, frozen as that release wrote it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 
 from .._nn.network import BAFONetwork, NetworkConfig
 from .._version import package_version
 from ..attributes import AttributeSchema
 from ._inputs import InputFormat
+from ._integrity import (
+    MANIFEST_NAME,
+    ModelIntegrityError,
+    check_against_manifest,
+    directory_digests,
+    fingerprint_of,
+    manifest_document,
+    read_manifest,
+    sha256_bytes,
+    sha256_file,
+)
 from ._state import TensorStore, decode, encode, loadable_classes, set_state, storable_params
+from ._steps import INHERITED_PARAMS
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "load_model", "model_fingerprint", "read_model_config", "save_model"]
+__all__ = [
+    "CONFIG_NAME",
+    "MANIFEST_NAME",
+    "WEIGHTS_NAME",
+    "LoadedModel",
+    "ModelIntegrityError",
+    "describe_concealment",
+    "load_model",
+    "load_verified_model",
+    "model_fingerprint",
+    "read_model_config",
+    "save_model",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -93,6 +126,8 @@ def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, m
     try:
         save_file(store.tensors, staging / WEIGHTS_NAME)
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        digests = {name: sha256_file(staging / name) for name in (CONFIG_NAME, WEIGHTS_NAME)}
+        (staging / MANIFEST_NAME).write_text(manifest_document(digests))
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -104,6 +139,120 @@ def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, m
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded from a directory, with the identity of exactly what was loaded.
+
+    Attributes
+    ----------
+    estimator : BAFOTransformer
+        Fitted, with its networks on the CPU.
+    fingerprint : str
+        SHA-256 over the digests of every file of the directory (config included),
+        computed from the bytes that were parsed; see :func:`model_fingerprint`.
+    verified : bool
+        True when the directory has a manifest and every file matched it; False for
+        a directory of an earlier release, which has none.
+    concealment : dict
+        What the fitted model conceals with: :func:`describe_concealment`.
+    metadata : dict
+        The free metadata saved with the model (how the data was split, ...).
+    path : Path
+    """
+
+    estimator: Any
+    fingerprint: str
+    verified: bool
+    concealment: dict
+    metadata: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def provenance(self) -> dict:
+        """What exported latents record about the model: ``model_fingerprint``, ``model_verified``,
+        ``concealment``."""
+        return {"model_fingerprint": self.fingerprint, "model_verified": self.verified, "concealment": self.concealment}
+
+
+def load_verified_model(path: str | os.PathLike, *, device: str | None = None) -> LoadedModel:
+    """Load a model directory, checking its integrity, and say what was loaded.
+
+    The config and the weights are read once; their digests (and those of any other
+    file) are checked against ``manifest.json`` and give the fingerprint, so what
+    was checked is what was parsed.
+
+    Parameters
+    ----------
+    path : str or path-like
+    device : str, optional
+        As in :func:`load_model`.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ModelIntegrityError
+        (a ``ValueError``) When the files differ from the manifest (a file edited,
+        added or removed after saving), or when the config's concealment does not
+        describe the concealment steps the model was fitted with.
+    FileNotFoundError, ValueError
+        For a directory that is not a readable bafo model, or weights that do not
+        match the config.
+    """
+    path = Path(path)
+    config_path = path / CONFIG_NAME
+    for required in (config_path, path / WEIGHTS_NAME):
+        if not required.is_file():
+            raise FileNotFoundError(f"{path} is not a bafo model directory: {required.name} is missing")
+    listed = read_manifest(path)
+    config_bytes = config_path.read_bytes()
+    weights_bytes = (path / WEIGHTS_NAME).read_bytes()
+    digests = directory_digests(path)
+    digests[CONFIG_NAME], digests[WEIGHTS_NAME] = sha256_bytes(config_bytes), sha256_bytes(weights_bytes)
+    if listed is None:
+        warnings.warn(
+            f"{path} has no {MANIFEST_NAME} (written before bafo-pipeline recorded one): its integrity cannot "
+            "be verified. Re-save it with save_model to add one",
+            UserWarning,
+            stacklevel=2,
+        )
+    else:
+        check_against_manifest(path, listed, digests)
+    config = _parse_config(config_path, config_bytes)
+    try:
+        tensors = load_tensors(weights_bytes)
+        if config.get("format_version", 1) < 2:
+            estimator = _estimator_from_v1(path, config, tensors)
+        else:
+            classes = loadable_classes()
+            if config.get("class") not in classes:
+                raise ValueError(f"the model is a {config.get('class')!r}, not one of {sorted(classes)}")
+            estimator = classes[config["class"]](**decode(config["params"], tensors, classes))
+            set_state(estimator, decode(config["state"], tensors, classes))
+    except Exception as error:  # corrupt file, or weights of another shape than the config says
+        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured model ({error})") from error
+    _check_concealment(path, estimator, compare_params=config.get("format_version", 1) >= 2)
+    stored = str(estimator.get_params().get("device", "auto"))
+    if device is None and stored.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(
+            f"{path} was saved with device={stored!r}, which is not available here; using 'auto' (CPU)",
+            UserWarning,
+            stacklevel=2,
+        )
+        device = "auto"
+    if device is not None:
+        _set_device(estimator, device)
+    return LoadedModel(
+        estimator=estimator,
+        fingerprint=fingerprint_of(digests),
+        verified=listed is not None,
+        concealment=describe_concealment(estimator),
+        metadata=dict(config.get("metadata") or {}),
+        path=path,
+    )
 
 
 def load_model(path: str | os.PathLike, *, device: str | None = None):
@@ -125,35 +274,76 @@ def load_model(path: str | os.PathLike, *, device: str | None = None):
 
     Raises
     ------
+    ModelIntegrityError
+        (a ``ValueError``) For a directory whose files changed after saving, or
+        whose config's concealment does not match the fitted steps; see
+        :func:`load_verified_model`, which also returns the fingerprint.
     FileNotFoundError, ValueError
         For a directory that is not a readable bafo model (see
         :func:`read_model_config`), or weights that do not match the config.
     """
-    path = Path(path)
-    config = read_model_config(path)
-    try:
-        tensors = load_file(path / WEIGHTS_NAME, device="cpu")
-        if config.get("format_version", 1) < 2:
-            estimator = _estimator_from_v1(path, config, tensors)
-        else:
-            classes = loadable_classes()
-            if config.get("class") not in classes:
-                raise ValueError(f"the model is a {config.get('class')!r}, not one of {sorted(classes)}")
-            estimator = classes[config["class"]](**decode(config["params"], tensors, classes))
-            set_state(estimator, decode(config["state"], tensors, classes))
-    except Exception as error:  # corrupt file, or weights of another shape than the config says
-        raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured model ({error})") from error
-    stored = str(estimator.get_params().get("device", "auto"))
-    if device is None and stored.startswith("cuda") and not torch.cuda.is_available():
-        warnings.warn(
-            f"{path} was saved with device={stored!r}, which is not available here; using 'auto' (CPU)",
-            UserWarning,
-            stacklevel=2,
+    return load_verified_model(path, device=device).estimator
+
+
+def describe_concealment(estimator) -> dict:
+    """What a fitted estimator conceals with, for metadata and receipts.
+
+    Returns
+    -------
+    dict
+        ``setting``: the ``concealment`` parameter (a preset name, or ``"steps"``
+        for a list); ``steps``: the class names of the fitted steps, in order
+        (empty when nothing is concealed).
+    """
+    setting = estimator.get_params(deep=False).get("concealment", "none")
+    steps = getattr(estimator, "concealment_steps_", None) or []
+    return {
+        "setting": setting if isinstance(setting, str) else "steps",
+        "steps": [type(step).__name__ for step in steps],
+    }
+
+
+def _check_concealment(path: Path, estimator, *, compare_params: bool) -> None:
+    """Refuse a config whose concealment does not describe the fitted steps (e.g. edited to ``"none"``)."""
+    if not hasattr(estimator, "concealment_steps"):
+        return
+    fitted = list(getattr(estimator, "concealment_steps_", None) or [])
+    if getattr(estimator, "schema_", None) is None:
+        described = []  # no sensitive attributes: nothing is ever fitted to conceal
+    else:
+        try:
+            described = estimator.concealment_steps()
+        except (TypeError, ValueError) as error:
+            raise ModelIntegrityError(f"{path}: the config's concealment cannot be read ({error})") from None
+
+    def names(steps):
+        return "[" + ", ".join(type(step).__name__ for step in steps) + "]"
+
+    setting = estimator.get_params(deep=False).get("concealment")
+    mismatch = len(described) != len(fitted) or any(type(a) is not type(b) for a, b in zip(described, fitted))
+    if not mismatch and compare_params:
+        for wanted, have in zip(described, fitted):
+            own, actual = wanted.get_params(deep=False), have.get_params(deep=False)
+            for key, value in own.items():
+                if key == "device" or (key in INHERITED_PARAMS and value is None):
+                    continue
+                if not _same_value(value, actual.get(key)):
+                    mismatch = True
+    if mismatch:
+        raise ModelIntegrityError(
+            f"{path}: the config says concealment={setting!r}, i.e. {names(described)}, but the model was fitted "
+            f"with {names(fitted)}; the config was changed after fitting. Refusing to load a model whose "
+            "concealment does not match what was fitted and audited"
         )
-        device = "auto"
-    if device is not None:
-        _set_device(estimator, device)
-    return estimator
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # arrays and other values without a plain equality: compare their text
+        return repr(a) == repr(b)
 
 
 def _set_device(estimator, device: str) -> None:
@@ -257,7 +447,8 @@ def _tuples(params: dict) -> dict:
 
 
 def read_model_config(path: str | os.PathLike) -> dict:
-    """The ``config.json`` of a model directory, checked for format and version.
+    """The ``config.json`` of a model directory, checked for format and version (not for integrity:
+    :func:`load_verified_model` does that).
 
     Raises
     ------
@@ -271,11 +462,19 @@ def read_model_config(path: str | os.PathLike) -> dict:
     for required in (config_path, path / WEIGHTS_NAME):
         if not required.is_file():
             raise FileNotFoundError(f"{path} is not a bafo model directory: {required.name} is missing")
+    return _parse_config(config_path, config_path.read_bytes())
+
+
+def _parse_config(config_path: Path, raw: bytes) -> dict:
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
+        config = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{config_path}: not valid JSON ({error})") from None
-    if config.get("format") != FORMAT_NAME or config.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: not a bafo model config (a JSON {type(config).__name__}, not an object)")
+    if config.get("format") != FORMAT_NAME or not isinstance(config.get("format_version", 0), int) or (
+        config.get("format_version", 0) > FORMAT_VERSION
+    ):
         raise ValueError(
             f"{config_path}: not a bafo model of a supported format "
             f"(format={config.get('format')!r}, version={config.get('format_version')!r})"
@@ -284,12 +483,14 @@ def read_model_config(path: str | os.PathLike) -> dict:
 
 
 def model_fingerprint(path: str | os.PathLike) -> str:
-    """SHA-256 of a saved model's weights file: identifies the exact model in exports."""
-    digest = hashlib.sha256()
-    with open(Path(path) / WEIGHTS_NAME, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The fingerprint of a model directory: SHA-256 over the digests of all its files, config included.
+
+    It changes when any file changes, is added or removed, so exports and audit
+    receipts that record it name exactly one model. For an intact directory it
+    equals :attr:`LoadedModel.fingerprint`. (bafo-pipeline 0.1 hashed the weights
+    file only.)
+    """
+    return fingerprint_of(directory_digests(path))
 
 
 def _check_replaceable(path: Path) -> None:

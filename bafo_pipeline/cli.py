@@ -220,7 +220,16 @@ def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synth
 @click.option("--attach", is_flag=True,
               help="Write the verdict into each latents file's footer (an audit receipt, for bafo verify); "
                    "the rows are not touched.")
-def audit(latents, labels, fit_latents, id_column, attributes, target, folds, out_dir, max_leakage, gate, attach):
+@click.option("--targets", help="Non-sensitive label columns to audit for utility (e.g. yaw,mouth_open,smile): what "
+                                "each representation keeps of them, with the same probes and intervals.")
+@click.option("--references", help="Representations (file stems) the utility shares are relative to, farthest "
+                                   "first (e.g. pixels,encoder); the last one judges the overall verdict.")
+@click.option("--residual", is_flag=True,
+              help="Also audit the part of each continuous target the sensitive attributes do not explain.")
+@click.option("--min-share", default=0.8, show_default=True,
+              help="Overall verdict: share of the reference's utility every target must keep.")
+def audit(latents, labels, fit_latents, id_column, attributes, target, folds, out_dir, max_leakage, gate, attach,
+          targets, references, residual, min_share):
     """Measure how much of each sensitive attribute the embeddings still reveal.
 
     Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
@@ -231,6 +240,11 @@ def audit(latents, labels, fit_latents, id_column, attributes, target, folds, ou
     perfect). Each file's ids, row order and other columns are audited as side
     channels, and its footer metadata is listed. Audit data the encoder never
     trained on (bafo encode --split test --include-labels).
+
+    With --targets, what each representation keeps of non-sensitive label
+    columns (utility) is measured with the same probes and intervals, as shares
+    of the --references, and an overall verdict (leakage and utility) is
+    printed per representation; utility does not change the exit status.
 
     \b
     Exit status:
@@ -245,7 +259,8 @@ def audit(latents, labels, fit_latents, id_column, attributes, target, folds, ou
         lambda progress: run_audit_files(
             list(latents), labels, out_dir, id_column=id_column, attributes=names, target=target,
             n_folds=folds, progress=progress, fit_latents=list(fit_latents) or None, attach=attach,
-            max_leakage=max_leakage,
+            max_leakage=max_leakage, targets=_names_list(targets), references=_names_list(references),
+            residual=residual, gate=gate, min_share=min_share,
         ),
     )
     _print_verdicts(report)
@@ -259,6 +274,10 @@ def audit(latents, labels, fit_latents, id_column, attributes, target, folds, ou
         if max_leakage is not None and report.exceeds(max_leakage, gate):
             click.echo(f"FAILED: worst-case leakage exceeds {max_leakage}", err=True)
         sys.exit(1)
+
+
+def _names_list(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
 def _with_progress(description: str, work):
@@ -288,11 +307,7 @@ def _print_verdicts(report) -> None:
             attackers = f" [cross-validated {row.cross_validated:.3f}, data-rich {row.data_rich:.3f}]" if both else ""
             click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}){attackers}: {row.verdict}")
         if name in utility:
-            fairness = utility[name]
-            click.echo(
-                f"  utility: a downstream model predicts {fairness.target} at balanced accuracy "
-                f"{fairness.overall.get('balanced_accuracy', float('nan')):.2f}"
-            )
+            click.echo("  " + _downstream_line(utility[name]))
     sides = report.leakage.side_channels()
     if len(sides):
         click.echo("\nside channels (ids, row order, other columns):")
@@ -303,6 +318,41 @@ def _print_verdicts(report) -> None:
                            f"{', '.join(rows['attribute'])} (largest {rows['leakage'].max():.3f})")
             for row in leaking.itertuples():
                 click.echo(f"  LEAKS {row.verdict}")
+    if report.utility is not None:
+        _print_utility(report.utility)
+    if report.verdicts:
+        click.echo("\noverall:")
+        for line in report.verdicts:
+            click.echo(f"  {line.text}")
+
+
+def _downstream_line(fairness) -> str:
+    """The fairness report's downstream model in one line, saying so when it learned nothing."""
+    overall = fairness.overall
+    low, high = overall.get("balanced_accuracy_ci") or (float("nan"), float("nan"))
+    text = (f"downstream model for {fairness.target}: balanced accuracy "
+            f"{overall.get('balanced_accuracy', float('nan')):.2f} [{low:.2f}, {high:.2f}]")
+    if overall.get("at_chance"):
+        return text + " -- at chance: it learned nothing, so its fairness gaps mean nothing"
+    return text
+
+
+def _print_utility(utility) -> None:
+    """Per representation and target: the best probe's chance-adjusted score and the shares of the references."""
+    table = utility.shares("best")
+    refs = utility.references
+    shares = f"; share of {' | '.join(refs)}" if refs else ""
+    click.echo(f"\nutility kept (non-sensitive targets; best probe, chance-adjusted [95% CI]{shares}):")
+    for name, rows in table.groupby("representation", sort=False):
+        click.echo(f"  {name}")
+        for r in rows.to_dict("records"):
+            parts = [f"{r['score']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] ({r['probe']})"]
+            if r["at_chance"]:
+                parts.append("at chance")
+            kept = [f"{r[f'share_of[{ref}]']:.2f}" for ref in refs if ref != name]
+            if kept:
+                parts.append("share " + " | ".join(kept))
+            click.echo(f"    {r['target']:<22} " + "  ".join(parts))
 
 
 # --------------------------------------------------------------------------- verify
@@ -356,11 +406,13 @@ def verify(path, max_leakage, bound):
 @click.option("--latent-dim", default=48, show_default=True)
 @_concealment_options
 @click.option("--target", help="Non-sensitive attribute for the fairness report (default: smile on synthetic faces).")
+@click.option("--landmarks-cache", type=click.Path(dir_okay=False),
+              help="Real faces: Parquet cache of the landmark targets (reused across runs, keyed by image content).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
 def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, epochs, latent_dim,
-        concealment, covariance_dims, decoder_epochs, target, device, seed, overwrite):
+        concealment, covariance_dims, decoder_epochs, target, landmarks_cache, device, seed, overwrite):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
@@ -370,6 +422,11 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     cross-validated on it and by probes fitted on the training split (the
     data-rich attacker); the shared file's ids, row order and split column are
     audited as side channels, and the command exits with status 1 if one leaks.
+
+    Utility is audited beside the leakage: what each representation keeps of
+    non-sensitive targets (synthetic faces: the generator's smile, background,
+    tilt, hair style and glasses; real faces: head pose, mouth and eye measures
+    from facial landmarks, with the landmarks extra installed).
     """
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
@@ -383,20 +440,38 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
                                 random_state=seed, verbose=1)
     data_info = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic",
                  "synthetic_samples": synthetic_samples}
+    utility_targets = None if synthetic else _landmark_targets(landmarks_cache)
     try:
         result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,
-                              overwrite=overwrite, progress=lambda text: click.echo(text, err=True))
+                              overwrite=overwrite, progress=lambda text: click.echo(text, err=True),
+                              utility_targets=utility_targets, residual=utility_targets is not None)
     except FileExistsError as error:
         raise click.UsageError(str(error)) from None
     _print_verdicts(result.report)
-    if result.utility is not None:
-        click.echo("\nkept for downstream use (non-sensitive attributes, linear probe, chance-adjusted):")
-        for name, rows in result.utility.groupby("representation", sort=False):
-            click.echo(f"  {name}: " + ", ".join(f"{r.attribute} {r.leakage:.2f}" for r in rows.itertuples()))
     click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
     if result.report.leakage.side_channels_leak():
         click.echo("FAILED: the shared file's ids, row order or columns reveal a sensitive attribute", err=True)
         sys.exit(1)
+
+
+def _landmark_targets(cache):
+    """Real faces: the landmark targets of a split (a callable for run_workflow), or None without the extra."""
+    from .data.landmarks import LANDMARK_TARGETS, dataset_landmarks, require_landmark_model
+
+    try:
+        require_landmark_model()
+    except ImportError as error:
+        click.echo(f"utility not audited: real faces have no non-sensitive labels, and {error}", err=True)
+        return None
+
+    def measure(split):
+        table = dataset_landmarks(split, cache=cache, verbose=True)
+        unreadable = int((table["detection"] == "unreadable").sum())
+        if unreadable:
+            click.echo(f"landmarks: {unreadable} held-out images unreadable, left out of the utility audit", err=True)
+        return table[list(LANDMARK_TARGETS)]
+
+    return measure
 
 
 # --------------------------------------------------------------------- decode, grid

@@ -43,12 +43,19 @@ def one_run(params: dict, seed: int) -> dict:
     worst = result.report.worst_case()
     shared = worst[worst["representation"] == "bafo (shared latents)"]
     kept = {
-        f"{r.representation}/{r.attribute}": round(float(r.leakage), 3) for r in result.utility.itertuples()
+        f"{r.representation}/{r.target}": round(float(r.score), 3)
+        for r in result.utility.scores("linear").itertuples()
     }
+    shares = result.utility.shares("best")
     return {
         "seconds": round(seconds, 1),
         "kept_linear": kept,
+        "kept_best_share_of_pixels": {
+            f"{r['representation']}/{r['target']}": round(float(r["share_of[pixels (PCA 64)]"]), 3)
+            for r in shares.to_dict("records")
+        },
         "shared_latents_worst_leakage": {r.attribute: round(float(r.leakage), 3) for r in shared.itertuples()},
+        "overall": [v.text for v in result.report.verdicts],
     }
 
 
@@ -56,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--commit", help="the package version measured (recorded in the JSON)")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     for _ in range(args.rounds):
@@ -67,6 +75,7 @@ def main() -> None:
         "benchmark": "demo_run_time",
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
+        "commit": args.commit,
         "settings": SETTINGS,
         "runs": runs,
         "median_ratio_new_over_old": float(np.median(new / old)),

@@ -3,8 +3,8 @@
 Runs :func:`bafo_pipeline.workflow.run_workflow` (train, conceal, export, audit: what ``bafo
 run --out DIR`` does) on the demo's 3000 synthetic faces with each setting, alternating
 (ABAB...) so both see the same machine load, and prints JSON: seconds per run, the median
-ratio new/old, the "kept" table (linear probe, chance-adjusted) and the worst-case leakage of
-the shared latents, per setting.
+ratio new/old, the "kept" table (linear probe, chance-adjusted; and the best probe's share of
+pixels'), the worst-case leakage of the shared latents and the overall verdict, per setting.
 
     python benchmarks/demo_run_time.py [--rounds 2]
 """

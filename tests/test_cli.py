@@ -19,7 +19,8 @@ from bafo_pipeline.io import read_latents, write_latents
 def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "model"
     result = CliRunner().invoke(
-        main, ["train", "--synthetic-samples", "240", "--epochs", "1", "--latent-dim", "16", "--out", str(out)]
+        main, ["train", "--synthetic-samples", "240", "--epochs", "1", "--batch-size", "256", "--latent-dim", "16",
+               "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
     return out

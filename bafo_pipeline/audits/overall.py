@@ -136,7 +136,8 @@ def _utility_half(shares: pd.DataFrame, name: str, references: list[str], min_sh
         share = rows[f"share_of[{reference}]"].to_numpy(dtype=float)
         judged = ~np.isnan(share) & (np.isnan(ref_low) | (ref_low > 0))
         short = judged & (share < min_share)
-        text = f"keeps {int(judged.sum() - short.sum())} of {int(judged.sum())} targets at ≥ {min_share:g} of {reference}"
+        kept = int(judged.sum() - short.sum())
+        text = f"keeps {kept} of {int(judged.sum())} targets at ≥ {min_share:g} of {reference}"
         if short.any():
             text += "; loses " + ", ".join(
                 f"{r.target} ({s:.2f} of it{', at chance' if r.at_chance else ''})"

@@ -403,6 +403,7 @@ def verify(path, max_leakage, bound):
 @_data_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for model, latents and report.")
 @click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
 @click.option("--latent-dim", default=48, show_default=True)
 @_concealment_options
 @click.option("--target", help="Non-sensitive attribute for the fairness report (default: smile on synthetic faces).")
@@ -411,8 +412,8 @@ def verify(path, max_leakage, bound):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
-def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, epochs, latent_dim,
-        concealment, covariance_dims, decoder_epochs, target, landmarks_cache, device, seed, overwrite):
+def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, epochs, batch_size,
+        latent_dim, concealment, covariance_dims, decoder_epochs, target, landmarks_cache, device, seed, overwrite):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
@@ -435,7 +436,7 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     synthetic = utkface is None and manifest is None
     if target is None and synthetic:
         target = "smile"
-    estimator = BAFOTransformer(latent_dim=latent_dim, epochs=epochs, concealment=concealment,
+    estimator = BAFOTransformer(latent_dim=latent_dim, epochs=epochs, batch_size=batch_size, concealment=concealment,
                                 covariance_dims=covariance_dims, decoder_epochs=decoder_epochs, device=device,
                                 random_state=seed, verbose=1)
     data_info = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic",

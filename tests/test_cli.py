@@ -117,7 +117,8 @@ def test_audit_gate_fails_on_a_planted_leak_and_passes_on_noise(tmp_path):
 
 def test_run_does_the_whole_job(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--epochs", "1", "--latent-dim", "16", "--out", str(out)])
+    result = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--epochs", "1", "--batch-size", "256",
+                                       "--latent-dim", "16", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {
         "model", "latents.parquet", "audit_latents.parquet", "audit_train_latents.parquet", "report"

@@ -81,8 +81,10 @@ def test_gate_and_threshold_change_the_leakage_half(report):
     assert {v.representation: v.hides for v in lenient}["leaky"]
     strict = overall_verdicts(report.leakage, report.utility, representations=["leaky"], max_leakage=0.05)
     assert len(strict) == 1 and not strict[0].hides and "gender" in strict[0].text and "> 0.05" in strict[0].text
-    without_utility = overall_verdicts(report.leakage, None, representations=["shared"])
-    assert without_utility[0].keeps is None and not without_utility[0].passed
+    without_utility = overall_verdicts(report.leakage, None, representations=["shared", "leaky"])
+    assert without_utility[0].keeps is None and without_utility[0].passed
+    assert without_utility[0].text.startswith("PASS (leakage only): shared") and "utility not audited" in without_utility[0].text
+    assert without_utility[1].text.startswith("FAIL: leaky leaks gender")
 
 
 def test_report_has_the_verdict_line_the_utility_table_and_says_when_the_downstream_model_is_at_chance(report):

@@ -33,7 +33,8 @@ class OverallVerdict:
     hides : bool
         The leakage half passed.
     keeps : bool or None
-        The utility half passed; ``None`` when no utility targets were audited.
+        The utility half passed; ``None`` when no utility targets were audited (the
+        verdict is then on leakage only, and says so).
     text : str
         One plain-language line.
     """
@@ -45,8 +46,8 @@ class OverallVerdict:
 
     @property
     def passed(self) -> bool:
-        """Both halves passed (a missing utility audit counts as not passed)."""
-        return self.hides and bool(self.keeps)
+        """The leakage half passed, and the utility half too where it was audited."""
+        return self.hides and self.keeps is not False
 
 
 def overall_verdicts(
@@ -98,10 +99,10 @@ def overall_verdicts(
             if len(leaking):
                 hides = False
                 leak_text += "; its file's " + ", ".join(dict.fromkeys(leaking["channel"])) + " reveal labels"
-        keeps, keep_text = (None, "utility not audited (no targets)")
+        keeps, keep_text = (None, "utility not audited (no non-sensitive targets given)")
         if shares is not None:
             keeps, keep_text = _utility_half(shares, name, references, min_share)
-        word = "PASS" if hides and keeps else "FAIL"
+        word = "FAIL" if not hides or keeps is False else "PASS" if keeps else "PASS (leakage only)"
         out.append(OverallVerdict(name, hides, keeps, f"{word}: {name} {leak_text}; {keep_text}."))
     return out
 

@@ -100,6 +100,10 @@ def test_report_has_the_verdict_line_the_utility_table_and_says_when_the_downstr
     assert fairness["erased"]["at_chance"] and not fairness["shared"]["at_chance"]
     low, high = fairness["shared"]["balanced_accuracy_ci"]
     assert 0.5 < low <= fairness["shared"]["balanced_accuracy"] <= high
+    from bafo_pipeline.audits.report import plot_fairness
+
+    legend = [t.get_text() for t in plot_fairness(report.fairness).axes[0].get_legend().get_texts()]
+    assert "erased (model at chance: gaps not meaningful)" in legend and "shared" in legend
     saved = json.loads(report.paths["report.json"].read_text())
     assert [o["representation"] for o in saved["overall"]] == ["shared", "erased", "leaky"]
     assert saved["utility"]["references"] == ["pixels"]

@@ -120,6 +120,7 @@ def plot_fairness(fairness: Sequence[FairnessResult]) -> Figure | None:
     if not fairness:
         return None
     frame = pd.concat([f.disparities for f in fairness], ignore_index=True)
+    at_chance = {f.representation for f in fairness if f.overall.get("at_chance")}
     metrics = list(dict.fromkeys(frame["metric"]))
     features = list(dict.fromkeys(frame["feature"]))
     reps = list(dict.fromkeys(frame["representation"]))
@@ -141,7 +142,8 @@ def plot_fairness(fairness: Sequence[FairnessResult]) -> Figure | None:
                     np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - mean, nan=0.0).clip(0),
                 ]
             )
-            ax.bar(x, mean, width, yerr=err, capsize=2, label=rep)
+            label = f"{rep} (model at chance: gaps not meaningful)" if rep in at_chance else rep
+            ax.bar(x, mean, width, yerr=err, capsize=2, label=label, hatch="//" if rep in at_chance else None)
         ax.set_xticks(np.arange(len(features)), features, rotation=15)
         ax.set_title(metric.replace("_", " "))
         ax.set_ylim(0, 1)

@@ -523,8 +523,9 @@ def measure_utility(source: str, records: dict, names: list[str], train, test, a
     pixels = PCA(64, random_state=0).fit(flat(train)).transform(flat(test))
     representations = {PIXELS: pixels, **{name: records[name]["Z"] for name in ["none", *names] if name in records}}
     real = fit_targets is not None
+    probes = tuple(getattr(args, "utility_probes", "prior,linear,mlp,gbdt").split(","))
     return audit_utility(
-        representations, targets, references=[PIXELS, "none"],
+        representations, targets, references=[PIXELS, "none"], probes=probes,
         sensitive=test.sensitive_features.reset_index(drop=True) if real else None,
         fit_targets=fit_targets, fit_sensitive=train.sensitive_features.reset_index(drop=True) if real else None,
         n_folds=args.folds, n_bootstrap=200, random_state=0, device=args.device, n_threads=args.audit_threads,
@@ -1377,6 +1378,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--audit-threads", type=int, default=1, help="thread limit of the audit's probes")
     parser.add_argument("--landmarks", default=DEFAULT_LANDMARKS,
                         help="UTKFace landmark targets (Parquet keyed by content hash) for the utility columns")
+    parser.add_argument("--utility-probes", default="prior,linear,mlp,gbdt",
+                        help="probes of the utility audit (a smoke run may take prior,linear)")
     parser.add_argument("--json", default=str(DEFAULT_JSON))
     parser.add_argument("--figure", default=str(DEFAULT_FIGURE))
     parser.add_argument("--markdown", default=str(DEFAULT_MARKDOWN))

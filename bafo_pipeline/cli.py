@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -20,27 +21,42 @@ def _apply(options: list, function):
     return function
 
 
+class _PathOrURI(click.Path):
+    """A local path (checked as click.Path checks it), or a URI such as ``s3://bucket/faces`` (checked when read)."""
+
+    name = "path_or_uri"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", value):
+            return value
+        return super().convert(value, param, ctx)
+
+
 def _data_options(function):
     """Options shared by every command that reads a dataset."""
     options = [
-        click.option("--utkface", type=click.Path(exists=True, file_okay=False), help="A UTKFace folder (labels in file names)."),
-        click.option("--manifest", type=click.Path(exists=True, dir_okay=False), help="A CSV/Parquet table: image path + attribute columns."),
+        click.option("--utkface", type=_PathOrURI(exists=True, file_okay=False), help="A UTKFace folder (labels in file names); local or a URI."),
+        click.option("--manifest", type=_PathOrURI(exists=True, dir_okay=False), help="A CSV/Parquet table: image path + attribute columns; local or a URI."),
         click.option("--image-column", default="path", show_default=True, help="Manifest column holding image paths."),
         click.option("--sensitive", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Comma-separated sensitive columns of the manifest."),
         click.option("--synthetic-samples", default=3000, show_default=True, help="Number of synthetic faces (default data)."),
         click.option("--limit", type=int, help="Use at most this many images (quick runs)."),
         click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it."),
+        click.option("--allow-outside-root", is_flag=True,
+                     help="Accept files leading outside the folder or the manifest's folder (symlinks, ../ and "
+                          "absolute manifest paths); skipped with a reason otherwise."),
     ]
     return _apply(options, function)
 
 
-def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size=56, seed=0):
+def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size=56, seed=0,
+          allow_outside_root=False):
     from .data.sources import load_source
 
     dataset = load_source(
         utkface=utkface, manifest=manifest, synthetic_samples=synthetic_samples, image_size=image_size,
         image_column=image_column, sensitive=tuple(s.strip() for s in sensitive.split(",") if s.strip()),
-        limit=limit, strict=strict, seed=seed,
+        limit=limit, strict=strict, seed=seed, allow_outside_root=allow_outside_root,
     )
     click.echo(f"data: {dataset.report.summary()}", err=True)
     return dataset
@@ -56,6 +72,27 @@ def _concealment_options(function):
                           "(docs/COVARIANCE_ERASURE.md)."),
         click.option("--decoder-epochs", default=6, show_default=True,
                      help="Fine-tune the decoder on the concealed latents for sharper decodes (0: keep the encoder's)."),
+    ]
+    return _apply(options, function)
+
+
+def _ray_options(function):
+    """Options of ``bafo encode --engine ray`` (the distributed export)."""
+    options = [
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: this process, one Parquet file; ray: a Ray cluster, a folder of Parquet partitions."),
+        click.option("--workers", default=2, show_default=True, help="--engine ray: actors, each holding the model once."),
+        click.option("--gpus-per-worker", type=float, help="--engine ray: GPUs per actor (default 1 where the cluster has GPUs)."),
+        click.option("--partition-rows", type=int, help="--engine ray: images per output file (default ~1/64 of them, 500-100,000)."),
+        click.option("--ids", type=click.Choice(["content", "row"]), default="content", show_default=True,
+                     help="--engine ray: id = keyed hash of the image's content, or the manifest's 1-based row number."),
+        click.option("--id-key-file", type=click.Path(dir_okay=False),
+                     help="--engine ray: the key of the ids (default $BAFO_ID_KEY_FILE or ~/.config/bafo/id.key, "
+                          "created on first use; keep it private and reuse it to resume)."),
+        click.option("--key-table", type=click.Path(dir_okay=False),
+                     help="--engine ray: also write id -> source file here (CSV/Parquet, mode 0600, outside --out): "
+                          "for the data owner only."),
+        click.option("--ray-address", help="--engine ray: the cluster to use (default $RAY_ADDRESS, else a local one)."),
     ]
     return _apply(options, function)
 
@@ -97,7 +134,8 @@ def main() -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Write a training checkpoint here after every epoch.")
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
-def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, latent_dim, epochs,
+def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir,
+          latent_dim, epochs,
           batch_size, learning_rate, kl_weight, variance_weight, independence_weight, condition_every_layer,
           adversary_weight, concealment, covariance_dims, decoder_epochs, image_size, test_fraction, device, seed,
           checkpoint, resume, overwrite):
@@ -110,7 +148,8 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 
     if Path(out_dir).exists() and not overwrite:
         raise click.UsageError(f"{out_dir} exists; pass --overwrite to replace it")
-    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size, seed)
+    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size, seed,
+                    allow_outside_root)
     train_set, _ = dataset.split(test_fraction=test_fraction, seed=seed)
     click.echo(f"training on {len(train_set)} images (held out: {len(dataset) - len(train_set)})", err=True)
     estimator = BAFOTransformer(
@@ -131,7 +170,8 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 @main.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @_data_options
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
+@click.option("--out", required=True, type=click.Path(),
+              help="Parquet file to write (--engine ray: a folder of Parquet partitions).")
 @click.option("--split", "which", type=click.Choice(["all", "train", "test"]), default="all", show_default=True,
               help="Rows to encode, by the model's own content-hash split.")
 @click.option("--include-split", is_flag=True, help="Add a 'split' column (train/test).")
@@ -142,15 +182,39 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
               help="Image decoding: Pillow on the CPU, or batched on the model's device (nvJPEG on a GPU); "
                    "auto picks torch on CUDA.")
 @click.option("--overwrite", is_flag=True)
-def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out, which,
-           include_split, include_labels, id_column, batch_size, decoder, overwrite):
+@click.option("--images", type=_PathOrURI(exists=True, file_okay=False),
+              help="A folder of images without labels (searched recursively); local or a URI.")
+@_ray_options
+def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root,
+           out, which, include_split, include_labels, id_column, batch_size, decoder, overwrite, images, engine, workers,
+           gpus_per_worker, partition_rows, ids, id_key_file, key_table, ray_address):
     """Encode images to concealed latents and stream them to a Parquet file.
 
     By default the file holds only ids and latents: no labels, no file names
     (UTKFace names spell out age, gender and ethnicity). Unreadable images are
     skipped and listed by row (or stop the run with --strict); the file appears
     only when complete.
+
+    With --engine ray the work runs on a Ray cluster (a local one unless
+    RAY_ADDRESS or --ray-address names one) and OUT is a folder of Parquet
+    partitions with a _bafo_job.json written last; running the same command
+    again resumes an interrupted job.
     """
+    if engine == "ray":
+        return _encode_on_ray(
+            model_dir, out, utkface=utkface, manifest=manifest, images=images, image_column=image_column,
+            sensitive=sensitive, limit=limit, strict=strict, allow_outside_root=allow_outside_root, which=which,
+            include_split=include_split, include_labels=include_labels, id_column=id_column, batch_size=batch_size,
+            decoder=decoder, overwrite=overwrite, workers=workers, gpus_per_worker=gpus_per_worker,
+            partition_rows=partition_rows, ids=ids, id_key_file=id_key_file, key_table=key_table,
+            ray_address=ray_address,
+        )
+    ray_only = [f"--{n}" for n, v in (("ids", ids != "content"), ("id-key-file", id_key_file), ("key-table", key_table),
+                                      ("ray-address", ray_address), ("partition-rows", partition_rows)) if v]
+    if ray_only:
+        raise click.UsageError(f"{', '.join(ray_only)}: only with --engine ray")
+    if Path(out).is_dir():
+        raise click.UsageError(f"{out} is a folder; the local engine writes one Parquet file (--engine ray writes folders)")
     from tqdm.auto import tqdm
 
     from .data.splits import hash_split
@@ -164,7 +228,8 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     split_info = metadata.get("split")
     if (which != "all" or include_split) and split_info is None:
         raise click.UsageError("this model records no train/test split; use --split all without --include-split")
-    source = _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synthetic_samples, limit, strict)
+    source = _scan(utkface, manifest, images, image_column, sensitive, metadata, estimator, synthetic_samples, limit,
+                   strict, allow_outside_root)
     names, rows = None, np.arange(len(source))
     if split_info is not None:
         is_test = hash_split(source.content_hash, test_fraction=split_info["test_fraction"], seed=split_info["seed"])
@@ -183,7 +248,49 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     click.echo(f"wrote {report.n_written} latents to {out} ({len(report.skipped)} skipped)")
 
 
-def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synthetic_samples, limit, strict):
+def _encode_on_ray(model_dir, out, *, utkface, manifest, images, image_column, sensitive, limit, strict,
+                   allow_outside_root, which, include_split, include_labels, id_column, batch_size, decoder, overwrite,
+                   workers, gpus_per_worker, partition_rows, ids, id_key_file, key_table, ray_address):
+    """``bafo encode --engine ray``: scan here (hashing on the cluster), encode on the cluster, one file per partition."""
+    from tqdm.auto import tqdm
+
+    from .pipeline.distributed import PartitionFailed, encode_dataset
+
+    if limit is not None:
+        raise click.UsageError("--limit is not supported with --engine ray")
+    if id_column is not None:
+        raise click.UsageError("--id-column is not supported with --engine ray; use --ids row for manifest row numbers")
+    if sum(s is not None for s in (utkface, manifest, images)) != 1:
+        raise click.UsageError("--engine ray reads files: pass exactly one of --utkface, --manifest or --images")
+    bar = tqdm(desc="encoding", unit="img")
+    try:
+        report = encode_dataset(
+            model_dir, out, utkface=utkface, manifest=manifest, images=images, image_column=image_column,
+            sensitive=tuple(c.strip() for c in sensitive.split(",") if c.strip()), include_labels=include_labels,
+            id_from=ids, id_key=id_key_file, key_table=key_table, split=which, include_split=include_split,
+            workers=workers, gpus_per_worker=gpus_per_worker, partition_rows=partition_rows, batch_size=batch_size,
+            decoder=decoder, strict=strict, overwrite=overwrite, allow_outside_root=allow_outside_root,
+            address=ray_address, progress=bar.update,
+        )
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, PartitionFailed, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        bar.close()
+    for where, reason in report.scan_skipped[:10]:
+        click.echo(f"skipped {where}: {reason}", err=True)
+    counts = report.counts
+    for reason, count in list(counts["skipped_by_reason"].items())[:10]:
+        click.echo(f"skipped {count}: {reason}", err=True)
+    kept = f", {report.partitions_kept} kept from an earlier run" if report.partitions_kept else ""
+    click.echo(f"wrote {counts['written']} latents to {out} ({report.n_partitions} partitions{kept}; "
+               f"{counts['skipped']} skipped, {counts['duplicates_dropped'] + counts['conflicting_files_dropped']} "
+               f"duplicates dropped; job file {out}/_bafo_job.json)")
+    if key_table is not None:
+        click.echo(f"key table (id -> file, keep it private): {key_table}", err=True)
+
+
+def _scan(utkface, manifest, images, image_column, sensitive, metadata, estimator, synthetic_samples, limit, strict,
+          allow_outside_root):
     """Files are only scanned (decoded later, in streaming batches); synthetic faces are drawn as the model's were."""
     from .data.sources import scan_source
 
@@ -191,10 +298,10 @@ def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synth
     if data.get("source") == "synthetic":
         synthetic_samples = data.get("synthetic_samples", synthetic_samples)
     source, report = scan_source(
-        utkface=utkface, manifest=manifest, synthetic_samples=synthetic_samples,
+        utkface=utkface, manifest=manifest, images=images, synthetic_samples=synthetic_samples,
         image_size=estimator.input_format_.shape[0], image_column=image_column,
         sensitive=tuple(s.strip() for s in sensitive.split(",") if s.strip()), limit=limit, strict=strict,
-        seed=metadata.get("split", {}).get("seed", 0),
+        seed=metadata.get("split", {}).get("seed", 0), allow_outside_root=allow_outside_root,
     )
     click.echo(f"data: {report.summary()}", err=True)
     return source
@@ -202,15 +309,21 @@ def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synth
 
 # ---------------------------------------------------------------------------- audit
 @main.command()
-@click.option("--latents", "latents", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="A Parquet file of embeddings (repeat to compare several side by side).")
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False),
-              help="CSV/Parquet labels joined by id; default: the labels stored in the first latents file.")
-@click.option("--fit-latents", "fit_latents", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="A labelled training export for the data-rich attacker (one per --latents, in order): probes "
-                   "are fitted on it and scored on the audited file. Labels come from --labels, joined by id, or "
-                   "from the training file itself.")
+@click.option("--latents", "latents", multiple=True, required=True,
+              help="Embeddings: a Parquet file, a folder of them (plain or hive-partitioned), a glob or a URI "
+                   "(repeat to compare several side by side).")
+@click.option("--labels",
+              help="CSV or Parquet labels (file, folder, glob or URI) joined by id; default: the labels stored "
+                   "in the first latents dataset.")
+@click.option("--fit-latents", "fit_latents", multiple=True,
+              help="A labelled training export for the data-rich attacker (one per --latents, in order; a file, "
+                   "folder, glob or URI): probes are fitted on it and scored on the audited data. Labels come "
+                   "from --labels, joined by id, or from the training export itself.")
 @click.option("--id-column", default="id", show_default=True)
+@click.option("--latent-column", help="The embedding's list column in files of other tools (default: 'latent', "
+                                      "else the only list column, else one numeric column per dimension).")
+@click.option("--sample", type=int, help="Audit a stratified sample of this many rows (for datasets larger than "
+                                         "memory); the report says so.")
 @click.option("--attributes", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Sensitive attributes to audit.")
 @click.option("--target", help="A non-sensitive column for the downstream fairness report (e.g. smile).")
 @click.option("--folds", default=5, show_default=True)
@@ -219,7 +332,7 @@ def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synth
 @click.option("--gate", help="Apply --max-leakage to this representation only (a file stem); default: all.")
 @click.option("--attach", is_flag=True,
               help="Write the verdict into each latents file's footer (an audit receipt, for bafo verify); "
-                   "the rows are not touched.")
+                   "the rows are not touched. Single Parquet files only.")
 @click.option("--targets", help="Non-sensitive label columns to audit for utility (e.g. yaw,mouth_open,smile): what "
                                 "each representation keeps of them, with the same probes and intervals.")
 @click.option("--references", help="Representations (file stems) the utility shares are relative to, farthest "
@@ -228,8 +341,8 @@ def _scan(utkface, manifest, image_column, sensitive, metadata, estimator, synth
               help="Also audit the part of each continuous target the sensitive attributes do not explain.")
 @click.option("--min-share", default=0.8, show_default=True,
               help="Overall verdict: share of the reference's utility every target must keep.")
-def audit(latents, labels, fit_latents, id_column, attributes, target, folds, out_dir, max_leakage, gate, attach,
-          targets, references, residual, min_share):
+def audit(latents, labels, fit_latents, id_column, latent_column, sample, attributes, target, folds, out_dir,
+          max_leakage, gate, attach, targets, references, residual, min_share):
     """Measure how much of each sensitive attribute the embeddings still reveal.
 
     Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
@@ -254,15 +367,21 @@ def audit(latents, labels, fit_latents, id_column, attributes, target, folds, ou
     from .audits import run_audit_files
 
     names = [s.strip() for s in attributes.split(",") if s.strip()]
-    report = _with_progress(
-        "auditing",
-        lambda progress: run_audit_files(
-            list(latents), labels, out_dir, id_column=id_column, attributes=names, target=target,
-            n_folds=folds, progress=progress, fit_latents=list(fit_latents) or None, attach=attach,
-            max_leakage=max_leakage, targets=_names_list(targets), references=_names_list(references),
-            residual=residual, gate=gate, min_share=min_share,
-        ),
-    )
+    try:
+        report = _with_progress(
+            "auditing",
+            lambda progress: run_audit_files(
+                list(latents), labels, out_dir, id_column=id_column, latent_column=latent_column, sample=sample,
+                attributes=names, target=target, n_folds=folds, progress=progress,
+                fit_latents=list(fit_latents) or None, attach=attach, max_leakage=max_leakage,
+                targets=_names_list(targets), references=_names_list(references), residual=residual, gate=gate,
+                min_share=min_share,
+            ),
+        )
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    if sample is not None:
+        click.echo(report.leakage.warnings[0], err=True)
     _print_verdicts(report)
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
     if attach:
@@ -412,8 +531,9 @@ def verify(path, max_leakage, bound):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
-def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, out_dir, epochs, batch_size,
-        latent_dim, concealment, covariance_dims, decoder_epochs, target, landmarks_cache, device, seed, overwrite):
+def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir, epochs,
+        batch_size, latent_dim, concealment, covariance_dims, decoder_epochs, target, landmarks_cache, device, seed,
+        overwrite):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
@@ -432,7 +552,8 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
 
-    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, 56, seed)
+    dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, 56, seed,
+                    allow_outside_root)
     synthetic = utkface is None and manifest is None
     if target is None and synthetic:
         target = "smile"

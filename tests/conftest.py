@@ -17,6 +17,15 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster (2 CPUs, no dashboard) for the distributed tests; yields its address, shut down at the end."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
 def _float64_chain(model, images: np.ndarray, steps=None) -> np.ndarray:
     """What a fitted image model's ``transform`` computes, run unfolded in float64: the encoder's posterior
     mean, then each concealment step (LinearErasure: its projection; LatentRefiner: its standardisation and

@@ -61,7 +61,8 @@ def test_planted_signal_is_recovered_and_noise_is_at_chance(result):
     assert 0.35 < scores.loc[("half", "yaw"), "score"] < 0.65  # R² of a signal with SNR 1: 0.5
     for target in ("yaw", "mouth", "smile", "mouth" + RESIDUAL_SUFFIX):
         row = scores.loc[("noise", target)]
-        # at chance: the interval reaches below 0 (a probe of pure noise can be a little worse than the mean)
+        # The interval reaches below 0. (R² against the training mean: a probe of pure noise is at
+        # or just below 0, and its interval may lie wholly below 0, a little worse than the mean.)
         assert row["score"] < 0.05 and row["at_chance"] and row["ci_low"] < 0, target
     assert not scores.loc[("half", "yaw"), "at_chance"]
 

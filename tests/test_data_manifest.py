@@ -22,10 +22,10 @@ def _jpeg_bytes(seed: int) -> bytes:
 
 @pytest.fixture
 def setup(tmp_path):
-    """Manifest folder with images in a subfolder and one outside it (absolute path)."""
+    """Manifest folder with images in a subfolder and one named by its absolute path."""
     base = tmp_path / "set"
     (base / "img").mkdir(parents=True)
-    outside = tmp_path / "elsewhere.jpg"
+    outside = base / "elsewhere.jpg"
     outside.write_bytes(_jpeg_bytes(3))
     for i in range(3):
         (base / "img" / f"{i}.jpg").write_bytes(_jpeg_bytes(i))
@@ -91,6 +91,25 @@ def test_unsupported_or_missing_manifest(setup, tmp_path):
         scan_manifest(base / "m.xlsx")
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         scan_manifest(tmp_path / "none.csv")
+
+
+def test_paths_leading_outside_the_manifest_folder_need_the_flag(setup, tmp_path):
+    base, rows = setup
+    (tmp_path / "secret.jpg").write_bytes(_jpeg_bytes(9))
+    (base / "img" / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    rows = pd.concat([rows, pd.DataFrame({
+        "file": [str(tmp_path / "secret.jpg"), "../secret.jpg", "img/../img/0.jpg", "img/link.jpg", "s3://bucket/x.jpg"],
+        "age": [30] * 5, "gender": ["male"] * 5, "ethnicity": ["white"] * 5, "site": ["x"] * 5,
+    })], ignore_index=True)
+    path = _write(rows, base, "m.csv")
+    table, report = scan_manifest(path, image_column="file", dedupe="none")
+    assert table.index.tolist() == [1, 2, 3, 4, 7]  # row 7 stays inside (img/0.jpg)
+    reasons = dict(report.skipped)
+    for row in ("row 5", "row 6", "row 8"):  # absolute, ../ and a symlink out of the folder
+        assert reasons[row].startswith("path leads outside the manifest's folder"), row
+    assert reasons["row 9"].startswith("names another filesystem")
+    table, report = scan_manifest(path, image_column="file", dedupe="none", allow_outside_root=True)
+    assert table.index.tolist() == [1, 2, 3, 4, 5, 6, 7, 8] and list(dict(report.skipped)) == ["row 9"]
 
 
 def test_bad_rows_are_skipped_with_row_numbers(setup):

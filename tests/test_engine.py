@@ -115,6 +115,28 @@ def test_bfloat16_keeps_concealed_latents_within_two_percent_of_their_spread(mod
     assert np.sqrt(np.mean((float32 - bf16) ** 2)) < 0.02 * float32.std()
 
 
+def test_fit_measures_how_far_bfloat16_moves_the_latents(model, faces):
+    # The fit-time figure is taken on a sample of the fit images; on all of them it is about the same.
+    exact = model.transform(faces.images)
+    rounded = copy.deepcopy(model).set_params(precision="bfloat16").transform(faces.images)
+    on_all = np.sqrt(np.mean((exact - rounded) ** 2)) / exact.std()
+    assert 0 < model.bfloat16_error_ and 0.5 * on_all < model.bfloat16_error_ < 2 * on_all
+
+
+@pytest.mark.parametrize(
+    ("measured", "expected"), [(0.002, "bfloat16"), (0.05, "float32"), (None, "float32")]
+)
+def test_auto_takes_bfloat16_only_where_it_was_measured_to_be_close(model, monkeypatch, measured, expected):
+    monkeypatch.setattr(inference, "native_bfloat16", lambda device: True)
+    auto = copy.deepcopy(model).set_params(precision="auto", device="cpu")
+    if measured is None:  # a model saved before the measurement existed
+        del auto.bfloat16_error_
+    else:
+        auto.bfloat16_error_ = measured
+    assert auto.inference_settings().precision == expected
+    assert copy.deepcopy(auto).set_params(precision="bfloat16").inference_settings().precision == "bfloat16"
+
+
 @pytest.fixture(scope="module")
 def files(faces, tmp_path_factory):
     folder = tmp_path_factory.mktemp("faces")

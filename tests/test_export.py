@@ -112,7 +112,8 @@ def test_in_memory_export_equals_transform_and_records_precision(model, faces, t
     np.testing.assert_array_equal(table.latents, model.transform(faces.images))
     settings = model.inference_settings()
     assert table.metadata["precision"] == settings.precision
-    assert settings.precision == ("bfloat16" if _inference.uses_bfloat16("auto", settings.device, model.network_) else "float32")
+    native = _inference.native_bfloat16(settings.device) and model.bfloat16_error_ <= _inference.AUTO_BFLOAT16_TOLERANCE
+    assert settings.precision == ("bfloat16" if native else "float32")
     assert table.metadata["decoder"] == "in-memory"
 
 
@@ -146,15 +147,17 @@ def test_auto_precision_uses_bfloat16_only_for_conv_networks_on_native_hardware(
     cpu = torch.device("cpu")
     for native in (True, False):
         monkeypatch.setattr(_inference, "native_bfloat16", lambda device, native=native: native)
-        assert _inference.uses_bfloat16("auto", cpu, conv) is native
-        assert _inference.uses_bfloat16("auto", cpu, tabular) is False
+        assert _inference.uses_bfloat16("auto", cpu, conv, measured_error=0.001) is native
+        assert _inference.uses_bfloat16("auto", cpu, conv, measured_error=0.03) is False
+        assert _inference.uses_bfloat16("auto", cpu, conv) is False  # never measured: float32
+        assert _inference.uses_bfloat16("auto", cpu, tabular, measured_error=0.001) is False
         assert _inference.uses_bfloat16("float32", cpu, conv) is False
         assert _inference.uses_bfloat16("bfloat16", cpu, tabular) is True
 
 
 def test_inference_copy_is_made_once_and_leaves_the_fitted_network_alone(model):
-    first, _ = _inference.inference_network(model.network_, torch.device("cpu"), "auto")
-    second, _ = _inference.inference_network(model.network_, torch.device("cpu"), "auto")
+    first = _inference.inference_network(model.network_, torch.device("cpu"))
+    second = _inference.inference_network(model.network_, torch.device("cpu"))
     assert first is second and first is not model.network_
     assert all(p.is_contiguous() for p in model.network_.parameters())
     assert first.encoder.features[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from .network import BAFONetwork
 
@@ -71,7 +72,7 @@ class AffineMap:
     def as_linear(self) -> nn.Linear:
         """The map as a float32 ``nn.Linear`` (the one rounding of the folded weights)."""
         n_in, n_out = self.matrix.shape
-        layer = nn.Linear(n_in, n_out)
+        layer = skip_init(nn.Linear, n_in, n_out)  # weights copied in: no random init, the global RNG untouched
         with torch.no_grad():
             layer.weight.copy_(torch.from_numpy(self.matrix.T.copy()).float())
             layer.bias.copy_(torch.from_numpy(self.offset.copy()).float())
@@ -190,7 +191,8 @@ def _copy_features(features: nn.Sequential) -> nn.Sequential:
     layers: list[nn.Module] = []
     for module in features:
         if isinstance(module, nn.Conv2d):
-            copy = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding)
+            copy = skip_init(nn.Conv2d, module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                             module.padding)
             copy.load_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()})
             layers.append(copy)
         elif isinstance(module, nn.SiLU):

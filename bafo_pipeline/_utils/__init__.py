@@ -1,11 +1,13 @@
 """The bottom layer: helpers every other layer may use and that import nothing of the package.
 
 atomic writes (:mod:`.atomic`), devices and their arithmetic (:mod:`.device`),
-progress reporting (:mod:`.progress`) and JSON cleaning (:mod:`.jsonable`).
+local paths and URIs as ``pyarrow.fs`` filesystems (:mod:`.filesystems`), progress
+reporting (:mod:`.progress`) and JSON cleaning (:mod:`.jsonable`).
 """
 
 from .atomic import AtomicFile, atomic_write_path, check_destination
 from .device import autocast, native_bfloat16, resolve_device
+from .filesystems import glob_files, has_glob, is_local, is_uri, join, resolve_filesystem, within
 from .jsonable import to_jsonable
 from .progress import Progress, epoch_progress
 
@@ -16,7 +18,14 @@ __all__ = [
     "autocast",
     "check_destination",
     "epoch_progress",
+    "glob_files",
+    "has_glob",
+    "is_local",
+    "is_uri",
+    "join",
     "native_bfloat16",
     "resolve_device",
+    "resolve_filesystem",
     "to_jsonable",
+    "within",
 ]

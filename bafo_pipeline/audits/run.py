@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._utils.progress import ContinuedProgress
+from ..io.parquet import read_schema, read_table
 from .fairness import FairnessResult, fairness_report
 from .inputs import DEFAULT_ATTRIBUTES, align_by_id, check_representations
 from .leakage import audit_leakage
@@ -19,6 +20,7 @@ from .overall import OverallVerdict, overall_verdicts
 from .readers import read_labels
 from .report import report_dict, write_report
 from .result import AuditResult
+from .sampling import stratified_sample
 from .side_channels import SideChannels, audit_side_channels
 from .utility import UtilityResult, audit_utility
 
@@ -88,6 +90,7 @@ def run_audit(
     side_channels: Sequence[SideChannels] = (),
     side_channel_labels: pd.DataFrame | None = None,
     files: Mapping[str, dict[str, Any]] | None = None,
+    notes: Sequence[str] = (),
     targets: Sequence[str] | None = None,
     references: Sequence[str] = (),
     residual: bool = False,
@@ -132,6 +135,9 @@ def run_audit(
         ``labels`` (e.g. a shared file of every image, audited beside a held-out split).
     files : mapping, optional
         Facts about the audited files, kept in the report (``report.files``).
+    notes : sequence of str
+        Facts about the data the report must state (e.g. that it is a sample); listed first
+        among the report's warnings.
     targets : sequence of str, optional
         Non-sensitive columns of ``labels`` (e.g. ``yaw``, ``mouth_open``, ``smile``): what
         each representation keeps of them is measured with the same probes, folds and
@@ -158,7 +164,7 @@ def run_audit(
     AuditReport
         Use ``report.exceeds(x)`` for the ``--max-leakage`` gate.
     """
-    collected: list[str] = []
+    collected: list[str] = list(notes)
     labels_by_id = labels
     if side_channels and audit_options.get("progress") is not None:
         audit_options = {**audit_options, "progress": ContinuedProgress(audit_options["progress"])}
@@ -271,12 +277,13 @@ def run_audit_files(
     id_column: str = "id",
     latent_column: str | None = None,
     fit_latents: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike] | None = None,
+    sample: int | None = None,
     side_channels: bool = True,
     attach: bool = False,
     max_leakage: float | None = None,
     **options: Any,
 ) -> AuditReport:
-    """:func:`run_audit` on Parquet embedding files (what ``bafo audit`` calls).
+    """:func:`run_audit` on Parquet embedding files or datasets (what ``bafo audit`` calls).
 
     Besides each file's embedding, the audit probes its side channels (ids, row
     order, every column that is neither embedding nor label) and lists what its
@@ -285,26 +292,32 @@ def run_audit_files(
     Parameters
     ----------
     latents : sequence of paths, or mapping of name to path
-        Parquet files with an id column and the embedding: a list column
-        (``latent``, the one named by ``latent_column``, or the only list column),
-        or one numeric column per dimension (see :mod:`.sources`; label columns
-        are never taken as dimensions). Sequence entries are named by file stem.
+        Parquet files, folders of them (plain or hive-partitioned), globs or URIs, with
+        an id column and the embedding: a list column (``latent``, the one named by
+        ``latent_column``, or the only list column), or one numeric column per
+        dimension (see :mod:`.sources`; label columns are never taken as dimensions).
+        Sequence entries are named by file or folder stem.
     labels : path, DataFrame or None
-        CSV or Parquet labels with ``id_column``; ``None`` uses the label columns
-        stored in the latents files themselves.
+        CSV, or Parquet (file, folder, glob or URI), with ``id_column``; ``None`` uses
+        the label columns stored in the latents data themselves.
     out_dir : str or path-like, optional
     id_column : str, default="id"
     latent_column : str, optional
         The embedding's list column in files of other tools (e.g. ``"embedding"``).
     fit_latents : sequence of paths, or mapping of name to path, optional
-        Labelled training exports for the data-rich attacker, one per latents file
+        Labelled training exports for the data-rich attacker, one per latents source
         (by position, or by name); their labels come from ``labels`` (joined by id)
-        or, without it, from the training files themselves.
+        or, without it, from the training data themselves. Read whole, even with
+        ``sample``.
+    sample : int, optional
+        Audit a stratified sample of this many rows (by the audited attributes),
+        reading only their embeddings: for datasets larger than memory. The report
+        says so; the side channels are those of the sampled rows, in file order.
     side_channels : bool, default=True
         Probe the files' ids, row order and other columns.
     attach : bool, default=False
         Write an audit receipt into each latents file's footer (atomically; the rows
-        are untouched), for ``bafo verify``.
+        are untouched), for ``bafo verify``. Single local Parquet files only.
     max_leakage : float, optional
         The gate recorded in the receipts and applied in the overall verdict.
     **options
@@ -320,6 +333,11 @@ def run_audit_files(
     from .side_channels import side_channels_of_table
 
     latents = _named(latents, "latents")
+    if attach:
+        for path in latents.values():
+            if not _is_local_file(path):
+                raise ValueError(f"{path}: an audit receipt is written into one Parquet file; this is a folder, "
+                                 "a glob or a URI (audit each file, or drop --attach)")
     used = [*(options.get("attributes") or DEFAULT_ATTRIBUTES), *filter(None, [options.get("target")]),
             *(options.get("targets") or [])]
     external = None
@@ -328,14 +346,23 @@ def run_audit_files(
     elif labels is not None:
         external = read_labels(labels, id_column=id_column)
     label_names = [c for c in (external.columns if external is not None else used) if c != id_column]
+    first_name, first_path = next(iter(latents.items()))
+    notes: list[str] = []
+    wanted = None
+    table = external
+    if sample is not None:
+        if table is None:
+            table = _labels_beside_embeddings(first_path, id_column, used)
+        table, note = _sampled_labels(first_path, table, id_column, used, sample, options.get("random_state", 0))
+        wanted = table[id_column].tolist()
+        notes.append(note)
     fingerprints = {name: data_fingerprint(path) for name, path in latents.items()} if attach else {}
     files = {
-        name: _read_file(path, id_column=id_column, latent_column=latent_column, labels=label_names)
+        name: _read_file(path, id_column=id_column, latent_column=latent_column, labels=label_names, ids=wanted)
         for name, path in latents.items()
     }
-    first_name = next(iter(files))
-    table = external if external is not None else _labels_in_file(files[first_name], latents[first_name], id_column,
-                                                                   used)
+    if table is None:
+        table = _labels_in_file(files[first_name], first_path, id_column, used)
     fit_pairs, fit_table, fit_paths = None, None, {}
     if fit_latents is not None:
         fit_paths = _named(fit_latents, "fit_latents", names=list(latents))
@@ -366,11 +393,12 @@ def run_audit_files(
     pairs = {name: (f.ids, f.Z) for name, f in files.items()}
     report = run_audit(
         pairs, table, out_dir, id_column=id_column, fit_representations=fit_pairs, fit_labels=fit_table,
-        side_channels=channels, files=facts, max_leakage=max_leakage, **options,
+        side_channels=channels, files=facts, notes=notes, max_leakage=max_leakage, **options,
     )
     if attach:
         for name, path in latents.items():
-            training = data_fingerprint(fit_paths[name]) if name in fit_paths else None
+            training = data_fingerprint(fit_paths[name]) if name in fit_paths and _is_local_file(fit_paths[name]) \
+                else None
             receipt = make_receipt(report, name, path, fingerprint=fingerprints[name], threshold=max_leakage,
                                    training_export=training)
             attach_receipt(path, receipt)
@@ -398,21 +426,27 @@ def _named(paths, what: str, names: list[str] | None = None) -> dict[str, Any]:
     return named
 
 
-def _read_file(path, *, id_column: str, latent_column: str | None, labels: Sequence[str]):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _is_local_file(path) -> bool:
+    return not isinstance(path, pd.DataFrame) and Path(os.fspath(path)).is_file()
 
+
+def _footer_of(path) -> dict[str, str]:
+    """A local file's footer metadata; for a folder, glob or URI, the dataset schema's (its first file's)."""
     from ..io.footer import read_footer_metadata
+
+    if _is_local_file(path):
+        return read_footer_metadata(path)
+    raw = read_schema(path).metadata or {}
+    return {key.decode("utf-8", "replace"): value.decode("utf-8", "replace") for key, value in raw.items()}
+
+
+def _read_file(path, *, id_column: str, latent_column: str | None, labels: Sequence[str], ids=None):
+    """One source read as :class:`~.sources.EmbeddingFile` (only the rows of ``ids`` when given)."""
     from .sources import embedding_of
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+    table = read_table(path, ids=ids, id_column=id_column)
     return embedding_of(table, where=path, id_column=id_column, latent_column=latent_column, labels=labels,
-                        footer=read_footer_metadata(path))
+                        footer=_footer_of(path))
 
 
 def _labels_in_file(file, path, id_column: str, used: Sequence[str]) -> pd.DataFrame:
@@ -423,3 +457,36 @@ def _labels_in_file(file, path, id_column: str, used: Sequence[str]) -> pd.DataF
             f"{path}: no label columns besides {id_column!r} (looked for {list(used)}); pass a labels file"
         )
     return file.rest.select([id_column, *wanted]).to_pandas()
+
+
+def _labels_beside_embeddings(source, id_column: str, used: Sequence[str]) -> pd.DataFrame:
+    """The label columns stored in an embeddings dataset, read without its embedding (for sampling first)."""
+    from .sources import declared_labels
+
+    schema = read_schema(source)
+    declared = declared_labels(_footer_of(source))
+    wanted = [c for c in schema.names if c != id_column and (c in declared or c in used)]
+    if not wanted:
+        raise ValueError(
+            f"{source}: no label columns besides {id_column!r} (looked for {list(used)}); pass a labels file"
+        )
+    return read_table(source, [id_column, *wanted]).to_pandas()
+
+
+def _sampled_labels(source, labels: pd.DataFrame, id_column: str, label_columns, n: int, seed: int):
+    """The labels rows of a stratified sample among the ids the embeddings have, and the note saying so."""
+    if id_column not in labels.columns:
+        raise ValueError(f"labels have no id column {id_column!r}; columns are {list(labels.columns)}")
+    embedded = read_table(source, [id_column]).column(id_column).to_pandas()
+    if labels[id_column].dtype != embedded.dtype:
+        present = labels[id_column].astype(str).isin(set(embedded.astype(str)))
+    else:
+        present = labels[id_column].isin(set(embedded))
+    labels = labels[present.to_numpy()].reset_index(drop=True)
+    positions = stratified_sample(labels, label_columns, n, random_state=seed)
+    strata = [c for c in label_columns if c in labels.columns]
+    note = (
+        f"audited a stratified sample of {len(positions):,} of {len(labels):,} rows (strata: joint groups of "
+        f"{', '.join(strata) or 'none'}; seed {seed}); estimates carry the sampling error of the sample"
+    )
+    return labels.iloc[positions].reset_index(drop=True), note

@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .files import StoredFile
 from .images import (
     DEFAULT_MAX_PIXELS,
     ORIENTATION_FIX,
@@ -83,7 +84,7 @@ __all__ = [
     "jpeg_header",
 ]
 
-TensorSource = str | os.PathLike | bytes
+TensorSource = str | os.PathLike | bytes | StoredFile
 JpegDecodeFn = Callable[[Sequence[torch.Tensor], torch.device], list[torch.Tensor]]
 
 _BACKENDS = ("torchcodec", "torchvision")
@@ -384,6 +385,14 @@ def _prepare(source: TensorSource, target_h: int, target_w: int, max_pixels: int
     args = (target_h, target_w, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         label, data = "<bytes>", bytes(source)
+    elif isinstance(source, StoredFile):
+        label = source.path
+        try:
+            data = source.read()
+        except OSError as err:
+            return ImageDecodeError(label, str(err))
+        if not data:
+            return ImageDecodeError(label, "empty file (0 bytes)")
     else:
         label = os.fspath(source)
         try:

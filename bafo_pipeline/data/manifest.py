@@ -10,15 +10,19 @@ images) are skipped and reported by row number, or stop the load when
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from pathlib import Path
+import posixpath
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
+from .._utils.filesystems import is_local, is_uri, join, resolve_filesystem, within
 from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, LoadReport
+from .files import DEFAULT_MAX_FILE_BYTES
 from .images import DEFAULT_MAX_PIXELS, Size
 from .splits import EMPTY_CONTENT_HASH, dedupe_by_hash, hash_files
 from .tables import PRIVATE_COLUMNS, dataset_from_table
@@ -35,7 +39,7 @@ def read_manifest_table(path: str | os.PathLike) -> pd.DataFrame:
     Parameters
     ----------
     path : str or path-like
-        A ``.csv``, ``.parquet`` or ``.pq`` file.
+        A ``.csv``, ``.parquet`` or ``.pq`` file, local or a URI.
 
     Returns
     -------
@@ -48,17 +52,19 @@ def read_manifest_table(path: str | os.PathLike) -> pd.DataFrame:
     ValueError
         If the extension is not supported or the file cannot be parsed.
     """
-    path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
+    filesystem, location = resolve_filesystem(path)
+    suffix = PurePosixPath(location).suffix.lower()
+    reader = _READERS.get(suffix)
     if reader is None:
         raise ValueError(
-            f"{path}: unsupported manifest format {path.suffix or '(no extension)'!r}; "
+            f"{path}: unsupported manifest format {suffix or '(no extension)'!r}; "
             f"use one of {sorted(_READERS)}"
         )
-    if not path.is_file():
+    if filesystem.get_file_info(location).type != pafs.FileType.File:
         raise FileNotFoundError(f"manifest not found: {path}")
     try:
-        return reader(path)
+        with filesystem.open_input_file(location) as handle:
+            return reader(handle)
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise ValueError(f"{path}: cannot read manifest: {err}") from err
     except Exception as err:  # pyarrow raises its own error types for broken Parquet
@@ -113,6 +119,38 @@ def _row_problems(
     return problems
 
 
+class _ManifestPaths:
+    """Where a manifest's image entries point, on the manifest's own filesystem."""
+
+    def __init__(self, manifest: str, filesystem: pafs.FileSystem, location: str, allow_outside_root: bool) -> None:
+        self.filesystem = filesystem
+        self.local = is_local(filesystem)
+        self.base = str(Path(location).parent) if self.local else posixpath.dirname(location)
+        self.real_base = os.path.realpath(self.base) if self.local else None
+        self.scheme = manifest.split("://", 1)[0] if is_uri(manifest) else "file"
+        self.allow_outside_root = allow_outside_root
+
+    def resolve(self, entry: str) -> tuple[str | None, str | None]:
+        """``(path, None)``, or ``(None, reason)`` for an entry leading elsewhere."""
+        if is_uri(entry):
+            scheme, rest = entry.split("://", 1)
+            if scheme != self.scheme:
+                return None, f"names another filesystem than the manifest's ({scheme}://)"
+            path = rest
+        elif self.local:
+            path = entry if Path(entry).is_absolute() else str(Path(self.base) / entry)
+        else:
+            path = entry if entry.startswith("/") else join(self.base, entry)
+        if self.allow_outside_root or self._inside(path):
+            return path, None
+        return None, f"path leads outside the manifest's folder (allow_outside_root accepts it): {entry}"
+
+    def _inside(self, path: str) -> bool:
+        if not self.local:
+            return within(self.base, path)
+        return within(self.base, os.path.normpath(path)) and within(self.real_base, os.path.realpath(path))
+
+
 def scan_manifest(
     path: str | os.PathLike,
     *,
@@ -122,15 +160,19 @@ def scan_manifest(
     dedupe: str = "drop-conflicts",
     strict: bool = False,
     n_jobs: int | None = None,
+    allow_outside_root: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    hasher: Callable = hash_files,
 ) -> tuple[pd.DataFrame, LoadReport]:
     """Read a manifest, check every row and hash every image file, without decoding.
 
     Parameters
     ----------
     path : str or path-like
-        A ``.csv``, ``.parquet`` or ``.pq`` table.
+        A ``.csv``, ``.parquet`` or ``.pq`` table, local or a URI.
     image_column : str, default="path"
-        Column of image paths; relative paths are relative to the manifest's folder.
+        Column of image paths: relative to the manifest's folder, absolute on its
+        filesystem, or URIs of its scheme.
     sensitive : sequence of str, default=("age", "gender", "ethnicity")
         Sensitive attribute columns; rows with a missing value in any of them are skipped.
     other_columns : sequence of str or None, default=None
@@ -143,6 +185,15 @@ def scan_manifest(
         Raise ``ValueError`` for the first bad row (by row number) instead of skipping.
     n_jobs : int or None, default=None
         File-reading threads; ``None`` means ``min(4, cpu count)``.
+    allow_outside_root : bool, default=False
+        Accept image paths that lead outside the manifest's folder (``../x.jpg``,
+        absolute paths elsewhere, symlinks out of it); by default such rows are
+        skipped with a reason.
+    max_file_bytes : int, default=64 MiB
+        Larger files are skipped with a reason.
+    hasher : callable, default=hash_files
+        ``hasher(paths, n_jobs=..., filesystem=..., max_bytes=...) -> (hashes, reasons)``,
+        as :func:`~bafo_pipeline.data.splits.hash_files` (a distributed job passes its own).
 
     Returns
     -------
@@ -163,7 +214,8 @@ def scan_manifest(
         If the format is unsupported, a column is missing (the message lists
         the available ones), or ``strict`` and a row is bad.
     """
-    manifest = Path(path)
+    manifest = os.fspath(path)
+    filesystem, location = resolve_filesystem(manifest)
     raw = read_manifest_table(manifest)
     sensitive = list(sensitive)
     others = _check_columns(manifest, raw, image_column, sensitive, other_columns)
@@ -174,12 +226,18 @@ def scan_manifest(
     ok[list(problems)] = False
     written = raw[image_column].where(raw[image_column].isna(), raw[image_column].astype(str))
 
-    base = manifest.parent
+    entries = _ManifestPaths(manifest, filesystem, location, allow_outside_root)
+    resolved = {}
+    for pos in np.flatnonzero(ok):
+        found, reason = entries.resolve(str(written.iloc[pos]))
+        if reason is None:
+            resolved[int(pos)] = found
+        else:
+            problems[int(pos)] = reason
+            ok[pos] = False
     positions = np.flatnonzero(ok)
-    resolved = [
-        str(p) if p.is_absolute() else str(base / p) for p in (Path(str(written.iloc[i])) for i in positions)
-    ]
-    hashes, reasons = hash_files(resolved, n_jobs=n_jobs)
+    resolved = [resolved[int(pos)] for pos in positions]
+    hashes, reasons = hasher(resolved, n_jobs=n_jobs, filesystem=filesystem, max_bytes=max_file_bytes)
     for pos, digest, reason in zip(positions, hashes, reasons):
         if reason is None and digest == EMPTY_CONTENT_HASH:
             reason = "empty file (0 bytes)"
@@ -222,6 +280,7 @@ def load_manifest(
     limit: int | None = None,
     progress: Any = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allow_outside_root: bool = False,
 ) -> FaceDataset:
     """Load the images and attributes listed in a CSV or Parquet manifest.
 
@@ -231,7 +290,7 @@ def load_manifest(
         A ``.csv``, ``.parquet`` or ``.pq`` table, see :func:`scan_manifest`.
     image_size : int or (int, int), default=56
         Output ``(height, width)`` of every image.
-    image_column, sensitive, other_columns, dedupe
+    image_column, sensitive, other_columns, dedupe, allow_outside_root
         See :func:`scan_manifest`.
     strict : bool, default=False
         Raise for the first bad row or image instead of skipping it.
@@ -264,6 +323,7 @@ def load_manifest(
         dedupe=dedupe,
         strict=strict,
         n_jobs=n_jobs,
+        allow_outside_root=allow_outside_root,
     )
     columns = [c for c in table.columns if c not in _RESERVED]
     return dataset_from_table(

@@ -1,4 +1,4 @@
-"""Entry points for the data sources the CLI and benchmarks offer (synthetic, UTKFace, manifest):
+"""Entry points for the data sources the CLI and benchmarks offer (synthetic, UTKFace, manifest, image folder):
 decoded into memory (:func:`load_source`) or scanned for streaming (:func:`scan_source`)."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def load_source(
     strict: bool = False,
     seed: int = 0,
     progress: Callable[[int], Any] | Any | None = None,
+    allow_outside_root: bool = False,
 ) -> FaceDataset:
     """Load a UTKFace folder, a manifest, or (neither given) synthetic faces.
 
@@ -45,19 +46,25 @@ def load_source(
         Seed of the synthetic faces.
     progress : callable or tqdm-like, optional
         Decoding progress.
+    allow_outside_root : bool, default=False
+        Accept files that lead outside the folder or the manifest's folder
+        (symlinks, ``../`` and absolute manifest paths).
     """
     if utkface is not None and manifest is not None:
         raise ValueError("give either a UTKFace folder or a manifest, not both")
     if utkface is not None:
         from .utkface import load_utkface
 
-        return load_utkface(utkface, image_size=image_size, strict=strict, limit=limit, progress=progress)
+        return load_utkface(
+            utkface, image_size=image_size, strict=strict, limit=limit, progress=progress,
+            allow_outside_root=allow_outside_root,
+        )
     if manifest is not None:
         from .manifest import load_manifest
 
         return load_manifest(
             manifest, image_size=image_size, image_column=image_column, sensitive=tuple(sensitive),
-            strict=strict, limit=limit, progress=progress,
+            strict=strict, limit=limit, progress=progress, allow_outside_root=allow_outside_root,
         )
     from .synthetic import make_synthetic_faces
 
@@ -69,6 +76,7 @@ def scan_source(
     *,
     utkface: str | os.PathLike | None = None,
     manifest: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
     synthetic_samples: int = 3000,
     image_size: int = 56,
     image_column: str = "path",
@@ -76,8 +84,20 @@ def scan_source(
     limit: int | None = None,
     strict: bool = False,
     seed: int = 0,
+    allow_outside_root: bool = False,
 ) -> tuple[FaceSource, LoadReport]:
     """Like :func:`load_source`, but files are only scanned: their images are decoded later, in batches.
+
+    Parameters
+    ----------
+    images : path, optional
+        A folder of images without labels (searched recursively; see
+        :func:`~bafo_pipeline.data.folders.scan_image_folder`): encoding only.
+    allow_outside_root : bool, default=False
+        Accept files that lead outside the folder or the manifest's folder
+        (symlinks, ``../`` and absolute manifest paths).
+    utkface, manifest, synthetic_samples, image_size, image_column, sensitive, limit, strict, seed
+        As in :func:`load_source`; folders and manifests may be URIs (``s3://...``).
 
     Returns
     -------
@@ -88,22 +108,35 @@ def scan_source(
     report : LoadReport
         What the scan skipped or dropped.
     """
-    if utkface is not None and manifest is not None:
-        raise ValueError("give either a UTKFace folder or a manifest, not both")
-    if utkface is None and manifest is None:
+    given = [name for name, value in (("utkface", utkface), ("manifest", manifest), ("images", images)) if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one of a UTKFace folder, a manifest or an image folder, not {' and '.join(given)}")
+    if not given:
         dataset = load_source(synthetic_samples=synthetic_samples, image_size=image_size, limit=limit, seed=seed)
         return dataset, dataset.report
+    from .._utils.filesystems import resolve_filesystem
     from .tables import ImageFiles
 
     if utkface is not None:
         from .utkface import UTKFACE_SENSITIVE, scan_utkface
 
-        table, report = scan_utkface(utkface, strict=strict)
+        location = utkface
+        table, report = scan_utkface(utkface, strict=strict, allow_outside_root=allow_outside_root)
         sensitive = UTKFACE_SENSITIVE
-    else:
+    elif manifest is not None:
         from .manifest import scan_manifest
 
-        table, report = scan_manifest(manifest, image_column=image_column, sensitive=tuple(sensitive), strict=strict)
+        location = manifest
+        table, report = scan_manifest(
+            manifest, image_column=image_column, sensitive=tuple(sensitive), strict=strict,
+            allow_outside_root=allow_outside_root,
+        )
+    else:
+        from .folders import scan_image_folder
+
+        location, sensitive = images, ()
+        table, report = scan_image_folder(images, strict=strict, allow_outside_root=allow_outside_root)
     if limit is not None:
         table = table.iloc[:limit]
-    return ImageFiles(table, tuple(sensitive), report), report
+    filesystem, _ = resolve_filesystem(location)
+    return ImageFiles(table, tuple(sensitive), report, filesystem=filesystem), report

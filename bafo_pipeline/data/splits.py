@@ -14,6 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
+
+from .files import DEFAULT_MAX_FILE_BYTES, read_file_bytes
 
 __all__ = [
     "DEDUPE_MODES",
@@ -49,30 +52,35 @@ def content_hash(data: bytes) -> str:
 EMPTY_CONTENT_HASH = content_hash(b"")
 
 
-def _hash_one(path: str) -> tuple[str | None, str | None]:
+def _hash_one(filesystem, path: str, max_bytes: int) -> tuple[str | None, str | None]:
     try:
-        with open(path, "rb") as fh:
-            return content_hash(fh.read()), None
-    except FileNotFoundError:
-        return None, "file not found"
-    except IsADirectoryError:
-        return None, "is a directory, not a file"
-    except PermissionError:
-        return None, "permission denied"
+        return content_hash(read_file_bytes(filesystem, path, max_bytes)), None
     except OSError as err:
-        return None, f"cannot read file: {err.strerror or err}"
+        return None, str(err)
 
 
 def hash_files(
-    paths: Iterable[str | os.PathLike], *, n_jobs: int | None = None
+    paths: Iterable[str | os.PathLike],
+    *,
+    n_jobs: int | None = None,
+    filesystem: pafs.FileSystem | None = None,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> tuple[list[str | None], list[str | None]]:
     """Content hash of each file, with a reason for each file that cannot be read.
+
+    Files are read with :func:`~bafo_pipeline.data.files.read_file_bytes`: regular
+    files only (a FIFO or a device is skipped, never waited on or read forever), at
+    most ``max_bytes`` each.
 
     Parameters
     ----------
     paths : iterable of str or path-like
     n_jobs : int or None, default=None
         Reading threads; ``None`` means ``min(4, cpu count)``.
+    filesystem : pyarrow.fs.FileSystem, optional
+        Where the files are; default this machine's.
+    max_bytes : int, default=64 MiB
+        Larger files are skipped with a reason.
 
     Returns
     -------
@@ -83,13 +91,14 @@ def hash_files(
     """
     from .images import resolve_n_jobs
 
+    filesystem = pafs.LocalFileSystem() if filesystem is None else filesystem
     paths = [os.fspath(p) for p in paths]
     n_threads = resolve_n_jobs(n_jobs)
     if n_threads == 1 or len(paths) < 2:
-        results = [_hash_one(p) for p in paths]
+        results = [_hash_one(filesystem, p, max_bytes) for p in paths]
     else:
         with ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-hash") as pool:
-            results = list(pool.map(_hash_one, paths, chunksize=64))
+            results = list(pool.map(lambda p: _hash_one(filesystem, p, max_bytes), paths, chunksize=64))
     return [h for h, _ in results], [r for _, r in results]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .dataset import FaceDataset, ImageBatch, LoadReport
+from .files import DEFAULT_MAX_FILE_BYTES, StoredFile
 from .images import ImageDecodeError, Size, decode_images, is_positive_int, iter_decoded_batches
 
 __all__ = ["PRIVATE_COLUMNS", "ImageFiles", "dataset_from_table", "subset_by_hash"]
@@ -92,16 +93,25 @@ class ImageFiles:
     table : DataFrame
         ``path``, ``content_hash`` and attribute columns, one row per image
         (as :func:`~bafo_pipeline.data.scan_utkface` or
-        :func:`~bafo_pipeline.data.scan_manifest` return it).
+        :func:`~bafo_pipeline.data.scan_manifest` return it). ``path`` may
+        also hold the files' bytes (images already in memory, such as the
+        rows of a Ray dataset).
     sensitive : tuple of str, default=()
         The sensitive attribute columns.
     report : LoadReport
         What the scan skipped or dropped.
+    filesystem : pyarrow.fs.FileSystem, optional
+        Where the paths are, when not (only) on this machine: files are then
+        read as :class:`~bafo_pipeline.data.files.StoredFile` (regular files
+        only, at most ``max_file_bytes`` each).
+    max_file_bytes : int, default=64 MiB
     """
 
     table: pd.DataFrame
     sensitive: tuple[str, ...] = ()
     report: LoadReport = field(default_factory=LoadReport)
+    filesystem: Any = None
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     in_memory: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -128,7 +138,7 @@ class ImageFiles:
         indices = np.asarray(indices)
         if indices.dtype == bool:
             indices = np.flatnonzero(indices)
-        return ImageFiles(self.table.iloc[indices], self.sensitive, self.report)
+        return ImageFiles(self.table.iloc[indices], self.sensitive, self.report, self.filesystem, self.max_file_bytes)
 
     def iter_batches(
         self, batch_size: int, size: tuple[int, int], *, strict: bool = False, decoder: str = "pil", device=None
@@ -141,7 +151,7 @@ class ImageFiles:
         and returns tensors there. Unreadable files are reported by row, or
         raise :class:`ImageDecodeError` when ``strict``.
         """
-        paths = self.table["path"].astype(str).tolist()
+        paths = self._sources()
         if decoder == "torch":
             from .jpeg_tensors import iter_tensor_batches
 
@@ -160,3 +170,9 @@ class ImageFiles:
             missing = sorted(set(batch_rows) - {int(i) for i in indices})
             offset += batch_size
             yield np.asarray(indices, dtype=np.int64), images, [(row, reason) for row, (_, reason) in zip(missing, errors)]
+
+    def _sources(self) -> list:
+        """What the decoders read: paths, bytes, or files on ``filesystem``."""
+        if self.filesystem is not None:
+            return [StoredFile(self.filesystem, str(p), self.max_file_bytes) for p in self.table["path"]]
+        return [p if isinstance(p, (bytes, bytearray, memoryview)) else str(p) for p in self.table["path"]]

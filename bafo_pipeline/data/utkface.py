@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 
 from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, LoadReport
+from .files import DEFAULT_MAX_FILE_BYTES
+from .folders import list_folder
 from .images import DEFAULT_MAX_PIXELS, Size
 from .splits import EMPTY_CONTENT_HASH, dedupe_by_hash, hash_files
 from .tables import dataset_from_table
@@ -110,13 +112,16 @@ def scan_utkface(
     dedupe: str = "drop-conflicts",
     strict: bool = False,
     n_jobs: int | None = None,
+    allow_outside_root: bool = False,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    hasher: Callable = hash_files,
 ) -> tuple[pd.DataFrame, LoadReport]:
     """List a UTKFace folder: parse every file name and hash every file, without decoding.
 
     Parameters
     ----------
     folder : str or path-like
-        The flat folder of UTKFace images (subfolders are not searched).
+        The flat folder of UTKFace images (subfolders are not searched); local or a URI.
     dedupe : {"drop-conflicts", "keep-first", "none"}, default="drop-conflicts"
         How byte-identical images are handled. ``"drop-conflicts"`` keeps
         one copy of each group whose labels agree and drops every copy of a
@@ -129,6 +134,13 @@ def scan_utkface(
         subfolders are always skipped and reported, never raised.
     n_jobs : int or None, default=None
         File-reading threads; ``None`` means ``min(4, cpu count)``.
+    allow_outside_root : bool, default=False
+        Keep symlinked files whose target lies outside the folder.
+    max_file_bytes : int, default=64 MiB
+        Larger files are skipped with a reason.
+    hasher : callable, default=hash_files
+        ``hasher(paths, n_jobs=..., filesystem=..., max_bytes=...) -> (hashes, reasons)``,
+        as :func:`~bafo_pipeline.data.splits.hash_files` (a distributed job passes its own).
 
     Returns
     -------
@@ -146,27 +158,22 @@ def scan_utkface(
     ValueError
         If ``strict`` and an entry is bad, or ``dedupe`` is unknown.
     """
-    root = Path(folder)
-    if not root.exists():
-        raise FileNotFoundError(f"UTKFace folder not found: {root}")
-    if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
+    try:
+        listing = list_folder(folder, recursive=False, allow_outside_root=allow_outside_root)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"UTKFace folder not found: {folder}") from None
 
-    problems: list[tuple[str, str, str]] = []  # (name, path, reason)
+    problems = list(listing.problems)  # (name, path, reason)
     rows: list[dict[str, Any]] = []
-    with os.scandir(root) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        path = str(root / entry.name)
-        if entry.is_dir():
-            problems.append((entry.name, path, "is a folder (subfolders are not searched)"))
-            continue
+    for name, path in listing.files:
         try:
-            rows.append({"path": path, **parse_utkface_name(entry.name)})
+            rows.append({"path": path, **parse_utkface_name(name)})
         except ValueError as err:
-            problems.append((entry.name, path, str(err)))
+            problems.append((name, path, str(err)))
 
-    hashes, reasons = hash_files([r["path"] for r in rows], n_jobs=n_jobs)
+    hashes, reasons = hasher(
+        [r["path"] for r in rows], n_jobs=n_jobs, filesystem=listing.filesystem, max_bytes=max_file_bytes
+    )
     kept = []
     for row, digest, reason in zip(rows, hashes, reasons):
         if reason is None and digest == EMPTY_CONTENT_HASH:
@@ -196,6 +203,7 @@ def load_utkface(
     limit: int | None = None,
     progress: Any = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    allow_outside_root: bool = False,
 ) -> FaceDataset:
     """Load UTKFace images with their age, gender and ethnicity labels.
 
@@ -219,6 +227,8 @@ def load_utkface(
         Decoding progress, see :func:`~bafo_pipeline.data.images.decode_images`.
     max_pixels : int or None, default=DEFAULT_MAX_PIXELS
         Decompression-bomb guard, see :func:`~bafo_pipeline.data.images.decode_image`.
+    allow_outside_root : bool, default=False
+        Keep symlinked files whose target lies outside the folder.
 
     Returns
     -------
@@ -231,7 +241,9 @@ def load_utkface(
     FileNotFoundError, NotADirectoryError, ValueError
         As :func:`scan_utkface`; also ``ValueError`` when no image at all can be loaded.
     """
-    table, report = scan_utkface(folder, dedupe=dedupe, strict=strict, n_jobs=n_jobs)
+    table, report = scan_utkface(
+        folder, dedupe=dedupe, strict=strict, n_jobs=n_jobs, allow_outside_root=allow_outside_root
+    )
     return dataset_from_table(
         table,
         report,

@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import PurePosixPath
 from types import TracebackType
 from typing import Any
 
@@ -40,19 +40,25 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .._utils.atomic import AtomicFile
+from .._utils.filesystems import glob_files, has_glob, resolve_filesystem
 from .._version import package_version
 
 __all__ = [
     "LatentParquetWriter",
     "LatentTable",
+    "embedding_column",
     "iter_latent_batches",
     "looks_like_path",
     "read_embedding",
     "read_latents",
     "read_metadata",
+    "read_schema",
+    "read_table",
     "write_latents",
 ]
 
@@ -697,20 +703,84 @@ compression, allow_paths
     return writer.metadata
 
 
-# -- reading ------------------------------------------------------------------------------
+# -- reading: a file, a folder of files (plain or hive-partitioned), a glob, a URI --------
+
+#: Suffixes of Parquet data files in folders and globs. Files whose names start with ``_`` or
+#: ``.`` (job files, ``_SUCCESS``, temporary files) are not data, as Spark and Hive have it.
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
-def _open_parquet(path: str | os.PathLike) -> tuple[Path, pq.ParquetFile]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+def _is_data_file(path: str) -> bool:
+    name = PurePosixPath(path).name
+    return not name.startswith(("_", ".")) and name.lower().endswith(PARQUET_SUFFIXES)
+
+
+def _first_glob_part(path: str) -> int:
+    parts = path.split("/")
+    return next((i for i, part in enumerate(parts) if has_glob(part)), len(parts))
+
+
+@dataclass
+class _Parquet:
+    """An opened source: one file (read through its footer) or a dataset of files."""
+
+    name: str
+    schema: pa.Schema
+    metadata: dict
+    file: pq.ParquetFile | None = None
+    dataset: pads.Dataset | None = None
+
+    def read(self, columns: Sequence[str] | None, row_filter: pc.Expression | None = None) -> pa.Table:
+        if self.file is not None:
+            table = self.file.read(columns=None if columns is None else list(columns))
+            return table if row_filter is None else table.filter(row_filter)
+        return self.dataset.to_table(columns=None if columns is None else list(columns), filter=row_filter)
+
+    def batches(self, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        if self.file is not None:
+            return self.file.iter_batches(batch_size=batch_size, columns=list(columns))
+        return self.dataset.to_batches(columns=list(columns), batch_size=batch_size)
+
+
+def _open(source: str | os.PathLike) -> _Parquet:
+    """Open a Parquet file, or the Parquet files of a folder (searched recursively), a glob or a URI.
+
+    Hive partition keys in folder names (``split=test/``) become columns of a dataset.
+    """
+    name = os.fspath(source)
+    filesystem, path = resolve_filesystem(source)
+    if has_glob(path):
+        files = [f for f in glob_files(filesystem, path) if _is_data_file(f)]
+        base = "/".join(path.split("/")[: _first_glob_part(path)]) or "/"
+    else:
+        info = filesystem.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{name} does not exist")
+        if info.type == pafs.FileType.File:
+            try:
+                parquet_file = pq.ParquetFile(path, filesystem=filesystem)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise ValueError(f"{name} is not a readable Parquet file: {exc}") from exc
+            meta = _parse_metadata(name, parquet_file.metadata)
+            return _Parquet(name, parquet_file.schema_arrow, meta, file=parquet_file)
+        files = sorted(f for f in glob_files(filesystem, path.rstrip("/") + "/**") if _is_data_file(f))
+        base = path
+    if not files:
+        raise FileNotFoundError(f"{name}: no Parquet files (*.parquet, *.pq) found there")
     try:
-        return path, pq.ParquetFile(path)
+        dataset = pads.dataset(
+            files, filesystem=filesystem, format="parquet", partition_base_dir=base,
+            partitioning=pads.HivePartitioning.discover(infer_dictionary=False),
+        )
+        meta = _parse_metadata(files[0], pq.ParquetFile(files[0], filesystem=filesystem).metadata)
+        if meta:
+            meta["row_count"] = dataset.count_rows()  # the dataset's, not its first file's
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"{path} is not a readable Parquet file: {exc}") from exc
+        raise ValueError(f"{name} is not a readable Parquet dataset: {exc}") from exc
+    return _Parquet(name, dataset.schema, meta, dataset=dataset)
 
 
-def _parse_metadata(path: Path, file_meta: pq.FileMetaData) -> dict:
+def _parse_metadata(path: str, file_meta: pq.FileMetaData) -> dict:
     raw = (file_meta.metadata or {}).get(METADATA_KEY.encode())
     if raw is None:
         return {}
@@ -738,33 +808,33 @@ def _parse_metadata(path: Path, file_meta: pq.FileMetaData) -> dict:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """Read the ``bafo`` metadata of a latent Parquet file (footer only, no data).
+    """Read the ``bafo`` metadata of a latent Parquet file or dataset (footers only, no data).
 
     Parameters
     ----------
     path : str or path-like
-        Parquet file.
+        A Parquet file, a folder of them (plain or hive-partitioned), a glob or a URI;
+        for several files, the first file's metadata with the dataset's ``row_count``.
 
     Returns
     -------
     dict
-        The metadata written by :class:`LatentParquetWriter`; empty for a Parquet file
+        The metadata written by :class:`LatentParquetWriter`; empty for Parquet
         without ``bafo`` metadata.
 
     Raises
     ------
     FileNotFoundError
-        If the file does not exist.
+        If nothing exists there, or a folder or glob holds no Parquet file.
     ValueError
-        If it is not a Parquet file, its metadata is corrupt, or its format version is
+        If it is not Parquet, its metadata is corrupt, or its format version is
         newer than this package reads.
     """
-    path, parquet_file = _open_parquet(path)
-    return _parse_metadata(path, parquet_file.metadata)
+    return _open(path).metadata
 
 
 def _columns_to_read(
-    path: Path, schema: pa.Schema, meta: dict, columns: Sequence[str] | None
+    path: str, schema: pa.Schema, meta: dict, columns: Sequence[str] | None
 ) -> tuple[list[str], list[str]]:
     """Return (all columns to read, label columns among them)."""
     names = schema.names
@@ -790,7 +860,7 @@ def _columns_to_read(
 
 
 def _latent_matrix(
-    path: Path, column: pa.ChunkedArray, first_row: int, meta: dict, name: str = LATENT_COLUMN
+    path: str, column: pa.ChunkedArray, first_row: int, meta: dict, name: str = LATENT_COLUMN
 ) -> np.ndarray:
     """A list-of-floats column as a float32 matrix, through Arrow buffers; errors name the file and row."""
     typ = column.type
@@ -834,7 +904,7 @@ def _string_numpy(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def _to_latent_table(
-    path: Path, table: pa.Table, label_columns: list[str], meta: dict, first_row: int
+    path: str, table: pa.Table, label_columns: list[str], meta: dict, first_row: int
 ) -> LatentTable:
     n = table.num_rows
     latents = _latent_matrix(path, table.column(LATENT_COLUMN), first_row, meta)
@@ -850,7 +920,7 @@ def _to_latent_table(
 
 
 def read_latents(path: str | os.PathLike, *, columns: Sequence[str] | None = None) -> LatentTable:
-    """Read a latent Parquet file into NumPy arrays.
+    """Read a latent Parquet file or dataset into NumPy arrays.
 
     The ``latent`` column is converted to a float32 matrix through Arrow buffers, with
     no per-row Python objects. Parquet files from other tools are accepted when they
@@ -860,7 +930,8 @@ def read_latents(path: str | os.PathLike, *, columns: Sequence[str] | None = Non
     Parameters
     ----------
     path : str or path-like
-        Parquet file.
+        A Parquet file, a folder of them (plain or hive-partitioned, as
+        ``bafo encode --engine ray`` writes), a glob or a URI.
     columns : list of str, optional
         Label columns to load. None loads all of them; ``[]`` loads none. ``id``,
         ``latent`` and (when present) ``split`` are always loaded.
@@ -872,15 +943,15 @@ def read_latents(path: str | os.PathLike, *, columns: Sequence[str] | None = Non
 
     Raises
     ------
+    FileNotFoundError
+        If nothing exists there.
     ValueError
         If the file is not Parquet, has no usable ``latent`` column, has missing
         latents, or a requested column does not exist.
     """
-    path, parquet_file = _open_parquet(path)
-    meta = _parse_metadata(path, parquet_file.metadata)
-    to_read, label_columns = _columns_to_read(path, parquet_file.schema_arrow, meta, columns)
-    table = parquet_file.read(columns=to_read)
-    return _to_latent_table(path, table, label_columns, meta, first_row=0)
+    source = _open(path)
+    to_read, label_columns = _columns_to_read(source.name, source.schema, source.metadata, columns)
+    return _to_latent_table(source.name, source.read(to_read), label_columns, source.metadata, first_row=0)
 
 
 def iter_latent_batches(
@@ -889,12 +960,12 @@ def iter_latent_batches(
     *,
     columns: Sequence[str] | None = None,
 ) -> Iterator[LatentTable]:
-    """Stream a latent Parquet file in batches of at most ``batch_size`` rows.
+    """Stream a latent Parquet file or dataset in batches of at most ``batch_size`` rows.
 
     Parameters
     ----------
     path : str or path-like
-        Parquet file.
+        As in :func:`read_latents`.
     batch_size : int, default=65536
         Largest number of rows per yielded batch.
     columns : list of str, optional
@@ -903,7 +974,7 @@ def iter_latent_batches(
     Yields
     ------
     LatentTable
-        Consecutive rows of the file. All share the same ``metadata`` dict.
+        Consecutive rows. All share the same ``metadata`` dict.
     """
     if (
         isinstance(batch_size, bool)
@@ -911,31 +982,124 @@ def iter_latent_batches(
         or batch_size < 1
     ):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    path, parquet_file = _open_parquet(path)
-    meta = _parse_metadata(path, parquet_file.metadata)
-    to_read, label_columns = _columns_to_read(path, parquet_file.schema_arrow, meta, columns)
+    source = _open(path)
+    to_read, label_columns = _columns_to_read(source.name, source.schema, source.metadata, columns)
     first_row = 0
-    for batch in parquet_file.iter_batches(batch_size=int(batch_size), columns=to_read):
+    for batch in source.batches(to_read, int(batch_size)):
         table = pa.Table.from_batches([batch])
-        yield _to_latent_table(path, table, label_columns, meta, first_row)
+        yield _to_latent_table(source.name, table, label_columns, source.metadata, first_row)
         first_row += batch.num_rows
 
 
-def read_embedding(
-    path: str | os.PathLike, *, id_column: str = ID_COLUMN, latent_column: str = LATENT_COLUMN
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and an embedding matrix from a Parquet file, ours or another tool's (what the audit reads).
+def _is_float_list(typ: pa.DataType) -> bool:
+    return (pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)) and (
+        pa.types.is_floating(typ.value_type)
+    )
 
-    The embedding is ``latent_column`` (a fixed-size or variable list of floats
-    of one length, as :class:`LatentParquetWriter` writes it) or, when that
-    column is absent, every other numeric column (one feature per column, as
-    many tools write embeddings).
+
+def embedding_column(schema: pa.Schema, latent_column: str | None = None) -> str | None:
+    """The list column holding the embedding, or None when it is one numeric column per dimension.
+
+    Parameters
+    ----------
+    schema : pyarrow.Schema
+        Of a file or dataset (:func:`read_schema`).
+    latent_column : str, optional
+        The column to use; default ``latent``, else the only list-of-floats column
+        (another tool's ``embedding``, say).
+
+    Raises
+    ------
+    ValueError
+        If ``latent_column`` is given but missing, or several list columns could be the embedding.
+    """
+    if latent_column is not None:
+        if latent_column not in schema.names:
+            raise ValueError(f"no embedding column {latent_column!r}; columns are {schema.names}")
+        return latent_column
+    if LATENT_COLUMN in schema.names:
+        return LATENT_COLUMN
+    lists = [field.name for field in schema if _is_float_list(field.type)]
+    if len(lists) > 1:
+        raise ValueError(f"several list columns could be the embedding ({lists}); name one with --latent-column")
+    return lists[0] if lists else None
+
+
+def read_schema(source: str | os.PathLike) -> pa.Schema:
+    """The Arrow schema of a Parquet file or dataset (hive partition keys included), reading no data."""
+    return _open(source).schema
+
+
+def read_table(
+    source: str | os.PathLike,
+    columns: Sequence[str] | None = None,
+    *,
+    ids: Sequence | None = None,
+    id_column: str = ID_COLUMN,
+) -> pa.Table:
+    """Some columns of a Parquet file or dataset, optionally only the rows whose id is in ``ids``.
+
+    Parameters
+    ----------
+    source : str or path-like
+        A Parquet file, a folder of them (plain or hive-partitioned), a glob or a URI.
+    columns : sequence of str, optional
+        Columns to read (hive partition keys included); all by default.
+    ids : sequence, optional
+        Keep only these ids (filtered while reading, so a sample of a dataset larger than
+        memory costs the memory of the sample).
+    id_column : str, default="id"
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`read_latents`; ``ValueError`` also for a missing column.
+    """
+    parquet = _open(source)
+    _check_columns(parquet, [*(columns or []), *([id_column] if ids is not None else [])])
+    return parquet.read(columns, None if ids is None else _id_filter(parquet, id_column, ids))
+
+
+def _check_columns(parquet: _Parquet, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in parquet.schema.names]
+    if missing:
+        raise ValueError(f"{parquet.name}: no column(s) {missing}; columns are {parquet.schema.names}")
+
+
+def _id_filter(parquet: _Parquet, id_column: str, ids: Sequence) -> pc.Expression:
+    try:
+        values = pa.array(list(ids)).cast(parquet.schema.field(id_column).type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise ValueError(f"{parquet.name}: the ids to read do not convert to the type of column {id_column!r}") from None
+    return pc.field(id_column).isin(values)
+
+
+def read_embedding(
+    path: str | os.PathLike,
+    *,
+    id_column: str = ID_COLUMN,
+    latent_column: str | None = None,
+    ids: Sequence | None = None,
+    exclude: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and an embedding matrix from Parquet, ours or another tool's (what the audit reads).
+
+    The embedding is a list column of floats of one length (fixed-size or variable, as
+    :class:`LatentParquetWriter` writes it): :func:`embedding_column` picks it. Without
+    one, every other numeric column is a dimension (one feature per column, as many tools
+    write embeddings), except the ``exclude`` columns.
 
     Parameters
     ----------
     path : str or path-like
+        A Parquet file, a folder of them (plain or hive-partitioned), a glob or a URI.
     id_column : str, default="id"
-    latent_column : str, default="latent"
+    latent_column : str, optional
+        The embedding column (e.g. ``"embedding"``); default as :func:`embedding_column`.
+    ids : sequence, optional
+        Read only the rows with these ids (a sample of a dataset too large for memory).
+    exclude : sequence of str
+        Columns that are never embedding dimensions (the labels).
 
     Returns
     -------
@@ -945,33 +1109,39 @@ def read_embedding(
     Raises
     ------
     FileNotFoundError
-        If the file does not exist.
+        If nothing exists there.
     ValueError
-        If it is not Parquet, the id column is missing, the list lengths
-        differ, values are missing or not finite, or no numeric columns are
-        found; the message names the file and row.
+        If it is not Parquet, the id column is missing, the embedding column is
+        missing or ambiguous, the list lengths differ, values are missing or not
+        finite, or no numeric columns are found; the message names the source and row.
     """
-    path, parquet_file = _open_parquet(path)
-    meta = _parse_metadata(path, parquet_file.metadata)
-    names = parquet_file.schema_arrow.names
+    parquet = _open(path)
+    names = parquet.schema.names
     if id_column not in names:
-        raise ValueError(f"{path}: no id column {id_column!r}; columns are {names}")
-    if latent_column in names:
-        table = parquet_file.read(columns=[id_column, latent_column])
-        Z = _latent_matrix(path, table.column(latent_column), 0, meta, latent_column)
+        raise ValueError(f"{parquet.name}: no id column {id_column!r}; columns are {names}")
+    try:
+        column = embedding_column(parquet.schema, latent_column)
+    except ValueError as exc:
+        raise ValueError(f"{parquet.name}: {exc}") from None
+    row_filter = None if ids is None else _id_filter(parquet, id_column, ids)
+    if column is not None:
+        table = parquet.read([id_column, column], row_filter)
+        Z = _latent_matrix(parquet.name, table.column(column), 0, parquet.metadata, column)
     else:
         numeric = [
             field.name
-            for field in parquet_file.schema_arrow
-            if field.name != id_column and (pa.types.is_floating(field.type) or pa.types.is_integer(field.type))
+            for field in parquet.schema
+            if field.name not in (id_column, *exclude)
+            and (pa.types.is_floating(field.type) or pa.types.is_integer(field.type))
         ]
         if not numeric:
             raise ValueError(
-                f"{path}: no {latent_column!r} column and no numeric feature columns; columns are {names}"
+                f"{parquet.name}: no list column holding the embedding (name one with latent_column) and no "
+                f"numeric feature columns; columns are {names}"
             )
-        table = parquet_file.read(columns=[id_column, *numeric])
+        table = parquet.read([id_column, *numeric], row_filter)
         Z = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in numeric]).astype(np.float32)
     bad = ~np.isfinite(Z).all(axis=1)
     if bad.any():
-        raise ValueError(f"{path}: row {int(np.flatnonzero(bad)[0])} has a missing or non-finite embedding value")
+        raise ValueError(f"{parquet.name}: row {int(np.flatnonzero(bad)[0])} has a missing or non-finite embedding value")
     return np.asarray(_string_numpy(table.column(id_column))), Z

@@ -136,8 +136,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         ``"auto"`` computes the convolutions in bfloat16 where the hardware
         does so natively (CUDA GPUs; CPUs with AVX512-BF16 or AMX), which
         about doubles the encoding speed, and in float32 elsewhere. The
-        encoder's last layer always runs in float32; bfloat16 moves latents
-        by about 1% of their spread. Tabular models always use float32.
+        encoder's last layer always runs in float32. Fitting measures how
+        far bfloat16 moves this model's latents (``bfloat16_error_``):
+        "auto" keeps float32 where that exceeds 2% of their spread (a
+        concealment map can amplify rounding) and for models saved before
+        the measurement existed. Tabular models always use float32.
         Training is unaffected (bfloat16 on CUDA, float32 on the CPU).
     random_state : int, optional
         Seed for initialisation, shuffling and sampling.
@@ -177,6 +180,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         attributes back before decoding: the typical latent signature of those
         attributes, which the erasure took out (+0.5 dB PSNR on UTKFace with
         ``"full"``, +0.7 dB with ``"linear"``).
+    bfloat16_error_ : float or None
+        RMS change bfloat16 makes to the latents (raw or concealed, the
+        worse) as a share of their spread, measured on up to 256 fit images;
+        ``precision="auto"`` uses bfloat16 only where it is at most 2%.
+        ``None`` for tabular models.
 
     Notes
     -----
@@ -368,7 +376,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self : BAFOTransformer
             Fitted estimator.
         """
-        for stale in ("n_features_in_", "feature_names_in_", "feature_mean_", "feature_scale_"):
+        # bfloat16_error_ too: until it is measured again, the concealment is fitted on float32 latents.
+        for stale in ("n_features_in_", "feature_names_in_", "feature_mean_", "feature_scale_", "bfloat16_error_"):
             self.__dict__.pop(stale, None)
         fmt = detect_format(X, self.image_shape)
         inputs = self._fit_inputs(X, fmt)
@@ -418,6 +427,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.schema_ = schema
         self.input_format_ = fmt
         self._fit_concealment(inputs, sensitive_features, steps, seed)
+        self.bfloat16_error_ = self._bfloat16_error(inputs)
         return self
 
     def fit_concealment(self, X, *, sensitive_features):
@@ -443,7 +453,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         inputs = np.concatenate([batch for _, batch in self._encode_batches(X, self.input_format_, 1024)])
         frame = self._sensitive_frame(sensitive_features, len(inputs), broadcast=False)
         seed = _seed_from(self.random_state)
+        self.__dict__.pop("bfloat16_error_", None)  # fit on float32 latents; measured again below
         self._fit_concealment(inputs, frame, self._prepared_steps(seed), seed)
+        self.bfloat16_error_ = self._bfloat16_error(inputs)
         return self
 
     def _fit_concealment(self, inputs: np.ndarray, sensitive_features, steps: list, seed: int) -> None:
@@ -545,7 +557,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """
         check_is_fitted(self)
         device = resolve_device(self.device)
-        return InferenceSettings(device, "bfloat16" if uses_bfloat16(self.precision, device, self.network_) else "float32")
+        return InferenceSettings(device, "bfloat16" if self._uses_bfloat16(device) else "float32")
+
+    def _uses_bfloat16(self, device: torch.device) -> bool:
+        measured = getattr(self, "bfloat16_error_", None)
+        return uses_bfloat16(self.precision, device, self.network_, measured_error=measured)
 
     def _image_encoder(self, *, conceal: bool = True) -> TorchEncoder:
         """The folded network from uint8 images to (concealed) latents on the estimator's device, in the
@@ -554,15 +570,35 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         The leading steps with ``as_layers()`` are folded into the network; any after them run on its output.
         """
         device = resolve_device(self.device)
-        bfloat16 = uses_bfloat16(self.precision, device, self.network_)
+        bfloat16 = self._uses_bfloat16(device)
         steps = self._concealment_steps() if conceal else []
 
         def build() -> TorchEncoder:
-            layers, n_folded = foldable_layers(steps)
-            after = [step.transform for step in steps[n_folded:]]
-            return TorchEncoder(fold_encoder(self.network_, layers), device, bfloat16, after=after)
+            return self._folded_encoder(steps, device, bfloat16)
 
         return cached_encoder(self.network_, (str(device), bfloat16, bool(steps)), steps, build)
+
+    def _folded_encoder(self, steps: list, device: torch.device, bfloat16: bool) -> TorchEncoder:
+        layers, n_folded = foldable_layers(steps)
+        after = [step.transform for step in steps[n_folded:]]
+        return TorchEncoder(fold_encoder(self.network_, layers), device, bfloat16, after=after)
+
+    def _bfloat16_error(self, inputs: np.ndarray, n_images: int = 256) -> float | None:
+        """How far bfloat16 moves the latents (raw or concealed, the worse), as RMS over their spread.
+
+        Measured on up to ``n_images`` fit images spread over the set; ``None`` for tabular models.
+        """
+        if not self.input_format_.is_image:
+            return None
+        sample = inputs[:: max(1, len(inputs) // n_images)][:n_images]
+        device = resolve_device(self.device)
+        errors = []
+        for steps in ([], self._concealment_steps()):
+            exact = self._folded_encoder(steps, device, bfloat16=False)(sample)
+            rounded = self._folded_encoder(steps, device, bfloat16=True)(sample)
+            spread = exact.std()
+            errors.append(float(np.sqrt(np.mean((exact - rounded) ** 2)) / spread) if spread > 0 else np.inf)
+        return max(errors)
 
     def _concealment_steps(self) -> list:
         """The fitted concealment steps in order; raises where concealment is promised but not fitted."""
@@ -708,8 +744,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """``(network, device, bfloat16)``: ``network`` (default: the fitted one) ready for inference on the
         estimator's device."""
         device = resolve_device(self.device)
-        network, bf16 = inference_network(self.network_ if network is None else network, device, self.precision)
-        return network, device, bf16
+        return inference_network(self.network_ if network is None else network, device), device, self._uses_bfloat16(device)
 
     def inverse_transform(self, X, *, sensitive_features=None) -> np.ndarray:
         """Decode latents into images (or features) with chosen attributes.

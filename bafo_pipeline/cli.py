@@ -2,16 +2,97 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import click
 import numpy as np
 
+from ._utils import check_not_an_input
 from .attributes import DEFAULT_SENSITIVE
+from .data.images import ImageDecodeError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+#: Skipped files listed on the terminal; the rest go to the JSON list beside the output.
+SKIPS_SHOWN = 10
+#: Exceptions that mean "the input or the request is wrong": shown as one line, not a traceback.
+USER_ERRORS = (OSError, ValueError, KeyError)
+
+
+class _UserErrorsAsMessages(click.Group):
+    """Prints a user error (bad file, existing output, unreadable image with --strict, ...) as one
+    ``Error: ...`` line with exit status 1; ``bafo --debug`` shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except USER_ERRORS as error:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(_one_line(error)) from None
+
+
+def _one_line(error: BaseException) -> str:
+    """The error as one line a person can act on: what went wrong, where, and what to do."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        text = f"{error.filename}: {error.strerror[:1].lower()}{error.strerror[1:]}"
+    elif isinstance(error, KeyError):
+        text = f"{error.args[0]!r} not found" if error.args else "a required key is missing"
+    else:
+        text = str(error) or type(error).__name__
+    text = re.sub(r"pass overwrite=True(?: \(--overwrite\))?", "pass --overwrite", text)
+    if isinstance(error, ImageDecodeError):
+        text += " (--strict stops at the first unreadable image; without it such images are skipped and listed)"
+    return " ".join(text.split())
+
+
+def _refuse_inputs_as_output(out, *, utkface=None, manifest=None, source=None, files=(), folders=()) -> None:
+    """--out may be neither an input (image, manifest) nor inside an input folder."""
+    from .pipeline.export import source_files
+
+    check_not_an_input(
+        out, what="--out", folders=[f for f in (utkface, *folders) if f],
+        files=[*([manifest] if manifest else []), *files, *((source_files(source) or []) if source is not None else [])],
+    )
+
+
+def _report_skips(scanned: list, exported: list, listing: Path) -> None:
+    """Show skipped inputs by reason (the first few by name) and write all of them to ``listing``.
+
+    ``scanned``: ``(file or manifest row, reason)`` found while scanning; ``exported``: the
+    same found while decoding. The listing names source files, which may spell out labels
+    (UTKFace): it is written readable by its owner only, beside the output, not in it.
+    """
+    if not scanned and not exported:
+        return
+    from ._utils import atomic_write_path
+
+    entries = [{"item": str(item), "reason": reason} for item, reason in [*scanned, *exported]]
+    for entry in entries[:SKIPS_SHOWN]:
+        click.echo(f"skipped {entry['item']}: {entry['reason']}", err=True)
+    by_reason = Counter(_reason_kind(entry["reason"]) for entry in entries)
+    click.echo("skipped by reason: " + "; ".join(f"{n} {kind}" for kind, n in by_reason.most_common()), err=True)
+    with atomic_write_path(listing, overwrite=True) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_text(json.dumps({"by_reason": dict(by_reason.most_common()), "skipped": entries}, indent=1) + "\n")
+    more = f"{len(entries) - SKIPS_SHOWN} more; " if len(entries) > SKIPS_SHOWN else ""
+    click.echo(f"{more}all {len(entries)} skipped inputs: {listing} (names source files: keep it private)", err=True)
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its particulars (quoted values, numbers), to count skips by kind."""
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", reason))
+
+
+def _beside(out, suffix: str) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + suffix)
 
 
 def _apply(options: list, function):
@@ -40,7 +121,8 @@ def _data_options(function):
         click.option("--image-column", default="path", show_default=True, help="Manifest column holding image paths."),
         click.option("--sensitive", default=",".join(DEFAULT_SENSITIVE), show_default=True, help="Comma-separated sensitive columns of the manifest."),
         click.option("--synthetic-samples", default=3000, show_default=True, help="Number of synthetic faces (default data)."),
-        click.option("--limit", type=int, help="Use at most this many images (quick runs)."),
+        click.option("--limit", type=click.IntRange(min=1),
+                     help="Use at most this many images, chosen by content hash (not by name or label)."),
         click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it."),
         click.option("--allow-outside-root", is_flag=True,
                      help="Accept files leading outside the folder or the manifest's folder (symlinks, ../ and "
@@ -76,6 +158,19 @@ def _concealment_options(function):
     return _apply(options, function)
 
 
+def _id_key_options(function):
+    """Options of the pseudonymous ids' key and the key table (encode, run)."""
+    options = [
+        click.option("--id-key-file", type=click.Path(dir_okay=False),
+                     help="The key of the pseudonymous ids (default $BAFO_ID_KEY_FILE or ~/.config/bafo/id.key, "
+                          "created on first use): keep it private, reuse it to resume or to join exports by id."),
+        click.option("--key-table", type=click.Path(dir_okay=False),
+                     help="Also write id -> source file here (CSV/Parquet, mode 0600, apart from --out): "
+                          "for the data owner only, never to share."),
+    ]
+    return _apply(options, function)
+
+
 def _ray_options(function):
     """Options of ``bafo encode --engine ray`` (the distributed export)."""
     options = [
@@ -84,22 +179,15 @@ def _ray_options(function):
         click.option("--workers", default=2, show_default=True, help="--engine ray: actors, each holding the model once."),
         click.option("--gpus-per-worker", type=float, help="--engine ray: GPUs per actor (default 1 where the cluster has GPUs)."),
         click.option("--partition-rows", type=int, help="--engine ray: images per output file (default ~1/64 of them, 500-100,000)."),
-        click.option("--ids", type=click.Choice(["content", "row"]), default="content", show_default=True,
-                     help="--engine ray: id = keyed hash of the image's content, or the manifest's 1-based row number."),
-        click.option("--id-key-file", type=click.Path(dir_okay=False),
-                     help="--engine ray: the key of the ids (default $BAFO_ID_KEY_FILE or ~/.config/bafo/id.key, "
-                          "created on first use; keep it private and reuse it to resume)."),
-        click.option("--key-table", type=click.Path(dir_okay=False),
-                     help="--engine ray: also write id -> source file here (CSV/Parquet, mode 0600, outside --out): "
-                          "for the data owner only."),
         click.option("--ray-address", help="--engine ray: the cluster to use (default $RAY_ADDRESS, else a local one)."),
     ]
     return _apply(options, function)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_UserErrorsAsMessages, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bafo-pipeline")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error instead of one line.")
+def main(debug: bool) -> None:
     """bafo: latents that conceal gender, age and ethnicity, exported and audited.
 
     \b
@@ -148,8 +236,11 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 
     if Path(out_dir).exists() and not overwrite:
         raise click.UsageError(f"{out_dir} exists; pass --overwrite to replace it")
+    _refuse_inputs_as_output(out_dir, utkface=utkface, manifest=manifest)
     dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size, seed,
                     allow_outside_root)
+    _refuse_inputs_as_output(out_dir, source=dataset)
+    _report_skips(dataset.report.skipped, [], _beside(out_dir, ".skipped.json"))
     train_set, _ = dataset.split(test_fraction=test_fraction, seed=seed)
     click.echo(f"training on {len(train_set)} images (held out: {len(dataset) - len(train_set)})", err=True)
     estimator = BAFOTransformer(
@@ -176,7 +267,11 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
               help="Rows to encode, by the model's own content-hash split.")
 @click.option("--include-split", is_flag=True, help="Add a 'split' column (train/test).")
 @click.option("--include-labels", is_flag=True, help="Store the attribute columns too (for audit datasets only).")
-@click.option("--id-column", help="A non-sensitive manifest column to use as id (default: row numbers).")
+@click.option("--ids", type=click.Choice(["content", "row"]), default="content", show_default=True,
+              help="content: a keyed hash of each image's content (pseudonymous); row: the manifest's 1-based "
+                   "data-row number. Rows are written in the order of the pseudonymous ids either way.")
+@click.option("--id-column", help="A non-sensitive manifest column of your own keys to use as id instead.")
+@_id_key_options
 @click.option("--batch-size", default=512, show_default=True)
 @click.option("--decoder", type=click.Choice(["auto", "pil", "torch"]), default="auto", show_default=True,
               help="Image decoding: Pillow on the CPU, or batched on the model's device (nvJPEG on a GPU); "
@@ -186,8 +281,8 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
               help="A folder of images without labels (searched recursively); local or a URI.")
 @_ray_options
 def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root,
-           out, which, include_split, include_labels, id_column, batch_size, decoder, overwrite, images, engine, workers,
-           gpus_per_worker, partition_rows, ids, id_key_file, key_table, ray_address):
+           out, which, include_split, include_labels, ids, id_column, id_key_file, key_table, batch_size, decoder,
+           overwrite, images, engine, workers, gpus_per_worker, partition_rows, ray_address):
     """Encode images to concealed latents and stream them to a Parquet file.
 
     By default the file holds only ids and latents: no labels, no file names
@@ -209,8 +304,7 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
             partition_rows=partition_rows, ids=ids, id_key_file=id_key_file, key_table=key_table,
             ray_address=ray_address,
         )
-    ray_only = [f"--{n}" for n, v in (("ids", ids != "content"), ("id-key-file", id_key_file), ("key-table", key_table),
-                                      ("ray-address", ray_address), ("partition-rows", partition_rows)) if v]
+    ray_only = [f"--{n}" for n, v in (("ray-address", ray_address), ("partition-rows", partition_rows)) if v]
     if ray_only:
         raise click.UsageError(f"{', '.join(ray_only)}: only with --engine ray")
     if Path(out).is_dir():
@@ -223,6 +317,13 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
 
     if Path(out).exists() and not overwrite:
         raise click.UsageError(f"{out} exists; pass --overwrite to replace it")
+    if ids == "row" and manifest is None:
+        raise click.UsageError("--ids row numbers a manifest's rows; pass --manifest (or use --ids content)")
+    if ids == "row" and id_column is not None:
+        raise click.UsageError("--ids row and --id-column both name the ids; choose one")
+    for output in (out, key_table):
+        if output is not None:
+            _refuse_inputs_as_output(output, utkface=utkface, manifest=manifest, folders=[model_dir, images])
     loaded = load_verified_model(model_dir)
     estimator, metadata = loaded.estimator, loaded.metadata
     split_info = metadata.get("split")
@@ -230,22 +331,43 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
         raise click.UsageError("this model records no train/test split; use --split all without --include-split")
     source = _scan(utkface, manifest, images, image_column, sensitive, metadata, estimator, synthetic_samples, limit,
                    strict, allow_outside_root)
-    names, rows = None, np.arange(len(source))
+    for output in (out, key_table):
+        if output is not None:
+            _refuse_inputs_as_output(output, source=source)
+    scan_skipped = list(source.report.skipped)
+    names = None
     if split_info is not None:
         is_test = hash_split(source.content_hash, test_fraction=split_info["test_fraction"], seed=split_info["seed"])
         names = np.where(is_test, "test", "train")
         if which != "all":
             keep = names == which
-            source, names, rows = source.subset(keep), names[keep], rows[keep]
+            source, names = source.subset(keep), names[keep]
     with tqdm(total=len(source), desc="encoding", unit="img") as bar:
         report = export_latents(
             estimator, source, out, include_labels=include_labels, split=names if include_split else None,
-            ids=None if id_column else rows, id_column=id_column, metadata=loaded.provenance(),
-            batch_size=batch_size, strict=strict, overwrite=overwrite, decoder=decoder, progress=bar.update,
+            id_column=id_column, id_from=ids, id_key=id_key_file, key_table=key_table,
+            metadata=loaded.provenance(), batch_size=batch_size, strict=strict,
+            overwrite=overwrite, decoder=decoder, progress=bar.update,
         )
-    for row, reason in report.skipped:
-        click.echo(f"skipped row {row}: {reason}", err=True)
+    _report_skips(scan_skipped, _named_rows(source, report.skipped), _beside(out, ".skipped.json"))
     click.echo(f"wrote {report.n_written} latents to {out} ({len(report.skipped)} skipped)")
+    if key_table is not None:
+        click.echo(f"key table (id -> file, keep it private): {key_table}", err=True)
+
+
+def _named_rows(source, skipped: list) -> list:
+    """The export's ``(position, reason)`` skips as ``(file or manifest row, reason)``: what the owner knows them by."""
+    from .pipeline.export import source_files
+
+    files = source_files(source)
+    rows = source.attributes.index
+    named = []
+    for position, reason in skipped:
+        where = f"row {rows[position]}" if rows.name == "row" else None
+        if files is not None:
+            where = f"{files[position]}" + (f" ({where})" if where else "")
+        named.append((where or f"image {position + 1}", reason))
+    return named
 
 
 def _encode_on_ray(model_dir, out, *, utkface, manifest, images, image_column, sensitive, limit, strict,
@@ -262,6 +384,7 @@ def _encode_on_ray(model_dir, out, *, utkface, manifest, images, image_column, s
         raise click.UsageError("--id-column is not supported with --engine ray; use --ids row for manifest row numbers")
     if sum(s is not None for s in (utkface, manifest, images)) != 1:
         raise click.UsageError("--engine ray reads files: pass exactly one of --utkface, --manifest or --images")
+    _refuse_inputs_as_output(out, utkface=utkface, manifest=manifest, folders=[model_dir, images])
     bar = tqdm(desc="encoding", unit="img")
     try:
         report = encode_dataset(
@@ -330,6 +453,7 @@ def _scan(utkface, manifest, images, image_column, sensitive, metadata, estimato
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--max-leakage", type=float, help="Fail when any attribute's worst-case leakage exceeds this.")
 @click.option("--gate", help="Apply --max-leakage to this representation only (a file stem); default: all.")
+@click.option("--overwrite", is_flag=True, help="Replace the report files of an earlier audit in --out.")
 @click.option("--attach", is_flag=True,
               help="Write the verdict into each latents file's footer (an audit receipt, for bafo verify); "
                    "the rows are not touched. Single Parquet files only.")
@@ -342,7 +466,7 @@ def _scan(utkface, manifest, images, image_column, sensitive, metadata, estimato
 @click.option("--min-share", default=0.8, show_default=True,
               help="Overall verdict: share of the reference's utility every target must keep.")
 def audit(latents, labels, fit_latents, id_column, latent_column, sample, attributes, target, folds, out_dir,
-          max_leakage, gate, attach, targets, references, residual, min_share):
+          max_leakage, gate, overwrite, attach, targets, references, residual, min_share):
     """Measure how much of each sensitive attribute the embeddings still reveal.
 
     Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
@@ -366,20 +490,20 @@ def audit(latents, labels, fit_latents, id_column, latent_column, sample, attrib
     """
     from .audits import run_audit_files
 
+    inputs = [*latents, *fit_latents, *([labels] if labels else [])]
+    check_not_an_input(out_dir, what="--out", files=[i for i in inputs if not Path(i).is_dir()],
+                       folders=[i for i in inputs if Path(i).is_dir()])
     names = [s.strip() for s in attributes.split(",") if s.strip()]
-    try:
-        report = _with_progress(
-            "auditing",
-            lambda progress: run_audit_files(
-                list(latents), labels, out_dir, id_column=id_column, latent_column=latent_column, sample=sample,
-                attributes=names, target=target, n_folds=folds, progress=progress,
-                fit_latents=list(fit_latents) or None, attach=attach, max_leakage=max_leakage,
-                targets=_names_list(targets), references=_names_list(references), residual=residual, gate=gate,
-                min_share=min_share,
-            ),
-        )
-    except FileNotFoundError as error:
-        raise click.ClickException(str(error)) from None
+    report = _with_progress(
+        "auditing",
+        lambda progress: run_audit_files(
+            list(latents), labels, out_dir, id_column=id_column, latent_column=latent_column, sample=sample,
+            attributes=names, target=target, n_folds=folds, progress=progress, overwrite=overwrite,
+            fit_latents=list(fit_latents) or None, attach=attach, max_leakage=max_leakage,
+            targets=_names_list(targets), references=_names_list(references), residual=residual, gate=gate,
+            min_share=min_share,
+        ),
+    )
     if sample is not None:
         click.echo(report.leakage.warnings[0], err=True)
     _print_verdicts(report)
@@ -531,9 +655,10 @@ def verify(path, max_leakage, bound):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
+@_id_key_options
 def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir, epochs,
         batch_size, latent_dim, concealment, covariance_dims, decoder_epochs, target, landmarks_cache, device, seed,
-        overwrite):
+        overwrite, id_key_file, key_table):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
@@ -552,8 +677,13 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
 
+    outputs = [o for o in (out_dir, key_table) if o is not None]
+    for output in outputs:
+        _refuse_inputs_as_output(output, utkface=utkface, manifest=manifest)
     dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, 56, seed,
                     allow_outside_root)
+    for output in outputs:
+        _refuse_inputs_as_output(output, source=dataset)
     synthetic = utkface is None and manifest is None
     if target is None and synthetic:
         target = "smile"
@@ -566,9 +696,13 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     try:
         result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,
                               overwrite=overwrite, progress=lambda text: click.echo(text, err=True),
+                              id_key=id_key_file, key_table=key_table,
                               utility_targets=utility_targets, residual=utility_targets is not None)
     except FileExistsError as error:
-        raise click.UsageError(str(error)) from None
+        raise click.UsageError(_one_line(error)) from None
+    _report_skips(dataset.report.skipped, [], Path(out_dir) / "skipped.json")
+    if key_table is not None:
+        click.echo(f"key table (id -> file, keep it private): {key_table}", err=True)
     _print_verdicts(result.report)
     click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
     if result.report.leakage.side_channels_leak():
@@ -609,12 +743,26 @@ def _parse_attribute_values(schema, given: dict[str, str | None]) -> dict:
         if raw is None:
             continue
         if attribute.kind == "continuous":
-            values[attribute.name] = float(raw)
+            values[attribute.name] = _number(raw, f"--{attribute.name}")
         elif attribute.kind == "categorical" and ":" in raw:
-            values[attribute.name] = {k.strip(): float(w) for k, w in (part.split(":") for part in raw.split(","))}
+            parts = [part.split(":") for part in raw.split(",")]
+            if any(len(part) != 2 for part in parts):
+                raise click.BadParameter(f"{raw!r}: expected a mixture like 'asian:0.5,white:0.5'",
+                                         param_hint=f"--{attribute.name}")
+            values[attribute.name] = {k.strip(): _number(w, f"--{attribute.name}") for k, w in parts}
         else:
             values[attribute.name] = _category_or_fraction(attribute, raw)
     return values
+
+
+def _number(raw: str, option: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise click.BadParameter(f"{raw!r} is not a number", param_hint=option) from None
+    if not np.isfinite(value):
+        raise click.BadParameter(f"{raw!r} is not a finite number", param_hint=option)
+    return value
 
 
 def _category_or_fraction(attribute, raw: str):
@@ -628,11 +776,12 @@ def _category_or_fraction(attribute, raw: str):
 
 
 def _list_images(inputs: tuple[str, ...]) -> list[Path]:
+    """Image files of the given files and folders, in the order given (sorted within folders)."""
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         else:
             paths.append(path)
     if not paths:
@@ -640,16 +789,48 @@ def _list_images(inputs: tuple[str, ...]) -> list[Path]:
     return paths
 
 
-def _encode_files(estimator, paths: list[Path]) -> np.ndarray:
+def _decode_inputs(estimator, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the input images at the model's size: ``(images, positions of the readable inputs)``.
+
+    Each unreadable input is named by its number (its place in the listing, which its
+    output takes too) and path: nothing is renumbered silently.
+    """
     from .data.images import decode_images
 
     height, width = estimator.input_format_.shape[:2]
     images, kept, errors = decode_images([str(p) for p in paths], size=(height, width))
-    for _, reason in errors:
-        click.echo(f"skipped an input: {reason}", err=True)
+    failed = np.setdiff1d(np.arange(len(paths)), kept)
+    for position, (_, reason) in zip(failed, errors):
+        click.echo(f"skipped input {position} ({paths[position]}): {reason}", err=True)
     if not len(kept):
         raise click.ClickException("none of the inputs could be read")
-    return estimator.transform(images)
+    return images, np.asarray(kept)
+
+
+_DECODED_NAME = re.compile(r"decoded_\d{4,}\.png")
+
+
+def _prepare_decode_folder(out: Path, inputs: tuple[str, ...], paths: list[Path], overwrite: bool) -> None:
+    """An empty (or new) folder, or with --overwrite one holding only earlier decodes, which are removed."""
+    check_not_an_input(out, what="--out", files=paths, folders=[i for i in inputs if Path(i).is_dir()])
+    if out.exists() and not out.is_dir():
+        raise click.UsageError(f"--out {out} is a file; decode writes a folder of PNGs")
+    used = sorted(out.iterdir()) if out.is_dir() else []
+    if not used:
+        return
+    if not overwrite:
+        raise click.UsageError(
+            f"--out {out} already holds {len(used)} files; choose an empty folder, or pass --overwrite to "
+            "replace earlier decodes"
+        )
+    foreign = [p.name for p in used if not _DECODED_NAME.fullmatch(p.name)]
+    if foreign:
+        raise click.UsageError(
+            f"--out {out} holds files that are not decodes ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+            "refusing to clean it: choose an empty folder"
+        )
+    for path in used:
+        path.unlink()
 
 
 def _attribute_options(function):
@@ -667,31 +848,43 @@ def _attribute_options(function):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @_attribute_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for decoded PNGs.")
-def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir):
+@click.option("--overwrite", is_flag=True, help="Reuse a folder of earlier decodes (their PNGs are removed first).")
+def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir, overwrite):
     """Re-draw faces with chosen attributes, e.g. --age 40 --gender female.
 
     INPUTS are image files or folders. Attributes left out are decoded as
-    neutral (mean age, gender 0.5, an even mix of ethnicities). Outputs are
-    numbered decoded_0000.png, ... in input order (sorted within folders);
-    input names are not reused, since names like UTKFace's spell out labels.
+    neutral (mean age, gender 0.5, an even mix of ethnicities). Input number
+    i (in the order given, sorted within folders) becomes decoded_<i>.png,
+    e.g. decoded_0000.png; an unreadable input is named on the terminal and
+    leaves its number unused. Input names are not reused, since names like
+    UTKFace's spell out labels. --out must be empty or new (or, with
+    --overwrite, hold only earlier decodes).
     """
     from PIL import Image
 
+    from ._utils import atomic_write_path
     from .transformers import load_model
 
     estimator = load_model(model_dir)
     if estimator.schema_ is None:
         raise click.UsageError("this model was trained without sensitive attributes; there is nothing to set")
     given = {"age": age, "gender": gender, "ethnicity": ethnicity}
+    malformed = [item for item in extra if "=" not in item]
+    if malformed:
+        raise click.BadParameter(f"{malformed[0]!r}: expected NAME=VALUE", param_hint="--set")
     given.update(dict(item.split("=", 1) for item in extra))
     values = _parse_attribute_values(estimator.schema_, given)
-    Z = _encode_files(estimator, _list_images(inputs))
-    images = estimator.inverse_transform(Z, sensitive_features=values)
+    paths = _list_images(inputs)
     out = Path(out_dir)
+    _prepare_decode_folder(out, inputs, paths, overwrite)
+    images, positions = _decode_inputs(estimator, paths)
+    decoded = estimator.inverse_transform(estimator.transform(images), sensitive_features=values)
     out.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(_as_uint8_nhwc(images)):
-        Image.fromarray(image).save(out / f"decoded_{i:04d}.png")
-    click.echo(f"wrote {len(images)} images to {out}")
+    width = max(4, len(str(len(paths) - 1)))
+    for position, image in zip(positions, _as_uint8_nhwc(decoded)):
+        with atomic_write_path(out / f"decoded_{position:0{width}d}.png") as tmp:
+            Image.fromarray(image).save(tmp, format="PNG")
+    click.echo(f"wrote {len(decoded)} images to {out}")
 
 
 def _as_uint8_nhwc(images: np.ndarray) -> np.ndarray:
@@ -709,22 +902,23 @@ def _as_uint8_nhwc(images: np.ndarray) -> np.ndarray:
 @click.option("--age", "fixed_age", default=40.0, show_default=True, help="Age for --style attributes.")
 @click.option("--max-inputs", default=7, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-def grid(model_dir, inputs, style, ages, fixed_age, max_inputs, out):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def grid(model_dir, inputs, style, ages, fixed_age, max_inputs, out, overwrite):
     """The paper's figures: a face across ages and genders, or inputs vs. their decodes."""
+    from ._utils import check_destination
     from .pipeline.figures import age_gender_grid, attribute_rows_grid, save_grid_png
     from .transformers import load_model
 
-    estimator = load_model(model_dir)
     paths = _list_images(inputs)[:max_inputs]
-    from .data.images import decode_images
-
-    height, width = estimator.input_format_.shape[:2]
-    images, _, _ = decode_images([str(p) for p in paths], size=(height, width))
+    check_not_an_input(out, what="--out", files=paths, folders=[i for i in inputs if Path(i).is_dir()])
+    check_destination(out, overwrite=overwrite)
+    estimator = load_model(model_dir)
+    images, _ = _decode_inputs(estimator, paths)
     if style == "ages":
-        panel = age_gender_grid(estimator, images, [float(a) for a in ages.split(",")])
+        panel = age_gender_grid(estimator, images, [_number(a, "--ages") for a in ages.split(",")])
     else:
         panel = attribute_rows_grid(estimator, images, age=fixed_age)
-    save_grid_png(panel, out)
+    save_grid_png(panel, out, overwrite=overwrite)
     click.echo(f"wrote {out}")
 
 

@@ -91,8 +91,9 @@ def export_once(model, paths: list[str], out: Path, batch_size: int, decoder: st
     from bafo_pipeline.io import read_metadata
 
     started = time.perf_counter()
+    # ids in file order: the timing is of decoding and encoding (pseudonymous ids need the scan's hashes).
     report = export_latents(model, ImageFiles(pd.DataFrame({"path": paths})), out, batch_size=batch_size, overwrite=True,
-                            decoder=decoder)
+                            decoder=decoder, ids=np.arange(len(paths)))
     seconds = time.perf_counter() - started
     assert report.n_written == len(paths), report.skipped[:3]
     recorded = read_metadata(out)
@@ -121,7 +122,7 @@ def warm_up(model, paths: list[str], out: Path, batch_size: int, decoder: str) -
     from bafo_pipeline.data import ImageFiles
 
     export_latents(model, ImageFiles(pd.DataFrame({"path": paths[:batch_size]})), out, batch_size=batch_size, overwrite=True,
-                   decoder=decoder)
+                   decoder=decoder, ids=np.arange(len(paths[:batch_size])))
     model.transform(np.zeros((8, *IMAGE_SIZE, 3), dtype=np.uint8))
 
 

@@ -456,7 +456,7 @@ def make_figures(models: dict, test, figures_dir: Path, seed: int) -> dict[str, 
 
 
 def _save(panel: np.ndarray, path: Path, rows: list[str], columns: list[str] | None = None) -> dict:
-    save_grid_png(panel, path)
+    save_grid_png(panel, path, overwrite=True)  # a rerun of the benchmark replaces its figures
     from PIL import Image
 
     with Image.open(path) as image:

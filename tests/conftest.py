@@ -1,10 +1,36 @@
 """Shared test settings and helpers."""
 
 import copy
+import os
 
 import numpy as np
 import pytest
 import torch
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the property-based tests skip themselves
+    pass
+else:
+    # Property-based tests: "ci" (the default) runs thousands of examples in all, within a minute;
+    # "dev" a tenth for quick iterations; "thorough" ten times more. Pick with BAFO_HYPOTHESIS_PROFILE.
+    _SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=1000, deadline=None, suppress_health_check=_SLOW_IS_FINE)
+    settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=_SLOW_IS_FINE)
+    settings.register_profile("thorough", max_examples=10000, deadline=None, suppress_health_check=_SLOW_IS_FINE)
+    settings.load_profile(os.environ.get("BAFO_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_id_key(tmp_path_factory):
+    # Exports take the data owner's default key file unless given one: never the real ~/.config/bafo/id.key.
+    previous = os.environ.get("BAFO_ID_KEY_FILE")
+    os.environ["BAFO_ID_KEY_FILE"] = str(tmp_path_factory.mktemp("id_key") / "id.key")
+    yield
+    if previous is None:
+        os.environ.pop("BAFO_ID_KEY_FILE", None)
+    else:
+        os.environ["BAFO_ID_KEY_FILE"] = previous
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -49,8 +49,11 @@ def test_encode_is_private_by_default_and_labels_only_on_request(model_dir, tmp_
     assert len(everything) == 240 and everything.latents.shape == (240, 16)
     assert 0 < len(held_out) < 240 and set(held_out.split) == {"test"}
     assert {"age", "gender", "ethnicity"} <= set(held_out.labels.columns) and held_out.metadata["labels_included"]
-    # The held-out rows are the same images, encoded the same way, as in the full export.
-    np.testing.assert_allclose(held_out.latents, everything.latents[held_out.ids], atol=1e-6)
+    # The held-out rows are the same images, encoded the same way, as in the full export: joined by their
+    # pseudonymous ids, and both files written in id order.
+    position = {i: p for p, i in enumerate(everything.ids)}
+    np.testing.assert_allclose(held_out.latents, everything.latents[[position[i] for i in held_out.ids]], atol=1e-6)
+    assert (np.diff(everything.ids) > 0).all() and (np.diff(held_out.ids) > 0).all()
     refused = runner.invoke(main, ["encode", "--model", str(model_dir), "--out", str(shared)])
     assert refused.exit_code != 0 and "--overwrite" in refused.output
 
@@ -124,6 +127,11 @@ def test_run_does_the_whole_job(tmp_path):
         "model", "latents.parquet", "audit_latents.parquet", "audit_train_latents.parquet", "report"
     }
     assert pq.read_schema(out / "latents.parquet").names == ["id", "latent", "split"]
+    shared, audited = read_latents(out / "latents.parquet"), read_latents(out / "audit_latents.parquet")
+    assert (np.diff(shared.ids) > 0).all() and (np.diff(audited.ids) > 0).all()  # pseudonymous ids, in id order
+    assert set(audited.ids) <= set(shared.ids) and shared.metadata["id_scheme"] == "content"
+    position = {i: p for p, i in enumerate(shared.ids)}
+    np.testing.assert_allclose(audited.latents, shared.latents[[position[i] for i in audited.ids]], atol=1e-6)
     assert (out / "report" / "report.html").stat().st_size > 0
     for representation in ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)"):
         assert representation in result.output

@@ -56,6 +56,13 @@ MALFORMED = [
     (f"30_0_0_{STAMP}.txt", "not an image file name"),
     (".DS_Store", "not an image file name"),
     (f"30_0_0_{STAMP}.png.chip.jpg", "unexpected suffix"),
+    # issue 14, item 9: what a generator or a careless rename makes of a name
+    (f"1e9_0_0_{STAMP}.jpg.chip.jpg", "age field '1e9' is not a whole number"),
+    ("0030_00_00_1.jpg.chip.jpg", "age field '0030' has leading zeros"),
+    (f"30_00_0_{STAMP}.jpg.chip.jpg", "gender field '00' has leading zeros"),
+    (f"30_0_01_{STAMP}.jpg.chip.jpg", "race field '01' has leading zeros"),
+    ("30_0_0_1.jpg.chip.jpg", "datetime field '1' has fewer than 8 digits"),
+    (f"{'9' * 200}_0_0_{STAMP}.jpg.chip.jpg", "is outside 0-120"),  # no overflow
 ]
 
 

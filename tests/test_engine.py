@@ -153,7 +153,7 @@ def test_auto_precision_follows_the_cpu_and_is_recorded_in_the_export(model, fil
     monkeypatch.setattr(inference, "native_bfloat16", lambda device, native=native: native)
     auto = copy.deepcopy(model).set_params(precision="auto", device="cpu")
     out = tmp_path / "latents.parquet"
-    export_latents(auto, ImageFiles(pd.DataFrame({"path": files})), out, batch_size=16)
+    export_latents(auto, ImageFiles(pd.DataFrame({"path": files})), out, batch_size=16, ids=np.arange(len(files)))
     table = read_latents(out)
     assert table.metadata["precision"] == ("bfloat16" if native else "float32")
     explicit = copy.deepcopy(model).set_params(precision="bfloat16" if native else "float32")
@@ -161,7 +161,8 @@ def test_auto_precision_follows_the_cpu_and_is_recorded_in_the_export(model, fil
 
 
 def test_export_reports_how_its_time_was_spent(model, files, tmp_path):
-    report = export_latents(model, ImageFiles(pd.DataFrame({"path": files})), tmp_path / "latents.parquet", batch_size=16)
+    report = export_latents(model, ImageFiles(pd.DataFrame({"path": files})), tmp_path / "latents.parquet", batch_size=16,
+                            ids=np.arange(len(files)))  # in file order: no content hashes to key pseudonymous ids on
     timings = report.timings
     assert report.n_written == len(files)
     stages = timings["waiting_for_decoder"] + timings["encoding"] + timings["writing"]

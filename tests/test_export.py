@@ -13,6 +13,7 @@ from bafo_pipeline._nn import inference as _inference
 from bafo_pipeline.data import FaceDataset, ImageFiles
 from bafo_pipeline.data.images import decode_images
 from bafo_pipeline.data.jpeg_tensors import iter_tensor_batches
+from bafo_pipeline.data.splits import content_hash
 
 SIZE = 32
 
@@ -53,14 +54,22 @@ def _dataset(images, faces):
 
 
 def _table(paths):
-    return ImageFiles(pd.DataFrame({"path": paths, "age": np.arange(len(paths)) + 20}))
+    """A scanned table of the files (content hashes as scans compute them; none for a missing file)."""
+    hashes = [content_hash(Path(p).read_bytes()) if Path(p).is_file() else f"{i:040x}" for i, p in enumerate(paths)]
+    return ImageFiles(pd.DataFrame({"path": paths, "age": np.arange(len(paths)) + 20, "content_hash": hashes}))
+
+
+def _in_order(source):
+    """Ids that keep the source's order (these tests are about decoding; ids have their own tests)."""
+    return np.arange(len(source))
 
 
 @pytest.mark.parametrize("decoder", ["pil", "torch"])
 def test_bad_files_are_skipped_and_reported_by_row_without_names(model, files, tmp_path, decoder):
     out = tmp_path / "latents.parquet"
     seen = []
-    report = export_latents(model, _table(files), out, batch_size=5, decoder=decoder, progress=seen.append)
+    report = export_latents(model, _table(files), out, batch_size=5, decoder=decoder, progress=seen.append,
+                            ids=_in_order(files))
     assert [row for row, _ in report.skipped] == [3, 8]
     reasons = dict(report.skipped)
     assert reasons[3].startswith("truncated") or "corrupt" in reasons[3]
@@ -76,6 +85,8 @@ def test_bad_files_are_skipped_and_reported_by_row_without_names(model, files, t
 def test_strict_stops_at_the_first_bad_file_and_writes_nothing(model, files, tmp_path):
     out = tmp_path / "latents.parquet"
     with pytest.raises(ValueError, match="truncated|corrupt"):
+        export_latents(model, _table(files), out, batch_size=5, strict=True, ids=_in_order(files))
+    with pytest.raises(ValueError, match="truncated|corrupt|file not found"):  # the first in id order
         export_latents(model, _table(files), out, batch_size=5, strict=True)
     assert list(tmp_path.iterdir()) == []
 
@@ -94,8 +105,8 @@ def test_an_interrupted_export_leaves_nothing_behind(model, files, tmp_path):
 def test_each_decoder_exports_the_latents_of_the_pixels_it_decoded(model, files, tmp_path):
     good = [p for i, p in enumerate(files) if i not in (3, 8)]
     pil, torch_ = tmp_path / "pil.parquet", tmp_path / "torch.parquet"
-    export_latents(model, _table(good), pil, decoder="pil")
-    export_latents(model, _table(good), torch_, decoder="torch")
+    export_latents(model, _table(good), pil, decoder="pil", ids=_in_order(good))
+    export_latents(model, _table(good), torch_, decoder="torch", ids=_in_order(good))
     pil_pixels, _, _ = decode_images(good, size=(SIZE, SIZE))
     torch_pixels = torch.cat([b for _, b, _ in iter_tensor_batches(good, size=(SIZE, SIZE))]).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(read_latents(pil).latents, model.transform(pil_pixels), atol=1e-5)
@@ -107,7 +118,7 @@ def test_each_decoder_exports_the_latents_of_the_pixels_it_decoded(model, files,
 def test_in_memory_export_equals_transform_and_records_precision(model, faces, tmp_path):
     out = tmp_path / "latents.parquet"
     dataset = _dataset(faces.images, faces)
-    export_latents(model, dataset, out, batch_size=32)
+    export_latents(model, dataset, out, batch_size=32, ids=_in_order(dataset))
     table = read_latents(out)
     np.testing.assert_array_equal(table.latents, model.transform(faces.images))
     settings = model.inference_settings()

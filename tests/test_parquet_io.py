@@ -359,6 +359,35 @@ def test_refuses_path_like_label_columns(tmp_path, name):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["imagePath", "ImageURL", "fullFilename", "img_paths"])
+def test_refuses_path_columns_written_as_one_word(tmp_path, name):  # issue 14, item 9
+    with pytest.raises(ValueError, match=f"label column '{name}' looks like a file path"):
+        LatentParquetWriter(tmp_path / "z.parquet", D, label_schema={name: "string"})
+
+
+@pytest.mark.parametrize("name", ["profile", "smile", "mouth_open", "age"])
+def test_keeps_label_columns_that_only_resemble_path_words(tmp_path, name):
+    LatentParquetWriter(tmp_path / "z.parquet", D, label_schema={name: "string"}).abort()
+
+
+@pytest.mark.parametrize(
+    "value", ["s3://bucket/key", "x.JPG ", "x.jpeg?raw=1", "x.heic", "26-female-asian", "Asian female 30", " /etc/passwd"]
+)
+def test_refuses_uris_padded_or_queried_image_names_and_labels_in_words(tmp_path, value):  # issue 14, item 9
+    with pytest.raises(ValueError, match="id at row 0 of the batch looks like a file path"):
+        write_latents(tmp_path / "z.parquet", [([value], _latents(1))], id_type="string")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keeps_plain_label_values_and_ids(tmp_path):
+    labels = pd.DataFrame({"gender": ["female", "male", "female"], "ethnicity": ["asian", "black", "others"],
+                           "note": ["human-3", "version 2.0", "3-mango"]})
+    path = tmp_path / "z.parquet"
+    write_latents(path, [(["id-0001", "ok-1", "f00d"], _latents(3), labels)], id_type="string",
+                  label_schema={"gender": "string", "ethnicity": "string", "note": "string"})
+    assert read_latents(path).labels["gender"].tolist() == ["female", "male", "female"]
+
+
 def test_path_like_label_column_allowed_on_request(tmp_path):
     path = tmp_path / "z.parquet"
     labels = pd.DataFrame({"filename": ["25_0_1_20170116.jpg.chip.jpg", "a/b/c.png"]})

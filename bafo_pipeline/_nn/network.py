@@ -9,12 +9,18 @@ networks for images and MLPs for tabular features or embeddings.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+#: Largest network built (4 GiB of float32 weights): a shape past it is refused before anything is
+#: allocated (a 100000 x 100000 image would otherwise ask for terabytes).
+MAX_PARAMETERS = 2**30
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,16 @@ class NetworkConfig:
     condition_every_layer: bool = False
 
     def __post_init__(self) -> None:
+        # Shapes come from config files too: whole numbers only (NumPy ones become ints).
+        for name in ("input_shape", "widths"):
+            values = getattr(self, name)
+            if not isinstance(values, (tuple, list)) or not all(_is_whole(v) for v in values):
+                raise ValueError(f"{name} must be a tuple of whole numbers, got {values!r}")
+            object.__setattr__(self, name, tuple(int(v) for v in values))
+        for name in ("latent_dim", "condition_dim"):
+            if not _is_whole(getattr(self, name)):
+                raise ValueError(f"{name} must be a whole number, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, int(getattr(self, name)))
         if self.kind not in ("conv", "mlp"):
             raise ValueError(f"network kind must be 'conv' or 'mlp', got {self.kind!r}")
         if self.latent_dim < 1 or not self.widths or min(self.widths) < 1:
@@ -65,6 +81,31 @@ class NetworkConfig:
                     f"(2 ** number of conv stages, widths={self.widths})"
                 )
 
+        n_parameters = self.parameter_count()
+        if n_parameters > MAX_PARAMETERS:
+            raise ValueError(
+                f"a network of input shape {self.input_shape}, widths {self.widths} and latent_dim "
+                f"{self.latent_dim} has {n_parameters:.3g} parameters ({4 * n_parameters / 2**30:.3g} GiB in "
+                f"float32), over the {MAX_PARAMETERS:.3g} this package builds; use smaller images or widths"
+            )
+
+    def parameter_count(self) -> int:
+        """How many parameters the network of this shape has (computed, nothing is allocated)."""
+        latent_in = self.latent_dim + self.condition_dim
+        if self.kind == "mlp":
+            encoder = _linear_parameters([self.input_shape[0], *self.widths, 2 * self.latent_dim])
+            extra = self.condition_dim if self.condition_every_layer else 0
+            sizes = [latent_in, *reversed(self.widths), self.input_shape[0]]
+            decoder = sum((n_in + (extra if i else 0) + 1) * n_out for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])))
+            return encoder + decoder
+        channels, height, width = self.input_shape
+        cells = self.widths[-1] * (height // 2 ** len(self.widths)) * (width // 2 ** len(self.widths))
+        stages = [channels, *self.widths]
+        convolutions = sum((16 * w_in + 1) * w_out for w_in, w_out in zip(stages, stages[1:]))
+        stage_condition = self.condition_dim if self.condition_every_layer else 0
+        transposed = sum((16 * (w_out + stage_condition) + 1) * w_in for w_in, w_out in zip(stages, stages[1:]))
+        return convolutions + (cells + 1) * 2 * self.latent_dim + (latent_in + 1) * cells + transposed
+
     def to_dict(self) -> dict:
         """JSON-ready form."""
         data = asdict(self)
@@ -79,6 +120,14 @@ class NetworkConfig:
         data["input_shape"] = tuple(data["input_shape"])
         data["widths"] = tuple(data["widths"])
         return cls(**data)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _linear_parameters(sizes: list[int]) -> int:
+    return sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
 
 
 def _act() -> nn.Module:

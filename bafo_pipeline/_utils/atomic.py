@@ -5,6 +5,16 @@ destination folder (same filesystem, so the final move is atomic), which is fsyn
 and renamed only once writing succeeded. On any exception, ``KeyboardInterrupt``
 included, the temporary file is removed and the destination is left untouched.
 
+Temporary files never outlive their writer for long:
+
+- ``SIGTERM`` (the default action of ``kill``, of job schedulers and of container
+  stops) removes every pending temporary file before the process ends as it would
+  have (the handler is installed only where ``SIGTERM`` still has its default action);
+- a writer that was killed outright (``SIGKILL``, a power cut) leaves its temporary
+  file behind, and the next write to the same destination removes it: a writer holds
+  an advisory lock (``flock``) on its temporary file while it lives, so a temporary
+  file nobody holds a lock on belongs to a dead writer.
+
 Examples
 --------
 >>> from safetensors.numpy import save_file  # doctest: +SKIP
@@ -16,18 +26,130 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import signal
+import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["AtomicFile", "atomic_write_path", "check_destination"]
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: stale files are recognised by age only
+    fcntl = None
+
+__all__ = ["AtomicFile", "atomic_write_path", "check_destination", "remove_stale_temporaries"]
+
+#: Temporary files of dead writers younger than this are left alone where locks are unavailable.
+_STALE_AGE_WITHOUT_LOCKS = 24 * 3600
+
+# Temporary files being written, with the id of the process writing each: the SIGTERM handler removes
+# only its own process's (a forked child inherits this table, not the files).
+_pending: dict[Path, int] = {}
+_pending_lock = threading.Lock()
+_sigterm_installed = False
+
+
+def _temporary_name_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{12}}\.tmp")
 
 
 def _remove_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def _forget_and_remove(path: Path, handle: int | None) -> None:
+    with _pending_lock:
+        _pending.pop(path, None)
+    _remove_quietly(path)
+    if handle is not None:
+        with contextlib.suppress(OSError):
+            os.close(handle)
+
+
+def _abandon(path: Path, handle: int, writer: int) -> None:
+    """Finalizer of an uncommitted temporary file: removed by its writer; a forked child leaves it alone."""
+    if os.getpid() == writer:
+        _forget_and_remove(path, handle)
+
+
+def _remove_pending_and_terminate(signum, frame) -> None:  # pragma: no cover - runs in a dying process
+    me = os.getpid()
+    for path, writer in list(_pending.items()):
+        if writer == me:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_sigterm_cleanup() -> None:
+    """Remove pending temporary files on SIGTERM, where SIGTERM would otherwise just end the process."""
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(ValueError, OSError):  # no signals here (embedded interpreters)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _remove_pending_and_terminate)
+            _sigterm_installed = True
+
+
+def _is_held(path: Path) -> bool:
+    """Whether a live writer holds ``path`` (its advisory lock); without locks, whether it is recent."""
+    if fcntl is None:  # pragma: no cover
+        import time
+
+        return time.time() - path.stat().st_mtime < _STALE_AGE_WITHOUT_LOCKS
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock, if taken
+    return False
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that killed writers of ``path`` left behind.
+
+    A temporary file of ``path`` is ``.<name>.<12 hex digits>.tmp`` in the same folder
+    (as :class:`AtomicFile` names them). It is stale when no live process holds its
+    lock: the writer was killed before it could commit or clean up. Files being
+    written by live processes are left alone, as is everything else in the folder.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The destination whose stale temporary files to remove.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    path = Path(path)
+    pattern = _temporary_name_pattern(path.name)
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        candidate = Path(entry.path)
+        try:
+            if not entry.is_file(follow_symlinks=False) or _is_held(candidate):
+                continue
+            candidate.unlink()
+        except OSError:  # vanished meanwhile, or not ours to remove
+            continue
+        removed.append(candidate)
+    return removed
 
 
 def _fsync_file(path: Path) -> None:
@@ -92,8 +214,10 @@ class AtomicFile:
     ``.<name>.<random>.tmp`` next to ``path``; write to :attr:`tmp_path` by any means,
     then call :meth:`commit`. Used as a context manager it commits on a clean exit and
     aborts on any exception, ``KeyboardInterrupt`` included. A temporary file that was
-    neither committed nor aborted is removed when the object is garbage collected or
-    the interpreter exits.
+    neither committed nor aborted is removed when the object is garbage collected, the
+    interpreter exits or the process receives ``SIGTERM``; temporary files that killed
+    writers of the same ``path`` left behind are removed when it is created (see
+    :func:`remove_stale_temporaries`).
 
     Parameters
     ----------
@@ -114,16 +238,27 @@ class AtomicFile:
     def __init__(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         self.path = check_destination(path, overwrite=overwrite)
         self.overwrite = overwrite
+        remove_stale_temporaries(self.path)
+        _install_sigterm_cleanup()
         while True:
             candidate = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
             try:
                 fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 continue
-            os.close(fd)
+            except OSError as error:  # read-only folder or filesystem, no space: name the folder, not our temp file
+                raise type(error)(error.errno, f"cannot write {self.path.name} there: {error.strerror}",
+                                  str(self.path.parent)) from None
             break
+        if fcntl is not None:
+            # Held until commit or abort (or death): marks the file as a live writer's.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with _pending_lock:
+            _pending[candidate] = os.getpid()
         self.tmp_path = candidate
-        self._finalizer = weakref.finalize(self, _remove_quietly, candidate)
+        self._lock_handle = fd
+        self._finalizer = weakref.finalize(self, _abandon, candidate, fd, os.getpid())
         self._done = False
 
     def commit(self) -> Path:
@@ -153,6 +288,7 @@ class AtomicFile:
             raise
         self._done = True
         self._finalizer.detach()
+        _forget_and_remove(self.tmp_path, self._lock_handle)  # the name is gone already; drops the lock
         _fsync_dir(self.path.parent)
         return self.path
 

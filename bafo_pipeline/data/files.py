@@ -13,12 +13,13 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
 from .._utils.filesystems import is_local
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_SUFFIXES", "StoredFile", "read_file_bytes"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "IMAGE_SUFFIXES", "StoredFile", "open_regular_file", "read_file_bytes"]
 
 #: Largest image file read (bytes); larger files are skipped with a reason.
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -89,7 +90,28 @@ def read_file_bytes(filesystem: pafs.FileSystem, path: str, max_bytes: int = DEF
     return data
 
 
-def _read_local(path: str, max_bytes: int) -> bytes:
+def open_regular_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> BinaryIO:
+    """Open a local file for reading, only if it is a regular file of at most ``max_bytes``.
+
+    What decoders stream from (Pillow reads lazily): a FIFO is refused without waiting for
+    a writer, a device (``/dev/zero``) or a folder is refused, and so is a file past the
+    cap, before anything is read.
+
+    Parameters
+    ----------
+    path : str or path-like
+    max_bytes : int, default=64 MiB
+
+    Returns
+    -------
+    binary file object
+        Positioned at the start; the caller closes it.
+
+    Raises
+    ------
+    OSError
+        With a reason a person can read, never the file's name (see :func:`read_file_bytes`).
+    """
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -111,12 +133,15 @@ def _read_local(path: str, max_bytes: int) -> bytes:
             raise OSError("not a regular file")
         if status.st_size > max_bytes:
             raise OSError(f"larger than the {_size(max_bytes)} cap ({_size(status.st_size)})")
-        handle = os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-    with handle:
-        data = handle.read(max_bytes + 1)
+
+
+def _read_local(path: str, max_bytes: int) -> bytes:
+    with open_regular_file(path, max_bytes) as handle:
+        data = handle.read(max_bytes + 1)  # the file may have grown since it was opened
     if len(data) > max_bytes:
         raise OSError(f"larger than the {_size(max_bytes)} cap")
     return data

@@ -24,7 +24,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .files import StoredFile
+from .files import StoredFile, open_regular_file
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -106,6 +106,22 @@ def check_size(size: Size) -> tuple[int, int]:
     if not ok:
         raise ValueError(f"size must be a positive int or a (height, width) pair of positive ints, got {size!r}")
     return int(height), int(width)
+
+
+#: Largest array of decoded images built in memory (bytes): past it a request is refused before
+#: allocating (``bafo train --image-size 100000`` would otherwise ask for terabytes).
+MAX_DECODED_BYTES = 16 * 2**30
+
+
+def check_decoded_size(n_images: int, height: int, width: int) -> None:
+    """Refuse to build ``n_images`` RGB images of ``height`` x ``width`` in memory past :data:`MAX_DECODED_BYTES`."""
+    needed = int(n_images) * int(height) * int(width) * 3
+    if needed > MAX_DECODED_BYTES:
+        raise ValueError(
+            f"{n_images} images of {height}x{width} pixels need {needed / 2**30:.3g} GiB in memory, over the "
+            f"{MAX_DECODED_BYTES / 2**30:.0f} GiB this package allocates; use a smaller image size or fewer "
+            "images (bafo encode streams files in batches)"
+        )
 
 
 def check_max_pixels(max_pixels: int | None) -> None:
@@ -256,20 +272,18 @@ def _decode(source: ImageSource, target_h: int, target_w: int, max_pixels: int |
         return _decode_stream(io.BytesIO(data), source.path, target_h, target_w, max_pixels)
     label = os.fspath(source)
     try:
-        with open(label, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
-                raise ImageDecodeError(label, "empty file (0 bytes)")
-            return _decode_stream(fh, label, target_h, target_w, max_pixels)
-    except FileNotFoundError:
-        raise ImageDecodeError(label, "file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(label, "is a directory, not a file") from None
-    except PermissionError:
-        raise ImageDecodeError(label, "permission denied") from None
-    except ImageDecodeError:
-        raise
+        handle = open_regular_file(label)  # never a FIFO, a device or a file past the size cap
     except OSError as err:
-        raise ImageDecodeError(label, f"cannot read file: {err.strerror or err}") from None
+        raise ImageDecodeError(label, str(err)) from None
+    with handle as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ImageDecodeError(label, "empty file (0 bytes)")
+        try:
+            return _decode_stream(fh, label, target_h, target_w, max_pixels)
+        except ImageDecodeError:
+            raise
+        except OSError as err:
+            raise ImageDecodeError(label, f"cannot read file: {err.strerror or err}") from None
 
 
 def _decode_stream(fh, label: str, target_h: int, target_w: int, max_pixels: int | None) -> np.ndarray:
@@ -372,6 +386,7 @@ def decode_images(
     n_threads = resolve_n_jobs(n_jobs)
     tracker = _Progress(progress)
     paths = list(paths)
+    check_decoded_size(len(paths), target_h, target_w)
     args = (target_h, target_w, max_pixels)
     pool = ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-decode") if n_threads > 1 and len(paths) > 1 else None
     try:

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .files import StoredFile
+from .files import StoredFile, open_regular_file
 from .images import (
     DEFAULT_MAX_PIXELS,
     ORIENTATION_FIX,
@@ -396,10 +396,10 @@ def _prepare(source: TensorSource, target_h: int, target_w: int, max_pixels: int
     else:
         label = os.fspath(source)
         try:
-            with open(label, "rb") as fh:
+            with open_regular_file(label) as fh:  # never a FIFO, a device or a file past the size cap
                 data = fh.read()
-        except OSError:  # missing, a directory, no permission, ...: Pillow's path names the problem
-            return try_decode(label, *args)
+        except OSError as err:
+            return ImageDecodeError(label, str(err))
     header = jpeg_header(data)
     if header is None or not _fast_path_ok(header, max_pixels):
         return _fallback(data, label, args)

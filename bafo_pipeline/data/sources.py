@@ -9,6 +9,7 @@ from typing import Any
 
 from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, FaceSource, LoadReport
+from .images import is_positive_int
 
 
 def load_source(
@@ -52,6 +53,7 @@ def load_source(
     """
     if utkface is not None and manifest is not None:
         raise ValueError("give either a UTKFace folder or a manifest, not both")
+    _check_limit(limit)
     if utkface is not None:
         from .utkface import load_utkface
 
@@ -103,11 +105,13 @@ def scan_source(
     -------
     source : FaceSource
         :class:`~bafo_pipeline.data.tables.ImageFiles` for a folder or a
-        manifest (the first ``limit`` rows); the drawn :class:`FaceDataset`
+        manifest (``limit`` rows chosen by content hash, as :func:`load_source`
+        chooses them); the drawn :class:`FaceDataset`
         for synthetic faces (``image_size`` pixels).
     report : LoadReport
         What the scan skipped or dropped.
     """
+    _check_limit(limit)
     given = [name for name, value in (("utkface", utkface), ("manifest", manifest), ("images", images)) if value is not None]
     if len(given) > 1:
         raise ValueError(f"give one of a UTKFace folder, a manifest or an image folder, not {' and '.join(given)}")
@@ -115,7 +119,7 @@ def scan_source(
         dataset = load_source(synthetic_samples=synthetic_samples, image_size=image_size, limit=limit, seed=seed)
         return dataset, dataset.report
     from .._utils.filesystems import resolve_filesystem
-    from .tables import ImageFiles
+    from .tables import ImageFiles, subset_by_hash
 
     if utkface is not None:
         from .utkface import UTKFACE_SENSITIVE, scan_utkface
@@ -136,7 +140,13 @@ def scan_source(
 
         location, sensitive = images, ()
         table, report = scan_image_folder(images, strict=strict, allow_outside_root=allow_outside_root)
-    if limit is not None:
-        table = table.iloc[:limit]
+    # The same subset train takes (smallest content hashes): never the first names, which sort by label.
+    table = subset_by_hash(table, limit)
     filesystem, _ = resolve_filesystem(location)
     return ImageFiles(table, tuple(sensitive), report, filesystem=filesystem), report
+
+
+def _check_limit(limit) -> None:
+    # A negative limit would slice off the end instead (``table[:-5]``: all but five).
+    if limit is not None and not is_positive_int(limit):
+        raise ValueError(f"limit must be a positive whole number, got {limit!r}")

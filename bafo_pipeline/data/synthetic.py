@@ -36,6 +36,7 @@ import pandas as pd
 
 from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, LoadReport
+from .images import check_decoded_size
 from .splits import content_hash
 
 __all__ = [
@@ -150,6 +151,7 @@ def make_synthetic_faces(
     """
     n_samples = _check_int(n_samples, "n_samples", minimum=1)
     image_size = _check_int(image_size, "image_size", minimum=_MIN_IMAGE_SIZE)
+    check_decoded_size(n_samples, image_size, image_size)
     rng = np.random.default_rng(random_state)
 
     attributes, codes = _draw_attributes(rng, n_samples)

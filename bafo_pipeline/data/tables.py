@@ -117,7 +117,8 @@ class ImageFiles:
     def __post_init__(self) -> None:
         if "path" not in self.table.columns:
             raise ValueError(f"a table of image files needs a 'path' column; got {list(self.table.columns)}")
-        self.table = self.table.reset_index(drop=True)
+        if self.table.index.name != "row":  # a manifest's 1-based data-row numbers are kept for messages
+            self.table = self.table.reset_index(drop=True)
         self.sensitive = tuple(self.sensitive)
 
     def __len__(self) -> int:
@@ -125,7 +126,7 @@ class ImageFiles:
 
     @property
     def attributes(self) -> pd.DataFrame:
-        """The label columns (no paths, no hashes)."""
+        """The label columns (no paths, no hashes); indexed by the manifest's data-row numbers for a manifest."""
         return self.table.drop(columns=[c for c in PRIVATE_COLUMNS if c in self.table.columns])
 
     @property

@@ -51,6 +51,8 @@ _SUFFIXES = (".jpg.chip.jpg", ".jpg", ".jpeg", ".png")
 _IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _FIELDS = ("age", "gender", "race", "datetime")
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
+# The distributed names carry 16-18 digit date-times; anything shorter is not a UTKFace name.
+_MIN_DATETIME_DIGITS = 8
 
 
 def parse_utkface_name(name: str | os.PathLike) -> dict[str, Any]:
@@ -73,8 +75,9 @@ def parse_utkface_name(name: str | os.PathLike) -> dict[str, Any]:
     ValueError
         If the name does not follow ``age_gender_race_datetime.jpg.chip.jpg``
         exactly (a plain ``.jpg``, ``.jpeg`` or ``.png`` suffix is also
-        accepted) or a value is out of range (age 0-120, gender 0-1,
-        race 0-4); the message says what is wrong.
+        accepted; no leading zeros, a date-time of at least 8 digits) or a
+        value is out of range (age 0-120, gender 0-1, race 0-4); the message
+        says what is wrong.
     """
     base = os.path.basename(os.fspath(name))
     extension = os.path.splitext(base)[1].lower()
@@ -96,6 +99,12 @@ def parse_utkface_name(name: str | os.PathLike) -> dict[str, Any]:
     for field, value in zip(_FIELDS, fields):
         if not _WHOLE_NUMBER.fullmatch(value):
             raise ValueError(f"{field} field {value!r} is not a whole number")
+        if field != "datetime" and len(value) > 1 and value.startswith("0"):
+            raise ValueError(f"{field} field {value!r} has leading zeros (a renamed or generated file?)")
+    if len(fields[3]) < _MIN_DATETIME_DIGITS:
+        raise ValueError(
+            f"datetime field {fields[3]!r} has fewer than {_MIN_DATETIME_DIGITS} digits (yyyymmddHHMMSS...)"
+        )
     age, gender, race = int(fields[0]), int(fields[1]), int(fields[2])
     if age > _MAX_AGE:
         raise ValueError(f"age {age} is outside 0-{_MAX_AGE}")

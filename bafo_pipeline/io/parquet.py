@@ -92,14 +92,23 @@ _PATHLIKE_NAME_TOKENS = frozenset(
         "dirname", "directory", "folder",
     }
 )  # fmt: skip
-# Absolute/home/drive/dot-relative paths, nested relative paths, image file names,
-# and UTKFace names ("<age>_<gender>_<race>_<date>..."), which spell out the labels.
-# Written in the regex subset shared by Python's re and Arrow's RE2.
+# Name suffixes of path columns written as one word ("imagePath", "imgpath", "fullFilename").
+_PATHLIKE_NAME_SUFFIXES = ("path", "paths", "filename", "filenames", "url", "uri")
+_IMAGE_EXTENSIONS = "jpe?g|jpe|jfif|png|bmp|gif|tiff?|webp|ppm|pgm|heic|heif|avif|jxl|jp2|dng|cr2|nef|arw|ico|svg"
+_SEX = r"(?:fe)?males?|wom[ae]n|m[ae]n|boys?|girls?"
+_ETHNICITY = r"white|black|asian|indian|others?|hispanic|latin[oa]|caucasian"
+# Absolute/home/drive/dot-relative paths, URIs (s3://...), nested relative paths, image file
+# names (also with a query, "x.jpeg?raw=1", or trailing blanks, "x.JPG "), UTKFace names
+# ("<age>_<gender>_<race>_<date>...") and names that spell out labels in words
+# ("26-female-asian"). Written in the regex subset shared by Python's re and Arrow's RE2.
 _PATHLIKE_VALUE = (
-    r"^(?:/|~[\\/]|[A-Za-z]:[\\/]|\.\.?[\\/])"
+    r"^\s*(?:/|~[\\/]|[A-Za-z]:[\\/]|\.\.?[\\/]|[A-Za-z][A-Za-z0-9+.-]*://)"
     r"|\w[\\/]+\w+[\\/]+\w"
-    r"|\.(?:jpe?g|png|bmp|gif|tiff?|webp|ppm|pgm)$"
-    r"|^\d{1,3}_[01]_[0-4]_\d"
+    rf"|\.(?:{_IMAGE_EXTENSIONS})(?:[?#]\S*)?\s*$"
+    r"|^\s*\d{1,3}_[01]_[0-4]_\d"
+    rf"|(?:^|[^a-z0-9])\d{{1,3}}[-_ .]+(?:{_SEX})(?:[^a-z]|$)"
+    rf"|(?:^|[^a-z])(?:{_SEX})[-_ .]+(?:\d{{1,3}}|{_ETHNICITY})(?:[^a-z0-9]|$)"
+    rf"|(?:^|[^a-z])(?:{_ETHNICITY})[-_ .]+(?:{_SEX}|\d{{1,3}})(?:[^a-z0-9]|$)"
 )
 _PATHLIKE_VALUE_RE = re.compile(_PATHLIKE_VALUE, re.IGNORECASE)
 
@@ -114,8 +123,9 @@ def looks_like_path(value: str) -> bool:
 
 
 def _name_looks_like_path(name: str) -> bool:
-    tokens = re.split(r"[^a-z0-9]+", name.lower())
-    return any(token in _PATHLIKE_NAME_TOKENS for token in tokens)
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)  # imagePath -> image_Path
+    tokens = [token for token in re.split(r"[^a-z0-9]+", words.lower()) if token]
+    return any(token in _PATHLIKE_NAME_TOKENS or token.endswith(_PATHLIKE_NAME_SUFFIXES) for token in tokens)
 
 
 def _first_pathlike_row(array: pa.Array) -> int | None:

@@ -11,12 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..data import key_fingerprint, load_id_key, pseudonymous_ids, write_key_table
 from ..data.dataset import FaceSource
 from ..data.images import resolve_n_jobs
 from ..io.parquet import LatentParquetWriter
@@ -68,6 +70,9 @@ def export_latents(
     split: Sequence[str] | None = None,
     ids: Sequence[int] | None = None,
     id_column: str | None = None,
+    id_from: str = "content",
+    id_key: bytes | str | os.PathLike | None = None,
+    key_table: str | os.PathLike | None = None,
     metadata: dict | None = None,
     batch_size: int = 512,
     strict: bool = False,
@@ -95,10 +100,31 @@ def export_latents(
     split : sequence of str, optional
         One split name per source row, stored as a ``split`` column.
     ids : sequence of int, optional
-        Row numbers to store as ``id`` (e.g. positions in the full dataset
-        when ``source`` is a subset of it); default ``0 .. n-1``.
+        Ids to store, one per source row, written in the source's order: the
+        caller vouches that neither reveals anything (the distributed export
+        passes pseudonymous ids in id order). Default: ``id_from``.
     id_column : str, optional
-        A non-sensitive attribute column to use as ``id`` instead.
+        A non-sensitive attribute column to use as ``id`` instead (the data
+        owner's own key; missing or repeated values are refused, naming the
+        rows). Rows are written in the order of their pseudonymous ids.
+    id_from : {"content", "row"}, default="content"
+        Without ``ids`` or ``id_column``: ``"content"``, the pseudonymous id of
+        each image (:func:`~bafo_pipeline.data.pseudonymous_ids`: a keyed hash
+        of its content, the same in every export under the same key), rows
+        written in id order; ``"row"``, a manifest's 1-based data-row numbers
+        (they reveal whatever the manifest's order reveals), rows written in
+        the order of the pseudonymous ids. Neither the ids nor the row order
+        follow file names (UTKFace names begin with the labels).
+    id_key : bytes, path or None, default=None
+        The key of the pseudonymous ids: raw bytes, a key file, or None for
+        the data owner's default key file (:func:`~bafo_pipeline.data.load_id_key`:
+        ``$BAFO_ID_KEY_FILE`` or ``~/.config/bafo/id.key``, created on first use).
+        Only its fingerprint is written with the data.
+    key_table : path, optional
+        Also write which source each written id came from (and its manifest
+        row), readable by its owner only (:func:`~bafo_pipeline.data.write_key_table`):
+        for the data owner, never for the people the latents go to. Refused
+        when it is ``out`` or exists (unless ``overwrite``).
     metadata : dict, optional
         Extra provenance (e.g. :meth:`LoadedModel.provenance
         <bafo_pipeline.transformers.LoadedModel.provenance>`: the verified
@@ -124,19 +150,18 @@ def export_latents(
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if not estimator.input_format_.is_image:
         raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
-    label_frame = source.attributes.reset_index(drop=True)
-    if id_column is not None:
-        if id_column not in label_frame.columns:
-            raise ValueError(f"id column {id_column!r} not found; available: {list(label_frame.columns)}")
-        if id_column in source.sensitive or (estimator.schema_ is not None and id_column in estimator.schema_.names):
-            raise ValueError(f"id column {id_column!r} is a sensitive attribute; ids must not reveal one")
-        ids = label_frame[id_column].to_numpy()
-    elif ids is not None:
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) != len(label_frame):
-            raise ValueError(f"{len(ids)} ids given for {len(label_frame)} source rows")
-    else:
-        ids = np.arange(len(label_frame), dtype=np.int64)
+    if key_table is not None:
+        key_table = _check_key_table(key_table, out, overwrite)
+        if source_files(source) is None:
+            raise ValueError("this source names no files (synthetic or in-memory images): there is no key table to write")
+    if split is not None and len(split) != len(source):
+        raise ValueError(f"{len(split)} split names given for {len(source)} source rows")
+    ids, order, id_provenance = _ids_and_order(estimator, source, ids, id_column, id_from, id_key)
+    if order is not None:  # rows written in the order of their pseudonymous ids
+        source, ids = source.subset(order), ids[order]
+        split = None if split is None else np.asarray(split, dtype=object)[order]
+    attributes = source.attributes
+    label_frame = attributes.reset_index(drop=True)
     hashes = source.content_hash
     settings = estimator.inference_settings()
     if decoder == "auto":
@@ -149,11 +174,13 @@ def export_latents(
         "source_rows": len(label_frame),
         "precision": settings.precision,
         "decoder": "in-memory" if source.in_memory else decoder,
+        **id_provenance,
         **(metadata or {}),
     }
     split = None if split is None else np.asarray(split, dtype=object)
     label_schema = {c: _arrow_type(label_frame[c]) for c in label_frame.columns} if include_labels else None
     report = ExportReport()
+    written: list[np.ndarray] = []
     writer = LatentParquetWriter(
         out, estimator.latent_dim, metadata=provenance, id_type="int64" if ids.dtype.kind in "iu" else "string",
         label_schema=label_schema, include_split=split is not None, overwrite=overwrite,
@@ -169,7 +196,7 @@ def export_latents(
                 break
             rows, images, errors = batch
             for row, reason in errors:
-                report.skipped.append((row, _redact(reason)))
+                report.skipped.append((int(row if order is None else order[row]), _redact(reason)))
             if len(rows):
                 with clock.stage("encoding"):
                     latents = encode(estimator, images)
@@ -180,11 +207,87 @@ def export_latents(
                         split=None if split is None else split[rows],
                     )
                 report.n_written += len(rows)
+                written.append(rows)
             if progress is not None:
                 progress(len(rows) + len(errors))
     report.metadata = writer.metadata
     report.timings = clock.totals()
+    if key_table is not None:
+        _write_key_table(key_table, source, ids, np.concatenate(written) if written else np.zeros(0, np.int64))
     return report
+
+
+def _ids_and_order(estimator, source: FaceSource, ids, id_column, id_from, id_key):
+    """``(ids, order, provenance)``: the id of each source row, the order to write the rows in (None: as
+    given), and what the file records about the ids."""
+    n = len(source)
+    if ids is not None:
+        if id_column is not None:
+            raise ValueError("give ids or id_column, not both")
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) != n:
+            raise ValueError(f"{len(ids)} ids given for {n} source rows")
+        return ids, None, {"id_scheme": "given"}
+    if id_from not in ("content", "row"):
+        raise ValueError(f"id_from must be 'content' or 'row', got {id_from!r}")
+    hashes = source.content_hash
+    if hashes is None:
+        raise ValueError("pseudonymous ids need the images' content hashes, and this source has none; pass ids")
+    key = load_id_key(id_key)
+    content_ids = pseudonymous_ids(hashes, key)
+    attributes = source.attributes
+    _refuse_missing_or_repeated_ids(content_ids, attributes.index, "the content ids (byte-identical images?)")
+    order = np.argsort(content_ids, kind="stable")
+    provenance = {"id_key_fingerprint": key_fingerprint(key)}
+    if id_column is not None:
+        if id_column not in attributes.columns:
+            raise ValueError(f"id column {id_column!r} not found; available: {list(attributes.columns)}")
+        if id_column in source.sensitive or (estimator.schema_ is not None and id_column in estimator.schema_.names):
+            raise ValueError(f"id column {id_column!r} is a sensitive attribute; ids must not reveal one")
+        ids = attributes[id_column].to_numpy()
+        _refuse_missing_or_repeated_ids(ids, attributes.index, f"id column {id_column!r}")
+        return ids, order, {"id_scheme": f"column {id_column}", **provenance}
+    if id_from == "row":
+        if attributes.index.name != "row":
+            raise ValueError("id_from='row' needs a manifest (its data-row numbers); this source has none")
+        return attributes.index.to_numpy(dtype=np.int64), order, {"id_scheme": "manifest row", **provenance}
+    return content_ids, order, {"id_scheme": "content", **provenance}
+
+
+def _check_key_table(key_table, out, overwrite: bool) -> Path:
+    """The key table's path, refused before any work where it would clobber the export or an older table."""
+    path = Path(key_table).expanduser()
+    if os.path.abspath(path) == os.path.abspath(out):
+        raise ValueError(f"the key table {key_table} would replace the export itself; keep it apart")
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise ValueError(f"{key_table}: a key table is a .csv or .parquet file")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{key_table} already exists; pass overwrite=True (--overwrite) to replace it")
+    return path
+
+
+def _write_key_table(path: Path, source: FaceSource, ids: np.ndarray, written: np.ndarray) -> None:
+    """id -> source file (and manifest row) of every row written: what only the data owner may keep."""
+    files = source_files(source)
+    if files is None:
+        raise ValueError("this source names no files: there is no key table to write")
+    rows = source.attributes.index
+    write_key_table(
+        path, ids[written], [str(files[i]) for i in written],
+        rows=rows.to_numpy()[written] if rows.name == "row" else None, overwrite=True,
+    )
+
+
+def source_files(source: FaceSource) -> list | None:
+    """The file each row of ``source`` was read from (paths or URIs), or None when it names none.
+
+    For the data owner's eyes only (key tables, skip listings): file names such as UTKFace's
+    spell out the labels.
+    """
+    table = getattr(source, "table", None)
+    if table is not None and "path" in table.columns:
+        return table["path"].tolist()
+    return getattr(source, "sources", None)
 
 
 class _StageClock:
@@ -255,6 +358,32 @@ def _encode_halves(pool: ThreadPoolExecutor, estimator, images) -> np.ndarray:
     second = pool.submit(estimator.encode_images, images[half:])
     first = estimator.encode_images(images[:half])
     return np.concatenate([first, second.result()])
+
+
+def _refuse_missing_or_repeated_ids(ids: np.ndarray, index: pd.Index, what: str) -> None:
+    """Ids must identify rows: no missing value, no value twice (the message names the rows).
+
+    Rows are named as the user knows them: a manifest's 1-based data-row numbers (header not
+    counted) where the source keeps them, else 1-based positions in the source.
+    """
+    rows = "manifest rows" if index.name == "row" else "rows"
+    number = (lambda p: str(index[p])) if index.name == "row" else (lambda p: str(p + 1))
+
+    def listed(positions) -> str:
+        return ", ".join(number(p) for p in positions[:5]) + (f" and {len(positions) - 5} more" if len(positions) > 5 else "")
+
+    values = pd.Series(ids)
+    missing = np.flatnonzero(values.isna().to_numpy())
+    if len(missing):
+        raise ValueError(f"{what} is empty at {rows} {listed(missing)}; ids must identify rows")
+    repeated = values.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        groups = pd.Series(np.flatnonzero(repeated)).groupby(values[repeated].to_numpy(), sort=False)
+        shown = "; ".join(f"{rows} {listed(positions.to_numpy())}" for _, positions in list(groups)[:3])
+        raise ValueError(
+            f"{what} repeats values: {int(repeated.sum())} rows share {groups.ngroups} ids ({shown}"
+            f"{'; ...' if groups.ngroups > 3 else ''}); ids must be unique"
+        )
 
 
 def _redact(reason: str) -> str:

@@ -62,9 +62,17 @@ def attribute_rows_grid(
     return np.asarray(rows)
 
 
-def save_grid_png(panel: np.ndarray, path: str | os.PathLike, *, scale: int = 2, gap: int = 2) -> None:
-    """Tile a ``(rows, cols, H, W, 3)`` float panel into one PNG, with white gaps, upscaled."""
+def save_grid_png(
+    panel: np.ndarray, path: str | os.PathLike, *, scale: int = 2, gap: int = 2, overwrite: bool = False
+) -> None:
+    """Tile a ``(rows, cols, H, W, 3)`` float panel into one PNG, with white gaps, upscaled.
+
+    The file appears only when complete; an existing ``path`` is replaced only with
+    ``overwrite=True`` (``FileExistsError`` otherwise).
+    """
     from PIL import Image
+
+    from .._utils import atomic_write_path
 
     rows, cols, height, width, _ = panel.shape
     canvas = np.ones((rows * (height + gap) + gap, cols * (width + gap) + gap, 3), dtype=np.float32)
@@ -74,4 +82,5 @@ def save_grid_png(panel: np.ndarray, path: str | os.PathLike, *, scale: int = 2,
             canvas[top : top + height, left : left + width] = panel[r, c]
     image = Image.fromarray(np.rint(canvas.clip(0, 1) * 255).astype(np.uint8))
     image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    image.save(path)
+    with atomic_write_path(path, overwrite=overwrite) as tmp:
+        image.save(tmp, format="PNG")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 
+from ..data import load_id_key, pseudonymous_ids
 from ..data.dataset import FaceDataset
 from ..data.splits import hash_split
 from ..transformers import BAFOTransformer, load_verified_model, save_model
@@ -58,6 +59,8 @@ def run_workflow(
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     audit_options: dict | None = None,
+    id_key: bytes | str | os.PathLike | None = None,
+    key_table: str | os.PathLike | None = None,
     utility_targets: Callable[[FaceDataset], pd.DataFrame] | None = None,
     residual: bool = False,
 ) -> WorkflowResult:
@@ -90,6 +93,13 @@ def run_workflow(
         Called with a line of text as each step starts.
     audit_options : dict, optional
         Passed to :func:`bafo_pipeline.audits.run_audit`.
+    id_key : bytes, path or None, default=None
+        The key of the pseudonymous ids of both exports (see
+        :func:`~bafo_pipeline.pipeline.export_latents`): the same image has the
+        same id in both files, so the audit file joins the shared one by id.
+    key_table : path, optional
+        Also write id -> source file of the shared export here (0600), outside
+        ``out_dir``: for the data owner only.
     utility_targets : callable, optional
         Called with the held-out split; returns its non-sensitive targets that are not
         among the dataset's labels (e.g. landmark measures of real faces), row by row.
@@ -110,6 +120,10 @@ def run_workflow(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace its contents")
+    if key_table is not None and out.absolute() in Path(key_table).absolute().parents:
+        raise ValueError(f"the key table {key_table} would sit inside {out}, beside the shared latents; keep it apart")
+    if key_table is not None and Path(key_table).exists() and not overwrite:
+        raise FileExistsError(f"{key_table} already exists; pass overwrite=True (--overwrite) to replace it")
     out.mkdir(parents=True, exist_ok=True)
     train, test = dataset.split(test_fraction=test_fraction, seed=seed)
     if len(test) < 20:
@@ -123,20 +137,17 @@ def run_workflow(
     )
     provenance = load_verified_model(model_dir).provenance()  # the saved model as it loads back: what was exported
 
-    say("exporting latents of every image (no labels, no file names)")
+    say("exporting latents of every image (pseudonymous ids, no labels, no file names)")
     is_test = hash_split(dataset.content_hash, test_fraction=test_fraction, seed=seed)
     split = np.where(is_test, "test", "train")
     latents_path = out / "latents.parquet"
-    export_latents(estimator, dataset, latents_path, split=split, metadata=provenance, overwrite=True)
+    key = load_id_key(id_key)  # one key for the three files: an image has the same id in each
+    export_latents(estimator, dataset, latents_path, split=split, metadata=provenance, overwrite=True, id_key=key,
+                   key_table=key_table)
     audit_path = out / "audit_latents.parquet"
-    export_latents(
-        estimator, test, audit_path, include_labels=True, ids=np.flatnonzero(is_test), metadata=provenance, overwrite=True
-    )
+    export_latents(estimator, test, audit_path, include_labels=True, metadata=provenance, overwrite=True, id_key=key)
     train_path = out / "audit_train_latents.parquet"
-    export_latents(
-        estimator, train, train_path, include_labels=True, ids=np.flatnonzero(~is_test), metadata=provenance,
-        overwrite=True,
-    )
+    export_latents(estimator, train, train_path, include_labels=True, metadata=provenance, overwrite=True, id_key=key)
 
     say("auditing the held-out split (cross-validated and data-rich attackers) and the shared file's side channels")
     pixels_train, pixels_test = _pixel_baseline(train, test, seed)
@@ -162,13 +173,15 @@ def run_workflow(
         representations, labels, out / "report", attributes=list(dataset.sensitive), target=target,
         fit_representations=training, fit_labels=train.attributes.reset_index(drop=True),
         side_channels=[_shared_file_channels(latents_path, names[-1])],
-        side_channel_labels=dataset.attributes.reset_index(drop=True).assign(**{_ID: np.arange(len(dataset))}),
+        side_channel_labels=dataset.attributes.reset_index(drop=True).assign(
+            **{_ID: pseudonymous_ids(dataset.content_hash, key)}
+        ),
         id_column=_ID, targets=targets, references=list(names[:2]), residual=residual, **(audit_options or {}),
     )
     return WorkflowResult(model_dir, latents_path, audit_path, train_path, out / "report", report, report.utility)
 
 
-# The id column of the shared file; its ids are the dataset's row numbers (export_latents' default).
+# The id column of the shared file; its ids are the images' pseudonymous ids (export_latents' default).
 _ID = "id"
 
 

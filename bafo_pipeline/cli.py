@@ -209,8 +209,8 @@ def main(debug: bool) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
 @click.option("--latent-dim", default=48, show_default=True, help="Latent size (the paper compares 48 and 100).")
 @click.option("--epochs", default=20, show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--learning-rate", default=1e-3, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--learning-rate", default=2e-3, show_default=True)
 @click.option("--kl-weight", default=1.0, show_default=True, help="Weight of the KL term.")
 @click.option("--variance-weight", default=1.0, show_default=True, help="Extra weight on the KL variance term.")
 @click.option("--independence-weight", default=0.0, show_default=True, help="HSIC penalty pushing latents to independence from the sensitive attributes.")
@@ -459,8 +459,16 @@ def _scan(utkface, manifest, images, image_column, sensitive, metadata, estimato
 @click.option("--attach", is_flag=True,
               help="Write the verdict into each latents file's footer (an audit receipt, for bafo verify); "
                    "the rows are not touched. Single Parquet files only.")
+@click.option("--targets", help="Non-sensitive label columns to audit for utility (e.g. yaw,mouth_open,smile): what "
+                                "each representation keeps of them, with the same probes and intervals.")
+@click.option("--references", help="Representations (file stems) the utility shares are relative to, farthest "
+                                   "first (e.g. pixels,encoder); the last one judges the overall verdict.")
+@click.option("--residual", is_flag=True,
+              help="Also audit the part of each continuous target the sensitive attributes do not explain.")
+@click.option("--min-share", default=0.8, show_default=True,
+              help="Overall verdict: share of the reference's utility every target must keep.")
 def audit(latents, labels, fit_latents, id_column, latent_column, sample, attributes, target, folds, out_dir,
-          max_leakage, gate, overwrite, attach):
+          max_leakage, gate, overwrite, attach, targets, references, residual, min_share):
     """Measure how much of each sensitive attribute the embeddings still reveal.
 
     Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
@@ -471,6 +479,11 @@ def audit(latents, labels, fit_latents, id_column, latent_column, sample, attrib
     perfect). Each file's ids, row order and other columns are audited as side
     channels, and its footer metadata is listed. Audit data the encoder never
     trained on (bafo encode --split test --include-labels).
+
+    With --targets, what each representation keeps of non-sensitive label
+    columns (utility) is measured with the same probes and intervals, as shares
+    of the --references, and an overall verdict (leakage and utility) is
+    printed per representation; utility does not change the exit status.
 
     \b
     Exit status:
@@ -489,6 +502,8 @@ def audit(latents, labels, fit_latents, id_column, latent_column, sample, attrib
             list(latents), labels, out_dir, id_column=id_column, latent_column=latent_column, sample=sample,
             attributes=names, target=target, n_folds=folds, progress=progress, overwrite=overwrite,
             fit_latents=list(fit_latents) or None, attach=attach, max_leakage=max_leakage,
+            targets=_names_list(targets), references=_names_list(references), residual=residual, gate=gate,
+            min_share=min_share,
         ),
     )
     if sample is not None:
@@ -504,6 +519,10 @@ def audit(latents, labels, fit_latents, id_column, latent_column, sample, attrib
         if max_leakage is not None and report.exceeds(max_leakage, gate):
             click.echo(f"FAILED: worst-case leakage exceeds {max_leakage}", err=True)
         sys.exit(1)
+
+
+def _names_list(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
 def _with_progress(description: str, work):
@@ -533,11 +552,7 @@ def _print_verdicts(report) -> None:
             attackers = f" [cross-validated {row.cross_validated:.3f}, data-rich {row.data_rich:.3f}]" if both else ""
             click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}){attackers}: {row.verdict}")
         if name in utility:
-            fairness = utility[name]
-            click.echo(
-                f"  utility: a downstream model predicts {fairness.target} at balanced accuracy "
-                f"{fairness.overall.get('balanced_accuracy', float('nan')):.2f}"
-            )
+            click.echo("  " + _downstream_line(utility[name]))
     sides = report.leakage.side_channels()
     if len(sides):
         click.echo("\nside channels (ids, row order, other columns):")
@@ -548,6 +563,41 @@ def _print_verdicts(report) -> None:
                            f"{', '.join(rows['attribute'])} (largest {rows['leakage'].max():.3f})")
             for row in leaking.itertuples():
                 click.echo(f"  LEAKS {row.verdict}")
+    if report.utility is not None:
+        _print_utility(report.utility)
+    if report.verdicts:
+        click.echo("\noverall:")
+        for line in report.verdicts:
+            click.echo(f"  {line.text}")
+
+
+def _downstream_line(fairness) -> str:
+    """The fairness report's downstream model in one line, saying so when it learned nothing."""
+    overall = fairness.overall
+    low, high = overall.get("balanced_accuracy_ci") or (float("nan"), float("nan"))
+    text = (f"downstream model for {fairness.target}: balanced accuracy "
+            f"{overall.get('balanced_accuracy', float('nan')):.2f} [{low:.2f}, {high:.2f}]")
+    if overall.get("at_chance"):
+        return text + " -- at chance: it learned nothing, so its fairness gaps mean nothing"
+    return text
+
+
+def _print_utility(utility) -> None:
+    """Per representation and target: the best probe's chance-adjusted score and the shares of the references."""
+    table = utility.shares("best")
+    refs = utility.references
+    shares = f"; share of {' | '.join(refs)}" if refs else ""
+    click.echo(f"\nutility kept (non-sensitive targets; best probe, chance-adjusted [95% CI]{shares}):")
+    for name, rows in table.groupby("representation", sort=False):
+        click.echo(f"  {name}")
+        for r in rows.to_dict("records"):
+            parts = [f"{r['score']:6.3f} [{r['ci_low']:6.3f}, {r['ci_high']:6.3f}] ({r['probe']})"]
+            if r["at_chance"]:
+                parts.append("at chance")
+            kept = [f"{r[f'share_of[{ref}]']:.2f}" for ref in refs if ref != name]
+            if kept:
+                parts.append("share " + " | ".join(kept))
+            click.echo(f"    {r['target']:<22} " + "  ".join(parts))
 
 
 # --------------------------------------------------------------------------- verify
@@ -597,17 +647,20 @@ def verify(path, max_leakage, bound):
 @main.command()
 @_data_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for model, latents and report.")
-@click.option("--epochs", default=10, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
 @click.option("--latent-dim", default=48, show_default=True)
 @_concealment_options
 @click.option("--target", help="Non-sensitive attribute for the fairness report (default: smile on synthetic faces).")
+@click.option("--landmarks-cache", type=click.Path(dir_okay=False),
+              help="Real faces: Parquet cache of the landmark targets (reused across runs, keyed by image content).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
 @_id_key_options
 def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir, epochs,
-        latent_dim, concealment, covariance_dims, decoder_epochs, target, device, seed, overwrite, id_key_file,
-        key_table):
+        batch_size, latent_dim, concealment, covariance_dims, decoder_epochs, target, landmarks_cache, device, seed,
+        overwrite, id_key_file, key_table):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
@@ -617,6 +670,11 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     cross-validated on it and by probes fitted on the training split (the
     data-rich attacker); the shared file's ids, row order and split column are
     audited as side channels, and the command exits with status 1 if one leaks.
+
+    Utility is audited beside the leakage: what each representation keeps of
+    non-sensitive targets (synthetic faces: the generator's smile, background,
+    tilt, hair style and glasses; real faces: head pose, mouth and eye measures
+    from facial landmarks, with the landmarks extra installed).
     """
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
@@ -631,29 +689,47 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     synthetic = utkface is None and manifest is None
     if target is None and synthetic:
         target = "smile"
-    estimator = BAFOTransformer(latent_dim=latent_dim, epochs=epochs, concealment=concealment,
+    estimator = BAFOTransformer(latent_dim=latent_dim, epochs=epochs, batch_size=batch_size, concealment=concealment,
                                 covariance_dims=covariance_dims, decoder_epochs=decoder_epochs, device=device,
                                 random_state=seed, verbose=1)
     data_info = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic",
                  "synthetic_samples": synthetic_samples}
+    utility_targets = None if synthetic else _landmark_targets(landmarks_cache)
     try:
         result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,
                               overwrite=overwrite, progress=lambda text: click.echo(text, err=True),
-                              id_key=id_key_file, key_table=key_table)
+                              id_key=id_key_file, key_table=key_table,
+                              utility_targets=utility_targets, residual=utility_targets is not None)
     except FileExistsError as error:
         raise click.UsageError(_one_line(error)) from None
     _report_skips(dataset.report.skipped, [], Path(out_dir) / "skipped.json")
     if key_table is not None:
         click.echo(f"key table (id -> file, keep it private): {key_table}", err=True)
     _print_verdicts(result.report)
-    if result.utility is not None:
-        click.echo("\nkept for downstream use (non-sensitive attributes, linear probe, chance-adjusted):")
-        for name, rows in result.utility.groupby("representation", sort=False):
-            click.echo(f"  {name}: " + ", ".join(f"{r.attribute} {r.leakage:.2f}" for r in rows.itertuples()))
     click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
     if result.report.leakage.side_channels_leak():
         click.echo("FAILED: the shared file's ids, row order or columns reveal a sensitive attribute", err=True)
         sys.exit(1)
+
+
+def _landmark_targets(cache):
+    """Real faces: the landmark targets of a split (a callable for run_workflow), or None without the extra."""
+    from .data.landmarks import LANDMARK_TARGETS, dataset_landmarks, require_landmark_model
+
+    try:
+        require_landmark_model()
+    except ImportError as error:
+        click.echo(f"utility not audited: real faces have no non-sensitive labels, and {error}", err=True)
+        return None
+
+    def measure(split):
+        table = dataset_landmarks(split, cache=cache, verbose=True)
+        unreadable = int((table["detection"] == "unreadable").sum())
+        if unreadable:
+            click.echo(f"landmarks: {unreadable} held-out images unreadable, left out of the utility audit", err=True)
+        return table[list(LANDMARK_TARGETS)]
+
+    return measure
 
 
 # --------------------------------------------------------------------- decode, grid

@@ -33,6 +33,7 @@ from bafo_pipeline.audits import audit_leakage  # noqa: E402
 from bafo_pipeline.data import SYNTHETIC_NON_SENSITIVE, make_synthetic_faces  # noqa: E402
 from bafo_pipeline.transformers import BAFOTransformer  # noqa: E402
 
+# The settings of `bafo run` before this study (explicit, so variants do not move with the defaults).
 DEMO = {"epochs": 10, "batch_size": 256, "learning_rate": 1e-3, "kl_weight": 1.0, "latent_dim": 48}
 VARIANTS: dict[str, dict] = {
     "baseline": {},

@@ -66,6 +66,15 @@ GOAL = {
     "max_psnr_loss_db": 1.0,
 }
 CHANCE = {"gender": 0.5, "ethnicity": 0.2}
+# Utility: the targets each variant is judged on (issue 12), and the representations shares are of.
+PIXELS = "pixels (PCA 64)"
+UTILITY_JUDGED = {
+    # head yaw, and the part of the expression measures the sensitive attributes do not explain
+    "utkface": ("yaw", "mouth_open_residual", "mouth_width_residual", "eye_open_residual"),
+    "synthetic": ("smile", "background", "tilt", "hair_style", "glasses"),
+}
+UTILITY_GOAL_SHARE_OF_NONE = 0.9
+DEFAULT_LANDMARKS = "/work/cache/utkface_landmarks.parquet"
 
 
 # ----------------------------------------------------------------- variants
@@ -477,6 +486,67 @@ def recommend(variants: list[dict]) -> dict:
     }
 
 
+def utility_targets(source: str, train, test, landmarks: str | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Non-sensitive targets of the held-out split (and of the training split, for residuals on real faces).
+
+    Synthetic faces: the generator's own non-sensitive attributes. UTKFace: the landmark
+    targets (``benchmarks/landmark_labels.py``'s cache, keyed by content hash).
+    """
+    if source == "synthetic":
+        columns = list(UTILITY_JUDGED["synthetic"])
+        return test.attributes[columns].reset_index(drop=True), None
+    from bafo_pipeline.data.landmarks import LANDMARK_TARGETS
+
+    if landmarks is None or not Path(landmarks).is_file():
+        raise SystemExit(f"landmark targets not found at {landmarks}; run benchmarks/landmark_labels.py (--landmarks)")
+    table = pd.read_parquet(landmarks, columns=["content_hash", *LANDMARK_TARGETS])
+    table = table.drop_duplicates("content_hash").set_index("content_hash")[list(LANDMARK_TARGETS)]
+
+    def of(split) -> pd.DataFrame:
+        rows = table.reindex(list(split.content_hash)).reset_index(drop=True)
+        missing = int(rows.isna().all(axis=1).sum())
+        if missing:
+            print(f"landmarks: {missing} of {len(rows)} images have no targets (left out of the utility audit)")
+        return rows
+
+    return of(test), of(train)
+
+
+def measure_utility(source: str, records: dict, names: list[str], train, test, args):
+    """What every variant keeps of the non-sensitive targets, as shares of pixel PCA-64's and of ``none``'s."""
+    from sklearn.decomposition import PCA
+
+    from bafo_pipeline.audits.utility import audit_utility
+
+    targets, fit_targets = utility_targets(source, train, test, getattr(args, "landmarks", None))
+    flat = lambda d: d.images.reshape(len(d), -1).astype(np.float32) / 255.0  # noqa: E731
+    pixels = PCA(64, random_state=0).fit(flat(train)).transform(flat(test))
+    representations = {PIXELS: pixels, **{name: records[name]["Z"] for name in ["none", *names] if name in records}}
+    real = fit_targets is not None
+    probes = tuple(getattr(args, "utility_probes", "prior,linear,mlp,gbdt").split(","))
+    return audit_utility(
+        representations, targets, references=[PIXELS, "none"], probes=probes,
+        sensitive=test.sensitive_features.reset_index(drop=True) if real else None,
+        fit_targets=fit_targets, fit_sensitive=train.sensitive_features.reset_index(drop=True) if real else None,
+        n_folds=args.folds, n_bootstrap=200, random_state=0, device=args.device, n_threads=args.audit_threads,
+    )
+
+
+def utility_entry(shares: pd.DataFrame, name: str, judged: tuple[str, ...]) -> dict:
+    """One representation's utility: per target the best probe's score, interval and shares; the judged minimum."""
+    rows = shares[shares["representation"] == name]
+    targets = {}
+    for r in rows.to_dict("records"):
+        targets[r["target"]] = {
+            "probe": r["probe"], "score": r["score"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+            "at_chance": bool(r["at_chance"]),
+            "share_of_pixels": r[f"share_of[{PIXELS}]"], "share_of_none": r["share_of[none]"],
+        }
+    kept = [targets[t]["share_of_none"] for t in judged if t in targets]
+    kept = [k for k in kept if k is not None and not np.isnan(k)]
+    return {"targets": targets, "judged": list(judged), "min_share_of_none": min(kept) if kept else None}
+
+
 def train_split_attack(Z_train: np.ndarray, Z_test: np.ndarray, train, test, device: str, threads: int) -> dict:
     """Probes trained on the whole training split's concealed latents, scored on the held-out split.
 
@@ -648,6 +718,13 @@ def run(args) -> dict:
     steps["audit"] = time.perf_counter() - t0
     print(f"[{time.perf_counter() - started:.0f}s] audit done in {steps['audit']:.0f}s", flush=True)
 
+    t0 = time.perf_counter()
+    utility = measure_utility(data_info["source"], records, [v["name"] for v in variants], train, test, args)
+    utility_shares = utility.shares("best")
+    judged = UTILITY_JUDGED[data_info["source"]]
+    steps["utility"] = time.perf_counter() - t0
+    print(f"[{time.perf_counter() - started:.0f}s] utility done in {steps['utility']:.0f}s", flush=True)
+
     reference = records["none"]["errors"]
     worst = audit.worst_case(with_verdict=False)
     out_variants = []
@@ -673,6 +750,7 @@ def run(args) -> dict:
                 if restored is None
                 else reconstruction_summary(restored, reference),
                 "erasure": record.get("erasure"),
+                "utility": utility_entry(utility_shares, v["name"], judged),
                 "train_split_attacker": record.get("train_split_attacker"),
                 "steps_seconds": {k: round(x, 2) for k, x in seconds.items()},
             }
@@ -695,11 +773,20 @@ def run(args) -> dict:
             "reconstruction": "held-out images encoded, concealed and decoded with their true labels; "
             "PSNR per image on 0-255 pixels, averaged; loss = paired mean difference against 'none'",
             "attribute_control": "not measured here (no judge run)",
+            "utility": "the audit's probe ladder (5 folds, 200 bootstrap replicates) on non-sensitive targets of the "
+            "held-out split: R² against the training mean (continuous) or chance-adjusted balanced accuracy "
+            "(categorical), best probe; shares of pixel PCA-64's and of 'none' (the unconcealed encoder's) score; "
+            "UTKFace: landmark targets, residuals fitted on the training split; judged: "
+            + ", ".join(UTILITY_JUDGED[data_info["source"]]),
         },
         "audit_config": {
             k: audit.config[k] for k in ("n_folds", "n_bootstrap", "n_permutations", "probes", "mlp_device")
         },
         "variants": out_variants,
+        "utility_references": {
+            name: utility_entry(utility_shares, name, judged) for name in (PIXELS, "none")
+        },
+        "utility_explained_by_sensitive": utility.explained,
         "steps_seconds": {k: round(x, 2) for k, x in steps.items()},
         "wall_seconds": round(time.perf_counter() - started, 1),
         "audit_table": audit.table[audit.table["metric"].isin(["balanced_accuracy", "mae", "leakage", "p_value"])]
@@ -764,7 +851,10 @@ def render_figure(result: dict, path: Path) -> None:
         ("age", "worst-case age MAE (years)", GOAL["age_min_mae"], none["audit"]["age"].get("prior"), True),
     ]
     colours = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+    with_utility = all(v.get("utility") and v["utility"].get("min_share_of_none") is not None for v in variants)
+    fig, axes = plt.subplots(1, 4 if with_utility else 3, figsize=(21 if with_utility else 16, 5.2))
+    if with_utility:
+        _utility_panel(axes[3], variants, colours)
     for ax, (attr, label, goal, chance, higher_is_safer) in zip(axes, panels):
         y = [v["audit"][attr]["worst"] for v in variants]
         front = pareto_front([(xi, -yi if higher_is_safer else yi) for xi, yi in zip(x, y)])
@@ -825,6 +915,27 @@ def render_figure(result: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _utility_panel(ax, variants: list[dict], colours) -> None:
+    """Leakage (worst-case gender balanced accuracy) against utility kept (judged targets' least share of none)."""
+    x = [v["utility"]["min_share_of_none"] for v in variants]
+    y = [v["audit"]["gender"]["worst"] for v in variants]
+    front = pareto_front([(-xi, yi) for xi, yi in zip(x, y)])
+    ax.plot([x[i] for i in front], [y[i] for i in front], "-", color="0.6", lw=1, zorder=1)
+    for i, v in enumerate(variants):
+        a = v["audit"]["gender"]
+        ax.errorbar(x[i], y[i], yerr=[[y[i] - a["ci_low"]], [a["ci_high"] - y[i]]],
+                    fmt="s" if v.get("labels_at_transform") else "o", color=colours(i % 10), capsize=3, zorder=3)
+    ax.axhline(GOAL["gender_max_bacc"], color="tab:green", ls="--", lw=1)
+    ax.axhline(CHANCE["gender"], color="0.4", ls="-.", lw=0.8)
+    ax.axvline(UTILITY_GOAL_SHARE_OF_NONE, color="tab:red", ls=":", lw=1)
+    ax.set_xlabel("utility kept: least share of 'none' over " + ", ".join(variants[0]["utility"]["judged"]),
+                  fontsize=8)
+    ax.set_ylabel("worst-case gender balanced accuracy")
+    ax.set_title(f"leakage vs utility: goal ≤ {GOAL['gender_max_bacc']:g} and ≥ {UTILITY_GOAL_SHARE_OF_NONE:g} "
+                 "(right of red)", fontsize=9)
+    ax.grid(alpha=0.3)
+
+
 def _cell(entry: dict, attr: str, digits: int = 3) -> str:
     a = entry["audit"][attr]
     return f"{a['worst']:.{digits}f} ({a['worst_probe']}; {a['ci_low']:.{digits}f}–{a['ci_high']:.{digits}f})"
@@ -840,6 +951,54 @@ def _db(value: float | None) -> str:
 
 def _label(v: dict) -> str:
     return f"{v['name']} †" if v.get("labels_at_transform") else v["name"]
+
+
+def _share(entry: dict | None) -> str:
+    if entry is None:
+        return "–"
+    share = entry.get("share_of_none")
+    text = f"{entry['score']:.3f}"
+    if share is not None and not np.isnan(share):
+        text += f" ({share:.2f})"
+    return text + (" ·" if entry.get("at_chance") else "")
+
+
+def utility_lines(result: dict) -> list[str]:
+    """The utility table (runs made before the frontier measured utility have none: nothing is added)."""
+    variants = [v for v in result["variants"] if v.get("utility")]
+    if not variants:
+        return []
+    judged = variants[0]["utility"]["judged"]
+    rows = [(f"*{name}*", entry) for name, entry in result.get("utility_references", {}).items()]
+    rows += [(_label(v), v["utility"]) for v in variants if v["name"] != "none"]
+    lines = [
+        "",
+        "## Utility kept",
+        "",
+        (
+            "What a downstream model can still learn from each variant's held-out latents: the best probe's score "
+            "(R² against the training mean, or chance-adjusted balanced accuracy; the audit's ladder, 5 folds) and, "
+            "in brackets, its share of `none`'s (the unconcealed encoder's); · marks a score whose interval reaches "
+            f"chance. Issue 12's goal: every judged target at ≥ {UTILITY_GOAL_SHARE_OF_NONE} of `none`."
+            + (" UTKFace targets come from facial landmarks (docs/UTILITY.md); `_residual` is the part the sensitive "
+               "attributes do not explain, fitted on the training split." if result["data"]["source"] == "utkface" else "")
+        ),
+        "",
+        "| variant | " + " | ".join(judged) + " | min share of none | goal met |",
+        "|---|" + "---|" * (len(judged) + 2),
+    ]
+    for label, entry in rows:
+        share = entry.get("min_share_of_none")
+        met = "–" if label.startswith("*") else _mark(share is not None and share >= UTILITY_GOAL_SHARE_OF_NONE)
+        lines.append(
+            f"| {label} | " + " | ".join(_share(entry["targets"].get(t)) for t in judged)
+            + f" | {'–' if share is None or label.startswith('*') else f'{share:.2f}'} | {met} |"
+        )
+    explained = result.get("utility_explained_by_sensitive") or {}
+    if explained:
+        lines += ["", "Share of each target's variance the sensitive attributes explain (training split): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in explained.items()) + "."]
+    return lines
 
 
 def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_path: Path) -> str:
@@ -931,6 +1090,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
             "1 and 8 during the runs: the same refiner fit has taken under a minute and over a quarter of an hour, so "
             "these times say little about the methods."
         ),
+        *utility_lines(result),
         "",
         "Per probe (mean over folds), and what the first linear erasure takes out of the training latents:",
         "",
@@ -1216,6 +1376,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for encoding and the refiner")
     parser.add_argument("--audit-threads", type=int, default=1, help="thread limit of the audit's probes")
+    parser.add_argument("--landmarks", default=DEFAULT_LANDMARKS,
+                        help="UTKFace landmark targets (Parquet keyed by content hash) for the utility columns")
+    parser.add_argument("--utility-probes", default="prior,linear,mlp,gbdt",
+                        help="probes of the utility audit (a smoke run may take prior,linear)")
     parser.add_argument("--json", default=str(DEFAULT_JSON))
     parser.add_argument("--figure", default=str(DEFAULT_FIGURE))
     parser.add_argument("--markdown", default=str(DEFAULT_MARKDOWN))

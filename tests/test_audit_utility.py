@@ -154,3 +154,29 @@ def test_missing_target_values_are_left_out_with_a_warning(planted):
         out = audit_utility({"reference": representations["reference"]}, gappy, **FAST)
     assert out.audit.attributes["yaw"]["n"] == len(targets) - 10
     assert out.to_dict()["kind"] == "bafo-utility-audit"
+
+
+def test_continuous_targets_are_scored_against_the_training_mean_like_leakage():
+    """One definition: a target's utility score is the leakage audit's score of that column, and a
+    representation that knows nothing scores about 0 on a skewed target (against the median, the
+    mean alone would have scored above 0)."""
+    from bafo_pipeline.audits import audit_leakage
+
+    rng = np.random.default_rng(3)
+    n = 400
+    skewed = rng.exponential(size=n) ** 2  # mean far above the median
+    targets = pd.DataFrame({"skewed": skewed})
+    representations = {"noise": rng.normal(size=(n, 3)), "signal": np.column_stack([skewed, rng.normal(size=n)])}
+    utility = audit_utility(representations, targets, probes=("prior", "linear"), n_bootstrap=200, random_state=0)
+    scores = utility.scores("linear").set_index("representation")
+    assert abs(scores.loc["noise", "score"]) < 0.05 and scores.loc["noise", "at_chance"]
+    assert scores.loc["signal", "score"] > 0.95
+    leakage = audit_leakage(
+        representations, targets, attributes=["skewed"], kinds={"skewed": "continuous"}, bands={},
+        probes=("prior", "linear"), n_bootstrap=200, n_permutations=0, random_state=0,
+    ).metric("leakage")
+    leakage = leakage[leakage["probe"] == "linear"].set_index("representation")["mean"]
+    np.testing.assert_allclose(scores["score"].to_numpy(), leakage.loc[scores.index].to_numpy())
+    # the score is 1 - SSE / SSE(training mean): the mean itself scores at most rounding noise above 0
+    prior = utility.scores("prior").set_index("representation")["score"]
+    assert (prior <= 1e-9).all()

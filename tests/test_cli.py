@@ -19,7 +19,8 @@ from bafo_pipeline.io import read_latents, write_latents
 def model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "model"
     result = CliRunner().invoke(
-        main, ["train", "--synthetic-samples", "240", "--epochs", "1", "--latent-dim", "16", "--out", str(out)]
+        main, ["train", "--synthetic-samples", "240", "--epochs", "1", "--batch-size", "256", "--latent-dim", "16",
+               "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
     return out
@@ -119,7 +120,8 @@ def test_audit_gate_fails_on_a_planted_leak_and_passes_on_noise(tmp_path):
 
 def test_run_does_the_whole_job(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--epochs", "1", "--latent-dim", "16", "--out", str(out)])
+    result = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--epochs", "1", "--batch-size", "256",
+                                       "--latent-dim", "16", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {
         "model", "latents.parquet", "audit_latents.parquet", "audit_train_latents.parquet", "report"
@@ -133,7 +135,40 @@ def test_run_does_the_whole_job(tmp_path):
     assert (out / "report" / "report.html").stat().st_size > 0
     for representation in ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)"):
         assert representation in result.output
-    assert "utility: a downstream model predicts smile" in result.output
-    assert "kept for downstream use" in result.output and "background" in result.output
+    assert "downstream model for smile: balanced accuracy" in result.output
+    assert "utility kept (non-sensitive targets" in result.output
+    for attribute in ("smile", "background", "tilt", "hair_style", "glasses"):
+        assert attribute in result.output.split("utility kept")[1]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["utility"]["references"] == ["pixels (PCA 64)", "bafo encoder (no concealment)"]
+    [overall] = report["overall"]  # the shared latents, judged against the unconcealed encoder
+    assert overall["representation"] == "bafo (shared latents)"
+    assert overall["text"] in result.output and "of bafo encoder (no concealment)" in overall["text"]
     again = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--out", str(out)])
     assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_run_on_real_faces_says_why_utility_is_missing_without_the_landmarks_extra(monkeypatch, capsys):
+    import bafo_pipeline.data.landmarks as landmarks
+    from bafo_pipeline.cli import _landmark_targets
+
+    def missing():
+        raise ImportError(f"facial landmarks need dlib; install the optional extra: {landmarks.LANDMARKS_EXTRA_HINT}")
+
+    monkeypatch.setattr(landmarks, "require_landmark_model", missing)
+    assert _landmark_targets(None) is None
+    message = capsys.readouterr().err
+    assert "utility not audited" in message and "bafo-pipeline[landmarks]" in message
+
+
+def test_run_on_real_faces_measures_landmark_targets_of_the_split(tmp_path):
+    from bafo_pipeline.cli import _landmark_targets
+    from bafo_pipeline.data import make_synthetic_faces
+    from bafo_pipeline.data.landmarks import LANDMARK_TARGETS
+
+    split = make_synthetic_faces(6, 56, random_state=0)
+    measure = _landmark_targets(tmp_path / "landmarks.parquet")
+    table = measure(split)
+    assert list(table.columns) == list(LANDMARK_TARGETS) and len(table) == len(split)
+    assert table.notna().all().all()  # small synthetic crops: the fixed face box still gives every target
+    assert (tmp_path / "landmarks.parquet").exists()

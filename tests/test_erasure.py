@@ -64,7 +64,7 @@ def test_covariance_erasure_is_one_affine_map_and_tolerates_too_many_dims():
 
 def test_estimator_passes_covariance_dims_to_its_first_erasure_and_saves_it(tmp_path):
     X, S = _heteroscedastic(n=400)
-    model = BAFOTransformer(latent_dim=4, epochs=2, concealment="linear", covariance_dims=1, random_state=0)
+    model = BAFOTransformer(latent_dim=4, epochs=2, batch_size=256, concealment="linear", covariance_dims=1, random_state=0)
     model.fit(X.astype(np.float32), sensitive_features=S)
     assert model.erasure_.covariance_dims == 1
     save_model(model, tmp_path / "model")

@@ -141,8 +141,8 @@ def test_the_previous_release_model_keeps_loading_unverified(tmp_path):
 def test_encode_records_the_verified_fingerprint_and_concealment(tmp_path):
     runner = CliRunner()
     model = tmp_path / "model"
-    trained = runner.invoke(main, ["train", "--synthetic-samples", "120", "--epochs", "1", "--latent-dim", "8",
-                                   "--decoder-epochs", "0", "--out", str(model)])
+    trained = runner.invoke(main, ["train", "--synthetic-samples", "120", "--epochs", "1", "--batch-size", "256",
+                                   "--latent-dim", "8", "--decoder-epochs", "0", "--out", str(model)])
     assert trained.exit_code == 0, trained.output
     out = tmp_path / "z.parquet"
     result = runner.invoke(main, ["encode", "--model", str(model), "--synthetic-samples", "120", "--out", str(out)])

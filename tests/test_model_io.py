@@ -109,7 +109,7 @@ def test_tabular_model_keeps_standardisation_and_feature_names(tmp_path):
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.normal(50, 5, size=(60, 4)).astype(np.float32), columns=["a", "b", "c", "d"])
     S = pd.DataFrame({"group": rng.choice(["x", "y"], size=60)})
-    model = BAFOTransformer(latent_dim=2, widths=(8,), epochs=2, random_state=np.random.RandomState(0))
+    model = BAFOTransformer(latent_dim=2, widths=(8,), epochs=2, batch_size=256, random_state=np.random.RandomState(0))
     model.fit(X, sensitive_features=S)
     loaded = load_model(save_model(model, tmp_path / "tabular"))
     assert loaded.random_state is None  # a RandomState instance cannot be stored in JSON

@@ -12,7 +12,7 @@ from bafo_pipeline.transformers import BAFOTransformer, LinearErasure, TrainedEr
 # The checks call fit(X, y) without sensitive features, which makes a plain VAE; the estimator
 # warns users about that on purpose, and the warning is only noise here.
 @pytest.mark.filterwarnings("ignore:BAFOTransformer fitted without sensitive_features:UserWarning")
-@parametrize_with_checks([BAFOTransformer(latent_dim=2, epochs=2, widths=(8,), random_state=0)])
+@parametrize_with_checks([BAFOTransformer(latent_dim=2, epochs=2, widths=(8,), batch_size=256, random_state=0)])
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
 

@@ -39,7 +39,14 @@ from threadpoolctl import threadpool_limits
 from .._utils.jsonable import to_jsonable
 from ._warnings import warn
 from .inputs import DEFAULT_BANDS, band_names, infer_kind
-from .resampling import bca_interval, bootstrap_weights, chunks, jackknife_weights, largest_gap_interval
+from .resampling import (
+    bca_interval,
+    bootstrap_weights,
+    chunks,
+    jackknife_weights,
+    largest_gap_interval,
+    percentile_interval,
+)
 
 __all__ = ["FairnessResult", "fairness_report", "group_rates", "GROUP_METRICS", "DISPARITY_METRICS"]
 
@@ -53,6 +60,8 @@ _DISPARITY_RATES = {
 }
 # Jackknife groups for the BCa acceleration of group rates.
 _JACKKNIFE_GROUPS = 200
+# Bootstrap replicates for the at-chance check of the downstream model, even when intervals are off.
+_MIN_CHANCE_BOOTSTRAP = 200
 
 
 @dataclass
@@ -70,7 +79,10 @@ class FairnessResult:
     disparities : DataFrame
         Columns ``representation, feature, metric, value, ci_low, ci_high, n_groups``.
     overall : dict
-        Cross-validated accuracy, balanced accuracy and ROC-AUC of the downstream model.
+        Cross-validated accuracy, balanced accuracy (with ``balanced_accuracy_ci``, a
+        bootstrap interval over rows) and ROC-AUC of the downstream model; ``at_chance``
+        is True when that interval reaches 0.5: the model learned nothing measurable, and
+        its group gaps are not meaningful.
     notes : list of str
     config : dict
     """
@@ -117,6 +129,21 @@ def _binary_target(target, pos_label) -> tuple[np.ndarray, np.ndarray, str]:
     if pos_label not in set(levels):
         raise ValueError(f"pos_label {pos_label!r} is not a target class ({list(levels)})")
     return (values == pos_label).to_numpy().astype(np.int64), present, str(pos_label)
+
+
+def _balanced_accuracy_interval(
+    y: np.ndarray, pred: np.ndarray, n_bootstrap: int, confidence: float, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the balanced accuracy of fixed predictions (rows resampled)."""
+    replicates = []
+    positive, hit = (y == 1).astype(np.float64), (y == pred).astype(np.float64)
+    for size in chunks(n_bootstrap, len(y)):
+        W = bootstrap_weights(len(y), size, rng).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpr = (W @ (hit * positive)) / (W @ positive)
+            tnr = (W @ (hit * (1 - positive))) / (W @ (1 - positive))
+        replicates.append((tpr + tnr) / 2)
+    return percentile_interval(np.concatenate(replicates), confidence)
 
 
 def _groups(
@@ -351,6 +378,18 @@ def _fairness_report(
         "roc_auc": float(roc_auc_score(y, proba)),
         "selection_rate": float(pred.mean()),
     }
+    low, high = _balanced_accuracy_interval(  # own stream: the group intervals draw as before
+        y, pred, max(n_bootstrap, _MIN_CHANCE_BOOTSTRAP), confidence, np.random.default_rng([random_state, 1])
+    )
+    overall["balanced_accuracy_ci"] = [low, high]
+    # The model learned nothing measurable: its group gaps describe noise, not how it treats groups.
+    overall["at_chance"] = bool(low <= 0.5)
+    if overall["at_chance"]:
+        notes.append(
+            f"the downstream model is at chance (balanced accuracy {overall['balanced_accuracy']:.2f} "
+            f"[{low:.2f}, {high:.2f}]): it learned nothing of {target_name!r} from this representation, so its "
+            "fairness gaps are not meaningful"
+        )
 
     metric_fns = {
         "count": count,

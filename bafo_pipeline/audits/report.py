@@ -18,9 +18,11 @@ from matplotlib.figure import Figure
 
 from .._utils.jsonable import to_jsonable
 from .fairness import GROUP_METRICS, FairnessResult
+from .overall import OverallVerdict
 from .probes import PROBE_DESCRIPTIONS
 from .resampling import ZERO_TOLERANCE
 from .result import SCHEMA_VERSION, AuditResult
+from .utility import UtilityResult
 
 __all__ = ["REPORT_FILES", "report_dict", "write_report", "plot_leakage", "plot_fairness"]
 
@@ -38,7 +40,11 @@ _METRIC_ORDER = (
 
 
 def report_dict(
-    result: AuditResult, fairness: Sequence[FairnessResult] = (), files: dict[str, Any] | None = None
+    result: AuditResult,
+    fairness: Sequence[FairnessResult] = (),
+    files: dict[str, Any] | None = None,
+    utility: UtilityResult | None = None,
+    verdicts: Sequence[OverallVerdict] = (),
 ) -> dict[str, Any]:
     """Everything of the report as one JSON-ready dict."""
     sides = result.side_channels()
@@ -46,10 +52,16 @@ def report_dict(
         {
             "schema_version": SCHEMA_VERSION,
             "kind": "bafo-audit-report",
+            "overall": [
+                {"representation": v.representation, "passed": v.passed, "hides": v.hides, "keeps": v.keeps,
+                 "text": v.text}
+                for v in verdicts
+            ],
             "leakage": result.to_dict(),
             "side_channels": sides.drop(columns=["verdict"], errors="ignore").to_dict("records"),
             "files": files or {},
             "fairness": [f.to_dict() for f in fairness],
+            "utility": utility.to_dict() if utility is not None else None,
         }
     )
 
@@ -108,6 +120,7 @@ def plot_fairness(fairness: Sequence[FairnessResult]) -> Figure | None:
     if not fairness:
         return None
     frame = pd.concat([f.disparities for f in fairness], ignore_index=True)
+    at_chance = {f.representation for f in fairness if f.overall.get("at_chance")}
     metrics = list(dict.fromkeys(frame["metric"]))
     features = list(dict.fromkeys(frame["feature"]))
     reps = list(dict.fromkeys(frame["representation"]))
@@ -129,7 +142,8 @@ def plot_fairness(fairness: Sequence[FairnessResult]) -> Figure | None:
                     np.nan_to_num(part["ci_high"].to_numpy(dtype=float) - mean, nan=0.0).clip(0),
                 ]
             )
-            ax.bar(x, mean, width, yerr=err, capsize=2, label=rep)
+            label = f"{rep} (model at chance: gaps not meaningful)" if rep in at_chance else rep
+            ax.bar(x, mean, width, yerr=err, capsize=2, label=label, hatch="//" if rep in at_chance else None)
         ax.set_xticks(np.arange(len(features)), features, rotation=15)
         ax.set_title(metric.replace("_", " "))
         ax.set_ylim(0, 1)
@@ -204,12 +218,22 @@ def _fairness_html(fairness: Sequence[FairnessResult]) -> str:
     parts = []
     for f in fairness:
         o = f.overall
+        ci = o.get("balanced_accuracy_ci") or [np.nan, np.nan]
         parts.append(
             f"<h3>{html.escape(f.representation)}: downstream model for “{html.escape(f.target)}”</h3>"
             f"<p>Cross-validated accuracy {_fmt(o['accuracy'])}, "
-            f"balanced accuracy {_fmt(o['balanced_accuracy'])}, "
+            f"balanced accuracy {_interval(o['balanced_accuracy'], *ci)}, "
             f"ROC-AUC {_fmt(o['roc_auc'])} on {o['n']} rows (positive rate {_fmt(o['positive_rate'])}).</p>"
         )
+        closing = ""
+        if o.get("at_chance"):
+            parts.append(
+                f"<p><b>This downstream model is at chance</b>: its balanced accuracy interval reaches 0.5, so it "
+                f"learned nothing of “{html.escape(f.target)}” from {html.escape(f.representation)}. Its group "
+                "gaps below describe noise, not how a working model would treat the groups; they are not "
+                "evidence of fairness.</p><details><summary>gaps of a model at chance (not meaningful)</summary>"
+            )
+            closing = "</details>"
         d = f.disparities
         parts.append(
             _table(
@@ -234,9 +258,53 @@ def _fairness_html(fairness: Sequence[FairnessResult]) -> str:
             parts.append(
                 f"<h4>by {html.escape(feature)}</h4>" + _table(["group", "n", *GROUP_METRICS, "note"], rows)
             )
+        parts.append(closing)
         for note in f.notes:
             parts.append(f"<p class='note'>{html.escape(note)}</p>")
     return "\n".join(parts)
+
+
+def _overall_html(verdicts: Sequence[OverallVerdict]) -> str:
+    if not verdicts:
+        return ""
+    lines = "".join(
+        f"<li class='{'pass' if v.passed else 'fail'}'><b>{html.escape(v.text.split(':', 1)[0])}</b>:"
+        f"{html.escape(v.text.split(':', 1)[1])}</li>"
+        for v in verdicts
+    )
+    return f"<h2>Overall verdict</h2><ul class='overall'>{lines}</ul>"
+
+
+def _utility_html(utility: UtilityResult | None) -> str:
+    if utility is None:
+        return ""
+    table = utility.shares("best")
+    references = utility.references
+    rows = []
+    for r in table.to_dict("records"):
+        cells = [r["representation"], r["target"], r["probe"], _interval(r["score"], r["ci_low"], r["ci_high"]),
+                 "yes" if r["at_chance"] else "no"]
+        for ref in references:
+            share = r[f"share_of[{ref}]"]
+            low, high = r[f"share_low[{ref}]"], r[f"share_high[{ref}]"]
+            cells.append(_interval(share, low, high) if not np.isnan(share) else "–")
+        rows.append(cells)
+    header = ["representation", "target", "best probe", "score [CI]", "at chance",
+              *[f"share of {ref}" for ref in references]]
+    explained = ""
+    if utility.explained:
+        explained = (
+            "<p class='note'>Share of each target's variance the sensitive attributes explain (the part a "
+            "representation that hides them cannot be expected to keep; the <code>_residual</code> targets are "
+            "the rest): " + html.escape(", ".join(f"{k} {v:.2f}" for k, v in utility.explained.items())) + "</p>"
+        )
+    return (
+        "<h2>Utility: what a downstream model can still learn</h2><p>The same probes, folds and intervals, "
+        "pointed at non-sensitive targets: the score is R² against the training mean for continuous targets and "
+        "chance-adjusted balanced accuracy for categorical ones (0 = chance, 1 = perfect), best probe; the share "
+        "is the score over a reference representation's (interval: the ratio of the interval ends; – where the "
+        "reference carries nothing).</p>" + _table(header, rows) + explained
+    )
 
 
 _CSS = """
@@ -244,6 +312,7 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0
 table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:0.9em}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f2f2f2}
 .note{color:#666;font-size:0.9em} img{max-width:100%}
+.overall li{margin:0.3em 0}.pass b{color:#1a7f37}.fail b{color:#b42318}
 """
 
 
@@ -290,7 +359,12 @@ def _side_channels_html(result: AuditResult, files: dict[str, Any]) -> str:
 
 
 def _html(
-    result: AuditResult, fairness: Sequence[FairnessResult], images: dict[str, bytes], files: dict[str, Any]
+    result: AuditResult,
+    fairness: Sequence[FairnessResult],
+    images: dict[str, bytes],
+    files: dict[str, Any],
+    utility: UtilityResult | None = None,
+    verdicts: Sequence[OverallVerdict] = (),
 ) -> str:
     cfg = result.config
     k = cfg.get("n_folds", 5)
@@ -362,12 +436,14 @@ probes. Intervals ({level}%): the union of a BCa bootstrap of test rows
 ({cfg.get("n_bootstrap")} replicates) and a corrected t-interval over folds. p-values
 ({cfg.get("n_permutations")} permutations): linear probe refitted under permuted labels; other
 probes per fold, Bonferroni over folds; the summary adds Bonferroni over probes.{attackers_text}</p>
+{_overall_html(verdicts)}
 <h2>Verdicts</h2>
 {_table(verdict_header, verdict_rows)}
 {_side_channels_html(result, files)}
 <h2>Leakage by probe</h2>
 {img("leakage.png")}
 {_detail_tables(result)}
+{_utility_html(utility)}
 {fairness_html}
 <h2>Data and probes</h2>
 {reps}
@@ -391,6 +467,8 @@ def write_report(
     *,
     overwrite: bool = True,
     files: dict[str, Any] | None = None,
+    utility: UtilityResult | None = None,
+    verdicts: Sequence[OverallVerdict] = (),
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.html``, ``leakage.png`` (and ``fairness.png``).
 
@@ -407,6 +485,10 @@ def write_report(
         Replace existing report files.
     files : dict, optional
         Facts about the audited files (footer metadata, columns), shown with the side channels.
+    utility : UtilityResult, optional
+        The utility section (what each representation keeps of non-sensitive targets).
+    verdicts : sequence of OverallVerdict, optional
+        The overall verdict lines, shown first.
 
     Returns
     -------
@@ -428,9 +510,11 @@ def write_report(
     if fig is not None:
         images["fairness.png"] = _png(fig)
     contents: dict[str, bytes] = {
-        "report.json": (json.dumps(report_dict(result, fairness, files), indent=2, allow_nan=False) + "\n").encode(),
+        "report.json": (
+            json.dumps(report_dict(result, fairness, files, utility, verdicts), indent=2, allow_nan=False) + "\n"
+        ).encode(),
         **images,
-        "report.html": _html(result, fairness, images, files or {}).encode("utf-8"),
+        "report.html": _html(result, fairness, images, files or {}, utility, verdicts).encode("utf-8"),
     }
     paths = {}
     for name, data in contents.items():

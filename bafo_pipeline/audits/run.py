@@ -16,11 +16,13 @@ from ..io.parquet import read_schema, read_table
 from .fairness import FairnessResult, fairness_report
 from .inputs import DEFAULT_ATTRIBUTES, align_by_id, check_representations
 from .leakage import audit_leakage
+from .overall import OverallVerdict, overall_verdicts
 from .readers import read_labels
 from .report import report_dict, write_report
 from .result import AuditResult
 from .sampling import stratified_sample
 from .side_channels import SideChannels, audit_side_channels
+from .utility import UtilityResult, audit_utility
 
 __all__ = ["AuditReport", "run_audit", "run_audit_files"]
 
@@ -41,12 +43,18 @@ class AuditReport:
         Per audited file (by representation name): what its footer metadata
         reveals, the columns taken as the embedding and as labels, the columns not
         audited, and its data fingerprint when one was taken.
+    utility : UtilityResult or None
+        What each representation keeps of the non-sensitive targets (``targets=``).
+    verdicts : list of OverallVerdict
+        The overall verdict lines (leakage and utility together).
     """
 
     leakage: AuditResult
     fairness: list[FairnessResult] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    utility: UtilityResult | None = None
+    verdicts: list[OverallVerdict] = field(default_factory=list)
 
     def worst_case(self) -> pd.DataFrame:
         """See :meth:`AuditResult.worst_case`."""
@@ -62,7 +70,7 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``report.json``."""
-        return report_dict(self.leakage, self.fairness, self.files)
+        return report_dict(self.leakage, self.fairness, self.files, self.utility, self.verdicts)
 
 
 def run_audit(
@@ -83,6 +91,12 @@ def run_audit(
     side_channel_labels: pd.DataFrame | None = None,
     files: Mapping[str, dict[str, Any]] | None = None,
     notes: Sequence[str] = (),
+    targets: Sequence[str] | None = None,
+    references: Sequence[str] = (),
+    residual: bool = False,
+    max_leakage: float | None = None,
+    gate: str | None = None,
+    min_share: float = 0.8,
     **audit_options: Any,
 ) -> AuditReport:
     """Audit one or more representations and write the report.
@@ -124,6 +138,22 @@ def run_audit(
     notes : sequence of str
         Facts about the data the report must state (e.g. that it is a sample); listed first
         among the report's warnings.
+    targets : sequence of str, optional
+        Non-sensitive columns of ``labels`` (e.g. ``yaw``, ``mouth_open``, ``smile``): what
+        each representation keeps of them is measured with the same probes, folds and
+        intervals (:func:`~.utility.audit_utility`) and reported beside the leakage.
+    references : sequence of str, default=()
+        Representations the utility shares are relative to (e.g. pixels, then the
+        unconcealed encoder); the last one is the overall verdict's.
+    residual : bool, default=False
+        Also audit each continuous target's part that the sensitive attributes do not
+        explain (``<target>_residual``, cross-fitted on the audited rows).
+    max_leakage : float, optional
+        The leakage gate of the overall verdict; without it any significant leakage fails.
+    gate : str, optional
+        Give the overall verdict on this representation only.
+    min_share : float, default=0.8
+        Share of the reference's utility each target must keep to pass.
     **audit_options
         Passed to :func:`audit_leakage` (``kinds``, ``bands``, ``probes``, ``n_folds``,
         ``n_bootstrap``, ``n_permutations``, ``confidence``, ``random_state``,
@@ -148,6 +178,16 @@ def run_audit(
             raise ValueError(f"labels have no target column {target!r}; columns are {list(labels.columns)}")
         if attributes is not None and target in attributes:
             raise ValueError(f"the target {target!r} cannot also be an audited attribute")
+    targets = list(targets or [])
+    missing = [t for t in targets if t not in labels.columns]
+    if missing:
+        raise ValueError(f"labels have no utility target column(s) {missing}; columns are {list(labels.columns)}")
+    sensitive_targets = [t for t in targets if t in (attributes or DEFAULT_ATTRIBUTES)]
+    if sensitive_targets:
+        raise ValueError(f"{sensitive_targets} are audited as sensitive attributes; they cannot be utility targets")
+    unknown = [r for r in references if r not in reps]
+    if unknown:
+        raise ValueError(f"references {unknown} are not among the audited representations {list(reps)}")
     if fit_representations is not None:
         audit_options = {**audit_options, "id_column": id_column}
     leakage = audit_leakage(
@@ -195,9 +235,27 @@ def run_audit(
                     n_threads=leakage.config["n_threads"],
                 )
             )
+    utility = None
+    if targets:
+        sensitive_columns = [n for n, info in leakage.attributes.items() if info.get("derived_from") is None]
+        config = leakage.config
+        utility = audit_utility(
+            reps, labels[targets].reset_index(drop=True), references=list(references),
+            sensitive=labels[sensitive_columns].reset_index(drop=True) if residual else None,
+            probes=config["probes"], n_folds=config["n_folds"], n_bootstrap=config["n_bootstrap"],
+            confidence=config["confidence"], random_state=config["random_state"], n_threads=config["n_threads"],
+            **{k: audit_options[k] for k in ("device", "mlp_params", "gbdt_params", "verbose") if k in audit_options},
+        )
+    verdicts = overall_verdicts(
+        leakage, utility, representations=[gate] if gate else None, max_leakage=max_leakage, min_share=min_share
+    )
     facts = {name: dict(info) for name, info in (files or {}).items()}
-    paths = write_report(leakage, out_dir, fairness, overwrite=overwrite, files=facts) if out_dir is not None else {}
-    return AuditReport(leakage, fairness, paths, facts)
+    paths = (
+        write_report(leakage, out_dir, fairness, overwrite=overwrite, files=facts, utility=utility, verdicts=verdicts)
+        if out_dir is not None
+        else {}
+    )
+    return AuditReport(leakage, fairness, paths, facts, utility, verdicts)
 
 
 def _names(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -261,7 +319,7 @@ def run_audit_files(
         Write an audit receipt into each latents file's footer (atomically; the rows
         are untouched), for ``bafo verify``. Single local Parquet files only.
     max_leakage : float, optional
-        The gate recorded in the receipts.
+        The gate recorded in the receipts and applied in the overall verdict.
     **options
         Passed to :func:`run_audit`.
 
@@ -280,7 +338,8 @@ def run_audit_files(
             if not _is_local_file(path):
                 raise ValueError(f"{path}: an audit receipt is written into one Parquet file; this is a folder, "
                                  "a glob or a URI (audit each file, or drop --attach)")
-    used = [*(options.get("attributes") or DEFAULT_ATTRIBUTES), *filter(None, [options.get("target")])]
+    used = [*(options.get("attributes") or DEFAULT_ATTRIBUTES), *filter(None, [options.get("target")]),
+            *(options.get("targets") or [])]
     external = None
     if isinstance(labels, pd.DataFrame):
         external = labels
@@ -334,7 +393,7 @@ def run_audit_files(
     pairs = {name: (f.ids, f.Z) for name, f in files.items()}
     report = run_audit(
         pairs, table, out_dir, id_column=id_column, fit_representations=fit_pairs, fit_labels=fit_table,
-        side_channels=channels, files=facts, notes=notes, **options,
+        side_channels=channels, files=facts, notes=notes, max_leakage=max_leakage, **options,
     )
     if attach:
         for name, path in latents.items():

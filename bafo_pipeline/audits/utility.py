@@ -6,7 +6,9 @@ audit's own machinery (:func:`~bafo_pipeline.audits.leakage.audit_leakage`: the 
 probe ladder, folds, intervals), pointed at non-sensitive targets instead:
 
 - the score of a target is its chance-adjusted recovery: R² against the training-fold
-  mean for continuous targets, chance-adjusted balanced accuracy for categorical ones;
+  mean for continuous targets (the leakage audit's definition, so a probe that learnt
+  only the mean scores 0 even on a skewed target), chance-adjusted balanced accuracy
+  for categorical ones;
 - the *share* a representation retains is its score over a reference representation's
   (raw pixels, the unconcealed encoder), per target;
 - the *residual* variant of a continuous target is the part the sensitive attributes do

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SEVERITY", "severity", "verdict"]
+__all__ = ["SEVERITY", "is_significant", "severity", "verdict"]
 
 # Upper bounds of chance-adjusted leakage for each word.
 SEVERITY = ((0.05, "slight"), (0.2, "weak"), (0.5, "moderate"), (float("inf"), "strong"))
@@ -31,6 +32,18 @@ def severity(leakage: float) -> str:
         if leakage < bound:
             return word
     return "strong"
+
+
+def is_significant(row: Mapping[str, Any], *, alpha: float = 0.05) -> bool:
+    """Whether a worst-case row shows leakage: an attack probe beats chance significantly.
+
+    Significant means a permutation p-value below ``alpha``, or, where no p-value was
+    computed, an interval whose lower end is above 0.
+    """
+    p, lo = row["p_value"], row["ci_low"]
+    if row["probe"] == "prior":
+        return False
+    return bool((not np.isnan(p) and p < alpha) or (np.isnan(p) and not np.isnan(lo) and lo > 0))
 
 
 def _natural_units(result, row: dict[str, Any]) -> str:
@@ -65,8 +78,7 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
     if info.get("role") == "side channel":
         return _side_channel_verdict(info, row, ci, alpha)
     p_text = "" if np.isnan(p) else f", p = {p:.3g}"
-    significant = (not np.isnan(p) and p < alpha) or (np.isnan(p) and not np.isnan(lo) and lo > 0)
-    if row["probe"] == "prior" or not significant:
+    if not is_significant(row, alpha=alpha):
         text = (
             f"No significant leakage of {attr}: the best probe ({row['probe']}) scores {_num(leak)}{ci} "
             f"chance-adjusted{p_text}."

@@ -32,9 +32,10 @@ class WorkflowResult:
         ``train_latents_path`` is the labelled training split, for the data-rich attacker only.
     report : AuditReport
         ``report.worst_case()`` is the headline table.
-    utility : DataFrame or None
-        How well a linear probe predicts each non-sensitive attribute from each
-        representation (chance-adjusted; what a downstream model can still use).
+    utility : UtilityResult or None
+        What each representation keeps of the non-sensitive targets (the probe
+        ladder's chance-adjusted scores, with shares of pixels' and of the
+        unconcealed encoder's); ``None`` when there were no targets.
     """
 
     model_dir: Path
@@ -43,7 +44,7 @@ class WorkflowResult:
     train_latents_path: Path
     report_dir: Path
     report: Any
-    utility: pd.DataFrame | None = None
+    utility: Any = None
 
 
 def run_workflow(
@@ -60,6 +61,8 @@ def run_workflow(
     audit_options: dict | None = None,
     id_key: bytes | str | os.PathLike | None = None,
     key_table: str | os.PathLike | None = None,
+    utility_targets: Callable[[FaceDataset], pd.DataFrame] | None = None,
+    residual: bool = False,
 ) -> WorkflowResult:
     """Train on the training split, export, and audit the held-out split.
 
@@ -97,6 +100,15 @@ def run_workflow(
     key_table : path, optional
         Also write id -> source file of the shared export here (0600), outside
         ``out_dir``: for the data owner only.
+    utility_targets : callable, optional
+        Called with the held-out split; returns its non-sensitive targets that are not
+        among the dataset's labels (e.g. landmark measures of real faces), row by row.
+        With the dataset's own non-sensitive labels (e.g. the synthetic faces' smile,
+        tilt, ...) they are the utility targets: what each representation keeps of them
+        is audited beside the leakage.
+    residual : bool, default=False
+        Also audit the part of each continuous target the sensitive attributes do not
+        explain (see :func:`bafo_pipeline.audits.utility.audit_utility`).
 
     Returns
     -------
@@ -147,6 +159,16 @@ def run_workflow(
         pixels_train, estimator.transform(train.images, conceal=False), estimator.transform(train.images)
     )))
     labels = test.attributes.reset_index(drop=True)
+    if utility_targets is not None:
+        say("measuring the non-sensitive utility targets of the held-out split")
+        extra = utility_targets(test)
+        if len(extra) != len(test):
+            raise ValueError(f"utility_targets returned {len(extra)} rows for {len(test)} held-out images")
+        clash = [c for c in extra.columns if c in labels.columns]
+        if clash:
+            raise ValueError(f"utility_targets repeats label columns {clash}")
+        labels = pd.concat([labels, extra.reset_index(drop=True)], axis=1)
+    targets = [c for c in labels.columns if c not in dataset.sensitive]
     report = run_audit(
         representations, labels, out / "report", attributes=list(dataset.sensitive), target=target,
         fit_representations=training, fit_labels=train.attributes.reset_index(drop=True),
@@ -154,18 +176,9 @@ def run_workflow(
         side_channel_labels=dataset.attributes.reset_index(drop=True).assign(
             **{_ID: pseudonymous_ids(dataset.content_hash, key)}
         ),
-        id_column=_ID, **(audit_options or {}),
+        id_column=_ID, targets=targets, references=list(names[:2]), residual=residual, **(audit_options or {}),
     )
-    kept = [c for c in labels.columns if c not in dataset.sensitive]
-    utility = None
-    if kept:
-        from ..audits import audit_leakage
-
-        utility = audit_leakage(
-            representations, labels, attributes=kept, probes=("prior", "linear"), bands={},
-            n_bootstrap=0, n_permutations=0, random_state=seed,
-        ).worst_case(with_verdict=False)[["representation", "attribute", "leakage"]]
-    return WorkflowResult(model_dir, latents_path, audit_path, train_path, out / "report", report, utility)
+    return WorkflowResult(model_dir, latents_path, audit_path, train_path, out / "report", report, report.utility)
 
 
 # The id column of the shared file; its ids are the images' pseudonymous ids (export_latents' default).

@@ -62,8 +62,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     condition_every_layer : bool, default=False
         Feed the attributes to every decoder stage (Fader-network style).
     epochs : int, default=20
-    batch_size : int, default=256
-    learning_rate : float, default=1e-3
+    batch_size : int, default=32
+        Small batches give many optimiser steps per epoch: with 256, a few thousand
+        images get too few steps to learn small details (docs/UTILITY.md).
+    learning_rate : float, default=2e-3
     kl_weight : float, default=1.0
         Weight of the KL term of the ELBO.
     variance_weight : float, default=1.0
@@ -248,8 +250,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         widths: tuple[int, ...] | None = None,
         condition_every_layer: bool = False,
         epochs: int = 20,
-        batch_size: int = 256,
-        learning_rate: float = 1e-3,
+        batch_size: int = 32,
+        learning_rate: float = 2e-3,
         kl_weight: float = 1.0,
         variance_weight: float = 1.0,
         independence_weight: float = 0.0,

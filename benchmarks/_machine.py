@@ -1,10 +1,12 @@
-"""Describe the machine a benchmark ran on, for its JSON output."""
+"""Describe the machine a benchmark ran on, and print (and keep) a benchmark's JSON result."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from datetime import datetime, timezone
+from pathlib import Path
 
 # /proc/cpuinfo flags that decide which kernels the encoder gets.
 CPU_FEATURES = {
@@ -86,3 +88,12 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def emit(result: dict, out: str | os.PathLike | None) -> dict:
+    """Print ``result`` as JSON and, with ``out``, also write it there; returns ``result``."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+    return result

@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _machine import machine  # noqa: E402
+from _machine import emit, machine  # noqa: E402
 
 
 def _run(package_root: Path, mode: str, n: int) -> dict:
@@ -70,11 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "last_round": details,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, r2_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import emit, machine  # noqa: E402
 
 SENSITIVE = ("gender", "ethnicity", "age")
 NON_SENSITIVE = ("smile", "glasses", "hair_style", "background", "tilt")
@@ -110,11 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": time.perf_counter() - started,
         "machine": machine(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import emit, machine  # noqa: E402
 from encode_throughput import EMULATIONS, fitted_model, sample_files  # noqa: E402
 
 BATCH = 512
@@ -170,11 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "images": str(args.folder) if args.folder else "synthetic faces", "emulate": args.emulate},
         "machine": machine(),
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ comparison; without it only LinearErasure is timed, and the JSON says why.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ import torch
 from threadpoolctl import threadpool_info, threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import emit, machine  # noqa: E402
 
 from bafo_pipeline import LinearErasure  # noqa: E402
 
@@ -168,11 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "agreement_with_leace": agreement,
         "skipped": skipped,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ import pyarrow.parquet as pq
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import emit, machine  # noqa: E402
 
 from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, read_latents  # noqa: E402
 from bafo_pipeline.audits import audit_leakage, run_audit_files  # noqa: E402
@@ -232,11 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
         "variants": variants,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

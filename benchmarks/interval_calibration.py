@@ -24,7 +24,6 @@ Prints one JSON object naming the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import emit, machine  # noqa: E402
 
 from bafo_pipeline.audits.fairness import group_rates  # noqa: E402
 from bafo_pipeline.audits.metrics import classification_scores  # noqa: E402
@@ -195,11 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         ],
         "seconds": round(time.perf_counter() - started, 1),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import emit, machine  # noqa: E402
 
 KEY = bytes(range(32))
 
@@ -253,11 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "commands_cold_start": "bafo encode vs bafo encode --engine ray, each a fresh process"},
         "machine": machine(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ are read, no image. Prints one JSON object naming the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import emit, machine  # noqa: E402
 
 from bafo_pipeline.audits import run_audit_files  # noqa: E402
 from bafo_pipeline.data.utkface import parse_utkface_name  # noqa: E402
@@ -95,11 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "n_folds": 5, "seed": args.seed},
         "variants": variants,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import emit, machine  # noqa: E402
 
 EMULATIONS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
@@ -73,11 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "machine": machine(),
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

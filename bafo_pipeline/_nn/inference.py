@@ -22,7 +22,7 @@ class InferenceSettings(NamedTuple):
 
 
 # "auto" takes bfloat16 only where it was measured to move the latents by at most this share of their
-# spread (RMS), the bound the project holds bfloat16 inference to. Default image models measure 0.3-1.5%.
+# spread (RMS), the bound the project holds bfloat16 inference to (tests/test_engine.py, test_export.py).
 AUTO_BFLOAT16_TOLERANCE = 0.02
 
 

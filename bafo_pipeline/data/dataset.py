@@ -51,9 +51,15 @@ class FaceSource(Protocol):
         """The rows at ``indices`` (integer positions or a boolean mask)."""
 
     def iter_batches(
-        self, batch_size: int, size: tuple[int, int], *, strict: bool = False, decoder: str = "pil", device=None
+        self, batch_size: int, size: tuple[int, int], *, strict: bool = False, decoder: str = "pil", device=None,
+        processes: int = 0,
     ) -> Iterator[ImageBatch]:
-        """``(rows, uint8 NCHW images of ``size``, [(row, reason), ...])`` per batch."""
+        """``(rows, uint8 NCHW images of ``size``, [(row, reason), ...])`` per batch.
+
+        ``processes``: decode with Pillow in that many worker processes instead
+        of threads; a source offers it with a true ``local_files`` attribute
+        (every row a file on this machine), and ignores it otherwise.
+        """
 
 
 @dataclass
@@ -167,11 +173,12 @@ class FaceDataset:
         return self.subset(~is_test), self.subset(is_test)
 
     def iter_batches(
-        self, batch_size: int, size: tuple[int, int], *, strict: bool = False, decoder: str = "pil", device=None
+        self, batch_size: int, size: tuple[int, int], *, strict: bool = False, decoder: str = "pil", device=None,
+        processes: int = 0,
     ) -> Iterator[ImageBatch]:
         """The images in batches, as uint8 NCHW views: the :class:`FaceSource` protocol.
 
-        ``strict``, ``decoder`` and ``device`` are ignored: nothing is decoded.
+        ``strict``, ``decoder``, ``device`` and ``processes`` are ignored: nothing is decoded.
 
         Raises
         ------

@@ -9,6 +9,7 @@ whose images are decoded in streaming batches (exports larger than memory).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -141,36 +142,49 @@ class ImageFiles:
             indices = np.flatnonzero(indices)
         return ImageFiles(self.table.iloc[indices], self.sensitive, self.report, self.filesystem, self.max_file_bytes)
 
+    @property
+    def local_files(self) -> bool:
+        """True when every row names a file on this machine (no other filesystem, no bytes in memory)."""
+        return self.filesystem is None and all(isinstance(p, str) for p in self.table["path"])
+
     def iter_batches(
-        self, batch_size: int, size: tuple[int, int], *, strict: bool = False, decoder: str = "pil", device=None
+        self, batch_size: int, size: tuple[int, int], *, strict: bool = False, decoder: str = "pil", device=None,
+        processes: int = 0,
     ) -> Iterator[ImageBatch]:
         """Decode the files in batches: ``(rows, uint8 NCHW images, [(row, reason), ...])``.
 
-        ``decoder="pil"`` decodes with Pillow in a thread pool (NCHW views of
-        NHWC arrays); ``"torch"`` decodes JPEGs in batches on ``device``
-        (nvJPEG on a GPU; see :func:`~bafo_pipeline.data.jpeg_tensors.iter_tensor_batches`)
-        and returns tensors there. Unreadable files are reported by row, or
-        raise :class:`ImageDecodeError` when ``strict``.
+        ``decoder="pil"`` decodes with Pillow (NCHW views of NHWC arrays) in a
+        thread pool, or in ``processes`` worker processes when that is positive
+        and :attr:`local_files` holds (see :mod:`~bafo_pipeline.data.decode_pool`);
+        ``"torch"`` decodes JPEGs in batches on ``device`` (nvJPEG on a GPU; see
+        :func:`~bafo_pipeline.data.jpeg_tensors.iter_tensor_batches`) and
+        returns tensors there. Unreadable files are reported by row, or raise
+        :class:`ImageDecodeError` when ``strict``. Closing the generator stops
+        the decoders (worker processes included).
         """
         paths = self._sources()
         if decoder == "torch":
             from .jpeg_tensors import iter_tensor_batches
 
             batches = iter_tensor_batches(paths, batch_size=batch_size, size=size, device=device, strict=strict)
+        elif decoder == "pil" and processes > 0 and self.local_files:
+            from .decode_pool import iter_decoded_batches_in_processes
+
+            batches = iter_decoded_batches_in_processes(paths, batch_size, size, n_processes=processes, strict=strict)
         elif decoder == "pil":
-            batches = (
-                (indices, images.transpose(0, 3, 1, 2), errors)
-                for indices, images, errors in iter_decoded_batches(paths, batch_size=batch_size, size=size, strict=strict)
-            )
+            batches = iter_decoded_batches(paths, batch_size=batch_size, size=size, strict=strict)
         else:
             raise ValueError(f"decoder must be 'pil' or 'torch', got {decoder!r}")
-        offset = 0
-        for indices, images, errors in batches:
-            # The decoders report failures as (path, reason) in order; map them back to rows.
-            batch_rows = range(offset, min(offset + batch_size, len(paths)))
-            missing = sorted(set(batch_rows) - {int(i) for i in indices})
-            offset += batch_size
-            yield np.asarray(indices, dtype=np.int64), images, [(row, reason) for row, (_, reason) in zip(missing, errors)]
+        with closing(batches):
+            offset = 0
+            for indices, images, errors in batches:
+                # The decoders report failures as (path, reason) in order; map them back to rows.
+                batch_rows = range(offset, min(offset + batch_size, len(paths)))
+                missing = sorted(set(batch_rows) - {int(i) for i in indices})
+                offset += batch_size
+                if decoder == "pil":
+                    images = images.transpose(0, 3, 1, 2)
+                yield np.asarray(indices, dtype=np.int64), images, [(row, reason) for row, (_, reason) in zip(missing, errors)]
 
     def _sources(self) -> list:
         """What the decoders read: paths, bytes, or files on ``filesystem``."""

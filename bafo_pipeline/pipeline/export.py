@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,8 @@ import torch
 
 from ..data import key_fingerprint, load_id_key, pseudonymous_ids, write_key_table
 from ..data.dataset import FaceSource
-from ..data.images import resolve_n_jobs
+from ..data.decode_pool import choose_decode_processes, processes_available
+from ..data.images import is_positive_int, resolve_n_jobs
 from ..io.parquet import LatentParquetWriter
 from ..transformers import describe_concealment
 
@@ -78,6 +79,7 @@ def export_latents(
     strict: bool = False,
     overwrite: bool = False,
     decoder: str = "auto",
+    decode_processes: int | None = None,
     progress: Callable[[int], Any] | None = None,
 ) -> ExportReport:
     """Encode every image of ``source`` and write the latents to a Parquet file.
@@ -143,6 +145,18 @@ def export_latents(
         estimator runs on CUDA, else ``"pil"``. On UTKFace faces the two
         differ by half a grey level per pixel on average (Pillow scales in
         the JPEG's DCT, torch resamples the full-size decode).
+    decode_processes : int or None, default=None
+        Pillow decoding in that many worker processes (forked; see
+        :mod:`~bafo_pipeline.data.decode_pool`) instead of threads: the same
+        pixels and skip reasons, and on a few-core machine the decoders and
+        the encoder no longer share one core's worth of Python time. ``None``
+        chooses (:func:`~bafo_pipeline.data.decode_pool.choose_decode_processes`):
+        processes when ``decoder`` resolves to ``"pil"``, the images are local
+        files, the platform can fork, the encoder may use at least 2 threads
+        (``torch.get_num_threads()``; a Ray actor with one CPU gets 1) and
+        there are at least :data:`~bafo_pipeline.data.decode_pool.MIN_IMAGES_FOR_PROCESSES`
+        images; else threads. ``0`` forces threads. The count used is
+        recorded in the file's metadata (``decode_processes``).
     progress : callable, optional
         Called with the number of source rows processed in each batch.
     """
@@ -166,6 +180,7 @@ def export_latents(
     settings = estimator.inference_settings()
     if decoder == "auto":
         decoder = "torch" if settings.device.type == "cuda" else "pil"
+    decode_processes = _decode_processes(decode_processes, source, decoder)
     provenance = {
         "model_fingerprint": None,
         "concealment": describe_concealment(estimator),
@@ -174,6 +189,7 @@ def export_latents(
         "source_rows": len(label_frame),
         "precision": settings.precision,
         "decoder": "in-memory" if source.in_memory else decoder,
+        "decode_processes": decode_processes,
         **id_provenance,
         **(metadata or {}),
     }
@@ -187,8 +203,11 @@ def export_latents(
     )
     size = estimator.input_format_.shape[:2]
     clock = _StageClock()
-    with writer, _encoders_beside_decoding(settings.device, None if source.in_memory else decoder) as encode:
-        batches = iter(source.iter_batches(batch_size, size, strict=strict, decoder=decoder, device=settings.device))
+    decoding = None if source.in_memory else decoder
+    with writer, _encoders_beside_decoding(settings.device, decoding, decode_processes) as encode, closing(
+        iter(source.iter_batches(batch_size, size, strict=strict, decoder=decoder, device=settings.device,
+                                 processes=decode_processes))
+    ) as batches:
         while True:
             with clock.stage("waiting_for_decoder"):
                 batch = next(batches, None)
@@ -313,8 +332,26 @@ class _StageClock:
         }
 
 
+def _decode_processes(requested: int | None, source: FaceSource, decoder: str) -> int:
+    """The worker processes that decode (0: threads, or nothing to decode); ``requested`` None chooses."""
+    if requested is not None and not (is_positive_int(requested) or (isinstance(requested, int) and requested == 0)):
+        raise ValueError(f"decode_processes must be None, 0 or a positive int, got {requested!r}")
+    possible = not source.in_memory and decoder == "pil" and getattr(source, "local_files", False)
+    if requested is None:
+        return choose_decode_processes(len(source), torch.get_num_threads()) if possible else 0
+    if requested and not possible:
+        raise ValueError(
+            "decode_processes applies to Pillow decoding of files on this machine; this export "
+            + ("has decoded images in memory" if source.in_memory else f"uses decoder {decoder!r}" if decoder != "pil"
+               else "reads bytes in memory or files on another filesystem")
+        )
+    if requested and not processes_available():
+        raise ValueError("decode_processes needs forked worker processes, which this platform does not offer; pass 0")
+    return int(requested)
+
+
 @contextmanager
-def _encoders_beside_decoding(device: torch.device, decoder: str | None):
+def _encoders_beside_decoding(device: torch.device, decoder: str | None, processes: int = 0):
     """Share the CPU between Pillow's decoder threads and the encoder; yields ``encode(estimator, images)``.
 
     The encoder gets the intra-op threads the decoder pool leaves (at least one):
@@ -336,9 +373,17 @@ def _encoders_beside_decoding(device: torch.device, decoder: str | None):
         yield _encode_whole
         return
     threads = torch.get_num_threads()
-    intra_op = max(1, threads - resolve_n_jobs(None))
+    intra_op = max(1, threads - (processes or resolve_n_jobs(None)))
+    split = intra_op == 1 and (os.cpu_count() or 1) > 1
+    plan = os.environ.get("BAFO_EXP_ENCODER") if processes else None  # EXPERIMENT ONLY
+    if plan == "one":
+        intra_op, split = 1, False
+    elif plan == "halves":
+        intra_op, split = 1, True
+    elif plan == "intra2":
+        intra_op, split = 2, False
     torch.set_num_threads(intra_op)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="bafo-encode") if intra_op == 1 and (os.cpu_count() or 1) > 1 else None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="bafo-encode") if split else None
     try:
         yield _encode_whole if pool is None else partial(_encode_halves, pool)
     finally:

@@ -63,6 +63,24 @@ def isa_emulation() -> dict:
     return result
 
 
+def scheduler() -> dict:
+    """Whether Linux groups CPU time by session (autogroup), and this session's group and its nice value.
+
+    With autogroup on, a process's nice value counts only within its session: another session's
+    ``nice -n 19`` job still takes its equal share of the cores. A timing run can then raise its own
+    group (``echo -20 > /proc/self/autogroup``) so that such jobs yield to it as their nice value meant.
+    """
+    def read(path: str) -> str | None:
+        try:
+            with open(path) as handle:
+                return handle.read().strip()
+        except OSError:
+            return None
+
+    enabled = read("/proc/sys/kernel/sched_autogroup_enabled")
+    return {"autogroup_enabled": None if enabled is None else enabled == "1", "autogroup": read("/proc/self/autogroup")}
+
+
 def machine() -> dict:
     """CPU model, features, count, load, ISA emulation, GPU (if any) and library versions."""
     import torch
@@ -82,6 +100,7 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "load_average_1min": None if load is None else round(load[0], 2),
         "load_average_1_5_15min": None if load is None else [round(value, 2) for value in load],
+        "scheduler": scheduler(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

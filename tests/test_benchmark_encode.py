@@ -56,3 +56,29 @@ def test_a_small_run_measures_export_ceiling_and_dataloader_loop_side_by_side(mo
     assert set(only["export"]["time_shares"]) >= {"waiting_for_decoder", "encoding", "writing"}
     assert only["export"]["settings"]["precision"] in ("float32", "bfloat16")
     assert "cpu_features" in result["machine"] and "isa_emulation" in result["machine"]
+
+
+def test_where_the_export_decodes_in_processes_the_run_sets_it_beside_both_ceilings(modules, monkeypatch):
+    import torch
+
+    from bafo_pipeline.data import decode_pool
+
+    if not decode_pool.processes_available():
+        pytest.skip("this platform cannot fork decoder processes")
+    monkeypatch.setattr(decode_pool, "MIN_IMAGES_FOR_PROCESSES", 32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = modules[1].main(["--images", "64", "--batch-size", "32", "--rounds", "1", "--skip-memory",
+                                  "--skip-dataloader"])
+    finally:
+        torch.set_num_threads(before)
+    (only,) = result["rounds"]
+    assert only["export"]["settings"]["decode_processes"] >= 1
+    assert only["export_in_threads"]["settings"]["decode_processes"] == 0
+    assert result["fraction_of_process_ceiling"] == pytest.approx(
+        only["export"]["images_per_second"] / only["process_decode_ceiling"], abs=1e-3)
+    assert result["speedup_over_export_in_threads"] == pytest.approx(
+        only["export"]["images_per_second"] / only["export_in_threads"]["images_per_second"], abs=0.01)
+    assert only["export"]["cpu_microseconds_per_image"]["decoder_processes"] > 0  # the decoders' CPU is counted
+    assert only["export_in_threads"]["cpu_microseconds_per_image"]["decoder_processes"] == 0

@@ -4,6 +4,8 @@ the choice recorded, threads where processes cannot pay."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +114,20 @@ def test_strict_raises_the_first_bad_file_like_the_threads(files):
     assert (by_processes.value.path, by_processes.value.reason) == (by_threads.value.path, by_threads.value.reason)
     assert by_processes.value.path == files[min(ODD)]
     assert _no_workers_left()
+
+
+def test_forking_beside_other_threads_warns_nobody(files):
+    """Python 3.12+ warns when a multi-threaded process forks; the workers only decode, so the pool silences it."""
+    release = threading.Event()
+    busy = threading.Thread(target=release.wait, daemon=True)
+    busy.start()
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            list(iter_decoded_batches_in_processes(files[:40], 40, SIZE, n_processes=2))
+    finally:
+        release.set()
+    assert [str(w.message) for w in seen if "fork" in str(w.message)] == []
 
 
 def test_closing_the_stream_early_stops_the_workers(files):

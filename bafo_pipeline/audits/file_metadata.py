@@ -40,6 +40,7 @@ _BAFO_KEYS = {
     "source_rows": "how many source rows there were (skipped ones included)",
     "precision": "the arithmetic of the encoder",
     "decoder": "how images were decoded",
+    "decode_processes": "how many worker processes decoded the images (0: threads)",
 }
 
 

@@ -1,23 +1,25 @@
 """Decode image files with Pillow in worker processes, one batch ahead of the caller.
 
 Pillow holds the GIL for part of every image (opening, EXIF, conversions), so
-decoding threads share one core's worth of Python time with whatever the
-calling process does next; on a 2-core machine the CPU export kept about one
-core busy. Worker processes have a GIL each: they decode while the caller
-encodes.
+decoding threads, however many, deliver about one core's worth of images
+(benchmarks/encode_throughput.py: the thread pool and a single worker process
+decode at the same rate on 2 cores, two processes at 1.6-1.8 times it). The
+CPU export decodes in worker processes where that pays: each has its own GIL,
+and the encoder runs in the calling process meanwhile.
 
 The workers are forked, as torch's ``DataLoader`` forks its workers on Linux.
 ``spawn`` and ``forkserver`` children import the module that holds the task
-function, and with it this package (torch, scikit-learn: seconds and hundreds
-of megabytes per process), and they rerun an unguarded ``__main__`` script.
-Forking a process with other threads is hazardous only for a child that needs
-a lock one of those threads held at the fork (Python 3.12 warns about it); a
+function, and with it this package (torch, scikit-learn: 8-10 s and 800 MB per
+process on the development machine), and they rerun an unguarded ``__main__``
+script; a fork costs 40-65 ms for the first batch of a 1 GB process. Forking a
+process that runs other threads is hazardous only for a child that needs a
+lock one of those threads held at the fork (Python 3.12+ warns about it); a
 worker runs nothing but :func:`~bafo_pipeline.data.images.decode_images` on
 local files (Pillow, NumPy) and multiprocessing's queues, never torch, its
-OpenMP threads or the caller's locks, so the warning is silenced for those
-forks alone. Where ``fork`` does not exist (Windows, and macOS's start methods
-are spawn-safe only), :func:`processes_available` is False and callers decode
-in threads.
+OpenMP threads or the caller's locks, so the warning is silenced for these
+forks alone. Where ``fork`` is missing or unsafe (Windows; macOS, whose system
+libraries are not fork-safe), :func:`processes_available` is False and callers
+decode in threads.
 
 Workers ignore Ctrl-C (the caller handles it and shuts them down) and exit when
 their parent is gone; the pool lives in a ``with`` block, so no worker
@@ -32,17 +34,26 @@ import signal
 import sys
 import threading
 import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 from itertools import islice
 
 import numpy as np
 
-from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, Size, check_max_pixels, check_size, decode_images, is_positive_int
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    Size,
+    check_max_pixels,
+    check_size,
+    decode_images,
+    is_positive_int,
+)
 
 __all__ = [
+    "MAX_PROCESSES",
     "MIN_IMAGES_FOR_PROCESSES",
     "DecodeProcesses",
     "choose_decode_processes",
@@ -56,9 +67,15 @@ START_METHOD = "fork"
 #: batch, large enough that the task's overhead (~0.1 ms) is a few microseconds a file.
 CHUNK_FILES = 32
 
-#: Fewer images than this are decoded in threads: forking and feeding the workers costs more than
-#: it saves on a batch or two.
+#: Fewer images than this are decoded in threads: forking costs 40-65 ms, about what processes save
+#: on a thousand images where they save most (native bf16 on 2 cores).
 MIN_IMAGES_FOR_PROCESSES = 1024
+
+#: At most this many decoder processes (as the thread pool's default, ``min(4, cores)``).
+MAX_PROCESSES = 4
+
+#: Batches decoded ahead of the one the caller waits for (two in flight: the same memory as threads).
+PREFETCH_BATCHES = 1
 
 _FORK_WARNING = r"This process .* is multi-threaded, use of fork\(\) may lead to deadlocks in the child"
 
@@ -72,11 +89,14 @@ def choose_decode_processes(n_images: int, cpu_budget: int) -> int:
     """Worker processes for decoding ``n_images`` beside an encoder allowed ``cpu_budget`` threads; 0: threads.
 
     Processes where they pay: the platform can fork, there are at least 2
-    cores to share and at least :data:`MIN_IMAGES_FOR_PROCESSES` images.
+    cores to share and at least :data:`MIN_IMAGES_FOR_PROCESSES` images;
+    then one process per core of the budget, at most :data:`MAX_PROCESSES`
+    (the operating system shares the cores between them and the encoder,
+    which keeps one intra-op thread per Python thread).
     """
     if not processes_available() or cpu_budget < 2 or n_images < MIN_IMAGES_FOR_PROCESSES:
         return 0
-    return int(os.environ.get("BAFO_EXP_PROCESSES", cpu_budget - 1))  # EXPERIMENT ONLY
+    return min(MAX_PROCESSES, int(cpu_budget))
 
 
 def _ignore_interrupts_and_orphaning(parent: int) -> None:
@@ -199,13 +219,17 @@ def iter_decoded_batches_in_processes(
 def _batches(paths: Iterator[str], batch_size: int, args: tuple, strict: bool, processes: DecodeProcesses):
     with processes:
         offset = 0
-        chunk = list(islice(paths, batch_size))
-        futures = processes.submit(chunk, args) if chunk else []
-        while chunk:
-            next_chunk = list(islice(paths, batch_size))
-            next_futures = processes.submit(next_chunk, args) if next_chunk else []  # prefetch
+        pending: deque = deque()
+        while True:
+            while len(pending) <= PREFETCH_BATCHES:  # the batch to yield next, and the ones decoded meanwhile
+                chunk = list(islice(paths, batch_size))
+                if not chunk:
+                    break
+                pending.append((chunk, processes.submit(chunk, args)))
+            if not pending:
+                return
+            chunk, futures = pending.popleft()
             images, kept, errors = processes.collect(futures, chunk, args, strict)
             yield kept + offset, images, errors
             del images  # the caller is done with this batch: free it before the next is built
             offset += len(chunk)
-            chunk, futures = next_chunk, next_futures

@@ -352,38 +352,30 @@ def _decode_processes(requested: int | None, source: FaceSource, decoder: str) -
 
 @contextmanager
 def _encoders_beside_decoding(device: torch.device, decoder: str | None, processes: int = 0):
-    """Share the CPU between Pillow's decoder threads and the encoder; yields ``encode(estimator, images)``.
+    """Share the CPU between Pillow's decoders and the encoder; yields ``encode(estimator, images)``.
 
-    The encoder gets the intra-op threads the decoder pool leaves (at least one):
-    intra-op threads wait for each other at every operation, so when they
-    outnumber the free cores they stall (2 cores: 0.64-0.72 of the decode
-    ceiling with 2 intra-op threads, 0.77-0.89 with 1 and bf16; 0.19 against
-    0.52 with float32 on a loaded machine; benchmarks/encode_throughput.py).
+    The encoder gets the intra-op threads the decoders (``processes`` worker
+    processes, or else the thread pool) leave, at least one: intra-op threads
+    wait for each other at every operation, so when they outnumber the free
+    cores they stall (2 cores: 0.64-0.72 of the decode ceiling with 2 intra-op
+    threads, 0.77-0.89 with 1 and bf16, benchmarks/encode_throughput.py).
 
     Where that leaves one intra-op thread on a machine with several cores, two
     Python threads encode the two halves of each batch instead, each with that
     one thread: they never wait for each other, and the scheduler gives them
-    whatever CPU the decoders leave. The decoders hold the GIL for part of
-    every image, so on 2 cores they keep about one core busy, and without its
-    second thread a float32 encoder (slower than decoding per image on an
-    AVX2-only CPU) would leave the rest idle. A row's latent does not depend on
-    how its batch is split (the CPU encoder pads every slice to one size).
+    whatever CPU the decoders leave. With two decoder processes on 2 cores
+    this was the fastest of the arrangements tried (one encoder thread, two
+    halves, two intra-op threads; one or two processes). A row's latent does
+    not depend on how its batch is split (the CPU encoder pads every slice to
+    one size).
     """
     if device.type != "cpu" or decoder != "pil":
         yield _encode_whole
         return
     threads = torch.get_num_threads()
     intra_op = max(1, threads - (processes or resolve_n_jobs(None)))
-    split = intra_op == 1 and (os.cpu_count() or 1) > 1
-    plan = os.environ.get("BAFO_EXP_ENCODER") if processes else None  # EXPERIMENT ONLY
-    if plan == "one":
-        intra_op, split = 1, False
-    elif plan == "halves":
-        intra_op, split = 1, True
-    elif plan == "intra2":
-        intra_op, split = 2, False
     torch.set_num_threads(intra_op)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="bafo-encode") if split else None
+    pool = ThreadPoolExecutor(1, thread_name_prefix="bafo-encode") if intra_op == 1 and (os.cpu_count() or 1) > 1 else None
     try:
         yield _encode_whole if pool is None else partial(_encode_halves, pool)
     finally:

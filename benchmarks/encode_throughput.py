@@ -30,9 +30,10 @@ Runtime has no such cap and keeps the real CPU's kernels (the JSON says so).
 With ``--decoder torch`` it also measures the batched decoder on the model's
 device (the GPU ceiling). Peak memory is measured in child processes for N and
 2N images: the exporting process's peak RSS, its decoder processes' peak RSS
-(which counts the pages they share with it after the fork) and the peak total
-PSS of both (shared pages counted once, sampled every 50 ms); none may grow
-with the number of images. Prints JSON.
+(which counts the pages they share with it after the fork), the memory only
+the decoder processes hold (private pages: what forking them adds) and the
+peak total PSS of all (shared pages counted by share), both sampled every
+50 ms; none may grow with the number of images. Prints JSON.
 
     python benchmarks/encode_throughput.py [--folder DIR] [--images 3000] [--emulate avx2]
         [--precision auto|float32|bfloat16] [--rounds 3]
@@ -220,6 +221,15 @@ def _pss_kb(pid: int) -> int:
         return 0
 
 
+def _private_kb(pid: int) -> int:
+    """Memory only ``pid`` holds (private clean + dirty pages: what a forked worker adds), 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            return sum(int(line.split()[1]) for line in handle if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    except OSError:
+        return 0
+
+
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as handle:
@@ -236,7 +246,7 @@ def memory_child(argv: list[str]) -> None:
     listing, batch_size, decoder, device, precision = argv
     paths = Path(listing).read_text().splitlines()
     model = fitted_model(device, precision)
-    peaks = {"pss_total_kb": 0, "pss_decoders_kb": 0, "decoders_seen": 0}
+    peaks = {"pss_total_kb": 0, "pss_decoders_kb": 0, "private_decoders_kb": 0, "decoders_seen": 0}
     done = threading.Event()
 
     def sample() -> None:  # workers live only during the export: sample every 50 ms
@@ -245,6 +255,7 @@ def memory_child(argv: list[str]) -> None:
             children = _children(me)
             decoders = sum(_pss_kb(child) for child in children)
             peaks["pss_decoders_kb"] = max(peaks["pss_decoders_kb"], decoders)
+            peaks["private_decoders_kb"] = max(peaks["private_decoders_kb"], sum(_private_kb(c) for c in children))
             peaks["pss_total_kb"] = max(peaks["pss_total_kb"], _pss_kb(me) + decoders)
             peaks["decoders_seen"] = max(peaks["decoders_seen"], len(children))
 
@@ -259,6 +270,7 @@ def memory_child(argv: list[str]) -> None:
         "decoder_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "peak_pss_total_mb": round(peaks["pss_total_kb"] / 1024, 1),
         "peak_pss_decoders_mb": round(peaks["pss_decoders_kb"] / 1024, 1),
+        "peak_private_decoders_mb": round(peaks["private_decoders_kb"] / 1024, 1),
         "decoder_processes": export["settings"]["decode_processes"],
         "decoder_processes_seen": peaks["decoders_seen"],
     }))

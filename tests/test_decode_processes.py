@@ -4,7 +4,10 @@ the choice recorded, threads where processes cannot pay."""
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -180,6 +183,36 @@ def test_no_worker_outlives_an_export_that_fails(model, files, tmp_path, monkeyp
     assert len(calls) == 2
     assert _no_workers_left()
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_workers_exit_when_their_parent_dies_without_shutting_them_down(files):
+    """A parent killed outright (no ``with`` exit, no shutdown) leaves no decoder running."""
+    code = (
+        "import multiprocessing, os, sys\n"
+        "from bafo_pipeline.data.decode_pool import DecodeProcesses\n"
+        "pool = DecodeProcesses(2).__enter__()\n"
+        "[f.result() for f in pool.submit(sys.argv[1:], (16, 16, None))]\n"
+        "print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "os._exit(0)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, *files[:4]], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr
+    workers = [int(pid) for pid in run.stdout.split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by init, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_the_choice_falls_back_to_threads_where_processes_cannot_pay(monkeypatch):

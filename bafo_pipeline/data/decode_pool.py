@@ -1,9 +1,9 @@
 """Decode image files with Pillow in worker processes, one batch ahead of the caller.
 
 Pillow holds the GIL for part of every image (opening, EXIF, conversions), so
-decoding threads, however many, deliver about one core's worth of images
-(benchmarks/encode_throughput.py: the thread pool and a single worker process
-decode at the same rate on 2 cores, two processes at 1.6-1.8 times it). The
+decoding threads, however many, deliver about one core's worth of images (on 2
+cores the thread pool decoded about as fast as one worker process, and two
+processes 1.5-2.1 times as fast: docs/PERFORMANCE.md). The
 CPU export decodes in worker processes where that pays: each has its own GIL,
 and the encoder runs in the calling process meanwhile.
 
@@ -33,10 +33,12 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from itertools import islice
 
@@ -105,10 +107,18 @@ def _ignore_interrupts_and_orphaning(parent: int) -> None:
 
     def watch() -> None:
         while os.getppid() == parent:
-            threading.Event().wait(1.0)
+            time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="bafo-decode-watchdog").start()
+
+
+@contextmanager
+def _forking():
+    """Forks made in this block, without the multi-threaded fork warning (see the module's docstring)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
+        yield
 
 
 class DecodeProcesses:
@@ -132,8 +142,10 @@ class DecodeProcesses:
             raise RuntimeError(f"worker processes need the {START_METHOD!r} start method, which this platform lacks")
         self.n_processes = int(n_processes)
         self._pool: ProcessPoolExecutor | None = None
+        self._forked = False
 
     def __enter__(self) -> "DecodeProcesses":
+        self._forked = False
         self._pool = ProcessPoolExecutor(
             self.n_processes, mp_context=multiprocessing.get_context(START_METHOD),
             initializer=_ignore_interrupts_and_orphaning, initargs=(os.getpid(),),
@@ -151,9 +163,12 @@ class DecodeProcesses:
             raise RuntimeError("DecodeProcesses is used outside its with block")
         target_h, target_w, max_pixels = args
         task = partial(decode_images, size=(target_h, target_w), n_jobs=1, max_pixels=max_pixels)
-        with warnings.catch_warnings():  # forks happen at the first submit: see the module's docstring
-            warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
-            return [self._pool.submit(task, sources[i:i + CHUNK_FILES]) for i in range(0, len(sources), CHUNK_FILES)]
+        starts = range(0, len(sources), CHUNK_FILES)
+        if self._forked:
+            return [self._pool.submit(task, sources[i:i + CHUNK_FILES]) for i in starts]
+        with _forking():  # the workers are forked at the first submit
+            self._forked = True
+            return [self._pool.submit(task, sources[i:i + CHUNK_FILES]) for i in starts]
 
     @staticmethod
     def collect(futures: list[Future], sources: Sequence[str], args: tuple, strict: bool):

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bafo_pipeline._utils.atomic import AtomicFile, atomic_write_path
+from bafo_pipeline.io import embedding_column, read_embedding
 from bafo_pipeline.io.parquet import (
     LatentParquetWriter,
     iter_latent_batches,
@@ -540,3 +541,34 @@ def test_atomic_file_removes_temp_when_forgotten(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
     del target
     assert list(tmp_path.iterdir()) == []
+
+
+# -- embeddings written by other tools ------------------------------------------------
+
+def test_numbered_dimensions_leave_other_numeric_columns_out(tmp_path):
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(5, 3)).astype(np.float32)
+    table = pa.table({"id": np.arange(5), **{f"dim_{i}": Z[:, i] for i in range(3)}, "age": np.arange(5.0)})
+    pq.write_table(table, tmp_path / "e.parquet")
+    ids, read = read_embedding(tmp_path / "e.parquet")
+    np.testing.assert_array_equal(read, Z)
+
+def test_an_integer_list_column_is_an_embedding(tmp_path):
+    table = pa.table({"id": [0, 1], "embedding": pa.array([[1, 2], [3, 4]], pa.list_(pa.int16()))})
+    pq.write_table(table, tmp_path / "e.parquet")
+    _, read = read_embedding(tmp_path / "e.parquet")
+    np.testing.assert_array_equal(read, np.array([[1, 2], [3, 4]], np.float32))
+
+def test_a_named_column_that_is_no_list_is_refused():
+    schema = pa.schema([("id", pa.int64()), ("embedding", pa.string())])
+    with pytest.raises(ValueError, match="not a list of numbers"):
+        embedding_column(schema, "embedding")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e39])
+def test_a_non_finite_latent_is_refused_with_its_row(tmp_path, value):
+    rows = [[0.5, 1.0], [0.25, value]]
+    table = pa.table({"id": [7, 8], "latent": pa.array(rows, pa.list_(pa.float64()))})
+    pq.write_table(table, tmp_path / "e.parquet")
+    with pytest.raises(ValueError, match=r"e\.parquet: row 1 has a non-finite 'latent' value"):
+        read_latents(tmp_path / "e.parquet")

@@ -17,86 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-__all__ = ["EmbeddingFile", "declared_labels", "dimension_columns", "embedding_of", "list_column"]
+from ..io.parquet import dimension_columns, embedding_column, embedding_matrix
 
-_NUMBERED = re.compile(r"^(.*?)(\d+)$")
-
-
-def _is_number_list(typ: pa.DataType) -> bool:
-    return (pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)) and (
-        pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)
-    )
-
-
-def list_column(schema: pa.Schema, latent_column: str | None = None) -> str | None:
-    """The list column holding the embedding: ``latent_column`` if given, else ``latent``, else the only
-    list-of-numbers column; None when there is none (one column per dimension).
-
-    Raises
-    ------
-    ValueError
-        If ``latent_column`` is missing or not a list of numbers, or several list columns could be the embedding.
-    """
-    if latent_column is not None:
-        if latent_column not in schema.names:
-            raise ValueError(f"no embedding column {latent_column!r}; columns are {schema.names}")
-        if not _is_number_list(schema.field(latent_column).type):
-            raise ValueError(
-                f"column {latent_column!r} is a {schema.field(latent_column).type}, not a list of numbers"
-            )
-        return latent_column
-    if "latent" in schema.names and _is_number_list(schema.field("latent").type):
-        return "latent"
-    lists = [f.name for f in schema if _is_number_list(f.type)]
-    if len(lists) > 1:
-        raise ValueError(f"several list columns could be the embedding ({lists}); name one with --latent-column")
-    return lists[0] if lists else None
-
-
-def dimension_columns(schema: pa.Schema, excluded: Sequence[str]) -> tuple[list[str], str]:
-    """The numeric columns that are the embedding's dimensions, and how they were chosen.
-
-    Parameters
-    ----------
-    schema : pyarrow.Schema
-    excluded : sequence of str
-        The id and every label column: never dimensions.
-
-    Returns
-    -------
-    columns : list of str
-    how : str
-        A sentence for the report.
-    """
-    numeric = [
-        f.name for f in schema
-        if f.name not in set(excluded) and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))
-    ]
-    families: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for name in numeric:
-        match = _NUMBERED.match(name)
-        if match:
-            families[match.group(1)].append((int(match.group(2)), name))
-    best = max(families.values(), key=len, default=[])
-    if len(best) >= 2:
-        columns = [name for _, name in sorted(best)]
-        others = [name for name in numeric if name not in set(columns)]
-        how = f"{len(columns)} numbered columns {columns[0]} … {columns[-1]}"
-        if others:
-            how += f" (not {others}: numeric, but outside the numbered family)"
-        return columns, how
-    return numeric, f"every numeric column that is not a label ({len(numeric)}: {numeric[:8]}{' …' if len(numeric) > 8 else ''})"
-
+__all__ = ["EmbeddingFile", "declared_labels", "embedding_of"]
 
 def declared_labels(footer: dict[str, str]) -> list[str]:
     """The label columns a bafo file declares in its metadata (``label_columns``)."""
@@ -169,12 +99,12 @@ def embedding_of(
         raise ValueError(f"{where}: no id column {id_column!r}; columns are {table.column_names}")
     declared = declared_labels(footer)
     try:
-        listed = list_column(table.schema, latent_column)
+        listed = embedding_column(table.schema, latent_column)
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
     if listed is not None:
         columns, how = [listed], f"the list column {listed!r}"
-        Z = _list_matrix(table.column(listed), where, listed)
+        Z = embedding_matrix(table.column(listed), str(where), listed)
     else:
         columns, how = dimension_columns(table.schema, [id_column, *labels, *declared])
         if not columns:
@@ -190,20 +120,3 @@ def embedding_of(
     ids = np.asarray(table.column(id_column).to_numpy(zero_copy_only=False))
     rest = table.drop_columns(columns)
     return EmbeddingFile(ids, Z, rest, columns, how, declared, footer)
-
-
-def _list_matrix(column: pa.ChunkedArray, where, name: str) -> np.ndarray:
-    column = column.combine_chunks()
-    if column.null_count:
-        row = int(np.flatnonzero(np.asarray(column.is_null()))[0])
-        raise ValueError(f"{where}: {name!r} at row {row} is missing")
-    lengths = np.asarray(pc.list_value_length(column))
-    if len(lengths) and (lengths != lengths[0]).any():
-        row = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise ValueError(f"{where}: row {row} has {lengths[row]} {name!r} values, row 0 has {lengths[0]}")
-    width = int(lengths[0]) if len(lengths) else 0
-    flat = column.flatten()
-    if flat.null_count:
-        row = int(np.flatnonzero(np.asarray(flat.is_null()))[0]) // max(width, 1)
-        raise ValueError(f"{where}: {name!r} at row {row} has a missing element")
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(column), width)

@@ -6,7 +6,9 @@ export writes), a glob or a URI (``s3://``, ``gs://``, any fsspec scheme)."""
 from .parquet import (
     LatentParquetWriter,
     LatentTable,
+    dimension_columns,
     embedding_column,
+    embedding_matrix,
     iter_latent_batches,
     read_embedding,
     read_latents,
@@ -19,7 +21,9 @@ from .parquet import (
 __all__ = [
     "LatentParquetWriter",
     "LatentTable",
+    "dimension_columns",
     "embedding_column",
+    "embedding_matrix",
     "iter_latent_batches",
     "read_embedding",
     "read_latents",

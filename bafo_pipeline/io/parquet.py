@@ -29,6 +29,7 @@ import json
 import os
 import re
 import warnings
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,6 +53,8 @@ __all__ = [
     "LatentParquetWriter",
     "LatentTable",
     "embedding_column",
+    "dimension_columns",
+    "embedding_matrix",
     "iter_latent_batches",
     "looks_like_path",
     "read_embedding",
@@ -872,12 +875,12 @@ def _columns_to_read(
 def _latent_matrix(
     path: str, column: pa.ChunkedArray, first_row: int, meta: dict, name: str = LATENT_COLUMN
 ) -> np.ndarray:
-    """A list-of-floats column as a float32 matrix, through Arrow buffers; errors name the file and row."""
+    """A list-of-numbers column as a float32 matrix, through Arrow buffers; errors name the file and row."""
     typ = column.type
     if not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ)):
-        raise ValueError(f"{path}: column {name!r} has type {typ}, expected a list of floats")
-    if not pa.types.is_floating(typ.value_type):
-        raise ValueError(f"{path}: column {name!r} holds {typ.value_type}, expected floats")
+        raise ValueError(f"{path}: column {name!r} has type {typ}, expected a list of numbers")
+    if not (pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)):
+        raise ValueError(f"{path}: column {name!r} holds {typ.value_type}, expected numbers")
     if column.null_count:
         row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise ValueError(f"{path}: {name!r} at row {first_row + row} is missing")
@@ -902,8 +905,12 @@ def _latent_matrix(
             ) // max(dim, 1)
             raise ValueError(f"{path}: {name!r} at row {first_row + row} has a missing element")
         stop = start + len(chunk)
-        out[start:stop] = values.to_numpy(zero_copy_only=False).reshape(len(chunk), dim)
+        with np.errstate(over="ignore"):  # numbers beyond float32 become inf, refused below with their row
+            out[start:stop] = values.to_numpy(zero_copy_only=False).reshape(len(chunk), dim)
         start = stop
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{path}: row {first_row + int(np.flatnonzero(bad)[0])} has a non-finite {name!r} value")
     return out
 
 
@@ -1001,9 +1008,9 @@ def iter_latent_batches(
         first_row += batch.num_rows
 
 
-def _is_float_list(typ: pa.DataType) -> bool:
+def _is_number_list(typ: pa.DataType) -> bool:
     return (pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ)) and (
-        pa.types.is_floating(typ.value_type)
+        pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)
     )
 
 
@@ -1015,24 +1022,89 @@ def embedding_column(schema: pa.Schema, latent_column: str | None = None) -> str
     schema : pyarrow.Schema
         Of a file or dataset (:func:`read_schema`).
     latent_column : str, optional
-        The column to use; default ``latent``, else the only list-of-floats column
+        The column to use; default ``latent``, else the only list-of-numbers column
         (another tool's ``embedding``, say).
 
     Raises
     ------
     ValueError
-        If ``latent_column`` is given but missing, or several list columns could be the embedding.
+        If ``latent_column`` is given but missing or not a list of numbers, or several list
+        columns could be the embedding.
     """
     if latent_column is not None:
         if latent_column not in schema.names:
             raise ValueError(f"no embedding column {latent_column!r}; columns are {schema.names}")
+        if not _is_number_list(schema.field(latent_column).type):
+            raise ValueError(
+                f"column {latent_column!r} is a {schema.field(latent_column).type}, not a list of numbers"
+            )
         return latent_column
-    if LATENT_COLUMN in schema.names:
+    if LATENT_COLUMN in schema.names and _is_number_list(schema.field(LATENT_COLUMN).type):
         return LATENT_COLUMN
-    lists = [field.name for field in schema if _is_float_list(field.type)]
+    lists = [field.name for field in schema if _is_number_list(field.type)]
     if len(lists) > 1:
         raise ValueError(f"several list columns could be the embedding ({lists}); name one with --latent-column")
     return lists[0] if lists else None
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def dimension_columns(schema: pa.Schema, excluded: Sequence[str]) -> tuple[list[str], str]:
+    """The numeric columns that are the embedding's dimensions, and how they were chosen.
+
+    Parameters
+    ----------
+    schema : pyarrow.Schema
+    excluded : sequence of str
+        The id and every label column: never dimensions.
+
+    Returns
+    -------
+    columns : list of str
+    how : str
+        A sentence for the report.
+    """
+    numeric = [
+        f.name
+        for f in schema
+        if f.name not in set(excluded) and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))
+    ]
+    families: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for name in numeric:
+        match = _NUMBERED.match(name)
+        if match:
+            families[match.group(1)].append((int(match.group(2)), name))
+    best = max(families.values(), key=len, default=[])
+    if len(best) >= 2:
+        columns = [name for _, name in sorted(best)]
+        others = [name for name in numeric if name not in set(columns)]
+        how = f"{len(columns)} numbered columns {columns[0]} … {columns[-1]}"
+        if others:
+            how += f" (not {others}: numeric, but outside the numbered family)"
+        return columns, how
+    return numeric, f"every numeric column that is not a label ({len(numeric)}: {numeric[:8]}{' …' if len(numeric) > 8 else ''})"
+
+
+def embedding_matrix(column: pa.ChunkedArray, source: str, name: str) -> np.ndarray:
+    """A list-of-numbers column as a float32 matrix of shape ``(rows, length)``.
+
+    Parameters
+    ----------
+    column : pyarrow.ChunkedArray
+        A list, large list or fixed-size list of floats or integers.
+    source : str
+        Where the column comes from, for error messages.
+    name : str
+        The column's name, for error messages.
+
+    Raises
+    ------
+    ValueError
+        Naming the source and row: a missing list or element, a non-finite value, or lists of
+        different lengths.
+    """
+    return _latent_matrix(source, column, 0, {}, name)
 
 
 def read_schema(source: str | os.PathLike) -> pa.Schema:
@@ -1094,10 +1166,11 @@ def read_embedding(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ids and an embedding matrix from Parquet, ours or another tool's (what the audit reads).
 
-    The embedding is a list column of floats of one length (fixed-size or variable, as
+    The embedding is a list column of numbers of one length (fixed-size or variable, as
     :class:`LatentParquetWriter` writes it): :func:`embedding_column` picks it. Without
-    one, every other numeric column is a dimension (one feature per column, as many tools
-    write embeddings), except the ``exclude`` columns.
+    one, the embedding is one numeric column per dimension, as many tools write it:
+    :func:`dimension_columns` picks them (the numbered family ``dim_0 … dim_47``, else every
+    numeric column), never the id or the ``exclude`` columns.
 
     Parameters
     ----------
@@ -1138,12 +1211,7 @@ def read_embedding(
         table = parquet.read([id_column, column], row_filter)
         Z = _latent_matrix(parquet.name, table.column(column), 0, parquet.metadata, column)
     else:
-        numeric = [
-            field.name
-            for field in parquet.schema
-            if field.name not in (id_column, *exclude)
-            and (pa.types.is_floating(field.type) or pa.types.is_integer(field.type))
-        ]
+        numeric, _ = dimension_columns(parquet.schema, [id_column, *exclude])
         if not numeric:
             raise ValueError(
                 f"{parquet.name}: no list column holding the embedding (name one with latent_column) and no "

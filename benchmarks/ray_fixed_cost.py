@@ -122,6 +122,7 @@ def one_job(model_dir: Path, manifest: Path, out: Path, workers: int) -> dict:
     rate_later = (sum(s["rows_written"] for s in later) / sum(s["t_finished"] - s["t_started"] for s in later)
                   if later else None)
     busy = sum(s["t_finished"] - s["t_started"] for s in stats)
+    last_finish = {pid: max(s["t_finished"] for s in v) for pid, v in by_actor.items()}
     return {
         "total": ended - started,
         "model_load_and_fingerprint": m["_model_end"] - m["_model_start"],
@@ -137,7 +138,9 @@ def one_job(model_dir: Path, manifest: Path, out: Path, workers: int) -> dict:
         "until_first_partition_back": m["first_partition_back"] - m["ray_data_execution_start"],
         "ray_data_execution": m["last_partition_back"] - m["ray_data_execution_start"],
         "partition_work_busy_seconds": busy,
+        "first_actor_idle_at_the_end": max(last_finish.values()) - min(last_finish.values()),
         "after_last_partition": ended - m["last_partition_back"],
+        "partitions_per_actor": sorted(len(v) for v in by_actor.values()),
         "actors": len(by_actor),
         "rate_first_partition_per_actor": rate_first,
         "rate_later_partitions_per_actor": rate_later,
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
     imports = {m: round(import_seconds(m, args.repeats), 3) for m in (
         "torch", "sklearn", "pandas", "ray.data", "bafo_pipeline.pipeline.partitions")}
     load_after = os.getloadavg()[0]
-    phases = {k: round(statistics.median(j[k] for j in jobs), 3) for k in jobs[0] if jobs[0][k] is not None}
+    phases = {k: round(statistics.median(j[k] for j in jobs), 3) for k in jobs[0]
+              if isinstance(jobs[0][k], (int, float))}
     result = {
         "benchmark": "ray_fixed_cost",
         "images": args.images,

@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         "import_seconds_fresh_process": imports,
         "actor_module_chain_imports": heavy_modules_imported("bafo_pipeline.pipeline.partitions"),
         "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
+        "package": str(Path(distributed.__file__).parents[2]),
         "settings": {"source": "real UTKFace JPEGs, a seeded random sample", "decoder": "pil", "repeats": args.repeats,
                      "statistic": "median", "ray_version": ray.__version__,
                      "cluster": "local, started once before the jobs and not counted; one warm-up job first"},

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import emit, machine  # noqa: E402
-from ray_scaling import KEY, fitted_model, sample_files, write_manifest  # noqa: E402
+from ray_scaling import KEY, SAME_PRIORITY, fitted_model, sample_files, write_manifest  # noqa: E402
 
 from bafo_pipeline.pipeline import distributed  # noqa: E402
 from bafo_pipeline.pipeline.partitions import PartitionWriter  # noqa: E402
@@ -148,6 +148,23 @@ def one_job(model_dir: Path, manifest: Path, out: Path, workers: int) -> dict:
     }
 
 
+class EmptyActor:
+    """An actor that imports nothing and does nothing: what any Ray Data actor pool costs to start."""
+
+    def __call__(self, batch):
+        return batch
+
+
+def empty_pool_seconds(workers: int) -> float:
+    """Wall time of a Ray Data job whose actor pool of ``workers`` does nothing (worker start, Ray Data)."""
+    import ray
+
+    started = time.time()
+    ray.data.from_items([{"x": i} for i in range(2 * workers)], override_num_blocks=2 * workers).map_batches(
+        EmptyActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1).materialize()
+    return time.time() - started
+
+
 _IMPORT = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 
 
@@ -184,12 +201,18 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         model_dir = fitted_model(tmp)
         manifest = write_manifest(sample_files(args.utkface, args.images), tmp / "m.csv")
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _system_config=SAME_PRIORITY)
         one_job(model_dir, write_manifest(sample_files(args.utkface, 64, seed=1), tmp / "w.csv"), tmp / "warm", 1)
-        jobs = [one_job(model_dir, manifest, tmp / "out", args.workers) for _ in range(args.repeats)]
+        jobs, empty = [], []
+        for _ in range(args.repeats):
+            jobs.append(one_job(model_dir, manifest, tmp / "out", args.workers))
+            empty.append(empty_pool_seconds(args.workers))
         ray.shutdown()
     imports = {m: round(import_seconds(m, args.repeats), 3) for m in (
-        "torch", "sklearn", "pandas", "ray.data", "bafo_pipeline.pipeline.partitions")}
+        "ray.data", "torch", "sklearn.base", "pandas", "ray.data, torch",
+        "ray.data, torch, sklearn.base, pandas, PIL.Image",
+        "ray.data, bafo_pipeline.pipeline.partitions, bafo_pipeline.transformers")}  # the last: an actor's imports
     load_after = os.getloadavg()[0]
     phases = {k: round(statistics.median(j[k] for j in jobs), 3) for k in jobs[0]
               if isinstance(jobs[0][k], (int, float))}
@@ -199,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         "workers": args.workers,
         "phases_seconds_median": phases,
         "jobs": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in j.items()} for j in jobs],
+        "empty_actor_pool_job_seconds": round(statistics.median(empty), 3),
         "import_seconds_fresh_process": imports,
         "actor_module_chain_imports": heavy_modules_imported("bafo_pipeline.pipeline.partitions"),
         "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},

@@ -40,6 +40,7 @@ class TimedWriter(PartitionWriter):
     def __init__(self, *args, **kwargs) -> None:
         self.constructed_at = time.time()
         self.pid = os.getpid()
+        self.package = str(Path(sys.modules[PartitionWriter.__module__].__file__).parents[2])
         super().__init__(*args, **kwargs)
         self.model_ready_at = time.time()
 
@@ -47,7 +48,8 @@ class TimedWriter(PartitionWriter):
         started = time.time()
         record = super().write_or_report(partition, rows, **options)
         return {**record, "t_actor_constructed": self.constructed_at, "t_model_ready": self.model_ready_at,
-                "t_started": started, "t_finished": time.time(), "pid": self.pid}
+                "t_started": started, "t_finished": time.time(), "pid": self.pid,
+                "package": self.package}
 
 
 class Timeline:
@@ -145,6 +147,7 @@ def one_job(model_dir: Path, manifest: Path, out: Path, workers: int) -> dict:
         "rate_first_partition_per_actor": rate_first,
         "rate_later_partitions_per_actor": rate_later,
         "written": report.n_written,
+        "actor_package": sorted({s["package"] for s in stats}),
     }
 
 
@@ -178,6 +181,26 @@ def import_seconds(module: str, repeats: int) -> float:
     return statistics.median(runs)
 
 
+_FIRST_ENCODE = (
+    "import sys, time, numpy as np; from bafo_pipeline.transformers import load_model;"
+    "model = load_model(sys.argv[1]); h, w, c = model.input_format_.shape;"
+    "images = np.zeros((64, c, h, w), np.uint8); times = [];"
+    "exec('for _ in range(3):\\n t = time.perf_counter(); model.encode_images(images); times.append(time.perf_counter() - t)');"
+    "print(*times)"
+)
+
+
+def first_encode_seconds(model_dir: Path, repeats: int) -> dict:
+    """A fresh process's first ``encode_images`` call (folding the encoder, lazy imports) against its later ones."""
+    runs = []
+    for _ in range(repeats):
+        output = subprocess.run([sys.executable, "-c", _FIRST_ENCODE, str(model_dir)], check=True,
+                                capture_output=True, text=True).stdout
+        runs.append([float(x) for x in output.split()])
+    return {"first_call": round(statistics.median(r[0] for r in runs), 3),
+            "later_calls": round(statistics.median(statistics.mean(r[1:]) for r in runs), 3)}
+
+
 def heavy_modules_imported(module: str) -> list[str]:
     """Which heavy third-party packages importing ``module`` pulls in."""
     code = (f"import sys; import {module}; "
@@ -209,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
             jobs.append(one_job(model_dir, manifest, tmp / "out", args.workers))
             empty.append(empty_pool_seconds(args.workers))
         ray.shutdown()
+        first_encode = first_encode_seconds(model_dir, args.repeats)
     imports = {m: round(import_seconds(m, args.repeats), 3) for m in (
         "ray.data", "torch", "sklearn.base", "pandas", "ray.data, torch",
         "ray.data, torch, sklearn.base, pandas, PIL.Image",
@@ -224,9 +248,11 @@ def main(argv: list[str] | None = None) -> dict:
         "jobs": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in j.items()} for j in jobs],
         "empty_actor_pool_job_seconds": round(statistics.median(empty), 3),
         "import_seconds_fresh_process": imports,
+        "encode_images_64_seconds_fresh_process": first_encode,
         "actor_module_chain_imports": heavy_modules_imported("bafo_pipeline.pipeline.partitions"),
         "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "package": str(Path(distributed.__file__).parents[2]),
+        "actor_package": jobs[0]["actor_package"],
         "settings": {"source": "real UTKFace JPEGs, a seeded random sample", "decoder": "pil", "repeats": args.repeats,
                      "statistic": "median", "ray_version": ray.__version__,
                      "cluster": "local, started once before the jobs and not counted; one warm-up job first"},

@@ -1,23 +1,25 @@
 """The Ray Data export against the in-process export, on real UTKFace JPEG files, in one run.
 
 Measures, with one local Ray cluster started once (its start-up is reported apart: a real
-cluster is already running when a job is submitted), for N and 4N images:
+cluster is already running when a job is submitted), for each size given (``--images 3000
+12000 all``; one size N means N and 4N; ``all`` is every file of the folder):
 
 - in-process ``bafo encode`` (scan + export, what the CLI does, in this warm process) and
   its export loop alone;
 - ``encode_dataset`` with 1 and 2 actors on the same files, end to end (the scan, with the
   file hashing in Ray tasks; actor start-up, encoding, writing, job file), and the rate
   inside the actors;
-- the fixed cost and steady-state rate of each engine (a line through the two sizes);
-- both as commands in fresh processes (``bafo encode`` vs ``bafo encode --engine ray``), 4N;
+- the fixed cost and steady-state rate of each engine (a least-squares line through the sizes),
+  and from it the size where Ray with 2 actors reaches 0.8x the in-process export;
+- both as commands in fresh processes (``bafo encode`` vs ``bafo encode --engine ray``), largest size;
 - that both engines write the same rows (same pseudonymous ids) and the same latents;
-- the driver's peak memory for N and 4N images (child processes connected to the cluster).
+- the driver's peak memory for each size (child processes connected to the cluster).
 
 Variants run interleaved (``--repeats`` rounds) and the median is reported, with the load
 average before and after, since the development machine is shared. Prints JSON.
 
     python benchmarks/ray_scaling.py --utkface /work/shared/data/utkface/UTKFace \\
-        --images 3000 --out docs/results/ray_scaling_cpu.json
+        --images 3000 12000 all --out docs/results/ray_scaling_cpu.json
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import emit, machine  # noqa: E402
 
 KEY = bytes(range(32))
+#: Ray starts its worker processes at nice 15 (its ``worker_niceness``), below this process and below
+#: the nice-10 jobs of a shared machine; the actors then get a fraction of the CPU the in-process export
+#: gets. Both engines run at the same priority here.
+SAME_PRIORITY = {"worker_niceness": 0}
 
 
 def fitted_model(folder: Path) -> Path:
@@ -52,13 +58,14 @@ def fitted_model(folder: Path) -> Path:
     return save_model(model, folder / "model")
 
 
-def sample_files(utkface: Path, n: int, seed: int = 0) -> list[str]:
-    """n UTKFace files drawn at random (a name-ordered prefix would be a label-ordered subset)."""
+def sample_files(utkface: Path, n: int | None, seed: int = 0) -> list[str]:
+    """n UTKFace files drawn at random (a name-ordered prefix would be a label-ordered subset); None: all of them."""
     names = sorted(p.name for p in utkface.iterdir() if p.name.endswith(".jpg"))
+    n = len(names) if n is None else n
     if n > len(names):
         raise SystemExit(f"asked for {n} images, {utkface} has {len(names)}")
     chosen = np.random.default_rng(seed).choice(len(names), n, replace=False)
-    return [str(utkface / names[i]) for i in sorted(chosen)]
+    return [str(utkface / names[i]) for i in chosen]  # in drawn order: every prefix is a random sample too
 
 
 def write_manifest(paths: list[str], where: Path) -> Path:
@@ -157,17 +164,56 @@ def read_and_hash_rate(paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def fit_line(n_small: int, t_small: float, n_large: int, t_large: float) -> dict:
-    """``t = overhead + n / rate`` through two sizes: a job's fixed cost and its steady-state rate."""
-    rate = (n_large - n_small) / (t_large - t_small) if t_large > t_small else float("inf")
-    return {"fixed_seconds": round(t_small - n_small / rate, 2), "images_per_second": round(rate, 1)}
+class LoadSampler:
+    """The 1-minute load average every few seconds while the benchmark runs (the machine is shared)."""
+
+    def __init__(self, every_seconds: float = 5.0) -> None:
+        import threading
+
+        self.every, self.samples, self.stop = every_seconds, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self) -> dict:
+        return {"during_median": round(statistics.median(self.samples), 2) if self.samples else None,
+                "during_max": round(max(self.samples), 2) if self.samples else None}
+
+
+def fit_line(sizes: list[int], seconds: list[float]) -> dict:
+    """``t = fixed + n / rate`` through the sizes (least squares): a job's fixed cost and its steady-state rate."""
+    slope, fixed = np.polyfit(np.asarray(sizes, float), np.asarray(seconds, float), 1)
+    return {"fixed_seconds": round(float(fixed), 2), "images_per_second": round(1 / float(slope), 1)}
+
+
+def size_reaching(ratio: float, fast: dict, slow: dict) -> float | None:
+    """Images from which ``slow`` (fixed cost F, rate R) reaches ``ratio`` x the throughput of ``fast``, by the lines.
+
+    ``n / (F_s + n / R_s) >= ratio * n / (F_f + n / R_f)``  <=>  ``n (1/R_f - ratio/R_s) >= ratio F_s - F_f``.
+    """
+    gain = 1 / fast["images_per_second"] - ratio / slow["images_per_second"]
+    need = ratio * slow["fixed_seconds"] - fast["fixed_seconds"]
+    if need <= 0:
+        return 0.0
+    return round(need / gain) if gain > 0 else None
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--utkface", type=Path, required=True, help="The UTKFace folder (real JPEG files).")
-    parser.add_argument("--images", type=int, default=3000)
-    parser.add_argument("--factor", type=int, default=4, help="The larger run has factor * images images.")
+    parser.add_argument("--images", nargs="+", default=["3000"],
+                        help="Sizes (ints, or 'all' for every file); one size N runs N and factor * N.")
+    parser.add_argument("--factor", type=int, default=4, help="With one size, the larger run has factor * N images.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--partition-rows", type=int, default=None)
     parser.add_argument("--out", type=Path, help="Also write the JSON here.")
@@ -175,15 +221,23 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     load_before = os.getloadavg()[0]
-    sizes = (args.images, args.images * args.factor)
-    with tempfile.TemporaryDirectory(prefix="bafo-ray-bench-") as tmp:
+    load = LoadSampler()
+    with load, tempfile.TemporaryDirectory(prefix="bafo-ray-bench-") as tmp:
         tmp = Path(tmp)
         model_dir = fitted_model(tmp)
-        paths = sample_files(args.utkface, sizes[1])
+        paths = sample_files(args.utkface, None)
+        sizes = [len(paths) if s == "all" else int(s) for s in args.images]
+        if len(sizes) == 1:
+            sizes.append(sizes[0] * args.factor)
+        sizes = sorted(set(sizes))
+        if sizes[-1] > len(paths):
+            raise SystemExit(f"asked for {sizes[-1]} images, {args.utkface} has {len(paths)}")
+        paths = sample_files(args.utkface, sizes[-1])
         manifests = {n: write_manifest(paths[:n], tmp / f"m{n}.csv") for n in sizes}
 
         started = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 _system_config=SAME_PRIORITY)
         cluster_start = time.perf_counter() - started
         address = ray.get_runtime_context().gcs_address
         on_ray(model_dir, write_manifest(paths[:64], tmp / "warm.csv"), tmp / "warm", 1, None)  # first worker start-up
@@ -195,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rounds["in_process", n].append(in_process(model_dir, manifests[n], tmp / f"local{n}.parquet"))
                 rounds["ray_2", n].append(on_ray(model_dir, manifests[n], tmp / f"ray2_{n}", 2, args.partition_rows))
                 rounds["ray_1", n].append(on_ray(model_dir, manifests[n], tmp / f"ray1_{n}", 1, args.partition_rows))
-            n = sizes[1]
+            n = sizes[-1]
             common = ["encode", "--model", str(model_dir), "--overwrite", "--decoder", "pil", "--allow-outside-root"]
             rounds["cli_in_process", n].append({"seconds": cli_seconds(
                 [*common, "--manifest", str(manifests[n]), "--sensitive", "", "--out", str(tmp / "cli.parquet")])})
@@ -203,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
                 [*common, "--engine", "ray", "--manifest", str(manifests[n]), "--sensitive", "", "--out", str(tmp / "cli_ray"),
                  "--workers", "2", "--ray-address", address, "--id-key-file", str(tmp / "id.key")])})
         read_hash = read_and_hash_rate(paths[: sizes[0]])
-        equal = same_latents(tmp / f"local{sizes[1]}.parquet", tmp / f"ray2_{sizes[1]}")
+        equal = same_latents(tmp / f"local{sizes[-1]}.parquet", tmp / f"ray2_{sizes[-1]}")
         memory = {f"{n}_images": round(driver_peak_rss_mb(address, model_dir, manifests[n], tmp / f"mem{n}", 2), 1)
                   for n in sizes}
         ray.shutdown()
@@ -222,33 +276,34 @@ def main(argv: list[str] | None = None) -> dict:
         ratios[n] = {"ray_2_actors_vs_in_process": round(rates[n]["ray_2"] / rates[n]["in_process"], 3),
                      "ray_1_actor_vs_in_process": round(rates[n]["ray_1"] / rates[n]["in_process"], 3),
                      "ray_2_vs_1_actor": round(rates[n]["ray_2"] / rates[n]["ray_1"], 3)}
-    large = sizes[1]
+    large = sizes[-1]
     cli = {"in_process_seconds": round(median("cli_in_process", large), 2),
            "ray_2_actors_seconds": round(median("cli_ray_2", large), 2)}
     cli["ray_vs_in_process"] = round(cli["in_process_seconds"] / cli["ray_2_actors_seconds"], 3)
+    lines = {name: fit_line(sizes, [median(name, n) for n in sizes]) for name in ("in_process", "ray_1", "ray_2")}
     result = {
         "benchmark": "ray_scaling",
         "images": list(sizes),
         "images_per_second": {f"{n}_images": rates[n] for n in sizes},
         "ratios": {f"{n}_images": ratios[n] for n in sizes},
         "commands_cold_start": {"images": large, **cli},
-        "fixed_cost_and_steady_rate": {
-            name: fit_line(sizes[0], median(name, sizes[0]), sizes[1], median(name, sizes[1]))
-            for name in ("in_process", "ray_1", "ray_2")
-        },
+        "fixed_cost_and_steady_rate": lines,
+        "ray_2_actors_reach_by_the_lines_from_images": {
+            "0.8x_in_process": size_reaching(0.8, lines["in_process"], lines["ray_2"]),
+            "1.0x_in_process": size_reaching(1.0, lines["in_process"], lines["ray_2"])},
         "seconds": {f"{name}_{n}": [round(r["seconds"], 2) for r in runs] for (name, n), runs in rounds.items() if runs},
         "ray_cluster_start_seconds": round(cluster_start, 2),
         "partitions": {f"{n}_images": rounds["ray_2", n][0]["partitions"] for n in sizes},
         "latents_equal": equal,
         "read_and_hash_images_per_second_one_thread": round(read_hash, 1),
         "driver_peak_rss_mb": memory,
-        "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
+        "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2), **load.summary()},
         "settings": {"source": f"{args.utkface.name}: real UTKFace JPEGs (200x200), a seeded random sample",
                      "image_size": 56, "batch_size": 512, "concealment": "full", "decoder": "pil",
                      "precision": "auto", "repeats": args.repeats, "statistic": "median",
                      "ray_version": ray.__version__, "partition_rows": args.partition_rows or "auto",
                      "in_process": "scan_manifest + export_latents in this (warm) process, as bafo encode does",
-                     "ray_engine": "encode_dataset on the running local cluster: scan (hashing in Ray tasks), "
+                     "ray_engine": "encode_dataset on the running local cluster (workers at nice 0, as this process): scan, "
                                    "actor start-up, encoding, writing, job file",
                      "commands_cold_start": "bafo encode vs bafo encode --engine ray, each a fresh process"},
         "machine": machine(),

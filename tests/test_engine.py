@@ -185,3 +185,26 @@ def test_encode_images_checks_its_batch_and_runs_the_folded_encoder(model, faces
     unfitted.concealment_steps_ = []  # concealment "full" promised, no step fitted: never raw latents
     with pytest.raises(ValueError, match="not fitted"):
         unfitted.encode_images(nchw)
+
+
+_FRESH_ENCODE = (
+    "import sys, numpy as np, torch; from bafo_pipeline.transformers import load_model;"
+    "model = load_model(sys.argv[1]); state = torch.get_rng_state(); height, width, channels = model.input_format_.shape;"
+    "model.encode_images(np.zeros((4, channels, height, width), np.uint8));"
+    "print('sympy' in sys.modules, torch.equal(state, torch.get_rng_state()))"
+)
+
+
+def test_a_fresh_process_folds_without_random_init_or_importing_sympy(model, tmp_path):
+    """Folding assigns its layers' weights: no random initialisation (the global RNG untouched), and not
+    ``torch.nn.utils.skip_init``, whose first use imports sympy (a third of a second of every fresh process
+    that encodes: each Ray actor's first partition, each ``bafo encode``)."""
+    import subprocess
+    import sys
+
+    from bafo_pipeline import save_model
+
+    saved = save_model(model, tmp_path / "model")
+    output = subprocess.run([sys.executable, "-c", _FRESH_ENCODE, str(saved)], check=True, capture_output=True,
+                            text=True).stdout.split()
+    assert output == ["False", "True"]

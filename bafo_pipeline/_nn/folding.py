@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import skip_init
 
 from .network import BAFONetwork
 
@@ -72,10 +71,9 @@ class AffineMap:
     def as_linear(self) -> nn.Linear:
         """The map as a float32 ``nn.Linear`` (the one rounding of the folded weights)."""
         n_in, n_out = self.matrix.shape
-        layer = skip_init(nn.Linear, n_in, n_out)  # weights copied in: no random init, the global RNG untouched
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(self.matrix.T.copy()).float())
-            layer.bias.copy_(torch.from_numpy(self.offset.copy()).float())
+        layer = _without_parameters(nn.Linear, n_in, n_out)
+        layer.weight = nn.Parameter(torch.from_numpy(self.matrix.T.copy()).float())
+        layer.bias = nn.Parameter(torch.from_numpy(self.offset.copy()).float())
         return layer
 
 
@@ -191,12 +189,19 @@ def _copy_features(features: nn.Sequential) -> nn.Sequential:
     layers: list[nn.Module] = []
     for module in features:
         if isinstance(module, nn.Conv2d):
-            copy = skip_init(nn.Conv2d, module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                             module.padding)
-            copy.load_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()})
+            copy = _without_parameters(nn.Conv2d, module.in_channels, module.out_channels, module.kernel_size,
+                                        module.stride, module.padding)
+            copy.load_state_dict({k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, assign=True)
             layers.append(copy)
         elif isinstance(module, nn.SiLU):
             layers.append(nn.SiLU())
         else:
             raise TypeError(f"no inference rule for encoder layer {type(module).__name__}")
     return nn.Sequential(*layers)
+
+
+def _without_parameters(module_class: type[nn.Module], *args) -> nn.Module:
+    """``module_class(*args)`` on the meta device, its parameters to be assigned: no random init, the global
+    RNG untouched. (``torch.nn.utils.skip_init`` does the same, but its ``to_empty`` imports sympy on first
+    use: half a second of every fresh process that encodes, such as each actor of a Ray export.)"""
+    return module_class(*args, device="meta")

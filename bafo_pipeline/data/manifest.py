@@ -228,8 +228,9 @@ def scan_manifest(
 
     entries = _ManifestPaths(manifest, filesystem, location, allow_outside_root)
     resolved = {}
+    values = written.tolist()  # a list: indexing a Series row by row costs more than resolving the path
     for pos in np.flatnonzero(ok):
-        found, reason = entries.resolve(str(written.iloc[pos]))
+        found, reason = entries.resolve(str(values[pos]))
         if reason is None:
             resolved[int(pos)] = found
         else:
@@ -242,7 +243,7 @@ def scan_manifest(
         if reason is None and digest == EMPTY_CONTENT_HASH:
             reason = "empty file (0 bytes)"
         if reason is not None:
-            problems[int(pos)] = f"{reason}: {written.iloc[pos]}"
+            problems[int(pos)] = f"{reason}: {values[pos]}"
             ok[pos] = False
 
     skipped = [(f"row {pos + 1}", problems[pos]) for pos in sorted(problems)]

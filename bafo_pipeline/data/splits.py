@@ -97,8 +97,13 @@ def hash_files(
     if n_threads == 1 or len(paths) < 2:
         results = [_hash_one(filesystem, p, max_bytes) for p in paths]
     else:
+        # One task per chunk of files, not per file: a thread pool's per-task cost (a future, locks,
+        # waking a thread) is about what hashing a small JPEG costs.
+        size = max(64, -(-len(paths) // (8 * n_threads)))
+        chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
         with ThreadPoolExecutor(n_threads, thread_name_prefix="bafo-hash") as pool:
-            results = list(pool.map(lambda p: _hash_one(filesystem, p, max_bytes), paths, chunksize=64))
+            done = pool.map(lambda chunk: [_hash_one(filesystem, p, max_bytes) for p in chunk], chunks)
+            results = [result for chunk in done for result in chunk]
     return [h for h, _ in results], [r for _, r in results]
 
 

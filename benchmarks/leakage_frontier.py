@@ -1038,7 +1038,7 @@ def utility_lines(result: dict) -> list[str]:
         (
             "What a downstream model can still learn from each variant's held-out latents: the best probe's score "
             "(R² against the training mean, or chance-adjusted balanced accuracy; the audit's ladder, "
-            f"{result['audit_config']['n_folds']} folds) and, in brackets, its share of `none`'s (the unconcealed "
+            f"{result.get('audit_config', {}).get('n_folds', 5)} folds) and, in brackets, its share of `none`'s (the unconcealed "
             "encoder's; left out where `none`'s own interval reaches chance); · marks a score whose interval "
             "reaches chance. **Bold** targets are the ones issue 12 "
             f"judges: the goal is every one at ≥ {UTILITY_GOAL_SHARE_OF_NONE} of `none`."

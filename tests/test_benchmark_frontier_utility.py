@@ -68,14 +68,72 @@ def _result(frontier, shares):
     }
 
 
-def test_table_marks_the_goal_per_variant(frontier, shares):
+def _table(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The utility table's header cells and its rows, keyed by their first cell."""
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    return cells[0], {row[0]: row[1:] for row in cells[1:]}
+
+
+def test_table_has_a_row_per_target_and_a_column_per_variant(frontier, shares):
     lines = frontier.utility_lines(_result(frontier, shares))
     assert "## Utility kept" in lines
-    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
-    assert rows["kept"].endswith("| yes |") and rows["erased"].endswith("| **no** |")
-    assert "*none*" in rows and "*pixels (PCA 64)*" in rows and "none" not in {k for k in rows if not k.startswith("*")}
+    header, rows = _table(lines)
+    assert header == ["target", "*pixels (PCA 64)*", "*none*", "kept", "erased"]
+    judged = frontier.UTILITY_JUDGED["synthetic"]
+    assert all(f"**{t}**" in rows for t in judged)  # judged targets in bold
+    kept, erased = header.index("kept") - 1, header.index("erased") - 1
+    for t in judged:
+        entry = frontier.utility_entry(shares, "kept", judged)["targets"][t]
+        assert rows[f"**{t}**"][kept] == f"{entry['score']:.3f} ({entry['share_of_none']:.2f})"
+        assert rows[f"**{t}**"][erased].endswith("·")  # at chance
+    goal = rows[f"all bold targets ≥ {frontier.UTILITY_GOAL_SHARE_OF_NONE} of `none`"]
+    assert goal == ["–", "–", "yes", "**no**"]
+    least = rows["least share of `none`, bold targets"]
+    assert float(least[kept]) == pytest.approx(frontier.utility_entry(shares, "kept", judged)["min_share_of_none"], abs=0.005)
     assert frontier.utility_lines({"variants": [{"name": "none", "labels_at_transform": False}],
                                    "data": {"source": "synthetic"}}) == []  # runs without utility render as before
+
+
+def test_table_leaves_out_shares_of_a_reference_at_chance(frontier, shares):
+    result = _result(frontier, shares)
+    target = frontier.UTILITY_JUDGED["synthetic"][0]
+    result["utility_references"]["none"]["targets"][target]["at_chance"] = True
+    _, rows = _table(frontier.utility_lines(result))
+    assert all("(" not in cell for cell in rows[f"**{target}**"])  # a ratio of noise is not shown
+    other = frontier.UTILITY_JUDGED["synthetic"][1]
+    assert "(" in rows[f"**{other}**"][2]
+
+
+def test_split_check_tells_the_training_split_from_all_images(frontier):
+    from bafo_pipeline.attributes import AttributeSchema
+
+    rng = np.random.default_rng(0)
+
+    class Split:
+        def __init__(self, ages):
+            self.sensitive_features = pd.DataFrame({"age": ages})
+
+    train, test = Split(rng.integers(1, 90, 400).astype(float)), Split(rng.integers(1, 90, 80).astype(float))
+
+    class Model:
+        def __init__(self, ages):
+            self.schema_ = AttributeSchema.infer(pd.DataFrame({"age": ages}))
+
+    fitted_on_train = frontier.split_check(Model(train.sensitive_features["age"]), train, test)
+    assert fitted_on_train["matches_train"] and " equal " in fitted_on_train["verdict"]
+    everything = pd.concat([train.sensitive_features["age"], test.sensitive_features["age"]])
+    saw_test = frontier.split_check(Model(everything), train, test)
+    assert not saw_test["matches_train"] and "DO NOT equal" in saw_test["verdict"]
+
+
+def test_model_settings_name_the_defaults_they_differ_from(frontier):
+    data = {"model_params": {"epochs": 4, "batch_size": 32, "learning_rate": 0.002},
+            "model_params_defaults": {"epochs": 20, "batch_size": 32, "learning_rate": 0.002}}
+    text = frontier.model_params_text(data)
+    assert "epochs 4" in text and "not the estimator's defaults** (epochs 20)" in text
+    assert "batch_size 32" in text and "batch_size 32)" not in text.split("defaults")[1]
+    same = {"model_params": {"epochs": 20}, "model_params_defaults": {"epochs": 20}}
+    assert "not the estimator's defaults" not in frontier.model_params_text(same)
 
 
 def test_panel_plots_leakage_against_utility(frontier, shares):

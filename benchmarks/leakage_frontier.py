@@ -16,6 +16,7 @@ copied by hand::
     python benchmarks/leakage_frontier.py --synthetic 600 --json /tmp/f.json \\
         --figure /tmp/f.png --markdown /tmp/f.md          # smoke run, trains a tiny model
     python benchmarks/leakage_frontier.py --render-only   # re-render figure and page from the JSON
+    python benchmarks/leakage_frontier.py --merge-from other.json  # add a side-by-side run's variants
 
 Variant syntax (``--variants``, comma-separated): ``none``, ``linear``, ``full:W`` (refiner
 adversary weight W, ``--refine-epochs`` epochs), ``full:W:epochs=E``, ``full:W:kl=K`` (refiner
@@ -838,11 +839,19 @@ def run(args) -> dict:
     return to_jsonable(result)
 
 
-def merge(previous: dict, new: dict) -> dict:
-    """Add an ``--append`` run's variants to an earlier result (same data, model, folds and probes)."""
+def merge(previous: dict, new: dict, *, only_new: bool = False) -> dict:
+    """Add an ``--append`` run's variants to an earlier result (same data, model, folds and probes).
+
+    With ``only_new`` (``--merge-from``: a run made side by side, which measured ``none`` too)
+    the variants the earlier result already has are kept, not replaced.
+    """
     for key in ("data", "audit_config"):
         if previous[key] != new[key]:
             raise SystemExit(f"--append: the new run's {key} differs from the stored one; rerun everything")
+    if only_new:
+        old = {v["name"] for v in previous["variants"]}
+        new = {**new, "variants": [v for v in new["variants"] if v["name"] not in old],
+               "audit_table": [r for r in new["audit_table"] if r["representation"] not in old]}
     names = {v["name"] for v in new["variants"]}
     fresh = {v["name"]: v for v in new["variants"]}
     merged = dict(previous)
@@ -1425,11 +1434,22 @@ def render(result: dict, json_path: Path, figure_path: Path, markdown_path: Path
     os.replace(tmp, markdown_path)
 
 
+def write_json(result: dict, path: Path) -> None:
+    """Write the result atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--synthetic", type=int, default=0, metavar="N", help="train a tiny model on N synthetic faces")
     source.add_argument("--render-only", action="store_true", help="re-render figure and markdown from --json")
+    source.add_argument("--merge-from", metavar="JSON",
+                        help="add the variants of another run's JSON (same data, model and folds; e.g. run side by "
+                             "side) that --json lacks, and re-render")
     parser.add_argument("--model", default=str(ROOT / "artifacts" / "utk48"))
     parser.add_argument("--utkface", default="/work/shared/data/utkface/UTKFace")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
@@ -1462,14 +1482,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.render_only:
         result = json.loads(json_path.read_text(encoding="utf-8"))
+    elif args.merge_from:
+        other = json.loads(Path(args.merge_from).read_text(encoding="utf-8"))
+        result = merge(json.loads(json_path.read_text(encoding="utf-8")), other, only_new=True)
+        write_json(result, json_path)
     else:
         result = run(args)
         if args.append:
             result = merge(json.loads(json_path.read_text(encoding="utf-8")), result)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, json_path)
+        write_json(result, json_path)
     render(result, json_path, figure_path, markdown_path)
     print(f"wrote {json_path}, {figure_path}, {markdown_path}", flush=True)
     return result

@@ -147,3 +147,22 @@ def test_panel_plots_leakage_against_utility(frontier, shares):
                      and line.get_linestyle() == "None")
     assert plotted and plotted[-1] == pytest.approx(1.0)  # 'none' keeps all of itself
     assert "leakage vs utility" in ax.get_title()
+
+
+def test_merge_from_a_side_by_side_run_adds_only_new_variants(frontier):
+    def run(names, value, date):
+        return {"data": {"source": "utkface"}, "audit_config": {"n_folds": 5}, "date_utc": date, "command": "c",
+                "machine": {}, "steps_seconds": {}, "wall_seconds": 1.0,
+                "variants": [{"name": n, "value": value} for n in names],
+                "audit_table": [{"representation": n, "value": value} for n in names]}
+
+    first, second = run(["none", "linear"], 1, "d1"), run(["none", "full adv 0"], 2, "d2")
+    merged = frontier.merge(first, second, only_new=True)
+    assert [(v["name"], v["value"]) for v in merged["variants"]] == [("none", 1), ("linear", 1), ("full adv 0", 2)]
+    assert sorted((r["representation"], r["value"]) for r in merged["audit_table"]) == [
+        ("full adv 0", 2), ("linear", 1), ("none", 1)]
+    assert merged["appended_runs"][-1]["variants"] == ["full adv 0"]
+    replaced = frontier.merge(first, second)  # --append replaces what it measured again
+    assert [(v["name"], v["value"]) for v in replaced["variants"]][0] == ("none", 2)
+    with pytest.raises(SystemExit):
+        frontier.merge(first, {**second, "data": {"source": "synthetic"}}, only_new=True)

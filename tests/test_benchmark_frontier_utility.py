@@ -1,5 +1,6 @@
 """benchmarks/leakage_frontier.py's utility columns: per-variant shares of 'none', the table, the leakage-vs-utility panel."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -166,3 +167,39 @@ def test_merge_from_a_side_by_side_run_adds_only_new_variants(frontier):
     assert [(v["name"], v["value"]) for v in replaced["variants"]][0] == ("none", 2)
     with pytest.raises(SystemExit):
         frontier.merge(first, {**second, "data": {"source": "synthetic"}}, only_new=True)
+
+
+def _variant(name, *, audit, rich, share, loss):
+    worst = lambda values: {a: {"worst": x} for a, x in zip(("gender", "ethnicity", "age"), values)}  # noqa: E731
+    return {"name": name, "labels_at_transform": False, "audit": worst(audit), "train_split_attacker": worst(rich),
+            "utility": {"min_share_of_none": share}, "reconstruction": {"psnr_loss_db": loss}}
+
+
+def test_issue12_table_judges_both_attackers_utility_and_psnr(frontier):
+    result = {"data": {"source": "utkface"}, "variants": [
+        _variant("none", audit=(0.8, 0.5, 12.0), rich=(0.8, 0.5, 11.0), share=1.0, loss=0.0),
+        _variant("good", audit=(0.55, 0.24, 15.1), rich=(0.57, 0.26, 14.6), share=0.95, loss=0.5),
+        _variant("rich leak", audit=(0.55, 0.24, 15.1), rich=(0.59, 0.26, 14.6), share=0.95, loss=0.5),
+        _variant("useless", audit=(0.55, 0.24, 15.1), rich=(0.57, 0.26, 14.6), share=0.5, loss=0.5),
+    ]}
+    header, rows = _table(frontier.issue12_lines(result))
+    assert "none" not in rows and header[1] == "data-rich gender ≤ 0.58" and header[-1] == "all"
+    assert rows["good"][-1] == "yes" and all(cell.startswith("yes") for cell in rows["good"])
+    assert rows["rich leak"][0] == "**no** (0.590)" and rows["rich leak"][-1] == "**no**"
+    assert rows["useless"][-3] == "**no** (0.50)" and rows["useless"][-1] == "**no**"
+    assert frontier.issue12_lines({"data": {"source": "synthetic"}, "variants": []}) == []
+
+
+def test_earlier_runs_are_linked_with_their_model(frontier, tmp_path):
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    results.mkdir(), figures.mkdir()
+    current = results / "leakage_frontier.json"
+    current.write_text("{}")
+    (results / "leakage_frontier_old.json").write_text(json.dumps({
+        "data": {"source": "utkface", "model": "artifacts/utk48", "model_params": {"epochs": 12}},
+        "date_utc": "2026-11-26 05:38 UTC", "variants": [{}, {}]}))
+    (figures / "frontier_old.png").write_bytes(b"")
+    lines = frontier.earlier_run_lines(current, figures / "frontier.png", tmp_path / "FRONTIER.md")
+    assert len(lines) == 1
+    assert "[`results/leakage_frontier_old.json`](results/leakage_frontier_old.json)" in lines[0]
+    assert "figures/frontier_old.png" in lines[0] and "artifacts/utk48" in lines[0] and "epochs 12" in lines[0]

@@ -1454,50 +1454,71 @@ def summary_paragraphs(result: dict) -> list[str]:
                 f"relative to it, with gender {g['worst']:.3f} (interval {g['ci_low']:.3f}–{g['ci_high']:.3f}): "
                 "the difference is within the audit's intervals."
             )
-    out += ["", *LIMITS]
+    out += ["", *limits(result)]
     return out
 
 
-# Qualitative reading of what bounds the frontier (no numbers: those are rendered above).
-LIMITS = [
-    "**What limits further progress.**",
-    "",
-    (
-        "1. *Linear erasure is what costs the reconstruction.* To make the latent linearly blind, LEACE removes "
+# Qualitative reading of what bounds the frontier (no numbers: those are rendered above). Paragraphs
+# whose claim rests on a variant or a verdict are rendered only where the result holds it (limits()).
+LIMITS = {
+    "erasure": (
+        "*Linear erasure is what costs the reconstruction.* To make the latent linearly blind, LEACE removes "
         "whole directions of it, and most of what lies along them is face content the labels do not predict "
         "(the last columns of the per-probe table). A decoder given the true labels cannot put that back: "
         "adding back the label-predictable part (the restored decode) recovers less than a decibel. The "
-        "refiner's own bottleneck costs more on top; a lower refiner KL weight buys some of it back only by "
-        "letting leakage back in."
+        "refiner's own bottleneck costs more on top."
     ),
-    (
-        "2. *The refiner's adversary is not what conceals.* The refiner's gain over LEACE comes from "
-        "re-encoding the erased latent through a second conditional VAE and erasing again; adversary weights "
-        "from 0 to 1 give the same gender leakage within the intervals."
-    ),
-    (
-        "3. *Keeping the information keeps the leak.* The `residual` variant removes no direction (it is "
+    "residual": (
+        "*Keeping the information keeps the leak.* The `residual` variant removes no direction (it is "
         "exactly inverted at decode time, so it costs no PSNR) and is linearly blind like LEACE, but it leaves "
         "more non-linear gender signal: a latent that keeps the face content keeps the content whose "
         "distribution differs between groups (hair, beard, face shape, skin tone), and an MLP reads the "
         "attribute off it."
     ),
-    (
-        "4. *So, on this encoder, none of the post-hoc maps measured here reaches the 1 dB budget and the "
-        "gender target together.* The levers left are in stage 1: train the encoder under the leakage "
-        "penalty (the adversary or HSIC terms) so that attribute-correlated content is carried by the labels "
-        "rather than the latent, and fine-tune the decoder on concealed latents (today it decodes erased "
-        "latents it never saw in training). The reference runs in ARCHITECTURE.md show training-time "
-        "penalties cost reconstruction too, so whether any stage-1 setting reaches both is open. Attribute "
-        "control should be checked with a judge for any variant that moves more of the face into the labels."
+    "no_variant_meets": (
+        "*So, on this encoder, none of the post-hoc maps measured here reaches the 1 dB budget and the "
+        "gender target together.* Fine-tuning the decoder on concealed latents (`decoder_epochs`, `dec=`) "
+        "buys back some reconstruction without changing the latents; putting the erasure into training "
+        "(`concealment=\"trained\"`, docs/TRAINED_CONCEALMENT.md) is another point on the leakage-utility "
+        "frontier, not a better one. Attribute control should be checked with a judge for any variant that "
+        "moves more of the face into the labels."
     ),
-    (
-        "5. *Read the margins against a stronger attacker.* The audit's attacker learns from the held-out "
+    "attacker": (
+        "*Read the margins against a stronger attacker.* The audit's attacker learns from the held-out "
         "split's folds only; probes trained on the whole training split (the table above, where run) recover "
         "more, so a variant that meets a target narrowly in the audit may not meet it against an attacker "
         "holding the exported training data."
     ),
-]
+}
+
+
+def limits(result: dict) -> list[str]:
+    """The paragraphs of :data:`LIMITS` that this result supports, and the adversary weights compared."""
+    variants = result["variants"]
+    adversary = sorted(
+        (v for v in variants if v["concealment"] == "full" and is_preset(v)
+         and not v.get("covariance_dims") and not v.get("decoder_epochs")),
+        key=lambda v: v["adversary_weight"],
+    )
+    lines = ["**What limits further progress.**", ""]
+    paragraphs = [LIMITS["erasure"]]
+    if len(adversary) > 1:
+        gender = [v["audit"]["gender"] for v in adversary]
+        overlap = max(g["ci_low"] for g in gender) <= min(g["ci_high"] for g in gender)
+        weights = ", ".join(f"{v['adversary_weight']:g}" for v in adversary)
+        paragraphs.append(
+            f"*The refiner's adversary weight* ({weights}): the audit's worst-case gender balanced accuracy is "
+            + ", ".join(f"{g['worst']:.3f}" for g in gender)
+            + (": the same within the intervals (they all overlap), so the adversary is not what conceals; the "
+               "refiner's gain over LEACE comes from re-encoding the erased latent and erasing again."
+               if overlap else ": the intervals do not all overlap.")
+        )
+    if any(v["concealment"] == "residual" for v in variants):
+        paragraphs.append(LIMITS["residual"])
+    if not any(goals_met(v)["all"] for v in variants):
+        paragraphs.append(LIMITS["no_variant_meets"])
+    paragraphs.append(LIMITS["attacker"])
+    return lines + [f"{i}. {text}" for i, text in enumerate(paragraphs, 1)]
 
 
 def render(result: dict, json_path: Path, figure_path: Path, markdown_path: Path) -> None:

@@ -1244,9 +1244,9 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
         "",
         (
             "† needs the sensitive labels at encode time (not just at fit), unlike the estimator's `concealment` modes. "
-            "\\* wall seconds to fit the concealment steps on the shared 2-core machine, whose load swung between about "
-            "1 and 8 during the runs: the same refiner fit has taken under a minute and over a quarter of an hour, so "
-            "these times say little about the methods."
+            "\\* wall seconds to fit the concealment steps on the shared 2-core machine, whose load varied during the "
+            "runs (the load at each start is given above): the same refiner fit has taken under a minute and over a "
+            "quarter of an hour, so these times say little about the methods."
         ),
         *utility_lines(result),
         "",

@@ -982,8 +982,9 @@ def _utility_panel(ax, variants: list[dict], colours) -> None:
     ax.axhline(GOAL["gender_max_bacc"], color="tab:green", ls="--", lw=1)
     ax.axhline(CHANCE["gender"], color="0.4", ls="-.", lw=0.8)
     ax.axvline(UTILITY_GOAL_SHARE_OF_NONE, color="tab:red", ls=":", lw=1)
-    ax.set_xlabel("utility kept: least share of 'none' over " + ", ".join(variants[0]["utility"]["judged"]),
-                  fontsize=8)
+    judged = variants[0]["utility"]["judged"]
+    ax.set_xlabel(f"utility kept: least share of 'none' over the {len(judged)} judged targets\n("
+                  + ", ".join(judged) + ")", fontsize=8)
     ax.set_ylabel("worst-case gender balanced accuracy")
     ax.set_title(f"leakage vs utility: goal ≤ {GOAL['gender_max_bacc']:g} and ≥ {UTILITY_GOAL_SHARE_OF_NONE:g} "
                  "(right of red)", fontsize=9)

@@ -1,5 +1,6 @@
 """benchmarks/leakage_frontier.py's utility columns: per-variant shares of 'none', the table, the leakage-vs-utility panel."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -68,14 +69,72 @@ def _result(frontier, shares):
     }
 
 
-def test_table_marks_the_goal_per_variant(frontier, shares):
+def _table(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The utility table's header cells and its rows, keyed by their first cell."""
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    return cells[0], {row[0]: row[1:] for row in cells[1:]}
+
+
+def test_table_has_a_row_per_target_and_a_column_per_variant(frontier, shares):
     lines = frontier.utility_lines(_result(frontier, shares))
     assert "## Utility kept" in lines
-    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
-    assert rows["kept"].endswith("| yes |") and rows["erased"].endswith("| **no** |")
-    assert "*none*" in rows and "*pixels (PCA 64)*" in rows and "none" not in {k for k in rows if not k.startswith("*")}
+    header, rows = _table(lines)
+    assert header == ["target", "*pixels (PCA 64)*", "*none*", "kept", "erased"]
+    judged = frontier.UTILITY_JUDGED["synthetic"]
+    assert all(f"**{t}**" in rows for t in judged)  # judged targets in bold
+    kept, erased = header.index("kept") - 1, header.index("erased") - 1
+    for t in judged:
+        entry = frontier.utility_entry(shares, "kept", judged)["targets"][t]
+        assert rows[f"**{t}**"][kept] == f"{entry['score']:.3f} ({entry['share_of_none']:.2f})"
+        assert rows[f"**{t}**"][erased].endswith("·")  # at chance
+    goal = rows[f"all bold targets ≥ {frontier.UTILITY_GOAL_SHARE_OF_NONE} of `none`"]
+    assert goal == ["–", "–", "yes", "**no**"]
+    least = rows["least share of `none`, bold targets"]
+    assert float(least[kept]) == pytest.approx(frontier.utility_entry(shares, "kept", judged)["min_share_of_none"], abs=0.005)
     assert frontier.utility_lines({"variants": [{"name": "none", "labels_at_transform": False}],
                                    "data": {"source": "synthetic"}}) == []  # runs without utility render as before
+
+
+def test_table_leaves_out_shares_of_a_reference_at_chance(frontier, shares):
+    result = _result(frontier, shares)
+    target = frontier.UTILITY_JUDGED["synthetic"][0]
+    result["utility_references"]["none"]["targets"][target]["at_chance"] = True
+    _, rows = _table(frontier.utility_lines(result))
+    assert all("(" not in cell for cell in rows[f"**{target}**"])  # a ratio of noise is not shown
+    other = frontier.UTILITY_JUDGED["synthetic"][1]
+    assert "(" in rows[f"**{other}**"][2]
+
+
+def test_split_check_tells_the_training_split_from_all_images(frontier):
+    from bafo_pipeline.attributes import AttributeSchema
+
+    rng = np.random.default_rng(0)
+
+    class Split:
+        def __init__(self, ages):
+            self.sensitive_features = pd.DataFrame({"age": ages})
+
+    train, test = Split(rng.integers(1, 90, 400).astype(float)), Split(rng.integers(1, 90, 80).astype(float))
+
+    class Model:
+        def __init__(self, ages):
+            self.schema_ = AttributeSchema.infer(pd.DataFrame({"age": ages}))
+
+    fitted_on_train = frontier.split_check(Model(train.sensitive_features["age"]), train, test)
+    assert fitted_on_train["matches_train"] and " equal " in fitted_on_train["verdict"]
+    everything = pd.concat([train.sensitive_features["age"], test.sensitive_features["age"]])
+    saw_test = frontier.split_check(Model(everything), train, test)
+    assert not saw_test["matches_train"] and "DO NOT equal" in saw_test["verdict"]
+
+
+def test_model_settings_name_the_defaults_they_differ_from(frontier):
+    data = {"model_params": {"epochs": 4, "batch_size": 32, "learning_rate": 0.002},
+            "model_params_defaults": {"epochs": 20, "batch_size": 32, "learning_rate": 0.002}}
+    text = frontier.model_params_text(data)
+    assert "epochs 4" in text and "not the estimator's defaults** (epochs 20)" in text
+    assert "batch_size 32" in text and "batch_size 32)" not in text.split("defaults")[1]
+    same = {"model_params": {"epochs": 20}, "model_params_defaults": {"epochs": 20}}
+    assert "not the estimator's defaults" not in frontier.model_params_text(same)
 
 
 def test_panel_plots_leakage_against_utility(frontier, shares):
@@ -89,3 +148,58 @@ def test_panel_plots_leakage_against_utility(frontier, shares):
                      and line.get_linestyle() == "None")
     assert plotted and plotted[-1] == pytest.approx(1.0)  # 'none' keeps all of itself
     assert "leakage vs utility" in ax.get_title()
+
+
+def test_merge_from_a_side_by_side_run_adds_only_new_variants(frontier):
+    def run(names, value, date):
+        return {"data": {"source": "utkface"}, "audit_config": {"n_folds": 5}, "date_utc": date, "command": "c",
+                "machine": {}, "steps_seconds": {}, "wall_seconds": 1.0,
+                "variants": [{"name": n, "value": value} for n in names],
+                "audit_table": [{"representation": n, "value": value} for n in names]}
+
+    first, second = run(["none", "linear"], 1, "d1"), run(["none", "full adv 0"], 2, "d2")
+    merged = frontier.merge(first, second, only_new=True)
+    assert [(v["name"], v["value"]) for v in merged["variants"]] == [("none", 1), ("linear", 1), ("full adv 0", 2)]
+    assert sorted((r["representation"], r["value"]) for r in merged["audit_table"]) == [
+        ("full adv 0", 2), ("linear", 1), ("none", 1)]
+    assert merged["appended_runs"][-1]["variants"] == ["full adv 0"]
+    replaced = frontier.merge(first, second)  # --append replaces what it measured again
+    assert [(v["name"], v["value"]) for v in replaced["variants"]][0] == ("none", 2)
+    with pytest.raises(SystemExit):
+        frontier.merge(first, {**second, "data": {"source": "synthetic"}}, only_new=True)
+
+
+def _variant(name, *, audit, rich, share, loss):
+    worst = lambda values: {a: {"worst": x} for a, x in zip(("gender", "ethnicity", "age"), values)}  # noqa: E731
+    return {"name": name, "labels_at_transform": False, "audit": worst(audit), "train_split_attacker": worst(rich),
+            "utility": {"min_share_of_none": share}, "reconstruction": {"psnr_loss_db": loss}}
+
+
+def test_issue12_table_judges_both_attackers_utility_and_psnr(frontier):
+    result = {"data": {"source": "utkface"}, "variants": [
+        _variant("none", audit=(0.8, 0.5, 12.0), rich=(0.8, 0.5, 11.0), share=1.0, loss=0.0),
+        _variant("good", audit=(0.55, 0.24, 15.1), rich=(0.57, 0.26, 14.6), share=0.95, loss=0.5),
+        _variant("rich leak", audit=(0.55, 0.24, 15.1), rich=(0.59, 0.26, 14.6), share=0.95, loss=0.5),
+        _variant("useless", audit=(0.55, 0.24, 15.1), rich=(0.57, 0.26, 14.6), share=0.5, loss=0.5),
+    ]}
+    header, rows = _table(frontier.issue12_lines(result))
+    assert "none" not in rows and header[1] == "data-rich gender ≤ 0.58" and header[-1] == "all"
+    assert rows["good"][-1] == "yes" and all(cell.startswith("yes") for cell in rows["good"])
+    assert rows["rich leak"][0] == "**no** (0.590)" and rows["rich leak"][-1] == "**no**"
+    assert rows["useless"][-3] == "**no** (0.50)" and rows["useless"][-1] == "**no**"
+    assert frontier.issue12_lines({"data": {"source": "synthetic"}, "variants": []}) == []
+
+
+def test_earlier_runs_are_linked_with_their_model(frontier, tmp_path):
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    results.mkdir(), figures.mkdir()
+    current = results / "leakage_frontier.json"
+    current.write_text("{}")
+    (results / "leakage_frontier_old.json").write_text(json.dumps({
+        "data": {"source": "utkface", "model": "artifacts/utk48", "model_params": {"epochs": 12}},
+        "date_utc": "2026-11-26 05:38 UTC", "variants": [{}, {}]}))
+    (figures / "frontier_old.png").write_bytes(b"")
+    lines = frontier.earlier_run_lines(current, figures / "frontier.png", tmp_path / "FRONTIER.md")
+    assert len(lines) == 1
+    assert "[`results/leakage_frontier_old.json`](results/leakage_frontier_old.json)" in lines[0]
+    assert "figures/frontier_old.png" in lines[0] and "artifacts/utk48" in lines[0] and "epochs 12" in lines[0]

@@ -120,8 +120,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         decode with it in ``inverse_transform`` (instead of mapping back
         through the refiner). It changes no latent, only how sharp decodes
         are: 6 epochs raised the held-out PSNR of ``"full"`` from 15.9 to
-        17.2 dB on UTKFace and from 18.2 to 19.2 dB on synthetic faces
-        (docs/FRONTIER.md, docs/results/decoder_epochs_synthetic.json).
+        17.2 dB on UTKFace (the frontier's earlier encoder,
+        docs/results/leakage_frontier_utk48_2026-11-26.json) and from 18.2 to 19.2 dB on
+        synthetic faces (docs/results/decoder_epochs_synthetic.json).
         0 keeps the encoder's own decoder.
         A list of steps sets this on its own :class:`LinearErasure` instead.
     refine_epochs : int, default=30

@@ -123,8 +123,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         17.2 dB on UTKFace (the frontier's earlier encoder,
         docs/results/leakage_frontier_utk48_2026-11-26.json) and from 18.2 to 19.2 dB on
         synthetic faces (docs/results/decoder_epochs_synthetic.json).
-        0 keeps the encoder's own decoder.
-        A list of steps sets this on its own :class:`LinearErasure` instead.
+        0 keeps the encoder's own decoder. It applies to a list of steps too.
     refine_epochs : int, default=30
         Training epochs of the refiner (preset ``"full"``; a list of steps sets
         :class:`LatentRefiner` ``epochs`` instead).

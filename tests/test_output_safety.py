@@ -8,9 +8,18 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from bafo_pipeline._utils import AtomicFile, OutputClashError, check_not_an_input, remove_stale_temporaries
+from bafo_pipeline._utils import (
+    AtomicFile,
+    OutputClashError,
+    check_not_an_input,
+    remove_stale_temporaries,
+    staging_directory,
+)
+from bafo_pipeline.data import make_synthetic_faces
+from bafo_pipeline.transformers import BAFOTransformer, load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 POSIX_ONLY = pytest.mark.skipif(os.name != "posix", reason="signals, fork and flock are POSIX")
@@ -214,3 +223,22 @@ def test_a_forked_child_leaves_its_parents_temporary_file_alone(tmp_path):
     target.tmp_path.write_bytes(b"done")
     target.commit()
     assert (tmp_path / "latents.parquet").read_bytes() == b"done"
+
+
+@POSIX_ONLY
+def test_a_model_save_removes_what_a_killed_save_left_but_never_a_live_saves_folder(tmp_path):
+    faces = make_synthetic_faces(40, image_size=32, random_state=0)
+    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, concealment="none", decoder_epochs=0,
+                            random_state=0).fit(faces.images, sensitive_features=faces.sensitive_features)
+    target = tmp_path / "model"
+    killed = tmp_path / ".model.0123456789ab.tmp"  # as a save killed with SIGKILL leaves it: nobody holds its lock
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    other = tmp_path / ".other.0123456789ab.tmp"  # another destination's: not ours to remove
+    other.mkdir()
+    with staging_directory(target) as live:  # a save still running
+        save_model(model, target)
+        assert live.is_dir() and not killed.exists() and other.is_dir()
+    assert not live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.0123456789ab.tmp", "model"]
+    np.testing.assert_array_equal(load_model(target).transform(faces.images), model.transform(faces.images))

@@ -5,7 +5,7 @@ and their arithmetic (:mod:`.device`), local paths and URIs as ``pyarrow.fs`` fi
 (:mod:`.filesystems`), progress reporting (:mod:`.progress`) and JSON cleaning (:mod:`.jsonable`).
 """
 
-from .atomic import AtomicFile, atomic_write_path, check_destination, remove_stale_temporaries
+from .atomic import AtomicFile, atomic_write_path, check_destination, remove_stale_temporaries, staging_directory
 from .device import autocast, native_bfloat16, resolve_device
 from .filesystems import glob_files, has_glob, is_local, is_uri, join, resolve_filesystem, within
 from .jsonable import to_jsonable
@@ -28,6 +28,7 @@ __all__ = [
     "join",
     "native_bfloat16",
     "remove_stale_temporaries",
+    "staging_directory",
     "resolve_device",
     "resolve_filesystem",
     "to_jsonable",

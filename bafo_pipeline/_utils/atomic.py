@@ -15,6 +15,9 @@ Temporary files never outlive their writer for long:
   an advisory lock (``flock``) on its temporary file while it lives, so a temporary
   file nobody holds a lock on belongs to a dead writer.
 
+Outputs that are folders (a saved model) are built in a :func:`staging_directory`
+beside the destination, named and locked the same way, so the same rules apply.
+
 Examples
 --------
 >>> from safetensors.numpy import save_file  # doctest: +SKIP
@@ -28,6 +31,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import threading
 import weakref
@@ -40,7 +44,13 @@ try:  # POSIX
 except ImportError:  # pragma: no cover - Windows: stale files are recognised by age only
     fcntl = None
 
-__all__ = ["AtomicFile", "atomic_write_path", "check_destination", "remove_stale_temporaries"]
+__all__ = [
+    "AtomicFile",
+    "atomic_write_path",
+    "check_destination",
+    "remove_stale_temporaries",
+    "staging_directory",
+]
 
 #: Temporary files of dead writers younger than this are left alone where locks are unavailable.
 _STALE_AGE_WITHOUT_LOCKS = 24 * 3600
@@ -114,12 +124,13 @@ def _is_held(path: Path) -> bool:
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files that killed writers of ``path`` left behind.
+    """Remove the temporary files and folders that killed writers of ``path`` left behind.
 
     A temporary file of ``path`` is ``.<name>.<12 hex digits>.tmp`` in the same folder
-    (as :class:`AtomicFile` names them). It is stale when no live process holds its
-    lock: the writer was killed before it could commit or clean up. Files being
-    written by live processes are left alone, as is everything else in the folder.
+    (as :class:`AtomicFile` and :func:`staging_directory` name them). It is stale when
+    no live process holds its lock: the writer was killed before it could commit or
+    clean up. Files being written by live processes are left alone, as is everything
+    else in the folder.
 
     Parameters
     ----------
@@ -143,13 +154,51 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             continue
         candidate = Path(entry.path)
         try:
-            if not entry.is_file(follow_symlinks=False) or _is_held(candidate):
+            is_folder = entry.is_dir(follow_symlinks=False)
+            if not (is_folder or entry.is_file(follow_symlinks=False)) or _is_held(candidate):
                 continue
-            candidate.unlink()
+            if is_folder:
+                shutil.rmtree(candidate)
+            else:
+                candidate.unlink()
         except OSError:  # vanished meanwhile, or not ours to remove
             continue
         removed.append(candidate)
     return removed
+
+
+@contextlib.contextmanager
+def staging_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh, private folder beside ``path`` in which to build it; move it into place before the block ends.
+
+    The folder (``.<name>.<12 hex digits>.tmp``, mode 0700) is locked while the block
+    runs and removed when it ends unless it was moved away, so a killed writer's
+    folder is recognised and removed by the next one (:func:`remove_stale_temporaries`).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The destination folder.
+
+    Yields
+    ------
+    pathlib.Path
+        The staging folder.
+    """
+    path = Path(path)
+    remove_stale_temporaries(path)
+    staging = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    os.mkdir(staging, 0o700)
+    handle = None
+    try:
+        if fcntl is not None:  # elsewhere (Windows) folders cannot be opened; stale ones are recognised by age
+            handle = os.open(staging, os.O_RDONLY)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield staging
+    finally:
+        if handle is not None:
+            os.close(handle)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _fsync_file(path: Path) -> None:

@@ -24,7 +24,6 @@ import copy
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save_file
 
 from .._nn.network import BAFONetwork, NetworkConfig
+from .._utils import staging_directory
 from .._version import package_version
 from ..attributes import AttributeSchema
 from ._inputs import InputFormat
@@ -82,8 +82,9 @@ def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, m
         Fitted (any fitted estimator of the package, or of a class registered
         with :func:`~bafo_pipeline.transformers.register_loadable`).
     path : str or path-like
-        Directory to create. The files are written into a temporary sibling
-        directory that is renamed into place only when complete.
+        Directory to create. The files are written into a locked, hidden sibling
+        directory that is renamed into place only when complete; one left by a
+        killed save is removed by the next save to the same path.
     overwrite : bool, default=False
         Replace an existing model directory (only a bafo model directory, or
         an empty one, is ever replaced).
@@ -122,8 +123,7 @@ def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, m
         "state": encode(estimator._get_state(), store, "state"),
         "metadata": metadata or {},
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with staging_directory(path) as staging:
         save_file(store.tensors, staging / WEIGHTS_NAME)
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         digests = {name: sha256_file(staging / name) for name in (CONFIG_NAME, WEIGHTS_NAME)}
@@ -136,8 +136,6 @@ def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, m
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return path
 
 

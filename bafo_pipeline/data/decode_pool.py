@@ -35,12 +35,10 @@ import sys
 import threading
 import time
 import warnings
-from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
-from itertools import islice
 
 import numpy as np
 
@@ -48,6 +46,7 @@ from .images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     Size,
+    batches_one_ahead,
     check_max_pixels,
     check_size,
     decode_images,
@@ -75,9 +74,6 @@ MIN_IMAGES_FOR_PROCESSES = 1024
 
 #: At most this many decoder processes (as the thread pool's default, ``min(4, cores)``).
 MAX_PROCESSES = 4
-
-#: Batches decoded ahead of the one the caller waits for (two in flight: the same memory as threads).
-PREFETCH_BATCHES = 1
 
 _FORK_WARNING = r"This process .* is multi-threaded, use of fork\(\) may lead to deadlocks in the child"
 
@@ -163,12 +159,9 @@ class DecodeProcesses:
             raise RuntimeError("DecodeProcesses is used outside its with block")
         target_h, target_w, max_pixels = args
         task = partial(decode_images, size=(target_h, target_w), n_jobs=1, max_pixels=max_pixels)
-        starts = range(0, len(sources), CHUNK_FILES)
-        if self._forked:
-            return [self._pool.submit(task, sources[i:i + CHUNK_FILES]) for i in starts]
-        with _forking():  # the workers are forked at the first submit
+        with nullcontext() if self._forked else _forking():  # the workers are forked at the first submit
             self._forked = True
-            return [self._pool.submit(task, sources[i:i + CHUNK_FILES]) for i in starts]
+            return [self._pool.submit(task, sources[i:i + CHUNK_FILES]) for i in range(0, len(sources), CHUNK_FILES)]
 
     @staticmethod
     def collect(futures: list[Future], sources: Sequence[str], args: tuple, strict: bool):
@@ -232,19 +225,9 @@ def iter_decoded_batches_in_processes(
 
 
 def _batches(paths: Iterator[str], batch_size: int, args: tuple, strict: bool, processes: DecodeProcesses):
-    with processes:
-        offset = 0
-        pending: deque = deque()
-        while True:
-            while len(pending) <= PREFETCH_BATCHES:  # the batch to yield next, and the ones decoded meanwhile
-                chunk = list(islice(paths, batch_size))
-                if not chunk:
-                    break
-                pending.append((chunk, processes.submit(chunk, args)))
-            if not pending:
-                return
-            chunk, futures = pending.popleft()
-            images, kept, errors = processes.collect(futures, chunk, args, strict)
-            yield kept + offset, images, errors
-            del images  # the caller is done with this batch: free it before the next is built
-            offset += len(chunk)
+    def finish(futures, batch):
+        images, kept, errors = processes.collect(futures, batch, args, strict)
+        return kept, images, errors
+
+    with processes:  # one batch decoded ahead, as in the thread pool: the same memory
+        yield from batches_one_ahead(paths, batch_size, lambda batch: processes.submit(batch, args), finish)

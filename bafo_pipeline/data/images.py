@@ -487,22 +487,39 @@ def prefetched_batches(
     For each batch of ``sources``, ``finish(handles, batch, pool)`` turns the
     batch's futures (``None`` placeholders when ``n_threads == 1``) into
     ``(positions_in_batch, *rest)``; this yields ``(positions_in_sources,
-    *rest)``. While the caller holds one batch, the next one is already
-    being worked on. Shared by the Pillow and the torch decoders.
+    *rest)`` (see :func:`batches_one_ahead`). Shared by the Pillow and the torch decoders.
     """
     pool = ThreadPoolExecutor(n_threads, thread_name_prefix=thread_name) if n_threads > 1 else None
     try:
-        offset = 0
-        chunk = list(islice(sources, batch_size))
-        handles = _submit_all(pool, chunk, args, work)
-        while chunk:
-            next_chunk = list(islice(sources, batch_size))
-            next_handles = _submit_all(pool, next_chunk, args, work)  # prefetch
-            kept, *rest = finish(handles, chunk, pool)
-            yield (kept + offset, *rest)
-            del rest  # the caller is done with this batch: free it before the next is built
-            offset += len(chunk)
-            chunk, handles = next_chunk, next_handles
+        yield from batches_one_ahead(
+            sources, batch_size, lambda batch: _submit_all(pool, batch, args, work),
+            lambda handles, batch: finish(handles, batch, pool),
+        )
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def batches_one_ahead(
+    sources: Iterator,
+    batch_size: int,
+    submit: Callable[[list], list],
+    finish: Callable[[list, list], tuple],
+) -> Iterator[tuple]:
+    """Work on ``sources`` batch by batch, the next batch submitted while the caller holds the current one.
+
+    ``submit(batch)`` starts a batch's work and returns its handles;
+    ``finish(handles, batch)`` waits for them and returns ``(positions_in_batch, *rest)``.
+    Yields ``(positions_in_sources, *rest)``.
+    """
+    offset = 0
+    batch = list(islice(sources, batch_size))
+    handles = submit(batch)
+    while batch:
+        next_batch = list(islice(sources, batch_size))
+        next_handles = submit(next_batch) if next_batch else []  # prefetch
+        kept, *rest = finish(handles, batch)
+        yield (kept + offset, *rest)
+        del rest  # the caller is done with this batch: free it before the next is built
+        offset += len(batch)
+        batch, handles = next_batch, next_handles

@@ -242,3 +242,16 @@ def test_a_model_save_removes_what_a_killed_save_left_but_never_a_live_saves_fol
     assert not live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.0123456789ab.tmp", "model"]
     np.testing.assert_array_equal(load_model(target).transform(faces.images), model.transform(faces.images))
+
+
+def test_a_model_parked_by_an_interrupted_overwrite_is_named_when_loading(tmp_path):
+    faces = make_synthetic_faces(40, image_size=32, random_state=0)
+    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, concealment="none", decoder_epochs=0,
+                            random_state=0).fit(faces.images, sensitive_features=faces.sensitive_features)
+    target = save_model(model, tmp_path / "model")
+    parked = tmp_path / ".model.old"
+    target.rename(parked)  # what an overwrite stopped between its two renames leaves
+    with pytest.raises(FileNotFoundError, match=r"\.model\.old.*previous model is intact"):
+        load_model(target)
+    parked.rename(target)
+    np.testing.assert_array_equal(load_model(target).transform(faces.images), model.transform(faces.images))

@@ -129,7 +129,7 @@ def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, m
         digests = {name: sha256_file(staging / name) for name in (CONFIG_NAME, WEIGHTS_NAME)}
         (staging / MANIFEST_NAME).write_text(manifest_document(digests))
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _replaced_model_folder(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(staging, path)
@@ -201,6 +201,12 @@ def load_verified_model(path: str | os.PathLike, *, device: str | None = None) -
         match the config.
     """
     path = Path(path)
+    replaced = _replaced_model_folder(path)
+    if not path.exists() and replaced.is_dir():
+        raise FileNotFoundError(
+            f"{path} does not exist, but {replaced} does: a save that was replacing the model was stopped "
+            f"between its two renames; the previous model is intact there (rename it back to {path.name})"
+        )
     config_path = path / CONFIG_NAME
     for required in (config_path, path / WEIGHTS_NAME):
         if not required.is_file():
@@ -444,6 +450,11 @@ def _tuples(params: dict) -> dict:
     return params
 
 
+def _replaced_model_folder(path: Path) -> Path:
+    """Where :func:`save_model` parks the model it replaces until the new one is in place."""
+    return path.with_name(f".{path.name}.old")
+
+
 def read_model_config(path: str | os.PathLike) -> dict:
     """The ``config.json`` of a model directory, checked for format and version (not for integrity:
     :func:`load_verified_model` does that).
@@ -456,6 +467,12 @@ def read_model_config(path: str | os.PathLike) -> dict:
         When the config is not valid JSON or not a supported bafo model format.
     """
     path = Path(path)
+    replaced = _replaced_model_folder(path)
+    if not path.exists() and replaced.is_dir():
+        raise FileNotFoundError(
+            f"{path} does not exist, but {replaced} does: a save that was replacing the model was stopped "
+            f"between its two renames; the previous model is intact there (rename it back to {path.name})"
+        )
     config_path = path / CONFIG_NAME
     for required in (config_path, path / WEIGHTS_NAME):
         if not required.is_file():

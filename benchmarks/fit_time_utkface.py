@@ -12,12 +12,13 @@ Give the run both cores (on a machine with Linux autogroup, raise its session's 
 ``echo -20 > /proc/self/autogroup``); the JSON names the machine and the scheduler state.
 
     python benchmarks/fit_time_utkface.py --utkface ../shared/data/utkface/UTKFace --out artifacts/utk_default \\
-        --json docs/results/fit_time_utkface_cpu.json
+        --json docs/results/fit_time_utkface_cpu.json [--emulate avx2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
 import shutil
@@ -28,6 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import emit, machine  # noqa: E402
+
+# How an AVX2-only CPU is emulated on a newer one: caps on torch's and oneDNN's instruction set, read at start-up.
+EMULATIONS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 
 # Progress lines that start a stage, as the estimator's verbose output and the CLI print them.
 STAGE_PATTERNS = {
@@ -49,7 +53,8 @@ def run_fit(command: list[str], log_path: Path) -> dict:
     marks: dict[str, list[float]] = {}  # stage -> [first, last] time its lines were seen
     cpu_before = children_cpu_seconds()
     started = time.perf_counter()
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process, \
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}  # progress lines as they happen, not in bursts
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment) as process, \
             open(log_path, "w", encoding="utf-8") as log:
         buffer = b""
         while chunk := process.stdout.read1(4096):
@@ -85,10 +90,14 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="model directory to write (kept)")
     parser.add_argument("--json", help="also write the JSON result here")
     parser.add_argument("--log", help="progress log (default: OUT.log)")
+    parser.add_argument("--emulate", choices=sorted(EMULATIONS),
+                        help="cap torch's and oneDNN's instruction set in the fit (float32 instead of bf16)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="further `bafo train` options (the default run passes none)")
     args = parser.parse_args()
 
+    if args.emulate:  # set before torch starts here (machine() imports it) and inherited by the fit
+        os.environ.update(EMULATIONS[args.emulate])
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
@@ -101,6 +110,7 @@ def main() -> None:
         "benchmark": "fit_time_utkface",
         "command": " ".join(["bafo", "train", "--utkface", "UTKFace", "--out", "MODEL", *args.extra]),
         "settings": "the CLI's defaults" if not args.extra else "defaults except the extra options",
+        "emulate": args.emulate,
         "fit": fit,
         "goal_minutes": 30,
         "goal_met": fit["minutes"] <= 30,

@@ -10,8 +10,7 @@ that only adds timestamps to the records it returns. Separately, in fresh proces
 measures what an actor's module chain costs to import and what a first batch costs more
 than the next (warm-up). Each actor also reports which heavy libraries it had loaded once
 constructed (scikit-learn, pandas, ...). Jobs run ``--repeats`` times; the median of each
-mark is reported. ``--actor-warm-up off`` skips the actors' warm-up batch (to measure what
-it buys); it applies to an engine whose actors hold an ``EncoderBundle``.
+mark is reported.
 
     python benchmarks/ray_fixed_cost.py --utkface /work/shared/data/utkface/UTKFace \\
         --images 3000 --out docs/results/ray_fixed_cost_cpu.json
@@ -44,20 +43,11 @@ HEAVY = ("torch", "sklearn", "scipy", "pandas", "pyarrow", "ray.data", "PIL", "b
 class TimedWriter(PartitionWriter):
     """The engine's writer, plus wall-clock marks in the records it returns (not in the files)."""
 
-    warm_up = True  # set before the job: this class travels by value to the actors
-
     def __init__(self, *args, **kwargs) -> None:
         self.constructed_at = time.time()
         self.pid = os.getpid()
         self.package = str(Path(sys.modules[PartitionWriter.__module__].__file__).parents[2])
         self.loaded_before = [m for m in HEAVY if m in sys.modules]
-        if not self.warm_up:
-            try:
-                from bafo_pipeline._nn.bundle import ImageEncoder
-            except ImportError:  # an engine without bundles has no warm-up to skip
-                pass
-            else:
-                ImageEncoder.warm_up = lambda encoder: None
         super().__init__(*args, **kwargs)
         self.model_ready_at = time.time()
         self.loaded_after = [m for m in HEAVY if m in sys.modules]
@@ -252,10 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--actor-warm-up", choices=("on", "off"), default="on")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    TimedWriter.warm_up = args.actor_warm_up == "on"
     import ray
 
     load_before = os.getloadavg()[0]
@@ -303,7 +291,6 @@ def main(argv: list[str] | None = None) -> dict:
         "actor_model": jobs[0]["actor_model"],
         "actor_libraries_once_constructed": jobs[0]["actor_libraries_once_constructed"],
         "actor_libraries_before_the_writer": jobs[0]["actor_libraries_before_the_writer"],
-        "actor_warm_up": args.actor_warm_up,
         "settings": {"source": "real UTKFace JPEGs, a seeded random sample", "decoder": "pil", "repeats": args.repeats,
                      "statistic": "median", "ray_version": ray.__version__,
                      "cluster": "local, started once before the jobs and not counted; one warm-up job first"},

@@ -24,7 +24,6 @@ from .._utils.device import resolve_device
 from .engine import TorchEncoder
 from .folding import ConcealedEncoder
 from .inference import InferenceSettings, bfloat16_for
-from .slices import CPU_SLICE
 
 __all__ = ["EncoderBundle", "ImageEncoder"]
 
@@ -108,8 +107,3 @@ class ImageEncoder:
                 f"got {images.dtype} {tuple(images.shape)}"
             )
         return self._encode(images)
-
-    def warm_up(self) -> None:
-        """Encode one slice of blank images, so that the first real batch finds its kernels ready."""
-        height, width, channels = self.image_shape
-        self._encode(np.zeros((CPU_SLICE, channels, height, width), np.uint8))

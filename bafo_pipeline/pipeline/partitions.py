@@ -86,7 +86,6 @@ class PartitionWriter:
         self.model_kind = "encoder bundle" if isinstance(estimator, EncoderBundle) else "estimator"
         if isinstance(estimator, EncoderBundle):
             self.estimator = estimator.encoder(device)
-            self.estimator.warm_up()
         else:
             self.estimator = estimator.set_params(device=device)
         self.filesystem = filesystem

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from .._nn.bundle import ImageEncoder
+from .._nn.inference import InferenceSettings
 from ..data import key_fingerprint, load_id_key, pseudonymous_ids, write_key_table
 from ..data.dataset import FaceSource
 from ..data.decode_pool import choose_decode_processes, processes_available
@@ -241,7 +242,7 @@ class _Model:
     """What an export reads from its model, an estimator or an :class:`~bafo_pipeline._nn.bundle.ImageEncoder` alike."""
 
     encoder: Any  # its encode_images(uint8 NCHW) gives the latents
-    settings: Any  # InferenceSettings: device and precision
+    settings: InferenceSettings  # device and precision
     image_shape: tuple[int, ...]  # (height, width, channels)
     latent_dim: int
     metadata: dict  # concealment and attribute schema, recorded in the file
@@ -249,6 +250,7 @@ class _Model:
 
 
 def _read_model(model) -> _Model:
+    """What ``export_latents`` needs of ``model``; refuses a tabular estimator."""
     if isinstance(model, ImageEncoder):
         schema = model.metadata.get("attribute_schema")
         names = tuple(a["name"] for a in schema["attributes"]) if schema else ()

@@ -9,16 +9,36 @@ The public API:
 - :func:`save_model`, :func:`load_model` — model directories.
 - :func:`export_latents`, :func:`read_latents` — Parquet latent datasets.
 - :func:`bafo_pipeline.audits.audit_leakage`, :func:`bafo_pipeline.audits.run_audit` — the leakage audit.
+
+These names are imported on first use: ``import bafo_pipeline.<module>`` loads only what
+that module needs (a Ray actor that encodes loads torch, not scikit-learn).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import package_version
-from .attributes import Attribute, AttributeSchema
-from .data import FaceDataset, load_manifest, load_utkface, make_synthetic_faces
-from .io import read_latents, write_latents
-from .pipeline import export_latents
-from .transformers import BAFOTransformer, LatentRefiner, LinearErasure, TrainedErasure, load_model, save_model
+
+if TYPE_CHECKING:
+    from .attributes import Attribute, AttributeSchema
+    from .data import FaceDataset, load_manifest, load_utkface, make_synthetic_faces
+    from .io import read_latents, write_latents
+    from .pipeline import export_latents
+    from .transformers import BAFOTransformer, LatentRefiner, LinearErasure, TrainedErasure, load_model, save_model
 
 __version__ = package_version()
+
+#: Public name → the module it is imported from on first use.
+_SOURCES = {
+    **dict.fromkeys(("Attribute", "AttributeSchema"), ".attributes"),
+    **dict.fromkeys(("FaceDataset", "load_manifest", "load_utkface", "make_synthetic_faces"), ".data"),
+    **dict.fromkeys(("read_latents", "write_latents"), ".io"),
+    "export_latents": ".pipeline",
+    **dict.fromkeys(("BAFOTransformer", "LatentRefiner", "LinearErasure", "TrainedErasure", "load_model", "save_model"),
+                    ".transformers"),
+}
 
 __all__ = [
     "Attribute",
@@ -38,3 +58,15 @@ __all__ = [
     "write_latents",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SOURCES[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

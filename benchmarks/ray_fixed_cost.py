@@ -8,7 +8,9 @@ received, each partition's start and end). The actor's marks come from a subclas
 :class:`~bafo_pipeline.pipeline.partitions.PartitionWriter` defined here (shipped by value)
 that only adds timestamps to the records it returns. Separately, in fresh processes, it
 measures what an actor's module chain costs to import and what a first batch costs more
-than the next (warm-up). Jobs run ``--repeats`` times; the median of each mark is reported.
+than the next (warm-up). Each actor also reports which heavy libraries it had loaded once
+constructed (scikit-learn, pandas, ...). Jobs run ``--repeats`` times; the median of each
+mark is reported.
 
     python benchmarks/ray_fixed_cost.py --utkface /work/shared/data/utkface/UTKFace \\
         --images 3000 --out docs/results/ray_fixed_cost_cpu.json
@@ -32,6 +34,10 @@ from ray_scaling import KEY, SAME_PRIORITY, fitted_model, sample_files, write_ma
 
 from bafo_pipeline.pipeline import distributed  # noqa: E402
 from bafo_pipeline.pipeline.partitions import PartitionWriter  # noqa: E402
+from bafo_pipeline.transformers import BAFOTransformer, load_model  # noqa: E402
+
+
+HEAVY = ("torch", "sklearn", "scipy", "pandas", "pyarrow", "ray.data", "PIL", "bafo_pipeline.transformers")
 
 
 class TimedWriter(PartitionWriter):
@@ -41,15 +47,18 @@ class TimedWriter(PartitionWriter):
         self.constructed_at = time.time()
         self.pid = os.getpid()
         self.package = str(Path(sys.modules[PartitionWriter.__module__].__file__).parents[2])
+        self.loaded_before = [m for m in HEAVY if m in sys.modules]
         super().__init__(*args, **kwargs)
         self.model_ready_at = time.time()
+        self.loaded_after = [m for m in HEAVY if m in sys.modules]
 
     def write_or_report(self, partition, rows, **options):
         started = time.time()
         record = super().write_or_report(partition, rows, **options)
         return {**record, "t_actor_constructed": self.constructed_at, "t_model_ready": self.model_ready_at,
                 "t_started": started, "t_finished": time.time(), "pid": self.pid,
-                "package": self.package}
+                "package": self.package, "loaded_when_called": self.loaded_before,
+                "loaded_once_constructed": self.loaded_after}
 
 
 class Timeline:
@@ -148,6 +157,9 @@ def one_job(model_dir: Path, manifest: Path, out: Path, workers: int) -> dict:
         "rate_later_partitions_per_actor": rate_later,
         "written": report.n_written,
         "actor_package": sorted({s["package"] for s in stats}),
+        "actor_libraries_once_constructed": sorted({m for s in stats for m in s["loaded_once_constructed"]}),
+        "actor_libraries_before_the_writer": sorted({m for s in stats for m in s["loaded_when_called"]}),
+        "actor_model": sorted({s.get("actor_model", "estimator") for s in stats}),
     }
 
 
@@ -190,13 +202,28 @@ _FIRST_ENCODE = (
 )
 
 
-def first_encode_seconds(model_dir: Path, repeats: int) -> dict:
-    """A fresh process's first ``encode_images`` call (folding the encoder, lazy imports) against its later ones."""
+_FIRST_BUNDLE_ENCODE = (
+    "import pickle, sys, time, numpy as np;"
+    "bundle = pickle.load(open(sys.argv[1], 'rb')); t = time.perf_counter(); encoder = bundle.encoder('cpu');"
+    "built = time.perf_counter() - t; h, w, c = encoder.image_shape;"
+    "images = np.zeros((64, c, h, w), np.uint8); times = [];"
+    "exec('for _ in range(3):\\n t = time.perf_counter(); encoder.encode_images(images); times.append(time.perf_counter() - t)');"
+    "print(*times, built)"
+)
+
+
+def first_encode_seconds(model_dir: Path, repeats: int, bundle: Path | None = None) -> dict:
+    """A fresh process's first ``encode_images`` call (folding the encoder, lazy imports) against its later ones:
+    the estimator's, or (``bundle``) that of the encoder built from its bundle (then also the build's seconds)."""
     runs = []
     for _ in range(repeats):
-        output = subprocess.run([sys.executable, "-c", _FIRST_ENCODE, str(model_dir)], check=True,
-                                capture_output=True, text=True).stdout
+        args = [_FIRST_ENCODE, str(model_dir)] if bundle is None else [_FIRST_BUNDLE_ENCODE, str(bundle)]
+        output = subprocess.run([sys.executable, "-c", *args], check=True, capture_output=True, text=True).stdout
         runs.append([float(x) for x in output.split()])
+    if bundle is not None:
+        return {"first_call": round(statistics.median(r[0] for r in runs), 3),
+                "later_calls": round(statistics.median(statistics.mean(r[1:3]) for r in runs), 3),
+                "building_the_encoder": round(statistics.median(r[3] for r in runs), 3)}
     return {"first_call": round(statistics.median(r[0] for r in runs), 3),
             "later_calls": round(statistics.median(statistics.mean(r[1:]) for r in runs), 3)}
 
@@ -233,10 +260,17 @@ def main(argv: list[str] | None = None) -> dict:
             empty.append(empty_pool_seconds(args.workers))
         ray.shutdown()
         first_encode = first_encode_seconds(model_dir, args.repeats)
+        first_bundle_encode = None
+        if hasattr(BAFOTransformer, "encoder_bundle"):  # this engine's actors encode with a bundle
+            import pickle
+
+            (tmp / "bundle.pkl").write_bytes(pickle.dumps(load_model(model_dir).encoder_bundle()))
+            first_bundle_encode = first_encode_seconds(model_dir, args.repeats, bundle=tmp / "bundle.pkl")
     imports = {m: round(import_seconds(m, args.repeats), 3) for m in (
         "ray.data", "torch", "sklearn.base", "pandas", "ray.data, torch",
         "ray.data, torch, sklearn.base, pandas, PIL.Image",
-        "ray.data, bafo_pipeline.pipeline.partitions, bafo_pipeline.transformers")}  # the last: an actor's imports
+        "ray.data, bafo_pipeline.pipeline.partitions",  # an actor's imports with a bundle
+        "ray.data, bafo_pipeline.pipeline.partitions, bafo_pipeline.transformers")}  # ... with the estimator
     load_after = os.getloadavg()[0]
     phases = {k: round(statistics.median(j[k] for j in jobs), 3) for k in jobs[0]
               if isinstance(jobs[0][k], (int, float))}
@@ -249,10 +283,14 @@ def main(argv: list[str] | None = None) -> dict:
         "empty_actor_pool_job_seconds": round(statistics.median(empty), 3),
         "import_seconds_fresh_process": imports,
         "encode_images_64_seconds_fresh_process": first_encode,
+        "bundle_encoder_64_seconds_fresh_process": first_bundle_encode,
         "actor_module_chain_imports": heavy_modules_imported("bafo_pipeline.pipeline.partitions"),
         "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "package": str(Path(distributed.__file__).parents[2]),
         "actor_package": jobs[0]["actor_package"],
+        "actor_model": jobs[0]["actor_model"],
+        "actor_libraries_once_constructed": jobs[0]["actor_libraries_once_constructed"],
+        "actor_libraries_before_the_writer": jobs[0]["actor_libraries_before_the_writer"],
         "settings": {"source": "real UTKFace JPEGs, a seeded random sample", "decoder": "pil", "repeats": args.repeats,
                      "statistic": "median", "ray_version": ray.__version__,
                      "cluster": "local, started once before the jobs and not counted; one warm-up job first"},

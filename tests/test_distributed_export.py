@@ -89,6 +89,7 @@ def test_the_rows_and_latents_are_those_of_the_in_process_export(plain_export, m
     export_latents(load_model(model_dir), source, local, ids=pseudonymous_ids(source.content_hash, KEY), decoder="pil")
     expected, got = read_latents(local), read_latents(out)
     assert report.n_partitions == 3 and len(list(out.glob("part-*.parquet"))) == 3
+    assert report.job["actor_model"] == ["encoder bundle"]  # the actors encoded with torch alone
     assert sorted(got.ids) == sorted(expected.ids) and len(got.ids) == N_WRITTEN
     by_id = dict(zip(expected.ids.tolist(), expected.latents))
     for part in sorted(out.glob("part-*.parquet")):
@@ -339,6 +340,7 @@ def test_a_ray_dataset_of_image_bytes_gives_the_folder_export_rows(plain_export,
     assert b.column_names == ["id", "latent", "age", "gender"]  # the path column never reaches the output
     assert a.column("id").equals(b.column("id")) and a.column("latent").equals(b.column("latent"))
     assert report.counts["written"] == from_folder.counts["written"] == N_WRITTEN
+    assert report.job["actor_model"] == ["encoder bundle"]
     reasons = report.counts["skipped_by_reason"]
     assert reasons["empty file (0 bytes)"] == 1 and reasons["duplicate of another image (same bytes)"] == 1
     assert reasons["copy of an image with conflicting labels (all copies dropped)"] == 2

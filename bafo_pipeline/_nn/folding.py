@@ -113,6 +113,53 @@ class ConcealedEncoder(nn.Module):
         linears = [module for module in (self.tail or []) if isinstance(module, nn.Linear)]
         return (linears[-1] if linears else self.head).out_features
 
+    def architecture(self) -> dict:
+        """The layers' shapes, without weights: with :meth:`state_dict`, what :meth:`from_architecture` rebuilds from.
+
+        ``{"features": [...], "head": [n_in, n_out], "tail": [...] or None}``, where a
+        feature is ``["conv", in_channels, out_channels, kernel, stride, padding]`` or
+        ``["silu"]`` and a tail layer ``["linear", n_in, n_out]`` or ``["silu"]``.
+        """
+
+        def describe(module: nn.Module) -> list:
+            if isinstance(module, nn.Conv2d):
+                return ["conv", module.in_channels, module.out_channels, list(module.kernel_size),
+                        list(module.stride), list(module.padding)]
+            if isinstance(module, nn.Linear):
+                return ["linear", module.in_features, module.out_features]
+            if isinstance(module, nn.SiLU):
+                return ["silu"]
+            raise TypeError(f"no inference rule for layer {type(module).__name__}")
+
+        return {
+            "features": [describe(module) for module in self.features],
+            "head": [self.head.in_features, self.head.out_features],
+            "tail": None if self.tail is None else [describe(module) for module in self.tail],
+        }
+
+    @classmethod
+    def from_architecture(cls, architecture: dict, state: dict[str, torch.Tensor]) -> "ConcealedEncoder":
+        """The encoder :meth:`architecture` and :meth:`state_dict` describe, its weights ``state``'s tensors (float32,
+        CPU, eval mode): the same network, bit for bit."""
+
+        def build(spec: list) -> nn.Module:
+            kind, *shape = spec
+            if kind == "conv":
+                n_in, n_out, kernel, stride, padding = shape
+                return _without_parameters(nn.Conv2d, n_in, n_out, tuple(kernel), tuple(stride), tuple(padding))
+            if kind == "linear":
+                return _without_parameters(nn.Linear, *shape)
+            if kind == "silu":
+                return nn.SiLU()
+            raise ValueError(f"unknown layer kind {kind!r} in an encoder architecture")
+
+        features = nn.Sequential(*(build(spec) for spec in architecture["features"]))
+        head = _without_parameters(nn.Linear, *architecture["head"])
+        tail = architecture.get("tail")
+        encoder = cls(features, head, None if tail is None else nn.Sequential(*(build(spec) for spec in tail)))
+        encoder.load_state_dict(state, assign=True)  # strict: a missing or extra weight is an error
+        return encoder.eval()
+
     def layers(self) -> list[tuple[str, nn.Module | None]]:
         """``("conv"|"linear"|"silu"|"flatten", module)`` in execution order (for other runtimes to rebuild the graph)."""
         out: list[tuple[str, nn.Module | None]] = []

@@ -40,12 +40,18 @@ def uses_bfloat16(
     concealed latents at fit time. The small MLPs of tabular models gain
     nothing from bfloat16 and stay in float32.
     """
+    return bfloat16_for(precision, device, convolutional=network.config.kind == "conv", measured_error=measured_error)
+
+
+def bfloat16_for(precision: str, device: torch.device, *, convolutional: bool,
+                 measured_error: float | None = None) -> bool:
+    """:func:`uses_bfloat16` for a network known by its kind only (a folded encoder away from its estimator)."""
     if precision == "float32":
         return False
     if precision == "bfloat16":
         return True
     return (
-        network.config.kind == "conv"
+        convolutional
         and native_bfloat16(device)
         and measured_error is not None
         and measured_error <= AUTO_BFLOAT16_TOLERANCE

@@ -1,8 +1,40 @@
 """Application steps built on the estimators and the audit: export to Parquet (in this process, or on a Ray
-cluster), the whole workflow, figures."""
+cluster), the whole workflow, figures.
 
-from .distributed import EncodeJobReport, encode_dataset
-from .export import ExportReport, export_latents
-from .workflow import WorkflowResult, run_workflow
+The names below are imported on first use, so that a Ray actor importing
+:mod:`bafo_pipeline.pipeline.partitions` loads neither the workflow nor the estimators.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .distributed import EncodeJobReport, encode_dataset
+    from .export import ExportReport, export_latents
+    from .workflow import WorkflowResult, run_workflow
+
+#: Public name → the module it is imported from on first use.
+_SOURCES = {
+    "EncodeJobReport": ".distributed",
+    "encode_dataset": ".distributed",
+    "ExportReport": ".export",
+    "export_latents": ".export",
+    "WorkflowResult": ".workflow",
+    "run_workflow": ".workflow",
+}
 
 __all__ = ["EncodeJobReport", "ExportReport", "WorkflowResult", "encode_dataset", "export_latents", "run_workflow"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SOURCES[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -9,7 +9,10 @@
   listing, never images or latents.
 - **actors** (``workers`` of them, one GPU each where the cluster has GPUs): each holds the
   fitted model once and writes whole partitions
-  (:class:`~bafo_pipeline.pipeline.partitions.PartitionWriter`).
+  (:class:`~bafo_pipeline.pipeline.partitions.PartitionWriter`). The model travels as its
+  :meth:`~bafo_pipeline.BAFOTransformer.encoder_bundle` (the folded encoder's weights), so
+  an actor imports torch, not scikit-learn; a concealment step that cannot be folded sends
+  the estimator instead.
 
 The same job runs unchanged on a laptop (a local Ray cluster is started) and on a cluster
 (``RAY_ADDRESS`` or ``address=``); files must then be reachable from every node (object
@@ -43,7 +46,7 @@ from .encode_plan import ID_SCHEMES, JobSpec, Plan, make_dataset_plan, make_file
 from .job_folder import JOB_FILE, PLAN_FILE, JobFolder, summarize
 from .partitions import GroupWriter, PartitionFailed, PartitionWriter, key_rows
 
-__all__ = ["EncodeJobReport", "PartitionFailed", "encode_dataset"]
+__all__ = ["EncodeJobReport", "PartitionFailed", "actor_model", "encode_dataset"]
 
 
 @dataclass
@@ -245,13 +248,14 @@ def encode_dataset(
                       "id_key_fingerprint": plan.settings["id_key_fingerprint"]},
         )
         pool = _pool(ray, workers, cpus_per_worker, gpus_per_worker, dataset_source=kind == "dataset")
+        shipped = actor_model(estimator)
         if not todo:
             new_stats = []
         elif kind == "dataset":
-            new_stats = _run_dataset(ray, estimator, filesystem, spec, source, key, plan, todo, pool, progress)
+            new_stats = _run_dataset(ray, shipped, filesystem, spec, source, key, plan, todo, pool, progress)
         else:
             inputs, _ = resolve_filesystem(source)
-            new_stats = _run_planned(ray, estimator, filesystem, inputs, spec, plan, todo, pool, progress)
+            new_stats = _run_planned(ray, shipped, filesystem, inputs, spec, plan, todo, pool, progress)
     stats = sorted([*finished.values(), *new_stats], key=lambda s: s["partition"])
     job = _job_record(plan, stats, len(finished), len(new_stats), estimator, workers, time.time() - started)
     folder.write_json(JOB_FILE, job)  # last: its presence means every partition is on disk
@@ -287,6 +291,16 @@ def _model(model) -> tuple[Any, str, dict | None]:
     with tempfile.TemporaryDirectory(prefix="bafo-fingerprint-") as folder:
         saved = save_model(model, Path(folder) / "model")
         return model, model_fingerprint(saved), None
+
+
+def actor_model(estimator):
+    """What the actors receive: the estimator's :meth:`~bafo_pipeline.BAFOTransformer.encoder_bundle`
+    (torch only: an actor then never imports scikit-learn), or the estimator itself when its
+    concealment cannot be folded into the network (a step without ``as_layers()``)."""
+    try:
+        return estimator.encoder_bundle()
+    except ValueError:
+        return estimator
 
 
 def _check_key_table(key_table, filesystem, out_path: str, overwrite: bool) -> Path | None:
@@ -350,6 +364,7 @@ def _job_record(plan: Plan, stats: list[dict], kept: int, written: int, estimato
         "files": [{"name": s["file"], "rows": s["rows_written"]} for s in stats],
         "precision": sorted({s["precision"] for s in stats if s.get("precision")}),
         "decoder": sorted({s["decoder"] for s in stats if s.get("decoder")}),
+        "actor_model": sorted({s["actor_model"] for s in stats if s.get("actor_model")}),
         "latent_dim": int(estimator.latent_dim),
         "workers": workers,
         "seconds_this_run": round(seconds, 2),

@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._nn.bundle import ImageEncoder
+from .._nn.inference import InferenceSettings
 from ..data import key_fingerprint, load_id_key, pseudonymous_ids, write_key_table
 from ..data.dataset import FaceSource
 from ..data.decode_pool import choose_decode_processes, processes_available
 from ..data.images import is_positive_int, resolve_n_jobs
 from ..io.parquet import LatentParquetWriter
-from ..transformers import describe_concealment
 
 DECODERS = ("auto", "pil", "torch")
 
@@ -86,9 +87,11 @@ def export_latents(
 
     Parameters
     ----------
-    estimator : BAFOTransformer
+    estimator : BAFOTransformer or ImageEncoder
         Fitted on images; encodes through its public
-        :meth:`~bafo_pipeline.BAFOTransformer.encode_images`.
+        :meth:`~bafo_pipeline.BAFOTransformer.encode_images`. Or the encoder of its
+        :meth:`~bafo_pipeline.BAFOTransformer.encoder_bundle` (what a Ray actor holds:
+        torch only), which writes the same latents and metadata.
     source : FaceSource
         Labelled images read batch by batch: a :class:`~bafo_pipeline.data.FaceDataset`
         in memory, or :class:`~bafo_pipeline.data.ImageFiles` (a scanned
@@ -162,29 +165,27 @@ def export_latents(
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    if not estimator.input_format_.is_image:
-        raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
+    model = _read_model(estimator)
     if key_table is not None:
         key_table = _check_key_table(key_table, out, overwrite)
         if source_files(source) is None:
             raise ValueError("this source names no files (synthetic or in-memory images): there is no key table to write")
     if split is not None and len(split) != len(source):
         raise ValueError(f"{len(split)} split names given for {len(source)} source rows")
-    ids, order, id_provenance = _ids_and_order(estimator, source, ids, id_column, id_from, id_key)
+    ids, order, id_provenance = _ids_and_order(model.attribute_names, source, ids, id_column, id_from, id_key)
     if order is not None:  # rows written in the order of their pseudonymous ids
         source, ids = source.subset(order), ids[order]
         split = None if split is None else np.asarray(split, dtype=object)[order]
     attributes = source.attributes
     label_frame = attributes.reset_index(drop=True)
     hashes = source.content_hash
-    settings = estimator.inference_settings()
+    settings = model.settings
     if decoder == "auto":
         decoder = "torch" if settings.device.type == "cuda" else "pil"
     decode_processes = _decode_processes(decode_processes, source, decoder)
     provenance = {
         "model_fingerprint": None,
-        "concealment": describe_concealment(estimator),
-        "attribute_schema": None if estimator.schema_ is None else estimator.schema_.to_dict(),
+        **model.metadata,
         "source_fingerprint": None if hashes is None else source_fingerprint(hashes),
         "source_rows": len(label_frame),
         "precision": settings.precision,
@@ -198,10 +199,10 @@ def export_latents(
     report = ExportReport()
     written: list[np.ndarray] = []
     writer = LatentParquetWriter(
-        out, estimator.latent_dim, metadata=provenance, id_type="int64" if ids.dtype.kind in "iu" else "string",
+        out, model.latent_dim, metadata=provenance, id_type="int64" if ids.dtype.kind in "iu" else "string",
         label_schema=label_schema, include_split=split is not None, overwrite=overwrite,
     )
-    size = estimator.input_format_.shape[:2]
+    size = model.image_shape[:2]
     clock = _StageClock()
     decoding = None if source.in_memory else decoder
     with writer, _encoders_beside_decoding(settings.device, decoding, decode_processes) as encode, closing(
@@ -218,7 +219,7 @@ def export_latents(
                 report.skipped.append((int(row if order is None else order[row]), _redact(reason)))
             if len(rows):
                 with clock.stage("encoding"):
-                    latents = encode(estimator, images)
+                    latents = encode(model.encoder, images)
                 with clock.stage("writing"):
                     writer.write_batch(
                         ids[rows], latents,
@@ -236,7 +237,39 @@ def export_latents(
     return report
 
 
-def _ids_and_order(estimator, source: FaceSource, ids, id_column, id_from, id_key):
+@dataclass(frozen=True)
+class _Model:
+    """What an export reads from its model, an estimator or an :class:`~bafo_pipeline._nn.bundle.ImageEncoder` alike."""
+
+    encoder: Any  # its encode_images(uint8 NCHW) gives the latents
+    settings: InferenceSettings  # device and precision
+    image_shape: tuple[int, ...]  # (height, width, channels)
+    latent_dim: int
+    metadata: dict  # concealment and attribute schema, recorded in the file
+    attribute_names: tuple[str, ...]
+
+
+def _read_model(model) -> _Model:
+    """What ``export_latents`` needs of ``model``; refuses a tabular estimator."""
+    if isinstance(model, ImageEncoder):
+        schema = model.metadata.get("attribute_schema")
+        names = tuple(a["name"] for a in schema["attributes"]) if schema else ()
+        return _Model(model, model.inference_settings(), tuple(model.image_shape), model.latent_dim,
+                      {"concealment": model.metadata.get("concealment"), "attribute_schema": schema}, names)
+    # Imported here, not above: an actor that exports with an ImageEncoder never loads the
+    # estimators (scikit-learn: about a second of every fresh worker process).
+    from ..transformers import describe_concealment
+
+    if not model.input_format_.is_image:
+        raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
+    schema = model.schema_
+    metadata = {"concealment": describe_concealment(model),
+                "attribute_schema": None if schema is None else schema.to_dict()}
+    return _Model(model, model.inference_settings(), tuple(model.input_format_.shape), model.latent_dim, metadata,
+                  () if schema is None else tuple(schema.names))
+
+
+def _ids_and_order(attribute_names: tuple[str, ...], source: FaceSource, ids, id_column, id_from, id_key):
     """``(ids, order, provenance)``: the id of each source row, the order to write the rows in (None: as
     given), and what the file records about the ids."""
     n = len(source)
@@ -261,7 +294,7 @@ def _ids_and_order(estimator, source: FaceSource, ids, id_column, id_from, id_ke
     if id_column is not None:
         if id_column not in attributes.columns:
             raise ValueError(f"id column {id_column!r} not found; available: {list(attributes.columns)}")
-        if id_column in source.sensitive or (estimator.schema_ is not None and id_column in estimator.schema_.names):
+        if id_column in source.sensitive or id_column in attribute_names:
             raise ValueError(f"id column {id_column!r} is a sensitive attribute; ids must not reveal one")
         ids = attributes[id_column].to_numpy()
         _refuse_missing_or_repeated_ids(ids, attributes.index, f"id column {id_column!r}")

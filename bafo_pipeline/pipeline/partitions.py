@@ -1,7 +1,10 @@
 """The workers of a distributed export: each writes whole partitions with the in-process export.
 
 :class:`PartitionWriter` is the callable class Ray Data's ``map_batches`` runs in an actor
-pool: the fitted model is unpickled once per actor, and each call writes one partition,
+pool: the fitted model is received once per actor, as an
+:class:`~bafo_pipeline._nn.bundle.EncoderBundle` (the folded encoder's weights: the actor
+builds it with torch alone, and never imports scikit-learn or the estimators) or, for a
+concealment that cannot be folded, as the estimator itself. Each call writes one partition,
 whose rows the plan fixed (files, ids, split, labels), through
 :func:`~bafo_pipeline.pipeline.export.export_latents`: the same decoding (Pillow on a CPU,
 batched nvJPEG on a GPU), the same precision, the same file schema and metadata as
@@ -29,6 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
+from .._nn.bundle import EncoderBundle
 from .._utils.filesystems import is_local, join
 from ..data import ImageDecodeError, ImageFiles, pseudonymous_ids
 from ..data.splits import EMPTY_CONTENT_HASH, content_hash, dedupe_by_hash
@@ -48,9 +52,11 @@ class PartitionWriter:
 
     Parameters
     ----------
-    estimator : BAFOTransformer or list
-        Fitted on images; or a one-element list holding a Ray ``ObjectRef`` of it (nested,
-        so Ray hands the actor the reference and the model is stored once for all actors).
+    estimator : EncoderBundle, BAFOTransformer or list
+        The model: the bundle of a fitted image estimator
+        (:meth:`~bafo_pipeline.BAFOTransformer.encoder_bundle`), or the estimator itself;
+        or a one-element list holding a Ray ``ObjectRef`` of either (nested, so Ray hands
+        the actor the reference and the model is stored once for all actors).
     filesystem : pyarrow.fs.FileSystem
         Where the output folder is.
     spec : JobSpec
@@ -77,7 +83,11 @@ class PartitionWriter:
             estimator = ray.get(estimator[0])
         if device is None:
             device = "cuda" if torch.cuda.is_available() and _has_assigned_gpu() else "cpu"
-        self.estimator = estimator.set_params(device=device)
+        self.model_kind = "encoder bundle" if isinstance(estimator, EncoderBundle) else "estimator"
+        if isinstance(estimator, EncoderBundle):
+            self.estimator = estimator.encoder(device)
+        else:
+            self.estimator = estimator.set_params(device=device)
         self.filesystem = filesystem
         self.inputs = inputs
         self.spec = spec
@@ -135,6 +145,7 @@ class PartitionWriter:
             "precision": report.metadata.get("precision"),
             "decoder": report.metadata.get("decoder"),
             "seconds": round(time.perf_counter() - started, 3),
+            "actor_model": self.model_kind,
         }
         self.folder.write_partition_stats(partition, stats)
         return stats

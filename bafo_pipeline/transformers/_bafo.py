@@ -15,6 +15,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._nn.bundle import EncoderBundle
 from .._nn.engine import TorchEncoder, cached_encoder
 from .._nn.folding import AffineMap, Layer, fold_encoder, mlp_mean_layers
 from .._nn.inference import PRECISIONS, InferenceSettings, inference_network, uses_bfloat16
@@ -26,7 +27,7 @@ from .._utils.progress import epoch_progress
 from ..attributes import AttributeSchema, as_sensitive_frame
 from ._erasure import LinearErasure
 from ._trained_erasure import TrainedErasure
-from ._persistence import load_model, save_model
+from ._persistence import describe_concealment, load_model, save_model
 from ._state import NetworkState, get_state, register_loadable, set_state
 from ._steps import PRESETS, check_steps, fit_ready, foldable_layers, get_step_params, is_invertible, set_step_params
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
@@ -557,6 +558,44 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 f"got {images.dtype} {tuple(images.shape)}"
             )
         return self._image_encoder(conceal=conceal)(images)
+
+    def encoder_bundle(self) -> EncoderBundle:
+        """What :meth:`encode_images` runs, as a small picklable object that encodes with torch alone.
+
+        For workers that only encode (the actors of a Ray export): the folded network
+        (concealment included) as architecture and float32 weights, the input size, the
+        ``precision`` setting with its measured bfloat16 error, and what an export
+        records about the model. ``bundle.encoder(device)`` rebuilds the network without
+        scikit-learn or this estimator, and its latents are bit for bit those of
+        :meth:`encode_images` on the same device and precision.
+
+        Returns
+        -------
+        EncoderBundle
+
+        Raises
+        ------
+        ValueError
+            For a tabular model, or when a concealment step cannot be folded into the
+            network (it has no ``as_layers()``): such a step needs its estimator.
+        """
+        check_is_fitted(self)
+        if not self.input_format_.is_image:
+            raise ValueError("encoder_bundle needs an image model; this one was fitted on tabular data")
+        steps = self._concealment_steps()
+        layers, n_folded = foldable_layers(steps)
+        if n_folded < len(steps):
+            raise ValueError(
+                f"concealment step {n_folded} ({type(steps[n_folded]).__name__}) has no as_layers(): it cannot be "
+                "folded into the network, so encoding needs the estimator itself"
+            )
+        metadata = {
+            "concealment": describe_concealment(self),
+            "attribute_schema": None if self.schema_ is None else self.schema_.to_dict(),
+        }
+        return EncoderBundle.of(fold_encoder(self.network_, layers), image_shape=self.input_format_.shape,
+                                precision=self.precision, bfloat16_error=getattr(self, "bfloat16_error_", None),
+                                metadata=metadata)
 
     def inference_settings(self) -> InferenceSettings:
         """The device :meth:`transform` and :meth:`encode_images` run on, and their arithmetic.

@@ -117,9 +117,12 @@ _KILLED_EXPORTS = """
                 export(trial)
             finally:
                 os._exit(0)
-        time.sleep(rng.uniform(0.05, 1.1) * duration)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        if trial % 5 == 4:  # every fifth export runs to the end, however loaded the machine is
+            os.waitpid(pid, 0)
+        else:
+            time.sleep(rng.uniform(0.05, 1.1) * duration)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         left = sorted(p.name for p in target.parent.iterdir() if p.name.endswith(".tmp"))
         written = read_latents(target)
         holds = written.metadata["trial"]
@@ -156,7 +159,7 @@ def test_twenty_exports_killed_at_random_points_leave_the_old_or_the_new_file_an
         assert len(record["temporaries"]) <= 1, record  # each run removed what the killed one before it left
     mid_write = sum(bool(r["temporaries"]) for r in trials)
     assert mid_write >= 3, f"only {mid_write} of 20 kills landed while a temporary file existed"
-    assert sum(r["holds"] == r["trial"] for r in trials) >= 1  # some children finished before the kill
+    assert all(r["holds"] == r["trial"] for r in trials[4::5])  # an export that ran to the end is committed
     assert final["temporaries"] == []
 
 

@@ -184,8 +184,12 @@ def fit_or_load(name: str, settings: dict, train, args, info: dict):
 
     # Named by what the encoder depends on only: post-hoc variants share their base encoder.
     directory = Path(args.models) / f"{args.data}-{settings['fit'].get('concealment', 'full')}-{model_key(settings, args, info)}"
+    # Beside the model directory, not in it: save_model's manifest refuses a directory with extra files.
+    seconds_file = directory.with_name(directory.name + ".fit_seconds.json")
     if directory.exists() and not args.refit:
-        return load_model(directory, device="cpu"), json.loads((directory / "fit_seconds.json").read_text())
+        if not seconds_file.exists() and (directory / "fit_seconds.json").exists():  # cached before the manifest
+            seconds_file = directory / "fit_seconds.json"
+        return load_model(directory, device="cpu"), json.loads(seconds_file.read_text())
     params = {"latent_dim": args.latent_dim, "epochs": args.epochs, "random_state": args.seed, "device": "cpu",
               "precision": "float32", **json.loads(args.base), **settings["fit"]}
     if {"matching_weight", "freeze_after"} & set(params):
@@ -199,7 +203,7 @@ def fit_or_load(name: str, settings: dict, train, args, info: dict):
     model.fit(train.images, sensitive_features=train.sensitive_features)
     seconds = {"fit": time.perf_counter() - started, "images_per_second": [r["images_per_second"] for r in model.history_]}
     save_model(model, directory, overwrite=True)
-    (directory / "fit_seconds.json").write_text(json.dumps(seconds))
+    seconds_file.write_text(json.dumps(seconds))
     return model, seconds
 
 

@@ -79,6 +79,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Weight of an adversarial term: an ensemble of MLP adversaries learns to
         predict the attributes from the posterior means, and the encoder is
         trained to leave their predictions at the batch marginals. 0 disables.
+        Like the other penalties it is scaled by the input size (9,408 for
+        56x56 RGB images), so on images 1.0 collapses the latent and 0.01
+        already costs several dB of reconstruction; the adversary reads the
+        raw means, which a shrinking latent fools (docs/TRAINED_CONCEALMENT.md §7).
     adversary_steps : int, default=2
         Adversary updates per encoder update.
     concealment : {"none", "linear", "full", "trained"} or list of steps, default="full"

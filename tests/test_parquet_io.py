@@ -570,5 +570,5 @@ def test_a_non_finite_latent_is_refused_with_its_row(tmp_path, value):
     rows = [[0.5, 1.0], [0.25, value]]
     table = pa.table({"id": [7, 8], "latent": pa.array(rows, pa.list_(pa.float64()))})
     pq.write_table(table, tmp_path / "e.parquet")
-    with pytest.raises(ValueError, match=r"e\.parquet: row 1 has a non-finite 'latent' value"):
+    with pytest.raises(ValueError, match=r"e\.parquet: row 1 has a non-finite 'latent' value \(rows counted from 0\)"):
         read_latents(tmp_path / "e.parquet")

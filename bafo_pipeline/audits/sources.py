@@ -116,7 +116,9 @@ def embedding_of(
             Z = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in columns]).astype(np.float32)
     bad = ~np.isfinite(Z).all(axis=1)
     if bad.any():
-        raise ValueError(f"{where}: row {int(np.flatnonzero(bad)[0])} has a missing or non-finite embedding value")
+        raise ValueError(
+            f"{where}: row {int(np.flatnonzero(bad)[0])} has a missing or non-finite embedding value (rows counted from 0)"
+        )
     ids = np.asarray(table.column(id_column).to_numpy(zero_copy_only=False))
     rest = table.drop_columns(columns)
     return EmbeddingFile(ids, Z, rest, columns, how, declared, footer)

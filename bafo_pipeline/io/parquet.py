@@ -116,6 +116,11 @@ _PATHLIKE_VALUE = (
 _PATHLIKE_VALUE_RE = re.compile(_PATHLIKE_VALUE, re.IGNORECASE)
 
 
+# Parquet row numbers in messages are positions in the file, as pandas and pyarrow count them; a
+# manifest's messages count its data rows from 1 instead, as a spreadsheet shows them.
+_ROWS_FROM_ZERO = "(rows counted from 0)"
+
+
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -883,7 +888,7 @@ def _latent_matrix(
         raise ValueError(f"{path}: column {name!r} holds {typ.value_type}, expected numbers")
     if column.null_count:
         row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{path}: {name!r} at row {first_row + row} is missing")
+        raise ValueError(f"{path}: {name!r} at row {first_row + row} is missing {_ROWS_FROM_ZERO}")
     if pa.types.is_fixed_size_list(typ):
         dim = typ.list_size
     else:
@@ -892,7 +897,8 @@ def _latent_matrix(
         if (lengths != dim).any():
             row = int(np.flatnonzero(lengths != dim)[0])
             raise ValueError(
-                f"{path}: row {first_row + row} has {lengths[row]} {name!r} values, row {first_row} has {dim}"
+                f"{path}: row {first_row + row} has {lengths[row]} {name!r} values, row {first_row} has {dim} "
+                f"{_ROWS_FROM_ZERO}"
             )
 
     out = np.empty((len(column), dim), dtype=np.float32)
@@ -903,14 +909,16 @@ def _latent_matrix(
             row = start + int(
                 np.flatnonzero(pc.is_null(values).to_numpy(zero_copy_only=False))[0]
             ) // max(dim, 1)
-            raise ValueError(f"{path}: {name!r} at row {first_row + row} has a missing element")
+            raise ValueError(f"{path}: {name!r} at row {first_row + row} has a missing element {_ROWS_FROM_ZERO}")
         stop = start + len(chunk)
         with np.errstate(over="ignore"):  # numbers beyond float32 become inf, refused below with their row
             out[start:stop] = values.to_numpy(zero_copy_only=False).reshape(len(chunk), dim)
         start = stop
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():
-        raise ValueError(f"{path}: row {first_row + int(np.flatnonzero(bad)[0])} has a non-finite {name!r} value")
+        raise ValueError(
+            f"{path}: row {first_row + int(np.flatnonzero(bad)[0])} has a non-finite {name!r} value {_ROWS_FROM_ZERO}"
+        )
     return out
 
 
@@ -1221,5 +1229,8 @@ def read_embedding(
         Z = np.column_stack([table.column(c).to_numpy(zero_copy_only=False) for c in numeric]).astype(np.float32)
     bad = ~np.isfinite(Z).all(axis=1)
     if bad.any():
-        raise ValueError(f"{parquet.name}: row {int(np.flatnonzero(bad)[0])} has a missing or non-finite embedding value")
+        counted = _ROWS_FROM_ZERO if row_filter is None else "(rows counted from 0 among those with the requested ids)"
+        raise ValueError(
+            f"{parquet.name}: row {int(np.flatnonzero(bad)[0])} has a missing or non-finite embedding value {counted}"
+        )
     return np.asarray(_string_numpy(table.column(id_column))), Z

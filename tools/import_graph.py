@@ -25,7 +25,7 @@ BEGIN, END = "<!-- BEGIN import graph -->", "<!-- END import graph -->"
 
 #: Units from the bottom layer up; a unit may import its own layer's units and lower ones.
 LAYERS = [
-    ("_version", "_utils"),
+    ("_version", "_lazy", "_utils"),
     ("attributes",),
     ("data",),
     ("io",),

@@ -7,8 +7,9 @@ The names below are imported on first use, so that a Ray actor importing
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .distributed import EncodeJobReport, encode_dataset
@@ -28,13 +29,4 @@ _SOURCES = {
 __all__ = ["EncodeJobReport", "ExportReport", "WorkflowResult", "encode_dataset", "export_latents", "run_workflow"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _SOURCES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_SOURCES[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_attributes(__name__, _SOURCES, __all__)

@@ -252,21 +252,18 @@ class _Model:
 def _read_model(model) -> _Model:
     """What ``export_latents`` needs of ``model``; refuses a tabular estimator."""
     if isinstance(model, ImageEncoder):
-        schema = model.metadata.get("attribute_schema")
-        names = tuple(a["name"] for a in schema["attributes"]) if schema else ()
-        return _Model(model, model.inference_settings(), tuple(model.image_shape), model.latent_dim,
-                      {"concealment": model.metadata.get("concealment"), "attribute_schema": schema}, names)
-    # Imported here, not above: an actor that exports with an ImageEncoder never loads the
-    # estimators (scikit-learn: about a second of every fresh worker process).
-    from ..transformers import describe_concealment
+        image_shape, metadata = model.image_shape, dict(model.metadata)  # the bundle holds describe_model's dict
+    else:
+        # Imported here, not above: an actor that exports with an ImageEncoder never loads the
+        # estimators (scikit-learn: about a second of every fresh worker process).
+        from ..transformers import describe_model
 
-    if not model.input_format_.is_image:
-        raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
-    schema = model.schema_
-    metadata = {"concealment": describe_concealment(model),
-                "attribute_schema": None if schema is None else schema.to_dict()}
-    return _Model(model, model.inference_settings(), tuple(model.input_format_.shape), model.latent_dim, metadata,
-                  () if schema is None else tuple(schema.names))
+        if not model.input_format_.is_image:
+            raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
+        image_shape, metadata = model.input_format_.shape, describe_model(model)
+    schema = metadata["attribute_schema"]
+    names = tuple(attribute["name"] for attribute in schema["attributes"]) if schema else ()
+    return _Model(model, model.inference_settings(), tuple(image_shape), model.latent_dim, metadata, names)
 
 
 def _ids_and_order(attribute_names: tuple[str, ...], source: FaceSource, ids, id_column, id_from, id_key):

@@ -6,6 +6,7 @@ from ._integrity import ModelIntegrityError
 from ._persistence import (
     LoadedModel,
     describe_concealment,
+    describe_model,
     load_model,
     load_verified_model,
     model_fingerprint,
@@ -23,6 +24,7 @@ __all__ = [
     "ModelIntegrityError",
     "TrainedErasure",
     "describe_concealment",
+    "describe_model",
     "load_model",
     "load_verified_model",
     "model_fingerprint",

@@ -27,7 +27,7 @@ from .._utils.progress import epoch_progress
 from ..attributes import AttributeSchema, as_sensitive_frame
 from ._erasure import LinearErasure
 from ._trained_erasure import TrainedErasure
-from ._persistence import describe_concealment, load_model, save_model
+from ._persistence import describe_model, load_model, save_model
 from ._state import NetworkState, get_state, register_loadable, set_state
 from ._steps import PRESETS, check_steps, fit_ready, foldable_layers, get_step_params, is_invertible, set_step_params
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
@@ -593,13 +593,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 f"concealment step {n_folded} ({type(steps[n_folded]).__name__}) has no as_layers(): it cannot be "
                 "folded into the network, so encoding needs the estimator itself"
             )
-        metadata = {
-            "concealment": describe_concealment(self),
-            "attribute_schema": None if self.schema_ is None else self.schema_.to_dict(),
-        }
         return EncoderBundle.of(fold_encoder(self.network_, layers), image_shape=self.input_format_.shape,
                                 precision=self.precision, bfloat16_error=getattr(self, "bfloat16_error_", None),
-                                metadata=metadata)
+                                metadata=describe_model(self))
 
     def inference_settings(self) -> InferenceSettings:
         """The device :meth:`transform` and :meth:`encode_images` run on, and their arithmetic.

@@ -60,6 +60,7 @@ __all__ = [
     "LoadedModel",
     "ModelIntegrityError",
     "describe_concealment",
+    "describe_model",
     "load_model",
     "load_verified_model",
     "model_fingerprint",
@@ -305,6 +306,21 @@ def describe_concealment(estimator) -> dict:
         "setting": setting if isinstance(setting, str) else "steps",
         "steps": [type(step).__name__ for step in steps],
     }
+
+
+def describe_model(estimator) -> dict:
+    """What a latent file records about the fitted estimator that encoded it.
+
+    Returns
+    -------
+    dict
+        ``concealment``: :func:`describe_concealment`; ``attribute_schema``: the
+        fitted attributes (``AttributeSchema.to_dict()``), or None for a model
+        fitted without them.
+    """
+    schema = getattr(estimator, "schema_", None)
+    return {"concealment": describe_concealment(estimator),
+            "attribute_schema": None if schema is None else schema.to_dict()}
 
 
 def _check_concealment(path: Path, estimator, *, compare_params: bool) -> None:

@@ -570,7 +570,7 @@ def seeds_table(result: dict) -> str:
     keys = [("data_rich.gender", "data-rich gender", 3), ("data_rich.ethnicity", "ethnicity", 3),
             ("data_rich.age", "age MAE", 2), ("data_rich.age_band", "age band", 3),
             ("audit.gender", "audit gender", 3), ("audit.ethnicity", "audit ethnicity", 3), ("audit.age", "audit age", 2),
-            ("delta_psnr_db", "ΔPSNR (dB)", 2)]
+            ("psnr_db", "PSNR (dB)", 2), ("delta_psnr_db", "ΔPSNR (dB)", 2)]
     spread = result["spread"]
     shares = sorted({k for v in spread.values() for k in v if k.startswith("utility_share.")})
     keys += [(k, k.removeprefix("utility_share."), 2) for k in shares]

@@ -58,6 +58,7 @@ def test_spread_is_min_max_over_seeds_against_each_seeds_own_none(bench, tmp_pat
 
     table = bench.seeds_table(out)
     assert "| full | 1 | 0.600 (0.590–0.610)" in table
+    assert "| 17.50 | -4.00 |" in table  # seed 1: PSNR 17.5 dB, 4 dB below its own none
     assert "| **full: min–max (range)** | all | 0.600–0.650 (0.050)" in table
 
 

@@ -69,8 +69,11 @@ IN_LOOP_SOURCE = hashlib.sha1(b"".join(
                  "transformers/_trained_erasure.py")
 )).hexdigest()
 
+# TrainedErasure's own parameters; any of them in a variant's "fit" spells
+# concealment=[TrainedErasure(covariance_dims=..., ...)].
+IN_LOOP_KEYS = ("matching_weight", "matching", "erase_in_loop", "freeze_after")
+
 # name -> {"fit": estimator parameters, "post": parameters for a fit_concealment refit (optional)}.
-# "matching_weight" or "freeze_after" in "fit" spells concealment=[TrainedErasure(covariance_dims=..., ...)].
 VARIANTS: dict[str, dict] = {
     "none": {"fit": {"concealment": "none"}},
     # post-hoc concealment refitted on the 'none' encoder (the same cached model)
@@ -89,6 +92,10 @@ VARIANTS: dict[str, dict] = {
                      "post": {"concealment": "trained", "decoder_epochs": 6}},
     "trained-cov8": {"fit": {"concealment": "trained", "covariance_dims": 8, "decoder_epochs": 0}},
     "trained-cov16": {"fit": {"concealment": "trained", "covariance_dims": 16, "decoder_epochs": 0}},
+    # issue 12, distribution matching (§9 of docs/TRAINED_CONCEALMENT.md): the sliced-Wasserstein penalty on the
+    # erased, whitened means alone, the decoder trained on the encoder's own latents; LEACE after training
+    "swd": {"fit": {"concealment": "trained", "matching": "sliced_wasserstein", "erase_in_loop": False,
+                    "matching_weight": 0.01, "decoder_epochs": 0}},
 }
 
 
@@ -178,7 +185,7 @@ def model_key(settings: dict, args, info: dict) -> str:
     """A directory name fixed by everything the trained encoder depends on."""
     identity = {"fit": settings["fit"], "epochs": args.epochs, "latent": args.latent_dim, "data": info,
                 "seed": args.seed, "base": args.base}
-    if settings["fit"].get("concealment") == "trained" or {"matching_weight", "freeze_after"} & set(settings["fit"]):
+    if settings["fit"].get("concealment") == "trained" or set(IN_LOOP_KEYS) & set(settings["fit"]):
         # the in-loop code is under study: key on its source
         identity["code"] = IN_LOOP_SOURCE
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
@@ -197,12 +204,11 @@ def fit_or_load(name: str, settings: dict, train, args, info: dict):
         return load_model(directory, device="cpu"), json.loads(timing.read_text())
     params = {"latent_dim": args.latent_dim, "epochs": args.epochs, "random_state": args.seed, "device": "cpu",
               "precision": "float32", **json.loads(args.base), **settings["fit"]}
-    if {"matching_weight", "freeze_after"} & set(params):
+    if set(IN_LOOP_KEYS) & set(params):
         from bafo_pipeline import TrainedErasure
 
         params["concealment"] = [TrainedErasure(covariance_dims=params.pop("covariance_dims", 0),
-                                                matching_weight=params.pop("matching_weight", 0.0),
-                                                freeze_after=params.pop("freeze_after", None))]
+                                                **{key: params.pop(key) for key in IN_LOOP_KEYS if key in params})]
     model = BAFOTransformer(**params)
     started = time.perf_counter()
     model.fit(train.images, sensitive_features=train.sensitive_features)

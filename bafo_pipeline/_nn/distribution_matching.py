@@ -1,19 +1,32 @@
-"""A batch penalty that pulls each attribute group's latent second moments onto the pooled ones.
+"""Batch penalties that pull each attribute group's latent distribution onto the pooled one.
 
 After linear erasure the groups share a mean latent; what a non-linear
-attacker still reads is mostly how their spreads differ.
-:func:`group_second_moments` compares, per attribute, every group's second-moment
-matrix in a batch with the whole batch's: the soft form of
-``LinearErasure``'s covariance-direction criterion, over all directions at once.
+attacker still reads is how the rest of their distributions differ. Each
+penalty here compares, per attribute, every group's rows in a batch with the
+whole batch, weights the groups by their share of the batch and sums over
+attributes:
 
-Give it latents in whitened coordinates (every direction at unit variance),
+- :func:`group_second_moments`: ``|M_g - M|_F^2`` of second-moment matrices,
+  the soft form of ``LinearErasure``'s covariance-direction criterion, over
+  all directions at once; blind to differences beyond the second moments;
+- :func:`group_sliced_wasserstein`: squared 2-Wasserstein distance between
+  the group's and the batch's projections on random unit directions,
+  averaged; sees every difference of the one-dimensional marginals
+  (spread, skew, a ring or two modes);
+- :func:`group_mmd`: squared maximum mean discrepancy with Gaussian kernels
+  at several bandwidths (multiples of the median pairwise distance).
+
+Give them latents in whitened coordinates (every direction at unit variance),
 so a difference along a low-variance direction counts as much as one along a
 high-variance direction: an attacker's probe standardises its inputs too.
-(Kernel MMD and sliced-Wasserstein penalties were prototyped beside it and not
-carried over: docs/TRAINED_CONCEALMENT.md.)
+Each is also invariant to scaling the latents, so an encoder cannot lower it
+by shrinking them. :data:`MATCHING_PENALTIES` names them for
+``TrainedErasure(matching=...)``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -30,7 +43,9 @@ def group_second_moments(
         groups is the trace of ``sum_g p_g (C_g - I)^2``, what ``covariance_dims``
         ranks directions by).
     group_onehot : Tensor of shape (n, n_groups)
+        Group membership, one block of columns per attribute.
     min_group_size : int, default=4
+        Groups with fewer rows in the batch are skipped.
 
     Returns
     -------
@@ -49,3 +64,106 @@ def group_second_moments(
     gaps = (groups - pooled).pow(2).sum((1, 2))
     scale = (torch.trace(pooled) / x.shape[1]).pow(2).clamp_min(1e-12)
     return (counts / len(x) * gaps * usable).sum() / scale
+
+
+def group_sliced_wasserstein(
+    latents: torch.Tensor,
+    group_onehot: torch.Tensor,
+    *,
+    n_projections: int = 64,
+    min_group_size: int = 4,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per attribute, the group-share-weighted sliced W₂² between each group and the batch; summed.
+
+    Parameters
+    ----------
+    latents : Tensor of shape (n, d)
+        Preferably whitened.
+    group_onehot : Tensor of shape (n, n_groups)
+        Group membership, one block of columns per attribute.
+    n_projections : int, default=64
+        Random unit directions, drawn afresh on every call.
+    min_group_size : int, default=4
+        Groups with fewer rows in the batch are skipped.
+    generator : torch.Generator, optional
+        Source of the directions (default: torch's global generator).
+
+    Returns
+    -------
+    Tensor
+        A scalar: for each group, the mean over directions and quantile levels
+        of the squared gap between the group's sorted projections and the
+        batch's quantiles at the same levels; divided by the batch's mean
+        variance, so that shrinking the latents does not lower it. Identically
+        distributed groups leave only a finite-sample floor that falls with
+        the group size.
+    """
+    x = latents.float()
+    x = x - x.mean(0, keepdim=True)
+    directions = torch.randn(x.shape[1], n_projections, generator=generator).to(x.device)
+    directions = directions / directions.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    projected = x @ directions
+    onehot = group_onehot.float()
+    total = x.new_zeros(())
+    for column in onehot.T:
+        members = projected[column > 0]
+        size = len(members)
+        if size < min_group_size:
+            continue
+        levels = (torch.arange(size, device=x.device, dtype=x.dtype) + 0.5) / size
+        pooled = torch.quantile(projected, levels, dim=0)
+        gap = members.sort(dim=0).values - pooled
+        total = total + size / len(x) * gap.pow(2).mean()
+    return total / x.pow(2).mean().clamp_min(1e-12)
+
+
+def group_mmd(
+    latents: torch.Tensor,
+    group_onehot: torch.Tensor,
+    *,
+    scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0),
+    min_group_size: int = 4,
+) -> torch.Tensor:
+    """Per attribute, the group-share-weighted MMD² between each group and the batch; summed.
+
+    Parameters
+    ----------
+    latents : Tensor of shape (n, d)
+        Preferably whitened.
+    group_onehot : Tensor of shape (n, n_groups)
+        Group membership, one block of columns per attribute.
+    scales : tuple of float
+        Kernel bandwidths as multiples of the (detached) median pairwise
+        distance; the kernel is their average. Tied to the median, the
+        penalty does not change when the latents are scaled.
+    min_group_size : int, default=4
+        Groups with fewer rows in the batch are skipped.
+
+    Returns
+    -------
+    Tensor
+        A scalar, zero when every group's batch rows are distributed like the
+        batch (the biased V-statistic: a finite-sample floor remains).
+    """
+    x = latents.float()
+    norms = x.pow(2).sum(1)
+    squared = (norms[:, None] + norms[None, :] - 2.0 * x @ x.T).clamp_min(0.0)
+    detached = squared.detach()
+    median = torch.nan_to_num(torch.nanmedian(torch.where(detached > 0, detached, torch.nan)), nan=1.0)
+    kernel = torch.stack([torch.exp(-squared / (2.0 * s * s * median)) for s in scales]).mean(0)
+    onehot = group_onehot.float()
+    counts = onehot.sum(0)
+    usable = (counts >= min_group_size).float()
+    weights = onehot / counts.clamp_min(1.0)  # column g: the average over group g's rows
+    within = (weights * (kernel @ weights)).sum(0)  # mean k(a, b), a and b in g
+    across = weights.T @ kernel.mean(1)  # mean k(a, b), a in g, b in the batch
+    mmd = (within - 2.0 * across + kernel.mean()).clamp_min(0.0)
+    return (counts / len(x) * mmd * usable).sum()
+
+
+MATCHING_PENALTIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "second_moments": group_second_moments,
+    "sliced_wasserstein": group_sliced_wasserstein,
+    "mmd": group_mmd,
+}

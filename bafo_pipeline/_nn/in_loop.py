@@ -11,9 +11,14 @@
   statistics, and along collapsed directions the noise is orders of
   magnitude wider than the means, so LEACE's oblique map amplifies it into
   the directions the decoder uses.)
-- optionally adds :func:`~bafo_pipeline._nn.distribution_matching.group_second_moments`
-  of the erased, whitened means to the loss, against the non-linear leakage
-  (group spread differences) that linear erasure leaves.
+- optionally adds a distribution-matching penalty
+  (:data:`~bafo_pipeline._nn.distribution_matching.MATCHING_PENALTIES`: second
+  moments, sliced Wasserstein or kernel MMD) of the erased, whitened means to
+  the loss, against the non-linear leakage that linear erasure leaves.
+- with ``erase_in_loop=False`` it keeps the eraser's statistics (the penalty
+  needs the erased, whitened coordinates) but gives the decoder the sample
+  ``z`` unchanged: the penalty alone shapes the encoder, and the erasure is
+  applied after training only.
 
 The concealment step that owns the hook is fitted post hoc on the trained
 encoder's latents as usual (the same map from exact statistics).
@@ -25,12 +30,12 @@ from collections.abc import Sequence
 
 import torch
 
-from .distribution_matching import group_second_moments
+from .distribution_matching import MATCHING_PENALTIES
 from .running_erasure import ConditionSlice, GroupLayout, RunningEraser
 
 
 class InLoopErasure:
-    """Erase inside the forward pass (and optionally match group second moments) while the encoder trains.
+    """Erase inside the forward pass (and optionally match group distributions) while the encoder trains.
 
     Parameters
     ----------
@@ -42,8 +47,13 @@ class InLoopErasure:
     continuous_bins : int, default=4
         Quantile bins of continuous attributes, as ``LinearErasure``'s (at least 2).
     matching_weight : float, default=0.0
-        Weight of the second-moment matching penalty, multiplied by the input
-        size like the trainer's other penalties (0 disables it).
+        Weight of the matching penalty, multiplied by the input size like the
+        trainer's other penalties (0 disables it).
+    matching : {"second_moments", "sliced_wasserstein", "mmd"}, default="second_moments"
+        Which penalty compares each group's erased, whitened means with the batch's.
+    erase_in_loop : bool, default=True
+        Give the decoder ``erase(mean) + (z - mean)``; False gives it ``z``
+        (the eraser's statistics are still kept, for the penalty).
     momentum : float, default=0.98
         EMA decay of the eraser's statistics.
     freeze_after : int, optional
@@ -70,11 +80,15 @@ class InLoopErasure:
         covariance_dims: int = 0,
         continuous_bins: int = 4,
         matching_weight: float = 0.0,
+        matching: str = "second_moments",
+        erase_in_loop: bool = True,
         momentum: float = 0.98,
         freeze_after: int | None = None,
     ):
         if matching_weight < 0:
             raise ValueError(f"matching_weight must be >= 0, got {matching_weight}")
+        if matching not in MATCHING_PENALTIES:
+            raise ValueError(f"matching must be one of {sorted(MATCHING_PENALTIES)}, got {matching!r}")
         if not 0 <= covariance_dims < latent_dim:
             raise ValueError(f"covariance_dims must lie in [0, latent_dim={latent_dim}), got {covariance_dims}")
         self.latent_dim = latent_dim
@@ -82,6 +96,8 @@ class InLoopErasure:
         self.covariance_dims = covariance_dims
         self.continuous_bins = continuous_bins
         self.matching_weight = matching_weight
+        self.matching = matching
+        self.erase_in_loop = erase_in_loop
         self.momentum = momentum
         self.freeze_after = freeze_after
         self.refreshed = 0
@@ -97,20 +113,22 @@ class InLoopErasure:
         self._loss_scale = float(input_size)
 
     def latent(self, z: torch.Tensor, conditions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """``erase(mean) + (z - mean)``; a training batch first updates and refreshes the eraser."""
+        """``erase(mean) + (z - mean)`` (``z`` without ``erase_in_loop``); a training batch first updates and refreshes the eraser."""
         eraser = self._ready()
         if torch.is_grad_enabled() and (self.freeze_after is None or self.refreshed < self.freeze_after):
             eraser.update(mean.detach().float(), conditions)
             eraser.refresh()
             self.refreshed += 1
+        if not self.erase_in_loop:
+            return z
         return (eraser(mean.float()) + (z - mean).float()).to(z.dtype)
 
     def loss(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        """The weighted second-moment matching penalty on the erased, whitened means (0 when disabled)."""
+        """The weighted matching penalty on the erased, whitened means (0 when disabled)."""
         eraser = self._ready()
         if self.matching_weight == 0:
             return mean.new_zeros(())
-        penalty = group_second_moments(eraser.whitened(mean.float()), eraser.layout.group_onehot(conditions))
+        penalty = MATCHING_PENALTIES[self.matching](eraser.whitened(mean.float()), eraser.layout.group_onehot(conditions))
         return self.matching_weight * self._loss_scale * penalty
 
     def erase(self, latents: torch.Tensor) -> torch.Tensor:

@@ -484,7 +484,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         # they removed, as far as the chosen attributes predict it, except what steps that took part in
         # training removed: the decoder learned from their output.
         leading = next((i for i, step in enumerate(steps) if is_invertible(step)), len(steps))
-        trained = next((i for i, step in enumerate(steps) if not hasattr(step, "training_hook")), len(steps))
+        trained = next((i for i, step in enumerate(steps) if not _decoder_trained_on(step)), len(steps))
         latents = decoded_from = means
         for i, step in enumerate(steps):
             latents = step.fit(latents, sensitive_features=frame).transform(latents)
@@ -1106,6 +1106,11 @@ class LatentRefiner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
 register_loadable(LinearErasure)
 register_loadable(TrainedErasure)
+
+
+def _decoder_trained_on(step) -> bool:
+    """Whether the decoder learned, in the encoder's training, from this step's output (its hook erases in the loop)."""
+    return hasattr(step, "training_hook") and getattr(step, "erase_in_loop", True)
 
 
 def _least_squares_map(conditions: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -202,16 +202,7 @@ def load_verified_model(path: str | os.PathLike, *, device: str | None = None) -
         match the config.
     """
     path = Path(path)
-    replaced = _replaced_model_folder(path)
-    if not path.exists() and replaced.is_dir():
-        raise FileNotFoundError(
-            f"{path} does not exist, but {replaced} does: a save that was replacing the model was stopped "
-            f"between its two renames; the previous model is intact there (rename it back to {path.name})"
-        )
-    config_path = path / CONFIG_NAME
-    for required in (config_path, path / WEIGHTS_NAME):
-        if not required.is_file():
-            raise FileNotFoundError(f"{path} is not a bafo model directory: {required.name} is missing")
+    config_path = _model_config_path(path)
     listed = read_manifest(path)
     config_bytes = config_path.read_bytes()
     weights_bytes = (path / WEIGHTS_NAME).read_bytes()
@@ -471,6 +462,21 @@ def _replaced_model_folder(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
+def _model_config_path(path: Path) -> Path:
+    """The config file of the model folder ``path``, after checking that the folder holds a model."""
+    replaced = _replaced_model_folder(path)
+    if not path.exists() and replaced.is_dir():
+        raise FileNotFoundError(
+            f"{path} does not exist, but {replaced} does: a save that was replacing the model was stopped "
+            f"between its two renames; the previous model is intact there (rename it back to {path.name})"
+        )
+    config_path = path / CONFIG_NAME
+    for required in (config_path, path / WEIGHTS_NAME):
+        if not required.is_file():
+            raise FileNotFoundError(f"{path} is not a bafo model directory: {required.name} is missing")
+    return config_path
+
+
 def read_model_config(path: str | os.PathLike) -> dict:
     """The ``config.json`` of a model directory, checked for format and version (not for integrity:
     :func:`load_verified_model` does that).
@@ -483,16 +489,7 @@ def read_model_config(path: str | os.PathLike) -> dict:
         When the config is not valid JSON or not a supported bafo model format.
     """
     path = Path(path)
-    replaced = _replaced_model_folder(path)
-    if not path.exists() and replaced.is_dir():
-        raise FileNotFoundError(
-            f"{path} does not exist, but {replaced} does: a save that was replacing the model was stopped "
-            f"between its two renames; the previous model is intact there (rename it back to {path.name})"
-        )
-    config_path = path / CONFIG_NAME
-    for required in (config_path, path / WEIGHTS_NAME):
-        if not required.is_file():
-            raise FileNotFoundError(f"{path} is not a bafo model directory: {required.name} is missing")
+    config_path = _model_config_path(path)
     return _parse_config(config_path, config_path.read_bytes())
 
 

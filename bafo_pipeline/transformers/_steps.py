@@ -20,7 +20,9 @@ Optional parts, found by name:
     part in the encoder's own training (between encoder and decoder, plus a
     loss term); the step is still fitted on the trained encoder's latents
     afterwards. :class:`~bafo_pipeline.transformers.TrainedErasure` has one
-    (linear erasure learned in training).
+    (linear erasure learned in training). The decoder is taken to have
+    learned from the step's output (no label map is added back for it)
+    unless the step's ``erase_in_loop`` is False.
 ``as_layers()``
     describes the fitted step as a chain of
     :class:`~bafo_pipeline._nn.folding.AffineMap` s and ``nn.SiLU``

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from numbers import Integral, Real
 
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
+from .._nn.distribution_matching import MATCHING_PENALTIES
 from .._nn.in_loop import InLoopErasure
 from ._erasure import LinearErasure
 
@@ -36,10 +37,22 @@ class TrainedErasure(LinearErasure):
         Also remove this many directions where the groups' covariances differ
         most, in training and after it.
     matching_weight : float, default=0.0
-        Weight of a penalty, in training, on how far each group's second
-        moments of the erased, whitened posterior means lie from the batch's
-        (a soft covariance-direction erasure over all directions), scaled by
-        the input size like the estimator's other penalties. 0 disables it.
+        Weight of a penalty, in training, on how far each group's
+        distribution of the erased, whitened posterior means lies from the
+        batch's, scaled by the input size like the estimator's other
+        penalties. 0 disables it.
+    matching : {"second_moments", "sliced_wasserstein", "mmd"}, default="second_moments"
+        The penalty: second moments (a soft covariance-direction erasure over
+        all directions; blind to differences of shape), sliced 2-Wasserstein
+        distance on random directions, or kernel MMD (Gaussian kernels at
+        multiples of the median distance). All are invariant to the latents'
+        scale. Experimental: docs/TRAINED_CONCEALMENT.md, §9.
+    erase_in_loop : bool, default=True
+        Erase the posterior means between encoder and decoder in training.
+        False keeps the decoder on the encoder's own latents (the matching
+        penalty alone shapes the encoder; the erasure is applied after
+        training only, and decoding adds back what it removed, as for
+        :class:`LinearErasure`).
     freeze_after : int, optional
         Refresh the in-loop eraser on this many training batches only, then
         keep it fixed while the encoder trains on (None: refresh every batch).
@@ -61,6 +74,8 @@ class TrainedErasure(LinearErasure):
     _parameter_constraints: dict = {
         **LinearErasure._parameter_constraints,
         "matching_weight": [Interval(Real, 0, None, closed="left")],
+        "matching": [StrOptions(set(MATCHING_PENALTIES))],
+        "erase_in_loop": ["boolean"],
         "freeze_after": [Interval(Integral, 1, None, closed="left"), None],
     }
 
@@ -71,6 +86,8 @@ class TrainedErasure(LinearErasure):
         continuous_bins: int = 4,
         covariance_dims: int = 0,
         matching_weight: float = 0.0,
+        matching: str = "second_moments",
+        erase_in_loop: bool = True,
         freeze_after: int | None = None,
         tolerance: float = 1e-10,
     ):
@@ -79,6 +96,8 @@ class TrainedErasure(LinearErasure):
             tolerance=tolerance,
         )
         self.matching_weight = matching_weight
+        self.matching = matching
+        self.erase_in_loop = erase_in_loop
         self.freeze_after = freeze_after
 
     def training_hook(self, latent_dim: int, condition_slices: list) -> InLoopErasure:
@@ -98,8 +117,10 @@ class TrainedErasure(LinearErasure):
             raise ValueError(f"TrainedErasure needs continuous_bins >= 2 to train with, got {self.continuous_bins}")
         if self.matching_weight < 0:
             raise ValueError(f"matching_weight must be >= 0, got {self.matching_weight}")
+        if self.matching not in MATCHING_PENALTIES:
+            raise ValueError(f"matching must be one of {sorted(MATCHING_PENALTIES)}, got {self.matching!r}")
         return InLoopErasure(
             latent_dim, condition_slices, covariance_dims=self.covariance_dims,
             continuous_bins=self.continuous_bins, matching_weight=float(self.matching_weight),
-            freeze_after=self.freeze_after,
+            matching=self.matching, erase_in_loop=bool(self.erase_in_loop), freeze_after=self.freeze_after,
         )

@@ -24,6 +24,11 @@ so re-measuring does not retrain. Results are merged into ``--json`` by variant 
     python benchmarks/trained_concealment.py --data utkface --epochs 12 --variants none,linear-cov16,trained-cov16
     python benchmarks/trained_concealment.py --data synthetic --faces 8000 --epochs 8 --variants none,trained
     python benchmarks/trained_concealment.py --list
+
+Training seeds (``--seed``: the estimator's ``random_state``; the split stays fixed) go to one file each
+and are combined, with each headline number's min-max over seeds, by::
+
+    python benchmarks/trained_concealment.py --json seeds.json --merge-seeds seed0.json seed1.json seed2.json
 """
 
 from __future__ import annotations
@@ -500,6 +505,105 @@ def merge(sources: list[str], target: Path) -> dict:
     return output
 
 
+# ------------------------------------------------------------- seeds
+def headline(result: dict, derived_entry: dict) -> dict[str, float]:
+    """The numbers a variant is judged by: leakage (worst probe), PSNR loss, utility shares."""
+    out = {f"data_rich.{a}": result["data_rich"][a]["worst"] for a in ("gender", "ethnicity", "age", "age_band")}
+    for attribute, entry in (result.get("audit") or {}).items():
+        out[f"audit.{attribute}"] = entry["worst"]
+    out["psnr_db"] = result["psnr_db"]
+    if "psnr_loss_db" in derived_entry:
+        out["delta_psnr_db"] = -derived_entry["psnr_loss_db"]
+    for target, share in (derived_entry.get("utility_share") or {}).items():
+        if share is not None:
+            out[f"utility_share.{target}"] = share
+    for target, entry in (result.get("utility") or {}).items():
+        out[f"utility.{target}"] = entry["best"]
+    return out
+
+
+def seed_spread(by_seed: dict[str, dict]) -> dict:
+    """Per variant and headline number: the value at each seed, min, max and range (max - min).
+
+    ``by_seed`` maps a seed to a result file's ``variants``; only variants present at every seed count.
+    ΔPSNR and utility shares are taken against the ``none`` variant of the same seed.
+    """
+    common = [name for name in next(iter(by_seed.values())) if all(name in v for v in by_seed.values())]
+    numbers = {seed: derived(variants) for seed, variants in by_seed.items()}
+    out = {}
+    for name in common:
+        values = {seed: headline(variants[name], numbers[seed][name]) for seed, variants in by_seed.items()}
+        keys = [k for k in next(iter(values.values())) if all(k in v for v in values.values())]
+        out[name] = {}
+        for key in keys:
+            series = {seed: float(v[key]) for seed, v in values.items()}
+            low, high = min(series.values()), max(series.values())
+            out[name][key] = {"by_seed": series, "min": low, "max": high, "range": high - low}
+    return out
+
+
+def merge_seeds(sources: list[str], target: Path) -> dict:
+    """Combine result files that differ only in ``--seed`` into one file with the seed-to-seed spread.
+
+    Keeps the variants present in every file; each seed's ΔPSNR and utility shares are against its own ``none``.
+    """
+    parts = [json.loads(Path(source).read_text()) for source in sources]
+    settings = [{k: v for k, v in p["setting"].items() if k != "seed"} for p in parts]
+    if any(s != settings[0] for s in settings):
+        raise SystemExit(f"cannot merge seeds of different settings: {settings}")
+    seeds = [str(p["setting"]["seed"]) for p in parts]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"the same seed twice among {sources}: {seeds}")
+    common = [name for name in parts[0]["variants"] if all(name in p["variants"] for p in parts)]
+    by_seed = {seed: {name: p["variants"][name] for name in common} for seed, p in zip(seeds, parts)}
+    output = {
+        "benchmark": "trained_concealment_seeds",
+        "setting": settings[0],
+        "sources": dict(zip(seeds, sources)),
+        "seeds": {seed: {"variants": variants, "derived": derived(variants), "runs": p.get("runs", [])}
+                  for (seed, variants), p in zip(by_seed.items(), parts)},
+        "spread": seed_spread(by_seed),
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(output, indent=1))
+    os.replace(tmp, target)
+    return output
+
+
+def seeds_table(result: dict) -> str:
+    """One row per variant and seed, then each variant's min–max over seeds."""
+    keys = [("data_rich.gender", "data-rich gender", 3), ("data_rich.ethnicity", "ethnicity", 3),
+            ("data_rich.age", "age MAE", 2), ("data_rich.age_band", "age band", 3),
+            ("audit.gender", "audit gender", 3), ("audit.ethnicity", "audit ethnicity", 3), ("audit.age", "audit age", 2),
+            ("psnr_db", "PSNR (dB)", 2), ("delta_psnr_db", "ΔPSNR (dB)", 2)]
+    spread = result["spread"]
+    shares = sorted({k for v in spread.values() for k in v if k.startswith("utility_share.")})
+    keys += [(k, k.removeprefix("utility_share."), 2) for k in shares]
+    lines = ["| variant | seed | " + " | ".join(label for _, label, _ in keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for name, numbers in spread.items():
+        for seed, part in result["seeds"].items():
+            r = part["variants"][name]
+            cells = []
+            for key, _, digits in keys:
+                if key not in numbers:
+                    cells.append("–")
+                    continue
+                value = numbers[key]["by_seed"][seed]
+                attacker, _, attribute = key.partition(".")
+                if attacker == "data_rich" and "ci95" in r[attacker][attribute]:
+                    low, high = r[attacker][attribute]["ci95"]
+                    cells.append(f"{value:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})")
+                else:
+                    cells.append(f"{value:.{digits}f}")
+            lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+        cells = ["–" if key not in numbers else
+                 f"{numbers[key]['min']:.{digits}f}–{numbers[key]['max']:.{digits}f} ({numbers[key]['range']:.{digits}f})"
+                 for key, _, digits in keys]
+        lines.append(f"| **{name}: min–max (range)** | all | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=("utkface", "synthetic"), default="utkface")
@@ -522,14 +626,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--table", action="store_true", help="print the --json results as markdown tables and exit")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="merge these result files (same setting; runs run side by side) into --json and exit")
+    parser.add_argument("--merge-seeds", nargs="+", metavar="JSON",
+                        help="combine result files that differ only in --seed into --json (with the seed spread) and exit")
     args = parser.parse_args(argv)
     if args.list:
         print(json.dumps(VARIANTS, indent=1))
         return {}
     if args.merge:
         return merge(args.merge, Path(args.json))
+    if args.merge_seeds:
+        return merge_seeds(args.merge_seeds, Path(args.json))
     if args.table:
         stored = json.loads(Path(args.json).read_text())
+        if stored.get("benchmark") == "trained_concealment_seeds":
+            print(seeds_table(stored))
+            return {}
         print(markdown_table(stored) + "\n\nGoals of issue 12 (ca: chance-adjusted):\n\n" + goals_table(stored))
         return {}
     import torch

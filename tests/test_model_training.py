@@ -195,6 +195,69 @@ def test_trainer_history_holds_plain_floats_per_epoch():
         assert all(type(record[k]) is float and np.isfinite(record[k]) for k in keys)
 
 
+def _scripted_trainer(validation_losses, monkeypatch, *, epochs=3, validation_fraction=0.1):
+    """A small tabular trainer whose validation losses are ``validation_losses``, one per epoch, and the
+    weights it had at the end of each epoch."""
+    config = NetworkConfig("mlp", (6,), condition_dim=1, latent_dim=2, widths=(8,))
+    with torch.random.fork_rng(devices=[]):  # the same initial weights in every trainer
+        torch.manual_seed(0)
+        network = BAFONetwork(config)
+    trainer = Trainer(
+        network,
+        TrainingConfig(epochs=epochs, batch_size=16, seed=0, validation_fraction=validation_fraction),
+        torch.device("cpu"),
+        [(0, 1, "binary")],
+    )
+    losses = iter(validation_losses)
+    monkeypatch.setattr(trainer, "evaluate", lambda inputs, conditions: next(losses))
+    snapshots = []
+    trainer_fit = trainer.fit
+
+    def fit(x, c, **kwargs):
+        return trainer_fit(x, c, on_epoch_end=lambda record: snapshots.append(
+            {k: v.clone() for k, v in trainer.network.state_dict().items()}), **kwargs)
+
+    return trainer, fit, snapshots
+
+
+def _data(n=64):
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(n, 6, generator=generator), torch.randint(0, 2, (n, 1), generator=generator).float()
+
+
+def test_a_last_epoch_worse_on_validation_is_undone(monkeypatch):
+    trainer, fit, snapshots = _scripted_trainer([3.0, 1.0, 5.0], monkeypatch)
+    history = fit(*_data())
+    assert [r["validation_loss"] for r in history] == [3.0, 1.0, 5.0]  # every epoch stays in the history
+    assert [r.get("kept", False) for r in history] == [False, True, False]
+    assert _same_weights(trainer.network.state_dict(), snapshots[1])
+    assert not _same_weights(trainer.network.state_dict(), snapshots[2])
+
+
+def test_the_last_epoch_is_kept_when_it_is_the_best_or_nothing_is_held_out(monkeypatch):
+    trainer, fit, snapshots = _scripted_trainer([3.0, 2.0, 1.0], monkeypatch)
+    history = fit(*_data())
+    assert [r.get("kept", False) for r in history] == [False, False, True]
+    assert _same_weights(trainer.network.state_dict(), snapshots[2])
+    trainer, fit, snapshots = _scripted_trainer([], monkeypatch, validation_fraction=0.0)
+    history = fit(*_data())
+    assert all("validation_loss" not in r and "kept" not in r for r in history)
+    assert _same_weights(trainer.network.state_dict(), snapshots[2])
+
+
+def test_the_best_epoch_survives_a_resume(monkeypatch, tmp_path):
+    straight, fit, snapshots = _scripted_trainer([3.0, 1.0, 5.0], monkeypatch)
+    fit(*_data())
+    checkpoint = tmp_path / "train.ckpt"
+    _, fit_two, _ = _scripted_trainer([3.0, 1.0], monkeypatch, epochs=2)
+    fit_two(*_data(), checkpoint=checkpoint)
+    resumed, fit_rest, _ = _scripted_trainer([5.0], monkeypatch)
+    history = fit_rest(*_data(), checkpoint=checkpoint, resume=True)
+    assert [r.get("kept", False) for r in history] == [False, True, False]
+    assert _same_weights(resumed.network.state_dict(), straight.network.state_dict())
+    assert _same_weights(resumed.network.state_dict(), snapshots[1])
+
+
 def test_heavier_variance_penalty_shrinks_the_variance_kl():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 8)).astype(np.float32)

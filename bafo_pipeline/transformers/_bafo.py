@@ -139,7 +139,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Override the inferred kind (``"continuous"``, ``"binary"``,
         ``"categorical"``) of sensitive columns.
     validation_fraction : float, default=0.1
-        Share of the fit data held out for the per-epoch validation loss.
+        Share of the fit data held out for the per-epoch validation loss. The
+        encoder and decoder keep the weights of the epoch with the lowest
+        validation loss, so a last epoch that diverged is undone (its record in
+        ``history_`` stays; the kept epoch's says ``"kept": True``). With 0,
+        the last epoch's weights are kept.
     device : str, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     precision : {"auto", "float32", "bfloat16"}, default="auto"

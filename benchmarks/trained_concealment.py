@@ -182,7 +182,13 @@ def utkface_utility_targets(train, test, path: Path) -> dict | None:
 
 # ------------------------------------------------------------- models
 def model_key(settings: dict, args, info: dict) -> str:
-    """A directory name fixed by everything the trained encoder depends on."""
+    """A directory name fixed by the settings the trained encoder depends on.
+
+    Not by the trainer's code (only the in-loop code under study is keyed on its source): an encoder
+    cached before a trainer change is reused as it is. Since 2026-11-30 the trainer keeps the best
+    validation epoch; encoders cached before (§10's seeds 1 and 2 ended on a worse epoch) were not
+    refitted. Pass ``--refit`` (or another ``--models``) to fit them with today's trainer.
+    """
     identity = {"fit": settings["fit"], "epochs": args.epochs, "latent": args.latent_dim, "data": info,
                 "seed": args.seed, "base": args.base}
     if settings["fit"].get("concealment") == "trained" or set(IN_LOOP_KEYS) & set(settings["fit"]):

@@ -77,3 +77,26 @@ def _float64_chain(model, images: np.ndarray, steps=None) -> np.ndarray:
 def float64_chain():
     """``float64_chain(model, images NHWC uint8, steps=None)``: see :func:`_float64_chain`."""
     return _float64_chain
+
+
+def _planted_group_signals(n: int, seed: int):
+    """Tabular rows hiding a gender mean shift (linear), a gender spread difference (non-linear, invisible to
+    linear erasure), and a signal ``u`` drawn independently of every attribute: ``(X, sensitive, u)``."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    S = pd.DataFrame({"gender": rng.choice(["female", "male"], n), "age": rng.uniform(1, 80, n)})
+    male = (S["gender"] == "male").to_numpy()
+    u = rng.normal(size=n)
+    X = rng.normal(size=(n, 8)) * 0.3
+    X[:, 0] += 2.0 * male
+    X[:, 1] += rng.normal(size=n) * np.where(male, 2.0, 0.3)
+    X[:, 2] += u
+    X[:, 3] += S["age"].to_numpy() / 25
+    return X.astype(np.float32), S, u
+
+
+@pytest.fixture(scope="session")
+def planted_group_signals():
+    """``planted_group_signals(n, seed)``: see :func:`_planted_group_signals`."""
+    return _planted_group_signals

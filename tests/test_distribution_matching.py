@@ -120,27 +120,13 @@ def test_trained_erasure_rejects_an_unknown_matching_at_fit():
         TrainedErasure(matching="wasserstein").fit(np.zeros((8, 3)), sensitive_features=pd.DataFrame({"g": list("abababab")}))
 
 
-def _planted(n, seed):
-    """Rows hiding a gender spread difference (invisible to linear erasure) and a signal u independent of it."""
-    rng = np.random.default_rng(seed)
-    S = pd.DataFrame({"gender": rng.choice(["female", "male"], n), "age": rng.uniform(1, 80, n)})
-    male = (S["gender"] == "male").to_numpy()
-    u = rng.normal(size=n)
-    X = rng.normal(size=(n, 8)) * 0.3
-    X[:, 0] += 2.0 * male
-    X[:, 1] += rng.normal(size=n) * np.where(male, 2.0, 0.3)
-    X[:, 2] += u
-    X[:, 3] += S["age"].to_numpy() / 25
-    return X.astype(np.float32), S, u
-
-
-def test_sliced_wasserstein_matching_removes_the_non_linear_signal_that_erasure_leaves():
+def test_sliced_wasserstein_matching_removes_the_non_linear_signal_that_erasure_leaves(planted_group_signals):
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LinearRegression, LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, r2_score
 
-    X, S, u = _planted(4000, 0)
-    X_test, S_test, u_test = _planted(2000, 1)
+    X, S, u = planted_group_signals(4000, 0)
+    X_test, S_test, u_test = planted_group_signals(2000, 1)
 
     def fit(weight):
         step = TrainedErasure(matching="sliced_wasserstein", matching_weight=weight, erase_in_loop=False)

@@ -166,28 +166,13 @@ def test_validation_batches_leave_the_statistics_alone():
     assert not torch.equal(hook.eraser.z_mean, before)
 
 
-def _planted(n, seed):
-    """Tabular rows hiding a gender mean shift (linear), a gender spread difference (non-linear),
-    and a signal u drawn independently of every attribute."""
-    rng = np.random.default_rng(seed)
-    S = pd.DataFrame({"gender": rng.choice(["female", "male"], n), "age": rng.uniform(1, 80, n)})
-    male = (S["gender"] == "male").to_numpy()
-    u = rng.normal(size=n)
-    X = rng.normal(size=(n, 8)) * 0.3
-    X[:, 0] += 2.0 * male
-    X[:, 1] += rng.normal(size=n) * np.where(male, 2.0, 0.3)
-    X[:, 2] += u
-    X[:, 3] += S["age"].to_numpy() / 25
-    return X.astype(np.float32), S, u
-
-
-def test_trained_erasure_removes_planted_group_signals_and_keeps_the_independent_one():
+def test_trained_erasure_removes_planted_group_signals_and_keeps_the_independent_one(planted_group_signals):
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LinearRegression, LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, r2_score
 
-    X, S, u = _planted(4000, 0)
-    X_test, S_test, u_test = _planted(2000, 1)
+    X, S, u = planted_group_signals(4000, 0)
+    X_test, S_test, u_test = planted_group_signals(2000, 1)
     model = BAFOTransformer(
         latent_dim=16, widths=(64, 64), epochs=25, batch_size=128, learning_rate=2e-3, decoder_epochs=0,
         concealment=[TrainedErasure(covariance_dims=1, matching_weight=0.01)], device="cpu", random_state=0,
@@ -228,8 +213,8 @@ def test_trained_preset_round_trips_through_save_and_load(tmp_path):
     assert loaded.get_params() == model.get_params()
 
 
-def test_a_later_erasure_still_gets_a_label_map():
-    X, S, _ = _planted(300, 2)
+def test_a_later_erasure_still_gets_a_label_map(planted_group_signals):
+    X, S, _ = planted_group_signals(300, 2)
     model = BAFOTransformer(
         latent_dim=4, widths=(16,), epochs=2, decoder_epochs=0, random_state=0,
         concealment=[TrainedErasure(), LinearErasure(covariance_dims=1)],

@@ -386,7 +386,7 @@ def main(argv=None) -> None:
     train, test, info = tc.load_data(settings)
     if args.model:
         model = load_fitted(args.model, info)
-        info["model"] = args.model
+        info.update(model=args.model, model_training_history=tc.training_history(model))
     else:
         model, _ = tc.fit_or_load("none", tc.variant_settings("none"), train, settings, info)
     # The encoder's own output: for a model fitted with concealment, what the concealment would start from.

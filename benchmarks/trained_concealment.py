@@ -326,6 +326,11 @@ def psnr(images: np.ndarray, decoded: np.ndarray) -> np.ndarray:
     return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12))
 
 
+def training_history(model) -> list[dict]:
+    """The encoder's per-epoch losses (timing left out), as the fitted model records them."""
+    return [{k: v for k, v in record.items() if k != "images_per_second"} for record in model.history_]
+
+
 def measure(name: str, args, train, test, info, targets) -> dict:
     settings = variant_settings(name)
     t0 = time.perf_counter()
@@ -343,6 +348,7 @@ def measure(name: str, args, train, test, info, targets) -> dict:
         "params": json.loads(json.dumps({k: v for k, v in model.get_params(deep=False).items()
                                          if k not in ("device", "verbose")}, default=repr)),
         "fit_seconds": fit_seconds["fit"],
+        "training_history": training_history(model),
         "train_images_per_second": fit_seconds["images_per_second"],
         "post_fit_seconds": post_seconds,
         "psnr_per_image": np.round(psnr(test.images, decoded), 3).tolist(),

@@ -115,11 +115,7 @@ class TrainedErasure(LinearErasure):
         """
         if self.continuous_bins < 2:
             raise ValueError(f"TrainedErasure needs continuous_bins >= 2 to train with, got {self.continuous_bins}")
-        if self.matching_weight < 0:
-            raise ValueError(f"matching_weight must be >= 0, got {self.matching_weight}")
-        if self.matching not in MATCHING_PENALTIES:
-            raise ValueError(f"matching must be one of {sorted(MATCHING_PENALTIES)}, got {self.matching!r}")
-        return InLoopErasure(
+        return InLoopErasure(  # which checks the matching settings
             latent_dim, condition_slices, covariance_dims=self.covariance_dims,
             continuous_bins=self.continuous_bins, matching_weight=float(self.matching_weight),
             matching=self.matching, erase_in_loop=bool(self.erase_in_loop), freeze_after=self.freeze_after,

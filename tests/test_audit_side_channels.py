@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from bafo_pipeline.audits import run_audit_files
 from bafo_pipeline.audits.file_metadata import describe_footer
+from bafo_pipeline.audits.result import SIDE_CHANNEL_ALPHA
 from bafo_pipeline.audits.side_channels import adjacency_test, side_channels_of_table
 from bafo_pipeline.cli import main
 
@@ -55,6 +56,7 @@ def test_ids_in_label_order_fail_the_audit_although_the_latents_are_blind(tmp_pa
         assert sides.loc[(channel, "age"), "leaks"] and sides.loc[(channel, "gender"), "leaks"]
         assert sides.loc[(channel, "age_band"), "leakage"] > 0.8
     assert "reveals gender" in sides.loc[("id", "gender"), "verdict"]
+    assert all(("reveals" in text) == leaks for text, leaks in zip(sides["verdict"], sides["leaks"]))
     assert report.failed() and not report.leakage.failed(representation="unknown-file")  # only z's channels fail
 
 
@@ -72,18 +74,64 @@ def test_pseudonymous_ids_in_random_order_pass(tmp_path):
     assert not sides["leaks"].any() and not report.failed()
 
 
+def _family_p(n, rng):
+    """The smallest family-wise p-value of a clean file's two channels (random ids, rows in id order) x 2 attributes."""
+    people = _people(n, rng)
+    codes = {a: pd.factorize(people[a])[0] for a in ("gender", "ethnicity")}
+    ids = rng.random(n)
+    p = [adjacency_test(ids, codes[a], rng)[2] for a in codes]
+    p += [adjacency_test(np.argsort(np.argsort(ids)), codes[a], rng)[2] for a in codes]
+    return min(p) * len(p)
+
+
 def test_the_family_wise_false_alarm_rate_stays_small():
-    # Random files: no side channel should be called leaky more often than about alpha overall.
+    # Clean files (label-free ids and order): the side-channel level keeps false "LEAKS" rare,
+    # although the embeddings' 0.05 would flag about one file in twenty.
     rng = np.random.default_rng(2)
-    alarms = 0
-    for run in range(40):
-        n = 500
+    family_p = np.array([_family_p(2000, rng) for _ in range(400)])  # the normal approximation
+    assert (family_p < SIDE_CHANNEL_ALPHA).sum() <= 2  # expected 0.4 at most
+    assert 0.01 < (family_p < 0.05).mean() < 0.1  # the test is calibrated: about 5% at 0.05
+    small = np.array([_family_p(300, rng) for _ in range(100)])  # random orders, normal tail beyond them
+    assert (small < SIDE_CHANNEL_ALPHA).sum() <= 1
+
+
+def test_a_clean_file_is_not_failed_on_a_chance_p_value(tmp_path):
+    # The false alarm seen in `bafo run` (issue 12): a keyed, label-free row order whose adjacency
+    # p-value happens to fall below 0.05 after Bonferroni (~1 file in 20) is not a leak.
+    rng = np.random.default_rng(8)
+    n = 2400
+    while True:  # draw clean files until one falls into that band (deterministic for this seed)
         people = _people(n, rng)
+        ids = rng.permutation(n)
         codes = {a: pd.factorize(people[a])[0] for a in ("gender", "ethnicity")}
-        p = [adjacency_test(rng.random(n), codes[a], rng)[2] for a in codes]
-        p += [adjacency_test(np.arange(n), codes[a], rng)[2] for a in codes]
-        alarms += int(min(p) * len(p) < 0.05)
-    assert alarms <= 5
+        p = min(adjacency_test(ids, codes[a], rng)[2] for a in codes)
+        if p < 0.002:
+            break
+    order = np.argsort(ids)  # rows written in id order, as an export writes them
+    table = pa.table({"id": ids[order], "latent": _latent(rng.normal(size=(n, 4)))})
+    pq.write_table(table, tmp_path / "z.parquet")
+    people.assign(id=ids).to_csv(tmp_path / "labels.csv", index=False)
+    report = run_audit_files([tmp_path / "z.parquet"], tmp_path / "labels.csv", **FAST)
+    sides = report.leakage.side_channels()
+    assert sides["p_value"].min() < 0.05 / len(sides)  # significant at the embeddings' level ...
+    assert not sides["leaks"].any() and not report.failed()  # ... but not a leak
+    assert report.leakage.side_channels(alpha=0.05)["leaks"].any()  # (it was one at 0.05)
+    assert all("no significant link" in text for text in sides["verdict"])
+    worst = report.worst_case().set_index("representation")
+    assert all("no significant link" in text for text in worst.loc[sides["representation"], "verdict"])
+
+
+def test_small_files_sorted_by_a_label_still_fail_beyond_the_permutations_resolution():
+    # Below 2,000 rows the p-value comes from 4,000 random orders (floor 1/4,001); a file sorted by
+    # gender must still reach the family-wise side-channel level.
+    rng = np.random.default_rng(9)
+    people = _people(400, rng).sort_values("gender", kind="stable").reset_index(drop=True)
+    codes = pd.factorize(people["gender"])[0]
+    _, _, p = adjacency_test(np.arange(400), codes, rng)
+    assert p < 1e-20
+    shuffled = rng.permutation(400)
+    _, _, p_clean = adjacency_test(shuffled, codes, rng)
+    assert p_clean > 1e-3
 
 
 def test_other_columns_are_side_channels_and_file_names_leak(tmp_path):

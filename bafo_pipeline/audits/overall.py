@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .result import AuditResult
+from .result import SIDE_CHANNEL_ALPHA, AuditResult
 from .utility import UtilityResult
 from .verdict import is_significant
 
@@ -58,6 +58,7 @@ def overall_verdicts(
     max_leakage: float | None = None,
     min_share: float = 0.8,
     alpha: float = 0.05,
+    side_channel_alpha: float = SIDE_CHANNEL_ALPHA,
 ) -> list[OverallVerdict]:
     """One overall verdict per audited representation.
 
@@ -75,14 +76,16 @@ def overall_verdicts(
     min_share : float, default=0.8
         Share of the reference's score each target must keep.
     alpha : float, default=0.05
-        Significance level for leakage without a gate.
+        Significance level for the embeddings' leakage without a gate.
+    side_channel_alpha : float, default=SIDE_CHANNEL_ALPHA (0.001)
+        Family-wise level at which a side channel leaks (:meth:`AuditResult.side_channels`).
 
     Returns
     -------
     list of OverallVerdict
     """
     worst = leakage.worst_case(alpha=alpha, with_verdict=False)
-    sides = leakage.side_channels(alpha=alpha, threshold=max_leakage)
+    sides = leakage.side_channels(alpha=side_channel_alpha, threshold=max_leakage)
     embeddings = [n for n, info in leakage.representations.items() if info.get("role") != "side channel"]
     references = list(utility.references) if utility is not None else []
     if representations is None:

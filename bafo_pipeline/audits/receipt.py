@@ -28,6 +28,7 @@ from typing import Any
 from .._utils.jsonable import to_jsonable
 from .._version import package_version
 from ..io.footer import data_fingerprint, read_footer_metadata, set_footer_metadata
+from .result import SIDE_CHANNEL_ALPHA
 
 __all__ = [
     "RECEIPT_KEY",
@@ -62,7 +63,7 @@ def make_receipt(
     *,
     fingerprint: str,
     threshold: float | None = None,
-    alpha: float = 0.05,
+    side_channel_alpha: float = SIDE_CHANNEL_ALPHA,
     training_export: str | None = None,
 ) -> dict[str, Any]:
     """The receipt of one audited file.
@@ -79,7 +80,8 @@ def make_receipt(
         The file's :func:`~bafo_pipeline.io.footer.data_fingerprint` when it was read for the audit.
     threshold : float, optional
         The ``--max-leakage`` the audit was gated with.
-    alpha : float, default=0.05
+    side_channel_alpha : float, default=SIDE_CHANNEL_ALPHA (0.001)
+        Family-wise level at which a side channel leaks (:meth:`AuditResult.side_channels`).
     training_export : str, optional
         The data fingerprint of the data-rich attacker's training export.
 
@@ -89,9 +91,9 @@ def make_receipt(
         JSON-ready.
     """
     leakage = report.leakage
-    worst = leakage.worst_case(alpha=alpha, with_verdict=False)
+    worst = leakage.worst_case(with_verdict=False)
     worst = worst[worst["representation"] == representation]
-    sides = leakage.side_channels(alpha=alpha, threshold=threshold)
+    sides = leakage.side_channels(alpha=side_channel_alpha, threshold=threshold)
     sides = sides[sides["of"] == representation] if len(sides) else sides
     rows = [
         {
@@ -125,10 +127,11 @@ def make_receipt(
         "max_leakage": largest,
         "side_channels": channels,
         "side_channels_leak": any(c["leaks"] for c in channels),
+        "side_channel_alpha": side_channel_alpha,
         "gate": {
             "max_leakage": threshold,
             "passed": None if threshold is None else bool(
-                not leakage.failed(threshold, representation, alpha=alpha)
+                not leakage.failed(threshold, representation, side_channel_alpha=side_channel_alpha)
             ),
         },
         "warnings": list(leakage.warnings),

@@ -21,7 +21,7 @@ from .fairness import GROUP_METRICS, FairnessResult
 from .overall import OverallVerdict
 from .probes import PROBE_DESCRIPTIONS
 from .resampling import ZERO_TOLERANCE
-from .result import SCHEMA_VERSION, AuditResult
+from .result import SCHEMA_VERSION, SIDE_CHANNEL_ALPHA, AuditResult
 from .utility import UtilityResult
 
 __all__ = ["REPORT_FILES", "report_dict", "write_report", "plot_leakage", "plot_fairness"]
@@ -325,7 +325,8 @@ def _side_channels_html(result: AuditResult, files: dict[str, Any]) -> str:
         "away: ids numbered in the order of label-bearing file names, rows written in that order, extra columns. "
         "Each is probed like an embedding (linear and nearest-neighbour probes, and the adjacency test: do rows "
         "next to each other in its order share the label?). A channel <b>leaks</b> when its worst case is "
-        "significant after Bonferroni over all side-channel tests; the audit then fails.</p>"
+        f"significant at family-wise p &lt; {SIDE_CHANNEL_ALPHA:g} (Bonferroni over all side-channel tests), or "
+        "exceeds the leakage gate; the audit then fails.</p>"
     ]
     if not sides.empty:
         rows = [

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SEVERITY", "is_significant", "severity", "verdict"]
+__all__ = ["SEVERITY", "is_significant", "severity", "side_channel_verdict", "verdict"]
 
 # Upper bounds of chance-adjusted leakage for each word.
 SEVERITY = ((0.05, "slight"), (0.2, "weak"), (0.5, "moderate"), (float("inf"), "strong"))
@@ -62,21 +62,19 @@ def _natural_units(result, row: dict[str, Any]) -> str:
 
 
 def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
-    """A short sentence on one (representation, attribute) worst-case row.
+    """A short sentence on one (representation, attribute) worst-case row of an embedding.
 
     Parameters
     ----------
     result : AuditResult
     row : dict
-        A row of :meth:`AuditResult.worst_case` (without the verdict).
+        A row of :meth:`AuditResult.worst_case` (without the verdict). Side
+        channels have their own rule and sentence: :func:`side_channel_verdict`.
     alpha : float
         Significance level of the permutation test.
     """
     attr, leak, lo, hi, p = row["attribute"], row["leakage"], row["ci_low"], row["ci_high"], row["p_value"]
-    ci = "" if np.isnan(lo) else f" [{_num(lo)}, {_num(hi)}]"
-    info = result.representations.get(row["representation"], {})
-    if info.get("role") == "side channel":
-        return _side_channel_verdict(info, row, ci, alpha)
+    ci = _interval(row)
     p_text = "" if np.isnan(p) else f", p = {p:.3g}"
     if not is_significant(row, alpha=alpha):
         text = (
@@ -101,17 +99,32 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
     return text
 
 
-def _side_channel_verdict(info: dict[str, Any], row: dict[str, Any], ci: str, alpha: float) -> str:
-    channel, attr, p = info.get("channel", row["representation"]), row["attribute"], row["p_value"]
-    p_text = "" if np.isnan(p) else f", p = {p:.3g}"
-    if not np.isnan(p) and p < alpha:
+def side_channel_verdict(result, row: dict[str, Any]) -> str:
+    """A short sentence on one side channel's worst case, agreeing with its ``leaks`` decision.
+
+    Parameters
+    ----------
+    result : AuditResult
+    row : dict
+        A row of :meth:`AuditResult.side_channels` (``leaks`` and
+        ``family_p_value`` set, the verdict not yet).
+    """
+    info = result.representations.get(row["representation"], {})
+    channel, attr, p = info.get("channel", row["representation"]), row["attribute"], row["family_p_value"]
+    p_text = "" if np.isnan(p) else f", family-wise p = {p:.3g}"
+    effect = f"chance-adjusted {_num(row['leakage'])}{_interval(row)}{p_text}"
+    if row["leaks"]:
         if row["probe"] == "adjacency":
             how = f"rows next to each other in this order share {attr} far more often than chance"
         else:
             how = f"{PROBE_NAMES.get(row['probe'], row['probe'])} recovers {attr} from it"
         return (
-            f"The {channel} of {info.get('of')} reveals {attr}: {how} (chance-adjusted "
-            f"{_num(row['leakage'])}{ci}{p_text}). Renumber or reorder the rows independently of the labels "
-            "(or drop the column) before sharing."
+            f"The {channel} of {info.get('of')} reveals {attr}: {how} ({effect}). Renumber or reorder the rows "
+            "independently of the labels (or drop the column) before sharing."
         )
-    return f"The {channel} of {info.get('of')} shows no significant link to {attr} ({_num(row['leakage'])}{ci}{p_text})."
+    return f"The {channel} of {info.get('of')} shows no significant link to {attr} ({effect})."
+
+
+def _interval(row: dict[str, Any]) -> str:
+    lo, hi = row["ci_low"], row["ci_high"]
+    return "" if np.isnan(lo) else f" [{_num(lo)}, {_num(hi)}]"

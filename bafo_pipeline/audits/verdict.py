@@ -73,7 +73,7 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
     alpha : float
         Significance level of the permutation test.
     """
-    attr, leak, lo, hi, p = row["attribute"], row["leakage"], row["ci_low"], row["ci_high"], row["p_value"]
+    attr, leak, hi, p = row["attribute"], row["leakage"], row["ci_high"], row["p_value"]
     ci = _interval(row)
     p_text = "" if np.isnan(p) else f", p = {p:.3g}"
     if not is_significant(row, alpha=alpha):

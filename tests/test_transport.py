@@ -14,7 +14,6 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, r2_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import SplineTransformer
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from bafo_pipeline import (
     BAFOTransformer,
@@ -193,7 +192,8 @@ def test_wrong_row_count_and_missing_column_are_refused(small):
         transport.transform(Z, sensitive_features=S.drop(columns="age"))
 
 
-# ------------------------------------------------------------------ persistence and scikit-learn
+# ------------------------------------------------------------------ persistence and pipelines
+# (scikit-learn's estimator checks: tests/test_sklearn_checks.py)
 def test_state_is_arrays_that_safetensors_and_pickle_keep(small):
     Z, S, transport = small
     store = TensorStore()
@@ -217,42 +217,6 @@ def test_pipeline_routes_attributes_to_fit_and_transform(small):
         np.testing.assert_array_equal(pipe.predict(Z, sensitive_features=S), expected)
         with pytest.raises(ValueError, match="needs the sensitive attributes at transform time"):
             pipe.predict(Z)
-
-
-class ShimTransport(ConditionalTransport):
-    """ConditionalTransport whose one attribute is its input's first column (a continuous attribute, so every
-    row of any input has a fitted cell). The checks call ``fit(X, y)`` and ``transform(X)``; the shim passes
-    that column as ``sensitive_features``, so every check still sees ConditionalTransport's own validation."""
-
-    def fit(self, X, y=None):
-        return super().fit(X, y, sensitive_features=_first_column(X))
-
-    def transform(self, X):
-        return super().transform(X, sensitive_features=_first_column(X))
-
-    def inverse_transform(self, X):
-        return super().inverse_transform(X, sensitive_features=_first_column(X))
-
-    def fit_transform(self, X, y=None):
-        return self.fit(X, y).transform(X)
-
-
-def _first_column(X):
-    n_rows = X.shape[0] if hasattr(X, "shape") else np.asarray(X).shape[0]
-    try:
-        column = np.asarray(X)[:, 0]
-        if np.iscomplexobj(column):
-            raise TypeError("complex")
-        column = column.astype(float)
-    except (IndexError, TypeError, ValueError):  # input the estimator itself must refuse: any column will do
-        column = np.arange(n_rows, dtype=float)
-    return {"a": column}
-
-
-@parametrize_with_checks([ShimTransport(attribute_kinds={"a": "continuous"}),
-                          ShimTransport(attribute_kinds={"a": "continuous"}, smooth_mean_knots=0, continuous_bins=2)])
-def test_conditional_transport_passes_the_estimator_checks(estimator, check):
-    check(estimator)
 
 
 # ------------------------------------------------------------------ in BAFOTransformer
@@ -369,3 +333,21 @@ def test_presets_save_load_and_describe(faces, setting, tmp_path):
         np.testing.assert_array_equal(restored.inverse_transform(Z[:8], sensitive_features=S.iloc[:8]), decoded)
         with pytest.raises(ValueError, match="needs every row's sensitive attributes"):
             restored.transform(faces.images[:4])
+
+
+def test_a_tabular_transport_model_conceals_each_batch_with_its_rows():
+    Z, S, _ = _planted(300, seed=3)
+    X = np.hstack([Z, np.random.default_rng(0).normal(size=(300, 4))]).astype(np.float32)
+    model = _model(widths=(16,), epochs=2).fit(X, sensitive_features=S)
+    step = model.concealment_steps_[0]
+    raw = model.transform(X, conceal=False)
+    expected = step.transform(raw, sensitive_features=S).astype(np.float32)
+    np.testing.assert_array_equal(model.transform(X, sensitive_features=S), expected)
+    batches = list(model.iter_transform(X, sensitive_features=S, batch_size=128))
+    np.testing.assert_array_equal(np.concatenate([z for _, z in batches]), expected)
+    drawn = model.transform(X, sensitive_features=S, sample=True)  # posterior draws, moved by their rows' maps
+    raw_draws = model.transform(X, sample=True, conceal=False)  # the same draws (the seed is the model's)
+    assert np.abs(raw_draws - raw).max() > 0.1
+    np.testing.assert_array_equal(drawn, step.transform(raw_draws, sensitive_features=S).astype(np.float32))
+    with pytest.raises(ValueError, match="needs every row's sensitive attributes"):
+        model.transform(X, sample=True)

@@ -3,8 +3,9 @@
 The public API:
 
 - :class:`BAFOTransformer` — the blind autoencoder as a scikit-learn transformer.
-- :class:`LinearErasure`, :class:`LatentRefiner`, :class:`TrainedErasure` — concealment steps (closed-form LEACE;
-  an adversarial refiner; LEACE learned in training).
+- :class:`LinearErasure`, :class:`LatentRefiner`, :class:`TrainedErasure`, :class:`ConditionalTransport` — concealment
+  steps (closed-form LEACE; an adversarial refiner; LEACE learned in training; label-conditional transport, which
+  needs the attributes at transform time too).
 - :func:`make_synthetic_faces`, :func:`load_utkface`, :func:`load_manifest` — data.
 - :func:`save_model`, :func:`load_model` — model directories.
 - :func:`export_latents`, :func:`read_latents` — Parquet latent datasets.
@@ -27,7 +28,15 @@ if TYPE_CHECKING:
     from .data import FaceDataset, load_manifest, load_utkface, make_synthetic_faces
     from .io import read_latents, write_latents
     from .pipeline import export_latents
-    from .transformers import BAFOTransformer, LatentRefiner, LinearErasure, TrainedErasure, load_model, save_model
+    from .transformers import (
+        BAFOTransformer,
+        ConditionalTransport,
+        LatentRefiner,
+        LinearErasure,
+        TrainedErasure,
+        load_model,
+        save_model,
+    )
 
 __version__ = package_version()
 
@@ -37,14 +46,15 @@ _SOURCES = {
     **dict.fromkeys(("FaceDataset", "load_manifest", "load_utkface", "make_synthetic_faces"), ".data"),
     **dict.fromkeys(("read_latents", "write_latents"), ".io"),
     "export_latents": ".pipeline",
-    **dict.fromkeys(("BAFOTransformer", "LatentRefiner", "LinearErasure", "TrainedErasure", "load_model", "save_model"),
-                    ".transformers"),
+    **dict.fromkeys(("BAFOTransformer", "ConditionalTransport", "LatentRefiner", "LinearErasure", "TrainedErasure",
+                     "load_model", "save_model"), ".transformers"),
 }
 
 __all__ = [
     "Attribute",
     "AttributeSchema",
     "BAFOTransformer",
+    "ConditionalTransport",
     "FaceDataset",
     "LatentRefiner",
     "LinearErasure",

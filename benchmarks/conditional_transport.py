@@ -21,6 +21,12 @@ Both steps are invertible given the labels, so decoding with the true labels
 reconstructs as the unconcealed encoder does. Also measured: the same maps driven
 by attributes *predicted* from the latent (no labels at transform time).
 
+``smooth-mean+cells`` (alone and under the refiner) is now the library's concealment step
+:class:`bafo_pipeline.ConditionalTransport` (presets ``transport`` and ``transport-refined``), and those
+variants run it (:class:`LibraryTransport`); the prototype class below stays for the research-only
+variants (plain cells, sliced rounds, predicted labels). Where a held-out row's cell had no training
+rows, the prototype leaves the row as it is; the library step refuses it.
+
 Protocol and measures are those of ``trained_concealment.py`` (same split, same
 cached ``none`` encoder, same data-rich attacker, utility probes and PSNR), plus
 the audit's attacker (5-fold cross-validation on the held-out latents), which
@@ -276,14 +282,34 @@ class GaussianizedTransport:
         return self.marginals_.inverse_transform(self.transport_.inverse_transform(Y, attributes))
 
 
+class LibraryTransport:
+    """``smooth-mean+cells`` as the library step :class:`bafo_pipeline.ConditionalTransport`, called as this
+    file's transports are (``fit_transform(Z, attributes)``; the attributes frame may hold more columns)."""
+
+    def __init__(self, **params):
+        from bafo_pipeline import ConditionalTransport as LibraryStep
+
+        self.step = LibraryStep(attribute_kinds={"age": "continuous"}, **params)
+
+    def fit_transform(self, Z, attributes):
+        return self.step.fit_transform(np.asarray(Z, float), sensitive_features=attributes[list(SENSITIVE)])
+
+    def transform(self, Z, attributes):
+        return self.step.transform(np.asarray(Z, float), sensitive_features=attributes[list(SENSITIVE)])
+
+    def inverse_transform(self, Y, attributes):
+        return self.step.inverse_transform(np.asarray(Y, float), sensitive_features=attributes[list(SENSITIVE)])
+
+
 class TransportThenRefiner:
     """``smooth-mean+cells``, then the default's refiner and linear erasure (``full`` without its first erasure,
-    which the transport makes redundant) against the non-linear leakage the transport leaves."""
+    which the transport makes redundant) against the non-linear leakage the transport leaves: the library's
+    ``concealment="transport-refined"``."""
 
     def fit_transform(self, Z, attributes):
         from bafo_pipeline import LatentRefiner, LinearErasure
 
-        self.transport_ = ConditionalTransport(smooth_mean_knots=6)
+        self.transport_ = LibraryTransport()
         Y = self.transport_.fit_transform(Z, attributes)
         frame = attributes[list(SENSITIVE)]
         self.refiner_ = LatentRefiner(batch_size=32, learning_rate=0.002, device="cpu", random_state=0)
@@ -305,7 +331,7 @@ class TransportThenRefiner:
 VARIANTS = {
     "cells": lambda: ConditionalTransport(),
     "cells-age8": lambda: ConditionalTransport(age_bins=8),
-    "smooth-mean+cells": lambda: ConditionalTransport(smooth_mean_knots=6),
+    "smooth-mean+cells": LibraryTransport,
     "cells+sliced-gender-60": lambda: ConditionalTransport(sliced_iterations=60),
     "cells+sliced-gender-120": lambda: ConditionalTransport(sliced_iterations=120),
     "cells+sliced-gender-60-levels17": lambda: ConditionalTransport(sliced_iterations=60, levels=17),

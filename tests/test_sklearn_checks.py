@@ -1,4 +1,5 @@
-"""scikit-learn's estimator checks on BAFOTransformer (tabular form), LinearErasure and TrainedErasure."""
+"""scikit-learn's estimator checks on BAFOTransformer (tabular form), LinearErasure, TrainedErasure and
+ConditionalTransport."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
 from bafo_pipeline.audits import TorchMLPProbe
-from bafo_pipeline.transformers import BAFOTransformer, LinearErasure, TrainedErasure
+from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport, LinearErasure, TrainedErasure
 
 
 # The checks call fit(X, y) without sensitive features, which makes a plain VAE; the estimator
@@ -47,6 +48,42 @@ class ParityTrainedErasure(TrainedErasure):
 
 @parametrize_with_checks([ParityTrainedErasure(covariance_dims=1, matching_weight=0.01)])
 def test_trained_erasure_passes_the_estimator_checks(estimator, check):
+    check(estimator)
+
+
+class ShimTransport(ConditionalTransport):
+    """ConditionalTransport whose one attribute is its input's first column (a continuous attribute, so every
+    row of any input has a fitted cell). The checks call ``fit(X, y)`` and ``transform(X)``; the shim passes
+    that column as ``sensitive_features``, so every check still sees ConditionalTransport's own validation."""
+
+    def fit(self, X, y=None):
+        return super().fit(X, y, sensitive_features=_first_column(X))
+
+    def transform(self, X):
+        return super().transform(X, sensitive_features=_first_column(X))
+
+    def inverse_transform(self, X):
+        return super().inverse_transform(X, sensitive_features=_first_column(X))
+
+    def fit_transform(self, X, y=None):
+        return self.fit(X, y).transform(X)
+
+
+def _first_column(X):
+    n_rows = X.shape[0] if hasattr(X, "shape") else np.asarray(X).shape[0]
+    try:
+        column = np.asarray(X)[:, 0]
+        if np.iscomplexobj(column):
+            raise TypeError("complex")
+        column = column.astype(float)
+    except (IndexError, TypeError, ValueError):  # input the estimator itself must refuse: any column will do
+        column = np.arange(n_rows, dtype=float)
+    return {"a": column}
+
+
+@parametrize_with_checks([ShimTransport(attribute_kinds={"a": "continuous"}),
+                          ShimTransport(attribute_kinds={"a": "continuous"}, smooth_mean_knots=0, continuous_bins=2)])
+def test_conditional_transport_passes_the_estimator_checks(estimator, check):
     check(estimator)
 
 

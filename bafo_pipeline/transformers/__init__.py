@@ -14,10 +14,12 @@ from ._persistence import (
     save_model,
 )
 from ._trained_erasure import TrainedErasure
+from ._transport import ConditionalTransport
 from ._state import register_loadable
 
 __all__ = [
     "BAFOTransformer",
+    "ConditionalTransport",
     "LatentRefiner",
     "LinearErasure",
     "LoadedModel",

@@ -27,9 +27,20 @@ from .._utils.progress import epoch_progress
 from ..attributes import AttributeSchema, as_sensitive_frame
 from ._erasure import LinearErasure
 from ._trained_erasure import TrainedErasure
+from ._transport import ConditionalTransport
 from ._persistence import describe_model, load_model, save_model
 from ._state import NetworkState, get_state, register_loadable, set_state
-from ._steps import PRESETS, check_steps, fit_ready, foldable_layers, get_step_params, is_invertible, set_step_params
+from ._steps import (
+    PRESETS,
+    check_steps,
+    fit_ready,
+    foldable_layers,
+    get_step_params,
+    inverts_exactly,
+    is_invertible,
+    needs_attributes_to_transform,
+    set_step_params,
+)
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
 
 DEFAULT_CONV_WIDTHS = (32, 64, 128)
@@ -85,9 +96,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         raw means, which a shrinking latent fools (docs/TRAINED_CONCEALMENT.md §7).
     adversary_steps : int, default=2
         Adversary updates per encoder update.
-    concealment : {"none", "linear", "full", "trained"} or list of steps, default="full"
+    concealment : {"none", "linear", "full", "trained", "transport", "transport-refined"} or list of steps, default="full"
         What is applied to the encoder's posterior means (fitted with the
-        sensitive features, which are then never needed at transform time).
+        sensitive features, which are then never needed at transform time,
+        except by the ``"transport"`` presets).
         A list of concealment steps, applied in order (scikit-learn
         transformers fitted with ``sensitive_features``; see
         :meth:`concealment_steps` and docs/ARCHITECTURE.md), e.g.
@@ -109,6 +121,20 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
           and decoder while the encoder trains, so the encoder keeps its
           non-sensitive content where the erasure does not reach
           (docs/TRAINED_CONCEALMENT.md).
+        - ``"transport"``: ``[ConditionalTransport()]``, label-conditional
+          transport: each attribute cell's latents are moved onto the pooled
+          distribution (mean and covariance), which keeps what is not
+          sensitive and decodes exactly, but **needs every row's sensitive
+          attributes at transform time** (``transform(X, sensitive_features=S)``;
+          a labelled export has them, unlabelled new images do not).
+          Decoding goes back through the transport's exact inverse and the
+          encoder's own decoder (no decoder is fine-tuned).
+        - ``"transport-refined"``: ``[ConditionalTransport(), LatentRefiner(...),
+          LinearErasure()]``, the transport, then ``"full"``'s refiner (same
+          settings) and a linear erasure against the non-linear leakage the
+          transport leaves (docs/TRAINED_CONCEALMENT.md §11); needs the
+          attributes at transform time too. With ``decoder_epochs`` it decodes
+          with a decoder fine-tuned on its output, as ``"full"`` does.
     covariance_dims : int, default=0
         Of the presets ``"linear"``, ``"full"`` and ``"trained"``: the first linear erasure
         also removes this many directions in which the attribute groups'
@@ -223,6 +249,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
 
     __metadata_request__fit = {"sensitive_features": True}
     __metadata_request__score = {"sensitive_features": True}
+    __metadata_request__transform = {"sensitive_features": True}
     __metadata_request__inverse_transform = {"sensitive_features": True}
 
     _parameter_constraints: dict = {
@@ -332,7 +359,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         list
             ``[]`` for ``"none"``; ``[LinearErasure(...)]`` for ``"linear"``;
             ``[LinearErasure(...), LatentRefiner(...), LinearErasure()]`` for
-            ``"full"``; a list given as ``concealment`` as it is.
+            ``"full"``; ``[ConditionalTransport()]`` for ``"transport"``, followed by
+            ``"full"``'s refiner and a ``LinearErasure()`` for ``"transport-refined"``;
+            a list given as ``concealment`` as it is.
         """
         if isinstance(self.concealment, (list, tuple)):
             check_steps(self.concealment)
@@ -348,6 +377,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             return []
         if self.concealment == "trained":
             return [TrainedErasure(covariance_dims=self.covariance_dims)]
+        if self.concealment == "transport":
+            return [ConditionalTransport()]
         first = LinearErasure(covariance_dims=self.covariance_dims)
         if self.concealment == "linear":
             return [first]
@@ -356,6 +387,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             learning_rate=self.learning_rate, adversary_steps=self.adversary_steps,
             validation_fraction=self.validation_fraction,
         )
+        if self.concealment == "transport-refined":
+            return [ConditionalTransport(), refiner, LinearErasure()]
         return [first, refiner, LinearErasure()]
 
     def _prepared_steps(self, seed: int) -> list:
@@ -445,8 +478,31 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self.schema_ = schema
         self.input_format_ = fmt
         self._fit_concealment(inputs, sensitive_features, steps, seed)
-        self.bfloat16_error_ = self._bfloat16_error(inputs)
+        self.bfloat16_error_ = self._bfloat16_error(inputs, sensitive_features)
         return self
+
+    def fit_transform(self, X, y=None, *, sensitive_features=None, **fit_params) -> np.ndarray:
+        """Fit, then encode ``X``, passing ``sensitive_features`` to both (a ``"transport"`` model needs them
+        in ``transform`` too; scikit-learn's default ``fit_transform`` would pass them to ``fit`` only).
+
+        In a :class:`~sklearn.pipeline.Pipeline` with metadata routing, ``fit``
+        and ``transform`` both request ``sensitive_features`` by default, so
+        ``pipe.fit(X, y, sensitive_features=S)`` reaches both, and
+        ``pipe.predict(X, sensitive_features=S)`` reaches ``transform``.
+
+        Parameters
+        ----------
+        X, y, sensitive_features
+            See :meth:`fit`.
+        **fit_params
+            ``checkpoint`` and ``resume`` (see :meth:`fit`).
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features_out), float32
+        """
+        self.fit(X, y, sensitive_features=sensitive_features, **fit_params)
+        return self.transform(X, sensitive_features=sensitive_features)
 
     def fit_concealment(self, X, *, sensitive_features):
         """Refit only the concealment steps (per the current ``concealment`` parameters), keeping the encoder.
@@ -473,7 +529,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         seed = _seed_from(self.random_state)
         self.__dict__.pop("bfloat16_error_", None)  # fit on float32 latents; measured again below
         self._fit_concealment(inputs, frame, self._prepared_steps(seed), seed)
-        self.bfloat16_error_ = self._bfloat16_error(inputs)
+        self.bfloat16_error_ = self._bfloat16_error(inputs, frame)
         return self
 
     def _fit_concealment(self, inputs: np.ndarray, sensitive_features, steps: list, seed: int) -> None:
@@ -491,13 +547,14 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         trained = next((i for i, step in enumerate(steps) if not _decoder_trained_on(step)), len(steps))
         latents = decoded_from = means
         for i, step in enumerate(steps):
-            latents = step.fit(latents, sensitive_features=frame).transform(latents)
+            latents = _step_transform(step.fit(latents, sensitive_features=frame), latents, frame)
             self.concealment_steps_.append(step)
             if i + 1 == trained:
                 decoded_from = latents
             if i + 1 == leading and leading > trained:
                 self.erased_label_map_ = _least_squares_map(conditions, decoded_from - latents)
-        if self.decoder_epochs:
+        if self.decoder_epochs and not all(inverts_exactly(step) for step in steps):
+            # (Steps that all invert exactly decode through their inverses and the encoder's own decoder.)
             if self._n_features_out != self.latent_dim:
                 raise ValueError(
                     f"decoder_epochs={self.decoder_epochs} fine-tunes the decoder on the concealed latents, but the "
@@ -506,7 +563,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             network = copy.deepcopy(self.network_)  # only its decoder is fine-tuned
             with epoch_progress(self.verbose, self.decoder_epochs, "fitting decoder") as on_epoch_end:
                 network.decoder = fit_decoder(
-                    network.decoder, torch.from_numpy(self._conceal(means)),
+                    network.decoder, torch.from_numpy(self._conceal(means, frame)),
                     torch.from_numpy(conditions), torch.from_numpy(np.ascontiguousarray(inputs)),
                     epochs=self.decoder_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                     device=resolve_device(self.device), seed=seed, on_epoch_end=on_epoch_end,
@@ -531,7 +588,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 mean = mean + noise * torch.exp(0.5 * logvar)
         return mean.float().cpu().numpy()
 
-    def encode_images(self, images, *, conceal: bool = True) -> np.ndarray:
+    def encode_images(self, images, *, sensitive_features=None, conceal: bool = True) -> np.ndarray:
         """Latents of a batch of decoded images: the fast path of exports and batch jobs.
 
         Unlike :meth:`transform`, no input form is detected and nothing is
@@ -541,7 +598,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         layers (``as_layers()``: :class:`LinearErasure`, :class:`LatentRefiner`)
         are folded into the encoder, made once per fitted concealment; on
         the CPU it encodes 64 images at a time, so a row's latent does not
-        depend on the batch it came in.
+        depend on the batch it came in. Steps that need the attributes
+        (``"transport"``) run after the network, on these rows' attributes.
 
         Parameters
         ----------
@@ -549,6 +607,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             Decoded to the fitted size and channel count; a NumPy array (any
             strides, e.g. an NCHW view of NHWC pixels) or a tensor, possibly
             already on the estimator's device.
+        sensitive_features : DataFrame of shape (n, n_attributes), optional
+            The images' attributes, in order; required when a concealment step
+            needs them (:attr:`needs_sensitive_features_to_transform`), ignored
+            otherwise.
         conceal : bool, default=True
             Apply the fitted concealment steps (see :meth:`transform`).
 
@@ -565,7 +627,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 f"expected uint8 images of shape (n, {channels}, {height}, {width}), "
                 f"got {images.dtype} {tuple(images.shape)}"
             )
-        return self._image_encoder(conceal=conceal)(images)
+        frame = self._transform_frame(sensitive_features, images, conceal=conceal)
+        return self._conceal_after_network(self._image_encoder(conceal=conceal)(images), frame, conceal=conceal)
 
     def encoder_bundle(self) -> EncoderBundle:
         """What :meth:`encode_images` runs, as a small picklable object that encodes with torch alone.
@@ -584,13 +647,21 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Raises
         ------
         ValueError
-            For a tabular model, or when a concealment step cannot be folded into the
-            network (it has no ``as_layers()``): such a step needs its estimator.
+            For a tabular model, when a concealment step cannot be folded into the
+            network (it has no ``as_layers()``), or when one needs each row's
+            sensitive attributes (``"transport"``): such steps need the estimator.
         """
         check_is_fitted(self)
         if not self.input_format_.is_image:
             raise ValueError("encoder_bundle needs an image model; this one was fitted on tabular data")
         steps = self._concealment_steps()
+        for i, step in enumerate(steps):
+            if needs_attributes_to_transform(step):
+                raise ValueError(
+                    f"concealment step {i} ({type(step).__name__}) needs each row's sensitive attributes to transform, "
+                    "which a torch-only encoder bundle cannot take: the estimator itself must encode "
+                    "(transform or encode_images with sensitive_features=...)"
+                )
         layers, n_folded = foldable_layers(steps)
         if n_folded < len(steps):
             raise ValueError(
@@ -623,11 +694,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """The folded network from uint8 images to (concealed) latents on the estimator's device, in the
         arithmetic ``precision`` resolves to; made once, rebuilt when the concealment is refitted.
 
-        The leading steps with ``as_layers()`` are folded into the network; any after them run on its output.
+        The leading steps with ``as_layers()`` are folded into the network; the attribute-free ones after them
+        run on its output. From the first step that needs the attributes on, the steps are not part of it:
+        :meth:`_conceal_after_network` runs them.
         """
         device = resolve_device(self.device)
         bfloat16 = self._uses_bfloat16(device)
-        steps = self._concealment_steps() if conceal else []
+        steps = self._concealment_steps()[: self._n_network_steps()] if conceal else []
 
         def build() -> TorchEncoder:
             return self._folded_encoder(steps, device, bfloat16)
@@ -639,19 +712,39 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         after = [step.transform for step in steps[n_folded:]]
         return TorchEncoder(fold_encoder(self.network_, layers), device, bfloat16, after=after)
 
-    def _bfloat16_error(self, inputs: np.ndarray, n_images: int = 256) -> float | None:
+    def _n_network_steps(self) -> int:
+        """How many leading fitted steps the image encoder runs: those before the first that needs attributes."""
+        steps = self._concealment_steps()
+        return next((i for i, step in enumerate(steps) if needs_attributes_to_transform(step)), len(steps))
+
+    def _conceal_after_network(self, latents: np.ndarray, frame: pd.DataFrame | None, *, conceal: bool) -> np.ndarray:
+        """The concealment steps the image encoder leaves out (from the first that needs attributes on)."""
+        rest = self._concealment_steps()[self._n_network_steps() :] if conceal else []
+        for step in rest:
+            latents = _step_transform(step, latents, frame)
+        return np.asarray(latents).astype(np.float32, copy=False)
+
+    def _bfloat16_error(self, inputs: np.ndarray, sensitive_features=None, n_images: int = 256) -> float | None:
         """How far bfloat16 moves the latents (raw or concealed, the worse), as RMS over their spread.
 
-        Measured on up to ``n_images`` fit images spread over the set; ``None`` for tabular models.
+        Measured on up to ``n_images`` fit images spread over the set (with their attributes, for steps that
+        need them); ``None`` for tabular models.
         """
         if not self.input_format_.is_image:
             return None
-        sample = inputs[:: max(1, len(inputs) // n_images)][:n_images]
+        rows = np.arange(0, len(inputs), max(1, len(inputs) // n_images))[:n_images]
+        sample = inputs[rows]
+        frame = None
+        if sensitive_features is not None and self.schema_ is not None:
+            frame = as_sensitive_frame(sensitive_features, n_rows=len(inputs)).iloc[rows].reset_index(drop=True)
         device = resolve_device(self.device)
         errors = []
-        for steps in ([], self._concealment_steps()):
+        for conceal in (False, True):
+            steps = self._concealment_steps()[: self._n_network_steps()] if conceal else []
             exact = self._folded_encoder(steps, device, bfloat16=False)(sample)
             rounded = self._folded_encoder(steps, device, bfloat16=True)(sample)
+            exact = self._conceal_after_network(exact, frame, conceal=conceal)
+            rounded = self._conceal_after_network(rounded, frame, conceal=conceal)
             spread = exact.std()
             errors.append(float(np.sqrt(np.mean((exact - rounded) ** 2)) / spread) if spread > 0 else np.inf)
         return max(errors)
@@ -667,12 +760,44 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             )
         return steps
 
-    def _conceal(self, means: np.ndarray) -> np.ndarray:
-        """Apply the fitted concealment steps to posterior means (no sensitive features needed)."""
+    def _conceal(self, means: np.ndarray, frame: pd.DataFrame | None = None) -> np.ndarray:
+        """Apply the fitted concealment steps to posterior means; ``frame``: their rows' attributes, for the steps
+        that need them."""
         latents = means
         for step in self._concealment_steps():
-            latents = step.transform(latents)
+            latents = _step_transform(step, latents, frame)
         return np.asarray(latents).astype(np.float32, copy=False)
+
+    @property
+    def needs_sensitive_features_to_transform(self) -> bool:
+        """Whether concealed encoding (:meth:`transform`, :meth:`iter_transform`, :meth:`encode_images`)
+        needs each row's ``sensitive_features``: a fitted concealment step needs them (``"transport"``).
+        Before fit, whether the configured steps would. Encoding with ``conceal=False`` never needs them."""
+        steps = self.concealment_steps_ if hasattr(self, "network_") else self._configured_steps_or_none()
+        return any(needs_attributes_to_transform(step) for step in steps or [])
+
+    def _configured_steps_or_none(self) -> list:
+        try:
+            return self.concealment_steps()
+        except (TypeError, ValueError):
+            return []
+
+    def _transform_frame(self, sensitive_features, X, *, conceal: bool) -> pd.DataFrame | None:
+        """The rows' attributes where a concealment step needs them (checked against the schema and row count);
+        None where none does (attributes given anyway are ignored: pipelines route them to every transform)."""
+        if not conceal:
+            return None
+        steps = self._concealment_steps()
+        needing = [type(step).__name__ for step in steps if needs_attributes_to_transform(step)]
+        if not needing:
+            return None
+        if sensitive_features is None:
+            raise ValueError(
+                f"concealment={_setting_name(self.concealment)!r} moves each attribute group's latents by that group's "
+                f"own map ({', '.join(needing)}), so encoding needs every row's sensitive attributes: pass "
+                f"sensitive_features with columns {self.schema_.names} (or conceal=False for the raw, leaking latents)"
+            )
+        return self._sensitive_frame(sensitive_features, _n_rows(X), broadcast=False)
 
     def _mean_layers(self) -> list[Layer]:
         """A fitted tabular model's ``transform`` as layers (float64): standardisation, MLP mean path,
@@ -730,7 +855,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return schema.encode(frame), schema
 
     # ------------------------------------------------------------ transform
-    def transform(self, X, *, sample: bool = False, conceal: bool = True) -> np.ndarray:
+    def transform(self, X, *, sensitive_features=None, sample: bool = False, conceal: bool = True) -> np.ndarray:
         """Encode ``X`` to latents.
 
         Parameters
@@ -738,6 +863,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         X : array-like or sequence of image paths
             In the form the estimator was fitted on; an image model also
             accepts image paths (decoded to the fitted size).
+        sensitive_features : DataFrame of shape (n_samples, n_attributes), optional
+            Each row's attributes, matched to ``X`` by position. Required when a
+            concealment step needs them (``"transport"``; see
+            :attr:`needs_sensitive_features_to_transform`); otherwise accepted and
+            ignored (pipelines with metadata routing pass them to every transform).
         sample : bool, default=False
             Draw from the posterior instead of returning its mean (the mean is
             deterministic and is what downstream models should use). Draws are
@@ -752,10 +882,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Z : ndarray of shape (n_samples, latent_dim), float32
         """
         check_is_fitted(self)
-        parts = [latents for _, latents in self.iter_transform(X, sample=sample, conceal=conceal)]
+        parts = [latents for _, latents in self.iter_transform(
+            X, sensitive_features=sensitive_features, sample=sample, conceal=conceal)]
         return np.concatenate(parts) if parts else np.zeros((0, self._n_features_out), np.float32)
 
-    def iter_transform(self, X, *, batch_size: int = 1024, sample: bool = False, conceal: bool = True):
+    def iter_transform(
+        self, X, *, sensitive_features=None, batch_size: int = 1024, sample: bool = False, conceal: bool = True
+    ):
         """Encode in batches, yielding ``(row_indices, latents)``; memory stays bounded.
 
         Used for exports of datasets larger than memory: image paths are
@@ -764,6 +897,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         Parameters
         ----------
         X : array-like or sequence of image paths
+        sensitive_features : DataFrame, optional
+            See :meth:`transform`; each batch gets its rows.
         batch_size : int, default=1024
         sample, conceal : bool
             See :meth:`transform`.
@@ -775,15 +910,21 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         latents : ndarray of shape (len(row_indices), latent_dim), float32
         """
         check_is_fitted(self)
+        frame = self._transform_frame(sensitive_features, X, conceal=conceal)
+
+        def rows(indices):
+            return None if frame is None else frame.iloc[indices].reset_index(drop=True)
+
         if self.input_format_.is_image and not sample:
             for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
-                yield indices, self._image_encoder(conceal=conceal)(batch)
+                latents = self._image_encoder(conceal=conceal)(batch)
+                yield indices, self._conceal_after_network(latents, rows(indices), conceal=conceal)
             return
         device = resolve_device(self.device)
         generator = torch.Generator(device=device).manual_seed(_seed_from(self.random_state))
         for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
             means = self._encode(batch, sample=sample, generator=generator)
-            yield indices, self._conceal(means) if conceal else means
+            yield indices, self._conceal(means, rows(indices)) if conceal else means
 
     def _encode_batches(self, X, fmt: InputFormat, batch_size: int):
         if fmt.kind == "tabular":
@@ -818,6 +959,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             a mixture. Attributes a mapping leaves out decode at their neutral
             value (the mean age, gender 0.5, an even mix of categories).
             Required when the model was fitted with sensitive features.
+            A concealment that needs the attributes to transform (``"transport"``)
+            is undone with them: pass each latent's own row (exact categories,
+            no fractions or mixtures) to get back its encoder latent and decode it
+            as the unconcealed model would.
 
         Returns
         -------
@@ -1110,6 +1255,17 @@ class LatentRefiner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
 register_loadable(LinearErasure)
 register_loadable(TrainedErasure)
+
+
+def _step_transform(step, latents: np.ndarray, frame: pd.DataFrame | None) -> np.ndarray:
+    """``step.transform(latents)``, with the rows' attributes for a step that needs them."""
+    if needs_attributes_to_transform(step):
+        return step.transform(latents, sensitive_features=frame)
+    return step.transform(latents)
+
+
+def _setting_name(concealment) -> str:
+    return concealment if isinstance(concealment, str) else "steps"
 
 
 def _decoder_trained_on(step) -> bool:

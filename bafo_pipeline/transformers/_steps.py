@@ -11,6 +11,21 @@ attributes at fit time only:
 
 Optional parts, found by name:
 
+``needs_sensitive_features_to_transform = True``
+    (a class attribute) the step's ``transform(Z, *, sensitive_features)`` and
+    ``inverse_transform`` need each row's attributes, as fairlearn's
+    ``CorrelationRemover`` does (:class:`ConditionalTransport` moves each
+    attribute group by its own map). :class:`BAFOTransformer` then passes the
+    rows' attributes to it (and refuses to encode without them), the steps
+    after it run after the network, and the torch-only
+    :meth:`~BAFOTransformer.encoder_bundle` cannot hold it. See
+    :func:`needs_attributes_to_transform`.
+``exact_inverse = True``
+    (a class attribute) ``inverse_transform`` undoes ``transform`` exactly, given
+    the same attributes; when every step says so, the estimator decodes through
+    the steps' inverses and its own decoder, and fine-tunes no decoder
+    (``decoder_epochs`` is not needed).
+
 ``inverse_transform(Z, *, sensitive_features)``
     maps concealed latents back towards the step's input when decoding
     (:class:`LatentRefiner` decodes through its own decoder); a step without
@@ -50,11 +65,13 @@ __all__ = [
     "fit_ready",
     "foldable_layers",
     "get_step_params",
+    "inverts_exactly",
     "is_invertible",
+    "needs_attributes_to_transform",
     "set_step_params",
 ]
 
-PRESETS = ("none", "linear", "full", "trained")
+PRESETS = ("none", "linear", "full", "trained", "transport", "transport-refined")
 INHERITED_PARAMS = ("attribute_kinds", "device", "random_state")
 
 
@@ -79,6 +96,16 @@ def fit_ready(step, inherited: dict):
 def is_invertible(step) -> bool:
     """Whether decoding maps back through ``step`` (it has ``inverse_transform``)."""
     return callable(getattr(step, "inverse_transform", None))
+
+
+def needs_attributes_to_transform(step) -> bool:
+    """Whether ``step.transform`` needs each row's ``sensitive_features`` (``needs_sensitive_features_to_transform``)."""
+    return bool(getattr(step, "needs_sensitive_features_to_transform", False))
+
+
+def inverts_exactly(step) -> bool:
+    """Whether ``step.inverse_transform`` undoes its ``transform`` exactly (``exact_inverse``)."""
+    return is_invertible(step) and bool(getattr(step, "exact_inverse", False))
 
 
 def foldable_layers(steps: Sequence) -> tuple[list, int]:

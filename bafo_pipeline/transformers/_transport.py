@@ -1,0 +1,429 @@
+"""ConditionalTransport: move each attribute group's latents onto the pooled distribution; exact inverse.
+
+Unlike the other concealment steps, this one needs the sensitive attributes at
+``transform`` time too (as fairlearn's ``CorrelationRemover`` does): every row is
+moved by the map of its own attribute cell. It is the ``smooth-mean+cells`` setting of
+benchmarks/conditional_transport.py (docs/TRAINED_CONCEALMENT.md §11).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+from scipy.interpolate import BSpline
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, Options
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ..attributes import AttributeSchema, as_sensitive_frame
+from ._state import register_loadable
+
+SPLINE_DEGREE = 3
+ROWS_NAMED = 5  # how many offending rows an error message names
+
+
+@register_loadable
+class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Move each attribute cell's latents onto the pooled distribution, given each row's attributes.
+
+    Two invertible steps, both fitted on the training latents:
+
+    1. **Smooth mean.** A ridge regression of the latent on the attributes (a
+       cubic B-spline basis of each continuous attribute, one-hots of the
+       categorical and binary ones, and every spline x one-hot product) is
+       subtracted, so a continuous attribute's trend is removed inside its
+       bins too.
+    2. **Gaussian transport per cell.** Cells are the product of every
+       categorical/binary attribute's classes and every continuous attribute's
+       training-quantile bins. Row ``z`` of cell ``c`` goes to
+       ``mean_ + A_c (z - mu_c)``, the optimal-transport map between Gaussians
+       that gives the cell the pooled mean and covariance
+       (``A_c = S_c^-1/2 (S_c^1/2 S S_c^1/2)^1/2 S_c^-1/2``), with the cell's
+       covariance ``S_c`` shrunk towards the pooled ``S``.
+
+    So linear *and* quadratic probes of the output find (on the fit
+    distribution) no difference between cells in mean or covariance, while
+    what varies inside each cell (everything not sensitive) is kept.
+    ``inverse_transform`` undoes both steps exactly, given the same attributes.
+
+    The price: ``transform`` needs every row's attributes (a labelled export
+    has them; an unlabelled stream of new images does not), and a category or
+    cell that had no training rows cannot be moved, so it is an error (leaving
+    such rows as they are would leak them).
+
+    Parameters
+    ----------
+    attribute_kinds : dict of str to str, optional
+        Override inferred attribute kinds (see :class:`AttributeSchema`).
+    continuous_bins : int, default=4
+        Training-quantile bins of each continuous attribute in the cells
+        (0: continuous attributes enter only the smooth mean).
+    smooth_mean_knots : int, default=6
+        Knots (at training quantiles) of each continuous attribute's spline in
+        the smooth mean; 0 turns the smooth mean off. Beyond the training
+        range the basis is held constant at its boundary value (the
+        ``extrapolation="constant"`` of scikit-learn's ``SplineTransformer``),
+        so ages outside it never blow up.
+    shrinkage : float, default=50.0
+        Pseudo-count of rows pulling each cell's covariance towards the pooled
+        one: ``(n_c S_c + shrinkage S) / (n_c + shrinkage)``.
+    ridge_alpha : float, default=1.0
+        Ridge penalty of the smooth mean (the intercept is not penalised).
+
+    Attributes
+    ----------
+    schema_ : AttributeSchema
+    mean_ : ndarray of shape (n_features,)
+        The pooled mean every cell is moved to.
+    cell_ids_ : ndarray of int64, shape (n_cells,)
+        The fitted cells, sorted: each row's attribute codes in mixed radix
+        (attributes in schema order; a class's position in its categories, a
+        continuous attribute's bin).
+    cell_means_ : ndarray of shape (n_cells, n_features)
+    transports_, inverse_transports_ : ndarray of shape (n_cells, n_features, n_features)
+        ``A_c`` and its inverse.
+    bin_edges_ : list of ndarray
+        Inner bin edges of each continuous attribute (schema order).
+    spline_knots_ : list of ndarray
+        Full knot vector of each continuous attribute's B-spline basis.
+    ridge_coef_ : ndarray of shape (n_design, n_features)
+    design_mean_ : ndarray of shape (n_design,)
+        The smooth mean subtracted from a row is ``(design - design_mean_) @ ridge_coef_``.
+    n_features_in_ : int
+
+    Notes
+    -----
+    Every statistic is computed in float64; float32 input gives float32 output.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> S = pd.DataFrame({"gender": rng.choice(["f", "m"], 400), "age": rng.uniform(1, 80, 400)})
+    >>> Z = rng.normal(size=(400, 3)) + (S["gender"] == "m").to_numpy()[:, None]
+    >>> transport = ConditionalTransport().fit(Z, sensitive_features=S)
+    >>> moved = transport.transform(Z, sensitive_features=S)
+    >>> np.allclose(transport.inverse_transform(moved, sensitive_features=S), Z)
+    True
+    """
+
+    needs_sensitive_features_to_transform = True
+    """``transform`` and ``inverse_transform`` need each row's attributes (see the step protocol)."""
+    exact_inverse = True
+    """``inverse_transform`` undoes ``transform`` exactly, given the same attributes."""
+
+    __metadata_request__fit = {"sensitive_features": True}
+    __metadata_request__transform = {"sensitive_features": True}
+    __metadata_request__inverse_transform = {"sensitive_features": True}
+
+    _parameter_constraints: dict = {
+        "attribute_kinds": [dict, None],
+        "continuous_bins": [Interval(Integral, 0, None, closed="left")],
+        "smooth_mean_knots": [Options(Integral, {0}), Interval(Integral, 2, None, closed="left")],
+        "shrinkage": [Interval(Real, 0, None, closed="left")],
+        "ridge_alpha": [Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(
+        self,
+        *,
+        attribute_kinds: dict | None = None,
+        continuous_bins: int = 4,
+        smooth_mean_knots: int = 6,
+        shrinkage: float = 50.0,
+        ridge_alpha: float = 1.0,
+    ):
+        self.attribute_kinds = attribute_kinds
+        self.continuous_bins = continuous_bins
+        self.smooth_mean_knots = smooth_mean_knots
+        self.shrinkage = shrinkage
+        self.ridge_alpha = ridge_alpha
+
+    # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, *, sensitive_features=None):
+        """Fit the smooth mean and every cell's transport map.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+        sensitive_features : DataFrame of shape (n_samples, n_attributes)
+            The attributes (anything :func:`~bafo_pipeline.attributes.as_sensitive_frame`
+            accepts).
+
+        Returns
+        -------
+        self : ConditionalTransport
+        """
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        if sensitive_features is None:
+            raise ValueError(
+                "ConditionalTransport needs sensitive_features at fit time (with metadata routing in pipelines)"
+            )
+        frame = as_sensitive_frame(sensitive_features, n_rows=len(X))
+        self.schema_ = AttributeSchema.infer(frame, kinds=self.attribute_kinds)
+        continuous = [frame[a.name].to_numpy(dtype=float) for a in self.schema_.attributes if a.kind == "continuous"]
+        self.bin_edges_ = [_quantile_edges(values, self.continuous_bins) for values in continuous]
+        self.spline_knots_ = [_spline_knots(values, self.smooth_mean_knots) for values in continuous]
+        codes = self._codes(frame)
+        Z = X.astype(np.float64)
+        self._fit_smooth_mean(Z, codes, frame)
+        Z = Z - self._smooth_mean(codes, frame)
+        self._fit_cells(Z, self._cell_ids(codes))
+        return self
+
+    def _fit_smooth_mean(self, Z: np.ndarray, codes: np.ndarray, frame: pd.DataFrame) -> None:
+        """Ridge (closed form, unpenalised intercept) of ``Z`` on the attribute design matrix."""
+        design = self._design(codes, frame)
+        self.design_mean_ = design.mean(axis=0)
+        centered = design - self.design_mean_
+        gram = centered.T @ centered + self.ridge_alpha * np.eye(design.shape[1])
+        self.ridge_coef_ = np.linalg.solve(gram, centered.T @ (Z - Z.mean(axis=0)))
+
+    def _fit_cells(self, Z: np.ndarray, cells: np.ndarray) -> None:
+        self.mean_ = Z.mean(axis=0)
+        pooled = np.atleast_2d(np.cov(Z.T))
+        self.cell_ids_ = np.unique(cells)
+        n_cells, n_features = len(self.cell_ids_), Z.shape[1]
+        self.cell_means_ = np.zeros((n_cells, n_features))
+        self.transports_ = np.zeros((n_cells, n_features, n_features))
+        self.inverse_transports_ = np.zeros_like(self.transports_)
+        for index, cell in enumerate(self.cell_ids_):
+            rows = Z[cells == cell]
+            covariance = np.atleast_2d(np.cov(rows.T)) if len(rows) > 1 else pooled
+            covariance = (len(rows) * covariance + self.shrinkage * pooled) / (len(rows) + self.shrinkage)
+            root, inverse_root = _sqrt_and_inverse(covariance)
+            middle, _ = _sqrt_and_inverse(root @ pooled @ root)
+            transport = inverse_root @ middle @ inverse_root
+            self.cell_means_[index] = rows.mean(axis=0)
+            self.transports_[index] = transport
+            self.inverse_transports_[index] = np.linalg.inv(transport)
+
+    # ------------------------------------------------------------ transform
+    def transform(self, X, *, sensitive_features=None) -> np.ndarray:
+        """Move each row by its cell's map.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        sensitive_features : DataFrame of shape (n_samples, n_attributes)
+            Each row's attributes; required.
+
+        Returns
+        -------
+        X_moved : ndarray of shape (n_samples, n_features)
+            Of the dtype of ``X`` (float64 for other dtypes).
+
+        Raises
+        ------
+        ValueError
+            Without ``sensitive_features``, for a row count other than ``X``'s, or
+            for rows whose category or cell had no training rows (naming them).
+        """
+        return self._move(X, sensitive_features, inverse=False)
+
+    def inverse_transform(self, X, *, sensitive_features=None) -> np.ndarray:
+        """Move rows back: the exact inverse of :meth:`transform` given the same attributes.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        sensitive_features : DataFrame of shape (n_samples, n_attributes)
+            Each row's attributes (exact categories; no fractions or mixtures).
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features)
+        """
+        return self._move(X, sensitive_features, inverse=True)
+
+    def fit_transform(self, X, y=None, *, sensitive_features=None):
+        """Fit, then transform ``X`` with the same ``sensitive_features``.
+
+        Returns
+        -------
+        X_moved : ndarray of shape (n_samples, n_features)
+        """
+        return self.fit(X, y, sensitive_features=sensitive_features).transform(X, sensitive_features=sensitive_features)
+
+    def _move(self, X, sensitive_features, *, inverse: bool) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        if sensitive_features is None:
+            raise ValueError(
+                "ConditionalTransport moves each attribute group's latents by that group's own map, so it needs the "
+                f"sensitive attributes at transform time too: pass sensitive_features with columns {self.schema_.names}"
+            )
+        frame = as_sensitive_frame(sensitive_features, n_rows=len(X))
+        codes = self._codes(frame)
+        cells = self._fitted_cells(codes)
+        shift = self._smooth_mean(codes, frame)
+        Z = X.astype(np.float64)
+        out = np.empty_like(Z)
+        for index in np.unique(cells):
+            rows = cells == index
+            if inverse:
+                out[rows] = self.cell_means_[index] + (Z[rows] - self.mean_) @ self.inverse_transports_[index].T
+            else:
+                out[rows] = self.mean_ + (Z[rows] - shift[rows] - self.cell_means_[index]) @ self.transports_[index].T
+        if inverse:
+            out += shift
+        return out.astype(X.dtype, copy=False)
+
+    # --------------------------------------------------- attributes → cells
+    def _codes(self, frame: pd.DataFrame) -> np.ndarray:
+        """``(n, n_attributes)`` int codes: a class's position in its categories, a continuous value's bin."""
+        missing = [name for name in self.schema_.names if name not in frame.columns]
+        if missing:
+            raise ValueError(f"sensitive_features lack column(s) {missing}; got columns {list(frame.columns)}")
+        codes = np.zeros((len(frame), len(self.schema_.attributes)), dtype=np.int64)
+        edges = iter(self.bin_edges_)
+        for j, attribute in enumerate(self.schema_.attributes):
+            column = frame[attribute.name]
+            if attribute.kind == "continuous":
+                values = _finite_numbers(column, attribute.name)
+                codes[:, j] = np.searchsorted(next(edges), values, side="right")
+            else:
+                codes[:, j] = _category_positions(column, attribute.categories)
+                unknown = np.flatnonzero(codes[:, j] < 0)
+                if len(unknown):
+                    raise ValueError(
+                        f"{_rows(unknown)}: attribute {attribute.name!r} has value {column.iloc[unknown[0]]!r}, "
+                        f"which no training row had (known: {list(attribute.categories)}); ConditionalTransport "
+                        "has no map for it"
+                    )
+        return codes
+
+    def _radices(self) -> list[int]:
+        edges = iter(self.bin_edges_)
+        return [len(next(edges)) + 1 if a.kind == "continuous" else len(a.categories) for a in self.schema_.attributes]
+
+    def _cell_ids(self, codes: np.ndarray) -> np.ndarray:
+        ids = np.zeros(len(codes), dtype=np.int64)
+        for j, radix in enumerate(self._radices()):
+            ids = ids * radix + codes[:, j]
+        return ids
+
+    def _fitted_cells(self, codes: np.ndarray) -> np.ndarray:
+        """Each row's position in ``cell_ids_``; an error naming the rows of a cell that had no training rows."""
+        ids = self._cell_ids(codes)
+        positions = np.minimum(np.searchsorted(self.cell_ids_, ids), len(self.cell_ids_) - 1)
+        empty = np.flatnonzero(self.cell_ids_[positions] != ids)
+        if len(empty):
+            raise ValueError(
+                f"{_rows(empty)}: the cell {self._describe_cell(codes[empty[0]])} had no training rows, so "
+                "ConditionalTransport has no map for it"
+            )
+        return positions
+
+    def _describe_cell(self, codes: np.ndarray) -> str:
+        parts, edges = [], iter(self.bin_edges_)
+        for code, attribute in zip(codes, self.schema_.attributes):
+            if attribute.kind == "continuous":
+                bounds = np.concatenate([[-np.inf], next(edges), [np.inf]])
+                parts.append(f"{attribute.name} in [{bounds[code]:g}, {bounds[code + 1]:g})")
+            else:
+                parts.append(f"{attribute.name}={attribute.categories[code]!r}")
+        return "(" + ", ".join(parts) + ")"
+
+    # ---------------------------------------------------------- smooth mean
+    def _design(self, codes: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+        """``[splines, one-hots, splines x one-hots]`` of the attributes (empty without ``smooth_mean_knots``)."""
+        if not self.smooth_mean_knots:
+            return np.zeros((len(frame), 0))
+        splines, one_hots, knots = [], [], iter(self.spline_knots_)
+        for j, attribute in enumerate(self.schema_.attributes):
+            if attribute.kind == "continuous":
+                splines.append(_spline_basis(frame[attribute.name].to_numpy(dtype=float), next(knots)))
+            else:
+                one_hots.append(np.eye(len(attribute.categories))[codes[:, j]])
+        spline = np.hstack(splines) if splines else np.zeros((len(frame), 0))
+        one_hot = np.hstack(one_hots) if one_hots else np.zeros((len(frame), 0))
+        products = (spline[:, :, None] * one_hot[:, None, :]).reshape(len(frame), -1)
+        return np.hstack([spline, one_hot, products])
+
+    def _smooth_mean(self, codes: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+        """The smooth mean of each row's attributes, relative to the training average."""
+        if not self.smooth_mean_knots:
+            return np.zeros((len(frame), self.n_features_in_))
+        return (self._design(codes, frame) - self.design_mean_) @ self.ridge_coef_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def _sqrt_and_inverse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The symmetric square root of a covariance and its inverse (eigenvalues floored, relative to the largest)."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    values = np.clip(values, 1e-9 * max(values.max(), np.finfo(float).tiny), None)
+    return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
+
+
+def _quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Distinct inner edges of ``bins`` training-quantile bins (none for 0 or 1 bin)."""
+    if bins < 2:
+        return np.zeros(0)
+    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def _spline_knots(values: np.ndarray, n_knots: int) -> np.ndarray:
+    """Knot vector of a cubic B-spline basis: ``n_knots`` training quantiles (as ``SplineTransformer(knots="quantile")``
+    places them; repeated ones dropped), extended by ``SPLINE_DEGREE`` evenly spaced knots on each side."""
+    if not n_knots:
+        return np.zeros(0)
+    base = np.unique(np.percentile(values, 100 * np.linspace(0, 1, n_knots)))
+    if len(base) < 2:
+        raise ValueError("a continuous attribute needs at least two distinct values for its spline")
+    low, high = base[1] - base[0], base[-1] - base[-2]
+    degree = SPLINE_DEGREE
+    return np.concatenate([
+        np.linspace(base[0] - degree * low, base[0] - low, degree),
+        base,
+        np.linspace(base[-1] + high, base[-1] + degree * high, degree),
+    ])
+
+
+def _spline_basis(values: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """The B-spline basis at ``values``, held constant beyond the base knots (values are clipped to them)."""
+    degree = SPLINE_DEGREE
+    inside = np.clip(values, knots[degree], knots[-degree - 1])
+    return BSpline.design_matrix(inside, knots, degree).toarray()
+
+
+def _finite_numbers(column: pd.Series, name: str) -> np.ndarray:
+    try:
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+    except (TypeError, ValueError):
+        values = np.full(len(column), np.nan)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise ValueError(
+            f"{_rows(bad)}: attribute {name!r} needs a finite number, got {column.iloc[bad[0]]!r}"
+        )
+    return values
+
+
+def _category_positions(column: pd.Series, categories: tuple) -> np.ndarray:
+    """Each value's position in ``categories`` (equality as ``value in categories``), -1 where none."""
+    lookup: dict = {}
+    for position, category in enumerate(categories):
+        lookup.setdefault(category, position)
+    try:
+        codes, uniques = pd.factorize(column)  # missing values get code -1
+    except TypeError:  # unhashable values (a mixture of categories): none has a map
+        return np.full(len(column), -1, dtype=np.int64)
+    positions = np.array([lookup.get(value, -1) for value in uniques] + [-1], dtype=np.int64)
+    return positions[codes]  # code -1 picks the trailing -1
+
+
+def _rows(rows: np.ndarray) -> str:
+    """``"row 3"`` or ``"rows 3, 9, 12 and 4 more"``: 1-based positions of offending rows."""
+    named = ", ".join(str(int(r) + 1) for r in rows[:ROWS_NAMED])
+    more = f" and {len(rows) - ROWS_NAMED} more" if len(rows) > ROWS_NAMED else ""
+    return f"{'row' if len(rows) == 1 else 'rows'} {named}{more} (1-based)"

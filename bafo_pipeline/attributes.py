@@ -22,7 +22,6 @@ Three kinds of attribute are supported:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal

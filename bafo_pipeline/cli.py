@@ -147,10 +147,14 @@ def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 def _concealment_options(function):
     """Options that set the concealment steps (train and run)."""
     options = [
-        click.option("--concealment", type=click.Choice(["none", "linear", "full", "trained"]), default="full",
+        click.option("--concealment", type=click.Choice(["none", "linear", "full", "trained", "transport",
+                                                         "transport-refined"]), default="full",
                      show_default=True,
                      help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE; "
-                          "trained: LEACE learned in training (docs/TRAINED_CONCEALMENT.md)."),
+                          "trained: LEACE learned in training; transport: each attribute group's latents moved "
+                          "onto the pooled ones, which needs every row's labels when encoding too (labelled "
+                          "exports only); transport-refined: + adversarial refiner and LEACE "
+                          "(docs/TRAINED_CONCEALMENT.md)."),
         click.option("--covariance-dims", default=0, show_default=True,
                      help="Also erase this many directions where the groups' spreads differ "
                           "(docs/COVARIANCE_ERASURE.md)."),
@@ -791,6 +795,16 @@ def _list_images(inputs: tuple[str, ...]) -> list[Path]:
     return paths
 
 
+def _refuse_label_conditional(estimator, command: str) -> None:
+    """decode and grid encode faces whose own attributes they are not given: a concealment that needs them
+    (label-conditional transport) cannot encode such faces."""
+    if estimator.needs_sensitive_features_to_transform:
+        raise click.UsageError(
+            f"this model's concealment ({estimator.concealment}) needs each input face's own sensitive attributes "
+            f"to encode it, and `bafo {command}` is not given them; use a model trained with another --concealment"
+        )
+
+
 def _decode_inputs(estimator, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Decode the input images at the model's size: ``(images, positions of the readable inputs)``.
 
@@ -870,6 +884,7 @@ def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir, overwrite)
     estimator = load_model(model_dir)
     if estimator.schema_ is None:
         raise click.UsageError("this model was trained without sensitive attributes; there is nothing to set")
+    _refuse_label_conditional(estimator, "decode")
     given = {"age": age, "gender": gender, "ethnicity": ethnicity}
     malformed = [item for item in extra if "=" not in item]
     if malformed:
@@ -915,6 +930,7 @@ def grid(model_dir, inputs, style, ages, fixed_age, max_inputs, out, overwrite):
     check_not_an_input(out, what="--out", files=paths, folders=[i for i in inputs if Path(i).is_dir()])
     check_destination(out, overwrite=overwrite)
     estimator = load_model(model_dir)
+    _refuse_label_conditional(estimator, "grid")
     images, _ = _decode_inputs(estimator, paths)
     if style == "ages":
         panel = age_gender_grid(estimator, images, [_number(a, "--ages") for a in ages.split(",")])

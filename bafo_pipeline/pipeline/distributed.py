@@ -222,14 +222,16 @@ def encode_dataset(
     key_table = _check_key_table(key_table, filesystem, out_path, overwrite)
     folder = JobFolder(filesystem, out_path)
 
+    carry_labels = include_labels or bool(getattr(estimator, "needs_sensitive_features_to_transform", False))
     with _ray_session(address, verbose) as ray:
         if kind == "dataset":
             plan = make_dataset_plan(source, key, fingerprint, include_labels=include_labels,
-                                     partition_rows=partition_rows)
+                                     partition_rows=partition_rows, carry_labels=carry_labels)
         else:
             plan = make_file_plan(
                 kind, source, key, fingerprint, hasher=_cluster_hasher(ray), id_from=id_from,
-                include_labels=include_labels, include_split=include_split, split=split, split_rule=split_rule,
+                include_labels=include_labels, carry_labels=carry_labels, include_split=include_split, split=split,
+                split_rule=split_rule,
                 partition_rows=partition_rows, image_column=image_column, sensitive=tuple(sensitive), strict=strict,
                 allow_outside_root=allow_outside_root, max_file_bytes=max_file_bytes,
             )
@@ -243,6 +245,7 @@ def encode_dataset(
         spec = JobSpec(
             out=out_path, plan_fingerprint=plan.fingerprint, n_partitions=plan.n_partitions,
             sensitive=plan.sensitive, include_labels=include_labels, include_split=include_split,
+            carry_labels=carry_labels,
             batch_size=batch_size, decoder=decoder, strict=strict, max_file_bytes=max_file_bytes,
             metadata={"model_fingerprint": fingerprint, "id_scheme": plan.settings["id_scheme"],
                       "id_key_fingerprint": plan.settings["id_key_fingerprint"]},

@@ -68,6 +68,9 @@ class JobSpec:
         The source's sensitive columns.
     include_labels, include_split, batch_size, decoder, strict, max_file_bytes
         As in :func:`~bafo_pipeline.pipeline.distributed.encode_dataset`.
+    carry_labels : bool
+        The label columns travel with the planned rows (the model's concealment needs
+        every row's sensitive attributes); written only with ``include_labels``.
     metadata : dict
         Stored in every file's ``bafo`` metadata (model fingerprint, id scheme, key fingerprint).
     """
@@ -78,6 +81,7 @@ class JobSpec:
     sensitive: tuple[str, ...] = ()
     include_labels: bool = False
     include_split: bool = False
+    carry_labels: bool = False
     batch_size: int = 512
     decoder: str = "auto"
     strict: bool = False
@@ -158,6 +162,7 @@ def make_file_plan(
     hasher: Callable,
     id_from: str = "content",
     include_labels: bool = False,
+    carry_labels: bool = False,
     include_split: bool = False,
     split: str = "all",
     split_rule: dict | None = None,
@@ -172,7 +177,9 @@ def make_file_plan(
 
     ``hasher`` hashes the files (the cluster's, see
     :func:`~bafo_pipeline.data.splits.hash_files` for its signature). The other
-    parameters are :func:`~bafo_pipeline.pipeline.distributed.encode_dataset`'s.
+    parameters are :func:`~bafo_pipeline.pipeline.distributed.encode_dataset`'s, except
+    ``carry_labels``: the planned rows hold the label columns without ``include_labels``
+    (a concealment that needs every row's sensitive attributes; they are not written).
     """
     common = {"strict": strict, "allow_outside_root": allow_outside_root, "max_file_bytes": max_file_bytes,
               "hasher": hasher}
@@ -194,6 +201,10 @@ def make_file_plan(
         raise ValueError(f"column name(s) {clash} are reserved for the export; rename them")
     if include_labels and not label_columns:
         raise ValueError(f"include_labels: this {kind} source has no label columns")
+    carry_labels = carry_labels or include_labels
+    if carry_labels and not label_columns:
+        raise ValueError(f"this model's concealment needs every row's sensitive attributes; this {kind} source has "
+                         "no label columns")
 
     hashes = table["content_hash"].to_numpy(dtype=object)
     content_ids = pseudonymous_ids(hashes, key)
@@ -215,7 +226,7 @@ def make_file_plan(
     n_partitions = n_partitions_for(len(table), partition_rows)
     partitions = partition_of(content_ids, n_partitions)
     order = np.lexsort((content_ids, partitions))  # by partition, then by the keyed id: no name order
-    rows = table.reset_index(drop=True)[["path", "content_hash", *(label_columns if include_labels else [])]]
+    rows = table.reset_index(drop=True)[["path", "content_hash", *(label_columns if carry_labels else [])]]
     rows = rows.iloc[order].reset_index(drop=True)
     rows["_bafo_id"] = ids[order]
     rows["_bafo_split"] = None if split_names is None else split_names[order]
@@ -233,6 +244,7 @@ def make_file_plan(
         "rows_planned": int(len(rows)),
         "n_partitions": n_partitions,
         "label_columns": label_columns if include_labels else [],
+        **({"labels_carried": True} if carry_labels and not include_labels else {}),
         "split": split,
         "include_split": include_split,
         "split_rule": split_rule if (split != "all" or include_split) else None,
@@ -241,7 +253,7 @@ def make_file_plan(
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for part, i, h in zip(partitions[order].tolist(), rows["_bafo_id"].tolist(), rows["content_hash"].tolist()):
         digest.update(f"{part}\t{i}\t{h}\n".encode())
-    if include_labels:
+    if carry_labels:
         digest.update(pd.util.hash_pandas_object(rows[label_columns], index=False).to_numpy().tobytes())
     return Plan(
         settings=settings,
@@ -269,14 +281,17 @@ def make_file_plan(
 
 
 def make_dataset_plan(dataset: Any, key: bytes, model_fingerprint: str, *, include_labels: bool,
-                      partition_rows: int | None) -> Plan:
-    """Plan a ``ray.data.Dataset`` of image bytes: its rows are keyed on the workers, only counted here."""
+                      partition_rows: int | None, carry_labels: bool = False) -> Plan:
+    """Plan a ``ray.data.Dataset`` of image bytes: its rows are keyed on the workers, only counted here.
+
+    ``carry_labels``: as in :func:`make_file_plan`."""
     names = dataset.schema().names
     if "bytes" not in names:
         raise ValueError(f"a ray.data.Dataset source needs a 'bytes' column of image files; columns: {names}")
     label_columns = [n for n in names if n not in ("bytes", "path") and not n.startswith("_bafo_")]
-    if include_labels and not label_columns:
-        raise ValueError("include_labels: the dataset has no label columns besides 'bytes'")
+    if (include_labels or carry_labels) and not label_columns:
+        raise ValueError("include_labels (or a concealment that needs every row's sensitive attributes): the dataset "
+                         "has no label columns besides 'bytes'")
     n_inputs = dataset.count()
     n_partitions = n_partitions_for(n_inputs, partition_rows)
     settings = {
@@ -289,6 +304,7 @@ def make_dataset_plan(dataset: Any, key: bytes, model_fingerprint: str, *, inclu
         "rows_planned": n_inputs,
         "n_partitions": n_partitions,
         "label_columns": label_columns if include_labels else [],
+        **({"labels_carried": True} if carry_labels and not include_labels else {}),
         "split": "all",
         "include_split": False,
         "split_rule": None,

@@ -20,6 +20,7 @@ import torch
 
 from .._nn.bundle import ImageEncoder
 from .._nn.inference import InferenceSettings
+from ..attributes import AttributeSchema
 from ..data import key_fingerprint, load_id_key, pseudonymous_ids, write_key_table
 from ..data.dataset import FaceSource
 from ..data.decode_pool import choose_decode_processes, processes_available
@@ -173,9 +174,11 @@ def export_latents(
     if split is not None and len(split) != len(source):
         raise ValueError(f"{len(split)} split names given for {len(source)} source rows")
     ids, order, id_provenance = _ids_and_order(model.attribute_names, source, ids, id_column, id_from, id_key)
+    conditions = _transform_attributes(model, source.attributes) if model.needs_attributes else None
     if order is not None:  # rows written in the order of their pseudonymous ids
         source, ids = source.subset(order), ids[order]
         split = None if split is None else np.asarray(split, dtype=object)[order]
+        conditions = None if conditions is None else conditions.iloc[order].reset_index(drop=True)
     attributes = source.attributes
     label_frame = attributes.reset_index(drop=True)
     hashes = source.content_hash
@@ -219,7 +222,7 @@ def export_latents(
                 report.skipped.append((int(row if order is None else order[row]), _redact(reason)))
             if len(rows):
                 with clock.stage("encoding"):
-                    latents = encode(model.encoder, images)
+                    latents = encode(model.encoder, images, None if conditions is None else conditions.iloc[rows])
                 with clock.stage("writing"):
                     writer.write_batch(
                         ids[rows], latents,
@@ -247,10 +250,12 @@ class _Model:
     latent_dim: int
     metadata: dict  # concealment and attribute schema, recorded in the file
     attribute_names: tuple[str, ...]
+    needs_attributes: bool  # its concealment moves each attribute group's latents: every row's labels are needed
 
 
 def _read_model(model) -> _Model:
     """What ``export_latents`` needs of ``model``; refuses a tabular estimator."""
+    needs_attributes = False
     if isinstance(model, ImageEncoder):
         image_shape, metadata = model.image_shape, dict(model.metadata)  # the bundle holds describe_model's dict
     else:
@@ -261,9 +266,33 @@ def _read_model(model) -> _Model:
         if not model.input_format_.is_image:
             raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
         image_shape, metadata = model.input_format_.shape, describe_model(model)
+        needs_attributes = model.needs_sensitive_features_to_transform
     schema = metadata["attribute_schema"]
     names = tuple(attribute["name"] for attribute in schema["attributes"]) if schema else ()
-    return _Model(model, model.inference_settings(), tuple(image_shape), model.latent_dim, metadata, names)
+    return _Model(model, model.inference_settings(), tuple(image_shape), model.latent_dim, metadata, names,
+                  needs_attributes)
+
+
+def _transform_attributes(model: _Model, attributes: pd.DataFrame) -> pd.DataFrame:
+    """The attributes a label-conditional concealment needs, one row per source row (positions reset);
+    refused, naming the column or the rows, where the source lacks some."""
+    what = f"this model's concealment ({model.metadata.get('concealment')}) needs every row's sensitive attributes"
+    missing = [name for name in model.attribute_names if name not in attributes.columns]
+    if missing:
+        raise ValueError(f"{what} {list(model.attribute_names)}; the source has no {missing} column")
+    frame = attributes[list(model.attribute_names)]
+    empty = np.flatnonzero(frame.isna().any(axis=1).to_numpy())
+    if len(empty):
+        rows = "manifest rows" if attributes.index.name == "row" else "rows"
+        named = attributes.index[empty] if attributes.index.name == "row" else empty + 1
+        listed = ", ".join(str(r) for r in named[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise ValueError(f"{what}; {rows} {listed} lack some of {list(model.attribute_names)}")
+    frame = frame.reset_index(drop=True)
+    try:
+        AttributeSchema.from_dict(model.metadata["attribute_schema"]).encode(frame)
+    except ValueError as error:  # e.g. a category the model never saw
+        raise ValueError(f"{what}: {error} (rows counted from 0, in the source's order)") from None
+    return frame
 
 
 def _ids_and_order(attribute_names: tuple[str, ...], source: FaceSource, ids, id_column, id_from, id_key):
@@ -414,16 +443,20 @@ def _encoders_beside_decoding(device: torch.device, decoder: str | None, process
         torch.set_num_threads(threads)
 
 
-def _encode_whole(estimator, images) -> np.ndarray:
-    return estimator.encode_images(images)
+def _encode_whole(estimator, images, attributes: pd.DataFrame | None = None) -> np.ndarray:
+    """Latents of ``images``; ``attributes`` (their rows' labels) only for a label-conditional concealment."""
+    if attributes is None:
+        return estimator.encode_images(images)
+    return estimator.encode_images(images, sensitive_features=attributes.reset_index(drop=True))
 
 
-def _encode_halves(pool: ThreadPoolExecutor, estimator, images) -> np.ndarray:
+def _encode_halves(pool: ThreadPoolExecutor, estimator, images, attributes: pd.DataFrame | None = None) -> np.ndarray:
     half = (len(images) + 1) // 2
     if half == len(images):
-        return estimator.encode_images(images)
-    second = pool.submit(estimator.encode_images, images[half:])
-    first = estimator.encode_images(images[:half])
+        return _encode_whole(estimator, images, attributes)
+    rest = None if attributes is None else attributes.iloc[half:]
+    second = pool.submit(_encode_whole, estimator, images[half:], rest)
+    first = _encode_whole(estimator, images[:half], None if attributes is None else attributes.iloc[:half])
     return np.concatenate([first, second.result()])
 
 

@@ -213,7 +213,7 @@ class GroupWriter(PartitionWriter):
             "conflicting_files_dropped"]
         kept = kept.sort_values("_bafo_id", kind="stable").rename(columns={"bytes": "path"})
         kept["_bafo_split"] = None
-        columns = ["path", "content_hash", *(self.label_columns if self.spec.include_labels else []), *PLAN_COLUMNS]
+        columns = ["path", "content_hash", *(self.label_columns if self.spec.carry_labels else []), *PLAN_COLUMNS]
         stats = self.write_or_report(partition, lambda: pa.Table.from_pandas(kept[columns], preserve_index=False),
                                      read_from=None, skipped=skipped)
         return pa.table({"partition": [partition], "stats": [json.dumps(stats)]})

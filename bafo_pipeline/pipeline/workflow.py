@@ -152,11 +152,14 @@ def run_workflow(
     say("auditing the held-out split (cross-validated and data-rich attackers) and the shared file's side channels")
     pixels_train, pixels_test = _pixel_baseline(train, test, seed)
     names = ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)")
+    # The attributes are passed for a concealment that needs them (label-conditional transport); others ignore them.
     representations = dict(zip(names, (
-        pixels_test, estimator.transform(test.images, conceal=False), estimator.transform(test.images)
+        pixels_test, estimator.transform(test.images, conceal=False),
+        estimator.transform(test.images, sensitive_features=test.sensitive_features),
     )))
     training = dict(zip(names, (
-        pixels_train, estimator.transform(train.images, conceal=False), estimator.transform(train.images)
+        pixels_train, estimator.transform(train.images, conceal=False),
+        estimator.transform(train.images, sensitive_features=train.sensitive_features),
     )))
     labels = test.attributes.reset_index(drop=True)
     if utility_targets is not None:

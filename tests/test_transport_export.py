@@ -1,0 +1,144 @@
+"""A label-conditional concealment (ConditionalTransport) in the batch jobs: exports read every row's labels
+from the source and pass them to the encoder, write them only when asked, and refuse sources without them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, read_latents, save_model
+from bafo_pipeline.cli import main
+from bafo_pipeline.data import pseudonymous_ids, scan_source
+from bafo_pipeline.data.utkface import UTKFACE_ETHNICITIES
+from bafo_pipeline.transformers import ConditionalTransport, load_model
+
+SIZE = 32
+KEY = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return make_synthetic_faces(80, image_size=SIZE, random_state=3)
+
+
+@pytest.fixture(scope="module")
+def model(faces):
+    # Two age bins and no age spline: 80 faces leave few rows per cell.
+    steps = [ConditionalTransport(continuous_bins=2, smooth_mean_knots=0)]
+    return BAFOTransformer(
+        latent_dim=8, widths=(8, 16), epochs=1, batch_size=16, random_state=0, image_shape=(SIZE, SIZE),
+        concealment=steps, decoder_epochs=0,
+    ).fit(faces.images, sensitive_features=_whole_years(faces))
+
+
+def _whole_years(faces):
+    """The faces' labels with ages in whole years, as UTKFace names give them."""
+    return faces.sensitive_features.assign(age=faces.sensitive_features["age"].round().clip(lower=1))
+
+
+@pytest.fixture(scope="module")
+def utkface_folder(faces, tmp_path_factory):
+    """The faces as UTKFace-named JPEGs: their labels are in the names."""
+    folder = tmp_path_factory.mktemp("utk")
+    for i, (image, (age, gender, ethnicity)) in enumerate(zip(faces.images, _whole_years(faces).itertuples(index=False))):
+        code = UTKFACE_ETHNICITIES.index(ethnicity)
+        name = f"{int(age)}_{int(gender == 'female')}_{code}_20170116{i:06d}.jpg.chip.jpg"
+        Image.fromarray(image).save(folder / name, quality=95)
+    return folder
+
+
+def _latents_by_id(path) -> dict:
+    table = read_latents(path)
+    return dict(zip(table.ids.tolist(), table.latents))
+
+
+def test_the_model_needs_the_attributes_to_transform(model, faces):
+    assert model.needs_sensitive_features_to_transform
+    with pytest.raises(ValueError, match="sensitive"):
+        model.transform(faces.images[:4])
+
+
+def test_an_export_passes_each_row_its_own_labels_and_writes_none(model, faces, tmp_path):
+    report = export_latents(model, faces, tmp_path / "z.parquet", id_key=KEY)
+    expected = model.transform(faces.images, sensitive_features=faces.sensitive_features)
+    assert pq.read_schema(tmp_path / "z.parquet").names == ["id", "latent"]  # no label in the shared file
+    table = read_latents(tmp_path / "z.parquet")
+    # Rows are written in id order; map them back through the ids of the in-memory faces.
+    position = {int(i): k for k, i in enumerate(pseudonymous_ids(faces.content_hash, KEY))}
+    written = table.latents
+    rows = [position[int(i)] for i in table.ids]
+    assert report.n_written == len(faces)
+    np.testing.assert_allclose(written, expected[rows], atol=1e-4)
+    # Labels swapped between rows change the latents: the export did use each row's own.
+    swapped = faces.sensitive_features.iloc[::-1].reset_index(drop=True)
+    assert not np.allclose(model.transform(faces.images, sensitive_features=swapped), expected, atol=1e-3)
+
+
+def test_an_export_with_include_labels_writes_the_labels_beside_the_same_latents(model, faces, tmp_path):
+    export_latents(model, faces, tmp_path / "plain.parquet", id_key=KEY)
+    export_latents(model, faces, tmp_path / "labelled.parquet", id_key=KEY, include_labels=True)
+    plain, labelled = _latents_by_id(tmp_path / "plain.parquet"), _latents_by_id(tmp_path / "labelled.parquet")
+    assert plain.keys() == labelled.keys()
+    for key, latent in plain.items():
+        np.testing.assert_array_equal(latent, labelled[key])
+    assert {"age", "gender", "ethnicity"} <= set(read_latents(tmp_path / "labelled.parquet").labels.columns)
+
+
+def test_a_source_without_labels_is_refused_before_anything_is_written(model, utkface_folder, tmp_path):
+    unlabelled, _ = scan_source(images=utkface_folder, image_size=SIZE)  # a plain image folder: no labels
+    with pytest.raises(ValueError, match=r"needs every row's sensitive attributes.*no \['age', 'gender', 'ethnicity'\]"):
+        export_latents(model, unlabelled, tmp_path / "z.parquet", id_key=KEY)
+    assert not (tmp_path / "z.parquet").exists()
+
+
+def test_a_row_with_a_missing_label_is_named(model, faces, tmp_path):
+    for i in range(6):
+        Image.fromarray(faces.images[i]).save(tmp_path / f"face{i}.png")
+    labels = faces.sensitive_features.iloc[:6].reset_index(drop=True).assign(path=[f"face{i}.png" for i in range(6)])
+    labels.loc[3, "ethnicity"] = None
+    labels.to_csv(tmp_path / "manifest.csv", index=False)
+    # The scan skips rows that lack a value of its sensitive columns; ethnicity is not declared one here.
+    source, _ = scan_source(manifest=tmp_path / "manifest.csv", sensitive=("age", "gender"), image_size=SIZE)
+    assert len(source) == 6
+    with pytest.raises(ValueError, match="manifest rows 4 lack"):
+        export_latents(model, source, tmp_path / "z.parquet", id_key=KEY)
+
+
+def test_decode_and_grid_refuse_a_model_that_needs_the_inputs_attributes(model, utkface_folder, tmp_path):
+    model_dir = save_model(model, tmp_path / "model")
+    image = str(sorted(utkface_folder.iterdir())[0])
+    for args in (["decode", "--model", str(model_dir), image, "--out", str(tmp_path / "decoded"), "--age", "40"],
+                 ["grid", "--model", str(model_dir), image, "--out", str(tmp_path / "grid.png")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and "needs each input face's own sensitive attributes" in result.output
+    assert not (tmp_path / "decoded").exists() and not (tmp_path / "grid.png").exists()
+
+
+def test_ray_export_carries_the_labels_to_the_actors_and_writes_the_in_process_latents(
+    ray_cluster, model, utkface_folder, tmp_path
+):
+    from bafo_pipeline.pipeline.distributed import encode_dataset
+    from bafo_pipeline.pipeline.job_folder import PLAN_FILE
+
+    model_dir = save_model(model, tmp_path / "model")
+    source, _ = scan_source(utkface=utkface_folder, image_size=SIZE)
+    export_latents(load_model(model_dir), source, tmp_path / "in_process.parquet", id_key=KEY)
+    report = encode_dataset(model_dir, tmp_path / "ray", utkface=utkface_folder, id_key=KEY, workers=1,
+                            address=ray_cluster, partition_rows=32)
+    assert report.job["actor_model"] == ["estimator"]  # the folded torch bundle cannot transport
+    assert sum(len(read_latents(p)) for p in (tmp_path / "ray").glob("part-*.parquet")) == len(source)
+    parts = sorted((tmp_path / "ray").glob("part-*.parquet"))
+    assert parts and all(pq.read_schema(p).names == ["id", "latent"] for p in parts)  # labels not written
+    plan = json.loads((tmp_path / "ray" / PLAN_FILE).read_text())
+    assert plan["labels_carried"] and plan["label_columns"] == []
+    expected, written = _latents_by_id(tmp_path / "in_process.parquet"), {}
+    for part in parts:
+        written.update(_latents_by_id(part))
+    assert written.keys() == expected.keys()
+    for key, latent in expected.items():
+        np.testing.assert_allclose(written[key], latent, atol=1e-5)

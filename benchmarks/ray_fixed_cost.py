@@ -19,7 +19,6 @@ mark is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

@@ -1,0 +1,87 @@
+"""``bafo run``'s whole job on its demo data, once per concealment: what each leaks and keeps.
+
+Runs :func:`bafo_pipeline.pipeline.run_workflow` (train, conceal, export, audit: what ``bafo run
+--out DIR --concealment C`` does, with the command's defaults) on the demo's 3000 synthetic faces
+for each concealment, and prints JSON: per concealment, the shared latents' worst case per
+sensitive attribute (both attackers, interval, p-value, whether significant at 0.05), the share of
+the unconcealed encoder's score each non-sensitive attribute keeps (best probe), the side
+channels' decision, the overall verdict, and the wall time.
+
+    python benchmarks/demo_concealments.py --concealments full,transport,transport-refined
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
+
+from bafo_pipeline.audits.verdict import is_significant  # noqa: E402
+from bafo_pipeline.data import make_synthetic_faces  # noqa: E402
+from bafo_pipeline.pipeline import run_workflow  # noqa: E402
+from bafo_pipeline.transformers import BAFOTransformer  # noqa: E402
+
+SHARED, UNCONCEALED = "bafo (shared latents)", "bafo encoder (no concealment)"
+# bafo run's defaults (bafo_pipeline/cli.py: run)
+RUN_DEFAULTS = {"latent_dim": 48, "epochs": 30, "batch_size": 32, "decoder_epochs": 6}
+
+
+def one_run(concealment: str, seed: int, samples: int) -> dict:
+    faces = make_synthetic_faces(samples, 56, random_state=seed)
+    estimator = BAFOTransformer(concealment=concealment, random_state=seed, **RUN_DEFAULTS)
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        result = run_workflow(faces, out, estimator, seed=seed, target="smile")
+        seconds = time.perf_counter() - started
+    report = result.report
+    worst = report.worst_case()
+    shared = worst[worst["representation"] == SHARED]
+    shares = result.utility.shares("best")
+    kept = shares[shares["representation"] == SHARED]
+    return {
+        "seconds": round(seconds, 1),
+        "shared_latents_worst_case": {
+            r["attribute"]: {
+                "leakage": round(float(r["leakage"]), 3), "ci": [round(float(r["ci_low"]), 3), round(float(r["ci_high"]), 3)],
+                "p_value": float(r["p_value"]), "probe": r["probe"], "attacker": r["attacker"],
+                "significant": is_significant(r),
+            }
+            for r in shared.to_dict("records")
+        },
+        "kept_share_of_unconcealed": {
+            r["target"]: round(float(r[f"share_of[{UNCONCEALED}]"]), 3) for r in kept.to_dict("records")
+        },
+        "side_channels_leak": bool(report.leakage.side_channels_leak()),
+        "overall": [v.text for v in report.verdicts],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concealments", default="full,transport,transport-refined")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=3000, help="bafo run's --synthetic-samples")
+    parser.add_argument("--commit", help="the package version measured (recorded in the JSON)")
+    args = parser.parse_args()
+    runs = {}
+    for concealment in args.concealments.split(","):
+        runs[concealment] = one_run(concealment, args.seed, args.samples)
+        print(concealment, json.dumps(runs[concealment]), file=sys.stderr, flush=True)
+    print(json.dumps({
+        "benchmark": "demo_concealments",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "commit": args.commit,
+        "settings": {**RUN_DEFAULTS, "samples": args.samples, "seed": args.seed},
+        "runs": runs,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

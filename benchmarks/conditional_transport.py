@@ -40,6 +40,7 @@ attacker learns from.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -348,9 +349,36 @@ VARIANTS = {
 }
 
 
+#: The library's presets, fitted by the estimator itself on the cached encoder (``fit_concealment``):
+#: name -> (concealment, decoder_epochs). ``transport-refined`` with the default decoder fine-tuning.
+PRESET_VARIANTS = {"preset:transport-refined-dec6": ("transport-refined", 6)}
+
+
+class PresetTransport:
+    """A copy of the encoder whose concealment is a library preset, fitted by ``fit_concealment`` on the training
+    images (the refiner, the erasure and the decoder fine-tuning as ``bafo train`` runs them); called as this
+    file's transports are, on images instead of latents."""
+
+    def __init__(self, model, name: str):
+        concealment, decoder_epochs = PRESET_VARIANTS[name]
+        self.estimator = copy.deepcopy(model).set_params(concealment=concealment, decoder_epochs=decoder_epochs)
+
+    def fit_transform(self, part):
+        self.estimator.fit_concealment(part.images, sensitive_features=part.sensitive_features)
+        return self.transform(part)
+
+    def transform(self, part):
+        return self.estimator.transform(part.images, sensitive_features=part.sensitive_features).astype(float)
+
+    def decode(self, latents, part):
+        return self.estimator.inverse_transform(latents.astype(np.float32), sensitive_features=part.sensitive_features)
+
+
 # ---------------------------------------------------------------- measures
 def measure(name, model, train, test, Z_train, Z_test, targets, args, reference_psnr) -> dict:
     started = time.perf_counter()
+    if name in PRESET_VARIANTS:
+        return measure_preset(name, model, train, test, targets, args, reference_psnr)
     transport = VARIANTS[name]()
     A_train = transport.fit_transform(Z_train, train.attributes)
     A_test = transport.transform(Z_test, test.attributes)
@@ -366,6 +394,26 @@ def measure(name, model, train, test, Z_train, Z_test, targets, args, reference_
         result["inverse_max_abs_error"] = float(np.abs(restored - Z_test).max())
         decoded = model.inverse_transform(restored.astype(np.float32), sensitive_features=test.sensitive_features)
         psnr = tc.psnr(test.images, decoded)
+        result["psnr_db"] = float(psnr.mean())
+        result["psnr_loss_db"] = float((reference_psnr - psnr).mean())
+    print(f"[{name}] {time.perf_counter() - started:.0f}s: {tc.summary_line({**result, 'psnr_db': result.get('psnr_db', float('nan'))})}",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def measure_preset(name, model, train, test, targets, args, reference_psnr) -> dict:
+    """:func:`measure` for a library preset (:data:`PRESET_VARIANTS`), decoded by the preset's own path."""
+    started = time.perf_counter()
+    preset = PresetTransport(model, name)
+    A_train, A_test = preset.fit_transform(train), preset.transform(test)
+    result = {
+        "fit_seconds": time.perf_counter() - started,
+        "data_rich": tc.data_rich_attack(A_train, A_test, train, test, args),
+        "audit": tc.audit_attack(A_test, test),
+        "utility": tc.utility(A_train, A_test, targets) if targets else None,
+    }
+    if reference_psnr is not None:
+        psnr = tc.psnr(test.images, preset.decode(A_test, test))
         result["psnr_db"] = float(psnr.mean())
         result["psnr_loss_db"] = float((reference_psnr - psnr).mean())
     print(f"[{name}] {time.perf_counter() - started:.0f}s: {tc.summary_line({**result, 'psnr_db': result.get('psnr_db', float('nan'))})}",
@@ -391,7 +439,8 @@ def main(argv=None) -> None:
     parser.add_argument("--landmarks", default=str(tc.LANDMARKS))
     parser.add_argument("--models", help="the trained_concealment models cache holding the 'none' encoder")
     parser.add_argument("--model", help="instead, a model written by `bafo train` (its encoder's raw latents; no PSNR)")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"of {sorted(VARIANTS)}, or the library presets {sorted(PRESET_VARIANTS)}")
     parser.add_argument("--seed", type=int, default=0, help="the none encoder's training seed (trained_concealment's --seed)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)

@@ -33,6 +33,7 @@ from ._state import NetworkState, get_state, register_loadable, set_state
 from ._steps import (
     PRESETS,
     check_steps,
+    decoder_learned_output,
     fit_ready,
     foldable_layers,
     get_step_params,
@@ -544,7 +545,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         # they removed, as far as the chosen attributes predict it, except what steps that took part in
         # training removed: the decoder learned from their output.
         leading = next((i for i, step in enumerate(steps) if is_invertible(step)), len(steps))
-        trained = next((i for i, step in enumerate(steps) if not _decoder_trained_on(step)), len(steps))
+        trained = next((i for i, step in enumerate(steps) if not decoder_learned_output(step)), len(steps))
         latents = decoded_from = means
         for i, step in enumerate(steps):
             latents = _step_transform(step.fit(latents, sensitive_features=frame), latents, frame)
@@ -1266,11 +1267,6 @@ def _step_transform(step, latents: np.ndarray, frame: pd.DataFrame | None) -> np
 
 def _setting_name(concealment) -> str:
     return concealment if isinstance(concealment, str) else "steps"
-
-
-def _decoder_trained_on(step) -> bool:
-    """Whether the decoder learned, in the encoder's training, from this step's output (its hook erases in the loop)."""
-    return hasattr(step, "training_hook") and getattr(step, "erase_in_loop", True)
 
 
 def _least_squares_map(conditions: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -35,9 +35,13 @@ Optional parts, found by name:
     part in the encoder's own training (between encoder and decoder, plus a
     loss term); the step is still fitted on the trained encoder's latents
     afterwards. :class:`~bafo_pipeline.transformers.TrainedErasure` has one
-    (linear erasure learned in training). The decoder is taken to have
-    learned from the step's output (no label map is added back for it)
-    unless the step's ``erase_in_loop`` is False.
+    (linear erasure learned in training).
+``decoder_learned_output``
+    (a property or attribute) True when the encoder's decoder learned, in
+    training, from the step's output (its training hook puts the step
+    between encoder and decoder), so no label map is added back for it
+    when decoding. :class:`~bafo_pipeline.transformers.TrainedErasure`
+    says so unless its ``erase_in_loop`` is False. See :func:`decoder_learned_output`.
 ``as_layers()``
     describes the fitted step as a chain of
     :class:`~bafo_pipeline._nn.folding.AffineMap` s and ``nn.SiLU``
@@ -62,6 +66,7 @@ __all__ = [
     "INHERITED_PARAMS",
     "PRESETS",
     "check_steps",
+    "decoder_learned_output",
     "fit_ready",
     "foldable_layers",
     "get_step_params",
@@ -101,6 +106,11 @@ def is_invertible(step) -> bool:
 def needs_attributes_to_transform(step) -> bool:
     """Whether ``step.transform`` needs each row's ``sensitive_features`` (``needs_sensitive_features_to_transform``)."""
     return bool(getattr(step, "needs_sensitive_features_to_transform", False))
+
+
+def decoder_learned_output(step) -> bool:
+    """Whether the decoder learned, in the encoder's training, from ``step``'s output (``decoder_learned_output``)."""
+    return bool(getattr(step, "decoder_learned_output", False))
 
 
 def inverts_exactly(step) -> bool:

@@ -100,6 +100,11 @@ class TrainedErasure(LinearErasure):
         self.erase_in_loop = erase_in_loop
         self.freeze_after = freeze_after
 
+    @property
+    def decoder_learned_output(self) -> bool:
+        """Whether the decoder learned from this step's output in training: it erases in the loop."""
+        return bool(self.erase_in_loop)
+
     def training_hook(self, latent_dim: int, condition_slices: list) -> InLoopErasure:
         """The in-loop eraser (and matching penalty) the encoder trains with.
 

@@ -1,7 +1,11 @@
 """Shared test settings and helpers."""
 
+import contextlib
 import copy
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +104,22 @@ def _planted_group_signals(n: int, seed: int):
 def planted_group_signals():
     """``planted_group_signals(n, seed)``: see :func:`_planted_group_signals`."""
     return _planted_group_signals
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def _benchmark_module(name: str):
+    sys.path.insert(0, str(BENCHMARKS))  # benchmarks import their siblings by name
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="session")
+def benchmark_module():
+    """``with benchmark_module("leakage_frontier") as module:`` imports ``benchmarks/<name>.py``."""
+    return _benchmark_module
+

@@ -1,25 +1,16 @@
 """benchmarks/conditional_transport.py: its ``smooth-mean+cells`` variant, now the library step, agrees with the
 research prototype it replaced (on data where every held-out cell has training rows)."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import conditional_transport
-
-        yield conditional_transport
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def bench(benchmark_module):
+    with benchmark_module("conditional_transport") as module:
+        yield module
 
 
 def _attributes(n: int, seed: int) -> pd.DataFrame:

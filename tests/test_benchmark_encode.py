@@ -1,24 +1,15 @@
 """benchmarks/encode_throughput.py and _machine.py: what a JSON records (CPU features, ISA emulation,
 the three side-by-side measurements), on a CI-sized synthetic run."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def modules():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import _machine
-        import encode_throughput
-
-        yield _machine, encode_throughput
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def modules(benchmark_module):
+    with benchmark_module("_machine") as machine, benchmark_module("encode_throughput") as encode_throughput:
+        yield machine, encode_throughput
 
 
 def test_the_machine_record_names_the_isa_caps_in_force(modules, monkeypatch):

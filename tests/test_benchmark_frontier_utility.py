@@ -1,8 +1,6 @@
 """benchmarks/leakage_frontier.py's utility columns: per-variant shares of 'none', the table, the leakage-vs-utility panel."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,18 +9,11 @@ from matplotlib.figure import Figure
 
 from bafo_pipeline.audits.utility import audit_utility
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def frontier():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import leakage_frontier
-
-        yield leakage_frontier
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def frontier(benchmark_module):
+    with benchmark_module("leakage_frontier") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

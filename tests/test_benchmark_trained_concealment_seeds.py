@@ -1,23 +1,15 @@
 """benchmarks/trained_concealment.py's seed merge: per-seed ΔPSNR/shares against that seed's 'none', min-max spread."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import trained_concealment
-
-        yield trained_concealment
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def bench(benchmark_module):
+    with benchmark_module("trained_concealment") as module:
+        yield module
 
 
 def result(gender: float, psnr: float, yaw: float) -> dict:

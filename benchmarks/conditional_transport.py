@@ -307,13 +307,18 @@ class TransportThenRefiner:
     which the transport makes redundant) against the non-linear leakage the transport leaves: the library's
     ``concealment="transport-refined"``."""
 
+    def __init__(self, adversary_weight: float = 0.3, kl_weight: float = 1.0):
+        self.adversary_weight = adversary_weight  # the presets' refine_adversary_weight
+        self.kl_weight = kl_weight  # the refiner's own VAE's
+
     def fit_transform(self, Z, attributes):
         from bafo_pipeline import LatentRefiner, LinearErasure
 
         self.transport_ = LibraryTransport()
         Y = self.transport_.fit_transform(Z, attributes)
         frame = attributes[list(SENSITIVE)]
-        self.refiner_ = LatentRefiner(batch_size=32, learning_rate=0.002, device="cpu", random_state=0)
+        self.refiner_ = LatentRefiner(batch_size=32, learning_rate=0.002, adversary_weight=self.adversary_weight,
+                                      kl_weight=self.kl_weight, device="cpu", random_state=0)
         Y = self.refiner_.fit(Y.astype(np.float32), sensitive_features=frame).transform(Y.astype(np.float32))
         self.erasure_ = LinearErasure().fit(Y, sensitive_features=frame)
         return self.erasure_.transform(Y)
@@ -343,6 +348,13 @@ VARIANTS = {
     "cells+sliced-all-240-step0.25-levels17": lambda: ConditionalTransport(
         sliced_iterations=240, levels=17, step=0.25, sliced_attributes=("gender", "ethnicity", "age")),
     "smooth-mean+cells+refiner": TransportThenRefiner,
+    # Lighter adversaries: between transport alone (utility kept, gender at the default's level) and the
+    # preset's 0.3 (gender goal met, expression residuals lost), is there a knee?
+    "smooth-mean+cells+refiner-adv0.1": lambda: TransportThenRefiner(adversary_weight=0.1),
+    "smooth-mean+cells+refiner-adv0.03": lambda: TransportThenRefiner(adversary_weight=0.03),
+    # The adversary weight moved nothing beyond the refiner's own randomness: is it the refiner's KL pressure?
+    "smooth-mean+cells+refiner-kl0.3": lambda: TransportThenRefiner(kl_weight=0.3),
+    "smooth-mean+cells+refiner-kl0.1": lambda: TransportThenRefiner(kl_weight=0.1),
     "gaussianized+smooth-mean+cells": GaussianizedTransport,
     "predicted-cells-hard": lambda: PredictedCellTransport(),
     "predicted-cells-soft": lambda: PredictedCellTransport(soft=True),

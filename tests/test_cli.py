@@ -119,8 +119,8 @@ def test_audit_gate_fails_on_a_planted_leak_and_passes_on_noise(tmp_path):
 
 
 def test_run_does_the_whole_job(tmp_path, monkeypatch):
-    # A fixed id key: the shared file's row order follows the keyed ids, and the side-channel check fails
-    # a label-free order in about 5% of keys (its family-wise alpha); with the session's random key, so would this test.
+    # A fixed id key: the shared file's row order follows the keyed ids, and the side-channel check fails a
+    # label-free row order for about 0.1% of keys (its family-wise level); a fixed key keeps the test deterministic.
     (tmp_path / "id.key").write_text("5e" * 32 + "\n")
     monkeypatch.setenv("BAFO_ID_KEY_FILE", str(tmp_path / "id.key"))
     out = tmp_path / "demo"
@@ -150,6 +150,31 @@ def test_run_does_the_whole_job(tmp_path, monkeypatch):
     assert overall["text"] in result.output and "of bafo encoder (no concealment)" in overall["text"]
     again = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--out", str(out)])
     assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_run_with_transport_encodes_every_image_with_its_own_labels(tmp_path, monkeypatch):
+    from bafo_pipeline.data import load_id_key, load_source, pseudonymous_ids
+    from bafo_pipeline.transformers import load_model
+
+    (tmp_path / "id.key").write_text("5e" * 32 + "\n")
+    monkeypatch.setenv("BAFO_ID_KEY_FILE", str(tmp_path / "id.key"))
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--epochs", "1", "--batch-size", "256",
+                                       "--latent-dim", "16", "--concealment", "transport", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert pq.read_schema(out / "latents.parquet").names == ["id", "latent", "split"]  # no label in the shared file
+    faces = load_source(synthetic_samples=700, image_size=56, seed=0)  # what bafo run loaded
+    model = load_model(out / "model")
+    assert model.needs_sensitive_features_to_transform
+    shared = read_latents(out / "latents.parquet")
+    row = {i: r for r, i in enumerate(pseudonymous_ids(faces.content_hash, load_id_key(None)))}
+    rows = [row[i] for i in shared.ids]
+    labels = faces.sensitive_features.iloc[rows].reset_index(drop=True)
+    np.testing.assert_allclose(shared.latents, model.transform(faces.images[rows], sensitive_features=labels),
+                               atol=1e-4)
+    other = labels.assign(gender=labels["gender"].map({"male": "female", "female": "male"}))
+    moved = np.abs(model.transform(faces.images[rows], sensitive_features=other) - shared.latents).max()
+    assert moved > 0.1 * shared.latents.std()  # another row's labels move it: the export used each row's own
 
 
 def test_run_on_real_faces_says_why_utility_is_missing_without_the_landmarks_extra(monkeypatch, capsys):

@@ -62,6 +62,9 @@ class InLoopErasure:
         batch). A map refitted every batch moves with the estimation noise of
         directions that carry little sensitive signal, and content cannot settle
         outside it.
+    seed : int, default=0
+        Seeds the sliced-Wasserstein penalty's random directions (its own
+        generator: a fit does not depend on the global one).
 
     Notes
     -----
@@ -84,6 +87,7 @@ class InLoopErasure:
         erase_in_loop: bool = True,
         momentum: float = 0.98,
         freeze_after: int | None = None,
+        seed: int = 0,
     ):
         if matching_weight < 0:
             raise ValueError(f"matching_weight must be >= 0, got {matching_weight}")
@@ -100,6 +104,7 @@ class InLoopErasure:
         self.erase_in_loop = erase_in_loop
         self.momentum = momentum
         self.freeze_after = freeze_after
+        self.seed = seed
         self.refreshed = 0
         self.eraser: RunningEraser | None = None
         self._loss_scale = 1.0
@@ -111,6 +116,9 @@ class InLoopErasure:
             self.latent_dim, layout, covariance_dims=self.covariance_dims, momentum=self.momentum
         ).to(conditions.device)
         self._loss_scale = float(input_size)
+        # The sliced penalty's random directions come from here, not torch's global generator, so a fit
+        # does not depend on what drew from that generator before it.
+        self._generator = torch.Generator().manual_seed(self.seed)
 
     def latent(self, z: torch.Tensor, conditions: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """``erase(mean) + (z - mean)`` (``z`` without ``erase_in_loop``); a training batch first updates and refreshes the eraser."""
@@ -128,7 +136,10 @@ class InLoopErasure:
         eraser = self._ready()
         if self.matching_weight == 0:
             return mean.new_zeros(())
-        penalty = MATCHING_PENALTIES[self.matching](eraser.whitened(mean.float()), eraser.layout.group_onehot(conditions))
+        options = {"generator": self._generator} if self.matching == "sliced_wasserstein" else {}
+        penalty = MATCHING_PENALTIES[self.matching](
+            eraser.whitened(mean.float()), eraser.layout.group_onehot(conditions), **options
+        )
         return self.matching_weight * self._loss_scale * penalty
 
     def erase(self, latents: torch.Tensor) -> torch.Tensor:

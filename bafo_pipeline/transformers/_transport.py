@@ -292,7 +292,7 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
                 unknown = np.flatnonzero(codes[:, j] < 0)
                 if len(unknown):
                     raise ValueError(
-                        f"{_rows(unknown)}: attribute {attribute.name!r} has value {column.iloc[unknown[0]]!r}, "
+                        f"{_rows(unknown)}: attribute {attribute.name!r} has value {_shown(column.iloc[unknown[0]])}, "
                         f"which no training row had (known: {list(attribute.categories)}); ConditionalTransport "
                         "has no map for it"
                     )
@@ -404,7 +404,7 @@ def _finite_numbers(column: pd.Series, name: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
         raise ValueError(
-            f"{_rows(bad)}: attribute {name!r} needs a finite number, got {column.iloc[bad[0]]!r}"
+            f"{_rows(bad)}: attribute {name!r} needs a finite number, got {_shown(column.iloc[bad[0]])}"
         )
     return values
 
@@ -420,6 +420,11 @@ def _category_positions(column: pd.Series, categories: tuple) -> np.ndarray:
         return np.full(len(column), -1, dtype=np.int64)
     positions = np.array([lookup.get(value, -1) for value in uniques] + [-1], dtype=np.int64)
     return positions[codes]  # code -1 picks the trailing -1
+
+
+def _shown(value) -> str:
+    """A value as its user wrote it: ``nan``, ``'x'``, ``3.5`` (not ``np.float64(nan)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _rows(rows: np.ndarray) -> str:

@@ -39,6 +39,7 @@ __all__ = [
     "AttributeSchema",
     "as_sensitive_frame",
     "infer_kind",
+    "quantile_bin_edges",
 ]
 
 AttributeKind = Literal["continuous", "binary", "categorical"]
@@ -442,6 +443,17 @@ def infer_kind(values) -> AttributeKind:
     """
     column = _as_series(values)
     return _kind_of(column, column.nunique(dropna=True))
+
+
+def quantile_bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """The distinct inner edges of ``bins`` equal-count bins of ``values`` (none for fewer than 2 bins).
+
+    Rows fall into ``np.searchsorted(edges, values, side="right")``: the groups the
+    concealment steps use for a continuous attribute (age bands).
+    """
+    if bins < 2:
+        return np.zeros(0)
+    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
 
 
 def _kind_of(column: pd.Series, n_distinct: int) -> AttributeKind:

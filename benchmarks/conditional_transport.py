@@ -389,48 +389,41 @@ class PresetTransport:
 # ---------------------------------------------------------------- measures
 def measure(name, model, train, test, Z_train, Z_test, targets, args, reference_psnr) -> dict:
     started = time.perf_counter()
-    if name in PRESET_VARIANTS:
-        return measure_preset(name, model, train, test, targets, args, reference_psnr)
-    transport = VARIANTS[name]()
-    A_train = transport.fit_transform(Z_train, train.attributes)
-    A_test = transport.transform(Z_test, test.attributes)
-    fit_seconds = time.perf_counter() - started
-    result = {
-        "fit_seconds": fit_seconds,
-        "data_rich": tc.data_rich_attack(A_train, A_test, train, test, args),
-        "audit": tc.audit_attack(A_test, test),
-        "utility": tc.utility(A_train, A_test, targets) if targets else None,
-    }
-    if hasattr(transport, "inverse_transform") and reference_psnr is not None:
-        restored = transport.inverse_transform(A_test, test.attributes)
-        result["inverse_max_abs_error"] = float(np.abs(restored - Z_test).max())
-        decoded = model.inverse_transform(restored.astype(np.float32), sensitive_features=test.sensitive_features)
-        psnr = tc.psnr(test.images, decoded)
-        result["psnr_db"] = float(psnr.mean())
-        result["psnr_loss_db"] = float((reference_psnr - psnr).mean())
-    print(f"[{name}] {time.perf_counter() - started:.0f}s: {tc.summary_line({**result, 'psnr_db': result.get('psnr_db', float('nan'))})}",
-          file=sys.stderr, flush=True)
-    return result
-
-
-def measure_preset(name, model, train, test, targets, args, reference_psnr) -> dict:
-    """:func:`measure` for a library preset (:data:`PRESET_VARIANTS`), decoded by the preset's own path."""
-    started = time.perf_counter()
-    preset = PresetTransport(model, name)
-    A_train, A_test = preset.fit_transform(train), preset.transform(test)
+    A_train, A_test, decode = _concealed(name, model, train, test, Z_train, Z_test)
     result = {
         "fit_seconds": time.perf_counter() - started,
         "data_rich": tc.data_rich_attack(A_train, A_test, train, test, args),
         "audit": tc.audit_attack(A_test, test),
         "utility": tc.utility(A_train, A_test, targets) if targets else None,
     }
-    if reference_psnr is not None:
-        psnr = tc.psnr(test.images, preset.decode(A_test, test))
-        result["psnr_db"] = float(psnr.mean())
-        result["psnr_loss_db"] = float((reference_psnr - psnr).mean())
+    if decode is not None and reference_psnr is not None:
+        decoded, extra = decode()
+        psnr = tc.psnr(test.images, decoded)
+        result.update(extra, psnr_db=float(psnr.mean()), psnr_loss_db=float((reference_psnr - psnr).mean()))
     print(f"[{name}] {time.perf_counter() - started:.0f}s: {tc.summary_line({**result, 'psnr_db': result.get('psnr_db', float('nan'))})}",
           file=sys.stderr, flush=True)
     return result
+
+
+def _concealed(name, model, train, test, Z_train, Z_test):
+    """``(A_train, A_test, decode)``: the variant's training and held-out latents, and ``decode()`` giving
+    the held-out images decoded with their true labels plus extra measures (None: not invertible)."""
+    if name in PRESET_VARIANTS:  # fitted by the estimator on the images, decoded by the preset's own path
+        preset = PresetTransport(model, name)
+        A_train, A_test = preset.fit_transform(train), preset.transform(test)
+        return A_train, A_test, lambda: (preset.decode(A_test, test), {})
+    transport = VARIANTS[name]()
+    A_train = transport.fit_transform(Z_train, train.attributes)
+    A_test = transport.transform(Z_test, test.attributes)
+    if not hasattr(transport, "inverse_transform"):
+        return A_train, A_test, None
+
+    def decode():
+        restored = transport.inverse_transform(A_test, test.attributes)
+        decoded = model.inverse_transform(restored.astype(np.float32), sensitive_features=test.sensitive_features)
+        return decoded, {"inverse_max_abs_error": float(np.abs(restored - Z_test).max())}
+
+    return A_train, A_test, decode
 
 
 def load_fitted(path: str, info: dict):

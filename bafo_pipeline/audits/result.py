@@ -21,9 +21,10 @@ READABLE_VERSIONS = (1, 2)
 CROSS_VALIDATED = "cross-validated"
 SIDE_CHANNEL = "side channel"
 #: Family-wise significance level at which a side channel leaks. Stricter than the embeddings' 0.05:
-#: a file's ids or row order either follow the labels (label-ordered file names give adjacency
-#: p-values below 1e-10 from a few hundred rows) or they do not, and at 0.05 one clean export in
-#: twenty would be reported as leaking through its (random, keyed) row order.
+#: a file's ids or row order either follow the labels (rows sorted by a label give adjacency
+#: p-values far below it from a few hundred rows: tests/test_audit_side_channels.py) or they do
+#: not, and at 0.05 one clean export in twenty would be reported as leaking through its (random,
+#: keyed) row order.
 SIDE_CHANNEL_ALPHA = 0.001
 TABLE_COLUMNS = [
     "representation",
@@ -174,7 +175,7 @@ class AuditResult:
         if with_verdict and not frame.empty:
             from .verdict import verdict
 
-            sides = self.side_channels()  # their own, family-wise rule and sentence
+            sides = self._side_channels_of(frame)  # their own, family-wise rule and sentence
             said = sides.set_index(["representation", "attribute"])["verdict"].to_dict() if len(sides) else {}
             frame["verdict"] = [
                 said[(row["representation"], row["attribute"])]
@@ -248,11 +249,15 @@ class AuditResult:
             and ``verdict`` (a sentence that agrees with ``leaks``).
             Empty when no side channel was audited.
         """
+        return self._side_channels_of(self.worst_case(with_verdict=False), alpha=alpha, threshold=threshold)
+
+    def _side_channels_of(self, worst: pd.DataFrame, *, alpha: float = SIDE_CHANNEL_ALPHA,
+                          threshold: float | None = None) -> pd.DataFrame:
+        """:meth:`side_channels` from the :meth:`worst_case` rows (without verdicts) already computed."""
         from .verdict import side_channel_verdict
 
         names = [n for n, info in self.representations.items() if info.get("role") == SIDE_CHANNEL]
-        worst = self.worst_case(with_verdict=False)
-        worst = worst[worst["representation"].isin(names)].reset_index(drop=True) if len(worst) else worst
+        worst = worst[worst["representation"].isin(names)].reset_index(drop=True) if len(worst) else worst.copy()
         if worst.empty:
             return worst.assign(of=[], channel=[], family_p_value=[], leaks=[], verdict=[])
         worst["of"] = [self.representations[n].get("of") for n in worst["representation"]]

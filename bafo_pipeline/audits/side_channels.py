@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 from scipy import stats
 
 from .._utils.progress import ContinuedProgress
+from ..attributes import quantile_bin_edges
 from .inputs import Attribute
 
 __all__ = [
@@ -201,8 +202,7 @@ def _codes(attribute: Attribute) -> np.ndarray:
     """Class codes, or decile codes of a continuous attribute."""
     if attribute.kind == "categorical":
         return attribute.values
-    edges = np.unique(np.quantile(attribute.values, np.linspace(0, 1, _DECILES + 1)[1:-1]))
-    return np.digitize(attribute.values, edges)
+    return np.digitize(attribute.values, quantile_bin_edges(attribute.values, _DECILES))
 
 
 def adjacency_test(order_values: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:

@@ -222,7 +222,7 @@ def encode_dataset(
     key_table = _check_key_table(key_table, filesystem, out_path, overwrite)
     folder = JobFolder(filesystem, out_path)
 
-    carry_labels = include_labels or bool(getattr(estimator, "needs_sensitive_features_to_transform", False))
+    carry_labels = include_labels or estimator.needs_sensitive_features_to_transform
     with _ray_session(address, verbose) as ray:
         if kind == "dataset":
             plan = make_dataset_plan(source, key, fingerprint, include_labels=include_labels,

@@ -199,12 +199,10 @@ def make_file_plan(
     clash = [c for c in label_columns if c.startswith("_bafo_")]
     if clash:
         raise ValueError(f"column name(s) {clash} are reserved for the export; rename them")
-    if include_labels and not label_columns:
-        raise ValueError(f"include_labels: this {kind} source has no label columns")
     carry_labels = carry_labels or include_labels
     if carry_labels and not label_columns:
-        raise ValueError(f"this model's concealment needs every row's sensitive attributes; this {kind} source has "
-                         "no label columns")
+        why = "include_labels" if include_labels else "this model's concealment needs every row's sensitive attributes"
+        raise ValueError(f"{why}: this {kind} source has no label columns")
 
     hashes = table["content_hash"].to_numpy(dtype=object)
     content_ids = pseudonymous_ids(hashes, key)

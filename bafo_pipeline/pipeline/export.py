@@ -283,10 +283,7 @@ def _transform_attributes(model: _Model, attributes: pd.DataFrame) -> pd.DataFra
     frame = attributes[list(model.attribute_names)]
     empty = np.flatnonzero(frame.isna().any(axis=1).to_numpy())
     if len(empty):
-        rows = "manifest rows" if attributes.index.name == "row" else "rows"
-        named = attributes.index[empty] if attributes.index.name == "row" else empty + 1
-        listed = ", ".join(str(r) for r in named[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        raise ValueError(f"{what}; {rows} {listed} lack some of {list(model.attribute_names)}")
+        raise ValueError(f"{what}; {_named_rows(attributes.index, empty)} lack some of {list(model.attribute_names)}")
     frame = frame.reset_index(drop=True)
     try:
         AttributeSchema.from_dict(model.metadata["attribute_schema"]).encode(frame)
@@ -461,29 +458,29 @@ def _encode_halves(pool: ThreadPoolExecutor, estimator, images, attributes: pd.D
 
 
 def _refuse_missing_or_repeated_ids(ids: np.ndarray, index: pd.Index, what: str) -> None:
-    """Ids must identify rows: no missing value, no value twice (the message names the rows).
-
-    Rows are named as the user knows them: a manifest's 1-based data-row numbers (header not
-    counted) where the source keeps them, else 1-based positions in the source.
-    """
-    rows = "manifest rows" if index.name == "row" else "rows"
-    number = (lambda p: str(index[p])) if index.name == "row" else (lambda p: str(p + 1))
-
-    def listed(positions) -> str:
-        return ", ".join(number(p) for p in positions[:5]) + (f" and {len(positions) - 5} more" if len(positions) > 5 else "")
-
+    """Ids must identify rows: no missing value, no value twice (the message names the rows)."""
     values = pd.Series(ids)
     missing = np.flatnonzero(values.isna().to_numpy())
     if len(missing):
-        raise ValueError(f"{what} is empty at {rows} {listed(missing)}; ids must identify rows")
+        raise ValueError(f"{what} is empty at {_named_rows(index, missing)}; ids must identify rows")
     repeated = values.duplicated(keep=False).to_numpy()
     if repeated.any():
         groups = pd.Series(np.flatnonzero(repeated)).groupby(values[repeated].to_numpy(), sort=False)
-        shown = "; ".join(f"{rows} {listed(positions.to_numpy())}" for _, positions in list(groups)[:3])
+        shown = "; ".join(_named_rows(index, positions.to_numpy()) for _, positions in list(groups)[:3])
         raise ValueError(
             f"{what} repeats values: {int(repeated.sum())} rows share {groups.ngroups} ids ({shown}"
             f"{'; ...' if groups.ngroups > 3 else ''}); ids must be unique"
         )
+
+
+def _named_rows(index: pd.Index, positions: np.ndarray) -> str:
+    """``"manifest rows 4, 9"`` or ``"rows 3, 8, 12, 20, 31 and 2 more"``: rows as the user knows them, a
+    manifest's 1-based data-row numbers (header not counted) where the source keeps them, else 1-based
+    positions in the source."""
+    manifest = index.name == "row"
+    numbers = [str(index[p] if manifest else p + 1) for p in positions[:5]]
+    more = f" and {len(positions) - 5} more" if len(positions) > 5 else ""
+    return f"{'manifest rows' if manifest else 'rows'} {', '.join(numbers)}{more}"
 
 
 def _redact(reason: str) -> str:

@@ -11,7 +11,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._nn.folding import AffineMap
-from ..attributes import AttributeSchema, as_sensitive_frame
+from ..attributes import AttributeSchema, as_sensitive_frame, quantile_bin_edges
 
 
 class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -173,7 +173,7 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     groups.append(frame[attribute.name].astype(str).to_numpy())
             elif self.continuous_bins:
                 values = frame[attribute.name].to_numpy(dtype=float)
-                edges = np.unique(np.quantile(values, np.linspace(0, 1, self.continuous_bins + 1)[1:-1]))
+                edges = quantile_bin_edges(values, self.continuous_bins)
                 bins.append((np.searchsorted(edges, values, side="right"), len(edges) + 1))
                 groups.append(bins[-1][0])
         # One matrix: the encoded attributes, then a one-hot block per continuous attribute's bins.

@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, 
 from sklearn.utils._param_validation import Interval, Options
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..attributes import AttributeSchema, as_sensitive_frame
+from ..attributes import AttributeSchema, as_sensitive_frame, quantile_bin_edges
 from ._state import register_loadable
 
 SPLINE_DEGREE = 3
@@ -167,7 +167,7 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         frame = as_sensitive_frame(sensitive_features, n_rows=len(X))
         self.schema_ = AttributeSchema.infer(frame, kinds=self.attribute_kinds)
         continuous = [frame[a.name].to_numpy(dtype=float) for a in self.schema_.attributes if a.kind == "continuous"]
-        self.bin_edges_ = [_quantile_edges(values, self.continuous_bins) for values in continuous]
+        self.bin_edges_ = [quantile_bin_edges(values, self.continuous_bins) for values in continuous]
         self.spline_knots_ = [_spline_knots(values, self.smooth_mean_knots) for values in continuous]
         codes = self._codes(frame)
         Z = X.astype(np.float64)
@@ -363,13 +363,6 @@ def _sqrt_and_inverse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
     values = np.clip(values, 1e-9 * max(values.max(), np.finfo(float).tiny), None)
     return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
-
-
-def _quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
-    """Distinct inner edges of ``bins`` training-quantile bins (none for 0 or 1 bin)."""
-    if bins < 2:
-        return np.zeros(0)
-    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
 
 
 def _spline_knots(values: np.ndarray, n_knots: int) -> np.ndarray:

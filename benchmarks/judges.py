@@ -19,12 +19,12 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.nn import functional as F
 
 from bafo_pipeline._utils import resolve_device
+from bafo_pipeline._utils.params import Interval, check_parameters
 from bafo_pipeline.attributes import DEFAULT_SENSITIVE, infer_kind
 
 __all__ = ["FaceJudge", "JudgeNetwork"]
@@ -142,7 +142,7 @@ class FaceJudge(BaseEstimator):
     ['age', 'gender', 'ethnicity']
     """
 
-    _parameter_constraints: dict = {
+    _parameter_rules: dict = {
         "targets": [list, tuple, None],
         "widths": [list, tuple],
         "epochs": [Interval(Integral, 1, None, closed="left")],
@@ -195,7 +195,7 @@ class FaceJudge(BaseEstimator):
         -------
         self : FaceJudge
         """
-        self._validate_params()
+        check_parameters(self)
         images = _check_images(X)
         if not isinstance(y, pd.DataFrame):
             raise TypeError(f"y must be a pandas DataFrame of target columns, got {type(y).__name__}")

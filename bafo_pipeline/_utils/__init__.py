@@ -2,7 +2,8 @@
 
 atomic writes (:mod:`.atomic`), outputs that never overwrite inputs (:mod:`.outputs`), devices
 and their arithmetic (:mod:`.device`), local paths and URIs as ``pyarrow.fs`` filesystems
-(:mod:`.filesystems`), progress reporting (:mod:`.progress`) and JSON cleaning (:mod:`.jsonable`).
+(:mod:`.filesystems`), progress reporting (:mod:`.progress`), JSON cleaning (:mod:`.jsonable`) and estimators' parameter
+checks (:mod:`.params`, imported from there).
 """
 
 from .atomic import AtomicFile, atomic_write_path, check_destination, remove_stale_temporaries, staging_directory

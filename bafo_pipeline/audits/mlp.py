@@ -7,16 +7,16 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, _fit_context
+from sklearn.base import BaseEstimator
 from sklearn.utils import ClassifierTags, RegressorTags
 from sklearn.metrics import accuracy_score, r2_score
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from .._utils.device import resolve_device
+from .._utils.params import Interval, StrOptions, checks_parameters
 
 __all__ = ["TorchMLPProbe", "resolve_device"]
 
@@ -76,7 +76,7 @@ class TorchMLPProbe(BaseEstimator):
         Epoch whose weights were kept.
     """
 
-    _parameter_constraints: dict = {
+    _parameter_rules: dict = {
         "task": [StrOptions({"classification", "regression"})],
         "hidden": [tuple, list],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -131,7 +131,7 @@ class TorchMLPProbe(BaseEstimator):
         mask[val] = True
         return np.flatnonzero(~mask), np.flatnonzero(mask)
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @checks_parameters
     def fit(self, X, y) -> TorchMLPProbe:
         """Train on ``X`` (n, d) and labels or targets ``y`` (n,).
 

@@ -10,9 +10,8 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._nn.bundle import EncoderBundle
@@ -23,6 +22,7 @@ from .._nn.inputs import network_input
 from .._nn.network import BAFONetwork, NetworkConfig, vae_loss_terms
 from .._nn.training import Trainer, TrainingConfig, fit_decoder
 from .._utils.device import autocast, resolve_device
+from .._utils.params import Interval, StrOptions, checks_parameters
 from .._utils.progress import epoch_progress
 from ..attributes import AttributeSchema, as_sensitive_frame
 from ._erasure import LinearErasure
@@ -253,7 +253,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     __metadata_request__transform = {"sensitive_features": True}
     __metadata_request__inverse_transform = {"sensitive_features": True}
 
-    _parameter_constraints: dict = {
+    _parameter_rules: dict = {
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "image_shape": [tuple, list, None],
         "widths": [tuple, list, None],
@@ -399,7 +399,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return [fit_ready(step, inherited) for step in self.concealment_steps()]
 
     # ------------------------------------------------------------------ fit
-    @_fit_context(prefer_skip_nested_validation=True)
+    @checks_parameters
     def fit(self, X, y=None, *, sensitive_features=None, checkpoint=None, resume: bool = False):
         """Train the encoder and decoder.
 
@@ -1157,7 +1157,7 @@ class LatentRefiner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     __metadata_request__fit = {"sensitive_features": True}
     __metadata_request__inverse_transform = {"sensitive_features": True}
 
-    _parameter_constraints: dict = {
+    _parameter_rules: dict = {
         "epochs": [Interval(Integral, 1, None, closed="left")],
         "adversary_weight": [Interval(Real, 0, None, closed="left")],
         "latent_dim": [Interval(Integral, 1, None, closed="left"), None],
@@ -1201,7 +1201,7 @@ class LatentRefiner(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.random_state = random_state
         self.verbose = verbose
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @checks_parameters
     def fit(self, X, y=None, *, sensitive_features=None):
         """Train the refiner on latents ``X`` (n, d) with the attributes they should not reveal.
 

@@ -6,11 +6,11 @@ from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._nn.folding import AffineMap
+from .._utils.params import Interval, checks_parameters
 from ..attributes import AttributeSchema, as_sensitive_frame, quantile_bin_edges
 
 
@@ -69,7 +69,7 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     __metadata_request__fit = {"sensitive_features": True}
 
-    _parameter_constraints: dict = {
+    _parameter_rules: dict = {
         "attribute_kinds": [dict, None],
         "continuous_bins": [Interval(Integral, 0, None, closed="left")],
         "covariance_dims": [Interval(Integral, 0, None, closed="left")],
@@ -89,7 +89,7 @@ class LinearErasure(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.covariance_dims = covariance_dims
         self.tolerance = tolerance
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @checks_parameters
     def fit(self, X, y=None, *, sensitive_features=None):
         """Fit the eraser.
 

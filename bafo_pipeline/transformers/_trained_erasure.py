@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from numbers import Integral, Real
 
-from sklearn.utils._param_validation import Interval, StrOptions
 
 from .._nn.distribution_matching import MATCHING_PENALTIES
 from .._nn.in_loop import InLoopErasure
+from .._utils.params import Interval, StrOptions
 from ._erasure import LinearErasure
 
 
@@ -71,8 +71,8 @@ class TrainedErasure(LinearErasure):
     LinearErasure : the same erasure, applied after training only.
     """
 
-    _parameter_constraints: dict = {
-        **LinearErasure._parameter_constraints,
+    _parameter_rules: dict = {
+        **LinearErasure._parameter_rules,
         "matching_weight": [Interval(Real, 0, None, closed="left")],
         "matching": [StrOptions(set(MATCHING_PENALTIES))],
         "erase_in_loop": ["boolean"],

@@ -13,10 +13,10 @@ from numbers import Integral, Real
 import numpy as np
 import pandas as pd
 from scipy.interpolate import BSpline
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, Options
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._utils.params import Interval, Options, checks_parameters
 from ..attributes import AttributeSchema, as_sensitive_frame, quantile_bin_edges
 from ._state import register_loadable
 
@@ -118,7 +118,7 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
     __metadata_request__transform = {"sensitive_features": True}
     __metadata_request__inverse_transform = {"sensitive_features": True}
 
-    _parameter_constraints: dict = {
+    _parameter_rules: dict = {
         "attribute_kinds": [dict, None],
         "continuous_bins": [Interval(Integral, 0, None, closed="left")],
         "smooth_mean_knots": [Options(Integral, {0}), Interval(Integral, 2, None, closed="left")],
@@ -142,7 +142,7 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         self.ridge_alpha = ridge_alpha
 
     # ------------------------------------------------------------------ fit
-    @_fit_context(prefer_skip_nested_validation=True)
+    @checks_parameters
     def fit(self, X, y=None, *, sensitive_features=None):
         """Fit the smooth mean and every cell's transport map.
 

@@ -246,6 +246,14 @@ def test_presets_spell_out_their_steps():
     assert _model().needs_sensitive_features_to_transform and not _model(concealment="full").needs_sensitive_features_to_transform
 
 
+def test_a_list_of_steps_needs_attributes_before_fit_whenever_one_step_does():
+    listed = _model(concealment=[LinearErasure(), ConditionalTransport()])
+    assert listed.needs_sensitive_features_to_transform
+    assert not _model(concealment=[LinearErasure()]).needs_sensitive_features_to_transform
+    # A preset knob beside a list is an error at fit, not a reason to answer False before it.
+    assert _model(concealment=[ConditionalTransport()], refine_epochs=3).needs_sensitive_features_to_transform
+
+
 def test_transport_model_needs_attributes_to_encode(faces, transported):
     S = faces.sensitive_features
     assert transported.needs_sensitive_features_to_transform

@@ -109,6 +109,18 @@ def test_a_row_with_a_missing_label_is_named(model, faces, tmp_path):
         export_latents(model, source, tmp_path / "z.parquet", id_key=KEY)
 
 
+def test_a_row_with_a_category_the_model_never_saw_is_named_by_its_manifest_row(model, faces, tmp_path):
+    for i in range(6):
+        Image.fromarray(faces.images[i]).save(tmp_path / f"face{i}.png")
+    labels = faces.sensitive_features.iloc[:6].reset_index(drop=True).assign(path=[f"face{i}.png" for i in range(6)])
+    labels.loc[4, "ethnicity"] = "martian"
+    labels.to_csv(tmp_path / "manifest.csv", index=False)
+    source, _ = scan_source(manifest=tmp_path / "manifest.csv", sensitive=("age", "gender"), image_size=SIZE)
+    with pytest.raises(ValueError, match=r"manifest rows 5 have ethnicity values the model never saw \(first: 'martian'"):
+        export_latents(model, source, tmp_path / "z.parquet", id_key=KEY)
+    assert not (tmp_path / "z.parquet").exists()
+
+
 def test_decode_and_grid_refuse_a_model_that_needs_the_inputs_attributes(model, utkface_folder, tmp_path):
     model_dir = save_model(model, tmp_path / "model")
     image = str(sorted(utkface_folder.iterdir())[0])

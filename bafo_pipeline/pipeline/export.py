@@ -284,10 +284,19 @@ def _transform_attributes(model: _Model, attributes: pd.DataFrame) -> pd.DataFra
     empty = np.flatnonzero(frame.isna().any(axis=1).to_numpy())
     if len(empty):
         raise ValueError(f"{what}; {_named_rows(attributes.index, empty)} lack some of {list(model.attribute_names)}")
+    schema = AttributeSchema.from_dict(model.metadata["attribute_schema"])
+    for attribute in schema.attributes:
+        if attribute.kind != "continuous":
+            unknown = np.flatnonzero(~frame[attribute.name].isin(list(attribute.categories)).to_numpy())
+            if len(unknown):
+                raise ValueError(
+                    f"{what}; {_named_rows(attributes.index, unknown)} have {attribute.name} values the model never "
+                    f"saw (first: {frame[attribute.name].iloc[unknown[0]]!r}; known: {list(attribute.categories)})"
+                )
     frame = frame.reset_index(drop=True)
     try:
-        AttributeSchema.from_dict(model.metadata["attribute_schema"]).encode(frame)
-    except ValueError as error:  # e.g. a category the model never saw
+        schema.encode(frame)
+    except ValueError as error:  # what the category check above does not cover, e.g. an age that is not a number
         raise ValueError(f"{what}: {error} (rows counted from 0, in the source's order)") from None
     return frame
 

@@ -774,14 +774,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """Whether concealed encoding (:meth:`transform`, :meth:`iter_transform`, :meth:`encode_images`)
         needs each row's ``sensitive_features``: a fitted concealment step needs them (``"transport"``).
         Before fit, whether the configured steps would. Encoding with ``conceal=False`` never needs them."""
-        steps = self.concealment_steps_ if hasattr(self, "network_") else self._configured_steps_or_none()
-        return any(needs_attributes_to_transform(step) for step in steps or [])
-
-    def _configured_steps_or_none(self) -> list:
-        try:
-            return self.concealment_steps()
-        except (TypeError, ValueError):
-            return []
+        if hasattr(self, "network_"):
+            steps = self.concealment_steps_
+        elif isinstance(self.concealment, (list, tuple)):
+            steps = self.concealment  # as given: fit checks that they are steps
+        else:
+            steps = self.concealment_steps()
+        return any(needs_attributes_to_transform(step) for step in steps)
 
     def _transform_frame(self, sensitive_features, X, *, conceal: bool) -> pd.DataFrame | None:
         """The rows' attributes where a concealment step needs them (checked against the schema and row count);

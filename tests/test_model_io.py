@@ -202,3 +202,22 @@ def test_a_model_saved_before_concealment_loads_without_it_and_says_so(tmp_path)
     with pytest.warns(UserWarning, match="predates concealment"):
         loaded = load_model(path)
     assert loaded.concealment == "none" and loaded.erasure_ is None and loaded.concealment_steps_ == []
+
+
+def test_a_model_saved_before_refine_kl_weight_loads_with_the_weight_it_was_fitted_with(faces, tmp_path):
+    # transport-refined's refiner moved from KL weight 1.0 to 0.1 when refine_kl_weight came in; a model saved
+    # before (no such parameter in its config) was fitted with 1.0 and must load as such, not fail the
+    # concealment check against today's default.
+    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=16, random_state=0, refine_epochs=1,
+                            decoder_epochs=0, concealment="transport-refined", refine_kl_weight=1.0)
+    model.fit(faces.images, sensitive_features=faces.sensitive_features)
+    path = save_model(model, tmp_path / "model")
+    config = json.loads((path / CONFIG_NAME).read_text())
+    del config["params"]["refine_kl_weight"]
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+    reseal(path)
+    loaded = load_model(path)
+    assert loaded.refine_kl_weight == 1.0 and loaded.concealment_steps_[1].kl_weight == 1.0
+    S = faces.sensitive_features
+    np.testing.assert_array_equal(loaded.transform(faces.images, sensitive_features=S),
+                                  model.transform(faces.images, sensitive_features=S))

@@ -363,20 +363,24 @@ VARIANTS = {
 
 #: The library's presets, fitted by the estimator itself on the cached encoder (``fit_concealment``):
 #: name -> settings. ``transport-refined`` with the default decoder fine-tuning; ``refiner_kl_weight``: the
-#: preset's refiner with this KL weight instead of 1.0 (a list of steps); ``random_state``: the seed of the
+#: preset's refiner with this KL weight (a list of steps; always given, so that a name keeps measuring the same
+#: setting when the library's default changes); ``random_state``: the seed of the
 #: refiner and the fine-tuning (default: the encoder's, 0), to see the refiner's own noise.
 PRESET_VARIANTS = {
-    "preset:transport-refined-dec6": {"concealment": "transport-refined", "decoder_epochs": 6},
+    # The preset as it was before refine_kl_weight: its refiner at KL weight 1.0.
+    "preset:transport-refined-dec6": {"concealment": "transport-refined", "decoder_epochs": 6,
+                                      "refiner_kl_weight": 1.0},
     # KL 0.1 kept the most (residuals 0.56-0.82, -2.98 dB) without fine-tuning: does the fine-tuning reach 1 dB?
+    # (The preset's refiner since then.)
     "preset:transport-refined-kl0.1-dec6": {"concealment": "transport-refined", "decoder_epochs": 6,
                                             "refiner_kl_weight": 0.1},
     # The same two at another refiner seed: is KL 0.1's leakage the preset's, or the refiner's noise?
     "preset:transport-refined-dec6-seed1": {"concealment": "transport-refined", "decoder_epochs": 6,
-                                            "random_state": 1},
+                                            "refiner_kl_weight": 1.0, "random_state": 1},
     "preset:transport-refined-kl0.1-dec6-seed1": {"concealment": "transport-refined", "decoder_epochs": 6,
                                                   "refiner_kl_weight": 0.1, "random_state": 1},
     # And the default concealment's refiner at KL 0.1.
-    "preset:full-dec6": {"concealment": "full", "decoder_epochs": 6},
+    "preset:full-dec6": {"concealment": "full", "decoder_epochs": 6, "refiner_kl_weight": 1.0},
     "preset:full-kl0.1-dec6": {"concealment": "full", "decoder_epochs": 6, "refiner_kl_weight": 0.1},
 }
 

@@ -10,7 +10,14 @@ from safetensors.torch import load_file
 
 from bafo_pipeline._version import package_version
 from bafo_pipeline.data.synthetic import make_synthetic_faces
-from bafo_pipeline.transformers import BAFOTransformer, load_model, model_fingerprint, read_model_config, save_model
+from bafo_pipeline.transformers import (
+    BAFOTransformer,
+    ModelIntegrityError,
+    load_model,
+    model_fingerprint,
+    read_model_config,
+    save_model,
+)
 from bafo_pipeline.transformers._persistence import CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME
 
 VALUES = {"age": 60, "gender": 0.5, "ethnicity": {"indian": 1.0, "others": 1.0}}
@@ -205,11 +212,10 @@ def test_a_model_saved_before_concealment_loads_without_it_and_says_so(tmp_path)
 
 
 def test_a_model_saved_before_refine_kl_weight_loads_with_the_weight_it_was_fitted_with(faces, tmp_path):
-    # transport-refined's refiner moved from KL weight 1.0 to 0.1 when refine_kl_weight came in; a model saved
-    # before (no such parameter in its config) was fitted with 1.0 and must load as such, not fail the
-    # concealment check against today's default.
+    # A config written before the parameter existed lacks it; its refiner was fitted with KL weight 1.0, the
+    # default, so it must load (the concealment check compares the configured refiner with the fitted one).
     model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=16, random_state=0, refine_epochs=1,
-                            decoder_epochs=0, concealment="transport-refined", refine_kl_weight=1.0)
+                            decoder_epochs=0, concealment="transport-refined")
     model.fit(faces.images, sensitive_features=faces.sensitive_features)
     path = save_model(model, tmp_path / "model")
     config = json.loads((path / CONFIG_NAME).read_text())
@@ -221,3 +227,17 @@ def test_a_model_saved_before_refine_kl_weight_loads_with_the_weight_it_was_fitt
     S = faces.sensitive_features
     np.testing.assert_array_equal(loaded.transform(faces.images, sensitive_features=S),
                                   model.transform(faces.images, sensitive_features=S))
+
+
+def test_a_refiner_kl_weight_other_than_the_configured_one_is_refused_at_load(faces, tmp_path):
+    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=16, random_state=0, refine_epochs=1,
+                            decoder_epochs=0, refine_kl_weight=0.1)
+    model.fit(faces.images, sensitive_features=faces.sensitive_features)
+    path = save_model(model, tmp_path / "model")
+    assert load_model(path).concealment_steps_[1].kl_weight == 0.1
+    config = json.loads((path / CONFIG_NAME).read_text())
+    config["params"]["refine_kl_weight"] = 1.0
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+    reseal(path)
+    with pytest.raises(ModelIntegrityError, match="the config was changed after fitting"):
+        load_model(path)

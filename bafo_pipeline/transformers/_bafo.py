@@ -47,10 +47,6 @@ from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_u
 DEFAULT_CONV_WIDTHS = (32, 64, 128)
 DEFAULT_MLP_WIDTHS = (128, 64)
 
-#: The refiner's KL weight in each preset that has one, when ``refine_kl_weight`` is None (measured in
-#: docs/TRAINED_CONCEALMENT.md §11: after the transport a light KL keeps far more; after LEACE it does not help).
-PRESET_REFINER_KL_WEIGHTS = {"full": 1.0, "transport-refined": 0.1}
-
 
 @register_loadable
 class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -136,8 +132,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
           encoder's own decoder (no decoder is fine-tuned).
         - ``"transport-refined"``: ``[ConditionalTransport(), LatentRefiner(...),
           LinearErasure()]``, the transport, then ``"full"``'s refiner (same
-          settings, but a lighter KL weight: see ``refine_kl_weight``) and a
-          linear erasure against the non-linear leakage the
+          settings) and a linear erasure against the non-linear leakage the
           transport leaves (docs/TRAINED_CONCEALMENT.md §11); needs the
           attributes at transform time too. With ``decoder_epochs`` it decodes
           with a decoder fine-tuned on its output, as ``"full"`` does.
@@ -167,17 +162,17 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     refine_adversary_weight : float, default=0.3
         Adversary weight of the refiner (preset ``"full"``; a list of steps sets
         :class:`LatentRefiner` ``adversary_weight`` instead).
-    refine_kl_weight : float, optional
+    refine_kl_weight : float, default=1.0
         KL weight of the refiner's own VAE (presets ``"full"`` and
         ``"transport-refined"``; a list of steps sets :class:`LatentRefiner`
         ``kl_weight`` instead): the refiner's trade-off knob, lower keeps more
-        and leaks a little more. None: the preset's own, 1.0 for ``"full"``
-        and 0.1 for ``"transport-refined"``. On UTKFace (two refiner seeds,
-        docs/TRAINED_CONCEALMENT.md §11) 0.1 raised ``"transport-refined"``'s
-        PSNR by 1.7 dB and its expression residuals from 0.2-0.5 to 0.5-0.8
-        of the unconcealed encoder's, for about 0.01 more data-rich gender
-        accuracy; for ``"full"`` it lost yaw and let the audit's attacker
-        read gender at 0.60 instead of 0.55.
+        and leaks more. With ``"transport-refined"``, 0.1 decoded 1.7 dB
+        better on UTKFace and kept 0.5-0.8 instead of 0.3-0.6 of the
+        expression residuals, for about 0.01 more data-rich gender accuracy
+        (two refiner seeds); on synthetic faces it decoded within 0.4 dB of
+        the unconcealed latent but leaked more ethnicity, and on ``bafo run``'s
+        demo more of every attribute. With ``"full"`` it helped nothing
+        (docs/TRAINED_CONCEALMENT.md §11).
     attribute_kinds : dict of str to str, optional
         Override the inferred kind (``"continuous"``, ``"binary"``,
         ``"categorical"``) of sensitive columns.
@@ -287,7 +282,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         "decoder_epochs": [Interval(Integral, 0, None, closed="left")],
         "refine_epochs": [Interval(Integral, 1, None, closed="left")],
         "refine_adversary_weight": [Interval(Real, 0, None, closed="left")],
-        "refine_kl_weight": [Interval(Real, 0, None, closed="left"), None],
+        "refine_kl_weight": [Interval(Real, 0, None, closed="left")],
         "attribute_kinds": [dict, None],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "device": [str, torch.device],
@@ -316,7 +311,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         decoder_epochs: int = 6,
         refine_epochs: int = 30,
         refine_adversary_weight: float = 0.3,
-        refine_kl_weight: float | None = None,
+        refine_kl_weight: float = 1.0,
         attribute_kinds: dict | None = None,
         validation_fraction: float = 0.1,
         device: str = "auto",
@@ -386,7 +381,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         if isinstance(self.concealment, (list, tuple)):
             check_steps(self.concealment)
             preset_knobs = {"covariance_dims": 0, "refine_epochs": 30, "refine_adversary_weight": 0.3,
-                            "refine_kl_weight": None}
+                            "refine_kl_weight": 1.0}
             changed = [k for k, default in preset_knobs.items() if getattr(self, k) != default]
             if changed:
                 raise ValueError(
@@ -405,11 +400,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         first = LinearErasure(covariance_dims=self.covariance_dims)
         if self.concealment == "linear":
             return [first]
-        kl_weight = self.refine_kl_weight
-        if kl_weight is None:
-            kl_weight = PRESET_REFINER_KL_WEIGHTS[self.concealment]
         refiner = LatentRefiner(
-            epochs=self.refine_epochs, adversary_weight=self.refine_adversary_weight, kl_weight=kl_weight,
+            epochs=self.refine_epochs, adversary_weight=self.refine_adversary_weight, kl_weight=self.refine_kl_weight,
             batch_size=self.batch_size, learning_rate=self.learning_rate, adversary_steps=self.adversary_steps,
             validation_fraction=self.validation_fraction,
         )

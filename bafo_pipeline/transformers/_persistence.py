@@ -72,9 +72,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_NAME = "bafo-model"
 FORMAT_VERSION = 2
-#: Parameters added after a class's first saved models, with the value those models were fitted with: a config
-#: that lacks one loads with it (not with today's default, which may differ and would fail the concealment check).
-PARAMS_ADDED_LATER = {"BAFOTransformer": {"refine_kl_weight": 1.0}}
 
 
 def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, metadata: dict | None = None) -> Path:
@@ -229,8 +226,7 @@ def load_verified_model(path: str | os.PathLike, *, device: str | None = None) -
             classes = loadable_classes()
             if config.get("class") not in classes:
                 raise ValueError(f"the model is a {config.get('class')!r}, not one of {sorted(classes)}")
-            params = {**PARAMS_ADDED_LATER.get(config["class"], {}), **decode(config["params"], tensors, classes)}
-            estimator = classes[config["class"]](**params)
+            estimator = classes[config["class"]](**decode(config["params"], tensors, classes))
             set_state(estimator, decode(config["state"], tensors, classes))
     except Exception as error:  # corrupt file, or weights of another shape than the config says
         raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured model ({error})") from error

@@ -160,6 +160,9 @@ def _concealment_options(function):
                           "(docs/COVARIANCE_ERASURE.md)."),
         click.option("--decoder-epochs", default=6, show_default=True,
                      help="Fine-tune the decoder on the concealed latents for sharper decodes (0: keep the encoder's)."),
+        click.option("--refine-kl-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+                     help="KL weight of the refiner (full, transport-refined): lower keeps more content and leaks "
+                          "more (docs/TRAINED_CONCEALMENT.md §11)."),
     ]
     return _apply(options, function)
 
@@ -231,8 +234,8 @@ def main(debug: bool) -> None:
 def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir,
           latent_dim, epochs,
           batch_size, learning_rate, kl_weight, variance_weight, independence_weight, condition_every_layer,
-          adversary_weight, concealment, covariance_dims, decoder_epochs, image_size, test_fraction, device, seed,
-          checkpoint, resume, overwrite):
+          adversary_weight, concealment, covariance_dims, decoder_epochs, refine_kl_weight, image_size, test_fraction,
+          device, seed, checkpoint, resume, overwrite):
     """Train a BAFO model on the training split and save it.
 
     The split is by content hash (duplicates never straddle it), so `bafo encode
@@ -254,7 +257,7 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
         learning_rate=learning_rate, kl_weight=kl_weight, variance_weight=variance_weight,
         independence_weight=independence_weight, condition_every_layer=condition_every_layer,
         adversary_weight=adversary_weight, concealment=concealment, covariance_dims=covariance_dims,
-        decoder_epochs=decoder_epochs, device=device, random_state=seed, verbose=1,
+        decoder_epochs=decoder_epochs, refine_kl_weight=refine_kl_weight, device=device, random_state=seed, verbose=1,
     )
     estimator.fit(train_set.images, sensitive_features=train_set.sensitive_features, checkpoint=checkpoint, resume=resume)
     data = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic", "synthetic_samples": synthetic_samples}
@@ -663,8 +666,8 @@ def verify(path, max_leakage, bound):
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
 @_id_key_options
 def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir, epochs,
-        batch_size, latent_dim, concealment, covariance_dims, decoder_epochs, target, landmarks_cache, device, seed,
-        overwrite, id_key_file, key_table):
+        batch_size, latent_dim, concealment, covariance_dims, decoder_epochs, refine_kl_weight, target, landmarks_cache,
+        device, seed, overwrite, id_key_file, key_table):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
@@ -694,8 +697,8 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     if target is None and synthetic:
         target = "smile"
     estimator = BAFOTransformer(latent_dim=latent_dim, epochs=epochs, batch_size=batch_size, concealment=concealment,
-                                covariance_dims=covariance_dims, decoder_epochs=decoder_epochs, device=device,
-                                random_state=seed, verbose=1)
+                                covariance_dims=covariance_dims, decoder_epochs=decoder_epochs,
+                                refine_kl_weight=refine_kl_weight, device=device, random_state=seed, verbose=1)
     data_info = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic",
                  "synthetic_samples": synthetic_samples}
     utility_targets = None if synthetic else _landmark_targets(landmarks_cache)

@@ -34,6 +34,19 @@ def test_train_writes_a_model_and_refuses_to_overwrite(model_dir):
     assert again.exit_code != 0 and "--overwrite" in again.output
 
 
+def test_train_sets_the_refiners_kl_weight_and_refuses_a_negative_one(tmp_path):
+    from bafo_pipeline.transformers import load_model
+
+    args = ["train", "--synthetic-samples", "240", "--epochs", "1", "--batch-size", "256", "--latent-dim", "8",
+            "--decoder-epochs", "0"]
+    refused = CliRunner().invoke(main, [*args, "--refine-kl-weight", "-1", "--out", str(tmp_path / "bad")])
+    assert refused.exit_code == 2 and "--refine-kl-weight" in refused.output and not (tmp_path / "bad").exists()
+    result = CliRunner().invoke(main, [*args, "--refine-kl-weight", "0.2", "--out", str(tmp_path / "model")])
+    assert result.exit_code == 0, result.output
+    model = load_model(tmp_path / "model")
+    assert model.refine_kl_weight == 0.2 and model.concealment_steps_[1].kl_weight == 0.2
+
+
 def test_encode_is_private_by_default_and_labels_only_on_request(model_dir, tmp_path):
     runner = CliRunner()
     shared, audit = tmp_path / "shared.parquet", tmp_path / "audit.parquet"

@@ -283,6 +283,11 @@ class GaussianizedTransport:
         return self.marginals_.inverse_transform(self.transport_.inverse_transform(Y, attributes))
 
 
+#: The step's shrinkage when these variants were first measured (its default until it became 10): pinned, so
+#: that a variant's name keeps measuring the same setting.
+FIRST_SHRINKAGE = 50.0
+
+
 class LibraryTransport:
     """``smooth-mean+cells`` as the library step :class:`bafo_pipeline.ConditionalTransport`, called as this
     file's transports are (``fit_transform(Z, attributes)``; the attributes frame may hold more columns)."""
@@ -290,7 +295,7 @@ class LibraryTransport:
     def __init__(self, **params):
         from bafo_pipeline import ConditionalTransport as LibraryStep
 
-        self.step = LibraryStep(attribute_kinds={"age": "continuous"}, **params)
+        self.step = LibraryStep(attribute_kinds={"age": "continuous"}, **{"shrinkage": FIRST_SHRINKAGE, **params})
 
     def fit_transform(self, Z, attributes):
         return self.step.fit_transform(np.asarray(Z, float), sensitive_features=attributes[list(SENSITIVE)])
@@ -355,6 +360,14 @@ VARIANTS = {
     # The adversary weight moved nothing beyond the refiner's own randomness: is it the refiner's KL pressure?
     "smooth-mean+cells+refiner-kl0.3": lambda: TransportThenRefiner(kl_weight=0.3),
     "smooth-mean+cells+refiner-kl0.1": lambda: TransportThenRefiner(kl_weight=0.1),
+    # Is what the transport leaves (synthetic ethnicity, the white cells' palette mixtures) a covariance the
+    # shrinkage leaves unmatched, or shape beyond covariance? Less / more shrinkage, and fewer, larger cells.
+    "smooth-mean+cells-shrink0": lambda: LibraryTransport(shrinkage=0.0),
+    "smooth-mean+cells-shrink5": lambda: LibraryTransport(shrinkage=5.0),
+    "smooth-mean+cells-shrink10": lambda: LibraryTransport(shrinkage=10.0),
+    "smooth-mean+cells-shrink20": lambda: LibraryTransport(shrinkage=20.0),
+    "smooth-mean+cells-shrink200": lambda: LibraryTransport(shrinkage=200.0),
+    "smooth-mean+cells-age2": lambda: LibraryTransport(continuous_bins=2),
     "gaussianized+smooth-mean+cells": GaussianizedTransport,
     "predicted-cells-hard": lambda: PredictedCellTransport(),
     "predicted-cells-soft": lambda: PredictedCellTransport(soft=True),
@@ -363,8 +376,9 @@ VARIANTS = {
 
 #: The library's presets, fitted by the estimator itself on the cached encoder (``fit_concealment``):
 #: name -> settings. ``transport-refined`` with the default decoder fine-tuning; ``refiner_kl_weight``: the
-#: preset's refiner with this KL weight (a list of steps; always given, so that a name keeps measuring the same
-#: setting when the library's default changes); ``random_state``: the seed of the
+#: preset's refiner with this KL weight (always given, so that a name keeps measuring the same setting when the
+#: library's default changes; the transport's shrinkage likewise, ``transport_shrinkage``, default
+#: ``FIRST_SHRINKAGE``); ``random_state``: the seed of the
 #: refiner and the fine-tuning (default: the encoder's, 0), to see the refiner's own noise.
 PRESET_VARIANTS = {
     # The preset as it was before refine_kl_weight: its refiner at KL weight 1.0.
@@ -379,6 +393,9 @@ PRESET_VARIANTS = {
                                             "refiner_kl_weight": 1.0, "random_state": 1},
     "preset:transport-refined-kl0.1-dec6-seed1": {"concealment": "transport-refined", "decoder_epochs": 6,
                                                   "refiner_kl_weight": 0.1, "random_state": 1},
+    # The transport's shrinkage at 10 (its default since): with the refiner too.
+    "preset:transport-refined-shrink10-dec6": {"concealment": "transport-refined", "decoder_epochs": 6,
+                                               "refiner_kl_weight": 1.0, "transport_shrinkage": 10.0},
     # And the default concealment's refiner at KL 0.1.
     "preset:full-dec6": {"concealment": "full", "decoder_epochs": 6, "refiner_kl_weight": 1.0},
     "preset:full-kl0.1-dec6": {"concealment": "full", "decoder_epochs": 6, "refiner_kl_weight": 0.1},
@@ -396,12 +413,13 @@ class PresetTransport:
                                                          decoder_epochs=settings["decoder_epochs"])
         if "random_state" in settings:
             self.estimator.set_params(random_state=settings["random_state"])
-        if "refiner_kl_weight" in settings:
-            steps = self.estimator.concealment_steps()
-            for step in steps:
-                if "kl_weight" in step.get_params():
-                    step.set_params(kl_weight=settings["refiner_kl_weight"])
-            self.estimator.set_params(concealment=steps)
+        steps = self.estimator.concealment_steps()  # spelled out, with the settings the name stands for
+        for step in steps:
+            if "kl_weight" in step.get_params():
+                step.set_params(kl_weight=settings["refiner_kl_weight"])
+            if "shrinkage" in step.get_params():
+                step.set_params(shrinkage=settings.get("transport_shrinkage", FIRST_SHRINKAGE))
+        self.estimator.set_params(concealment=steps)
 
     def fit_transform(self, part):
         self.estimator.fit_concealment(part.images, sensitive_features=part.sensitive_features)

@@ -144,11 +144,11 @@ def _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
     return dataset
 
 
-def _concealment_options(function):
-    """Options that set the concealment steps (train and run)."""
+def _concealment_options(default: str):
+    """Options that set the concealment steps (train and run), with ``default`` as --concealment's default."""
     options = [
         click.option("--concealment", type=click.Choice(["none", "linear", "full", "trained", "transport",
-                                                         "transport-refined"]), default="full",
+                                                         "transport-refined"]), default=default,
                      show_default=True,
                      help="none: the paper's latent; linear: + LEACE; full: + adversarial refiner and LEACE; "
                           "trained: LEACE learned in training; transport: each attribute group's latents moved "
@@ -164,7 +164,7 @@ def _concealment_options(function):
                      help="KL weight of the refiner (full, transport-refined): lower keeps more content and leaks "
                           "more (docs/TRAINED_CONCEALMENT.md §11)."),
     ]
-    return _apply(options, function)
+    return lambda function: _apply(options, function)
 
 
 def _id_key_options(function):
@@ -223,7 +223,7 @@ def main(debug: bool) -> None:
 @click.option("--independence-weight", default=0.0, show_default=True, help="HSIC penalty pushing latents to independence from the sensitive attributes.")
 @click.option("--condition-every-layer", is_flag=True, help="Feed the attributes to every decoder layer.")
 @click.option("--adversary-weight", default=0.0, show_default=True, help="Adversarial pressure on the image encoder itself.")
-@_concealment_options
+@_concealment_options(default="full")
 @click.option("--image-size", default=56, show_default=True)
 @click.option("--test-fraction", default=0.15, show_default=True, help="Held out by content hash; never trained on.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -657,7 +657,7 @@ def verify(path, max_leakage, bound):
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--latent-dim", default=48, show_default=True)
-@_concealment_options
+@_concealment_options(default="transport")
 @click.option("--target", help="Non-sensitive attribute for the fairness report (default: smile on synthetic faces).")
 @click.option("--landmarks-cache", type=click.Path(dir_okay=False),
               help="Real faces: Parquet cache of the landmark targets (reused across runs, keyed by image content).")
@@ -669,6 +669,13 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
         batch_size, latent_dim, concealment, covariance_dims, decoder_epochs, refine_kl_weight, target, landmarks_cache,
         device, seed, overwrite, id_key_file, key_table):
     """The whole job: train, export concealed latents, audit them, print a verdict.
+
+    Its data are labelled, so its concealment defaults to transport, which moves
+    each image's latent by the map of its own attribute cell: on the demo and on
+    UTKFace it leaked less than full and kept more (docs/TRAINED_CONCEALMENT.md
+    §11). The model it writes then needs each image's labels to encode it
+    (bafo encode reads them from UTKFace names or a manifest) and bafo decode
+    and bafo grid refuse it: for a label-free model, pass --concealment full.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
     you would hand on), OUT/audit_latents.parquet and OUT/audit_train_latents.parquet

@@ -143,6 +143,8 @@ def test_run_does_the_whole_job(tmp_path, monkeypatch):
     assert {p.name for p in out.iterdir()} == {
         "model", "latents.parquet", "audit_latents.parquet", "audit_train_latents.parquet", "report"
     }
+    # Its data are labelled, so it conceals by label-conditional transport (bafo train's default stays full).
+    assert json.loads((out / "model" / "config.json").read_text())["params"]["concealment"] == "transport"
     assert pq.read_schema(out / "latents.parquet").names == ["id", "latent", "split"]
     shared, audited = read_latents(out / "latents.parquet"), read_latents(out / "audit_latents.parquet")
     assert (np.diff(shared.ids) > 0).all() and (np.diff(audited.ids) > 0).all()  # pseudonymous ids, in id order

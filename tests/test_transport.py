@@ -176,12 +176,29 @@ def test_a_cell_without_training_rows_names_its_rows():
     lacking = ((S["gender"] == "female") & (S["ethnicity"] == "c")).to_numpy()
     transport = ConditionalTransport(continuous_bins=0).fit(Z[~lacking], sensitive_features=S[~lacking])
     first = np.flatnonzero(lacking)[:2] + 1
-    with pytest.raises(ValueError, match=rf"rows {first[0]}, {first[1]}.*\(1-based\): the cell \(gender='female', "
-                                         r"ethnicity='c', age in \[-inf, inf\)\) had no training rows"):
+    with pytest.raises(ValueError, match=rf"rows {first[0]}, {first[1]}.*\(1-based\): no training row had the classes "
+                                         r"of the cell \(gender='female', ethnicity='c', age in \[-inf, inf\)\)"):
         transport.transform(Z, sensitive_features=S)
     # The other rows are not silently moved and returned: nothing comes back at all.
     np.testing.assert_array_equal(transport.transform(Z[~lacking], sensitive_features=S[~lacking]).shape,
                                   Z[~lacking].shape)
+
+
+def test_a_row_whose_age_bin_had_no_training_rows_in_its_classes_takes_the_nearest_bins_map():
+    Z, S, _ = _planted(1200, seed=3)
+    cell = ((S["gender"] == "female") & (S["ethnicity"] == "c")).to_numpy()
+    S = S.assign(age=np.where(cell, 1 + S["age"] * 49 / 80, S["age"]))  # (female, c) only aged 1-50 in training
+    for knots in (0, 6):
+        transport = ConditionalTransport(continuous_bins=4, smooth_mean_knots=knots).fit(Z, sensitive_features=S)
+        *_, second_last, last = transport.bin_edges_[0]
+        assert second_last < 45 < 50 < last  # so (female, c) has no training row in the oldest bin
+        old = S[cell].assign(age=70.0)
+        moved = transport.transform(Z[cell], sensitive_features=old)
+        assert np.isfinite(moved).all() and np.abs(moved - Z[cell]).max() > 0.1
+        np.testing.assert_allclose(transport.inverse_transform(moved, sensitive_features=old), Z[cell], atol=1e-9)
+        if not knots:  # without the smooth mean a row's move depends on its cell only: the bin below's map
+            np.testing.assert_allclose(moved, transport.transform(Z[cell], sensitive_features=old.assign(age=45.0)),
+                                       atol=1e-12)
 
 
 def test_wrong_row_count_and_missing_column_are_refused(small):

@@ -49,9 +49,11 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
     ``inverse_transform`` undoes both steps exactly, given the same attributes.
 
     The price: ``transform`` needs every row's attributes (a labelled export
-    has them; an unlabelled stream of new images does not), and a category or
-    cell that had no training rows cannot be moved, so it is an error (leaving
-    such rows as they are would leak them).
+    has them; an unlabelled stream of new images does not), and a category, or
+    a combination of classes, that had no training rows cannot be moved, so it
+    is an error (leaving such rows as they are would leak them). A row whose
+    continuous bin had no training rows in its classes' cells is moved by the
+    nearest bin's map.
 
     Parameters
     ----------
@@ -316,16 +318,45 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         return ids
 
     def _fitted_cells(self, codes: np.ndarray) -> np.ndarray:
-        """Each row's position in ``cell_ids_``; an error naming the rows of a cell that had no training rows."""
+        """Each row's position in ``cell_ids_``.
+
+        A row whose cell had no training rows takes the map of the nearest fitted cell with the same
+        classes (the nearest continuous bins; the smooth mean already follows the continuous values
+        themselves); an error names the rows whose combination of classes had no training rows at all.
+        """
         ids = self._cell_ids(codes)
         positions = np.minimum(np.searchsorted(self.cell_ids_, ids), len(self.cell_ids_) - 1)
         empty = np.flatnonzero(self.cell_ids_[positions] != ids)
-        if len(empty):
+        if not len(empty):
+            return positions
+        fitted_codes = self._cell_codes(self.cell_ids_)
+        continuous = np.array([a.kind == "continuous" for a in self.schema_.attributes])
+        unmapped = np.zeros(len(ids), dtype=bool)
+        for cell in np.unique(ids[empty]):
+            rows = ids == cell
+            wanted = codes[np.argmax(rows)]
+            same_classes = (fitted_codes[:, ~continuous] == wanted[~continuous]).all(axis=1)
+            if not same_classes.any():
+                unmapped |= rows
+                continue
+            distance = np.abs(fitted_codes[:, continuous] - wanted[continuous]).sum(axis=1)
+            positions[rows] = np.flatnonzero(same_classes)[np.argmin(distance[same_classes])]
+        if unmapped.any():
+            first = np.flatnonzero(unmapped)
             raise ValueError(
-                f"{_rows(empty)}: the cell {self._describe_cell(codes[empty[0]])} had no training rows, so "
-                "ConditionalTransport has no map for it"
+                f"{_rows(first)}: no training row had the classes of the cell {self._describe_cell(codes[first[0]])}, "
+                "so ConditionalTransport has no map for it"
             )
         return positions
+
+    def _cell_codes(self, ids: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`_cell_ids`: each cell id's attribute codes."""
+        radices = self._radices()
+        codes = np.zeros((len(ids), len(radices)), dtype=np.int64)
+        rest = ids.copy()
+        for j in reversed(range(len(radices))):
+            rest, codes[:, j] = np.divmod(rest, radices[j])
+        return codes
 
     def _describe_cell(self, codes: np.ndarray) -> str:
         parts, edges = [], iter(self.bin_edges_)

@@ -386,7 +386,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             if changed:
                 raise ValueError(
                     f"{changed} configure the named concealment presets; with a list of steps, set them on "
-                    "the steps (LinearErasure(covariance_dims=...), LatentRefiner(epochs=..., adversary_weight=...))"
+                    "the steps (LinearErasure(covariance_dims=...), LatentRefiner(epochs=..., adversary_weight=..., "
+                    "kl_weight=...))"
                 )
             return list(self.concealment)
         if self.concealment not in PRESETS:

@@ -674,8 +674,9 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     each image's latent by the map of its own attribute cell: on the demo and on
     UTKFace it leaked less than full and kept more (docs/TRAINED_CONCEALMENT.md
     §11). The model it writes then needs each image's labels to encode it
-    (bafo encode reads them from UTKFace names or a manifest) and bafo decode
-    and bafo grid refuse it: for a label-free model, pass --concealment full.
+    (bafo encode reads them from UTKFace names or a manifest; bafo decode and
+    bafo grid redraw from its encoder's own latents): for a label-free model,
+    pass --concealment full.
 
     Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
     you would hand on), OUT/audit_latents.parquet and OUT/audit_train_latents.parquet
@@ -805,13 +806,14 @@ def _list_images(inputs: tuple[str, ...]) -> list[Path]:
     return paths
 
 
-def _refuse_label_conditional(estimator, command: str) -> None:
-    """decode and grid encode faces whose own attributes they are not given: a concealment that needs them
-    (label-conditional transport) cannot encode such faces."""
+def _say_how_label_conditional_models_redraw(estimator) -> None:
+    """decode and grid are not given the input faces' own attributes, which a label-conditional concealment
+    (transport) needs to encode them: such a model redraws faces from its encoder's own latents."""
     if estimator.needs_sensitive_features_to_transform:
-        raise click.UsageError(
-            f"this model's concealment ({estimator.concealment}) needs each input face's own sensitive attributes "
-            f"to encode it, and `bafo {command}` is not given them; use a model trained with another --concealment"
+        click.echo(
+            f"this model's concealment ({estimator.concealment}) needs each face's own attributes to encode it; "
+            "redrawing from the encoder's latents (what the transport's exact inverse gives back)",
+            err=True,
         )
 
 
@@ -884,17 +886,20 @@ def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir, overwrite)
     e.g. decoded_0000.png; an unreadable input is named on the terminal and
     leaves its number unused. Input names are not reused, since names like
     UTKFace's spell out labels. --out must be empty or new (or, with
-    --overwrite, hold only earlier decodes).
+    --overwrite, hold only earlier decodes). A model whose concealment needs
+    each face's own attributes (transport, bafo run's default) redraws faces
+    from the encoder's own latents, which its exact inverse gives back.
     """
     from PIL import Image
 
     from ._utils import atomic_write_path
+    from .pipeline.figures import redraw_latents
     from .transformers import load_model
 
     estimator = load_model(model_dir)
     if estimator.schema_ is None:
         raise click.UsageError("this model was trained without sensitive attributes; there is nothing to set")
-    _refuse_label_conditional(estimator, "decode")
+    _say_how_label_conditional_models_redraw(estimator)
     given = {"age": age, "gender": gender, "ethnicity": ethnicity}
     malformed = [item for item in extra if "=" not in item]
     if malformed:
@@ -905,7 +910,8 @@ def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir, overwrite)
     out = Path(out_dir)
     _prepare_decode_folder(out, inputs, paths, overwrite)
     images, positions = _decode_inputs(estimator, paths)
-    decoded = estimator.inverse_transform(estimator.transform(images), sensitive_features=values)
+    latents, conceal = redraw_latents(estimator, images)
+    decoded = estimator.inverse_transform(latents, sensitive_features=values, conceal=conceal)
     out.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(paths) - 1)))
     for position, image in zip(positions, _as_uint8_nhwc(decoded)):
@@ -940,7 +946,7 @@ def grid(model_dir, inputs, style, ages, fixed_age, max_inputs, out, overwrite):
     check_not_an_input(out, what="--out", files=paths, folders=[i for i in inputs if Path(i).is_dir()])
     check_destination(out, overwrite=overwrite)
     estimator = load_model(model_dir)
-    _refuse_label_conditional(estimator, "grid")
+    _say_how_label_conditional_models_redraw(estimator)
     images, _ = _decode_inputs(estimator, paths)
     if style == "ages":
         panel = age_gender_grid(estimator, images, [_number(a, "--ages") for a in ages.split(",")])

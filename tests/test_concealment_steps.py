@@ -162,3 +162,17 @@ def test_a_step_of_an_unregistered_class_is_refused_at_save_not_at_load(faces, t
         np.testing.assert_array_equal(loaded.transform(faces.images[:3]), model.transform(faces.images[:3]))
     finally:
         _LOADABLE.pop("MyErasure")
+
+
+def test_inverse_transform_without_concealment_decodes_the_encoders_latents_with_its_own_decoder(faces):
+    S = faces.sensitive_features
+    concealed = _model(concealment="linear", decoder_epochs=1).fit(faces.images, sensitive_features=S)
+    plain = _model(concealment="none").fit(faces.images, sensitive_features=S)  # the same encoder and decoder
+    raw = concealed.transform(faces.images[:6], conceal=False)
+    np.testing.assert_array_equal(raw, plain.transform(faces.images[:6]))
+    values = {"age": 30, "gender": "female"}
+    # conceal=False: nothing undone, and the encoder's decoder rather than the one fine-tuned on concealed latents.
+    np.testing.assert_array_equal(concealed.inverse_transform(raw, sensitive_features=values, conceal=False),
+                                  plain.inverse_transform(raw, sensitive_features=values))
+    assert not np.array_equal(concealed.inverse_transform(raw, sensitive_features=values),
+                              plain.inverse_transform(raw, sensitive_features=values))

@@ -121,14 +121,39 @@ def test_a_row_with_a_category_the_model_never_saw_is_named_by_its_manifest_row(
     assert not (tmp_path / "z.parquet").exists()
 
 
-def test_decode_and_grid_refuse_a_model_that_needs_the_inputs_attributes(model, utkface_folder, tmp_path):
+def test_the_transports_exact_inverse_gives_back_the_encoders_own_latents_to_decode(model, faces):
+    S = _whole_years(faces)
+    concealed = model.transform(faces.images, sensitive_features=S)
+    raw = model.transform(faces.images, conceal=False)
+    assert np.abs(concealed - raw).max() > 0.1 * np.abs(raw).max()  # the transport moved them
+    values = {"age": 40, "gender": "female", "ethnicity": "white"}
+    # Decoding the concealed latents with their own labels is decoding the raw ones: what decode and grid use.
+    through_transport = model.inverse_transform(concealed, sensitive_features=S)
+    assert through_transport.dtype == np.uint8  # as the faces were given
+    np.testing.assert_allclose(through_transport.astype(int),
+                               model.inverse_transform(raw, sensitive_features=S, conceal=False).astype(int), atol=1)
+    chosen = model.inverse_transform(raw, sensitive_features=values, conceal=False)
+    assert chosen.shape == faces.images.shape
+    assert np.abs(chosen.astype(float) - model.inverse_transform(raw, sensitive_features=S, conceal=False)).max() > 0
+    with pytest.raises(ValueError, match=r"expected latents of shape \(n, 8\)"):
+        model.inverse_transform(raw[:, :4], sensitive_features=values, conceal=False)
+
+
+def test_decode_and_grid_redraw_a_transport_model_from_its_encoders_latents(model, utkface_folder, tmp_path):
     model_dir = save_model(model, tmp_path / "model")
-    image = str(sorted(utkface_folder.iterdir())[0])
-    for args in (["decode", "--model", str(model_dir), image, "--out", str(tmp_path / "decoded"), "--age", "40"],
-                 ["grid", "--model", str(model_dir), image, "--out", str(tmp_path / "grid.png")]):
-        result = CliRunner().invoke(main, args)
-        assert result.exit_code == 2 and "needs each input face's own sensitive attributes" in result.output
-    assert not (tmp_path / "decoded").exists() and not (tmp_path / "grid.png").exists()
+    image = sorted(utkface_folder.iterdir())[0]
+    result = CliRunner().invoke(main, ["decode", "--model", str(model_dir), str(image), "--out", str(tmp_path / "decoded"),
+                                       "--age", "40", "--gender", "female"])
+    assert result.exit_code == 0, result.output
+    assert "redrawing from the encoder's latents" in result.output
+    loaded = load_model(model_dir)
+    pixels = np.asarray(Image.open(image).convert("RGB").resize((SIZE, SIZE)))[None]
+    expected = loaded.inverse_transform(loaded.transform(pixels, conceal=False), conceal=False,
+                                        sensitive_features={"age": 40, "gender": "female"})
+    written = np.asarray(Image.open(tmp_path / "decoded" / "decoded_0000.png"))
+    assert np.abs(written.astype(int) - expected[0].astype(int)).max() <= 2
+    grid = CliRunner().invoke(main, ["grid", "--model", str(model_dir), str(image), "--out", str(tmp_path / "grid.png")])
+    assert grid.exit_code == 0, grid.output and (tmp_path / "grid.png").stat().st_size > 0
 
 
 def test_ray_export_carries_the_labels_to_the_actors_and_writes_the_in_process_latents(

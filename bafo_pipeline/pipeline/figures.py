@@ -19,9 +19,21 @@ def _unit_nhwc(estimator, images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), height, width, channels)
 
 
-def decode_as(estimator, latents: np.ndarray, values: Mapping) -> np.ndarray:
+def redraw_latents(estimator, images: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(latents, conceal)``: the latents to redraw ``images`` from, and whether they are concealed.
+
+    Concealed latents, unless the concealment needs each image's own attributes to encode it
+    (``"transport"``), which a redraw is not given: then the encoder's own latents, which such a
+    concealment's exact inverse would give back anyway.
+    """
+    conceal = not estimator.needs_sensitive_features_to_transform
+    return estimator.transform(images, conceal=conceal), conceal
+
+
+def decode_as(estimator, latents: np.ndarray, values: Mapping, *, conceal: bool = True) -> np.ndarray:
     """Decode every latent with the same attribute ``values``; float [0, 1] NHWC."""
-    return _unit_nhwc(estimator, estimator.inverse_transform(latents, sensitive_features=dict(values)))
+    decoded = estimator.inverse_transform(latents, sensitive_features=dict(values), conceal=conceal)
+    return _unit_nhwc(estimator, decoded)
 
 
 def age_gender_grid(
@@ -35,7 +47,7 @@ def age_gender_grid(
     ndarray of shape (rows, cols, H, W, 3)
         Float [0, 1]; blank cells are white.
     """
-    latents = estimator.transform(images)
+    latents, conceal = redraw_latents(estimator, images)
     originals = _unit_nhwc(estimator, images)
     genders = estimator.schema_[gender_name].categories
     rows = []
@@ -44,7 +56,7 @@ def age_gender_grid(
             row = [originals[i] if g == 0 else np.ones_like(originals[i])]
             for age in ages:
                 values = {**(fixed or {}), age_name: age, gender_name: gender}  # the rest decode as neutral
-                row.append(decode_as(estimator, latents[i : i + 1], values)[0])
+                row.append(decode_as(estimator, latents[i : i + 1], values, conceal=conceal)[0])
             rows.append(row)
     return np.asarray(rows)
 
@@ -54,11 +66,11 @@ def attribute_rows_grid(
     fixed: Mapping | None = None,
 ) -> np.ndarray:
     """Row 0: the inputs; then one row per gender decoded at ``age`` (the paper's Figure 2 style)."""
-    latents = estimator.transform(images)
+    latents, conceal = redraw_latents(estimator, images)
     rows = [list(_unit_nhwc(estimator, images))]
     for gender in estimator.schema_[gender_name].categories:
         values = {**(fixed or {}), age_name: age, gender_name: gender}  # the rest decode as neutral
-        rows.append(list(decode_as(estimator, latents, values)))
+        rows.append(list(decode_as(estimator, latents, values, conceal=conceal)))
     return np.asarray(rows)
 
 

@@ -961,7 +961,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         device = resolve_device(self.device)
         return inference_network(self.network_ if network is None else network, device), device, self._uses_bfloat16(device)
 
-    def inverse_transform(self, X, *, sensitive_features=None) -> np.ndarray:
+    def inverse_transform(self, X, *, sensitive_features=None, conceal: bool = True) -> np.ndarray:
         """Decode latents into images (or features) with chosen attributes.
 
         Parameters
@@ -981,6 +981,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             is undone with them: pass each latent's own row (exact categories,
             no fractions or mixtures) to get back its encoder latent and decode it
             as the unconcealed model would.
+        conceal : bool, default=True
+            Whether ``X`` went through the concealment steps. ``False``: ``X`` are
+            the encoder's own latents (``transform(..., conceal=False)``), decoded
+            by the encoder's own decoder with nothing undone; with a concealment
+            that inverts exactly (``"transport"``) that is what its inverse gives
+            back, so faces can be redrawn with chosen attributes without their
+            own (what ``bafo decode`` and ``bafo grid`` do for such models).
 
         Returns
         -------
@@ -990,7 +997,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             original units.
         """
         check_is_fitted(self)
-        latent_dim = self._n_features_out
+        latent_dim = self._n_features_out if conceal else self.latent_dim
         Z = np.asarray(X, dtype=np.float32)
         if Z.ndim != 2 or Z.shape[1] != latent_dim:
             raise ValueError(f"expected latents of shape (n, {latent_dim}), got {Z.shape}")
@@ -998,8 +1005,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             raise ValueError(f"latents contain NaN or infinite values (row {int(np.argmax(~np.isfinite(Z).all(1)))})")
         frame = self._sensitive_frame(sensitive_features, len(Z), broadcast=True)
         conditions = self._encode_conditions(frame, len(Z), allow_fractional=True)
-        concealed_network = getattr(self, "concealed_network_", None)
-        if concealed_network is None:
+        concealed_network = getattr(self, "concealed_network_", None) if conceal else None
+        if conceal and concealed_network is None:
             # Back through the invertible steps (the refiner's decoder); erasure is not invertible and is passed.
             for step in reversed(getattr(self, "concealment_steps_", None) or []):
                 if is_invertible(step):

@@ -108,6 +108,18 @@ def test_a_rows_latent_does_not_depend_on_its_slice(model, faces):
     np.testing.assert_array_equal(model.transform(faces.images[63:66]), every[63:66])
 
 
+def test_read_only_images_encode_as_writable_ones_do_without_a_warning(model, faces):
+    import warnings
+
+    frozen = faces.images[:5].copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it views read-only memory
+        latents = model.transform(frozen)
+    np.testing.assert_array_equal(latents, model.transform(faces.images[:5]))
+    assert not frozen.flags.writeable  # the caller's array is left as it was
+
+
 def test_bfloat16_keeps_concealed_latents_within_two_percent_of_their_spread(model, faces):
     float32 = model.transform(faces.images)
     bf16 = copy.deepcopy(model).set_params(precision="bfloat16").transform(faces.images)

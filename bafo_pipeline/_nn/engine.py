@@ -54,8 +54,8 @@ class TorchEncoder:
             latents = self._encode(images)
         else:
             if not isinstance(images, torch.Tensor):
-                if any(stride < 0 for stride in images.strides):  # torch cannot view negative strides
-                    images = np.ascontiguousarray(images)
+                if any(stride < 0 for stride in images.strides) or not images.flags.writeable:
+                    images = np.array(images)  # torch views neither negative strides nor read-only memory (it warns)
                 images = torch.from_numpy(images)
             latents = in_slices(self._encode_full_slice, images, self._encoder.latent_dim)
         for function in self._after:

@@ -3,6 +3,7 @@ from the source and pass them to the encoder, write them only when asked, and re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,8 +14,10 @@ from PIL import Image
 
 from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, read_latents, save_model
 from bafo_pipeline.cli import main
-from bafo_pipeline.data import pseudonymous_ids, scan_source
+from bafo_pipeline.data import load_source, pseudonymous_ids, scan_source
+from bafo_pipeline.data.splits import hash_split
 from bafo_pipeline.data.utkface import UTKFACE_ETHNICITIES
+from bafo_pipeline.pipeline import run_workflow
 from bafo_pipeline.transformers import ConditionalTransport, load_model
 
 SIZE = 32
@@ -179,3 +182,17 @@ def test_ray_export_carries_the_labels_to_the_actors_and_writes_the_in_process_l
     assert written.keys() == expected.keys()
     for key, latent in expected.items():
         np.testing.assert_allclose(written[key], latent, atol=1e-5)
+
+
+def test_a_run_refuses_before_training_a_held_out_class_combination_no_training_image_has(tmp_path):
+    dataset = load_source(synthetic_samples=300, image_size=SIZE, seed=0)
+    held_out = np.flatnonzero(hash_split(dataset.content_hash, test_fraction=0.15, seed=0))
+    attributes = dataset.attributes.copy()
+    attributes.loc[held_out[:3], "ethnicity"] = "martian"  # three held-out faces, no training face
+    odd = dataclasses.replace(dataset, attributes=attributes)
+    estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=64, concealment="transport")
+    with pytest.raises(ValueError, match=r"3 held-out images have a combination of classes that no training image "
+                                         r"has \(e\.g\. gender='\w+', ethnicity='martian'\).*--concealment full"):
+        run_workflow(odd, tmp_path / "run", estimator, seed=0)
+    assert not hasattr(estimator, "network_")  # refused before training
+    assert not any((tmp_path / "run").iterdir())

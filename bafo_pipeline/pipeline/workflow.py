@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 
+from ..attributes import AttributeSchema
 from ..data import load_id_key, pseudonymous_ids
 from ..data.dataset import FaceDataset
 from ..data.splits import hash_split
@@ -128,6 +129,8 @@ def run_workflow(
     train, test = dataset.split(test_fraction=test_fraction, seed=seed)
     if len(test) < 20:
         raise ValueError(f"only {len(test)} held-out images: too few to audit; use more data")
+    if estimator.needs_sensitive_features_to_transform:
+        _check_classes_seen_in_training(train, test, estimator.attribute_kinds)
 
     say(f"training on {len(train)} images ({len(test)} held out for the audit)")
     estimator.fit(train.images, sensitive_features=train.sensitive_features)
@@ -186,6 +189,25 @@ def run_workflow(
 
 # The id column of the shared file; its ids are the images' pseudonymous ids (export_latents' default).
 _ID = "id"
+
+
+def _check_classes_seen_in_training(train: FaceDataset, test: FaceDataset, kinds) -> None:
+    """Before training: a label-conditional concealment moves each image by the map of its classes' cell, so a
+    held-out image whose combination of classes no training image has could not be exported."""
+    schema = AttributeSchema.infer(train.sensitive_features, kinds=kinds)
+    classes = [a.name for a in schema.attributes if a.kind != "continuous"]
+    if not classes:
+        return
+    seen = set(train.sensitive_features[classes].itertuples(index=False, name=None))
+    held_out = test.sensitive_features[classes].itertuples(index=False, name=None)
+    unseen = [combination for combination in held_out if combination not in seen]
+    if unseen:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(classes, unseen[0]))
+        raise ValueError(
+            f"{len(unseen)} held-out images have a combination of classes that no training image has (e.g. "
+            f"{shown}); the label-conditional concealment has no map for them. Use more data, or a concealment "
+            "that does not need the labels to encode (--concealment full)"
+        )
 
 
 def _shared_file_channels(path: Path, name: str):

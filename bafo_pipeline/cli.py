@@ -672,8 +672,8 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
 
     Its data are labelled, so its concealment defaults to transport, which moves
     each image's latent by the map of its own attribute cell: on the demo and on
-    UTKFace it leaked less than full and kept more (docs/TRAINED_CONCEALMENT.md
-    §11). The model it writes then needs each image's labels to encode it
+    UTKFace it leaked no more than full and kept far more
+    (docs/TRAINED_CONCEALMENT.md §11). The model it writes then needs each image's labels to encode it
     (bafo encode reads them from UTKFace names or a manifest; bafo decode and
     bafo grid redraw from its encoder's own latents): for a label-free model,
     pass --concealment full.
@@ -812,7 +812,7 @@ def _say_how_label_conditional_models_redraw(estimator) -> None:
     if estimator.needs_sensitive_features_to_transform:
         click.echo(
             f"this model's concealment ({estimator.concealment}) needs each face's own attributes to encode it; "
-            "redrawing from the encoder's latents (what the transport's exact inverse gives back)",
+            "redrawing from the encoder's latents (for transport, what its exact inverse gives back)",
             err=True,
         )
 

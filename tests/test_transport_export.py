@@ -156,7 +156,8 @@ def test_decode_and_grid_redraw_a_transport_model_from_its_encoders_latents(mode
     written = np.asarray(Image.open(tmp_path / "decoded" / "decoded_0000.png"))
     assert np.abs(written.astype(int) - expected[0].astype(int)).max() <= 2
     grid = CliRunner().invoke(main, ["grid", "--model", str(model_dir), str(image), "--out", str(tmp_path / "grid.png")])
-    assert grid.exit_code == 0, grid.output and (tmp_path / "grid.png").stat().st_size > 0
+    assert grid.exit_code == 0, grid.output
+    assert (tmp_path / "grid.png").stat().st_size > 0
 
 
 def test_ray_export_carries_the_labels_to_the_actors_and_writes_the_in_process_latents(

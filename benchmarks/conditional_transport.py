@@ -286,6 +286,11 @@ class GaussianizedTransport:
 #: The step's shrinkage when these variants were first measured (its default until it became 10): pinned, so
 #: that a variant's name keeps measuring the same setting.
 FIRST_SHRINKAGE = 50.0
+#: Likewise the step's means before they were shrunk (``"auto"`` since): each cell moved by its own training mean,
+#: the smooth mean at a fixed ridge penalty.
+FIRST_MEANS = {"mean_shrinkage": 0.0, "ridge_alpha": 1.0}
+#: The shrunk means (the step's defaults now).
+SHRUNK_MEANS = {"mean_shrinkage": "auto", "ridge_alpha": "auto"}
 
 
 class LibraryTransport:
@@ -295,7 +300,7 @@ class LibraryTransport:
     def __init__(self, **params):
         from bafo_pipeline import ConditionalTransport as LibraryStep
 
-        self.step = LibraryStep(attribute_kinds={"age": "continuous"}, **{"shrinkage": FIRST_SHRINKAGE, **params})
+        self.step = LibraryStep(attribute_kinds={"age": "continuous"}, **{"shrinkage": FIRST_SHRINKAGE, **FIRST_MEANS, **params})
 
     def fit_transform(self, Z, attributes):
         return self.step.fit_transform(np.asarray(Z, float), sensitive_features=attributes[list(SENSITIVE)])
@@ -368,6 +373,9 @@ VARIANTS = {
     "smooth-mean+cells-shrink20": lambda: LibraryTransport(shrinkage=20.0),
     "smooth-mean+cells-shrink200": lambda: LibraryTransport(shrinkage=200.0),
     "smooth-mean+cells-age2": lambda: LibraryTransport(continuous_bins=2),
+    # The maps' own estimation noise moves held-out cells apart (docs/TRAINED_CONCEALMENT.md §12): shrunk means.
+    "smooth-mean+cells-shrink10-shrunk-means": lambda: LibraryTransport(shrinkage=10.0, **SHRUNK_MEANS),
+    "smooth-mean+cells-shrink10-shrunk-cell-means": lambda: LibraryTransport(shrinkage=10.0, mean_shrinkage="auto"),
     "gaussianized+smooth-mean+cells": GaussianizedTransport,
     "predicted-cells-hard": lambda: PredictedCellTransport(),
     "predicted-cells-soft": lambda: PredictedCellTransport(soft=True),
@@ -378,7 +386,7 @@ VARIANTS = {
 #: name -> settings. ``transport-refined`` with the default decoder fine-tuning; ``refiner_kl_weight``: the
 #: preset's refiner with this KL weight (always given, so that a name keeps measuring the same setting when the
 #: library's default changes; the transport's shrinkage likewise, ``transport_shrinkage``, default
-#: ``FIRST_SHRINKAGE``); ``random_state``: the seed of the
+#: ``FIRST_SHRINKAGE``, and its means, ``transport_means``, default ``FIRST_MEANS``); ``random_state``: the seed of the
 #: refiner and the fine-tuning (default: the encoder's, 0), to see the refiner's own noise.
 PRESET_VARIANTS = {
     # The preset as it was before refine_kl_weight: its refiner at KL weight 1.0.
@@ -396,6 +404,10 @@ PRESET_VARIANTS = {
     # The transport's shrinkage at 10 (its default since): with the refiner too.
     "preset:transport-refined-shrink10-dec6": {"concealment": "transport-refined", "decoder_epochs": 6,
                                                "refiner_kl_weight": 1.0, "transport_shrinkage": 10.0},
+    # With the shrunk means.
+    "preset:transport-refined-shrink10-shrunk-means-dec6": {
+        "concealment": "transport-refined", "decoder_epochs": 6, "refiner_kl_weight": 1.0,
+        "transport_shrinkage": 10.0, "transport_means": SHRUNK_MEANS},
     # And the default concealment's refiner at KL 0.1.
     "preset:full-dec6": {"concealment": "full", "decoder_epochs": 6, "refiner_kl_weight": 1.0},
     "preset:full-kl0.1-dec6": {"concealment": "full", "decoder_epochs": 6, "refiner_kl_weight": 0.1},
@@ -418,7 +430,8 @@ class PresetTransport:
             if "kl_weight" in step.get_params():
                 step.set_params(kl_weight=settings["refiner_kl_weight"])
             if "shrinkage" in step.get_params():
-                step.set_params(shrinkage=settings.get("transport_shrinkage", FIRST_SHRINKAGE))
+                step.set_params(shrinkage=settings.get("transport_shrinkage", FIRST_SHRINKAGE),
+                                **settings.get("transport_means", FIRST_MEANS))
         self.estimator.set_params(concealment=steps)
 
     def fit_transform(self, part):

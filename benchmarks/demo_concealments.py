@@ -9,8 +9,10 @@ channels' decision, the overall verdict, and the wall time.
 
     python benchmarks/demo_concealments.py --concealments full,transport,transport-refined
     python benchmarks/demo_concealments.py --concealments transport-refined --refine-kl-weight 0.1
+    python benchmarks/demo_concealments.py --concealments transport --transport-means shrunk-cells
 
-(a run with a non-default ``--refine-kl-weight`` is named e.g. ``transport-refined@kl0.1``).
+(a run with a non-default ``--refine-kl-weight`` is named e.g. ``transport-refined@kl0.1``, one with
+other ``--transport-means`` than ``own`` e.g. ``transport@shrunk-cells``).
 """
 
 from __future__ import annotations
@@ -28,17 +30,40 @@ from _machine import machine  # noqa: E402
 from bafo_pipeline.audits.verdict import is_significant  # noqa: E402
 from bafo_pipeline.data import make_synthetic_faces  # noqa: E402
 from bafo_pipeline.pipeline import run_workflow  # noqa: E402
-from bafo_pipeline.transformers import BAFOTransformer  # noqa: E402
+from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport  # noqa: E402
 
 SHARED, UNCONCEALED = "bafo (shared latents)", "bafo encoder (no concealment)"
 # bafo run's defaults (bafo_pipeline/cli.py: run)
 RUN_DEFAULTS = {"latent_dim": 48, "epochs": 30, "batch_size": 32, "decoder_epochs": 6}
+DEFAULT_KL_WEIGHT = BAFOTransformer().refine_kl_weight
+#: How ConditionalTransport's cell means are estimated (docs/TRAINED_CONCEALMENT.md §12): each cell's own training
+#: mean (the step's default), or shrunk by empirical Bayes, with the smooth mean's ridge penalty fixed or chosen by
+#: leave-one-out error.
+TRANSPORT_MEANS = {
+    "own": {"mean_shrinkage": 0.0, "ridge_alpha": 1.0},
+    "shrunk-cells": {"mean_shrinkage": "auto", "ridge_alpha": 1.0},
+    "shrunk": {"mean_shrinkage": "auto", "ridge_alpha": "auto"},
+}
 
 
-def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float = 1.0) -> dict:
-    faces = make_synthetic_faces(samples, 56, random_state=seed)
+def make_estimator(concealment: str, seed: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
+                   transport_means: str = "own") -> BAFOTransformer:
+    """``bafo run``'s estimator with this concealment; its transport step, if any, estimating means as told."""
     estimator = BAFOTransformer(concealment=concealment, random_state=seed, refine_kl_weight=refine_kl_weight,
                                 **RUN_DEFAULTS)
+    if transport_means == "own":
+        return estimator
+    steps = estimator.concealment_steps()
+    for step in steps:
+        if isinstance(step, ConditionalTransport):
+            step.set_params(**TRANSPORT_MEANS[transport_means])
+    return estimator.set_params(concealment=steps, refine_kl_weight=DEFAULT_KL_WEIGHT)
+
+
+def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
+            transport_means: str = "own") -> dict:
+    faces = make_synthetic_faces(samples, 56, random_state=seed)
+    estimator = make_estimator(concealment, seed, refine_kl_weight, transport_means)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         result = run_workflow(faces, out, estimator, seed=seed, target="smile")
@@ -72,12 +97,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=3000, help="bafo run's --synthetic-samples")
     parser.add_argument("--commit", help="the package version measured (recorded in the JSON)")
-    parser.add_argument("--refine-kl-weight", type=float, default=1.0, help="BAFOTransformer's refine_kl_weight")
+    parser.add_argument("--refine-kl-weight", type=float, default=DEFAULT_KL_WEIGHT,
+                        help="BAFOTransformer's refine_kl_weight")
+    parser.add_argument("--transport-means", choices=sorted(TRANSPORT_MEANS), default="own",
+                        help="how the transport step estimates its cell means")
     args = parser.parse_args()
     runs = {}
     for concealment in args.concealments.split(","):
-        name = concealment if args.refine_kl_weight == 1.0 else f"{concealment}@kl{args.refine_kl_weight:g}"
-        runs[name] = one_run(concealment, args.seed, args.samples, args.refine_kl_weight)
+        name = concealment
+        if args.refine_kl_weight != DEFAULT_KL_WEIGHT:
+            name += f"@kl{args.refine_kl_weight:g}"
+        if args.transport_means != "own" and concealment.startswith("transport"):
+            name += f"@{args.transport_means}"
+        runs[name] = one_run(concealment, args.seed, args.samples, args.refine_kl_weight, args.transport_means)
         print(name, json.dumps(runs[name]), file=sys.stderr, flush=True)
     print(json.dumps({
         "benchmark": "demo_concealments",
@@ -85,7 +117,7 @@ def main() -> None:
         "machine": machine(),
         "commit": args.commit,
         "settings": {**RUN_DEFAULTS, "samples": args.samples, "seed": args.seed,
-                     "refine_kl_weight": args.refine_kl_weight},
+                     "refine_kl_weight": args.refine_kl_weight, "transport_means": args.transport_means},
         "runs": runs,
     }, indent=1))
 

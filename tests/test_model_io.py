@@ -19,6 +19,7 @@ from bafo_pipeline.transformers import (
     save_model,
 )
 from bafo_pipeline.transformers._persistence import CONFIG_NAME, MANIFEST_NAME, WEIGHTS_NAME
+from bafo_pipeline.transformers._steps import PRESET_STEP_PARAMS, PRESETS
 
 VALUES = {"age": 60, "gender": 0.5, "ethnicity": {"indian": 1.0, "others": 1.0}}
 
@@ -241,3 +242,51 @@ def test_a_refiner_kl_weight_other_than_the_configured_one_is_refused_at_load(fa
     reseal(path)
     with pytest.raises(ModelIntegrityError, match="the config was changed after fitting"):
         load_model(path)
+
+
+def test_a_transport_model_saved_under_older_step_defaults_loads_with_what_it_was_fitted_with(faces, tmp_path):
+    # A release that fitted ConditionalTransport at shrinkage 50, a fixed ridge penalty and before mean_shrinkage
+    # existed (each cell moved by its own mean) saved those values in the fitted step; the preset now spells out
+    # other defaults, which is no edit of the config and must not be refused.
+    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=16, random_state=0, decoder_epochs=0,
+                            concealment="transport")
+    model.fit(faces.images, sensitive_features=faces.sensitive_features)
+    path = save_model(model, tmp_path / "model")
+    config = json.loads((path / CONFIG_NAME).read_text())
+    (step,) = config["state"]["concealment_steps_"]
+    del step["params"]["mean_shrinkage"]
+    step["params"].update(shrinkage=50.0, ridge_alpha=1.0)
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+    reseal(path)
+    loaded = load_model(path)
+    assert loaded.concealment_steps_[0].get_params()["mean_shrinkage"] == 0.0
+    assert loaded.concealment_steps_[0].get_params()["shrinkage"] == 50.0
+    S = faces.sensitive_features
+    np.testing.assert_array_equal(loaded.transform(faces.images, sensitive_features=S),
+                                  model.transform(faces.images, sensitive_features=S))
+
+
+def test_the_presets_set_only_the_step_parameters_the_load_check_compares():
+    knobs = {"covariance_dims": 2, "refine_epochs": 7, "refine_adversary_weight": 0.7, "refine_kl_weight": 0.2,
+             "batch_size": 8, "learning_rate": 0.01, "adversary_steps": 3, "validation_fraction": 0.2}
+    for preset in PRESETS:
+        for step in BAFOTransformer(concealment=preset, **knobs).concealment_steps():
+            defaults = type(step)().get_params(deep=False)
+            changed = {k for k, v in step.get_params(deep=False).items() if v != defaults[k]}
+            assert changed <= set(PRESET_STEP_PARAMS[type(step).__name__]), (preset, type(step).__name__, changed)
+
+
+def test_a_parameter_an_older_file_lacks_takes_the_value_such_models_were_fitted_with():
+    from sklearn.base import BaseEstimator
+
+    from bafo_pipeline.transformers._state import build_estimator
+
+    class Step(BaseEstimator):
+        params_before_added = {"added": 0.0}
+
+        def __init__(self, kept=1, added="auto"):
+            self.kept, self.added = kept, added
+
+    assert build_estimator(Step, {"kept": 2}).get_params() == {"kept": 2, "added": 0.0}
+    assert build_estimator(Step, {"kept": 2, "added": "auto"}).added == "auto"
+    assert build_estimator(BaseEstimator, {}).get_params() == {}

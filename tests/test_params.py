@@ -92,6 +92,8 @@ _S = pd.DataFrame({"gender": ["f", "m"] * 20, "age": np.linspace(1, 80, 40)})
         (LinearErasure(covariance_dims=-1), lambda e: e.fit(_Z, sensitive_features=_S), "covariance_dims"),
         (TrainedErasure(matching="nope"), lambda e: e.fit(_Z, sensitive_features=_S), "matching"),
         (ConditionalTransport(smooth_mean_knots=1), lambda e: e.fit(_Z, sensitive_features=_S), "smooth_mean_knots"),
+        (ConditionalTransport(mean_shrinkage=1.5), lambda e: e.fit(_Z, sensitive_features=_S), "mean_shrinkage"),
+        (ConditionalTransport(ridge_alpha="on"), lambda e: e.fit(_Z, sensitive_features=_S), "ridge_alpha"),
         (LatentRefiner(kl_weight=-1.0), lambda e: e.fit(_Z, sensitive_features=_S), "kl_weight"),
         (TorchMLPProbe(lr=0.0), lambda e: e.fit(_Z, np.arange(40) % 2), "lr"),
     ],

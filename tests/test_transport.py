@@ -125,6 +125,49 @@ def test_inverse_is_exact_and_each_cell_gets_the_pooled_moments(planted):
     assert transport.transform(Z[b].astype(np.float32), sensitive_features=_rows(S, b)).dtype == np.float32
 
 
+def _pure_noise(n: int, seed: int):
+    """Latents that hold nothing about the attributes (gender, 4 ethnicities, age)."""
+    rng = np.random.default_rng(seed)
+    S = pd.DataFrame({"gender": rng.choice(["female", "male"], n), "ethnicity": rng.choice(list("abcd"), n),
+                      "age": rng.uniform(1, 80, n)})
+    return rng.normal(size=(n, 24)), S
+
+
+def test_shrunk_means_plant_no_cell_signal_in_held_out_rows():
+    """A map fitted on training rows moves a new row by its cell's estimation error too, the same for every new row
+    of the cell: on latents that hold nothing about the attributes, the cells' own means (the default) make held-out
+    cells readable by a linear probe fitted on held-out rows; shrunk means do not move pure noise apart."""
+    Z_fit, S_fit = _pure_noise(1600, seed=0)  # 32 cells of about 50 rows
+    Z, S = _pure_noise(4000, seed=100)
+    a, b = slice(0, 2000), slice(2000, None)
+    labels = {"ethnicity": S["ethnicity"].to_numpy(), "age band": np.digitize(S["age"], [20, 40, 60])}
+
+    def held_out_accuracy(transport, name):
+        moved = transport.fit(Z_fit, sensitive_features=S_fit).transform(Z, sensitive_features=S)
+        y = labels[name]
+        return balanced_accuracy_score(y[b], LogisticRegression(max_iter=1000).fit(moved[a], y[a]).predict(moved[b]))
+
+    for name in labels:
+        unshrunk = held_out_accuracy(ConditionalTransport(), name)
+        shrunk = held_out_accuracy(ConditionalTransport(mean_shrinkage="auto", ridge_alpha="auto"), name)
+        assert unshrunk >= 0.25 + 0.03, (name, unshrunk)
+        assert shrunk <= 0.25 + 0.02, (name, shrunk)
+
+
+def test_mean_shrinkage_interpolates_between_own_and_pooled_means(planted):
+    Z, S, _, fit, _, _ = planted
+    fitted = {w: ConditionalTransport(mean_shrinkage=w, smooth_mean_knots=0).fit(Z[fit],
+                                                                              sensitive_features=_rows(S, fit))
+              for w in (0.0, 0.25, 1.0)}
+    own = fitted[0.0].cell_means_
+    np.testing.assert_allclose(fitted[1.0].cell_means_, np.broadcast_to(fitted[1.0].mean_, own.shape))
+    np.testing.assert_allclose(fitted[0.25].cell_means_, fitted[0.0].mean_ + 0.75 * (own - fitted[0.0].mean_))
+    # Planted group shifts are far beyond sampling noise: "auto" keeps (nearly) all of them.
+    auto = ConditionalTransport(mean_shrinkage="auto", smooth_mean_knots=0)
+    auto.fit(Z[fit], sensitive_features=_rows(S, fit))
+    assert np.abs(auto.cell_means_[:, 0] - own[:, 0]).max() <= 0.05 * np.ptp(own[:, 0])
+
+
 def test_spline_basis_matches_scikit_learn_and_is_constant_beyond_the_training_range():
     ages = np.random.default_rng(0).uniform(1, 80, 500)
     knots = _spline_knots(ages, 6)

@@ -264,6 +264,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
     __metadata_request__transform = {"sensitive_features": True}
     __metadata_request__inverse_transform = {"sensitive_features": True}
 
+    params_before_added = {"refine_kl_weight": 1.0}
+    """What a model saved before a parameter existed was fitted with (see :func:`load_model`)."""
+
     _parameter_rules: dict = {
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "image_shape": [tuple, list, None],

@@ -50,8 +50,8 @@ from ._integrity import (
     sha256_bytes,
     sha256_file,
 )
-from ._state import TensorStore, decode, encode, loadable_classes, set_state, storable_params
-from ._steps import INHERITED_PARAMS
+from ._state import TensorStore, build_estimator, decode, encode, loadable_classes, set_state, storable_params
+from ._steps import INHERITED_PARAMS, PRESET_STEP_PARAMS
 
 __all__ = [
     "CONFIG_NAME",
@@ -226,7 +226,7 @@ def load_verified_model(path: str | os.PathLike, *, device: str | None = None) -
             classes = loadable_classes()
             if config.get("class") not in classes:
                 raise ValueError(f"the model is a {config.get('class')!r}, not one of {sorted(classes)}")
-            estimator = classes[config["class"]](**decode(config["params"], tensors, classes))
+            estimator = build_estimator(classes[config["class"]], decode(config["params"], tensors, classes))
             set_state(estimator, decode(config["state"], tensors, classes))
     except Exception as error:  # corrupt file, or weights of another shape than the config says
         raise ValueError(f"{path / WEIGHTS_NAME}: weights do not load into the configured model ({error})") from error
@@ -335,6 +335,8 @@ def _check_concealment(path: Path, estimator, *, compare_params: bool) -> None:
     if not mismatch and compare_params:
         for wanted, have in zip(described, fitted):
             own, actual = wanted.get_params(deep=False), have.get_params(deep=False)
+            if isinstance(setting, str):  # a preset: the parameters it sets, not the steps' defaults of the day
+                own = {key: own[key] for key in PRESET_STEP_PARAMS.get(type(wanted).__name__, own) if key in own}
             for key, value in own.items():
                 if key == "device" or (key in INHERITED_PARAMS and value is None):
                     continue

@@ -33,6 +33,7 @@ __all__ = [
     "loadable_classes",
     "register_loadable",
     "TensorStore",
+    "build_estimator",
     "decode",
     "encode",
     "fitted_attribute_names",
@@ -218,10 +219,16 @@ def decode(tree, tensors: Mapping[str, torch.Tensor], classes: Mapping[str, type
     if kind == "estimator":
         if tree["class"] not in classes:
             raise ValueError(f"a stored step is a {tree['class']!r}, which is not one of the loadable classes {sorted(classes)}")
-        estimator = classes[tree["class"]](**decode(tree["params"], tensors, classes))
+        estimator = build_estimator(classes[tree["class"]], decode(tree["params"], tensors, classes))
         set_state(estimator, decode(tree["state"], tensors, classes))
         return estimator
     raise ValueError(f"unknown stored kind {kind!r}")
+
+
+def build_estimator(cls: type, params: dict):
+    """``cls(**params)``, where a parameter that ``params`` lacks (a model saved before it existed) takes the value
+    in ``cls.params_before_added`` (what such models were fitted with) if the class names one, else its default."""
+    return cls(**{**getattr(cls, "params_before_added", {}), **params})
 
 
 def storable_params(params: dict) -> dict:

@@ -65,6 +65,7 @@ from sklearn.base import clone
 __all__ = [
     "INHERITED_PARAMS",
     "PRESETS",
+    "PRESET_STEP_PARAMS",
     "check_steps",
     "decoder_learned_output",
     "fit_ready",
@@ -78,6 +79,16 @@ __all__ = [
 
 PRESETS = ("none", "linear", "full", "trained", "transport", "transport-refined")
 INHERITED_PARAMS = ("attribute_kinds", "device", "random_state")
+#: The step parameters (by step class name) that the named presets set from the estimator's own parameters. A
+#: model saved under a preset is checked at load on these only: the steps' other parameters are their defaults in
+#: the release that fitted the model, which a later release may change.
+PRESET_STEP_PARAMS = {
+    "LinearErasure": ("covariance_dims",),
+    "TrainedErasure": ("covariance_dims",),
+    "LatentRefiner": ("epochs", "adversary_weight", "kl_weight", "batch_size", "learning_rate", "adversary_steps",
+                      "validation_fraction"),
+    "ConditionalTransport": (),
+}
 
 
 def check_steps(steps: Sequence, name: str = "concealment") -> None:

@@ -197,3 +197,33 @@ def test_a_run_refuses_before_training_a_held_out_class_combination_no_training_
         run_workflow(odd, tmp_path / "run", estimator, seed=0)
     assert not hasattr(estimator, "network_")  # refused before training
     assert not any((tmp_path / "run").iterdir())
+
+
+def test_the_check_before_training_forms_cells_as_the_transport_step_will(tmp_path, monkeypatch):
+    # Ages in decades, three held-out faces aged 120. As classes (the estimator's attribute_kinds) that is a
+    # combination no training face has; but the transport step forms its cells with its own kinds, age continuous,
+    # and moves age 120 by the last age bin's map: the run must go on to training.
+    dataset = load_source(synthetic_samples=300, image_size=SIZE, seed=0)
+    held_out = np.flatnonzero(hash_split(dataset.content_hash, test_fraction=0.15, seed=0))
+    attributes = dataset.attributes.assign(age=dataset.attributes["age"] // 10 * 10)
+    attributes.loc[held_out[:3], "age"] = 120
+    decades = dataclasses.replace(dataset, attributes=attributes)
+
+    def estimator(step_kinds):
+        return BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=64,
+                               attribute_kinds={"age": "categorical"},
+                               concealment=[ConditionalTransport(attribute_kinds=step_kinds)])
+
+    with pytest.raises(ValueError, match=r"held-out images have a combination of classes that no training image has "
+                                         r"\(e\.g\. age=120\.0, "):
+        run_workflow(decades, tmp_path / "a", estimator(None), seed=0)  # the step inherits the estimator's kinds
+
+    class Trained(Exception):
+        pass
+
+    def fit(self, *args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(BAFOTransformer, "fit", fit)
+    with pytest.raises(Trained):
+        run_workflow(decades, tmp_path / "b", estimator({"age": "continuous"}), seed=0)

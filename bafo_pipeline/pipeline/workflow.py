@@ -129,8 +129,8 @@ def run_workflow(
     train, test = dataset.split(test_fraction=test_fraction, seed=seed)
     if len(test) < 20:
         raise ValueError(f"only {len(test)} held-out images: too few to audit; use more data")
-    if estimator.needs_sensitive_features_to_transform:
-        _check_classes_seen_in_training(train, test, estimator.attribute_kinds)
+    for kinds in _kinds_of_label_conditional_steps(estimator):
+        _check_classes_seen_in_training(train, test, kinds)
 
     say(f"training on {len(train)} images ({len(test)} held out for the audit)")
     estimator.fit(train.images, sensitive_features=train.sensitive_features)
@@ -189,6 +189,17 @@ def run_workflow(
 
 # The id column of the shared file; its ids are the images' pseudonymous ids (export_latents' default).
 _ID = "id"
+
+
+def _kinds_of_label_conditional_steps(estimator: BAFOTransformer) -> list:
+    """The attribute kinds that each concealment step needing the labels to encode will form its cells by: the
+    step's own ``attribute_kinds``, else the estimator's (as the estimator hands them to its steps)."""
+    if not estimator.needs_sensitive_features_to_transform:
+        return []
+    steps = [step for step in estimator.concealment_steps()
+             if getattr(step, "needs_sensitive_features_to_transform", False)]
+    own = [step.get_params(deep=False).get("attribute_kinds") for step in steps]
+    return [estimator.attribute_kinds if kinds is None else kinds for kinds in own]
 
 
 def _check_classes_seen_in_training(train: FaceDataset, test: FaceDataset, kinds) -> None:

@@ -240,7 +240,8 @@ def test_a_refiner_kl_weight_other_than_the_configured_one_is_refused_at_load(fa
     config["params"]["refine_kl_weight"] = 1.0
     (path / CONFIG_NAME).write_text(json.dumps(config))
     reseal(path)
-    with pytest.raises(ModelIntegrityError, match="the config was changed after fitting"):
+    with pytest.raises(ModelIntegrityError, match=r"\(LatentRefiner\.kl_weight: config 1\.0, fitted 0\.1\); the config "
+                                                  "was changed after fitting"):
         load_model(path)
 
 

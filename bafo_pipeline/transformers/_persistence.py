@@ -332,6 +332,7 @@ def _check_concealment(path: Path, estimator, *, compare_params: bool) -> None:
 
     setting = estimator.get_params(deep=False).get("concealment")
     mismatch = len(described) != len(fitted) or any(type(a) is not type(b) for a, b in zip(described, fitted))
+    differing = []
     if not mismatch and compare_params:
         for wanted, have in zip(described, fitted):
             own, actual = wanted.get_params(deep=False), have.get_params(deep=False)
@@ -342,10 +343,12 @@ def _check_concealment(path: Path, estimator, *, compare_params: bool) -> None:
                     continue
                 if not _same_value(value, actual.get(key)):
                     mismatch = True
+                    differing.append(f"{type(wanted).__name__}.{key}: config {value!r}, fitted {actual.get(key)!r}")
     if mismatch:
+        detail = f" ({'; '.join(differing)})" if differing else ""
         raise ModelIntegrityError(
             f"{path}: the config says concealment={setting!r}, i.e. {names(described)}, but the model was fitted "
-            f"with {names(fitted)}; the config was changed after fitting. Refusing to load a model whose "
+            f"with {names(fitted)}{detail}; the config was changed after fitting. Refusing to load a model whose "
             "concealment does not match what was fitted and audited"
         )
 

@@ -59,8 +59,9 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
     (``mean_shrinkage="auto"``, ``ridge_alpha="auto"``) removes that, but leaves
     part of each cell's true offset in the training rows, which an attacker fitted
     on them reads on new rows: on the demo that leaked more (gender 0.14 instead
-    of not significant at one of two seeds), so by default each cell is moved by
-    its own training mean (docs/TRAINED_CONCEALMENT.md §12).
+    of not significant at one of three seeds, age band 0.18 instead of 0.14 and
+    0.11 at the other two), so by default each cell is moved by its own training
+    mean (docs/TRAINED_CONCEALMENT.md §12).
 
     The price: ``transform`` needs every row's attributes (a labelled export
     has them; an unlabelled stream of new images does not), and a category, or

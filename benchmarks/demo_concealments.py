@@ -10,9 +10,11 @@ channels' decision, the overall verdict, and the wall time.
     python benchmarks/demo_concealments.py --concealments full,transport,transport-refined
     python benchmarks/demo_concealments.py --concealments transport-refined --refine-kl-weight 0.1
     python benchmarks/demo_concealments.py --concealments transport --transport-means shrunk-cells
+    python benchmarks/demo_concealments.py --concealments transport --transport-shrinkage 5
 
 (a run with a non-default ``--refine-kl-weight`` is named e.g. ``transport-refined@kl0.1``, one with
-other ``--transport-means`` than ``own`` e.g. ``transport@shrunk-cells``).
+other ``--transport-means`` than ``own`` e.g. ``transport@shrunk-cells``, one with another
+``--transport-shrinkage`` than the step's default e.g. ``transport@shrink5``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SHARED, UNCONCEALED = "bafo (shared latents)", "bafo encoder (no concealment)"
 # bafo run's defaults (bafo_pipeline/cli.py: run)
 RUN_DEFAULTS = {"latent_dim": 48, "epochs": 30, "batch_size": 32, "decoder_epochs": 6}
 DEFAULT_KL_WEIGHT = BAFOTransformer().refine_kl_weight
+DEFAULT_SHRINKAGE = ConditionalTransport().shrinkage
 #: How ConditionalTransport's cell means are estimated (docs/TRAINED_CONCEALMENT.md §12): each cell's own training
 #: mean (the step's default), or shrunk by empirical Bayes, with the smooth mean's ridge penalty fixed or chosen by
 #: leave-one-out error.
@@ -47,23 +50,24 @@ TRANSPORT_MEANS = {
 
 
 def make_estimator(concealment: str, seed: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
-                   transport_means: str = "own") -> BAFOTransformer:
-    """``bafo run``'s estimator with this concealment; its transport step, if any, estimating means as told."""
+                   transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE) -> BAFOTransformer:
+    """``bafo run``'s estimator with this concealment; its transport step, if any, estimating means and shrinking
+    covariances as told."""
     estimator = BAFOTransformer(concealment=concealment, random_state=seed, refine_kl_weight=refine_kl_weight,
                                 **RUN_DEFAULTS)
-    if transport_means == "own":
+    if transport_means == "own" and transport_shrinkage == DEFAULT_SHRINKAGE:
         return estimator
     steps = estimator.concealment_steps()
     for step in steps:
         if isinstance(step, ConditionalTransport):
-            step.set_params(**TRANSPORT_MEANS[transport_means])
+            step.set_params(shrinkage=transport_shrinkage, **TRANSPORT_MEANS[transport_means])
     return estimator.set_params(concealment=steps, refine_kl_weight=DEFAULT_KL_WEIGHT)
 
 
 def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
-            transport_means: str = "own") -> dict:
+            transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE) -> dict:
     faces = make_synthetic_faces(samples, 56, random_state=seed)
-    estimator = make_estimator(concealment, seed, refine_kl_weight, transport_means)
+    estimator = make_estimator(concealment, seed, refine_kl_weight, transport_means, transport_shrinkage)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         result = run_workflow(faces, out, estimator, seed=seed, target="smile")
@@ -101,6 +105,8 @@ def main() -> None:
                         help="BAFOTransformer's refine_kl_weight")
     parser.add_argument("--transport-means", choices=sorted(TRANSPORT_MEANS), default="own",
                         help="how the transport step estimates its cell means")
+    parser.add_argument("--transport-shrinkage", type=float, default=DEFAULT_SHRINKAGE,
+                        help="the transport step's covariance shrinkage (pseudo-rows)")
     args = parser.parse_args()
     runs = {}
     for concealment in args.concealments.split(","):
@@ -109,7 +115,10 @@ def main() -> None:
             name += f"@kl{args.refine_kl_weight:g}"
         if args.transport_means != "own" and concealment.startswith("transport"):
             name += f"@{args.transport_means}"
-        runs[name] = one_run(concealment, args.seed, args.samples, args.refine_kl_weight, args.transport_means)
+        if args.transport_shrinkage != DEFAULT_SHRINKAGE and concealment.startswith("transport"):
+            name += f"@shrink{args.transport_shrinkage:g}"
+        runs[name] = one_run(concealment, args.seed, args.samples, args.refine_kl_weight, args.transport_means,
+                             args.transport_shrinkage)
         print(name, json.dumps(runs[name]), file=sys.stderr, flush=True)
     print(json.dumps({
         "benchmark": "demo_concealments",
@@ -117,7 +126,8 @@ def main() -> None:
         "machine": machine(),
         "commit": args.commit,
         "settings": {**RUN_DEFAULTS, "samples": args.samples, "seed": args.seed,
-                     "refine_kl_weight": args.refine_kl_weight, "transport_means": args.transport_means},
+                     "refine_kl_weight": args.refine_kl_weight, "transport_means": args.transport_means,
+                     "transport_shrinkage": args.transport_shrinkage},
         "runs": runs,
     }, indent=1))
 

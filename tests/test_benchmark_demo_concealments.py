@@ -25,3 +25,9 @@ def test_other_means_reach_the_transport_step_and_keep_the_refiner_settings(benc
     wanted = bench.TRANSPORT_MEANS[means]
     assert {k: transport.get_params()[k] for k in wanted} == wanted
     assert refiner.kl_weight == 0.1
+
+
+def test_the_transport_shrinkage_reaches_the_step(bench):
+    estimator = bench.make_estimator("transport", seed=0, transport_shrinkage=5.0)
+    (transport,) = estimator.concealment_steps()
+    assert transport.shrinkage == 5.0 and transport.mean_shrinkage == bench.TRANSPORT_MEANS["own"]["mean_shrinkage"]

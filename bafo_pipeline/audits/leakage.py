@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from . import metrics as M
 from .._utils.progress import Progress
+from ..attributes import quantile_bin_edges
 from .inputs import Attribute, align_by_id, check_representations, encode_like, prepare_attributes
 from .permutation import per_fold_test, refit_linear_test
 from .probes import KNOWN_PROBES, PROBES, make_probe
@@ -57,8 +58,7 @@ def _folds(attribute: Attribute, n_folds: int, random_state: int) -> list[np.nda
         strata = attribute.values
     else:
         n_bins = int(max(1, min(10, len(attribute.values) // (2 * n_folds))))
-        edges = np.quantile(attribute.values, np.linspace(0, 1, n_bins + 1)[1:-1])
-        strata = np.digitize(attribute.values, edges)
+        strata = np.digitize(attribute.values, quantile_bin_edges(attribute.values, n_bins))
         counts = np.bincount(strata)
         if counts[counts > 0].min() < n_folds:  # heavy ties: fall back to one stratum
             strata = np.zeros_like(strata)

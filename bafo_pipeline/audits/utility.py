@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold
 
+from ..attributes import quantile_bin_edges
 from .inputs import infer_kind
 from .leakage import audit_leakage
 from .probes import PROBES
@@ -112,8 +113,7 @@ class SensitiveResidualizer:
         for column in self.columns_:
             values = sensitive.loc[complete, column]
             if self.kinds_[column] == "continuous":
-                quantiles = np.quantile(pd.to_numeric(values), np.linspace(0, 1, self.n_bands + 1)[1:-1])
-                self.levels_[column] = np.unique(quantiles)
+                self.levels_[column] = quantile_bin_edges(pd.to_numeric(values).to_numpy(dtype=float), self.n_bands)
             else:
                 self.levels_[column] = sorted(values.astype(str).unique())
         X = self._design(sensitive[complete])

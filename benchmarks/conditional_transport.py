@@ -286,10 +286,10 @@ class GaussianizedTransport:
 #: The step's shrinkage when these variants were first measured (its default until it became 10): pinned, so
 #: that a variant's name keeps measuring the same setting.
 FIRST_SHRINKAGE = 50.0
-#: Likewise the step's means before they were shrunk (``"auto"`` since): each cell moved by its own training mean,
-#: the smooth mean at a fixed ridge penalty.
+#: Likewise the step's means as first measured (and its defaults): each cell moved by its own training mean, the
+#: smooth mean at a fixed ridge penalty.
 FIRST_MEANS = {"mean_shrinkage": 0.0, "ridge_alpha": 1.0}
-#: The shrunk means (the step's defaults now).
+#: The shrunk means (opt-in; docs/TRAINED_CONCEALMENT.md §12).
 SHRUNK_MEANS = {"mean_shrinkage": "auto", "ridge_alpha": "auto"}
 
 

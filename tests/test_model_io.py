@@ -259,7 +259,8 @@ def test_a_transport_model_saved_under_older_step_defaults_loads_with_what_it_wa
     step["params"].update(shrinkage=50.0, ridge_alpha=1.0)
     (path / CONFIG_NAME).write_text(json.dumps(config))
     reseal(path)
-    loaded = load_model(path)
+    loaded = load_model(path)  # the point: this used to raise ModelIntegrityError (shrinkage 10 vs 50)
+    # What it was fitted with (the backfill itself is tested on build_estimator below).
     assert loaded.concealment_steps_[0].get_params()["mean_shrinkage"] == 0.0
     assert loaded.concealment_steps_[0].get_params()["shrinkage"] == 50.0
     S = faces.sensitive_features

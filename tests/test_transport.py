@@ -29,7 +29,7 @@ from safetensors.torch import save as safetensors_save
 
 from bafo_pipeline.transformers import describe_concealment
 from bafo_pipeline.transformers._state import TensorStore, decode, encode
-from bafo_pipeline.transformers._transport import _spline_basis, _spline_knots
+from bafo_pipeline.transformers._transport import RIDGE_ALPHAS, _spline_basis, _spline_knots
 
 
 # ------------------------------------------------------------------ planted data
@@ -136,22 +136,55 @@ def _pure_noise(n: int, seed: int):
 def test_shrunk_means_plant_no_cell_signal_in_held_out_rows():
     """A map fitted on training rows moves a new row by its cell's estimation error too, the same for every new row
     of the cell: on latents that hold nothing about the attributes, the cells' own means (the default) make held-out
-    cells readable by a linear probe fitted on held-out rows; shrunk means do not move pure noise apart."""
-    Z_fit, S_fit = _pure_noise(1600, seed=0)  # 32 cells of about 50 rows
-    Z, S = _pure_noise(4000, seed=100)
-    a, b = slice(0, 2000), slice(2000, None)
-    labels = {"ethnicity": S["ethnicity"].to_numpy(), "age band": np.digitize(S["age"], [20, 40, 60])}
+    cells readable by a linear probe fitted on held-out rows; shrunk means (cells and smooth mean) much less."""
+    labels = {"ethnicity": lambda S: S["ethnicity"].to_numpy(), "age band": lambda S: np.digitize(S["age"], [20, 40, 60])}
+    accuracies = {(means, name): [] for means in ("own", "shrunk") for name in labels}
+    for seed in range(3):
+        Z_fit, S_fit = _pure_noise(1600, seed=seed)  # 32 cells of about 50 rows
+        Z, S = _pure_noise(4000, seed=100 + seed)
+        a, b = slice(0, 2000), slice(2000, None)
+        for means, transport in (("own", ConditionalTransport()),
+                                 ("shrunk", ConditionalTransport(mean_shrinkage="auto", ridge_alpha="auto"))):
+            moved = transport.fit(Z_fit, sensitive_features=S_fit).transform(Z, sensitive_features=S)
+            for name, label in labels.items():
+                y = label(S)
+                probe = LogisticRegression(max_iter=1000).fit(moved[a], y[a])
+                accuracies[means, name].append(balanced_accuracy_score(y[b], probe.predict(moved[b])))
+    for name in labels:  # chance is 1/4 for both
+        own, shrunk = np.mean(accuracies["own", name]), np.mean(accuracies["shrunk", name])
+        assert own >= 0.25 + 0.03, (name, own)
+        assert shrunk <= own - 0.025, (name, own, shrunk)
 
-    def held_out_accuracy(transport, name):
-        moved = transport.fit(Z_fit, sensitive_features=S_fit).transform(Z, sensitive_features=S)
-        y = labels[name]
-        return balanced_accuracy_score(y[b], LogisticRegression(max_iter=1000).fit(moved[a], y[a]).predict(moved[b]))
 
-    for name in labels:
-        unshrunk = held_out_accuracy(ConditionalTransport(), name)
-        shrunk = held_out_accuracy(ConditionalTransport(mean_shrinkage="auto", ridge_alpha="auto"), name)
-        assert unshrunk >= 0.25 + 0.03, (name, unshrunk)
-        assert shrunk <= 0.25 + 0.02, (name, shrunk)
+def test_auto_mean_shrinkage_pulls_noise_only_cell_means_to_the_pooled_mean():
+    Z, S = _pure_noise(1600, seed=0)
+    own = ConditionalTransport(smooth_mean_knots=0).fit(Z, sensitive_features=S)
+    auto = ConditionalTransport(smooth_mean_knots=0, mean_shrinkage="auto").fit(Z, sensitive_features=S)
+    np.testing.assert_allclose(auto.mean_, own.mean_)
+    assert np.linalg.norm(auto.cell_means_ - auto.mean_) <= 0.3 * np.linalg.norm(own.cell_means_ - own.mean_)
+
+
+def test_auto_mean_shrinkage_keeps_constant_cells_own_means():
+    # No spread within any cell: no noise to shrink by (and no division by a zero spread).
+    S = pd.DataFrame({"gender": ["female", "male"] * 10, "ethnicity": ["a"] * 10 + ["b"] * 10})
+    Z = np.where((S["gender"] == "male").to_numpy()[:, None], 1.0, -1.0) * np.ones((20, 3))
+    Z[:, 1] += (S["ethnicity"] == "b").to_numpy()
+    transport = ConditionalTransport(mean_shrinkage="auto", smooth_mean_knots=0).fit(Z, sensitive_features=S)
+    own = ConditionalTransport(smooth_mean_knots=0).fit(Z, sensitive_features=S)
+    np.testing.assert_allclose(transport.cell_means_, own.cell_means_)
+
+
+def test_a_fixed_ridge_penalty_is_the_closed_form_ridge_with_an_unpenalised_intercept(planted):
+    Z, S, _, fit, _, _ = planted
+    transport = ConditionalTransport(ridge_alpha=3.0).fit(Z[fit], sensitive_features=_rows(S, fit))
+    codes = transport._codes(_rows(S, fit))
+    design = transport._design(codes, _rows(S, fit)) - transport.design_mean_
+    Y = Z[fit] - Z[fit].mean(axis=0)
+    closed_form = np.linalg.solve(design.T @ design + 3.0 * np.eye(design.shape[1]), design.T @ Y)
+    np.testing.assert_allclose(transport.ridge_coef_, closed_form, atol=1e-8)
+    np.testing.assert_array_equal(transport.ridge_alpha_, np.full(Z.shape[1], 3.0))
+    chosen = ConditionalTransport(ridge_alpha="auto").fit(Z[fit], sensitive_features=_rows(S, fit)).ridge_alpha_
+    assert chosen.shape == (Z.shape[1],) and set(chosen) <= set(RIDGE_ALPHAS)
 
 
 def test_mean_shrinkage_interpolates_between_own_and_pooled_means(planted):

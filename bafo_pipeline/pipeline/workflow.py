@@ -191,7 +191,7 @@ def run_workflow(
 _ID = "id"
 
 
-def _kinds_of_label_conditional_steps(estimator: BAFOTransformer) -> list:
+def _kinds_of_label_conditional_steps(estimator: BAFOTransformer) -> list[dict | None]:
     """The attribute kinds that each concealment step needing the labels to encode will form its cells by: the
     step's own ``attribute_kinds``, else the estimator's (as the estimator hands them to its steps)."""
     if not estimator.needs_sensitive_features_to_transform:

@@ -409,9 +409,12 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             batch_size=self.batch_size, learning_rate=self.learning_rate, adversary_steps=self.adversary_steps,
             validation_fraction=self.validation_fraction,
         )
+        # The final erasure's covariance_dims is spelled out so that the load check (which compares the
+        # parameters a preset sets) holds it to the preset, not to whatever LinearErasure's default becomes.
+        last = LinearErasure(covariance_dims=0)
         if self.concealment == "transport-refined":
-            return [ConditionalTransport(), refiner, LinearErasure()]
-        return [first, refiner, LinearErasure()]
+            return [ConditionalTransport(), refiner, last]
+        return [first, refiner, last]
 
     def _prepared_steps(self, seed: int) -> list:
         """Unfitted copies of the concealment steps, with the estimator's device, seed and attribute kinds

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import BSpline
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
-from sklearn.linear_model import RidgeCV
+from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._utils.params import Interval, Options, StrOptions, checks_parameters
@@ -102,8 +102,14 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         direction of the pooled within-cell covariance (whitened), the
         James-Stein weight ``tau^2 / (tau^2 + 1 / n_c)`` where ``tau^2`` is the
         spread of the cell means beyond their sampling noise, so a direction
-        in which cells differ truly is moved fully and one in which they differ
-        only by noise is not moved.
+        in which cells differ truly is moved nearly fully and one in which they
+        differ only by noise hardly at all. The noise is taken as ``1 / n_c``,
+        ignoring what the smooth mean (fitted on the same rows) already
+        absorbed, so with the smooth mean on it shrinks somewhat more than
+        needed; where every cell has a single training row (no spread within
+        cells to tell noise by) it keeps the cells' own means. Shrinking the cell means alone leaves the smooth
+        mean's own estimation noise: to plant no signal in new rows, shrink
+        both (``ridge_alpha="auto"``).
     ridge_alpha : "auto" or float, default=1.0
         Ridge penalty of the smooth mean (the intercept is not penalised).
         ``"auto"``: chosen per latent column from ``logspace(-2, 6, 17)`` by
@@ -127,7 +133,8 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
     spline_knots_ : list of ndarray
         Full knot vector of each continuous attribute's B-spline basis.
     ridge_alpha_ : ndarray of shape (n_features,)
-        The smooth mean's penalty of each latent column.
+        The smooth mean's penalty of each latent column (NaN without a smooth
+        mean, ``smooth_mean_knots=0``).
     ridge_coef_ : ndarray of shape (n_design, n_features)
     design_mean_ : ndarray of shape (n_design,)
         The smooth mean subtracted from a row is ``(design - design_mean_) @ ridge_coef_``.
@@ -230,9 +237,13 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
             self.ridge_alpha_ = np.full(Z.shape[1], np.nan)
             self.ridge_coef_ = np.zeros((0, Z.shape[1]))
             return
-        alphas = RIDGE_ALPHAS if self.ridge_alpha == "auto" else [float(self.ridge_alpha)]
-        ridge = RidgeCV(alphas=alphas, alpha_per_target=True).fit(design, Z)
-        self.ridge_alpha_ = np.broadcast_to(ridge.alpha_, Z.shape[1]).astype(float)
+        if self.ridge_alpha == "auto":
+            ridge = RidgeCV(alphas=RIDGE_ALPHAS, alpha_per_target=True).fit(design, Z)
+            alphas = ridge.alpha_
+        else:
+            ridge = Ridge(alpha=float(self.ridge_alpha)).fit(design, Z)
+            alphas = float(self.ridge_alpha)
+        self.ridge_alpha_ = np.broadcast_to(alphas, Z.shape[1]).astype(float)
         self.ridge_coef_ = np.atleast_2d(ridge.coef_).T
 
     def _fit_cells(self, Z: np.ndarray, cells: np.ndarray) -> None:
@@ -266,6 +277,8 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         centered = Z - cell_means[np.searchsorted(self.cell_ids_, cells)]
         within = np.atleast_2d(centered.T @ centered) / (len(Z) - len(counts))
         values, vectors = np.linalg.eigh(within)
+        if values.max() <= 0:  # every cell constant: its mean is no estimate, nothing to shrink
+            return cell_means
         scales = np.sqrt(np.clip(values, 1e-9 * max(values.max(), np.finfo(float).tiny), None))
         whitened = deviations @ vectors / scales  # each column's sampling variance in cell c: 1 / n_c
         weights = counts / counts.sum()

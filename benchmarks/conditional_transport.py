@@ -51,6 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import trained_concealment as tc  # noqa: E402
 from _machine import machine  # noqa: E402
+from _transport_means import OWN_MEANS, SHRUNK_CELL_MEANS, SHRUNK_MEANS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SENSITIVE = ("gender", "ethnicity", "age")
@@ -286,11 +287,8 @@ class GaussianizedTransport:
 #: The step's shrinkage when these variants were first measured (its default until it became 10): pinned, so
 #: that a variant's name keeps measuring the same setting.
 FIRST_SHRINKAGE = 50.0
-#: Likewise the step's means as first measured (and its defaults): each cell moved by its own training mean, the
-#: smooth mean at a fixed ridge penalty.
-FIRST_MEANS = {"mean_shrinkage": 0.0, "ridge_alpha": 1.0}
-#: The shrunk means (opt-in; docs/TRAINED_CONCEALMENT.md §12).
-SHRUNK_MEANS = {"mean_shrinkage": "auto", "ridge_alpha": "auto"}
+#: Likewise the step's means as first measured (and its defaults).
+FIRST_MEANS = OWN_MEANS
 
 
 class LibraryTransport:
@@ -300,7 +298,8 @@ class LibraryTransport:
     def __init__(self, **params):
         from bafo_pipeline import ConditionalTransport as LibraryStep
 
-        self.step = LibraryStep(attribute_kinds={"age": "continuous"}, **{"shrinkage": FIRST_SHRINKAGE, **FIRST_MEANS, **params})
+        self.step = LibraryStep(attribute_kinds={"age": "continuous"},
+                                **{"shrinkage": FIRST_SHRINKAGE, **FIRST_MEANS, **params})
 
     def fit_transform(self, Z, attributes):
         return self.step.fit_transform(np.asarray(Z, float), sensitive_features=attributes[list(SENSITIVE)])
@@ -375,7 +374,7 @@ VARIANTS = {
     "smooth-mean+cells-age2": lambda: LibraryTransport(continuous_bins=2),
     # The maps' own estimation noise moves held-out cells apart (docs/TRAINED_CONCEALMENT.md §12): shrunk means.
     "smooth-mean+cells-shrink10-shrunk-means": lambda: LibraryTransport(shrinkage=10.0, **SHRUNK_MEANS),
-    "smooth-mean+cells-shrink10-shrunk-cell-means": lambda: LibraryTransport(shrinkage=10.0, mean_shrinkage="auto"),
+    "smooth-mean+cells-shrink10-shrunk-cell-means": lambda: LibraryTransport(shrinkage=10.0, **SHRUNK_CELL_MEANS),
     "gaussianized+smooth-mean+cells": GaussianizedTransport,
     "predicted-cells-hard": lambda: PredictedCellTransport(),
     "predicted-cells-soft": lambda: PredictedCellTransport(soft=True),

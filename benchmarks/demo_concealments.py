@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
+from _transport_means import OWN_MEANS, SHRUNK_CELL_MEANS, SHRUNK_MEANS  # noqa: E402
 
 from bafo_pipeline.audits.verdict import is_significant  # noqa: E402
 from bafo_pipeline.data import make_synthetic_faces  # noqa: E402
@@ -39,14 +40,8 @@ SHARED, UNCONCEALED = "bafo (shared latents)", "bafo encoder (no concealment)"
 RUN_DEFAULTS = {"latent_dim": 48, "epochs": 30, "batch_size": 32, "decoder_epochs": 6}
 DEFAULT_KL_WEIGHT = BAFOTransformer().refine_kl_weight
 DEFAULT_SHRINKAGE = ConditionalTransport().shrinkage
-#: How ConditionalTransport's cell means are estimated (docs/TRAINED_CONCEALMENT.md §12): each cell's own training
-#: mean (the step's default), or shrunk by empirical Bayes, with the smooth mean's ridge penalty fixed or chosen by
-#: leave-one-out error.
-TRANSPORT_MEANS = {
-    "own": {"mean_shrinkage": 0.0, "ridge_alpha": 1.0},
-    "shrunk-cells": {"mean_shrinkage": "auto", "ridge_alpha": 1.0},
-    "shrunk": {"mean_shrinkage": "auto", "ridge_alpha": "auto"},
-}
+#: How ConditionalTransport's cell means are estimated (benchmarks/_transport_means.py).
+TRANSPORT_MEANS = {"own": OWN_MEANS, "shrunk-cells": SHRUNK_CELL_MEANS, "shrunk": SHRUNK_MEANS}
 
 
 def make_estimator(concealment: str, seed: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,

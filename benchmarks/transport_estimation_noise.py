@@ -30,14 +30,15 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
+from _transport_means import OWN_MEANS, SHRUNK_CELL_MEANS, SHRUNK_MEANS  # noqa: E402
 
 from bafo_pipeline import ConditionalTransport  # noqa: E402
 
 VARIANTS = {
     "raw (not moved)": None,
-    "own means (default)": {"mean_shrinkage": 0.0, "ridge_alpha": 1.0},
-    "shrunk cell means": {"mean_shrinkage": "auto", "ridge_alpha": 1.0},
-    "shrunk means (cells and smooth mean)": {"mean_shrinkage": "auto", "ridge_alpha": "auto"},
+    "own means (default)": OWN_MEANS,
+    "shrunk cell means": SHRUNK_CELL_MEANS,
+    "shrunk means (cells and smooth mean)": SHRUNK_MEANS,
 }
 CHANCE = {"gender": 1 / 2, "ethnicity": 1 / 4, "age_band": 1 / 4}
 PROBES = {

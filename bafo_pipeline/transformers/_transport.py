@@ -107,9 +107,9 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         ignoring what the smooth mean (fitted on the same rows) already
         absorbed, so with the smooth mean on it shrinks somewhat more than
         needed; where every cell has a single training row (no spread within
-        cells to tell noise by) it keeps the cells' own means. Shrinking the cell means alone leaves the smooth
-        mean's own estimation noise: to plant no signal in new rows, shrink
-        both (``ridge_alpha="auto"``).
+        cells to tell noise by) it keeps the cells' own means. Shrinking the
+        cell means alone leaves the smooth mean's own estimation noise: to
+        plant no signal in new rows, shrink both (``ridge_alpha="auto"``).
     ridge_alpha : "auto" or float, default=1.0
         Ridge penalty of the smooth mean (the intercept is not penalised).
         ``"auto"``: chosen per latent column from ``logspace(-2, 6, 17)`` by
@@ -251,13 +251,14 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         pooled = np.atleast_2d(np.cov(Z.T))
         self.cell_ids_ = np.unique(cells)
         n_cells, n_features = len(self.cell_ids_), Z.shape[1]
-        counts = np.array([np.count_nonzero(cells == cell) for cell in self.cell_ids_])
-        cell_means = np.array([Z[cells == cell].mean(axis=0) for cell in self.cell_ids_])
-        self.cell_means_ = self._shrunk_cell_means(Z, cells, cell_means, counts)
+        position = np.searchsorted(self.cell_ids_, cells)  # each row's cell, as an index into cell_ids_
+        counts = np.bincount(position, minlength=n_cells)
+        cell_means = np.stack([Z[position == index].mean(axis=0) for index in range(n_cells)])
+        self.cell_means_ = self._shrunk_cell_means(Z, position, cell_means, counts)
         self.transports_ = np.zeros((n_cells, n_features, n_features))
         self.inverse_transports_ = np.zeros_like(self.transports_)
-        for index, cell in enumerate(self.cell_ids_):
-            rows = Z[cells == cell]
+        for index in range(n_cells):
+            rows = Z[position == index]
             covariance = np.atleast_2d(np.cov(rows.T)) if len(rows) > 1 else pooled
             covariance = (len(rows) * covariance + self.shrinkage * pooled) / (len(rows) + self.shrinkage)
             root, inverse_root = _sqrt_and_inverse(covariance)
@@ -266,7 +267,7 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
             self.transports_[index] = transport
             self.inverse_transports_[index] = np.linalg.inv(transport)
 
-    def _shrunk_cell_means(self, Z: np.ndarray, cells: np.ndarray, cell_means: np.ndarray,
+    def _shrunk_cell_means(self, Z: np.ndarray, position: np.ndarray, cell_means: np.ndarray,
                            counts: np.ndarray) -> np.ndarray:
         """Each cell's mean pulled towards the pooled mean: by ``mean_shrinkage``, or by empirical Bayes."""
         deviations = cell_means - self.mean_
@@ -274,7 +275,7 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
             return self.mean_ + (1.0 - float(self.mean_shrinkage)) * deviations
         if len(Z) <= len(counts):  # no within-cell spread to tell noise from signal by
             return cell_means
-        centered = Z - cell_means[np.searchsorted(self.cell_ids_, cells)]
+        centered = Z - cell_means[position]
         within = np.atleast_2d(centered.T @ centered) / (len(Z) - len(counts))
         values, vectors = np.linalg.eigh(within)
         if values.max() <= 0:  # every cell constant: its mean is no estimate, nothing to shrink

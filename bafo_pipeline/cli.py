@@ -556,7 +556,9 @@ def _print_verdicts(report) -> None:
     for name, rows in table.groupby("representation", sort=False):
         click.echo(f"\n{name}")
         for row in rows.itertuples():
-            attackers = f" [cross-validated {row.cross_validated:.3f}, data-rich {row.data_rich:.3f}]" if both else ""
+            in_sample = "" if np.isnan(row.in_sample) else f", in-sample {row.in_sample:.3f}"
+            attackers = (f" [cross-validated {row.cross_validated:.3f}, data-rich {row.data_rich:.3f}{in_sample}]"
+                         if both else "")
             click.echo(f"  {row.attribute:<12} {row.leakage:6.3f} ({row.probe}){attackers}: {row.verdict}")
         if name in utility:
             click.echo("  " + _downstream_line(utility[name]))

@@ -1,4 +1,5 @@
-"""The data-rich attacker: probes fitted on a labelled training export, scored on the held-out rows."""
+"""The data-rich attacker: probes fitted on a labelled training export, scored on the held-out rows; and the
+in-sample attacker: the group-sum attack on the training export's own rows."""
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,8 @@ def test_bad_training_exports_are_refused():
 
 def test_schema_1_reports_still_load(weak_signal):
     data = weak_signal.to_dict()
-    assert data["schema_version"] == 2 and {r["attacker"] for r in data["results"]} == {"cross-validated", "data-rich"}
+    assert data["schema_version"] == 2
+    assert {r["attacker"] for r in data["results"]} == {"cross-validated", "data-rich", "in-sample"}
     old = {**data, "schema_version": 1, "results": [
         {k: v for k, v in r.items() if k != "attacker"} for r in data["results"] if r["attacker"] == "cross-validated"
     ]}
@@ -104,9 +106,9 @@ def test_run_audit_passes_the_training_export_through(tmp_path):
     Z_train, train = _population(800, rng, 0.5)
     Z_test, test = _population(200, rng, 0.5)
     report = run_audit({"z": Z_test}, test, tmp_path, fit_representations={"z": Z_train}, fit_labels=train, **FAST)
-    assert set(report.leakage.table["attacker"]) == {"cross-validated", "data-rich"}
+    assert set(report.leakage.table["attacker"]) == {"cross-validated", "data-rich", "in-sample"}
     html = (tmp_path / "report.html").read_text()
-    assert "data-rich" in html
+    assert "data-rich" in html and "in-sample" in html
 
 
 def test_the_cli_audits_a_training_export_beside_the_held_out_file(tmp_path):
@@ -132,3 +134,48 @@ def test_the_cli_audits_a_training_export_beside_the_held_out_file(tmp_path):
     rich = [r for r in data["leakage"]["results"] if r["attacker"] == "data-rich" and r["metric"] == "leakage"]
     assert {r["representation"] for r in rich} == {"test"} and all(r["n"] == 200 for r in rich)
     assert data["leakage"]["representations"]["test"]["n_training_samples"] == 1500
+
+
+def _centred_by_class(Z, classes):
+    """What a concealment fitted on these rows leaves of them: every class with exactly the same mean."""
+    out = Z - Z.mean(axis=0)
+    for value in np.unique(classes):
+        out[classes == value] -= out[classes == value].mean(axis=0)
+    return out
+
+
+def test_the_in_sample_attacker_reads_rows_whose_class_means_were_equalised_on_them():
+    rng = np.random.default_rng(4)
+    Z_train, train = _population(1500, rng, 0.0)  # latents that say nothing about anyone
+    Z_test, test = _population(250, rng, 0.0)
+    concealed = _centred_by_class(Z_train, train["gender"].to_numpy())
+    result = audit_leakage({"z": Z_test}, test, fit_representations={"z": concealed}, fit_labels=train, **FAST)
+    worst = result.worst_case().set_index("attribute")
+    assert worst.loc["gender", "attacker"] == "in-sample" and worst.loc["gender", "probe"] == "group_sums"
+    assert worst.loc["gender", "leakage"] > 0.2 and worst.loc["gender", "p_value"] < 0.05
+    assert "nine tenths" in worst.loc["gender", "verdict"]
+    in_sample = result.value("z", "gender", "group_sums", "leakage", "in-sample")
+    assert in_sample["n"] == 1500 and in_sample["ci_low"] > 0  # every training row attacked once
+    assert result.config["attackers"] == ["cross-validated", "data-rich", "in-sample"]
+    # The probes find nothing, on either split: only the fitting statistics give the rows away.
+    probes = result.metric("leakage").query("attribute == 'gender' and probe == 'linear'")["mean"]
+    assert (probes < 0.1).all()
+    # The same rows before the concealment, or with their means equalised by another grouping: nothing.
+    for rows in (Z_train, _centred_by_class(Z_train, rng.permutation(train["gender"].to_numpy()))):
+        plain = audit_leakage({"z": Z_test}, test, fit_representations={"z": rows}, fit_labels=train, **FAST)
+        assert plain.value("z", "gender", "group_sums", "leakage", "in-sample")["mean"] < 0.1
+
+
+def test_without_fitted_statistics_the_in_sample_attacker_finds_nothing():
+    rng = np.random.default_rng(5)
+    significant = 0
+    for run in range(20):
+        Z_train, Z_test = rng.normal(size=(600, 5)), rng.normal(size=(200, 5))
+        train = pd.DataFrame({"gender": rng.choice(["f", "m"], 600), "age": rng.uniform(1, 90, 600)})
+        test = pd.DataFrame({"gender": rng.choice(["f", "m"], 200), "age": rng.uniform(1, 90, 200)})
+        result = audit_leakage(Z_test, test, fit_representations=Z_train, fit_labels=train,
+                               **{**FAST, "random_state": run})
+        p = result.metric("p_value").query("attacker == 'in-sample'")["mean"]
+        assert len(p) == 2  # gender and the age bands; not the continuous age
+        significant += int((p < 0.05).sum())
+    assert significant <= 5  # 40 tests at the 5% level: about 2 expected

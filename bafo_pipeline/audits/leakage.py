@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_limits
 from . import metrics as M
 from .._utils.progress import Progress
 from ..attributes import quantile_bin_edges
+from .group_sums import group_sum_attack
 from .inputs import Attribute, align_by_id, check_representations, encode_like, prepare_attributes
 from .permutation import per_fold_test, refit_linear_test
 from .probes import KNOWN_PROBES, PROBES, make_probe
@@ -23,10 +24,13 @@ from .result import SCHEMA_VERSION, TABLE_COLUMNS, AuditResult
 
 __all__ = ["ATTACKERS", "audit_leakage", "CATEGORICAL_METRICS", "CONTINUOUS_METRICS"]
 
-#: The two attackers: probes cross-validated on the audited rows, and probes fitted on a
-#: labelled training export and scored on the audited (held-out) rows.
-CROSS_VALIDATED, DATA_RICH = "cross-validated", "data-rich"
-ATTACKERS = (CROSS_VALIDATED, DATA_RICH)
+#: The attackers: probes cross-validated on the audited rows; probes fitted on a labelled training
+#: export and scored on the audited (held-out) rows; and the group-sum attack on the training export's
+#: own rows, each fold with the labels of the others (:mod:`.group_sums`).
+CROSS_VALIDATED, DATA_RICH, IN_SAMPLE = "cross-validated", "data-rich", "in-sample"
+ATTACKERS = (CROSS_VALIDATED, DATA_RICH, IN_SAMPLE)
+#: The in-sample attacker's "probe".
+GROUP_SUMS = "group_sums"
 
 CATEGORICAL_METRICS = (
     "balanced_accuracy",
@@ -286,6 +290,23 @@ def _record(rows, timings, rep_name, attribute, probe, attacker, summary, second
     )
 
 
+def _audit_in_sample(rows, timings, rep_name, latents, trained: Attribute, *, n_bootstrap, n_permutations,
+                     confidence, seed) -> None:
+    """The group-sum attack on the training export's own rows, summarised like a data-rich probe (one
+    "fold" of every row: bootstrap interval, exact permutation p-value of its fixed decisions)."""
+    start = time.perf_counter()
+    out = group_sum_attack(latents, trained.values, trained.n_classes, random_state=seed[0])
+    seconds = time.perf_counter() - start
+    p_value = (
+        per_fold_test([out], categorical=True, n_permutations=n_permutations, rng=np.random.default_rng(seed))
+        if n_permutations else float("nan")
+    )
+    summary = _summarise("categorical", [out], n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
+                         p_value=p_value)
+    _record(rows, timings, rep_name, trained, GROUP_SUMS, IN_SAMPLE, summary, seconds,
+            time.perf_counter() - start - seconds, [])
+
+
 def _training_export(
     fit_representations,
     fit_labels: pd.DataFrame | None,
@@ -371,8 +392,13 @@ def audit_leakage(
     With ``fit_representations`` and ``fit_labels`` the *data-rich* attacker is
     audited too: each probe is fitted on all the rows of a labelled training
     export and scored on every audited row, as anyone holding the exported
-    training set with its labels could. The table tells the attackers apart
-    (column ``attacker``) and the worst case takes the stronger of the two.
+    training set with its labels could. So is the *in-sample* attacker, on the
+    training export's own rows, for every categorical attribute: a concealment
+    fitted on those rows equalised their class means, so the labels of most of
+    them tell the rest apart (the group-sum attack, :mod:`.group_sums`; each
+    tenth of the rows attacked with the other nine tenths' labels). The table
+    tells the attackers apart (column ``attacker``) and the worst case takes
+    the strongest.
 
     Parameters
     ----------
@@ -472,7 +498,8 @@ def audit_leakage(
     )
 
     folds = {a.name: _folds(a, n_folds, random_state) for a in attrs}
-    n_fits = len(reps) * len(attrs) * len(probes) * n_folds + len(fit_reps) * len(attrs) * len(probes)
+    n_categorical = sum(a.kind == "categorical" for a in attrs)
+    n_fits = len(reps) * len(attrs) * len(probes) * n_folds + len(fit_reps) * (len(attrs) * len(probes) + n_categorical)
     tracker = Progress(progress, n_fits, verbose=verbose)
     rows: list[dict[str, Any]] = []
     timings: list[dict[str, Any]] = []
@@ -536,6 +563,11 @@ def audit_leakage(
                     )
                     _record(rows, timings, rep_name, attribute, probe, DATA_RICH, summary, seconds,
                             time.perf_counter() - start, [] if iterations is None else [iterations])
+                if attribute.kind == "categorical":
+                    _audit_in_sample(rows, timings, rep_name, fit_reps[rep_name][trained.rows], trained,
+                                     n_bootstrap=n_bootstrap, n_permutations=n_permutations, confidence=confidence,
+                                     seed=(random_state, i_attr, 3))
+                    tracker.advance(f"{rep_name}/{attribute.name}: group sums of the training export")
     finally:
         limits.restore_original_limits()
         tracker.close()
@@ -552,7 +584,7 @@ def audit_leakage(
         "n_threads": n_threads,
         "mlp_device": str(resolve_device(device)) if "mlp" in probes else None,
         "leakage_metric": dict(LEAKAGE_METRIC),
-        "attackers": [CROSS_VALIDATED, *([DATA_RICH] if fit_reps else [])],
+        "attackers": [CROSS_VALIDATED, *([DATA_RICH, IN_SAMPLE] if fit_reps else [])],
         "total_seconds": time.perf_counter() - started,
     }
     described = {}

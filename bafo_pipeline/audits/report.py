@@ -379,7 +379,7 @@ def _html(
             r.attribute,
             _probe_label(r.probe, r.attacker),
             _interval(r.leakage, r.ci_low, r.ci_high),
-            *([_fmt(r.cross_validated), _fmt(r.data_rich)] if data_rich else []),
+            *([_fmt(r.cross_validated), _fmt(r.data_rich), _fmt(r.in_sample)] if data_rich else []),
             _fmt_p(r.p_value),
             r.verdict,
         ]
@@ -387,12 +387,15 @@ def _html(
     ]
     verdict_header = [
         "representation", "attribute", "best probe", "leakage [CI]",
-        *(["cross-validated", "data-rich"] if data_rich else []), "p", "verdict",
+        *(["cross-validated", "data-rich", "in-sample"] if data_rich else []), "p", "verdict",
     ]
     attackers_text = (
         " A second, <b>data-rich</b> attacker fits each probe on a labelled training export and scores it on "
         "every audited row (bootstrap interval over those rows; exact permutation p-value of its fixed "
-        "predictions); the verdict takes the stronger of the two attackers."
+        "predictions). A third, <b>in-sample</b> attacker attacks the training export's own rows: a concealment "
+        "fitted on them equalised their class means, so the sums of the rows whose labels it knows (nine tenths "
+        "at a time) point at the others' classes (the group-sum attack; same interval and p-value). The "
+        "verdict takes the strongest attacker."
         if data_rich
         else ""
     )

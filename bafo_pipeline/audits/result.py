@@ -50,9 +50,10 @@ class AuditResult:
     table : DataFrame
         Long format, columns ``representation, attribute, kind, probe, attacker,
         metric, mean, ci_low, ci_high, std, n``: ``attacker`` is
-        ``"cross-validated"`` (probes cross-validated on the audited rows) or
+        ``"cross-validated"`` (probes cross-validated on the audited rows),
         ``"data-rich"`` (probes fitted on a labelled training export, scored on
-        every audited row); ``mean`` is the mean over test folds,
+        every audited row) or ``"in-sample"`` (the group-sum attack on the
+        training export's own rows, probe ``"group_sums"``); ``mean`` is the mean over test folds,
         ``ci_low``/``ci_high`` the bootstrap interval of that mean, ``std`` the
         standard deviation across folds, ``n`` the samples audited. The metric
         ``leakage`` is the chance-adjusted score (adjusted balanced accuracy,
@@ -107,7 +108,8 @@ class AuditResult:
 
     @property
     def attackers(self) -> list[str]:
-        """The attackers audited: ``["cross-validated"]``, plus ``"data-rich"`` when a training export was given."""
+        """The attackers audited: ``["cross-validated"]``, plus ``"data-rich"`` and ``"in-sample"`` when a training
+        export was given."""
         return list(dict.fromkeys(self.table["attacker"])) if len(self.table) else [CROSS_VALIDATED]
 
     def worst_case(
@@ -122,8 +124,8 @@ class AuditResult:
             verdicts follow :meth:`side_channels`).
         with_verdict : bool, default=True
             Add a plain-language ``verdict`` column.
-        attacker : {"cross-validated", "data-rich"}, optional
-            Only this attacker's probes; by default the stronger of both.
+        attacker : {"cross-validated", "data-rich", "in-sample"}, optional
+            Only this attacker's probes; by default the strongest.
 
         Returns
         -------
@@ -134,8 +136,8 @@ class AuditResult:
             when every probe is at chance), ``p_value`` (smallest permutation
             p-value over the attacks, Bonferroni-corrected for their number),
             ``linear`` and ``nonlinear`` (best linear and best non-linear leakage),
-            ``cross_validated`` and ``data_rich`` (each attacker's best leakage; NaN
-            for an attacker not audited) and, optionally, ``verdict``.
+            ``cross_validated``, ``data_rich`` and ``in_sample`` (each attacker's best
+            leakage; NaN for an attacker not audited) and, optionally, ``verdict``.
         """
         leak = self.metric("leakage")
         pvals = self.metric("p_value")
@@ -169,6 +171,7 @@ class AuditResult:
                     "nonlinear": nonlinear.max() if len(nonlinear) else np.nan,
                     "cross_validated": by_attacker.get(CROSS_VALIDATED, np.nan),
                     "data_rich": by_attacker.get("data-rich", np.nan),
+                    "in_sample": by_attacker.get("in-sample", np.nan),
                 }
             )
         frame = pd.DataFrame(out)

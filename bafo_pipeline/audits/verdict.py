@@ -18,6 +18,15 @@ PROBE_NAMES = {
     "gbdt": "gradient boosting",
     "knn": "a nearest-neighbour probe",
     "adjacency": "the labels of neighbouring rows",
+    "group_sums": "the group-sum attack",
+}
+# How each attacker other than the cross-validated one came by its guess.
+ATTACKER_PHRASES = {
+    "data-rich": " trained on the labelled training export",
+    "in-sample": (
+        " on the training export's rows, each tenth given the other nine tenths' labels (a concealment "
+        "fitted on those rows equalised their class means, so the known rows' sums point at the unknown rows)"
+    ),
 }
 
 
@@ -88,7 +97,7 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
             )
         return text + " These probes recover nothing; stronger attackers are not ruled out."
     units = _natural_units(result, row)
-    trained = " trained on the labelled training export" if row.get("attacker") == "data-rich" else ""
+    trained = ATTACKER_PHRASES.get(row.get("attacker"), "")
     text = (
         f"{severity(leak).capitalize()} leakage of {attr}: {PROBE_NAMES.get(row['probe'], row['probe'])}{trained} "
         f"recovers it ({units}; chance-adjusted {_num(leak)}{ci}{p_text})."

@@ -246,4 +246,4 @@ def verdict_table(report) -> pd.DataFrame:
     channels = {n for n, info in report.leakage.representations.items() if info.get("role") == "side channel"}
     table = table[~table["representation"].isin(channels)]
     return table[["representation", "attribute", "probe", "attacker", "leakage", "cross_validated", "data_rich",
-                  "verdict"]]
+                  "in_sample", "verdict"]]

@@ -23,10 +23,7 @@ PROBE_NAMES = {
 # How each attacker other than the cross-validated one came by its guess.
 ATTACKER_PHRASES = {
     "data-rich": " trained on the labelled training export",
-    "in-sample": (
-        " on the training export's rows, each tenth given the other nine tenths' labels (a concealment "
-        "fitted on those rows equalised their class means, so the known rows' sums point at the unknown rows)"
-    ),
+    "in-sample": " on the training export, each tenth of its rows given the other nine tenths' labels",
 }
 
 
@@ -102,6 +99,11 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
         f"{severity(leak).capitalize()} leakage of {attr}: {PROBE_NAMES.get(row['probe'], row['probe'])}{trained} "
         f"recovers it ({units}; chance-adjusted {_num(leak)}{ci}{p_text})."
     )
+    if row.get("attacker") == "in-sample":
+        return text + (
+            " The concealment was fitted on these rows, which fixed their class means; share rows it was not "
+            "fitted on."
+        )
     linear, nonlinear = row.get("linear", np.nan), row.get("nonlinear", np.nan)
     if not np.isnan(linear) and not np.isnan(nonlinear) and linear < 0.05 and nonlinear >= 0.05:
         text += " Linear probes are near chance, so the remaining signal is non-linear."

@@ -11,10 +11,13 @@ channels' decision, the overall verdict, and the wall time.
     python benchmarks/demo_concealments.py --concealments transport-refined --refine-kl-weight 0.1
     python benchmarks/demo_concealments.py --concealments transport --transport-means shrunk-cells
     python benchmarks/demo_concealments.py --concealments transport --transport-shrinkage 5
+    python benchmarks/demo_concealments.py --concealments transport --calibration-fraction 0.5
 
 (a run with a non-default ``--refine-kl-weight`` is named e.g. ``transport-refined@kl0.1``, one with
 other ``--transport-means`` than ``own`` e.g. ``transport@shrunk-cells``, one with another
-``--transport-shrinkage`` than the step's default e.g. ``transport@shrink5``).
+``--transport-shrinkage`` than the step's default e.g. ``transport@shrink5``, one with calibration rows
+e.g. ``transport@calibration0.5``: the concealment fitted on that share of the training split, which is not
+shared; see ``run_workflow``'s ``calibration_fraction``).
 """
 
 from __future__ import annotations
@@ -60,12 +63,14 @@ def make_estimator(concealment: str, seed: int, refine_kl_weight: float = DEFAUL
 
 
 def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
-            transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE) -> dict:
+            transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE,
+            calibration_fraction: float = 0.0) -> dict:
     faces = make_synthetic_faces(samples, 56, random_state=seed)
     estimator = make_estimator(concealment, seed, refine_kl_weight, transport_means, transport_shrinkage)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        result = run_workflow(faces, out, estimator, seed=seed, target="smile")
+        result = run_workflow(faces, out, estimator, seed=seed, target="smile",
+                              calibration_fraction=calibration_fraction)
         seconds = time.perf_counter() - started
     report = result.report
     worst = report.worst_case()
@@ -74,6 +79,7 @@ def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float =
     kept = shares[shares["representation"] == SHARED]
     return {
         "seconds": round(seconds, 1),
+        "calibration_images": result.n_calibration,
         "shared_latents_worst_case": {
             r["attribute"]: {
                 "leakage": round(float(r["leakage"]), 3), "ci": [round(float(r["ci_low"]), 3), round(float(r["ci_high"]), 3)],
@@ -102,6 +108,8 @@ def main() -> None:
                         help="how the transport step estimates its cell means")
     parser.add_argument("--transport-shrinkage", type=float, default=DEFAULT_SHRINKAGE,
                         help="the transport step's covariance shrinkage (pseudo-rows)")
+    parser.add_argument("--calibration-fraction", type=float, default=0.0,
+                        help="share of the training split the concealment is fitted on and that is not shared")
     args = parser.parse_args()
     runs = {}
     for concealment in args.concealments.split(","):
@@ -112,8 +120,10 @@ def main() -> None:
             name += f"@{args.transport_means}"
         if args.transport_shrinkage != DEFAULT_SHRINKAGE and concealment.startswith("transport"):
             name += f"@shrink{args.transport_shrinkage:g}"
+        if args.calibration_fraction:
+            name += f"@calibration{args.calibration_fraction:g}"
         runs[name] = one_run(concealment, args.seed, args.samples, args.refine_kl_weight, args.transport_means,
-                             args.transport_shrinkage)
+                             args.transport_shrinkage, args.calibration_fraction)
         print(name, json.dumps(runs[name]), file=sys.stderr, flush=True)
     print(json.dumps({
         "benchmark": "demo_concealments",
@@ -122,7 +132,8 @@ def main() -> None:
         "commit": args.commit,
         "settings": {**RUN_DEFAULTS, "samples": args.samples, "seed": args.seed,
                      "refine_kl_weight": args.refine_kl_weight, "transport_means": args.transport_means,
-                     "transport_shrinkage": args.transport_shrinkage},
+                     "transport_shrinkage": args.transport_shrinkage,
+                     "calibration_fraction": args.calibration_fraction},
         "runs": runs,
     }, indent=1))
 

@@ -18,7 +18,7 @@ from bafo_pipeline.data import load_source, pseudonymous_ids, scan_source
 from bafo_pipeline.data.splits import hash_split
 from bafo_pipeline.data.utkface import UTKFACE_ETHNICITIES
 from bafo_pipeline.pipeline import run_workflow
-from bafo_pipeline.transformers import ConditionalTransport, load_model
+from bafo_pipeline.transformers import ConditionalTransport, load_model, load_verified_model
 
 SIZE = 32
 KEY = bytes(range(32))
@@ -192,8 +192,9 @@ def test_a_run_refuses_before_training_a_held_out_class_combination_no_training_
     attributes.loc[held_out[:3], "ethnicity"] = "martian"  # three held-out faces, no training face
     odd = dataclasses.replace(dataset, attributes=attributes)
     estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=64, concealment="transport")
-    with pytest.raises(ValueError, match=r"3 held-out images have a combination of classes that no training image "
-                                         r"has \(e\.g\. gender='\w+', ethnicity='martian'\).*--concealment full"):
+    with pytest.raises(ValueError, match=r"3 exported images have a combination of classes that none of the \d+ "
+                                         r"images the concealment is fitted on has \(e\.g\. gender='\w+', "
+                                         r"ethnicity='martian'\).*--concealment full"):
         run_workflow(odd, tmp_path / "run", estimator, seed=0)
     assert not hasattr(estimator, "network_")  # refused before training
     assert not any((tmp_path / "run").iterdir())
@@ -214,8 +215,8 @@ def test_the_check_before_training_forms_cells_as_the_transport_step_will(tmp_pa
                                attribute_kinds={"age": "categorical"},
                                concealment=[ConditionalTransport(attribute_kinds=step_kinds)])
 
-    with pytest.raises(ValueError, match=r"held-out images have a combination of classes that no training image has "
-                                         r"\(e\.g\. age=120\.0, "):
+    with pytest.raises(ValueError, match=r"exported images have a combination of classes that none of the \d+ images "
+                                         r"the concealment is fitted on has \(e\.g\. age=120\.0, "):
         run_workflow(decades, tmp_path / "a", estimator(None), seed=0)  # the step inherits the estimator's kinds
 
     class Trained(Exception):
@@ -227,3 +228,53 @@ def test_the_check_before_training_forms_cells_as_the_transport_step_will(tmp_pa
     monkeypatch.setattr(BAFOTransformer, "fit", fit)
     with pytest.raises(Trained):
         run_workflow(decades, tmp_path / "b", estimator({"age": "continuous"}), seed=0)
+
+
+KEY = b"calibration-test-key-0123456789"
+QUICK_AUDIT = {"probes": ("prior", "linear"), "n_bootstrap": 0, "n_permutations": 0}
+
+
+def test_a_run_with_calibration_rows_shares_only_rows_its_concealment_was_not_fitted_on(tmp_path):
+    dataset = load_source(synthetic_samples=700, image_size=SIZE, seed=0)
+
+    def run(folder, fraction):
+        estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=64, concealment="transport",
+                                    random_state=0)
+        return estimator, run_workflow(dataset, tmp_path / folder, estimator, seed=0, calibration_fraction=fraction,
+                                       id_key=KEY, audit_options=QUICK_AUDIT)
+
+    _, plain = run("plain", 0.0)
+    estimator, calibrated = run("calibrated", 0.4)
+    shared = read_latents(calibrated.latents_path)
+    held_out = read_latents(calibrated.audit_latents_path)
+    training = read_latents(calibrated.train_latents_path)
+    assert plain.n_calibration == 0 and len(read_latents(plain.latents_path).ids) == len(dataset)
+    assert 0.3 * 595 < calibrated.n_calibration < 0.5 * 595  # about 40% of the ~595 training images
+    assert len(shared.ids) == len(dataset) - calibrated.n_calibration
+    # The held-out split is the one without calibration; the shared training rows are the rest of the shared file.
+    assert set(held_out.ids) == set(read_latents(plain.audit_latents_path).ids)
+    assert set(training.ids) | set(held_out.ids) == set(shared.ids) and not set(training.ids) & set(held_out.ids)
+    assert len(read_latents(plain.train_latents_path).ids) == len(training.ids) + calibrated.n_calibration
+    # The transport step was fitted on the calibration images, the ones missing from the shared file.
+    key = dict(zip(pseudonymous_ids(dataset.content_hash, KEY), dataset.content_hash))
+    shared_hashes = {key[i] for i in shared.ids}
+    calibration = dataset.subset([h not in shared_hashes for h in dataset.content_hash])
+    assert len(calibration) == calibrated.n_calibration
+    raw = estimator.transform(calibration.images, conceal=False)
+    refit = ConditionalTransport().fit(raw, sensitive_features=calibration.sensitive_features)
+    (step,) = estimator.concealment_steps_
+    np.testing.assert_allclose(step.cell_means_, refit.cell_means_, atol=2e-3)  # (transform may encode in bf16)
+    every_training_image = dataset.subset([h not in set(key[i] for i in held_out.ids) for h in dataset.content_hash])
+    other = ConditionalTransport().fit(estimator.transform(every_training_image.images, conceal=False),
+                                       sensitive_features=every_training_image.sensitive_features)
+    common, in_other, in_step = np.intersect1d(other.cell_ids_, step.cell_ids_, return_indices=True)
+    assert len(common) > 20  # and those fitted on the whole training split differ:
+    assert np.abs(other.cell_means_[in_other] - step.cell_means_[in_step]).max() > 1e-2
+    assert load_verified_model(calibrated.model_dir).metadata["split"]["calibration_fraction"] == 0.4
+
+
+def test_a_calibration_fraction_outside_zero_to_one_is_refused(tmp_path):
+    dataset = load_source(synthetic_samples=60, image_size=SIZE, seed=0)
+    estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, concealment="transport")
+    with pytest.raises(ValueError, match=r"calibration_fraction must be in \[0, 1\), got 1\.0"):
+        run_workflow(dataset, tmp_path / "run", estimator, calibration_fraction=1.0)

@@ -30,7 +30,7 @@ class WorkflowResult:
     Attributes
     ----------
     model_dir, latents_path, audit_latents_path, train_latents_path, report_dir : Path
-        ``train_latents_path`` is the labelled training split, for the data-rich attacker only.
+        ``train_latents_path`` is the labelled shared training rows, for the audit's attackers only.
     report : AuditReport
         ``report.worst_case()`` is the headline table.
     utility : UtilityResult or None
@@ -46,6 +46,7 @@ class WorkflowResult:
     report_dir: Path
     report: Any
     utility: Any = None
+    n_calibration: int = 0
 
 
 def run_workflow(
@@ -64,6 +65,7 @@ def run_workflow(
     key_table: str | os.PathLike | None = None,
     utility_targets: Callable[[FaceDataset], pd.DataFrame] | None = None,
     residual: bool = False,
+    calibration_fraction: float = 0.0,
 ) -> WorkflowResult:
     """Train on the training split, export, and audit the held-out split.
 
@@ -110,6 +112,14 @@ def run_workflow(
     residual : bool, default=False
         Also audit the part of each continuous target the sensitive attributes do not
         explain (see :func:`bafo_pipeline.audits.utility.audit_utility`).
+    calibration_fraction : float in [0, 1), default=0.0
+        Share of the training split on which the concealment is fitted and which is then
+        *not* shared (the calibration rows; chosen by content hash, like the split). A
+        concealment fitted on the rows it exports fixes their class means, so the labels
+        of most of them give the rest away (the audit's in-sample attacker,
+        docs/AUDIT.md §3b); with calibration rows, every shared row was moved by maps
+        fitted on other rows. The encoder still trains on the whole training split.
+        0 fits the concealment on the whole training split and shares all of it.
 
     Returns
     -------
@@ -125,44 +135,58 @@ def run_workflow(
         raise ValueError(f"the key table {key_table} would sit inside {out}, beside the shared latents; keep it apart")
     if key_table is not None and Path(key_table).exists() and not overwrite:
         raise FileExistsError(f"{key_table} already exists; pass overwrite=True (--overwrite) to replace it")
+    if not 0.0 <= calibration_fraction < 1.0:
+        raise ValueError(f"calibration_fraction must be in [0, 1), got {calibration_fraction}")
     out.mkdir(parents=True, exist_ok=True)
-    train, test = dataset.split(test_fraction=test_fraction, seed=seed)
+    role = _roles(dataset, test_fraction, calibration_fraction, seed)
+    train, test = dataset.subset(role != "test"), dataset.subset(role == "test")
+    calibration, shared = dataset.subset(role == "calibration"), dataset.subset(role != "calibration")
+    shared_train = shared.subset(role[role != "calibration"] == "train")
     if len(test) < 20:
         raise ValueError(f"only {len(test)} held-out images: too few to audit; use more data")
+    if calibration_fraction and (len(calibration) < 2 or len(shared_train) < 2):
+        raise ValueError(
+            f"calibration_fraction={calibration_fraction} leaves {len(calibration)} calibration and "
+            f"{len(shared_train)} shared training images; use more data or another fraction"
+        )
+    fitted_on = calibration if calibration_fraction else train
     for kinds in _kinds_of_label_conditional_steps(estimator):
-        _check_classes_seen_in_training(train, test, kinds)
+        _check_classes_seen_in_training(fitted_on, shared if calibration_fraction else test, kinds)
 
     say(f"training on {len(train)} images ({len(test)} held out for the audit)")
     estimator.fit(train.images, sensitive_features=train.sensitive_features)
+    if calibration_fraction:
+        say(f"fitting the concealment on {len(calibration)} calibration images, which are not shared")
+        estimator.fit_concealment(calibration.images, sensitive_features=calibration.sensitive_features)
+    split_info = {"test_fraction": test_fraction, "seed": seed, "calibration_fraction": calibration_fraction}
     model_dir = save_model(
-        estimator, out / "model", overwrite=True,
-        metadata={"split": {"test_fraction": test_fraction, "seed": seed}, "data": data_info or {}},
+        estimator, out / "model", overwrite=True, metadata={"split": split_info, "data": data_info or {}},
     )
     provenance = load_verified_model(model_dir).provenance()  # the saved model as it loads back: what was exported
 
-    say("exporting latents of every image (pseudonymous ids, no labels, no file names)")
-    is_test = hash_split(dataset.content_hash, test_fraction=test_fraction, seed=seed)
-    split = np.where(is_test, "test", "train")
+    shown = "every image" if not calibration_fraction else f"every image but the {len(calibration)} calibration ones"
+    say(f"exporting latents of {shown} (pseudonymous ids, no labels, no file names)")
     latents_path = out / "latents.parquet"
     key = load_id_key(id_key)  # one key for the three files: an image has the same id in each
-    export_latents(estimator, dataset, latents_path, split=split, metadata=provenance, overwrite=True, id_key=key,
-                   key_table=key_table)
+    export_latents(estimator, shared, latents_path, split=role[role != "calibration"], metadata=provenance,
+                   overwrite=True, id_key=key, key_table=key_table)
     audit_path = out / "audit_latents.parquet"
     export_latents(estimator, test, audit_path, include_labels=True, metadata=provenance, overwrite=True, id_key=key)
     train_path = out / "audit_train_latents.parquet"
-    export_latents(estimator, train, train_path, include_labels=True, metadata=provenance, overwrite=True, id_key=key)
+    export_latents(estimator, shared_train, train_path, include_labels=True, metadata=provenance, overwrite=True,
+                   id_key=key)
 
     say("auditing the held-out split (cross-validated and data-rich attackers) and the shared file's side channels")
-    pixels_train, pixels_test = _pixel_baseline(train, test, seed)
+    pixels_train, pixels_test = _pixel_baseline(shared_train, test, seed)
     names = ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)")
     # The attributes are passed for a concealment that needs them (label-conditional transport); others ignore them.
     representations = dict(zip(names, (
         pixels_test, estimator.transform(test.images, conceal=False),
         estimator.transform(test.images, sensitive_features=test.sensitive_features),
     )))
-    training = dict(zip(names, (
-        pixels_train, estimator.transform(train.images, conceal=False),
-        estimator.transform(train.images, sensitive_features=train.sensitive_features),
+    training = dict(zip(names, (  # the shared training rows: what an attacker could hold with labels
+        pixels_train, estimator.transform(shared_train.images, conceal=False),
+        estimator.transform(shared_train.images, sensitive_features=shared_train.sensitive_features),
     )))
     labels = test.attributes.reset_index(drop=True)
     if utility_targets is not None:
@@ -177,14 +201,29 @@ def run_workflow(
     targets = [c for c in labels.columns if c not in dataset.sensitive]
     report = run_audit(
         representations, labels, out / "report", attributes=list(dataset.sensitive), target=target,
-        fit_representations=training, fit_labels=train.attributes.reset_index(drop=True),
+        fit_representations=training, fit_labels=shared_train.attributes.reset_index(drop=True),
         side_channels=[_shared_file_channels(latents_path, names[-1])],
-        side_channel_labels=dataset.attributes.reset_index(drop=True).assign(
-            **{_ID: pseudonymous_ids(dataset.content_hash, key)}
+        side_channel_labels=shared.attributes.reset_index(drop=True).assign(
+            **{_ID: pseudonymous_ids(shared.content_hash, key)}
         ),
         id_column=_ID, targets=targets, references=list(names[:2]), residual=residual, **(audit_options or {}),
     )
-    return WorkflowResult(model_dir, latents_path, audit_path, train_path, out / "report", report, report.utility)
+    return WorkflowResult(model_dir, latents_path, audit_path, train_path, out / "report", report, report.utility,
+                          len(calibration))
+
+
+def _roles(dataset: FaceDataset, test_fraction: float, calibration_fraction: float, seed: int) -> np.ndarray:
+    """Each image's role, from its content hash alone: ``"test"``, ``"calibration"`` or ``"train"``.
+
+    One salted hash draws both: the lowest ``test_fraction`` of hash buckets are held out (the split
+    of :meth:`FaceDataset.split`), the next ``calibration_fraction`` of the rest are calibration.
+    """
+    is_test = hash_split(dataset.content_hash, test_fraction=test_fraction, seed=seed)
+    role = np.where(is_test, "test", "train").astype(object)
+    if calibration_fraction:
+        below = test_fraction + calibration_fraction * (1.0 - test_fraction)
+        role[hash_split(dataset.content_hash, test_fraction=below, seed=seed) & ~is_test] = "calibration"
+    return role.astype(str)
 
 
 # The id column of the shared file; its ids are the images' pseudonymous ids (export_latents' default).
@@ -202,22 +241,24 @@ def _kinds_of_label_conditional_steps(estimator: BAFOTransformer) -> list[dict |
     return [estimator.attribute_kinds if kinds is None else kinds for kinds in own]
 
 
-def _check_classes_seen_in_training(train: FaceDataset, test: FaceDataset, kinds) -> None:
-    """Before training: a label-conditional concealment moves each image by the map of its classes' cell, so a
-    held-out image whose combination of classes no training image has could not be exported."""
-    schema = AttributeSchema.infer(train.sensitive_features, kinds=kinds)
+def _check_classes_seen_in_training(fitted_on: FaceDataset, exported: FaceDataset, kinds) -> None:
+    """Before training: a label-conditional concealment moves each image by the map of its classes' cell, so an
+    exported image whose combination of classes none of the images the concealment is fitted on has could not be
+    exported."""
+    schema = AttributeSchema.infer(fitted_on.sensitive_features, kinds=kinds)
     classes = [a.name for a in schema.attributes if a.kind != "continuous"]
     if not classes:
         return
-    seen = set(train.sensitive_features[classes].itertuples(index=False, name=None))
-    held_out = test.sensitive_features[classes].itertuples(index=False, name=None)
-    unseen = [combination for combination in held_out if combination not in seen]
+    seen = set(fitted_on.sensitive_features[classes].itertuples(index=False, name=None))
+    wanted = exported.sensitive_features[classes].itertuples(index=False, name=None)
+    unseen = [combination for combination in wanted if combination not in seen]
     if unseen:
         shown = ", ".join(f"{name}={value!r}" for name, value in zip(classes, unseen[0]))
         raise ValueError(
-            f"{len(unseen)} held-out images have a combination of classes that no training image has (e.g. "
-            f"{shown}); the label-conditional concealment has no map for them. Use more data, or a concealment "
-            "that does not need the labels to encode (--concealment full)"
+            f"{len(unseen)} exported images have a combination of classes that none of the {len(fitted_on)} images "
+            f"the concealment is fitted on has (e.g. {shown}); the label-conditional concealment has no map for "
+            "them. Use more data, a smaller calibration fraction, or a concealment that does not need the labels "
+            "to encode (--concealment full)"
         )
 
 

@@ -653,6 +653,9 @@ def verify(path, max_leakage, bound):
 
 
 # ------------------------------------------------------------------------------ run
+#: bafo run's default --calibration-fraction.
+CALIBRATION_FRACTION = 0.0
+
 @main.command()
 @_data_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for model, latents and report.")
@@ -666,10 +669,15 @@ def verify(path, max_leakage, bound):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
+@click.option("--calibration-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=CALIBRATION_FRACTION,
+              show_default=True,
+              help="Share of the training split the concealment is fitted on and that is NOT shared, so that no "
+                   "shared row was moved by statistics fitted on it (0: fit on the whole training split and share "
+                   "it; the audit's in-sample attacker then reads it).")
 @_id_key_options
 def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir, epochs,
         batch_size, latent_dim, concealment, covariance_dims, decoder_epochs, refine_kl_weight, target, landmarks_cache,
-        device, seed, overwrite, id_key_file, key_table):
+        device, seed, overwrite, calibration_fraction, id_key_file, key_table):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Its data are labelled, so its concealment defaults to transport, which moves
@@ -680,13 +688,16 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     bafo grid redraw from its encoder's own latents): for a label-free model,
     pass --concealment full.
 
-    Writes OUT/model/, OUT/latents.parquet (ids + latents of every image: what
-    you would hand on), OUT/audit_latents.parquet and OUT/audit_train_latents.parquet
-    (held-out and training splits with labels, for auditing only) and OUT/report/
-    (report.html, report.json). The held-out split is audited by probes
-    cross-validated on it and by probes fitted on the training split (the
-    data-rich attacker); the shared file's ids, row order and split column are
-    audited as side channels, and the command exits with status 1 if one leaks.
+    Writes OUT/model/, OUT/latents.parquet (ids + latents of every image but the
+    calibration ones: what you would hand on), OUT/audit_latents.parquet and
+    OUT/audit_train_latents.parquet (held-out and shared training rows with labels, for
+    auditing only) and OUT/report/ (report.html, report.json). The held-out split is
+    audited by probes cross-validated on it and by probes fitted on the shared training
+    rows (the data-rich attacker), and the shared training rows by the group-sum attack
+    (the in-sample attacker: a concealment fitted on the rows it exports gives them away
+    to anyone holding most of their labels; --calibration-fraction keeps the rows it is
+    fitted on out of the shared file); the shared file's ids, row order and split column
+    are audited as side channels, and the command exits with status 1 if one leaks.
 
     Utility is audited beside the leakage: what each representation keeps of
     non-sensitive targets (synthetic faces: the generator's smile, background,
@@ -715,7 +726,7 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     try:
         result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,
                               overwrite=overwrite, progress=lambda text: click.echo(text, err=True),
-                              id_key=id_key_file, key_table=key_table,
+                              id_key=id_key_file, key_table=key_table, calibration_fraction=calibration_fraction,
                               utility_targets=utility_targets, residual=utility_targets is not None)
     except FileExistsError as error:
         raise click.UsageError(_one_line(error)) from None
@@ -724,6 +735,8 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
         click.echo(f"key table (id -> file, keep it private): {key_table}", err=True)
     _print_verdicts(result.report)
     click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
+    if result.n_calibration:
+        click.echo(f"not shared: the {result.n_calibration} calibration images the concealment was fitted on")
     if result.report.leakage.side_channels_leak():
         click.echo("FAILED: the shared file's ids, row order or columns reveal a sensitive attribute", err=True)
         sys.exit(1)

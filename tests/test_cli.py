@@ -1,6 +1,7 @@
 """The bafo command line, through click's test runner, on tiny synthetic data."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -175,13 +176,16 @@ def test_run_with_transport_encodes_every_image_with_its_own_labels(tmp_path, mo
     monkeypatch.setenv("BAFO_ID_KEY_FILE", str(tmp_path / "id.key"))
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--epochs", "1", "--batch-size", "256",
-                                       "--latent-dim", "16", "--concealment", "transport", "--out", str(out)])
+                                       "--latent-dim", "16", "--concealment", "transport", "--calibration-fraction",
+                                       "0.3", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert pq.read_schema(out / "latents.parquet").names == ["id", "latent", "split"]  # no label in the shared file
     faces = load_source(synthetic_samples=700, image_size=56, seed=0)  # what bafo run loaded
     model = load_model(out / "model")
     assert model.needs_sensitive_features_to_transform
     shared = read_latents(out / "latents.parquet")
+    n_calibration = int(re.search(r"not shared: the (\d+) calibration images", result.output).group(1))
+    assert 0.2 * 595 < n_calibration < 0.4 * 595 and len(shared.ids) == 700 - n_calibration
     row = {i: r for r, i in enumerate(pseudonymous_ids(faces.content_hash, load_id_key(None)))}
     rows = [row[i] for i in shared.ids]
     labels = faces.sensitive_features.iloc[rows].reset_index(drop=True)

@@ -653,9 +653,6 @@ def verify(path, max_leakage, bound):
 
 
 # ------------------------------------------------------------------------------ run
-#: bafo run's default --calibration-fraction.
-CALIBRATION_FRACTION = 0.0
-
 @main.command()
 @_data_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for model, latents and report.")
@@ -669,7 +666,7 @@ CALIBRATION_FRACTION = 0.0
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
-@click.option("--calibration-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=CALIBRATION_FRACTION,
+@click.option("--calibration-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.5,
               show_default=True,
               help="Share of the training split the concealment is fitted on and that is NOT shared, so that no "
                    "shared row was moved by statistics fitted on it (0: fit on the whole training split and share "

@@ -11,13 +11,13 @@ channels' decision, the overall verdict, and the wall time.
     python benchmarks/demo_concealments.py --concealments transport-refined --refine-kl-weight 0.1
     python benchmarks/demo_concealments.py --concealments transport --transport-means shrunk-cells
     python benchmarks/demo_concealments.py --concealments transport --transport-shrinkage 5
-    python benchmarks/demo_concealments.py --concealments transport --calibration-fraction 0.5
+    python benchmarks/demo_concealments.py --concealments transport --calibration-fraction 0
 
 (a run with a non-default ``--refine-kl-weight`` is named e.g. ``transport-refined@kl0.1``, one with
 other ``--transport-means`` than ``own`` e.g. ``transport@shrunk-cells``, one with another
 ``--transport-shrinkage`` than the step's default e.g. ``transport@shrink5``, one with calibration rows
-e.g. ``transport@calibration0.5``: the concealment fitted on that share of the training split, which is not
-shared; see ``run_workflow``'s ``calibration_fraction``).
+other than ``bafo run``'s e.g. ``transport@calibration0``: the concealment fitted on that share of the
+training split, which is not shared; see ``run_workflow``'s ``calibration_fraction``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from _transport_means import OWN_MEANS, SHRUNK_CELL_MEANS, SHRUNK_MEANS  # noqa:
 from bafo_pipeline.audits.verdict import is_significant  # noqa: E402
 from bafo_pipeline.data import make_synthetic_faces  # noqa: E402
 from bafo_pipeline.pipeline import run_workflow  # noqa: E402
+from bafo_pipeline.pipeline.workflow import CALIBRATION_FRACTION  # noqa: E402
 from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport  # noqa: E402
 
 SHARED, UNCONCEALED = "bafo (shared latents)", "bafo encoder (no concealment)"
@@ -64,7 +65,7 @@ def make_estimator(concealment: str, seed: int, refine_kl_weight: float = DEFAUL
 
 def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
             transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE,
-            calibration_fraction: float = 0.0) -> dict:
+            calibration_fraction: float = CALIBRATION_FRACTION) -> dict:
     faces = make_synthetic_faces(samples, 56, random_state=seed)
     estimator = make_estimator(concealment, seed, refine_kl_weight, transport_means, transport_shrinkage)
     with tempfile.TemporaryDirectory() as out:
@@ -108,7 +109,7 @@ def main() -> None:
                         help="how the transport step estimates its cell means")
     parser.add_argument("--transport-shrinkage", type=float, default=DEFAULT_SHRINKAGE,
                         help="the transport step's covariance shrinkage (pseudo-rows)")
-    parser.add_argument("--calibration-fraction", type=float, default=0.0,
+    parser.add_argument("--calibration-fraction", type=float, default=CALIBRATION_FRACTION,
                         help="share of the training split the concealment is fitted on and that is not shared")
     args = parser.parse_args()
     runs = {}
@@ -120,7 +121,7 @@ def main() -> None:
             name += f"@{args.transport_means}"
         if args.transport_shrinkage != DEFAULT_SHRINKAGE and concealment.startswith("transport"):
             name += f"@shrink{args.transport_shrinkage:g}"
-        if args.calibration_fraction:
+        if args.calibration_fraction != CALIBRATION_FRACTION:
             name += f"@calibration{args.calibration_fraction:g}"
         runs[name] = one_run(concealment, args.seed, args.samples, args.refine_kl_weight, args.transport_means,
                              args.transport_shrinkage, args.calibration_fraction)

@@ -220,3 +220,11 @@ def test_run_on_real_faces_measures_landmark_targets_of_the_split(tmp_path):
     assert list(table.columns) == list(LANDMARK_TARGETS) and len(table) == len(split)
     assert table.notna().all().all()  # small synthetic crops: the fixed face box still gives every target
     assert (tmp_path / "landmarks.parquet").exists()
+
+
+def test_run_holds_back_the_workflows_calibration_share_by_default():
+    from bafo_pipeline.cli import run
+    from bafo_pipeline.pipeline.workflow import CALIBRATION_FRACTION
+
+    (option,) = [p for p in run.params if p.name == "calibration_fraction"]
+    assert option.default == CALIBRATION_FRACTION > 0  # the CLI spells the library's default out (fast start-up)

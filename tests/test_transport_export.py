@@ -195,7 +195,7 @@ def test_a_run_refuses_before_training_a_held_out_class_combination_no_training_
     with pytest.raises(ValueError, match=r"3 exported images have a combination of classes that none of the \d+ "
                                          r"images the concealment is fitted on has \(e\.g\. gender='\w+', "
                                          r"ethnicity='martian'\).*--concealment full"):
-        run_workflow(odd, tmp_path / "run", estimator, seed=0)
+        run_workflow(odd, tmp_path / "run", estimator, seed=0, calibration_fraction=0.0)
     assert not hasattr(estimator, "network_")  # refused before training
     assert not any((tmp_path / "run").iterdir())
 
@@ -217,7 +217,8 @@ def test_the_check_before_training_forms_cells_as_the_transport_step_will(tmp_pa
 
     with pytest.raises(ValueError, match=r"exported images have a combination of classes that none of the \d+ images "
                                          r"the concealment is fitted on has \(e\.g\. age=120\.0, "):
-        run_workflow(decades, tmp_path / "a", estimator(None), seed=0)  # the step inherits the estimator's kinds
+        # (calibration_fraction=0: the maps fitted on the whole training split, checked against the held-out one)
+        run_workflow(decades, tmp_path / "a", estimator(None), seed=0, calibration_fraction=0.0)  # inherits the kinds
 
     class Trained(Exception):
         pass
@@ -227,7 +228,7 @@ def test_the_check_before_training_forms_cells_as_the_transport_step_will(tmp_pa
 
     monkeypatch.setattr(BAFOTransformer, "fit", fit)
     with pytest.raises(Trained):
-        run_workflow(decades, tmp_path / "b", estimator({"age": "continuous"}), seed=0)
+        run_workflow(decades, tmp_path / "b", estimator({"age": "continuous"}), seed=0, calibration_fraction=0.0)
 
 
 KEY = b"calibration-test-key-0123456789"

@@ -19,7 +19,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import KFold
 
-__all__ = ["GROUP_SUM_FOLDS", "group_sum_attack", "group_sum_scores"]
+from .permutation import adjusted_balanced_accuracy_rows
+from .resampling import permutation_p_value
+
+__all__ = ["GROUP_SUM_FOLDS", "group_sum_attack", "group_sum_permutation_test", "group_sum_scores"]
 
 #: The attacker knows the labels of all but one of this many folds of the training export (90 %).
 GROUP_SUM_FOLDS = 10
@@ -44,15 +47,9 @@ def group_sum_scores(latents: np.ndarray, classes: np.ndarray, n_classes: int, k
         In within-sample standard deviations (the rows whitened together); ``-inf`` for a class none
         of the known rows has. The attack guesses the largest.
     """
-    whitened = _whitened(np.asarray(latents, dtype=np.float64))
     known = np.asarray(known, dtype=bool)
-    sums = np.zeros((n_classes, whitened.shape[1]))
-    np.add.at(sums, np.asarray(classes, dtype=np.int64)[known], -whitened[known])
-    norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    directions = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
-    scores = whitened[~known] @ directions.T
-    scores[:, norms[:, 0] == 0] = -np.inf
-    return scores
+    return _scores(_whitened(np.asarray(latents, dtype=np.float64)), np.asarray(classes, dtype=np.int64),
+                   n_classes, known)
 
 
 def group_sum_attack(
@@ -82,14 +79,69 @@ def group_sum_attack(
         audit's probe outputs.
     """
     classes = np.asarray(classes, dtype=np.int64)
-    scores = np.zeros((len(classes), n_classes))
-    for _, unknown in KFold(min(n_folds, len(classes)), shuffle=True, random_state=random_state).split(classes):
-        known = np.ones(len(classes), dtype=bool)
-        known[unknown] = False
-        scores[~known] = group_sum_scores(latents, classes, n_classes, known)  # (rows in index order)
+    scores = _fold_scores(_whitened(np.asarray(latents, dtype=np.float64)), classes, n_classes,
+                          _folds(len(classes), n_folds, random_state))
     scores -= scores.max(axis=1, keepdims=True)
     P = np.exp(scores)
     return {"y": classes, "P": P / P.sum(axis=1, keepdims=True), "prior": np.full(n_classes, 1.0 / n_classes)}
+
+
+def group_sum_permutation_test(
+    latents: np.ndarray, classes: np.ndarray, n_classes: int, *, n_permutations: int, rng: np.random.Generator,
+    n_folds: int = GROUP_SUM_FOLDS, random_state: int = 0,
+) -> float:
+    """Monte Carlo p-value of "the rows' classes cannot be read from their sums": the whole attack rerun on
+    permuted classes.
+
+    Each row's guess depends on the other rows' classes, so holding the guesses fixed while permuting the
+    classes (the data-rich attacker's test) is not exact here; permuting every row's class and attacking
+    again is, when the latents are independent of the classes.
+
+    Parameters
+    ----------
+    latents, classes, n_classes, n_folds, random_state
+        As for :func:`group_sum_attack`.
+    n_permutations : int
+    rng : numpy Generator
+
+    Returns
+    -------
+    p_value : float
+    """
+    classes = np.asarray(classes, dtype=np.int64)
+    whitened = _whitened(np.asarray(latents, dtype=np.float64))
+    folds = _folds(len(classes), n_folds, random_state)
+
+    def score(labels):
+        decisions = _fold_scores(whitened, labels, n_classes, folds).argmax(axis=1)
+        return adjusted_balanced_accuracy_rows(labels[None], decisions[None], n_classes)[0]
+
+    null = np.array([score(rng.permutation(classes)) for _ in range(n_permutations)])
+    return permutation_p_value(score(classes), null)
+
+
+def _folds(n: int, n_folds: int, random_state: int) -> list[np.ndarray]:
+    """The unknown rows of each fold, in index order."""
+    splitter = KFold(min(n_folds, n), shuffle=True, random_state=random_state)
+    return [np.sort(unknown) for _, unknown in splitter.split(np.zeros((n, 1)))]
+
+
+def _fold_scores(whitened: np.ndarray, classes: np.ndarray, n_classes: int, folds: list[np.ndarray]) -> np.ndarray:
+    scores = np.zeros((len(classes), n_classes))
+    for unknown in folds:
+        known = np.ones(len(classes), dtype=bool)
+        known[unknown] = False
+        scores[unknown] = _scores(whitened, classes, n_classes, known)
+    return scores
+
+
+def _scores(whitened: np.ndarray, classes: np.ndarray, n_classes: int, known: np.ndarray) -> np.ndarray:
+    sums = -(np.eye(n_classes)[classes[known]].T @ whitened[known])
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    directions = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
+    scores = whitened[~known] @ directions.T
+    scores[:, norms[:, 0] == 0] = -np.inf
+    return scores
 
 
 def _whitened(latents: np.ndarray) -> np.ndarray:

@@ -481,7 +481,9 @@ def audit(latents, labels, fit_latents, id_column, latent_column, sample, attrib
     Probes (majority baseline, logistic/ridge, MLP, gradient boosting) are
     cross-validated on the given data; with --fit-latents they are also fitted
     on a labelled training export and scored on the audited rows (the
-    data-rich attacker), and the verdict takes the stronger of the two. The
+    data-rich attacker), and the training export's own rows are attacked by
+    the group-sum attack (the in-sample attacker: a concealment fitted on those
+    rows fixed their class means); the verdict takes the strongest. The
     headline is the best probe's chance-adjusted score (0 = chance, 1 =
     perfect). Each file's ids, row order and other columns are audited as side
     channels, and its footer metadata is listed. Audit data the encoder never

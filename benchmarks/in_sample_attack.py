@@ -26,6 +26,10 @@ with the step fitted on the training rows (``bafo run`` today, which cannot leak
 exported row (a transductive fit). Prints JSON::
 
     python benchmarks/in_sample_attack.py --seeds 0,1,2
+    python benchmarks/in_sample_attack.py --data utkface --models MODELS   # trained_concealment's cached encoder
+
+``--data utkface`` runs the same on UTKFace's split (test fraction 0.15) with the unconcealed encoder that
+``benchmarks/trained_concealment.py`` caches (§5 of docs/TRAINED_CONCEALMENT.md; its ``--seed``).
 """
 
 from __future__ import annotations
@@ -76,6 +80,22 @@ def demo_latents(seed: int, samples: int, cache: Path | None) -> tuple[np.ndarra
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, train=latents[0], test=latents[1])
     return np.vstack(latents), attributes, is_train
+
+
+def utkface_latents(seed: int, utkface: str, models: str) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """The cached unconcealed UTKFace encoder's latents (trained_concealment's protocol), as :func:`demo_latents`."""
+    import trained_concealment as tc
+
+    settings = argparse.Namespace(
+        data="utkface", utkface=utkface, limit=None, faces=8000, landmarks=str(tc.LANDMARKS), epochs=4,
+        latent_dim=48, base='{"batch_size": 32, "learning_rate": 0.002}', seed=seed, bootstrap=0, threads=2,
+        refit=False, models=models,
+    )
+    train, test, info = tc.load_data(settings)
+    model, _ = tc.fit_or_load("none", tc.variant_settings("none"), train, settings, info)
+    latents = np.vstack([model.transform(part.images, conceal=False).astype(float) for part in (train, test)])
+    attributes = pd.concat([train.sensitive_features, test.sensitive_features], ignore_index=True)
+    return latents, attributes, np.arange(len(attributes)) < len(train)
 
 
 def conceal(step_name: str, latents: np.ndarray, attributes: pd.DataFrame, fit_rows: np.ndarray,
@@ -141,6 +161,10 @@ def attack(concealed: np.ndarray, codes: dict[str, np.ndarray], known: np.ndarra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=("demo", "utkface"), default="demo")
+    parser.add_argument("--utkface", default="../shared/data/utkface/UTKFace")
+    parser.add_argument("--models", default="/work/cache/models/trained_concealment",
+                        help="--data utkface: trained_concealment's model cache holding the 'none' encoder")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--samples", type=int, default=3000, help="bafo run's --synthetic-samples")
     parser.add_argument("--known", default="0.5,0.9", help="fractions of training rows whose labels the attacker has")
@@ -149,7 +173,10 @@ def main() -> None:
     args = parser.parse_args()
     results, started = [], time.perf_counter()
     for seed in map(int, args.seeds.split(",")):
-        latents, attributes, is_train = demo_latents(seed, args.samples, args.cache)
+        latents, attributes, is_train = (
+            demo_latents(seed, args.samples, args.cache) if args.data == "demo"
+            else utkface_latents(seed, args.utkface, args.models)
+        )
         codes = group_codes(attributes[is_train])
 
         def record(**row):
@@ -178,7 +205,8 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
         "commit": args.commit,
-        "settings": {**RUN_DEFAULTS, "samples": args.samples, "folds": FOLDS},
+        "settings": ({**RUN_DEFAULTS, "samples": args.samples} if args.data == "demo" else
+                     {"data": "utkface", "encoder": "trained_concealment's 'none' (4 epochs)"}) | {"folds": FOLDS},
         "seconds": round(time.perf_counter() - started, 1),
         "results": results,
     }, indent=1))

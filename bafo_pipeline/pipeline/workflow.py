@@ -77,16 +77,17 @@ def run_workflow(
     ----------
     dataset : FaceDataset
     out_dir : path
-        Receives ``model/``, ``latents.parquet`` (every image: ids and
-        latents only, what you would share), ``audit_latents.parquet`` (the
-        held-out split with its labels, for the audit only),
-        ``audit_train_latents.parquet`` (the training split with its labels:
-        the data-rich attacker's training data, for the audit only) and
-        ``report/``. The audit probes the held-out split with both attackers
-        (cross-validated on it, and fitted on the training split as anyone
-        holding the exported training set with labels could), and the shared
-        file's side channels (ids, row order, split column) against every
-        image's labels.
+        Receives ``model/``, ``latents.parquet`` (every image but the
+        calibration ones: ids and latents only, what you would share),
+        ``audit_latents.parquet`` (the held-out split with its labels, for the
+        audit only), ``audit_train_latents.parquet`` (the shared training rows
+        with their labels: the data-rich and in-sample attackers' data, for the
+        audit only) and ``report/``. The audit probes the held-out split with
+        probes cross-validated on it and probes fitted on the shared training
+        rows (as anyone holding the exported training set with labels could),
+        attacks the shared training rows themselves with the group-sum attack,
+        and checks the shared file's side channels (ids, row order, split
+        column) against every shared image's labels.
     estimator : BAFOTransformer
         Unfitted; its parameters decide the model and the concealment.
     test_fraction, seed : split by content hash.

@@ -182,7 +182,8 @@ def run_workflow(
     export_latents(estimator, shared_train, train_path, include_labels=True, metadata=provenance, overwrite=True,
                    id_key=key)
 
-    say("auditing the held-out split (cross-validated and data-rich attackers) and the shared file's side channels")
+    say("auditing the held-out split (cross-validated and data-rich attackers), the shared training rows (in-sample "
+        "attacker) and the shared file's side channels")
     pixels_train, pixels_test = _pixel_baseline(shared_train, test, seed)
     names = ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)")
     # The attributes are passed for a concealment that needs them (label-conditional transport); others ignore them.

@@ -22,7 +22,8 @@ probe fitted on the known rows (the ordinary attacker), and the group-sum attack
 (:func:`bafo_pipeline.audits.group_sums.group_sum_scores`, which the audit's in-sample attacker runs)
 by the attribute's classes and by the transport's cells. Age is scored as its four training quartiles (the transport's
 bins). It also scores the held-out rows against an attacker who knows every training row's labels,
-with the step fitted on the training rows (``bafo run`` today, which cannot leak this way) or on every
+with the step fitted on the training rows (which cannot leak this way: what ``bafo run``'s calibration rows
+give every shared row) or on every
 exported row (a transductive fit). Prints JSON::
 
     python benchmarks/in_sample_attack.py --seeds 0,1,2
@@ -50,14 +51,13 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
+from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
 from bafo_pipeline.audits.group_sums import group_sum_scores  # noqa: E402
 from bafo_pipeline.data import make_synthetic_faces  # noqa: E402
 from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport, LinearErasure  # noqa: E402
 
-# bafo run's defaults (bafo_pipeline/cli.py: run), as in demo_concealments.py
-RUN_DEFAULTS = {"latent_dim": 48, "epochs": 30, "batch_size": 32, "decoder_epochs": 6}
 STEPS = {"transport": ConditionalTransport, "linear": LinearErasure}
 FOLDS = 5
 
@@ -172,20 +172,20 @@ def main() -> None:
     parser.add_argument("--commit", help="the package version measured (recorded in the JSON)")
     args = parser.parse_args()
     results, started = [], time.perf_counter()
+
+    def record(**row):
+        results.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+
     for seed in map(int, args.seeds.split(",")):
         latents, attributes, is_train = (
             demo_latents(seed, args.samples, args.cache) if args.data == "demo"
             else utkface_latents(seed, args.utkface, args.models)
         )
-        codes = group_codes(attributes[is_train])
-
-        def record(**row):
-            results.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-
+        codes, every_code = group_codes(attributes[is_train]), group_codes(attributes)
+        train_latents, train_attributes = latents[is_train], attributes[is_train].reset_index(drop=True)
         for step_name in STEPS:
             # The exported training rows, against an attacker who knows a fraction of their labels.
-            train_latents, train_attributes = latents[is_train], attributes[is_train].reset_index(drop=True)
             for mode in ("in-sample", "cross-fitted"):
                 concealed = conceal(step_name, train_latents, train_attributes, np.ones(len(train_latents), bool),
                                     mode, seed)
@@ -194,8 +194,7 @@ def main() -> None:
                     record(seed=seed, step=step_name, rows="training", fit=mode, known=fraction,
                            scores=attack(concealed, codes, known))
             # The held-out rows, against an attacker who knows every training row's labels; the step fitted on the
-            # training rows (bafo run today) or on every exported row (transductive).
-            every_code = group_codes(attributes)
+            # training rows (as calibration rows are) or on every exported row (transductive).
             for fit_on, fit_rows in (("training rows", is_train), ("every exported row", np.ones_like(is_train))):
                 concealed = conceal(step_name, latents, attributes, fit_rows, "in-sample", seed)
                 record(seed=seed, step=step_name, rows="held-out", fit=fit_on, known="every training row",

@@ -394,7 +394,8 @@ def _html(
         "every audited row (bootstrap interval over those rows; exact permutation p-value of its fixed "
         "predictions). A third, <b>in-sample</b> attacker attacks the training export's own rows: a concealment "
         "fitted on them equalised their class means, so the sums of the rows whose labels it knows (nine tenths "
-        "at a time) point at the others' classes (the group-sum attack; same interval and p-value). The "
+        "at a time) point at the others' classes (the group-sum attack; bootstrap interval over those rows, "
+        "p-value from rerunning the whole attack on permuted classes). The "
         "verdict takes the strongest attacker."
         if data_rich
         else ""

@@ -147,7 +147,7 @@ def run_workflow(
     role = _roles(dataset, test_fraction, calibration_fraction, seed)
     train, test = dataset.subset(role != "test"), dataset.subset(role == "test")
     calibration, shared = dataset.subset(role == "calibration"), dataset.subset(role != "calibration")
-    shared_train = shared.subset(role[role != "calibration"] == "train")
+    shared_train = dataset.subset(role == "train")
     if len(test) < 20:
         raise ValueError(f"only {len(test)} held-out images: too few to audit; use more data")
     if calibration_fraction and (len(calibration) < 2 or len(shared_train) < 2):
@@ -157,7 +157,7 @@ def run_workflow(
         )
     fitted_on = calibration if calibration_fraction else train
     for kinds in _kinds_of_label_conditional_steps(estimator):
-        _check_classes_seen_in_training(fitted_on, shared if calibration_fraction else test, kinds)
+        _check_classes_seen_in_training(fitted_on, shared, kinds)
 
     say(f"training on {len(train)} images ({len(test)} held out for the audit)")
     estimator.fit(train.images, sensitive_features=train.sensitive_features)

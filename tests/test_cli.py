@@ -186,6 +186,9 @@ def test_run_with_transport_encodes_every_image_with_its_own_labels(tmp_path, mo
     shared = read_latents(out / "latents.parquet")
     n_calibration = int(re.search(r"not shared: the (\d+) calibration images", result.output).group(1))
     assert 0.2 * 595 < n_calibration < 0.4 * 595 and len(shared.ids) == 700 - n_calibration
+    fewest, median = re.search(r"concealment was fitted on: fewest (\d+), median ([\d.]+)", result.output).groups()
+    assert int(fewest) == model.concealment_steps_[0].cell_counts_.min() >= 1
+    assert float(median) == np.median(model.concealment_steps_[0].cell_counts_)
     row = {i: r for r, i in enumerate(pseudonymous_ids(faces.content_hash, load_id_key(None)))}
     rows = [row[i] for i in shared.ids]
     labels = faces.sensitive_features.iloc[rows].reset_index(drop=True)

@@ -117,6 +117,9 @@ def test_inverse_is_exact_and_each_cell_gets_the_pooled_moments(planted):
                                atol=1e-10)
     # Without shrinkage, every training cell has exactly the pooled mean and covariance after the move.
     cells = transport._cell_ids(transport._codes(_rows(S, fit)))
+    ids, counts = np.unique(cells, return_counts=True)
+    np.testing.assert_array_equal(transport.cell_ids_, ids)
+    np.testing.assert_array_equal(transport.cell_counts_, counts)  # the rows each cell's maps were fitted on
     pooled = np.cov(moved.T)
     for cell in np.unique(cells)[:5]:
         rows = moved[cells == cell]

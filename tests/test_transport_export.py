@@ -266,12 +266,25 @@ def test_a_run_with_calibration_rows_shares_only_rows_its_concealment_was_not_fi
     (step,) = estimator.concealment_steps_
     np.testing.assert_allclose(step.cell_means_, refit.cell_means_, atol=2e-3)  # (transform may encode in bf16)
     every_training_image = dataset.subset([h not in set(key[i] for i in held_out.ids) for h in dataset.content_hash])
+    # The run reports each cell's fitting rows: the calibration images' cells, or (without them) the training split's.
+    np.testing.assert_array_equal(calibrated.rows_per_cell, refit.cell_counts_)
+    assert calibrated.rows_per_cell.sum() == calibrated.n_calibration
+    assert plain.rows_per_cell.sum() == len(every_training_image)
     other = ConditionalTransport().fit(estimator.transform(every_training_image.images, conceal=False),
                                        sensitive_features=every_training_image.sensitive_features)
     common, in_other, in_step = np.intersect1d(other.cell_ids_, step.cell_ids_, return_indices=True)
     assert len(common) > 20  # and those fitted on the whole training split differ:
     assert np.abs(other.cell_means_[in_other] - step.cell_means_[in_step]).max() > 1e-2
     assert load_verified_model(calibrated.model_dir).metadata["split"]["calibration_fraction"] == 0.4
+
+
+def test_a_run_whose_concealment_has_no_cells_reports_no_rows_per_cell(tmp_path):
+    dataset = load_source(synthetic_samples=700, image_size=SIZE, seed=0)
+    estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=64, concealment="linear",
+                                random_state=0)
+    result = run_workflow(dataset, tmp_path / "run", estimator, seed=0, calibration_fraction=0.4, id_key=KEY,
+                          audit_options=QUICK_AUDIT)
+    assert result.n_calibration > 0 and result.rows_per_cell is None  # LEACE moves every row by one map
 
 
 def test_a_calibration_fraction_outside_zero_to_one_is_refused(tmp_path):

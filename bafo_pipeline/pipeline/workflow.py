@@ -41,6 +41,13 @@ class WorkflowResult:
         What each representation keeps of the non-sensitive targets (the probe
         ladder's chance-adjusted scores, with shares of pixels' and of the
         unconcealed encoder's); ``None`` when there were no targets.
+    n_calibration : int
+        The calibration images the concealment was fitted on and that were not shared.
+    rows_per_cell : ndarray of int or None
+        The rows each attribute cell's maps were fitted on, for a concealment that moves
+        each cell by its own maps (``transport``); ``None`` for one that does not. Their
+        estimation error is in every shared row of the cell, and the audit's data-rich
+        attacker reads it: fewer rows per cell, more leakage.
     """
 
     model_dir: Path
@@ -51,6 +58,7 @@ class WorkflowResult:
     report: Any
     utility: Any = None
     n_calibration: int = 0
+    rows_per_cell: np.ndarray | None = None
 
 
 def run_workflow(
@@ -216,7 +224,7 @@ def run_workflow(
         id_column=_ID, targets=targets, references=list(names[:2]), residual=residual, **(audit_options or {}),
     )
     return WorkflowResult(model_dir, latents_path, audit_path, train_path, out / "report", report, report.utility,
-                          len(calibration))
+                          len(calibration), _rows_per_cell(estimator))
 
 
 def _roles(dataset: FaceDataset, test_fraction: float, calibration_fraction: float, seed: int) -> np.ndarray:
@@ -235,6 +243,12 @@ def _roles(dataset: FaceDataset, test_fraction: float, calibration_fraction: flo
 
 # The id column of the shared file; its ids are the images' pseudonymous ids (export_latents' default).
 _ID = "id"
+
+
+def _rows_per_cell(estimator: BAFOTransformer) -> np.ndarray | None:
+    """The fitting rows of every attribute cell of the fitted concealment's steps that have cells (``None``: none)."""
+    counts = [step.cell_counts_ for step in estimator.concealment_steps_ if hasattr(step, "cell_counts_")]
+    return np.concatenate(counts) if counts else None
 
 
 def _kinds_of_label_conditional_steps(estimator: BAFOTransformer) -> list[dict | None]:

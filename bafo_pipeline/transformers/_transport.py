@@ -124,6 +124,11 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         The fitted cells, sorted: each row's attribute codes in mixed radix
         (attributes in schema order; a class's position in its categories, a
         continuous attribute's bin).
+    cell_counts_ : ndarray of int64, shape (n_cells,)
+        The training rows of each cell. A cell's maps are estimated on these alone
+        (its covariance shrunk towards the pooled one by ``shrinkage`` pseudo-rows), so
+        their estimation error, which every new row of the cell carries, shrinks as
+        they grow (docs/TRAINED_CONCEALMENT.md §14). Absent from models saved before it existed.
     cell_means_ : ndarray of shape (n_cells, n_features)
         The (shrunk) mean each cell is moved from.
     transports_, inverse_transports_ : ndarray of shape (n_cells, n_features, n_features)
@@ -253,6 +258,7 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         n_cells, n_features = len(self.cell_ids_), Z.shape[1]
         position = np.searchsorted(self.cell_ids_, cells)  # each row's cell, as an index into cell_ids_
         counts = np.bincount(position, minlength=n_cells)
+        self.cell_counts_ = counts.astype(np.int64)
         cell_means = np.stack([Z[position == index].mean(axis=0) for index in range(n_cells)])
         self.cell_means_ = self._shrunk_cell_means(Z, position, cell_means, counts)
         self.transports_ = np.zeros((n_cells, n_features, n_features))

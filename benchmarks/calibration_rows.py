@@ -1,0 +1,368 @@
+"""How many calibration rows ``bafo run``'s transport needs, and whether another estimator needs fewer.
+
+``bafo run`` fits its ``ConditionalTransport`` on calibration rows it does not share (half of the
+training split by default), so every shared row is moved by maps estimated on other rows, and the
+maps' estimation error is the same for every row of a cell: the data-rich attacker learns it from
+the shared training rows and reads it on the held-out rows (docs/TRAINED_CONCEALMENT.md §13).
+This script measures that leakage against the calibration rows' number and against the
+estimator, with the shared rows and the attacker held fixed.
+
+``--data demo``: per seed, ``bafo run``'s encoder (its settings, concealment ``none``) is trained on
+the demo's training split; it encodes the training rows, the held-out rows and ``--extra`` further
+synthetic faces from the same generator (another seed, never seen by the encoder). Per split draw
+the training rows are halved at random into calibration and shared rows. Each setting fits the
+transport on its calibration rows and moves the shared training rows and the held-out rows:
+
+- ``half``: the calibration half (what ``bafo run`` does);
+- ``extra-N``: N of the extra faces instead (the same shared rows and attacker);
+- ``half+V``: estimator variant V on the calibration half (:data:`VARIANTS`).
+
+The audit then scores the held-out rows: the data-rich attacker (each probe fitted on the shared
+training rows) and the cross-validated one (held-out rows only), chance-adjusted, with bootstrap
+intervals; and the share of the unconcealed latents' score each non-sensitive attribute keeps
+(best probe, held-out rows).
+
+``--data utkface``: the transport fitted on a share of the UTKFace training split (``--fractions``;
+the unconcealed encoder that ``benchmarks/trained_concealment.py`` caches), the attacker fitted on
+the same training rows at every share (those outside the largest one), the leakage only (the
+utility targets need the landmark file). Prints JSON::
+
+    python benchmarks/calibration_rows.py --seeds 0,1,2 --splits 0,1 --cache CACHE
+    python benchmarks/calibration_rows.py --data utkface --fractions 0.1,0.3,0.5,0.7 --splits 0,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
+from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
+
+from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
+from bafo_pipeline.audits import audit_leakage  # noqa: E402
+from bafo_pipeline.audits.utility import audit_utility  # noqa: E402
+from bafo_pipeline.data import make_synthetic_faces  # noqa: E402
+from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport  # noqa: E402
+
+SENSITIVE = ["age", "gender", "ethnicity"]
+NULL_DRAWS = 20  # label permutations behind the subspace variant's parallel analysis
+
+
+# ----------------------------------------------------------------- estimator variants (research, not in the library)
+def _spd_log(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.log(np.clip(values, 1e-9 * values.max(), None))) @ vectors.T
+
+
+def _spd_exp(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.exp(values)) @ vectors.T
+
+
+class AdditiveCovarianceTransport(ConditionalTransport):
+    """Each cell's covariance shrunk towards a log-additive model of its classes, not towards the pooled one.
+
+    The model: ``log S_c = log W + sum_a (log S_a,k - log W)``, with ``W`` the pooled within-cell covariance and
+    ``S_a,k`` the within-cell covariance of every row of class ``k`` of attribute ``a`` (age: its bin), each
+    estimated on many more rows than one cell has.
+    """
+
+    def _fit_cells(self, Z: np.ndarray, cells: np.ndarray) -> None:
+        self.mean_ = Z.mean(axis=0)
+        pooled = np.atleast_2d(np.cov(Z.T))
+        self.cell_ids_ = np.unique(cells)
+        n_cells = len(self.cell_ids_)
+        position = np.searchsorted(self.cell_ids_, cells)
+        counts = np.bincount(position, minlength=n_cells)
+        cell_means = np.stack([Z[position == index].mean(axis=0) for index in range(n_cells)])
+        self.cell_means_ = self._shrunk_cell_means(Z, position, cell_means, counts)
+        residuals = Z - cell_means[position]
+        log_within = _spd_log(residuals.T @ residuals / (len(Z) - n_cells))
+        cell_codes = self._cell_codes(self.cell_ids_)
+        row_codes = cell_codes[position]
+        effects = []
+        for j in range(row_codes.shape[1]):
+            per_class = {}
+            for code in np.unique(row_codes[:, j]):
+                rows = row_codes[:, j] == code
+                scatter = residuals[rows].T @ residuals[rows] / max(rows.sum() - len(np.unique(position[rows])), 1)
+                per_class[code] = _spd_log(scatter) - log_within
+            effects.append(per_class)
+        self.transports_ = np.zeros((n_cells, Z.shape[1], Z.shape[1]))
+        self.inverse_transports_ = np.zeros_like(self.transports_)
+        for index in range(n_cells):
+            rows = Z[position == index]
+            model = _spd_exp(log_within + sum(effects[j][code] for j, code in enumerate(cell_codes[index])))
+            own = np.atleast_2d(np.cov(rows.T)) if len(rows) > 1 else model
+            covariance = (len(rows) * own + self.shrinkage * model) / (len(rows) + self.shrinkage)
+            self.transports_[index] = _gaussian_map(covariance, pooled)
+            self.inverse_transports_[index] = np.linalg.inv(self.transports_[index])
+
+
+def _gaussian_map(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The optimal-transport map between centred Gaussians of covariance ``source`` and ``target``."""
+    root, inverse_root = _sqrt_and_inverse(source)
+    middle, _ = _sqrt_and_inverse(root @ target @ root)
+    return inverse_root @ middle @ inverse_root
+
+
+def _sqrt_and_inverse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    values = np.clip(values, 1e-9 * max(values.max(), np.finfo(float).tiny), None)
+    return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
+
+
+def transport_cells(attributes: pd.DataFrame) -> np.ndarray:
+    """The default transport's cells: gender x ethnicity x age quartile."""
+    age = attributes["age"].to_numpy(float)
+    quartile = np.searchsorted(quantile_bin_edges(age, 4), age, side="right")
+    keys = attributes["gender"].astype(str) + "|" + attributes["ethnicity"].astype(str) + "|" + quartile.astype(str)
+    return pd.factorize(keys)[0]
+
+
+def between_cell_spectrum(Z: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors of the cells' whitened, count-scaled mean deviations' scatter.
+
+    In units where a cell mean's sampling noise is 1 per direction; also the within-cell whitening and its inverse.
+    """
+    n_cells = cells.max() + 1
+    counts = np.bincount(cells, minlength=n_cells)
+    means = np.stack([Z[cells == cell].mean(axis=0) for cell in range(n_cells)])
+    residuals = Z - means[cells]
+    values, vectors = np.linalg.eigh(residuals.T @ residuals / (len(Z) - n_cells))
+    whiten, unwhiten = (vectors / np.sqrt(values)) @ vectors.T, (vectors * np.sqrt(values)) @ vectors.T
+    deviations = (means - Z.mean(axis=0)) @ whiten * np.sqrt(counts)[:, None]
+    spectrum, directions = np.linalg.eigh(deviations.T @ deviations / n_cells)
+    order = np.argsort(spectrum)[::-1]
+    return spectrum[order], directions[:, order], whiten, unwhiten
+
+
+class SubspaceTransport:
+    """The transport applied only in the leading whitened between-cell directions; the rest left as it is.
+
+    ``dims="parallel"``: the directions whose eigenvalue beats the same rank's 95th percentile over label
+    permutations (Horn's parallel analysis); an int: that many.
+    """
+
+    def __init__(self, dims: int | str = "parallel"):
+        self.dims = dims
+
+    def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> SubspaceTransport:
+        attributes = sensitive_features.reset_index(drop=True)
+        cells = transport_cells(attributes)
+        spectrum, directions, whiten, unwhiten = between_cell_spectrum(Z, cells)
+        if self.dims == "parallel":
+            rng = np.random.default_rng(0)
+            null = np.array([between_cell_spectrum(Z, rng.permutation(cells))[0] for _ in range(NULL_DRAWS)])
+            beaten = spectrum > np.percentile(null, 95, axis=0)
+            self.dims_ = int(np.argmin(beaten)) if not beaten.all() else len(spectrum)
+        else:
+            self.dims_ = int(self.dims)
+        self.dims_ = max(self.dims_, 1)
+        self.mean_, self.rotate_, self.unrotate_ = Z.mean(axis=0), whiten @ directions, directions.T @ unwhiten
+        inside = ((Z - self.mean_) @ self.rotate_)[:, : self.dims_]
+        self.transport_ = ConditionalTransport().fit(inside, sensitive_features=attributes)
+        return self
+
+    def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        rotated = (Z - self.mean_) @ self.rotate_
+        rotated[:, : self.dims_] = self.transport_.transform(
+            rotated[:, : self.dims_], sensitive_features=sensitive_features.reset_index(drop=True))
+        return rotated @ self.unrotate_ + self.mean_
+
+
+#: Estimator variants measured on the calibration half (``half+NAME``).
+VARIANTS = {
+    "bins2": lambda: ConditionalTransport(continuous_bins=2),
+    "bins3": lambda: ConditionalTransport(continuous_bins=3),
+    "cov40": lambda: ConditionalTransport(shrinkage=40),
+    "means-only": lambda: ConditionalTransport(shrinkage=1e9),  # every cell keeps its covariance
+    "no-cell-means": lambda: ConditionalTransport(mean_shrinkage=1.0),  # cell means left to the smooth mean
+    "subspace-parallel": lambda: SubspaceTransport("parallel"),
+    "subspace-8": lambda: SubspaceTransport(8),
+    "additive-cov10": lambda: AdditiveCovarianceTransport(),
+    "additive-cov40": lambda: AdditiveCovarianceTransport(shrinkage=40),
+    "additive-cov-only": lambda: AdditiveCovarianceTransport(shrinkage=1e9),
+}
+
+
+def make_step(setting: str):
+    """The transport a setting fits: the library's default, or ``half+VARIANT``'s variant."""
+    _, _, variant = setting.partition("+")
+    if variant and variant not in VARIANTS:
+        raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    return VARIANTS[variant]() if variant else ConditionalTransport()
+
+
+# ---------------------------------------------------------------- data
+def demo_latents(seed: int, samples: int, extra: int, cache: Path | None) -> dict:
+    """``bafo run``'s unconcealed encoder's latents of the demo's training and held-out rows and of ``extra``
+    further synthetic faces, with every row's attributes (sensitive and not)."""
+    faces = make_synthetic_faces(samples, 56, random_state=seed)
+    train, test = faces.split(test_fraction=0.15, seed=seed)
+    more = make_synthetic_faces(extra, 56, random_state=1000 + seed)
+    parts = {"train": train, "test": test, "extra": more}
+    path = cache / f"calibration_rows_demo_seed{seed}_samples{samples}_extra{extra}.npz" if cache else None
+    if path is not None and path.exists():
+        saved = np.load(path)
+        latents = {name: saved[name] for name in parts}
+    else:
+        model = BAFOTransformer(concealment="none", random_state=seed, **RUN_DEFAULTS)
+        model.fit(train.images, sensitive_features=train.sensitive_features)
+        latents = {name: model.transform(part.images, conceal=False) for name, part in parts.items()}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path, **latents)
+    return {name: (latents[name].astype(float), part.attributes.reset_index(drop=True))
+            for name, part in parts.items()}
+
+
+# ---------------------------------------------------------------- scoring
+def worst_cases(result) -> dict:
+    """Per representation and attribute: the largest chance-adjusted score over probes and attackers, with its
+    interval, probe and attacker."""
+    leak = result.metric("leakage")
+    leak = leak[leak["probe"] != "prior"]
+    out: dict = {}
+    for (representation, attribute), rows in leak.groupby(["representation", "attribute"]):
+        top = rows.loc[rows["mean"].idxmax()]
+        out.setdefault(representation, {})[attribute] = {
+            "leakage": round(float(top["mean"]), 3), "ci": [round(float(top["ci_low"]), 3), round(float(top["ci_high"]), 3)],
+            "probe": top["probe"], "attacker": top["attacker"]}
+    return out
+
+
+def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap: int) -> dict:
+    """Every setting's worst case per attribute and kept share per non-sensitive attribute, for one split draw."""
+    (train, train_attributes), (test, test_attributes), (extra, extra_attributes) = (
+        data["train"], data["test"], data["extra"])
+    rng = np.random.default_rng([seed, split])
+    calibration = rng.random(len(train)) < 0.5
+    shared, shared_attributes = train[~calibration], train_attributes.loc[~calibration, SENSITIVE].reset_index(drop=True)
+    moved_test, moved_shared = {}, {}
+    for setting in settings:
+        if setting.startswith("extra-"):
+            rows = rng.permutation(len(extra))[: int(setting.removeprefix("extra-"))]
+            fit_latents, fit_attributes = extra[rows], extra_attributes.loc[rows, SENSITIVE]
+        else:
+            fit_latents, fit_attributes = train[calibration], train_attributes.loc[calibration, SENSITIVE]
+        step = make_step(setting).fit(fit_latents, sensitive_features=fit_attributes.reset_index(drop=True))
+        moved_test[setting] = step.transform(test, sensitive_features=test_attributes[SENSITIVE])
+        moved_shared[setting] = step.transform(shared, sensitive_features=shared_attributes)
+    leakage = audit_leakage(moved_test, test_attributes[SENSITIVE], fit_representations=moved_shared,
+                            fit_labels=shared_attributes, n_bootstrap=n_bootstrap, n_permutations=0,
+                            random_state=seed)
+    targets = test_attributes.drop(columns=SENSITIVE)
+    utility = audit_utility({"unconcealed": test, **moved_test}, targets, references=["unconcealed"],
+                            n_bootstrap=0, random_state=seed)
+    kept = utility.shares().pivot(index="representation", columns="target", values="share_of[unconcealed]")
+    worst = worst_cases(leakage)
+    return {setting: {"calibration_rows": int(calibration.sum()) if not setting.startswith("extra-")
+                      else int(setting.removeprefix("extra-")),
+                      "worst_case": worst[setting],
+                      "kept_share": {target: round(float(value), 3) for target, value in kept.loc[setting].items()}}
+            for setting in settings}
+
+
+def utkface_run(latents: np.ndarray, attributes: pd.DataFrame, is_train: np.ndarray, fractions: list[float],
+                split: int, n_bootstrap: int) -> dict:
+    """The transport fitted on each share of the UTKFace training split; one attacker for every share."""
+    train, test = latents[is_train], latents[~is_train]
+    train_attributes = attributes[is_train].reset_index(drop=True)[SENSITIVE]
+    test_attributes = attributes[~is_train].reset_index(drop=True)[SENSITIVE]
+    draw = np.random.default_rng(split).random(len(train))
+    attacker_rows = draw >= max(fractions)
+    moved_test, moved_shared = {}, {}
+    for fraction in fractions:
+        calibration = draw < fraction
+        step = ConditionalTransport().fit(train[calibration], sensitive_features=train_attributes[calibration]
+                                          .reset_index(drop=True))
+        moved_test[f"{fraction:g}"] = step.transform(test, sensitive_features=test_attributes)
+        moved_shared[f"{fraction:g}"] = step.transform(
+            train[attacker_rows], sensitive_features=train_attributes[attacker_rows].reset_index(drop=True))
+    moved_test["unconcealed"], moved_shared["unconcealed"] = test, train[attacker_rows]
+    result = audit_leakage(moved_test, test_attributes, fit_representations=moved_shared,
+                           fit_labels=train_attributes[attacker_rows].reset_index(drop=True),
+                           n_bootstrap=n_bootstrap, n_permutations=0, random_state=split)
+    worst = worst_cases(result)
+    return {name: {"calibration_rows": int((draw < float(name)).sum()) if name != "unconcealed" else 0,
+                   "attacker_rows": int(attacker_rows.sum()), "worst_case": worst[name]} for name in moved_test}
+
+
+def summary(results: list[dict]) -> dict:
+    """Per setting: each attribute's worst-case leakage and each target's kept share, averaged over runs, and the
+    average of each run's worst attribute and lowest kept share."""
+    out: dict = {}
+    for setting in dict.fromkeys(name for run in results for name in run["settings"]):
+        runs = [run["settings"][setting] for run in results if setting in run["settings"]]
+        row = {"runs": len(runs), "calibration_rows": float(np.mean([r["calibration_rows"] for r in runs]))}
+        for attribute in runs[0]["worst_case"]:
+            row[attribute] = round(float(np.mean([r["worst_case"][attribute]["leakage"] for r in runs])), 3)
+        row["worst"] = round(float(np.mean([max(v["leakage"] for v in r["worst_case"].values()) for r in runs])), 3)
+        if "kept_share" in runs[0]:
+            for target in runs[0]["kept_share"]:
+                row[f"kept_{target}"] = round(float(np.mean([r["kept_share"][target] for r in runs])), 3)
+            row["lowest_kept"] = round(float(np.mean([min(r["kept_share"].values()) for r in runs])), 3)
+        out[setting] = row
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=("demo", "utkface"), default="demo")
+    parser.add_argument("--seeds", default="0,1,2", help="demo: encoder seeds; utkface: the cached encoder's seed")
+    parser.add_argument("--splits", default="0,1", help="random draws of the calibration rows")
+    parser.add_argument("--samples", type=int, default=3000, help="bafo run's --synthetic-samples")
+    parser.add_argument("--extra", type=int, default=10000, help="demo: further synthetic faces encoded")
+    parser.add_argument("--settings", default="half,extra-1274,extra-2500,extra-5000,extra-10000,"
+                        + ",".join(f"half+{name}" for name in VARIANTS))
+    parser.add_argument("--fractions", default="0.1,0.3,0.5,0.7", help="utkface: calibration shares")
+    parser.add_argument("--utkface", default="../shared/data/utkface/UTKFace")
+    parser.add_argument("--models", default="/work/cache/models/trained_concealment",
+                        help="--data utkface: trained_concealment's model cache holding the 'none' encoder")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of each interval")
+    parser.add_argument("--cache", type=Path, help="demo: keep the encoders' latents here between runs")
+    parser.add_argument("--commit", help="the package version measured (recorded in the JSON)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", module="bafo_pipeline")  # the audit's small-class notes, once per run
+    results, started = [], time.perf_counter()
+    for seed in map(int, args.seeds.split(",")):
+        if args.data == "demo":
+            data = demo_latents(seed, args.samples, args.extra, args.cache)
+        else:
+            from in_sample_attack import utkface_latents
+
+            latents, attributes, is_train = utkface_latents(seed, args.utkface, args.models)
+        for split in map(int, args.splits.split(",")):
+            run_started = time.perf_counter()
+            settings = (demo_run(data, args.settings.split(","), split, seed, args.bootstrap) if args.data == "demo"
+                        else utkface_run(latents, attributes, is_train, [float(f) for f in args.fractions.split(",")],
+                                         split, args.bootstrap))
+            results.append({"seed": seed, "split": split, "seconds": round(time.perf_counter() - run_started, 1),
+                            "settings": settings})
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    print(json.dumps({
+        "benchmark": "calibration_rows",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "commit": args.commit,
+        "settings": ({**RUN_DEFAULTS, "samples": args.samples, "extra": args.extra} if args.data == "demo" else
+                     {"data": "utkface", "encoder": "trained_concealment's 'none' (4 epochs)"})
+        | {"bootstrap": args.bootstrap},
+        "seconds": round(time.perf_counter() - started, 1),
+        "summary": summary(results),
+        "results": results,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

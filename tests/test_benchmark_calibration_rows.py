@@ -1,0 +1,102 @@
+"""benchmarks/calibration_rows.py: its estimator variants do what they claim, and its summary averages runs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def bench(benchmark_module):
+    with benchmark_module("calibration_rows") as module:
+        yield module
+
+
+def attributes(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"age": rng.uniform(1, 80, n), "gender": rng.integers(0, 2, n),
+                         "ethnicity": rng.integers(0, 3, n)})
+
+
+def test_transport_cells_are_gender_by_ethnicity_by_age_quartile(bench):
+    cells = bench.transport_cells(attributes(2000))
+    assert len(np.unique(cells)) == 2 * 3 * 4
+
+
+def test_subspace_transport_finds_a_planted_direction_and_none_in_noise(bench):
+    rng = np.random.default_rng(1)
+    labels = attributes(2400, seed=1)
+    noise = rng.normal(size=(2400, 12))
+    assert bench.SubspaceTransport("parallel").fit(noise, sensitive_features=labels).dims_ <= 2
+
+    planted = noise.copy()
+    planted[:, 3] += 2.0 * labels["gender"].to_numpy()
+    step = bench.SubspaceTransport("parallel").fit(planted, sensitive_features=labels)
+    assert step.dims_ >= 1
+    moved = step.transform(planted, sensitive_features=labels)
+    male = labels["gender"].to_numpy() == 1
+    gap = np.abs(moved[male].mean(axis=0) - moved[~male].mean(axis=0)).max()
+    assert gap < 0.05  # the planted gender shift (2.0) is gone
+
+    one_dim = bench.SubspaceTransport(1).fit(planted, sensitive_features=labels)
+    change = one_dim.transform(planted, sensitive_features=labels) - planted
+    # what moved lies in one direction: the change matrix has rank one
+    singular = np.linalg.svd(change, compute_uv=False)
+    assert singular[1] < 1e-8 * singular[0]
+
+
+def test_additive_covariance_model_matches_cells_it_never_pools(bench):
+    """Variance effects that multiply (gender scales column 0, ethnicity column 1) are a log-additive model:
+    the model-only variant gives every cell the pooled spread, shrinking towards the pooled covariance does not."""
+    rng = np.random.default_rng(2)
+    labels = attributes(6000, seed=2)
+    scale = np.ones((6000, 4))
+    scale[:, 0] = np.where(labels["gender"] == 1, 3.0, 1.0)
+    scale[:, 1] = np.where(labels["ethnicity"] == 2, 3.0, 1.0)
+    latents = rng.normal(size=(6000, 4)) * scale
+
+    def spread_ratio(step):
+        moved = step.fit(latents, sensitive_features=labels).transform(latents, sensitive_features=labels)
+        male, third = labels["gender"].to_numpy() == 1, labels["ethnicity"].to_numpy() == 2
+        return moved[male, 0].std() / moved[~male, 0].std(), moved[third, 1].std() / moved[~third, 1].std()
+
+    model_only = spread_ratio(bench.AdditiveCovarianceTransport(shrinkage=1e9))
+    pooled_only = spread_ratio(bench.ConditionalTransport(shrinkage=1e9))
+    assert all(abs(r - 1) < 0.05 for r in model_only)
+    assert all(r > 2 for r in pooled_only)  # shrunk fully to the pooled covariance, a cell keeps its own spread
+
+
+def test_make_step_names_the_variants(bench):
+    assert isinstance(bench.make_step("half"), bench.ConditionalTransport)
+    assert bench.make_step("half+bins2").continuous_bins == 2
+    assert isinstance(bench.make_step("half+subspace-8"), bench.SubspaceTransport)
+    with pytest.raises(SystemExit, match="unknown variant"):
+        bench.make_step("half+nope")
+
+
+def test_worst_cases_take_the_strongest_probe_and_attacker(bench):
+    from bafo_pipeline.audits import audit_leakage
+
+    rng = np.random.default_rng(3)
+    labels = attributes(600, seed=3)[["gender"]]
+    leaky = rng.normal(size=(600, 3)) + labels[["gender"]].to_numpy()
+    result = audit_leakage({"leaky": leaky[:300], "blind": rng.normal(size=(300, 3))}, labels[:300],
+                           fit_representations={"leaky": leaky[300:]}, fit_labels=labels[300:].reset_index(drop=True),
+                           probes=("prior", "linear"), n_bootstrap=20, n_permutations=0)
+    worst = bench.worst_cases(result)
+    table = result.metric("leakage")
+    leaky_rows = table[(table["representation"] == "leaky") & (table["probe"] != "prior")]
+    assert worst["leaky"]["gender"]["leakage"] == round(leaky_rows["mean"].max(), 3)
+    assert worst["leaky"]["gender"]["leakage"] > 0.3 > worst["blind"]["gender"]["leakage"]
+    assert worst["blind"]["gender"]["attacker"] == "cross-validated"  # blind had no training export
+
+
+def test_summary_averages_each_setting_over_runs(bench):
+    def run(gender, age, kept):
+        case = {"gender": {"leakage": gender}, "age": {"leakage": age}}
+        return {"settings": {"half": {"calibration_rows": 10, "worst_case": case,
+                                      "kept_share": {"smile": kept, "tilt": 1.0}}}}
+
+    summary = bench.summary([run(0.2, 0.1, 0.8), run(0.0, 0.3, 0.9)])["half"]
+    assert summary["runs"] == 2 and summary["gender"] == 0.1 and summary["age"] == 0.2
+    assert summary["worst"] == 0.25  # the mean of each run's worst attribute (0.2, 0.3), not the worst mean
+    assert summary["kept_smile"] == 0.85 and summary["lowest_kept"] == 0.85

@@ -108,6 +108,51 @@ class AdditiveCovarianceTransport(ConditionalTransport):
             self.inverse_transports_[index] = np.linalg.inv(self.transports_[index])
 
 
+def spiked_covariance(sample: np.ndarray, reference: np.ndarray, rows: int) -> np.ndarray:
+    """A cell's covariance with only its detectable spikes kept: eigenvalue shrinkage relative to ``reference``.
+
+    In coordinates whitened by ``reference``, a sample covariance of ``rows`` rows in ``d`` dimensions spreads
+    its eigenvalues over the Marchenko-Pastur bulk even when the cell equals the reference; only eigenvalues
+    beyond the bulk's edge ``(1 + sqrt(d / rows))^2`` are signal. Each is debiased to its population value and
+    shrunk by its eigenvector's expected overlap (Donoho, Gavish and Johnstone's Frobenius-optimal shrinker);
+    every other eigenvalue becomes the reference's.
+    """
+    gamma = sample.shape[0] / max(rows - 1, 1)
+    root, inverse_root = _sqrt_and_inverse(reference)
+    values, vectors = np.linalg.eigh(inverse_root @ sample @ inverse_root)
+    shrunk = np.ones_like(values)
+    for index, value in enumerate(values):
+        if value > (1 + np.sqrt(gamma)) ** 2:
+            b = value + 1 - gamma
+            spike = (b + np.sqrt(max(b * b - 4 * value, 0.0))) / 2
+            overlap = (1 - gamma / (spike - 1) ** 2) / (1 + gamma / (spike - 1))
+            shrunk[index] = 1 + (spike - 1) * max(overlap, 0.0)
+    return root @ ((vectors * shrunk) @ vectors.T) @ root
+
+
+class SpikedCovarianceTransport(ConditionalTransport):
+    """Each cell's covariance estimated by :func:`spiked_covariance` against the pooled within-cell covariance."""
+
+    def _fit_cells(self, Z: np.ndarray, cells: np.ndarray) -> None:
+        self.mean_ = Z.mean(axis=0)
+        pooled = np.atleast_2d(np.cov(Z.T))
+        self.cell_ids_ = np.unique(cells)
+        n_cells = len(self.cell_ids_)
+        position = np.searchsorted(self.cell_ids_, cells)
+        counts = np.bincount(position, minlength=n_cells)
+        cell_means = np.stack([Z[position == index].mean(axis=0) for index in range(n_cells)])
+        self.cell_means_ = self._shrunk_cell_means(Z, position, cell_means, counts)
+        residuals = Z - cell_means[position]
+        within = residuals.T @ residuals / (len(Z) - n_cells)
+        self.transports_ = np.zeros((n_cells, Z.shape[1], Z.shape[1]))
+        self.inverse_transports_ = np.zeros_like(self.transports_)
+        for index in range(n_cells):
+            rows = Z[position == index]
+            own = np.atleast_2d(np.cov(rows.T)) if len(rows) > 1 else within
+            self.transports_[index] = _gaussian_map(spiked_covariance(own, within, len(rows)), pooled)
+            self.inverse_transports_[index] = np.linalg.inv(self.transports_[index])
+
+
 def _gaussian_map(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The optimal-transport map between centred Gaussians of covariance ``source`` and ``target``."""
     root, inverse_root = _sqrt_and_inverse(source)
@@ -192,6 +237,7 @@ VARIANTS = {
     "additive-cov10": lambda: AdditiveCovarianceTransport(),
     "additive-cov40": lambda: AdditiveCovarianceTransport(shrinkage=40),
     "additive-cov-only": lambda: AdditiveCovarianceTransport(shrinkage=1e9),
+    "spiked-cov": lambda: SpikedCovarianceTransport(),
 }
 
 

@@ -65,6 +65,20 @@ def test_additive_covariance_model_matches_cells_it_never_pools(bench):
     assert all(r > 2 for r in pooled_only)  # shrunk fully to the pooled covariance, a cell keeps its own spread
 
 
+def test_spiked_covariance_keeps_a_planted_spike_and_drops_the_noise_bulk(bench):
+    rng = np.random.default_rng(4)
+    d, rows = 20, 40  # fewer rows than twice the dimensions: the sample eigenvalues spread from ~0 to ~4
+    truth = np.eye(d)
+    truth[0, 0] = 9.0
+    sample = np.cov((rng.normal(size=(rows, d)) * np.sqrt(np.diag(truth))).T)
+    estimate = bench.spiked_covariance(sample, np.eye(d), rows)
+    values = np.sort(np.linalg.eigvalsh(estimate))
+    assert 5 < values[-1] < 13  # the spike, debiased (its sample value is inflated by the bulk)
+    np.testing.assert_allclose(values[:-1], 1.0, atol=1e-9)  # every other direction: the reference's
+    sample_values = np.sort(np.linalg.eigvalsh(sample))
+    assert sample_values[0] < 0.5 and sample_values[-2] > 1.8  # what it shrank away
+
+
 def test_make_step_names_the_variants(bench):
     assert isinstance(bench.make_step("half"), bench.ConditionalTransport)
     assert bench.make_step("half+bins2").continuous_bins == 2

@@ -23,12 +23,14 @@ intervals; and the share of the unconcealed latents' score each non-sensitive at
 (best probe, held-out rows).
 
 ``--data utkface``: the transport fitted on a share of the UTKFace training split (``--fractions``;
-the unconcealed encoder that ``benchmarks/trained_concealment.py`` caches), the attacker fitted on
-the same training rows at every share (those outside the largest one), the leakage only (the
-utility targets need the landmark file). Prints JSON::
+the unconcealed encoder that ``benchmarks/trained_concealment.py`` caches), the data-rich attacker
+fitted on the same training rows at every share (``--attacker fixed``: those outside the largest
+share) or on every training row outside the share (``shared``: what ``bafo run`` would share); the
+leakage only (the utility targets need the landmark file). Prints JSON::
 
     python benchmarks/calibration_rows.py --seeds 0,1,2 --splits 0,1 --cache CACHE
     python benchmarks/calibration_rows.py --data utkface --fractions 0.1,0.3,0.5,0.7 --splits 0,1
+    python benchmarks/calibration_rows.py --data utkface --attacker shared --cache CACHE
 """
 
 from __future__ import annotations
@@ -272,6 +274,23 @@ def demo_latents(seed: int, samples: int, extra: int, cache: Path | None) -> dic
             for name, part in parts.items()}
 
 
+def utkface_data(seed: int, utkface: str, models: str, cache: Path | None) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
+    """:func:`in_sample_attack.utkface_latents` (latents, attributes, which rows are training rows), kept in ``cache``."""
+    latents_path = cache / f"calibration_rows_utkface_seed{seed}.npz" if cache else None
+    attributes_path = latents_path.with_suffix(".parquet") if latents_path else None
+    if latents_path is not None and latents_path.exists() and attributes_path.exists():
+        saved = np.load(latents_path)
+        return saved["latents"], pd.read_parquet(attributes_path), saved["is_train"]
+    from in_sample_attack import utkface_latents
+
+    latents, attributes, is_train = utkface_latents(seed, utkface, models)
+    if latents_path is not None:
+        latents_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(latents_path, latents=latents, is_train=is_train)
+        attributes.to_parquet(attributes_path)
+    return latents, attributes, is_train
+
+
 # ---------------------------------------------------------------- scoring
 def worst_cases(result) -> dict:
     """Per representation and attribute: the largest chance-adjusted score over probes and attackers, with its
@@ -320,28 +339,37 @@ def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap
 
 
 def utkface_run(latents: np.ndarray, attributes: pd.DataFrame, is_train: np.ndarray, fractions: list[float],
-                split: int, n_bootstrap: int) -> dict:
-    """The transport fitted on each share of the UTKFace training split; one attacker for every share."""
+                split: int, n_bootstrap: int, attacker: str) -> dict:
+    """The transport fitted on each share of the UTKFace training split.
+
+    ``attacker="fixed"``: the data-rich probes are fitted on the same training rows at every share (those outside
+    the largest), so only the maps change; ``"shared"``: on every training row outside the share (what ``bafo
+    run`` shares), so a larger share also leaves the attacker fewer rows. The unconcealed latents are audited
+    beside them, with the fixed attacker's rows (``"fixed"``) or every training row (``"shared"``).
+    """
     train, test = latents[is_train], latents[~is_train]
     train_attributes = attributes[is_train].reset_index(drop=True)[SENSITIVE]
     test_attributes = attributes[~is_train].reset_index(drop=True)[SENSITIVE]
     draw = np.random.default_rng(split).random(len(train))
-    attacker_rows = draw >= max(fractions)
-    moved_test, moved_shared = {}, {}
-    for fraction in fractions:
-        calibration = draw < fraction
-        step = ConditionalTransport().fit(train[calibration], sensitive_features=train_attributes[calibration]
-                                          .reset_index(drop=True))
-        moved_test[f"{fraction:g}"] = step.transform(test, sensitive_features=test_attributes)
-        moved_shared[f"{fraction:g}"] = step.transform(
-            train[attacker_rows], sensitive_features=train_attributes[attacker_rows].reset_index(drop=True))
-    moved_test["unconcealed"], moved_shared["unconcealed"] = test, train[attacker_rows]
-    result = audit_leakage(moved_test, test_attributes, fit_representations=moved_shared,
-                           fit_labels=train_attributes[attacker_rows].reset_index(drop=True),
-                           n_bootstrap=n_bootstrap, n_permutations=0, random_state=split)
-    worst = worst_cases(result)
-    return {name: {"calibration_rows": int((draw < float(name)).sum()) if name != "unconcealed" else 0,
-                   "attacker_rows": int(attacker_rows.sum()), "worst_case": worst[name]} for name in moved_test}
+    fixed_rows = draw >= max(fractions)
+    out = {}
+    for name, fraction in [(f"{f:g}", f) for f in fractions] + [("unconcealed", None)]:
+        if fraction is None:
+            rows = fixed_rows if attacker == "fixed" else np.ones(len(train), bool)
+            moved_test, moved_rows = test, train[rows]
+        else:
+            calibration = draw < fraction
+            rows = fixed_rows if attacker == "fixed" else ~calibration
+            step = ConditionalTransport().fit(train[calibration],
+                                              sensitive_features=train_attributes[calibration].reset_index(drop=True))
+            moved_test = step.transform(test, sensitive_features=test_attributes)
+            moved_rows = step.transform(train[rows], sensitive_features=train_attributes[rows].reset_index(drop=True))
+        result = audit_leakage({name: moved_test}, test_attributes, fit_representations={name: moved_rows},
+                               fit_labels=train_attributes[rows].reset_index(drop=True), n_bootstrap=n_bootstrap,
+                               n_permutations=0, random_state=split)
+        out[name] = {"calibration_rows": int((draw < fraction).sum()) if fraction is not None else 0,
+                     "attacker_rows": int(rows.sum()), "worst_case": worst_cases(result)[name]}
+    return out
 
 
 def summary(results: list[dict]) -> dict:
@@ -372,11 +400,13 @@ def main() -> None:
     parser.add_argument("--settings", default="half,extra-1274,extra-2500,extra-5000,extra-10000,"
                         + ",".join(f"half+{name}" for name in VARIANTS))
     parser.add_argument("--fractions", default="0.1,0.3,0.5,0.7", help="utkface: calibration shares")
+    parser.add_argument("--attacker", choices=("fixed", "shared"), default="fixed",
+                        help="utkface: the data-rich probes' rows, the same at every share or every shared row")
     parser.add_argument("--utkface", default="../shared/data/utkface/UTKFace")
     parser.add_argument("--models", default="/work/cache/models/trained_concealment",
                         help="--data utkface: trained_concealment's model cache holding the 'none' encoder")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of each interval")
-    parser.add_argument("--cache", type=Path, help="demo: keep the encoders' latents here between runs")
+    parser.add_argument("--cache", type=Path, help="keep the encoders' latents here between runs")
     parser.add_argument("--commit", help="the package version measured (recorded in the JSON)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", module="bafo_pipeline")  # the audit's small-class notes, once per run
@@ -385,14 +415,12 @@ def main() -> None:
         if args.data == "demo":
             data = demo_latents(seed, args.samples, args.extra, args.cache)
         else:
-            from in_sample_attack import utkface_latents
-
-            latents, attributes, is_train = utkface_latents(seed, args.utkface, args.models)
+            latents, attributes, is_train = utkface_data(seed, args.utkface, args.models, args.cache)
         for split in map(int, args.splits.split(",")):
             run_started = time.perf_counter()
             settings = (demo_run(data, args.settings.split(","), split, seed, args.bootstrap) if args.data == "demo"
                         else utkface_run(latents, attributes, is_train, [float(f) for f in args.fractions.split(",")],
-                                         split, args.bootstrap))
+                                         split, args.bootstrap, args.attacker))
             results.append({"seed": seed, "split": split, "seconds": round(time.perf_counter() - run_started, 1),
                             "settings": settings})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
@@ -402,7 +430,8 @@ def main() -> None:
         "machine": machine(),
         "commit": args.commit,
         "settings": ({**RUN_DEFAULTS, "samples": args.samples, "extra": args.extra} if args.data == "demo" else
-                     {"data": "utkface", "encoder": "trained_concealment's 'none' (4 epochs)"})
+                     {"data": "utkface", "encoder": "trained_concealment's 'none' (4 epochs)",
+                      "attacker": args.attacker})
         | {"bootstrap": args.bootstrap},
         "seconds": round(time.perf_counter() - started, 1),
         "summary": summary(results),

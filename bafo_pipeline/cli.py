@@ -668,7 +668,7 @@ def verify(path, max_leakage, bound):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
-@click.option("--calibration-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.5,
+@click.option("--calibration-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.7,
               show_default=True,
               help="Share of the training split the concealment is fitted on and that is NOT shared, so that no "
                    "shared row was moved by statistics fitted on it (0: fit on the whole training split and share "

@@ -70,13 +70,8 @@ def _spd_exp(matrix: np.ndarray) -> np.ndarray:
     return (vectors * np.exp(values)) @ vectors.T
 
 
-class AdditiveCovarianceTransport(ConditionalTransport):
-    """Each cell's covariance shrunk towards a log-additive model of its classes, not towards the pooled one.
-
-    The model: ``log S_c = log W + sum_a (log S_a,k - log W)``, with ``W`` the pooled within-cell covariance and
-    ``S_a,k`` the within-cell covariance of every row of class ``k`` of attribute ``a`` (age: its bin), each
-    estimated on many more rows than one cell has.
-    """
+class CellCovarianceTransport(ConditionalTransport):
+    """The library's transport with each cell's covariance from :meth:`cell_covariance` (the variants below)."""
 
     def _fit_cells(self, Z: np.ndarray, cells: np.ndarray) -> None:
         self.mean_ = Z.mean(axis=0)
@@ -84,30 +79,53 @@ class AdditiveCovarianceTransport(ConditionalTransport):
         self.cell_ids_ = np.unique(cells)
         n_cells = len(self.cell_ids_)
         position = np.searchsorted(self.cell_ids_, cells)
-        counts = np.bincount(position, minlength=n_cells)
+        self.cell_counts_ = np.bincount(position, minlength=n_cells)
         cell_means = np.stack([Z[position == index].mean(axis=0) for index in range(n_cells)])
-        self.cell_means_ = self._shrunk_cell_means(Z, position, cell_means, counts)
-        residuals = Z - cell_means[position]
-        log_within = _spd_log(residuals.T @ residuals / (len(Z) - n_cells))
-        cell_codes = self._cell_codes(self.cell_ids_)
-        row_codes = cell_codes[position]
-        effects = []
+        self.cell_means_ = self._shrunk_cell_means(Z, position, cell_means, self.cell_counts_)
+        self.prepare(Z - cell_means[position], position)
+        self.transports_ = np.zeros((n_cells, Z.shape[1], Z.shape[1]))
+        self.inverse_transports_ = np.zeros_like(self.transports_)
+        for index in range(n_cells):
+            rows = Z[position == index]
+            own = np.atleast_2d(np.cov(rows.T)) if len(rows) > 1 else None
+            self.transports_[index] = _gaussian_map(self.cell_covariance(index, own, len(rows)), pooled)
+            self.inverse_transports_[index] = np.linalg.inv(self.transports_[index])
+
+    def prepare(self, residuals: np.ndarray, position: np.ndarray) -> None:
+        """Whatever :meth:`cell_covariance` needs from every row's deviation from its cell mean."""
+
+    def cell_covariance(self, index: int, own: np.ndarray | None, rows: int) -> np.ndarray:
+        """The covariance cell ``index`` is moved from, given its sample covariance (None for one row)."""
+        raise NotImplementedError
+
+
+class AdditiveCovarianceTransport(CellCovarianceTransport):
+    """Each cell's covariance shrunk towards a log-additive model of its classes, not towards the pooled one.
+
+    The model: ``log S_c = log W + sum_a (log S_a,k - log W)``, with ``W`` the pooled within-cell covariance and
+    ``S_a,k`` the within-cell covariance of every row of class ``k`` of attribute ``a`` (age: its bin), each
+    estimated on many more rows than one cell has.
+    """
+
+    def prepare(self, residuals: np.ndarray, position: np.ndarray) -> None:
+        log_within = _spd_log(residuals.T @ residuals / (len(residuals) - len(self.cell_ids_)))
+        self.cell_codes_ = self._cell_codes(self.cell_ids_)
+        row_codes = self.cell_codes_[position]
+        self.effects_ = []
         for j in range(row_codes.shape[1]):
             per_class = {}
             for code in np.unique(row_codes[:, j]):
                 rows = row_codes[:, j] == code
                 scatter = residuals[rows].T @ residuals[rows] / max(rows.sum() - len(np.unique(position[rows])), 1)
                 per_class[code] = _spd_log(scatter) - log_within
-            effects.append(per_class)
-        self.transports_ = np.zeros((n_cells, Z.shape[1], Z.shape[1]))
-        self.inverse_transports_ = np.zeros_like(self.transports_)
-        for index in range(n_cells):
-            rows = Z[position == index]
-            model = _spd_exp(log_within + sum(effects[j][code] for j, code in enumerate(cell_codes[index])))
-            own = np.atleast_2d(np.cov(rows.T)) if len(rows) > 1 else model
-            covariance = (len(rows) * own + self.shrinkage * model) / (len(rows) + self.shrinkage)
-            self.transports_[index] = _gaussian_map(covariance, pooled)
-            self.inverse_transports_[index] = np.linalg.inv(self.transports_[index])
+            self.effects_.append(per_class)
+        self.log_within_ = log_within
+
+    def cell_covariance(self, index: int, own: np.ndarray | None, rows: int) -> np.ndarray:
+        codes = self.cell_codes_[index]
+        model = _spd_exp(self.log_within_ + sum(self.effects_[j][code] for j, code in enumerate(codes)))
+        own = model if own is None else own
+        return (rows * own + self.shrinkage * model) / (rows + self.shrinkage)
 
 
 def spiked_covariance(sample: np.ndarray, reference: np.ndarray, rows: int) -> np.ndarray:
@@ -132,27 +150,14 @@ def spiked_covariance(sample: np.ndarray, reference: np.ndarray, rows: int) -> n
     return root @ ((vectors * shrunk) @ vectors.T) @ root
 
 
-class SpikedCovarianceTransport(ConditionalTransport):
+class SpikedCovarianceTransport(CellCovarianceTransport):
     """Each cell's covariance estimated by :func:`spiked_covariance` against the pooled within-cell covariance."""
 
-    def _fit_cells(self, Z: np.ndarray, cells: np.ndarray) -> None:
-        self.mean_ = Z.mean(axis=0)
-        pooled = np.atleast_2d(np.cov(Z.T))
-        self.cell_ids_ = np.unique(cells)
-        n_cells = len(self.cell_ids_)
-        position = np.searchsorted(self.cell_ids_, cells)
-        counts = np.bincount(position, minlength=n_cells)
-        cell_means = np.stack([Z[position == index].mean(axis=0) for index in range(n_cells)])
-        self.cell_means_ = self._shrunk_cell_means(Z, position, cell_means, counts)
-        residuals = Z - cell_means[position]
-        within = residuals.T @ residuals / (len(Z) - n_cells)
-        self.transports_ = np.zeros((n_cells, Z.shape[1], Z.shape[1]))
-        self.inverse_transports_ = np.zeros_like(self.transports_)
-        for index in range(n_cells):
-            rows = Z[position == index]
-            own = np.atleast_2d(np.cov(rows.T)) if len(rows) > 1 else within
-            self.transports_[index] = _gaussian_map(spiked_covariance(own, within, len(rows)), pooled)
-            self.inverse_transports_[index] = np.linalg.inv(self.transports_[index])
+    def prepare(self, residuals: np.ndarray, position: np.ndarray) -> None:
+        self.within_ = residuals.T @ residuals / (len(residuals) - len(self.cell_ids_))
+
+    def cell_covariance(self, index: int, own: np.ndarray | None, rows: int) -> np.ndarray:
+        return spiked_covariance(self.within_ if own is None else own, self.within_, rows)
 
 
 def _gaussian_map(source: np.ndarray, target: np.ndarray) -> np.ndarray:

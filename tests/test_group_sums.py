@@ -39,6 +39,15 @@ def test_a_class_none_of_the_known_rows_has_is_never_guessed(noise):
     assert scores.shape == (int((~known).sum()), 4) and np.isneginf(scores[:, 3]).all()
 
 
+def test_latents_without_variance_give_the_attack_nothing_to_read(noise):
+    """A concealment that erased every direction leaves constant rows: every class scores the same (no NaN)."""
+    _, y = noise
+    constant = np.full((len(y), 4), 0.3)
+    read = group_sum_attack(constant, y, 4)
+    np.testing.assert_allclose(read["P"], 0.25)
+    assert np.isfinite(group_sum_scores(constant, y, 4, y != 3)[:, :3]).all()
+
+
 def test_the_permutation_test_holds_its_level_and_finds_the_fitted_means(noise):
     rng = np.random.default_rng(2)
     p_values = np.array([

@@ -140,7 +140,9 @@ def _scores(whitened: np.ndarray, classes: np.ndarray, n_classes: int, known: np
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     directions = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
     scores = whitened[~known] @ directions.T
-    scores[:, norms[:, 0] == 0] = -np.inf
+    # A class without known rows cannot be guessed. (A zero sum of known rows is no such class: latents
+    # without variance leave every sum zero, and then every class scores 0: nothing to read.)
+    scores[:, np.bincount(classes[known], minlength=n_classes) == 0] = -np.inf
     return scores
 
 

@@ -12,6 +12,12 @@ channels' decision, the overall verdict, and the wall time.
     python benchmarks/demo_concealments.py --concealments transport --transport-means shrunk-cells
     python benchmarks/demo_concealments.py --concealments transport --transport-shrinkage 5
     python benchmarks/demo_concealments.py --concealments transport --calibration-fraction 0
+    python benchmarks/demo_concealments.py --concealments transport --utkface DIR --landmarks-cache FILE
+
+``--utkface DIR`` runs the same on a UTKFace folder, as ``bafo run --utkface DIR`` does: no downstream
+target, and the utility targets are the landmark measures of the held-out faces (head pose, mouth and
+eyes, with the part the sensitive attributes explain also audited as residuals; needs the landmarks
+extra, and ``--landmarks-cache`` keeps the landmarks between runs).
 
 (a run with a non-default ``--refine-kl-weight`` is named e.g. ``transport-refined@kl0.1``, one with
 other ``--transport-means`` than ``own`` e.g. ``transport@shrunk-cells``, one with another
@@ -29,12 +35,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 from _transport_means import OWN_MEANS, SHRUNK_CELL_MEANS, SHRUNK_MEANS  # noqa: E402
 
 from bafo_pipeline.audits.verdict import is_significant  # noqa: E402
-from bafo_pipeline.data import make_synthetic_faces  # noqa: E402
+from bafo_pipeline.data import load_source, make_synthetic_faces  # noqa: E402
 from bafo_pipeline.pipeline import run_workflow  # noqa: E402
 from bafo_pipeline.pipeline.workflow import CALIBRATION_FRACTION  # noqa: E402
 from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport  # noqa: E402
@@ -63,15 +71,29 @@ def make_estimator(concealment: str, seed: int, refine_kl_weight: float = DEFAUL
     return estimator.set_params(concealment=steps, refine_kl_weight=DEFAULT_KL_WEIGHT)
 
 
+def landmark_targets(cache: str | None):
+    """``bafo run``'s utility targets of real faces: the landmark measures of each held-out split."""
+    from bafo_pipeline.data.landmarks import LANDMARK_TARGETS, dataset_landmarks
+
+    def measure(split):
+        return dataset_landmarks(split, cache=cache)[list(LANDMARK_TARGETS)]
+
+    return measure
+
+
 def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
             transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE,
-            calibration_fraction: float = CALIBRATION_FRACTION) -> dict:
-    faces = make_synthetic_faces(samples, 56, random_state=seed)
+            calibration_fraction: float = CALIBRATION_FRACTION, utkface: str | None = None,
+            landmarks_cache: str | None = None) -> dict:
+    if utkface is None:
+        faces, options = make_synthetic_faces(samples, 56, random_state=seed), {"target": "smile"}
+    else:
+        faces = load_source(utkface=utkface, seed=seed)
+        options = {"utility_targets": landmark_targets(landmarks_cache), "residual": True}
     estimator = make_estimator(concealment, seed, refine_kl_weight, transport_means, transport_shrinkage)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        result = run_workflow(faces, out, estimator, seed=seed, target="smile",
-                              calibration_fraction=calibration_fraction)
+        result = run_workflow(faces, out, estimator, seed=seed, calibration_fraction=calibration_fraction, **options)
         seconds = time.perf_counter() - started
     report = result.report
     worst = report.worst_case()
@@ -81,6 +103,9 @@ def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float =
     return {
         "seconds": round(seconds, 1),
         "calibration_images": result.n_calibration,
+        "rows_per_cell": None if result.rows_per_cell is None else {
+            "fewest": int(result.rows_per_cell.min()), "median": float(np.median(result.rows_per_cell)),
+            "cells": len(result.rows_per_cell)},
         "shared_latents_worst_case": {
             r["attribute"]: {
                 "leakage": round(float(r["leakage"]), 3), "ci": [round(float(r["ci_low"]), 3), round(float(r["ci_high"]), 3)],
@@ -111,6 +136,8 @@ def main() -> None:
                         help="the transport step's covariance shrinkage (pseudo-rows)")
     parser.add_argument("--calibration-fraction", type=float, default=CALIBRATION_FRACTION,
                         help="share of the training split the concealment is fitted on and that is not shared")
+    parser.add_argument("--utkface", help="a UTKFace folder instead of the demo's synthetic faces")
+    parser.add_argument("--landmarks-cache", help="--utkface: Parquet cache of the held-out faces' landmarks")
     args = parser.parse_args()
     runs = {}
     for concealment in args.concealments.split(","):
@@ -124,14 +151,15 @@ def main() -> None:
         if args.calibration_fraction != CALIBRATION_FRACTION:
             name += f"@calibration{args.calibration_fraction:g}"
         runs[name] = one_run(concealment, args.seed, args.samples, args.refine_kl_weight, args.transport_means,
-                             args.transport_shrinkage, args.calibration_fraction)
+                             args.transport_shrinkage, args.calibration_fraction, args.utkface, args.landmarks_cache)
         print(name, json.dumps(runs[name]), file=sys.stderr, flush=True)
     print(json.dumps({
         "benchmark": "demo_concealments",
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
         "commit": args.commit,
-        "settings": {**RUN_DEFAULTS, "samples": args.samples, "seed": args.seed,
+        "settings": {**RUN_DEFAULTS, "data": "utkface" if args.utkface else "synthetic",
+                     "samples": None if args.utkface else args.samples, "seed": args.seed,
                      "refine_kl_weight": args.refine_kl_weight, "transport_means": args.transport_means,
                      "transport_shrinkage": args.transport_shrinkage,
                      "calibration_fraction": args.calibration_fraction},

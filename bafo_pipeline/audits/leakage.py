@@ -20,14 +20,13 @@ from .inputs import Attribute, align_by_id, check_representations, encode_like, 
 from .permutation import per_fold_test, refit_linear_test
 from .probes import KNOWN_PROBES, PROBES, make_probe
 from .resampling import bca_interval, bootstrap_weights, chunks, jackknife_weights, snap_zero
-from .result import SCHEMA_VERSION, TABLE_COLUMNS, AuditResult
+from .result import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE, SCHEMA_VERSION, TABLE_COLUMNS, AuditResult
 
 __all__ = ["ATTACKERS", "audit_leakage", "CATEGORICAL_METRICS", "CONTINUOUS_METRICS"]
 
 #: The attackers: probes cross-validated on the audited rows; probes fitted on a labelled training
 #: export and scored on the audited (held-out) rows; and the group-sum attack on the training export's
 #: own rows, each fold with the labels of the others (:mod:`.group_sums`).
-CROSS_VALIDATED, DATA_RICH, IN_SAMPLE = "cross-validated", "data-rich", "in-sample"
 ATTACKERS = (CROSS_VALIDATED, DATA_RICH, IN_SAMPLE)
 #: The in-sample attacker's "probe".
 GROUP_SUMS = "group_sums"

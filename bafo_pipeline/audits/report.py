@@ -21,7 +21,7 @@ from .fairness import GROUP_METRICS, FairnessResult
 from .overall import OverallVerdict
 from .probes import PROBE_DESCRIPTIONS
 from .resampling import ZERO_TOLERANCE
-from .result import SCHEMA_VERSION, SIDE_CHANNEL_ALPHA, AuditResult
+from .result import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE, SCHEMA_VERSION, SIDE_CHANNEL_ALPHA, AuditResult
 from .utility import UtilityResult
 
 __all__ = ["REPORT_FILES", "report_dict", "write_report", "plot_leakage", "plot_fairness"]
@@ -189,7 +189,7 @@ def _side_channel_names(result: AuditResult) -> set[str]:
 
 def _probe_label(probe: str, attacker: str) -> str:
     """A probe's name, marked when it is the data-rich attacker's."""
-    return probe if attacker == "cross-validated" else f"{probe} ({attacker})"
+    return probe if attacker == CROSS_VALIDATED else f"{probe} ({attacker})"
 
 
 def _detail_tables(result: AuditResult) -> str:
@@ -372,7 +372,7 @@ def _html(
     level = round(100 * cfg.get("confidence", 0.95))
     worst = result.worst_case()
     worst = worst[~worst["representation"].isin(_side_channel_names(result))]
-    data_rich = "data-rich" in result.attackers
+    data_rich = DATA_RICH in result.attackers
     verdict_rows = [
         [
             r.representation,
@@ -387,7 +387,7 @@ def _html(
     ]
     verdict_header = [
         "representation", "attribute", "best probe", "leakage [CI]",
-        *(["cross-validated", "data-rich", "in-sample"] if data_rich else []), "p", "verdict",
+        *([CROSS_VALIDATED, DATA_RICH, IN_SAMPLE] if data_rich else []), "p", "verdict",
     ]
     attackers_text = (
         " A second, <b>data-rich</b> attacker fits each probe on a labelled training export and scores it on "

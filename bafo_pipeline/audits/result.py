@@ -18,7 +18,8 @@ __all__ = ["SCHEMA_VERSION", "SIDE_CHANNEL_ALPHA", "TABLE_COLUMNS", "AuditResult
 SCHEMA_VERSION = 2
 #: Schema versions :meth:`AuditResult.from_dict` reads (1: before the data-rich attacker).
 READABLE_VERSIONS = (1, 2)
-CROSS_VALIDATED = "cross-validated"
+#: The attackers an audit tells apart (column ``attacker``; see :func:`~.leakage.audit_leakage`).
+CROSS_VALIDATED, DATA_RICH, IN_SAMPLE = "cross-validated", "data-rich", "in-sample"
 SIDE_CHANNEL = "side channel"
 #: Family-wise significance level at which a side channel leaks. Stricter than the embeddings' 0.05:
 #: a file's ids or row order either follow the labels (rows sorted by a label give adjacency
@@ -170,8 +171,8 @@ class AuditResult:
                     "linear": linear.max() if len(linear) else np.nan,
                     "nonlinear": nonlinear.max() if len(nonlinear) else np.nan,
                     "cross_validated": by_attacker.get(CROSS_VALIDATED, np.nan),
-                    "data_rich": by_attacker.get("data-rich", np.nan),
-                    "in_sample": by_attacker.get("in-sample", np.nan),
+                    "data_rich": by_attacker.get(DATA_RICH, np.nan),
+                    "in_sample": by_attacker.get(IN_SAMPLE, np.nan),
                 }
             )
         frame = pd.DataFrame(out)

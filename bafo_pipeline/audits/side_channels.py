@@ -46,6 +46,7 @@ from scipy import stats
 from .._utils.progress import ContinuedProgress
 from ..attributes import quantile_bin_edges
 from .inputs import Attribute
+from .result import CROSS_VALIDATED
 
 __all__ = [
     "SIDE_CHANNEL_PROBES",
@@ -356,7 +357,7 @@ def audit_side_channels(
                         "attribute": attribute.name,
                         "kind": attribute.kind,
                         "probe": "adjacency",
-                        "attacker": "cross-validated",
+                        "attacker": CROSS_VALIDATED,
                         **row,
                         "n": len(attribute.rows),
                     }

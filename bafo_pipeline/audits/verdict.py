@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SEVERITY", "is_significant", "severity", "side_channel_verdict", "verdict"]
+from .result import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
+
+__all__ = ["SEVERITY", "depends_without_gain", "is_significant", "severity", "side_channel_verdict", "verdict"]
 
 # Upper bounds of chance-adjusted leakage for each word.
 SEVERITY = ((0.05, "slight"), (0.2, "weak"), (0.5, "moderate"), (float("inf"), "strong"))
@@ -22,8 +24,8 @@ PROBE_NAMES = {
 }
 # How each attacker other than the cross-validated one came by its guess.
 ATTACKER_PHRASES = {
-    "data-rich": " trained on the labelled training export",
-    "in-sample": " on the training export, each tenth of its rows given the other nine tenths' labels",
+    DATA_RICH: " trained on the labelled training export",
+    IN_SAMPLE: " on the training export, each tenth of its rows given the other nine tenths' labels",
 }
 
 
@@ -43,18 +45,30 @@ def severity(leakage: float) -> str:
 def is_significant(row: Mapping[str, Any], *, alpha: float = 0.05) -> bool:
     """Whether a worst-case row shows leakage: an attack probe beats chance significantly.
 
-    Significant means a permutation p-value below ``alpha``, or, where no p-value was
-    computed, an interval whose lower end is above 0.
+    Significant means the probe scores above chance (chance-adjusted leakage above 0)
+    and either its permutation p-value is below ``alpha`` or, where no p-value was
+    computed, its interval's lower end is above 0.
+
+    The permutation test's null is independence, so it can reject for a probe that
+    scores *below* chance: a probe refitted on shuffled labels over-fits and scores
+    lower still. Such a row shows the representation is not independent of the
+    attribute (:func:`depends_without_gain`), not that this attack reads it.
     """
     p, lo = row["p_value"], row["ci_low"]
-    if row["probe"] == "prior":
+    if row["probe"] == "prior" or not row["leakage"] > 0:
         return False
     return bool((not np.isnan(p) and p < alpha) or (np.isnan(p) and not np.isnan(lo) and lo > 0))
 
 
+def depends_without_gain(row: Mapping[str, Any], *, alpha: float = 0.05) -> bool:
+    """Whether the permutation test rejects independence although no probe beats chance."""
+    p = row["p_value"]
+    return bool(row["probe"] != "prior" and not row["leakage"] > 0 and not np.isnan(p) and p < alpha)
+
+
 def _natural_units(result, row: dict[str, Any]) -> str:
     rep, attr, probe = row["representation"], row["attribute"], row["probe"]
-    attacker = row.get("attacker", "cross-validated")
+    attacker = row.get("attacker", CROSS_VALIDATED)
     if row["kind"] == "categorical":
         bacc = result.value(rep, attr, probe, "balanced_accuracy", attacker)["mean"]
         k = len(result.attributes.get(attr, {}).get("classes", [])) or 2
@@ -87,6 +101,11 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
             f"No significant leakage of {attr}: the best probe ({row['probe']}) scores {_num(leak)}{ci} "
             f"chance-adjusted{p_text}."
         )
+        if depends_without_gain(row, alpha=alpha):
+            text += (
+                f" The permutation test still rejects independence (p < {alpha:g}): the latents are not"
+                " independent of it, though no probe here turns that into better-than-chance guesses."
+            )
         if not np.isnan(hi) and hi >= 0.05:
             return (
                 text
@@ -99,7 +118,7 @@ def verdict(result, row: dict[str, Any], *, alpha: float = 0.05) -> str:
         f"{severity(leak).capitalize()} leakage of {attr}: {PROBE_NAMES.get(row['probe'], row['probe'])}{trained} "
         f"recovers it ({units}; chance-adjusted {_num(leak)}{ci}{p_text})."
     )
-    if row.get("attacker") == "in-sample":
+    if row.get("attacker") == IN_SAMPLE:
         return text + (
             " The concealment was fitted on these rows, which fixed their class means; share rows it was not "
             "fitted on."

@@ -747,7 +747,7 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
 
 def _landmark_targets(cache):
     """Real faces: the landmark targets of a split (a callable for run_workflow), or None without the extra."""
-    from .data.landmarks import LANDMARK_TARGETS, dataset_landmarks, require_landmark_model
+    from .data.landmarks import require_landmark_model, split_landmark_targets
 
     try:
         require_landmark_model()
@@ -755,14 +755,10 @@ def _landmark_targets(cache):
         click.echo(f"utility not audited: real faces have no non-sensitive labels, and {error}", err=True)
         return None
 
-    def measure(split):
-        table = dataset_landmarks(split, cache=cache, verbose=True)
-        unreadable = int((table["detection"] == "unreadable").sum())
-        if unreadable:
-            click.echo(f"landmarks: {unreadable} held-out images unreadable, left out of the utility audit", err=True)
-        return table[list(LANDMARK_TARGETS)]
+    def say_unreadable(count):
+        click.echo(f"landmarks: {count} held-out images unreadable, left out of the utility audit", err=True)
 
-    return measure
+    return split_landmark_targets(cache, verbose=True, on_unreadable=say_unreadable)
 
 
 # --------------------------------------------------------------------- decode, grid

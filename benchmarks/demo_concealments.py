@@ -43,6 +43,7 @@ from _transport_means import OWN_MEANS, SHRUNK_CELL_MEANS, SHRUNK_MEANS  # noqa:
 
 from bafo_pipeline.audits.verdict import is_significant  # noqa: E402
 from bafo_pipeline.data import load_source, make_synthetic_faces  # noqa: E402
+from bafo_pipeline.data.landmarks import split_landmark_targets  # noqa: E402
 from bafo_pipeline.pipeline import run_workflow  # noqa: E402
 from bafo_pipeline.pipeline.workflow import CALIBRATION_FRACTION  # noqa: E402
 from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport  # noqa: E402
@@ -71,16 +72,6 @@ def make_estimator(concealment: str, seed: int, refine_kl_weight: float = DEFAUL
     return estimator.set_params(concealment=steps, refine_kl_weight=DEFAULT_KL_WEIGHT)
 
 
-def landmark_targets(cache: str | None):
-    """``bafo run``'s utility targets of real faces: the landmark measures of each held-out split."""
-    from bafo_pipeline.data.landmarks import LANDMARK_TARGETS, dataset_landmarks
-
-    def measure(split):
-        return dataset_landmarks(split, cache=cache)[list(LANDMARK_TARGETS)]
-
-    return measure
-
-
 def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
             transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE,
             calibration_fraction: float = CALIBRATION_FRACTION, utkface: str | None = None,
@@ -89,7 +80,7 @@ def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float =
         faces, options = make_synthetic_faces(samples, 56, random_state=seed), {"target": "smile"}
     else:
         faces = load_source(utkface=utkface, seed=seed)
-        options = {"utility_targets": landmark_targets(landmarks_cache), "residual": True}
+        options = {"utility_targets": split_landmark_targets(landmarks_cache), "residual": True}
     estimator = make_estimator(concealment, seed, refine_kl_weight, transport_means, transport_shrinkage)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()

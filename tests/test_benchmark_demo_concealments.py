@@ -31,16 +31,3 @@ def test_the_transport_shrinkage_reaches_the_step(bench):
     estimator = bench.make_estimator("transport", seed=0, transport_shrinkage=5.0)
     (transport,) = estimator.concealment_steps()
     assert transport.shrinkage == 5.0 and transport.mean_shrinkage == bench.TRANSPORT_MEANS["own"]["mean_shrinkage"]
-
-
-def test_a_utkface_run_takes_bafo_runs_landmark_targets_of_the_held_out_faces(bench):
-    import pandas as pd
-
-    from bafo_pipeline.data import make_synthetic_faces
-    from bafo_pipeline.data.landmarks import LANDMARK_TARGETS, dataset_landmarks
-
-    faces = make_synthetic_faces(3, 128, random_state=3)  # 128 px: large enough for dlib's detector
-    targets = bench.landmark_targets(None)(faces)
-    assert list(targets.columns) == list(LANDMARK_TARGETS) and len(targets) == len(faces)
-    pd.testing.assert_frame_equal(targets, dataset_landmarks(faces)[list(LANDMARK_TARGETS)])
-    assert targets.notna().any().any()  # measured, not all missing

@@ -18,6 +18,7 @@ from bafo_pipeline.data.landmarks import (
     dataset_landmarks,
     landmark_table,
     require_landmark_model,
+    split_landmark_targets,
 )
 
 
@@ -166,6 +167,23 @@ def test_unreadable_files_are_marked_or_refused(faces, tmp_path):
     # Unhashable files are never written to the cache (their key would carry nothing real).
     stored = pd.read_parquet(tmp_path / "c.parquet")
     assert len(stored) == 2 and not stored["content_hash"].str.startswith("unreadable").any()
+
+
+def test_split_targets_are_the_target_columns_and_report_unreadable_images(faces, tmp_path):
+    from dataclasses import replace
+
+    good = _write_images(faces, tmp_path, 2)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    split = replace(faces.subset([0, 1, 2]), sources=[str(p) for p in (*good, broken)])
+    counts = []
+    measure = split_landmark_targets(tmp_path / "c.parquet", on_unreadable=counts.append)
+    targets = measure(split)
+    assert list(targets.columns) == list(LANDMARK_TARGETS) and len(targets) == 3
+    pd.testing.assert_frame_equal(targets, dataset_landmarks(split)[list(LANDMARK_TARGETS)])
+    assert counts == [1] and targets.iloc[2].isna().all() and targets.iloc[:2].notna().all().all()
+    split_landmark_targets(on_unreadable=counts.append)(faces.subset([0, 1]))
+    assert counts == [1]  # nothing unreadable: no call
 
 
 def test_bad_arguments():

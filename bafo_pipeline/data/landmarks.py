@@ -37,7 +37,7 @@ import importlib.util
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ __all__ = [
     "dataset_landmarks",
     "landmark_table",
     "require_landmark_model",
+    "split_landmark_targets",
 ]
 
 LANDMARKS_EXTRA_HINT = 'pip install "bafo-pipeline[landmarks]"'
@@ -421,3 +422,38 @@ def dataset_landmarks(dataset: FaceDataset, **options: Any) -> pd.DataFrame:
     """
     sources = dataset.sources if dataset.sources is not None else list(dataset.images)
     return landmark_table(sources, content_hashes=list(dataset.content_hash), **options)
+
+
+def split_landmark_targets(
+    cache: str | os.PathLike | None = None,
+    *,
+    verbose: bool = False,
+    on_unreadable: Callable[[int], None] | None = None,
+) -> Callable[[FaceDataset], pd.DataFrame]:
+    """The utility targets of real faces, as ``run_workflow``'s ``utility_targets`` callable.
+
+    Parameters
+    ----------
+    cache : str or path-like, optional
+        The landmark cache of :func:`landmark_table`, shared by every call.
+    verbose : bool, default=False
+        Show the landmark progress bar.
+    on_unreadable : callable, optional
+        Called with the number of a split's images that could not be read (their
+        targets are NaN, so the utility audit leaves them out), when there are any.
+
+    Returns
+    -------
+    callable
+        ``measure(split) -> DataFrame`` of the :data:`LANDMARK_TARGETS` columns,
+        aligned with ``split`` row by row.
+    """
+
+    def measure(split: FaceDataset) -> pd.DataFrame:
+        table = dataset_landmarks(split, cache=cache, verbose=verbose)
+        unreadable = int((table["detection"] == "unreadable").sum())
+        if unreadable and on_unreadable is not None:
+            on_unreadable(unreadable)
+        return table[list(LANDMARK_TARGETS)]
+
+    return measure

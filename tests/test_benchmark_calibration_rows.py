@@ -44,6 +44,20 @@ def test_subspace_transport_finds_a_planted_direction_and_none_in_noise(bench):
     assert singular[1] < 1e-8 * singular[0]
 
 
+def test_principal_transport_drops_the_low_variance_directions_and_moves_the_rest(bench):
+    rng = np.random.default_rng(2)
+    labels = attributes(3000, seed=2)
+    Z = rng.normal(size=(3000, 8)) * np.array([3, 3, 3, 3, 0.05, 0.05, 0.05, 0.05])
+    Z[:, 0] += 2.0 * labels["gender"].to_numpy()
+    Z[:, 5] += 0.1 * labels["gender"].to_numpy()  # a label difference in a low-variance direction
+    step = bench.PrincipalTransport(0.99).fit(Z, sensitive_features=labels)
+    assert step.dims_ == 4
+    moved = step.transform(Z, sensitive_features=labels)
+    assert (moved[:, 4:].std(axis=0) < 0.3 * Z[:, 4:].std(axis=0)).all()  # the dropped directions stay put
+    male = labels["gender"].to_numpy() == 1
+    assert np.abs(moved[male].mean(axis=0) - moved[~male].mean(axis=0)).max() < 0.05
+
+
 def test_additive_covariance_model_matches_cells_it_never_pools(bench):
     """Variance effects that multiply (gender scales column 0, ethnicity column 1) are a log-additive model:
     the model-only variant gives every cell the pooled spread, shrinking towards the pooled covariance does not."""

@@ -233,32 +233,51 @@ class SubspaceTransport:
 
 
 class PrincipalTransport:
-    """The transport in the leading principal components (label-free, ``variance`` of the total); the
-    remaining components are set to their mean, so they carry no label and no estimation error either.
+    """The transport in the leading principal components (label-free, ``variance`` of the total), and
+    the remaining components treated by ``rest``.
+
+    ``rest=None`` sets them to their mean, so they carry no label and no estimation error either;
+    ``"block"`` transports them by a transport of their own (a block-diagonal covariance map, without
+    the blocks' cross-covariances); ``"means"`` moves only their cell means; ``"per-dim"`` transports each
+    of them on its own (cell mean and spread per direction).
 
     The encoder leaves many latent directions with almost no variance (on the demo about half of 48
     hold under 1% of it), but a probe that standardises its features reads label differences there as
     well as anywhere, and the maps' estimation error grows with the dimensions they are fitted in.
     """
 
-    def __init__(self, variance: float = 0.99):
-        self.variance = variance
+    def __init__(self, variance: float = 0.99, rest: str | None = None):
+        self.variance, self.rest = variance, rest
 
     def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> PrincipalTransport:
+        attributes = sensitive_features.reset_index(drop=True)
         self.mean_ = Z.mean(axis=0)
         values, vectors = np.linalg.eigh(np.cov((Z - self.mean_).T))
         order = np.argsort(values)[::-1]
-        values, vectors = values[order], vectors[:, order]
+        values, self.components_ = values[order], vectors[:, order]
         self.dims_ = int(np.searchsorted(np.cumsum(values) / values.sum(), self.variance) + 1)
-        self.components_ = vectors[:, : self.dims_]
-        inside = (Z - self.mean_) @ self.components_
-        self.transport_ = ConditionalTransport().fit(inside, sensitive_features=sensitive_features.reset_index(drop=True))
+        rotated = (Z - self.mean_) @ self.components_
+        self.transports_ = [ConditionalTransport().fit(rotated[:, : self.dims_], sensitive_features=attributes)]
+        self.blocks_ = [slice(0, self.dims_)]
+        rest = range(self.dims_, Z.shape[1])
+        if self.rest in ("block", "means"):
+            self.blocks_.append(slice(self.dims_, Z.shape[1]))
+        elif self.rest == "per-dim":
+            self.blocks_ += [slice(j, j + 1) for j in rest]
+        elif self.rest is not None:
+            raise ValueError(f"unknown rest {self.rest!r}")
+        shrinkage = {"means": 1e9}.get(self.rest, ConditionalTransport().shrinkage)
+        self.transports_ += [ConditionalTransport(shrinkage=shrinkage).fit(rotated[:, block], sensitive_features=attributes)
+                             for block in self.blocks_[1:]]
         return self
 
     def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
-        inside = self.transport_.transform((Z - self.mean_) @ self.components_,
-                                           sensitive_features=sensitive_features.reset_index(drop=True))
-        return inside @ self.components_.T + self.mean_
+        attributes = sensitive_features.reset_index(drop=True)
+        rotated = (Z - self.mean_) @ self.components_
+        moved = np.zeros_like(rotated)
+        for block, transport in zip(self.blocks_, self.transports_):
+            moved[:, block] = transport.transform(rotated[:, block], sensitive_features=attributes)
+        return moved @ self.components_.T + self.mean_
 
 
 #: Estimator variants measured on the calibration half (``half+NAME``).
@@ -276,6 +295,9 @@ VARIANTS = {
     "spiked-cov": lambda: SpikedCovarianceTransport(),
     "pca99": lambda: PrincipalTransport(0.99),
     "pca95": lambda: PrincipalTransport(0.95),
+    "pca99-block": lambda: PrincipalTransport(0.99, rest="block"),
+    "pca99-means": lambda: PrincipalTransport(0.99, rest="means"),
+    "pca99-per-dim": lambda: PrincipalTransport(0.99, rest="per-dim"),
 }
 
 

@@ -739,7 +739,8 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     if result.rows_per_cell is not None:
         click.echo(f"rows per attribute cell the concealment was fitted on: fewest {result.rows_per_cell.min()}, "
                    f"median {np.median(result.rows_per_cell):g} (its maps' estimation noise, which the audit reads, "
-                   "shrinks as they grow: a larger --calibration-fraction, or more images)")
+                   "shrinks as they grow: a larger --calibration-fraction, or more images; on UTKFace it levelled "
+                   "off from about 200 per cell, docs/TRAINED_CONCEALMENT.md §14)")
     if result.report.leakage.side_channels_leak():
         click.echo("FAILED: the shared file's ids, row order or columns reveal a sensitive attribute", err=True)
         sys.exit(1)

@@ -46,14 +46,14 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _demo_latents import demo_encoder_latents  # noqa: E402
 from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
 from bafo_pipeline.audits import audit_leakage  # noqa: E402
 from bafo_pipeline.audits.utility import audit_utility  # noqa: E402
-from bafo_pipeline.data import make_synthetic_faces  # noqa: E402
-from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport  # noqa: E402
+from bafo_pipeline.transformers import ConditionalTransport  # noqa: E402
 
 SENSITIVE = ["age", "gender", "ethnicity"]
 NULL_DRAWS = 20  # label permutations behind the subspace variant's parallel analysis
@@ -310,26 +310,14 @@ def make_step(setting: str):
 
 
 # ---------------------------------------------------------------- data
-def demo_latents(seed: int, samples: int, extra: int, cache: Path | None) -> dict:
-    """``bafo run``'s unconcealed encoder's latents of the demo's training and held-out rows and of ``extra``
-    further synthetic faces, with every row's attributes (sensitive and not)."""
-    faces = make_synthetic_faces(samples, 56, random_state=seed)
-    train, test = faces.split(test_fraction=0.15, seed=seed)
-    more = make_synthetic_faces(extra, 56, random_state=1000 + seed)
-    parts = {"train": train, "test": test, "extra": more}
-    path = cache / f"calibration_rows_demo_seed{seed}_samples{samples}_extra{extra}.npz" if cache else None
-    if path is not None and path.exists():
-        saved = np.load(path)
-        latents = {name: saved[name] for name in parts}
-    else:
-        model = BAFOTransformer(concealment="none", random_state=seed, **RUN_DEFAULTS)
-        model.fit(train.images, sensitive_features=train.sensitive_features)
-        latents = {name: model.transform(part.images, conceal=False) for name, part in parts.items()}
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, **latents)
-    return {name: (latents[name].astype(float), part.attributes.reset_index(drop=True))
-            for name, part in parts.items()}
+def demo_latents(seed: int, samples: int, extra: int, cache: Path | None, encoder_options: dict | None = None) -> dict:
+    """:func:`_demo_latents.demo_encoder_latents` of the training and held-out rows and of ``extra`` further
+    synthetic faces, with every row's attributes (sensitive and not)."""
+    options = "".join(f"_{key}{value}" for key, value in sorted((encoder_options or {}).items()))
+    path = cache / f"calibration_rows_demo_seed{seed}_samples{samples}_extra{extra}{options}.npz" if cache else None
+    parts = demo_encoder_latents(seed, samples, extra=extra, encoder_options=encoder_options, cache_path=path)
+    return {name: (latents.astype(float), part.attributes.reset_index(drop=True))
+            for name, (latents, part) in parts.items()}
 
 
 def utkface_data(seed: int, utkface: str, models: str, cache: Path | None) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
@@ -455,6 +443,8 @@ def main() -> None:
     parser.add_argument("--splits", default="0,1", help="random draws of the calibration rows")
     parser.add_argument("--samples", type=int, default=3000, help="bafo run's --synthetic-samples")
     parser.add_argument("--extra", type=int, default=10000, help="demo: further synthetic faces encoded")
+    parser.add_argument("--encoder-options", type=json.loads, default={},
+                        help='demo: BAFOTransformer options on top of bafo run\'s, as JSON, e.g. \'{"adversary_weight": 0.3}\'')
     parser.add_argument("--settings", default="half,extra-1274,extra-2500,extra-5000,extra-10000,"
                         + ",".join(f"half+{name}" for name in VARIANTS))
     parser.add_argument("--fractions", default="0.1,0.3,0.5,0.7", help="utkface: calibration shares")
@@ -471,7 +461,7 @@ def main() -> None:
     results, started = [], time.perf_counter()
     for seed in map(int, args.seeds.split(",")):
         if args.data == "demo":
-            data = demo_latents(seed, args.samples, args.extra, args.cache)
+            data = demo_latents(seed, args.samples, args.extra, args.cache, args.encoder_options)
         else:
             latents, attributes, is_train = utkface_data(seed, args.utkface, args.models, args.cache)
         for split in map(int, args.splits.split(",")):
@@ -487,7 +477,8 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
         "commit": args.commit,
-        "settings": ({**RUN_DEFAULTS, "samples": args.samples, "extra": args.extra} if args.data == "demo" else
+        "settings": ({**RUN_DEFAULTS, **args.encoder_options, "samples": args.samples, "extra": args.extra}
+                     if args.data == "demo" else
                      {"data": "utkface", "encoder": "trained_concealment's 'none' (4 epochs)",
                       "attacker": args.attacker})
         | {"bootstrap": args.bootstrap},

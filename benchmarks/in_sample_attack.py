@@ -50,13 +50,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _demo_latents import demo_encoder_latents  # noqa: E402
 from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
 from bafo_pipeline.audits.group_sums import group_sum_scores  # noqa: E402
-from bafo_pipeline.data import make_synthetic_faces  # noqa: E402
-from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport, LinearErasure  # noqa: E402
+from bafo_pipeline.transformers import ConditionalTransport, LinearErasure  # noqa: E402
 
 STEPS = {"transport": ConditionalTransport, "linear": LinearErasure}
 FOLDS = 5
@@ -66,20 +66,9 @@ def demo_latents(seed: int, samples: int, cache: Path | None) -> tuple[np.ndarra
     """``bafo run``'s unconcealed encoder's latents of the demo's training rows, then its held-out rows; their
     attributes; and which rows are training rows."""
     path = cache / f"demo_latents_seed{seed}.npz" if cache else None
-    faces = make_synthetic_faces(samples, 56, random_state=seed)
-    train, test = faces.split(test_fraction=0.15, seed=seed)
-    attributes = pd.concat([train.sensitive_features, test.sensitive_features], ignore_index=True)
-    is_train = np.arange(len(attributes)) < len(train)
-    if path is not None and path.exists():
-        saved = np.load(path)
-        return np.vstack([saved["train"], saved["test"]]), attributes, is_train
-    model = BAFOTransformer(concealment="none", random_state=seed, **RUN_DEFAULTS)
-    model.fit(train.images, sensitive_features=train.sensitive_features)
-    latents = [model.transform(part.images, conceal=False) for part in (train, test)]
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, train=latents[0], test=latents[1])
-    return np.vstack(latents), attributes, is_train
+    (train, train_faces), (test, test_faces) = demo_encoder_latents(seed, samples, cache_path=path).values()
+    attributes = pd.concat([train_faces.sensitive_features, test_faces.sensitive_features], ignore_index=True)
+    return np.vstack([train, test]), attributes, np.arange(len(attributes)) < len(train)
 
 
 def utkface_latents(seed: int, utkface: str, models: str) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:

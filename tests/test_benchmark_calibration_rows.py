@@ -128,3 +128,19 @@ def test_summary_averages_each_setting_over_runs(bench):
     assert summary["runs"] == 2 and summary["gender"] == 0.1 and summary["age"] == 0.2
     assert summary["worst"] == 0.25  # the mean of each run's worst attribute (0.2, 0.3), not the worst mean
     assert summary["kept_smile"] == 0.85 and summary["lowest_kept"] == 0.85
+
+
+def test_demo_latents_come_from_the_given_encoder_options_and_are_cached_under_them(bench, tmp_path):
+    options = {"epochs": 1, "latent_dim": 4, "decoder_epochs": 0}
+    first = bench.demo_latents(0, 80, 10, tmp_path, options)
+    assert {name: latents.shape for name, (latents, _) in first.items()} == {
+        "train": (len(first["train"][1]), 4), "test": (len(first["test"][1]), 4), "extra": (10, 4)}
+    assert len(first["train"][1]) + len(first["test"][1]) == 80 and "smile" in first["extra"][1]
+    (path,) = tmp_path.glob("*.npz")
+    assert "_epochs1" in path.name and "_latent_dim4" in path.name
+    saved = dict(np.load(path))
+    np.savez(path, **{**saved, "test": saved["test"] + 1.0})  # a second call reads the cache, not a new encoder
+    again = bench.demo_latents(0, 80, 10, tmp_path, options)
+    np.testing.assert_allclose(again["test"][0], first["test"][0] + 1.0)
+    np.testing.assert_array_equal(again["train"][0], first["train"][0])
+    assert bench.demo_latents(0, 80, 10, None, options)["test"][0].shape == first["test"][0].shape

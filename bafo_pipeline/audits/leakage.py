@@ -20,7 +20,8 @@ from .inputs import Attribute, align_by_id, check_representations, encode_like, 
 from .permutation import per_fold_test, refit_linear_test
 from .probes import KNOWN_PROBES, PROBES, make_probe
 from .resampling import bca_interval, bootstrap_weights, chunks, jackknife_weights, snap_zero
-from .result import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE, SCHEMA_VERSION, TABLE_COLUMNS, AuditResult
+from .attackers import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
+from .result import SCHEMA_VERSION, TABLE_COLUMNS, AuditResult
 
 __all__ = ["ATTACKERS", "audit_leakage", "CATEGORICAL_METRICS", "CONTINUOUS_METRICS"]
 

@@ -21,7 +21,8 @@ from .fairness import GROUP_METRICS, FairnessResult
 from .overall import OverallVerdict
 from .probes import PROBE_DESCRIPTIONS
 from .resampling import ZERO_TOLERANCE
-from .result import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE, SCHEMA_VERSION, SIDE_CHANNEL_ALPHA, AuditResult
+from .attackers import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
+from .result import SCHEMA_VERSION, SIDE_CHANNEL_ALPHA, AuditResult
 from .utility import UtilityResult
 
 __all__ = ["REPORT_FILES", "report_dict", "write_report", "plot_leakage", "plot_fairness"]

@@ -12,14 +12,13 @@ import numpy as np
 import pandas as pd
 
 from .._utils.jsonable import to_jsonable
+from .attackers import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
 
 __all__ = ["SCHEMA_VERSION", "SIDE_CHANNEL_ALPHA", "TABLE_COLUMNS", "AuditResult"]
 
 SCHEMA_VERSION = 2
 #: Schema versions :meth:`AuditResult.from_dict` reads (1: before the data-rich attacker).
 READABLE_VERSIONS = (1, 2)
-#: The attackers an audit tells apart (column ``attacker``; see :func:`~.leakage.audit_leakage`).
-CROSS_VALIDATED, DATA_RICH, IN_SAMPLE = "cross-validated", "data-rich", "in-sample"
 SIDE_CHANNEL = "side channel"
 #: Family-wise significance level at which a side channel leaks. Stricter than the embeddings' 0.05:
 #: a file's ids or row order either follow the labels (rows sorted by a label give adjacency

@@ -46,7 +46,7 @@ from scipy import stats
 from .._utils.progress import ContinuedProgress
 from ..attributes import quantile_bin_edges
 from .inputs import Attribute
-from .result import CROSS_VALIDATED
+from .attackers import CROSS_VALIDATED
 
 __all__ = [
     "SIDE_CHANNEL_PROBES",

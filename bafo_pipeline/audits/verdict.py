@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .result import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
+from .attackers import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
 
 __all__ = ["SEVERITY", "depends_without_gain", "is_significant", "severity", "side_channel_verdict", "verdict"]
 

@@ -118,7 +118,8 @@ def run_workflow(
         ``out_dir``: for the data owner only.
     utility_targets : callable, optional
         Called with the held-out split; returns its non-sensitive targets that are not
-        among the dataset's labels (e.g. landmark measures of real faces), row by row.
+        among the dataset's labels (e.g. landmark measures of real faces:
+        :func:`bafo_pipeline.data.landmarks.split_landmark_targets`), row by row.
         With the dataset's own non-sensitive labels (e.g. the synthetic faces' smile,
         tilt, ...) they are the utility targets: what each representation keeps of them
         is audited beside the leakage.

@@ -1,6 +1,7 @@
 """The significance rule behind the verdicts: leakage means an attack beats chance, significantly."""
 
 import numpy as np
+import pandas as pd
 
 from bafo_pipeline.audits.verdict import depends_without_gain, is_significant, verdict
 
@@ -44,3 +45,42 @@ def test_the_prior_baseline_never_leaks():
 def test_a_chance_level_probe_whose_test_does_not_reject_gets_no_dependence_sentence():
     text = verdict(None, _row(0.0, 0.6, (-0.01, 0.01)))
     assert "rejects independence" not in text and "recover nothing" in text
+
+
+def _table(rows):
+    """An audit table of (probe, attacker, leakage, p-value) rows for one continuous attribute."""
+    from bafo_pipeline.audits.result import AuditResult
+
+    records = []
+    for probe, attacker, leakage, p_value in rows:
+        base = {"representation": "z", "attribute": "age", "kind": "continuous", "probe": probe,
+                "attacker": attacker, "std": 0.0, "n": 500}
+        records.append({**base, "metric": "leakage", "mean": leakage, "ci_low": leakage - 0.01,
+                        "ci_high": leakage + 0.01})
+        if p_value is not None:
+            records.append({**base, "metric": "p_value", "mean": p_value, "ci_low": np.nan, "ci_high": np.nan})
+    return AuditResult(table=pd.DataFrame(records))
+
+
+def test_a_below_chance_probes_p_value_does_not_make_another_probes_score_significant():
+    # The linear probe's test rejects (dependence) at a score below chance; the boosted trees
+    # score just above chance, not significantly. The row is the trees', with the trees' p-value.
+    result = _table([("prior", "cross-validated", 0.0, None), ("linear", "cross-validated", -0.003, 0.002),
+                     ("gbdt", "cross-validated", 0.01, 0.4)])
+    (row,) = result.worst_case().to_dict("records")
+    assert row["probe"] == "gbdt" and row["p_value"] == 0.8  # 0.4, Bonferroni over two tests
+    assert not is_significant(row)
+    assert row["verdict"].startswith("No significant leakage")
+
+
+def test_when_no_attack_beats_chance_the_smallest_p_value_is_kept_for_the_dependence_note():
+    result = _table([("linear", "cross-validated", -0.003, 0.002), ("gbdt", "data-rich", -0.01, 0.3)])
+    (row,) = result.worst_case().to_dict("records")
+    assert row["probe"] == "linear" and row["p_value"] == 0.004
+    assert depends_without_gain(row) and "rejects independence" in row["verdict"]
+
+
+def test_an_above_chance_attack_with_a_small_p_value_stays_significant():
+    result = _table([("linear", "cross-validated", 0.05, 0.002), ("gbdt", "data-rich", 0.08, 0.3)])
+    (row,) = result.worst_case(with_verdict=False).to_dict("records")
+    assert row["probe"] == "gbdt" and row["p_value"] == 0.004 and is_significant(row)

@@ -134,7 +134,8 @@ class AuditResult:
             i.e. not the prior baseline, with the highest mean leakage, and whose it
             is), ``leakage, ci_low, ci_high`` (its score; can be slightly negative
             when every probe is at chance), ``p_value`` (smallest permutation
-            p-value over the attacks, Bonferroni-corrected for their number),
+            p-value over the attacks that score above chance, or over every
+            attack when none does, Bonferroni-corrected for the number tested),
             ``linear`` and ``nonlinear`` (best linear and best non-linear leakage),
             ``cross_validated``, ``data_rich`` and ``in_sample`` (each attacker's best
             leakage; NaN for an attacker not audited) and, optionally, ``verdict``.
@@ -150,9 +151,8 @@ class AuditResult:
             if attacks.empty:  # only the baseline was run
                 attacks = group
             best = attacks.loc[attacks["mean"].idxmax()]
-            tested = [pvals.get((rep, attr, p, a), np.nan) for p, a in zip(attacks["probe"], attacks["attacker"])]
-            tested = [p for p in tested if not np.isnan(p)]
-            p = min(1.0, min(tested) * len(tested)) if tested else np.nan
+            p_values = [pvals.get((rep, attr, p, a), np.nan) for p, a in zip(attacks["probe"], attacks["attacker"])]
+            p = _worst_case_p_value(p_values, attacks["mean"].to_numpy())
             by_attacker = attacks.groupby("attacker")["mean"].max()
             linear = group.loc[group["probe"] == "linear", "mean"]
             nonlinear = group.loc[group["probe"].isin(["mlp", "gbdt", "knn"]), "mean"]
@@ -372,3 +372,17 @@ class AuditResult:
         if "leakage" in data and "results" not in data:  # a full report.json
             data = data["leakage"]
         return cls.from_dict(data)
+
+
+def _worst_case_p_value(p_values: list[float], scores: np.ndarray) -> float:
+    """Bonferroni-corrected smallest p-value of the attacks that beat chance (of every attack when none does).
+
+    A permutation test rejects independence even for a probe that scores below chance (its refitted
+    null over-fits further), so such a probe's p-value must not stand for another attack's
+    above-chance score; it is reported only when no attack beats chance.
+    """
+    tested = [(p, score) for p, score in zip(p_values, scores) if not np.isnan(p)]
+    if not tested:
+        return np.nan
+    gaining = [p for p, score in tested if score > 0]
+    return min(1.0, min(gaining or [p for p, _ in tested]) * len(tested))

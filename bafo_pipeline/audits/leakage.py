@@ -15,12 +15,12 @@ from threadpoolctl import threadpool_limits
 from . import metrics as M
 from .._utils.progress import Progress
 from ..attributes import quantile_bin_edges
+from .attackers import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
 from .group_sums import group_sum_attack, group_sum_permutation_test
 from .inputs import Attribute, align_by_id, check_representations, encode_like, prepare_attributes
 from .permutation import per_fold_test, refit_linear_test
 from .probes import KNOWN_PROBES, PROBES, make_probe
 from .resampling import bca_interval, bootstrap_weights, chunks, jackknife_weights, snap_zero
-from .attackers import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
 from .result import SCHEMA_VERSION, TABLE_COLUMNS, AuditResult
 
 __all__ = ["ATTACKERS", "audit_leakage", "CATEGORICAL_METRICS", "CONTINUOUS_METRICS"]

@@ -17,11 +17,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .._utils.jsonable import to_jsonable
+from .attackers import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
 from .fairness import GROUP_METRICS, FairnessResult
 from .overall import OverallVerdict
 from .probes import PROBE_DESCRIPTIONS
 from .resampling import ZERO_TOLERANCE
-from .attackers import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
 from .result import SCHEMA_VERSION, SIDE_CHANNEL_ALPHA, AuditResult
 from .utility import UtilityResult
 

@@ -45,8 +45,8 @@ from scipy import stats
 
 from .._utils.progress import ContinuedProgress
 from ..attributes import quantile_bin_edges
-from .inputs import Attribute
 from .attackers import CROSS_VALIDATED
+from .inputs import Attribute
 
 __all__ = [
     "SIDE_CHANNEL_PROBES",

@@ -359,7 +359,7 @@ def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap
     rng = np.random.default_rng([seed, split])
     calibration = rng.random(len(train)) < 0.5
     shared, shared_attributes = train[~calibration], train_attributes.loc[~calibration, SENSITIVE].reset_index(drop=True)
-    moved_test, moved_shared = {}, {}
+    moved_test, moved_shared, dims = {}, {}, {}
     for setting in settings:
         if setting.startswith("extra-"):
             rows = rng.permutation(len(extra))[: int(setting.removeprefix("extra-"))]
@@ -369,6 +369,8 @@ def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap
         step = make_step(setting).fit(fit_latents, sensitive_features=fit_attributes.reset_index(drop=True))
         moved_test[setting] = step.transform(test, sensitive_features=test_attributes[SENSITIVE])
         moved_shared[setting] = step.transform(shared, sensitive_features=shared_attributes)
+        if hasattr(step, "dims_"):  # the subspace and principal-component variants' own dimensions
+            dims[setting] = {"dims": step.dims_}
     leakage = audit_leakage(moved_test, test_attributes[SENSITIVE], fit_representations=moved_shared,
                             fit_labels=shared_attributes, n_bootstrap=n_bootstrap, n_permutations=0,
                             random_state=seed)
@@ -380,7 +382,8 @@ def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap
     return {setting: {"calibration_rows": int(calibration.sum()) if not setting.startswith("extra-")
                       else int(setting.removeprefix("extra-")),
                       "worst_case": worst[setting],
-                      "kept_share": {target: round(float(value), 3) for target, value in kept.loc[setting].items()}}
+                      "kept_share": {target: round(float(value), 3) for target, value in kept.loc[setting].items()},
+                      **dims.get(setting, {})}
             for setting in settings}
 
 

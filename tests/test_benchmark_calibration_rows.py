@@ -93,6 +93,32 @@ def test_spiked_covariance_keeps_a_planted_spike_and_drops_the_noise_bulk(bench)
     assert sample_values[0] < 0.5 and sample_values[-2] > 1.8  # what it shrank away
 
 
+def test_marginal_transport_matches_each_attribute_and_inverts_step_by_step(bench):
+    rng = np.random.default_rng(4)
+    labels = attributes(3000, seed=4)
+    Z = rng.normal(size=(3000, 4))
+    Z[:, 0] += 2.0 * labels["gender"].to_numpy()
+    Z[:, 1] *= 1 + labels["ethnicity"].to_numpy()  # a difference in spread, not in mean
+    step = bench.MarginalTransport(2).fit(Z, sensitive_features=labels)
+    assert [name for name, _ in step.steps_] == bench.SENSITIVE * 2
+    moved = step.transform(Z, sensitive_features=labels)
+    male = labels["gender"].to_numpy() == 1
+    assert np.abs(moved[male].mean(axis=0) - moved[~male].mean(axis=0)).max() < 0.05
+    spreads = [moved[labels["ethnicity"].to_numpy() == group, 1].std() for group in range(3)]
+    assert max(spreads) / min(spreads) < 1.1  # was 3: the ethnicity groups' spreads are matched too
+    back = moved
+    for name, single in reversed(step.steps_):
+        back = single.inverse_transform(back, sensitive_features=labels[[name]])
+    np.testing.assert_allclose(back, Z, atol=1e-8)
+
+
+def test_extra_settings_need_the_extra_faces(bench, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["calibration_rows.py", "--extra", "0", "--settings", "half,extra-10"])
+    with pytest.raises(SystemExit) as stopped:
+        bench.main()
+    assert stopped.value.code == 2 and "uses 10 extra faces but --extra is 0" in capsys.readouterr().err
+
+
 def test_make_step_names_the_variants(bench):
     assert isinstance(bench.make_step("half"), bench.ConditionalTransport)
     assert bench.make_step("half+bins2").continuous_bins == 2
@@ -122,12 +148,14 @@ def test_summary_averages_each_setting_over_runs(bench):
     def run(gender, age, kept):
         case = {"gender": {"leakage": gender}, "age": {"leakage": age}}
         return {"settings": {"half": {"calibration_rows": 10, "worst_case": case,
-                                      "kept_share": {"smile": kept, "tilt": 1.0}}}}
+                                      "kept_share": {"smile": kept, "tilt": 1.0},
+                                      "score": {"smile": kept / 2, "tilt": 0.5}}}}
 
     summary = bench.summary([run(0.2, 0.1, 0.8), run(0.0, 0.3, 0.9)])["half"]
     assert summary["runs"] == 2 and summary["gender"] == 0.1 and summary["age"] == 0.2
     assert summary["worst"] == 0.25  # the mean of each run's worst attribute (0.2, 0.3), not the worst mean
     assert summary["kept_smile"] == 0.85 and summary["lowest_kept"] == 0.85
+    assert summary["score_smile"] == 0.425 and summary["score_tilt"] == 0.5
 
 
 def test_demo_latents_come_from_the_given_encoder_options_and_are_cached_under_them(bench, tmp_path):

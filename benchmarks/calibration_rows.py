@@ -284,7 +284,7 @@ class MarginalTransport:
     """One attribute at a time: a transport per attribute (its classes, or its quartile bins with its smooth
     mean), fitted on the rows the earlier ones moved, in ``rounds`` passes over the attributes.
 
-    Each map is estimated on every row of a class (about 900 per gender on the demo's calibration half, not
+    Each map is estimated on every row of a class (about 640 per gender on the demo's calibration half, not
     about 32 per joint cell), so it carries far less estimation error; the price is that only each
     attribute's own classes are matched, so what the attributes do together (a gender difference that
     differs by ethnicity) is left for later passes to reduce, if they can. Invertible given the labels.

@@ -736,9 +736,10 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     click.echo(f"\nshared latents: {result.latents_path}\nreport: {result.report_dir / 'report.html'}")
     if result.n_calibration:
         click.echo(f"not shared: the {result.n_calibration} calibration images the concealment was fitted on")
-    if result.rows_per_cell is not None:
-        click.echo(f"rows per attribute cell the concealment was fitted on: fewest {result.rows_per_cell.min()}, "
-                   f"median {np.median(result.rows_per_cell):g} (its maps' estimation noise, which the audit reads, "
+    cells = result.rows_per_cell_summary()
+    if cells is not None:
+        click.echo(f"rows per attribute cell the concealment was fitted on: fewest {cells['fewest']}, "
+                   f"median {cells['median']:g} (its maps' estimation noise, which the audit reads, "
                    "shrinks as they grow: a larger --calibration-fraction, or more images; on UTKFace it levelled "
                    "off from about 200 per cell, docs/TRAINED_CONCEALMENT.md §14)")
     if result.report.leakage.side_channels_leak():

@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 from _transport_means import OWN_MEANS, SHRUNK_CELL_MEANS, SHRUNK_MEANS  # noqa: E402
@@ -94,9 +92,7 @@ def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float =
     return {
         "seconds": round(seconds, 1),
         "calibration_images": result.n_calibration,
-        "rows_per_cell": None if result.rows_per_cell is None else {
-            "fewest": int(result.rows_per_cell.min()), "median": float(np.median(result.rows_per_cell)),
-            "cells": len(result.rows_per_cell)},
+        "rows_per_cell": result.rows_per_cell_summary(),
         "shared_latents_worst_case": {
             r["attribute"]: {
                 "leakage": round(float(r["leakage"]), 3), "ci": [round(float(r["ci_low"]), 3), round(float(r["ci_high"]), 3)],

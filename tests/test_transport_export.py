@@ -270,6 +270,8 @@ def test_a_run_with_calibration_rows_shares_only_rows_its_concealment_was_not_fi
     np.testing.assert_array_equal(calibrated.rows_per_cell, refit.cell_counts_)
     assert calibrated.rows_per_cell.sum() == calibrated.n_calibration
     assert plain.rows_per_cell.sum() == len(every_training_image)
+    assert calibrated.rows_per_cell_summary() == {"fewest": refit.cell_counts_.min(), "cells": len(refit.cell_ids_),
+                                                  "median": np.median(refit.cell_counts_)}
     other = ConditionalTransport().fit(estimator.transform(every_training_image.images, conceal=False),
                                        sensitive_features=every_training_image.sensitive_features)
     common, in_other, in_step = np.intersect1d(other.cell_ids_, step.cell_ids_, return_indices=True)
@@ -285,6 +287,7 @@ def test_a_run_whose_concealment_has_no_cells_reports_no_rows_per_cell(tmp_path)
     result = run_workflow(dataset, tmp_path / "run", estimator, seed=0, calibration_fraction=0.4, id_key=KEY,
                           audit_options=QUICK_AUDIT)
     assert result.n_calibration > 0 and result.rows_per_cell is None  # LEACE moves every row by one map
+    assert result.rows_per_cell_summary() is None
 
 
 def test_a_calibration_fraction_outside_zero_to_one_is_refused(tmp_path):

@@ -60,6 +60,19 @@ class WorkflowResult:
     n_calibration: int = 0
     rows_per_cell: np.ndarray | None = None
 
+    def rows_per_cell_summary(self) -> dict[str, float] | None:
+        """The fewest and the median of :attr:`rows_per_cell`, and the number of cells (``None`` without cells).
+
+        Returns
+        -------
+        dict or None
+            ``{"fewest": int, "median": float, "cells": int}``.
+        """
+        if self.rows_per_cell is None:
+            return None
+        return {"fewest": int(self.rows_per_cell.min()), "median": float(np.median(self.rows_per_cell)),
+                "cells": len(self.rows_per_cell)}
+
 
 def run_workflow(
     dataset: FaceDataset,

@@ -60,7 +60,7 @@ class WorkflowResult:
     n_calibration: int = 0
     rows_per_cell: np.ndarray | None = None
 
-    def rows_per_cell_summary(self) -> dict[str, float] | None:
+    def rows_per_cell_summary(self) -> dict[str, int | float] | None:
         """The fewest and the median of :attr:`rows_per_cell`, and the number of cells (``None`` without cells).
 
         Returns

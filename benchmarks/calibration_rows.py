@@ -387,7 +387,9 @@ def worst_cases(result) -> dict:
 
 
 def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap: int) -> dict:
-    """Every setting's worst case per attribute and kept share per non-sensitive attribute, for one split draw."""
+    """Every setting's worst case per attribute, and kept share and score per non-sensitive attribute, for one
+    split draw (``"settings"``); and the unconcealed latents' scores, which the kept shares divide by
+    (``"unconcealed_score"``)."""
     (train, train_attributes), (test, test_attributes) = data["train"], data["test"]
     rng = np.random.default_rng([seed, split])
     calibration = rng.random(len(train)) < 0.5
@@ -415,13 +417,18 @@ def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap
     kept = shares.pivot(index="representation", columns="target", values="share_of[unconcealed]")
     score = shares.pivot(index="representation", columns="target", values="score")
     worst = worst_cases(leakage)
-    return {setting: {"calibration_rows": int(calibration.sum()) if not setting.startswith("extra-")
-                      else int(setting.removeprefix("extra-")),
-                      "worst_case": worst[setting],
-                      "kept_share": {target: round(float(value), 3) for target, value in kept.loc[setting].items()},
-                      "score": {target: round(float(value), 3) for target, value in score.loc[setting].items()},
-                      **dims.get(setting, {})}
-            for setting in settings}
+
+    def rounded(row: pd.Series) -> dict:
+        return {target: round(float(value), 3) for target, value in row.items()}
+
+    return {"settings": {setting: {"calibration_rows": int(calibration.sum()) if not setting.startswith("extra-")
+                                   else int(setting.removeprefix("extra-")),
+                                   "worst_case": worst[setting],
+                                   "kept_share": rounded(kept.loc[setting]),
+                                   "score": rounded(score.loc[setting]),
+                                   **dims.get(setting, {})}
+                         for setting in settings},
+            "unconcealed_score": rounded(score.loc["unconcealed"])}
 
 
 def utkface_run(latents: np.ndarray, attributes: pd.DataFrame, is_train: np.ndarray, fractions: list[float],
@@ -513,11 +520,12 @@ def main() -> None:
             latents, attributes, is_train = utkface_data(seed, args.utkface, args.models, args.cache)
         for split in map(int, args.splits.split(",")):
             run_started = time.perf_counter()
-            settings = (demo_run(data, args.settings.split(","), split, seed, args.bootstrap) if args.data == "demo"
-                        else utkface_run(latents, attributes, is_train, [float(f) for f in args.fractions.split(",")],
-                                         split, args.bootstrap, args.attacker))
+            run = (demo_run(data, args.settings.split(","), split, seed, args.bootstrap) if args.data == "demo"
+                   else {"settings": utkface_run(latents, attributes, is_train,
+                                                 [float(f) for f in args.fractions.split(",")],
+                                                 split, args.bootstrap, args.attacker)})
             results.append({"seed": seed, "split": split, "seconds": round(time.perf_counter() - run_started, 1),
-                            "settings": settings})
+                            **run})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(json.dumps({
         "benchmark": "calibration_rows",

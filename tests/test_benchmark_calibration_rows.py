@@ -172,3 +172,20 @@ def test_demo_latents_come_from_the_given_encoder_options_and_are_cached_under_t
     np.testing.assert_allclose(again["test"][0], first["test"][0] + 1.0)
     np.testing.assert_array_equal(again["train"][0], first["train"][0])
     assert bench.demo_latents(0, 80, 10, None, options)["test"][0].shape == first["test"][0].shape
+
+
+def test_a_demo_run_records_each_settings_scores_and_the_unconcealed_ones_its_shares_divide_by(bench):
+    rng = np.random.default_rng(5)
+
+    def part(n, seed):
+        labels = attributes(n, seed=seed).assign(smile=rng.normal(size=n))
+        latents = rng.normal(size=(n, 3))
+        latents[:, 0] += 2.0 * labels["smile"].to_numpy()
+        return latents, labels
+
+    run = bench.demo_run({"train": part(600, 6), "test": part(300, 7)}, ["half"], split=0, seed=0, n_bootstrap=10)
+    half = run["settings"]["half"]
+    assert set(half["worst_case"]) == {*bench.SENSITIVE, "age_band"} and half["calibration_rows"] > 250
+    assert run["unconcealed_score"]["smile"] > 0.5  # the planted smile
+    assert half["kept_share"]["smile"] == pytest.approx(half["score"]["smile"] / run["unconcealed_score"]["smile"],
+                                                        abs=0.01)

@@ -56,6 +56,7 @@ from bafo_pipeline.audits.utility import audit_utility  # noqa: E402
 from bafo_pipeline.transformers import ConditionalTransport  # noqa: E402
 
 SENSITIVE = ["age", "gender", "ethnicity"]
+CLASSES = ("gender", "ethnicity")  # the transport's classes; age enters its cells by quartile bins
 NULL_DRAWS = 20  # label permutations behind the subspace variant's parallel analysis
 
 
@@ -70,33 +71,81 @@ def _spd_exp(matrix: np.ndarray) -> np.ndarray:
     return (vectors * np.exp(values)) @ vectors.T
 
 
-class CellCovarianceTransport(ConditionalTransport):
-    """The library's transport with each cell's covariance from :meth:`cell_covariance` (the variants below)."""
+class CellCovarianceTransport:
+    """``bafo run``'s transport rebuilt from public parts, with each cell's covariance from :meth:`cell_covariance`.
 
-    def _fit_cells(self, Z: np.ndarray, cells: np.ndarray) -> None:
+    The library's smooth mean is removed by a ``ConditionalTransport`` that moves nothing else (one cell per class
+    combination, every cell's mean and covariance pulled fully to the pooled ones); then each cell of
+    :func:`transport_cells` (age bins from the fitted rows' quartiles) goes by the Gaussian map from its own mean and
+    :meth:`cell_covariance` to the pooled ones. The default :meth:`cell_covariance` is the library's (the cell's
+    sample covariance shrunk towards the pooled one by ``shrinkage`` rows), so this class moves rows as
+    ``ConditionalTransport(shrinkage=shrinkage)`` does; the variants below override it. A row whose cell had no
+    fitted rows is moved by the nearest age bin's map of its classes, as the library does.
+    """
+
+    def __init__(self, shrinkage: float = 10.0):
+        self.shrinkage = shrinkage
+
+    def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> CellCovarianceTransport:
+        attributes = sensitive_features.reset_index(drop=True)
+        self.smooth_mean_ = smooth_mean_only().fit(Z, sensitive_features=attributes)
+        Z = self.smooth_mean_.transform(Z, sensitive_features=attributes)
+        self.age_edges_ = quantile_bin_edges(attributes["age"].to_numpy(float), 4)
+        self.categories_ = [pd.Categorical(attributes[name].astype(str)).categories for name in CLASSES]
+        codes = self._codes(attributes)
+        self.cell_codes_, position = np.unique(codes, axis=0, return_inverse=True)
+        position = position.ravel()
+        n_cells = len(self.cell_codes_)
         self.mean_ = Z.mean(axis=0)
-        pooled = np.atleast_2d(np.cov(Z.T))
-        self.cell_ids_ = np.unique(cells)
-        n_cells = len(self.cell_ids_)
-        position = np.searchsorted(self.cell_ids_, cells)
-        self.cell_counts_ = np.bincount(position, minlength=n_cells)
-        cell_means = np.stack([Z[position == index].mean(axis=0) for index in range(n_cells)])
-        self.cell_means_ = self._shrunk_cell_means(Z, position, cell_means, self.cell_counts_)
-        self.prepare(Z - cell_means[position], position)
+        self.pooled_ = np.atleast_2d(np.cov(Z.T))
+        self.cell_means_ = np.stack([Z[position == index].mean(axis=0) for index in range(n_cells)])
+        self.prepare(Z - self.cell_means_[position], position)
         self.transports_ = np.zeros((n_cells, Z.shape[1], Z.shape[1]))
-        self.inverse_transports_ = np.zeros_like(self.transports_)
         for index in range(n_cells):
             rows = Z[position == index]
             own = np.atleast_2d(np.cov(rows.T)) if len(rows) > 1 else None
-            self.transports_[index] = _gaussian_map(self.cell_covariance(index, own, len(rows)), pooled)
-            self.inverse_transports_[index] = np.linalg.inv(self.transports_[index])
+            self.transports_[index] = _gaussian_map(self.cell_covariance(index, own, len(rows)), self.pooled_)
+        return self
+
+    def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        attributes = sensitive_features.reset_index(drop=True)
+        Z = self.smooth_mean_.transform(Z, sensitive_features=attributes)
+        position = self._fitted_cells(self._codes(attributes))
+        deviations = Z - self.cell_means_[position]
+        return self.mean_ + np.einsum("nij,nj->ni", self.transports_[position], deviations)
 
     def prepare(self, residuals: np.ndarray, position: np.ndarray) -> None:
         """Whatever :meth:`cell_covariance` needs from every row's deviation from its cell mean."""
 
     def cell_covariance(self, index: int, own: np.ndarray | None, rows: int) -> np.ndarray:
         """The covariance cell ``index`` is moved from, given its sample covariance (None for one row)."""
-        raise NotImplementedError
+        own = self.pooled_ if own is None else own
+        return (rows * own + self.shrinkage * self.pooled_) / (rows + self.shrinkage)
+
+    def _codes(self, attributes: pd.DataFrame) -> np.ndarray:
+        """Each row's (gender, ethnicity, age bin) as numbers; the classes are compared as strings."""
+        age_bin = np.searchsorted(self.age_edges_, attributes["age"].to_numpy(float), side="right")
+        classes = [pd.Categorical(attributes[name].astype(str), categories=categories).codes
+                   for name, categories in zip(CLASSES, self.categories_)]
+        return np.column_stack(classes + [age_bin]).astype(np.int64)
+
+    def _fitted_cells(self, codes: np.ndarray) -> np.ndarray:
+        """Each row's cell: its own, or the nearest age bin's of its classes."""
+        unique, inverse = np.unique(codes, axis=0, return_inverse=True)
+        cells = np.empty(len(unique), dtype=np.int64)
+        for index, code in enumerate(unique):
+            same_classes = np.flatnonzero((self.cell_codes_[:, :2] == code[:2]).all(axis=1))
+            if not len(same_classes):
+                row = int(np.argmax(inverse.ravel() == index))
+                raise ValueError(f"row {row}: no fitted row had its classes of {CLASSES}")
+            cells[index] = same_classes[np.argmin(np.abs(self.cell_codes_[same_classes, 2] - code[2]))]
+        return cells[inverse.ravel()]
+
+
+def smooth_mean_only() -> ConditionalTransport:
+    """A ``ConditionalTransport`` that removes only its smooth mean: no age bins, and every cell's mean and
+    covariance pulled fully to the pooled ones, so its maps are the identity (to about 1e-12)."""
+    return ConditionalTransport(continuous_bins=0, shrinkage=1e15, mean_shrinkage=1.0)
 
 
 class AdditiveCovarianceTransport(CellCovarianceTransport):
@@ -108,8 +157,7 @@ class AdditiveCovarianceTransport(CellCovarianceTransport):
     """
 
     def prepare(self, residuals: np.ndarray, position: np.ndarray) -> None:
-        log_within = _spd_log(residuals.T @ residuals / (len(residuals) - len(self.cell_ids_)))
-        self.cell_codes_ = self._cell_codes(self.cell_ids_)
+        log_within = _spd_log(residuals.T @ residuals / (len(residuals) - len(self.cell_codes_)))
         row_codes = self.cell_codes_[position]
         self.effects_ = []
         for j in range(row_codes.shape[1]):
@@ -154,7 +202,7 @@ class SpikedCovarianceTransport(CellCovarianceTransport):
     """Each cell's covariance estimated by :func:`spiked_covariance` against the pooled within-cell covariance."""
 
     def prepare(self, residuals: np.ndarray, position: np.ndarray) -> None:
-        self.within_ = residuals.T @ residuals / (len(residuals) - len(self.cell_ids_))
+        self.within_ = residuals.T @ residuals / (len(residuals) - len(self.cell_codes_))
 
     def cell_covariance(self, index: int, own: np.ndarray | None, rows: int) -> np.ndarray:
         return spiked_covariance(self.within_ if own is None else own, self.within_, rows)

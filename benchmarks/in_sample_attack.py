@@ -65,7 +65,7 @@ FOLDS = 5
 def demo_latents(seed: int, samples: int, cache: Path | None) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     """``bafo run``'s unconcealed encoder's latents of the demo's training rows, then its held-out rows; their
     attributes; and which rows are training rows."""
-    path = cache / f"demo_latents_seed{seed}.npz" if cache else None
+    path = cache / f"demo_latents_seed{seed}_samples{samples}.npz" if cache else None
     (train, train_faces), (test, test_faces) = demo_encoder_latents(seed, samples, cache_path=path).values()
     attributes = pd.concat([train_faces.sensitive_features, test_faces.sensitive_features], ignore_index=True)
     return np.vstack([train, test]), attributes, np.arange(len(attributes)) < len(train)

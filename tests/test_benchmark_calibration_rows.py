@@ -22,6 +22,23 @@ def test_transport_cells_are_gender_by_ethnicity_by_age_quartile(bench):
     assert len(np.unique(cells)) == 2 * 3 * 4
 
 
+def test_cell_covariance_transport_rebuilt_from_public_parts_moves_rows_as_the_library_does(bench):
+    """Its default covariance is the library's, so it must match ``ConditionalTransport`` on new rows too,
+    including a row whose age bin had no fitted rows of its classes (moved by the nearest bin's map)."""
+    rng = np.random.default_rng(3)
+    labels = attributes(1500, seed=3)
+    Z = rng.normal(size=(1500, 5)) * (1 + labels[["gender"]].to_numpy()) + 0.05 * labels[["age"]].to_numpy()
+    fit = ~((labels["gender"] == 1) & (labels["ethnicity"] == 2) & (labels["age"] > 50)).to_numpy()  # no top-quartile cell
+    new_labels, new_Z = attributes(400, seed=5), rng.normal(size=(400, 5))
+    assert ((new_labels["gender"] == 1) & (new_labels["ethnicity"] == 2) & (new_labels["age"] > 70)).any()
+
+    rebuilt = bench.CellCovarianceTransport(shrinkage=7.0).fit(Z[fit], sensitive_features=labels[fit])
+    library = bench.ConditionalTransport(shrinkage=7.0).fit(Z[fit], sensitive_features=labels[fit])
+    np.testing.assert_allclose(rebuilt.transform(new_Z, sensitive_features=new_labels),
+                               library.transform(new_Z, sensitive_features=new_labels), atol=1e-8)
+    assert len(rebuilt.cell_codes_) == 2 * 3 * 4 - 1
+
+
 def test_subspace_transport_finds_a_planted_direction_and_none_in_noise(bench):
     rng = np.random.default_rng(1)
     labels = attributes(2400, seed=1)

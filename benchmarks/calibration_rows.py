@@ -305,19 +305,21 @@ class PrincipalTransport:
         values, self.components_ = values[order], vectors[:, order]
         self.dims_ = int(np.searchsorted(np.cumsum(values) / values.sum(), self.variance) + 1)
         rotated = (Z - self.mean_) @ self.components_
-        self.transports_ = [ConditionalTransport().fit(rotated[:, : self.dims_], sensitive_features=attributes)]
-        self.blocks_ = [slice(0, self.dims_)]
-        rest = range(self.dims_, Z.shape[1])
-        if self.rest in ("block", "means"):
-            self.blocks_.append(slice(self.dims_, Z.shape[1]))
-        elif self.rest == "per-dim":
-            self.blocks_ += [slice(j, j + 1) for j in rest]
-        elif self.rest is not None:
-            raise ValueError(f"unknown rest {self.rest!r}")
-        shrinkage = {"means": 1e9}.get(self.rest, ConditionalTransport().shrinkage)
-        self.transports_ += [ConditionalTransport(shrinkage=shrinkage).fit(rotated[:, block], sensitive_features=attributes)
-                             for block in self.blocks_[1:]]
+        self.blocks_ = [slice(0, self.dims_), *self._rest_blocks(Z.shape[1])]
+        rest_options = {"shrinkage": 1e9} if self.rest == "means" else {}  # 1e9: each cell keeps its covariance
+        self.transports_ = [ConditionalTransport(**(rest_options if index else {})).fit(
+            rotated[:, block], sensitive_features=attributes) for index, block in enumerate(self.blocks_)]
         return self
+
+    def _rest_blocks(self, n_features: int) -> list[slice]:
+        """The blocks the low-variance components are transported in (none: they are set to their mean)."""
+        if self.rest is None:
+            return []
+        if self.rest in ("block", "means"):
+            return [slice(self.dims_, n_features)]
+        if self.rest == "per-dim":
+            return [slice(j, j + 1) for j in range(self.dims_, n_features)]
+        raise ValueError(f"unknown rest {self.rest!r}")
 
     def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
         attributes = sensitive_features.reset_index(drop=True)
@@ -363,6 +365,9 @@ class MarginalTransport:
 VARIANTS = {
     "bins2": lambda: ConditionalTransport(continuous_bins=2),
     "bins3": lambda: ConditionalTransport(continuous_bins=3),
+    "cov2": lambda: ConditionalTransport(shrinkage=2),
+    "cov5": lambda: ConditionalTransport(shrinkage=5),
+    "cov20": lambda: ConditionalTransport(shrinkage=20),
     "cov40": lambda: ConditionalTransport(shrinkage=40),
     "means-only": lambda: ConditionalTransport(shrinkage=1e9),  # every cell keeps its covariance
     "no-cell-means": lambda: ConditionalTransport(mean_shrinkage=1.0),  # cell means left to the smooth mean

@@ -75,6 +75,25 @@ def test_principal_transport_drops_the_low_variance_directions_and_moves_the_res
     assert np.abs(moved[male].mean(axis=0) - moved[~male].mean(axis=0)).max() < 0.05
 
 
+@pytest.mark.parametrize("rest", [None, "means", "block", "per-dim"])
+def test_principal_transport_treats_the_low_variance_rest_as_its_mode_says(bench, rest):
+    rng = np.random.default_rng(6)
+    labels = attributes(4000, seed=6)
+    male = labels["gender"].to_numpy() == 1
+    Z = rng.normal(size=(4000, 6)) * np.array([3, 3, 3, 0.05, 0.05, 0.05])
+    Z[:, 3] = Z[:, 3] * np.where(male, 3.0, 1.0) + 0.1 * male  # the rest: a gender shift and spread
+    step = bench.PrincipalTransport(0.99, rest=rest).fit(Z, sensitive_features=labels)
+    moved = (step.transform(Z, sensitive_features=labels) - step.mean_) @ step.components_[:, 3:]  # the rest
+    gap = np.abs(moved[male].mean(axis=0) - moved[~male].mean(axis=0)).max()
+    spread = moved[male].std(axis=0).max() / max(moved[~male].std(axis=0).max(), 1e-12)
+    assert step.dims_ == 3 and len(step.blocks_) == {None: 1, "means": 2, "block": 2, "per-dim": 4}[rest]
+    if rest is None:
+        assert np.ptp(moved, axis=0).max() < 1e-9  # set to its mean
+    else:
+        assert gap < 0.01  # the planted shift (0.1) is gone
+        assert (spread > 2) if rest == "means" else (abs(spread - 1) < 0.2)
+
+
 def test_additive_covariance_model_matches_cells_it_never_pools(bench):
     """Variance effects that multiply (gender scales column 0, ethnicity column 1) are a log-additive model:
     the model-only variant gives every cell the pooled spread, shrinking towards the pooled covariance does not."""

@@ -26,8 +26,13 @@ is the estimator's own concealment, given as a list of steps (``LinearErasure``,
 ``LatentRefiner``, ``LinearErasure``; see :func:`concealment_of`). And ``residual`` /
 ``residual:W``: subtract the labels' least-squares prediction of the latent instead of
 erasing directions (exactly invertible at decode time, but ``transform`` then needs the
-labels, so no estimator step can do it; it is composed here). ``--append`` adds variants to
-an existing JSON (same data, model and audit folds) without redoing the rest.
+labels; it is composed here). And ``transport`` / ``transport:cal=F``: the estimator's
+``"transport"`` concealment (``ConditionalTransport``, which also needs the labels at transform
+time), fitted as ``bafo run`` fits it: on the calibration share ``F`` of the training split
+(default ``bafo run``'s 0.7, chosen by content hash as ``bafo run`` chooses it), which is never
+shared, so its data-rich attacker is trained on the remaining, shared training rows only.
+``--append`` adds variants to an existing JSON (same data, model and audit folds) without
+redoing the rest.
 
 Every LEACE-based variant is also decoded a second way, with the erased component's
 label-predictable part added back before the decoder from richer label features than the
@@ -51,6 +56,8 @@ import numpy as np
 import pandas as pd
 
 from bafo_pipeline.attributes import DEFAULT_SENSITIVE
+from bafo_pipeline.data.splits import hash_split
+from bafo_pipeline.pipeline.workflow import CALIBRATION_FRACTION
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "docs" / "results" / "leakage_frontier.json"
@@ -93,9 +100,11 @@ def parse_variant(spec: str, refine_epochs: int) -> dict:
     ``dec=6`` its ``decoder_epochs``.
     """
     parts = [p.strip() for p in spec.split(":") if p.strip()]
-    if not parts or parts[0] not in ("none", "linear", "full", "residual"):
-        raise ValueError(f"variant {spec!r}: must start with none, linear, full or residual")
+    if not parts or parts[0] not in ("none", "linear", "full", "residual", "transport"):
+        raise ValueError(f"variant {spec!r}: must start with none, linear, full, residual or transport")
     kind = parts[0]
+    if kind == "transport":
+        return parse_transport(spec, parts[1:])
     estimator_options = {"cov": 0, "dec": 0}
     for part in [p for p in parts[1:] if p.partition("=")[0] in estimator_options]:
         estimator_options[part.partition("=")[0]] = int(part.partition("=")[2])
@@ -150,9 +159,24 @@ def parse_variant(spec: str, refine_epochs: int) -> dict:
     return variant
 
 
+def parse_transport(spec: str, options: list[str]) -> dict:
+    """``"transport:cal=0.5"`` -> the transport variant fitted on that calibration share of the training split."""
+    fraction = CALIBRATION_FRACTION
+    for option in options:
+        key, _, value = option.partition("=")
+        if key != "cal":
+            raise ValueError(f"variant {spec!r}: unknown option {option!r} (cal=)")
+        fraction = float(value)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"variant {spec!r}: cal= must be in (0, 1): the calibration rows are not shared")
+    name = "transport" if fraction == CALIBRATION_FRACTION else f"transport, cal {fraction:g}"
+    return {"name": name, "spec": spec, "concealment": "transport", "labels_at_transform": True,
+            "calibration_fraction": fraction, "covariance_dims": 0, "decoder_epochs": 0}
+
+
 def is_preset(variant: dict) -> bool:
     """True when one of the estimator's named presets (with its own knobs) implements the variant."""
-    return variant["concealment"] in ("none", "linear") or (
+    return variant["concealment"] in ("none", "linear", "transport") or (
         variant["concealment"] == "full"
         and variant["refine_kl_weight"] is None
         and variant["refine_latent_dim"] is None
@@ -165,10 +189,12 @@ def concealment_of(variant: dict, params: dict) -> list:
     ``params`` are the trained model's parameters: the refiner trains with its batch size,
     learning rate, adversary steps and validation share, as the ``"full"`` preset does.
     """
-    from bafo_pipeline import LatentRefiner, LinearErasure
+    from bafo_pipeline import ConditionalTransport, LatentRefiner, LinearErasure
 
     if variant["concealment"] == "none":
         return []
+    if variant["concealment"] == "transport":
+        return [ConditionalTransport()]
     first = LinearErasure(covariance_dims=variant.get("covariance_dims", 0))
     if variant["concealment"] == "linear":
         return [first]
@@ -593,6 +619,28 @@ def utility_entry(shares: pd.DataFrame, name: str, judged: tuple[str, ...]) -> d
     return {"targets": targets, "judged": list(judged), "min_share_of_none": min(kept) if kept else None}
 
 
+def calibration_split(variant: dict, train, split: dict) -> tuple:
+    """The training rows a variant's concealment is fitted on, and the training rows it shares.
+
+    Every training row for all but ``transport``, which ``bafo run`` fits on a calibration share of the
+    training split that it does not share. The share is chosen as ``bafo run`` chooses it: by the same
+    salted content hash as the train/held-out ``split``, the hash buckets just above the held-out ones.
+    """
+    fraction = variant.get("calibration_fraction")
+    if not fraction:
+        return train, train
+    below = split["test_fraction"] + fraction * (1.0 - split["test_fraction"])
+    is_calibration = hash_split(train.content_hash, test_fraction=below, seed=split["seed"])
+    return train.subset(is_calibration), train.subset(~is_calibration)
+
+
+def transform_labels(variant: dict, part) -> dict:
+    """What the estimator's ``transform`` needs besides the images: each row's labels, for a variant moving rows by them."""
+    if not variant["labels_at_transform"]:
+        return {}
+    return {"sensitive_features": part.sensitive_features.reset_index(drop=True)}
+
+
 def train_split_attack(Z_train: np.ndarray, Z_test: np.ndarray, train, test, device: str, threads: int) -> dict:
     """Probes trained on the whole training split's concealed latents, scored on the held-out split.
 
@@ -634,7 +682,7 @@ def train_split_attack(Z_train: np.ndarray, Z_test: np.ndarray, train, test, dev
 
 
 def measure_variant(
-    variant: dict, model, base, means: dict, train, test, seed: int, attacker: dict | None = None
+    variant: dict, model, base, means: dict, train, test, seed: int, split: dict, attacker: dict | None = None
 ) -> dict:
     """Fit one variant's concealment, encode the held-out split, decode it with the true labels."""
     S_train = train.sensitive_features.reset_index(drop=True)
@@ -642,21 +690,22 @@ def measure_variant(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if variant["concealment"] != "residual":
+        fitted_on, shared = calibration_split(variant, train, split)
         model.set_params(concealment=concealment_of(variant, model.get_params()),
                          decoder_epochs=variant.get("decoder_epochs", 0))
         # 'none' has nothing to fit; skip the training-set encode unless old steps must be cleared.
         if variant["concealment"] != "none" or model.concealment_steps_:
-            model.fit_concealment(train.images, sensitive_features=S_train)
+            model.fit_concealment(fitted_on.images, sensitive_features=fitted_on.sensitive_features.reset_index(drop=True))
         seconds["fit_concealment"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        Z = model.transform(test.images)
+        Z = model.transform(test.images, **transform_labels(variant, test))
         seconds["transform_test"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         decoded = model.inverse_transform(Z, sensitive_features=S_test)
         steps = model.concealment_steps_
-        first = steps[0] if steps else None
+        first = steps[0] if steps and variant["concealment"] != "transport" else None  # LEACE's, for the restored decode
         refiner = next((step for step in steps if hasattr(step, "inverse_transform")), None)
-        encode_train = lambda: model.transform(train.images)
+        encode_train = lambda: (model.transform(shared.images, **transform_labels(variant, shared)), shared)
     else:
         chain = ResidualConcealment(base, variant, seed).fit(means["train"], S_train)
         seconds["fit_concealment"] = time.perf_counter() - t0
@@ -666,7 +715,7 @@ def measure_variant(
         t0 = time.perf_counter()
         decoded = base.inverse_transform(chain.inverse(Z, S_test), sensitive_features=S_test)
         first, refiner = None, None
-        encode_train = lambda: chain.transform(means["train"], S_train)
+        encode_train = lambda: (chain.transform(means["train"], S_train), train)
     record = {"Z": Z, "errors": reconstruction_errors(test.images, decoded)}
     seconds["reconstruct_test"] = time.perf_counter() - t0
 
@@ -686,7 +735,9 @@ def measure_variant(
         seconds["restored_decode"] = time.perf_counter() - t0
     if attacker is not None:
         t0 = time.perf_counter()
-        record["train_split_attacker"] = train_split_attack(encode_train(), Z, train, test, **attacker)
+        Z_attacker, attacker_rows = encode_train()
+        record["train_split_attacker"] = train_split_attack(Z_attacker, Z, attacker_rows, test, **attacker)
+        record["train_split_attacker_rows"] = len(attacker_rows)
         seconds["train_split_attacker"] = time.perf_counter() - t0
     record["steps_seconds"] = seconds
     return record
@@ -735,7 +786,7 @@ def run(args) -> dict:
             if args.train_attacker and variant in variants
             else None
         )
-        record = measure_variant(variant, model, base, means, train, test, seed, attacker)
+        record = measure_variant(variant, model, base, means, train, test, seed, data_info["split"], attacker)
         records[variant["name"]] = record
         if variant["name"] == "none":
             base = copy.deepcopy(model)
@@ -798,6 +849,7 @@ def run(args) -> dict:
                 "erasure": record.get("erasure"),
                 "utility": utility_entry(utility_shares, v["name"], judged),
                 "train_split_attacker": record.get("train_split_attacker"),
+                "train_split_attacker_rows": record.get("train_split_attacker_rows"),
                 "steps_seconds": {k: round(x, 2) for k, x in seconds.items()},
             }
         )
@@ -1289,6 +1341,11 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
                 f"held-out latents. Here the same probes are trained on all {d['n_train']} training-split latents "
                 "(concealed by the same fitted steps) with their labels, as anyone holding the exported training "
                 "data could, and scored once on the held-out split (no interval: a single split)."
+                + "".join(
+                    f" `{v['name']}` shares only {v['train_split_attacker_rows']} of them (the rest are the calibration "
+                    "rows it was fitted on, which `bafo run` does not share), so its attacker learns from those."
+                    for v in attacked if (v.get("train_split_attacker_rows") or d["n_train"]) < d["n_train"]
+                )
             ),
             "",
             (
@@ -1364,11 +1421,21 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
             "(`LinearErasure`, `LatentRefiner(kl_weight=..., latent_dim=...)`, `LinearErasure`), the refiner "
             "configured as the `full` preset configures its own; runs made before the package's re-layer "
             "(issue 10) composed them in the script and decoded them without the estimator's erased-label map. "
-            "`residual` variants need the labels at transform time, so they are composed in the script."
+            "`residual` variants need the labels at transform time, so they are composed in the script. "
+            "`transport` is the estimator's own `\"transport\"` concealment (it too needs the labels at transform "
+            "time), fitted as `bafo run` fits it: on a calibration share of the training split, chosen by content "
+            "hash and never shared; its maps invert exactly given the labels, so it decodes as `none` does."
         ),
         "",
     ]
     return "\n".join(lines)
+
+
+def _needs_labels(v: dict) -> str:
+    """The caveat of a recommendation that only a labelled export can follow."""
+    if not v.get("labels_at_transform"):
+        return ""
+    return " It needs every row's sensitive labels to encode it (†): for a labelled export only."
 
 
 def summary_paragraphs(result: dict) -> list[str]:
@@ -1429,7 +1496,7 @@ def summary_paragraphs(result: dict) -> list[str]:
         v = by_name[rec["within_budget"]]
         out.append(
             f"**Recommended default within the 1 dB budget: `{v['name']}`** (most leakage targets met, then "
-            f"lowest gender and ethnicity worst case)."
+            f"lowest gender and ethnicity worst case)." + _needs_labels(v)
         )
     else:
         out.append("**No concealment mode of the estimator stays within the 1 dB budget** as it decodes today.")
@@ -1441,7 +1508,7 @@ def summary_paragraphs(result: dict) -> list[str]:
             f"then most met against the stronger attacker, then lowest gender and ethnicity leakage): gender "
             f"{v['audit']['gender']['worst']:.3f}, ethnicity {v['audit']['ethnicity']['worst']:.3f}, age MAE "
             f"{v['audit']['age']['worst']:.2f}, {_db(v['reconstruction']['psnr_loss_db'])} dB; audit targets met: "
-            f"{', '.join(met) if met else 'none'}."
+            f"{', '.join(met) if met else 'none'}." + _needs_labels(v)
             + (" The package default keeps `covariance_dims=0`: on synthetic faces the covariance erasure also "
                "removed non-sensitive information (docs/COVARIANCE_ERASURE.md)."
                if v.get("covariance_dims") else "")
@@ -1484,6 +1551,13 @@ LIMITS = {
         "frontier, not a better one. Attribute control should be checked with a judge for any variant that "
         "moves more of the face into the labels."
     ),
+    "transport": (
+        "*Moving instead of erasing keeps the content, at the price of the labels.* The `transport` variant "
+        "matches each attribute cell's latent mean and covariance to the pooled ones and inverts exactly, so it "
+        "costs no PSNR and keeps what varies inside a cell; but it needs every row's labels to encode it, and its "
+        "maps are estimated on the calibration rows, whose estimation error every shared row of a cell carries "
+        "and a data-rich attacker reads (docs/TRAINED_CONCEALMENT.md §13–14)."
+    ),
     "attacker": (
         "*Read the margins against a stronger attacker.* The audit's attacker learns from the held-out "
         "split's folds only; probes trained on the whole training split (the table above, where run) recover "
@@ -1516,6 +1590,8 @@ def limits(result: dict) -> list[str]:
         )
     if any(v["concealment"] == "residual" for v in variants):
         paragraphs.append(LIMITS["residual"])
+    if any(v["concealment"] == "transport" for v in variants):
+        paragraphs.append(LIMITS["transport"])
     if not any(goals_met(v)["all"] for v in variants):
         paragraphs.append(LIMITS["no_variant_meets"])
     paragraphs.append(LIMITS["attacker"])

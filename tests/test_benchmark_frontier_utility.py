@@ -194,3 +194,50 @@ def test_earlier_runs_are_linked_with_their_model(frontier, tmp_path):
     assert len(lines) == 1
     assert "[`results/leakage_frontier_old.json`](results/leakage_frontier_old.json)" in lines[0]
     assert "figures/frontier_old.png" in lines[0] and "artifacts/utk48" in lines[0] and "epochs 12" in lines[0]
+
+
+def test_transport_variants_parse_with_bafo_runs_calibration_share(frontier):
+    default = frontier.parse_variant("transport", 30)
+    assert default["name"] == "transport" and default["calibration_fraction"] == frontier.CALIBRATION_FRACTION
+    assert default["labels_at_transform"] and frontier.is_preset(default)
+    assert frontier.parse_variant("transport:cal=0.5", 30)["name"] == "transport, cal 0.5"
+    for spec in ("transport:cal=1", "transport:cal=0", "transport:dec=6"):
+        with pytest.raises(ValueError, match="transport"):
+            frontier.parse_variant(spec, 30)
+
+
+def test_transport_calibration_rows_are_the_ones_bafo_run_holds_back(frontier):
+    from bafo_pipeline.data import make_synthetic_faces
+    from bafo_pipeline.pipeline.workflow import _roles
+
+    faces = make_synthetic_faces(400, image_size=32, random_state=3)
+    split = {"test_fraction": 0.15, "seed": 4}
+    train, _ = faces.split(**split)
+    fitted_on, shared = frontier.calibration_split(frontier.parse_variant("transport", 30), train, split)
+    held_back = set(np.asarray(faces.content_hash)[_roles(faces, 0.15, frontier.CALIBRATION_FRACTION, 4) == "calibration"])
+    assert set(fitted_on.content_hash) == held_back
+    assert not set(fitted_on.content_hash) & set(shared.content_hash)
+    assert len(fitted_on) + len(shared) == len(train)
+    everything, same = frontier.calibration_split(frontier.parse_variant("linear", 30), train, split)
+    assert len(everything) == len(same) == len(train)
+
+
+def test_transport_variant_is_fitted_on_calibration_rows_attacked_from_shared_ones_and_decodes_as_none(frontier):
+    from bafo_pipeline import BAFOTransformer
+    from bafo_pipeline.data import make_synthetic_faces
+
+    faces = make_synthetic_faces(480, image_size=32, random_state=1)
+    split = {"test_fraction": 0.2, "seed": 0}
+    train, test = faces.split(**split)
+    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=32, concealment="none", random_state=0)
+    model.fit(train.images, sensitive_features=train.sensitive_features)
+    attacker = {"device": "cpu", "threads": 1}
+    none = frontier.measure_variant(frontier.parse_variant("none", 1), model, None, {}, train, test, 0, split)
+    transport = frontier.measure_variant(frontier.parse_variant("transport", 1), model, None, {}, train, test, 0,
+                                         split, attacker)
+    fitted_on, shared = frontier.calibration_split(frontier.parse_variant("transport", 1), train, split)
+    assert model.concealment_steps_[0].cell_counts_.sum() == len(fitted_on)
+    assert transport["train_split_attacker_rows"] == len(shared) < len(train)
+    assert set(transport["train_split_attacker"]) == set(frontier.ATTRIBUTES)
+    np.testing.assert_allclose(transport["errors"]["psnr"], none["errors"]["psnr"], atol=1e-3)  # exact inverse
+    assert not np.allclose(transport["Z"], none["Z"], atol=1e-3)  # and it did move the rows

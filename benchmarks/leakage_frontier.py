@@ -1431,11 +1431,14 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
     return "\n".join(lines)
 
 
-def _needs_labels(v: dict) -> str:
-    """The caveat of a recommendation that only a labelled export can follow."""
-    if not v.get("labels_at_transform"):
-        return ""
-    return " It needs every row's sensitive labels to encode it (†): for a labelled export only."
+def _caveats(v: dict, n_train: int) -> str:
+    """What a recommendation of ``v`` holds only under: labels at transform time, a smaller attacker."""
+    text = " It needs every row's sensitive labels to encode it (†): for a labelled export only." if v.get(
+        "labels_at_transform") else ""
+    rows = v.get("train_split_attacker_rows")
+    if rows and rows < n_train:
+        text += f" Its data-rich attacker learns from the {rows} rows it shares, not all {n_train}."
+    return text
 
 
 def summary_paragraphs(result: dict) -> list[str]:
@@ -1496,7 +1499,7 @@ def summary_paragraphs(result: dict) -> list[str]:
         v = by_name[rec["within_budget"]]
         out.append(
             f"**Recommended default within the 1 dB budget: `{v['name']}`** (most leakage targets met, then "
-            f"lowest gender and ethnicity worst case)." + _needs_labels(v)
+            f"lowest gender and ethnicity worst case)." + _caveats(v, result["data"]["n_train"])
         )
     else:
         out.append("**No concealment mode of the estimator stays within the 1 dB budget** as it decodes today.")
@@ -1508,7 +1511,7 @@ def summary_paragraphs(result: dict) -> list[str]:
             f"then most met against the stronger attacker, then lowest gender and ethnicity leakage): gender "
             f"{v['audit']['gender']['worst']:.3f}, ethnicity {v['audit']['ethnicity']['worst']:.3f}, age MAE "
             f"{v['audit']['age']['worst']:.2f}, {_db(v['reconstruction']['psnr_loss_db'])} dB; audit targets met: "
-            f"{', '.join(met) if met else 'none'}." + _needs_labels(v)
+            f"{', '.join(met) if met else 'none'}." + _caveats(v, result["data"]["n_train"])
             + (" The package default keeps `covariance_dims=0`: on synthetic faces the covariance erasure also "
                "removed non-sensitive information (docs/COVARIANCE_ERASURE.md)."
                if v.get("covariance_dims") else "")

@@ -241,3 +241,9 @@ def test_transport_variant_is_fitted_on_calibration_rows_attacked_from_shared_on
     assert set(transport["train_split_attacker"]) == set(frontier.ATTRIBUTES)
     np.testing.assert_allclose(transport["errors"]["psnr"], none["errors"]["psnr"], atol=1e-3)  # exact inverse
     assert not np.allclose(transport["Z"], none["Z"], atol=1e-3)  # and it did move the rows
+
+
+def test_a_recommendation_names_the_labels_and_the_smaller_attacker_it_holds_under(frontier):
+    assert frontier._caveats({"labels_at_transform": False, "train_split_attacker_rows": 100}, 100) == ""
+    text = frontier._caveats({"labels_at_transform": True, "train_split_attacker_rows": 30}, 100)
+    assert "labels" in text and "30 rows it shares, not all 100" in text

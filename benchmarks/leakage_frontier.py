@@ -1203,7 +1203,7 @@ def earlier_run_lines(json_path: Path, figure_path: Path, markdown_path: Path) -
         tag = other.stem[len(json_path.stem) + 1:]
         figure = figure_path.with_name(f"{figure_path.stem}_{tag}{figure_path.suffix}")
         lines.append(
-            f"- Earlier run, old base model: [`{rel(other)}`]({rel(other)})"
+            f"- Another run, on another model: [`{rel(other)}`]({rel(other)})"
             + (f" (figure [`{rel(figure)}`]({rel(figure)}))" if figure.exists() else "")
             + f": {d['source']}, model `{d['model']}`{model_params_text(d)}, {earlier['date_utc']}, "
             f"{len(earlier['variants'])} variants. Its numbers are not comparable with this page's."
@@ -1296,7 +1296,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
     lines += [
         "",
         (
-            "† needs the sensitive labels at encode time (not just at fit), unlike the estimator's `concealment` modes. "
+            "† needs each row's sensitive labels at encode time (not just at fit), unlike the other variants. "
             "\\* wall seconds to fit the concealment steps on the shared 2-core machine, whose load varied during the "
             "runs (the load at each start is given above): the same refiner fit has taken under a minute and over a "
             "quarter of an hour, so these times say little about the methods."
@@ -1341,11 +1341,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
                 f"held-out latents. Here the same probes are trained on all {d['n_train']} training-split latents "
                 "(concealed by the same fitted steps) with their labels, as anyone holding the exported training "
                 "data could, and scored once on the held-out split (no interval: a single split)."
-                + "".join(
-                    f" `{v['name']}` shares only {v['train_split_attacker_rows']} of them (the rest are the calibration "
-                    "rows it was fitted on, which `bafo run` does not share), so its attacker learns from those."
-                    for v in attacked if (v.get("train_split_attacker_rows") or d["n_train"]) < d["n_train"]
-                )
+                + fewer_rows_note(attacked, d["n_train"])
             ),
             "",
             (
@@ -1431,6 +1427,16 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
     return "\n".join(lines)
 
 
+def fewer_rows_note(attacked: list[dict], n_train: int) -> str:
+    """The variants whose data-rich attacker learned from fewer rows than the training split: those they share."""
+    fewer = [f"`{v['name']}` {v['train_split_attacker_rows']}" for v in attacked
+             if (v.get("train_split_attacker_rows") or n_train) < n_train]
+    if not fewer:
+        return ""
+    return (" Where a variant shares fewer rows (" + ", ".join(fewer) + "; the rest are the calibration rows it was "
+            "fitted on, which `bafo run` does not share), its attacker learns from those it shares.")
+
+
 def _caveats(v: dict, n_train: int) -> str:
     """What a recommendation of ``v`` holds only under: labels at transform time, a smaller attacker."""
     text = " It needs every row's sensitive labels to encode it (†): for a labelled export only." if v.get(
@@ -1450,7 +1456,9 @@ def summary_paragraphs(result: dict) -> list[str]:
     met_all = [v for v in variants if v["goals_met"]["all"]]
     met_restored = [v for v in variants if v["goals_met"]["all_restored"] and not v["goals_met"]["all"]]
     if met_all:
-        out.append("**The goal is met** by " + ", ".join(f"`{v['name']}`" for v in met_all) + " (at the audit's mean).")
+        out.append("**The goal is met** by " + ", ".join(f"`{_label(v)}`" for v in met_all) + " (at the audit's mean)."
+                   + (" † needs each row's labels to encode: for labelled exports only." if any(
+                       v.get("labels_at_transform") for v in met_all) else ""))
     else:
         out.append(
             "**No variant meets the whole goal** (every leakage target and the 1 dB budget) as the library decodes."

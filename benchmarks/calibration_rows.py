@@ -91,8 +91,8 @@ class CellCovarianceTransport:
         self.smooth_mean_ = smooth_mean_only().fit(Z, sensitive_features=attributes)
         Z = self.smooth_mean_.transform(Z, sensitive_features=attributes)
         self.age_edges_ = quantile_bin_edges(attributes["age"].to_numpy(float), 4)
-        self.categories_ = [pd.Categorical(attributes[name].astype(str)).categories for name in CLASSES]
-        codes = self._codes(attributes)
+        self.categories_ = class_categories(attributes)
+        codes = cell_codes(attributes, self.age_edges_, self.categories_)
         self.cell_codes_, position = np.unique(codes, axis=0, return_inverse=True)
         position = position.ravel()
         n_cells = len(self.cell_codes_)
@@ -110,7 +110,7 @@ class CellCovarianceTransport:
     def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
         attributes = sensitive_features.reset_index(drop=True)
         Z = self.smooth_mean_.transform(Z, sensitive_features=attributes)
-        position = self._fitted_cells(self._codes(attributes))
+        position = self._fitted_cells(cell_codes(attributes, self.age_edges_, self.categories_))
         deviations = Z - self.cell_means_[position]
         return self.mean_ + np.einsum("nij,nj->ni", self.transports_[position], deviations)
 
@@ -122,22 +122,13 @@ class CellCovarianceTransport:
         own = self.pooled_ if own is None else own
         return (rows * own + self.shrinkage * self.pooled_) / (rows + self.shrinkage)
 
-    def _codes(self, attributes: pd.DataFrame) -> np.ndarray:
-        """Each row's (gender, ethnicity, age bin) as numbers; the classes are compared as strings."""
-        age_bin = np.searchsorted(self.age_edges_, attributes["age"].to_numpy(float), side="right")
-        classes = [pd.Categorical(attributes[name].astype(str), categories=categories).codes
-                   for name, categories in zip(CLASSES, self.categories_)]
-        return np.column_stack(classes + [age_bin]).astype(np.int64)
-
     def _fitted_cells(self, codes: np.ndarray) -> np.ndarray:
-        """Each row's cell: its own, or the nearest age bin's of its classes."""
+        """Each row's cell: its own, or the nearest age bin's of its classes (``smooth_mean_`` has already
+        refused rows whose classes had no fitted rows)."""
         unique, inverse = np.unique(codes, axis=0, return_inverse=True)
         cells = np.empty(len(unique), dtype=np.int64)
         for index, code in enumerate(unique):
             same_classes = np.flatnonzero((self.cell_codes_[:, :2] == code[:2]).all(axis=1))
-            if not len(same_classes):
-                row = int(np.argmax(inverse.ravel() == index))
-                raise ValueError(f"row {row}: no fitted row had its classes of {CLASSES}")
             cells[index] = same_classes[np.argmin(np.abs(self.cell_codes_[same_classes, 2] - code[2]))]
         return cells[inverse.ravel()]
 
@@ -221,12 +212,24 @@ def _sqrt_and_inverse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
 
 
+def cell_codes(attributes: pd.DataFrame, age_edges: np.ndarray, categories: list) -> np.ndarray:
+    """Each row's (gender, ethnicity, age bin) as numbers; the classes are compared as strings."""
+    age_bin = np.searchsorted(age_edges, attributes["age"].to_numpy(float), side="right")
+    classes = [pd.Categorical(attributes[name].astype(str), categories=known).codes
+               for name, known in zip(CLASSES, categories)]
+    return np.column_stack(classes + [age_bin]).astype(np.int64)
+
+
+def class_categories(attributes: pd.DataFrame) -> list:
+    """The classes of each of :data:`CLASSES` that the rows have."""
+    return [pd.Categorical(attributes[name].astype(str)).categories for name in CLASSES]
+
+
 def transport_cells(attributes: pd.DataFrame) -> np.ndarray:
-    """The default transport's cells: gender x ethnicity x age quartile."""
-    age = attributes["age"].to_numpy(float)
-    quartile = np.searchsorted(quantile_bin_edges(age, 4), age, side="right")
-    keys = attributes["gender"].astype(str) + "|" + attributes["ethnicity"].astype(str) + "|" + quartile.astype(str)
-    return pd.factorize(keys)[0]
+    """The default transport's cells: gender x ethnicity x age quartile, as one number per row."""
+    edges = quantile_bin_edges(attributes["age"].to_numpy(float), 4)
+    codes = cell_codes(attributes, edges, class_categories(attributes))
+    return np.unique(codes, axis=0, return_inverse=True)[1].ravel()
 
 
 def between_cell_spectrum(Z: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

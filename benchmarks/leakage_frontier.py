@@ -689,6 +689,8 @@ def measure_variant(
     S_test = test.sensitive_features.reset_index(drop=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
+    from bafo_pipeline import LinearErasure
+
     if variant["concealment"] != "residual":
         fitted_on, shared = calibration_split(variant, train, split)
         model.set_params(concealment=concealment_of(variant, model.get_params()),
@@ -703,7 +705,7 @@ def measure_variant(
         t0 = time.perf_counter()
         decoded = model.inverse_transform(Z, sensitive_features=S_test)
         steps = model.concealment_steps_
-        first = steps[0] if steps and variant["concealment"] != "transport" else None  # LEACE's, for the restored decode
+        first = steps[0] if steps and isinstance(steps[0], LinearErasure) else None  # for the restored decode
         refiner = next((step for step in steps if hasattr(step, "inverse_transform")), None)
         encode_train = lambda: (model.transform(shared.images, **transform_labels(variant, shared)), shared)
     else:

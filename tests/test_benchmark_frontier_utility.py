@@ -241,6 +241,9 @@ def test_transport_variant_is_fitted_on_calibration_rows_attacked_from_shared_on
     assert set(transport["train_split_attacker"]) == set(frontier.ATTRIBUTES)
     np.testing.assert_allclose(transport["errors"]["psnr"], none["errors"]["psnr"], atol=1e-3)  # exact inverse
     assert not np.allclose(transport["Z"], none["Z"], atol=1e-3)  # and it did move the rows
+    means = {part: model.transform(data.images, conceal=False) for part, data in (("train", train), ("test", test))}
+    linear = frontier.measure_variant(frontier.parse_variant("linear", 1), model, model, means, train, test, 0, split)
+    assert "errors_restored" in linear and "errors_restored" not in transport  # only LEACE's erasure is restored
 
 
 def test_a_recommendation_names_the_labels_and_the_smaller_attacker_it_holds_under(frontier):

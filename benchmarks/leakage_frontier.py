@@ -1074,6 +1074,14 @@ def _db(value: float | None) -> str:
     return "–" if value is None else f"{round(0.0 - value, 2) + 0.0:+.2f}"
 
 
+def _loss_relative(variant: dict, reference: dict) -> str:
+    """How ``variant``'s reconstruction loss compares with ``reference``'s, in words."""
+    saved = round(reference["reconstruction"]["psnr_loss_db"] - variant["reconstruction"]["psnr_loss_db"], 2)
+    if saved == 0:
+        return "at the same reconstruction loss"
+    return f"and loses {abs(saved):.2f} dB {'less' if saved > 0 else 'more'} in reconstruction"
+
+
 def _label(v: dict) -> str:
     return f"{v['name']} †" if v.get("labels_at_transform") else v["name"]
 
@@ -1530,9 +1538,8 @@ def summary_paragraphs(result: dict) -> list[str]:
         if cheap["name"] != v["name"]:
             g = cheap["audit"]["gender"]
             out.append(
-                f"`{cheap['name']}` meets as many audit targets for "
-                f"{cheap['reconstruction']['psnr_loss_db'] - v['reconstruction']['psnr_loss_db']:+.2f} dB of loss "
-                f"relative to it, with gender {g['worst']:.3f} (interval {g['ci_low']:.3f}–{g['ci_high']:.3f}): "
+                f"`{cheap['name']}` meets as many audit targets {_loss_relative(cheap, v)}, with gender "
+                f"{g['worst']:.3f} (interval {g['ci_low']:.3f}–{g['ci_high']:.3f}): "
                 "the difference is within the audit's intervals."
             )
     out += ["", *limits(result)]

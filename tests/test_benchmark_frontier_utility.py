@@ -250,3 +250,12 @@ def test_a_recommendation_names_the_labels_and_the_smaller_attacker_it_holds_und
     assert frontier._caveats({"labels_at_transform": False, "train_split_attacker_rows": 100}, 100) == ""
     text = frontier._caveats({"labels_at_transform": True, "train_split_attacker_rows": 30}, 100)
     assert "labels" in text and "30 rows it shares, not all 100" in text
+
+
+def test_the_cheaper_peer_is_worded_by_the_sign_and_size_of_its_saving(frontier):
+    def loss(db):
+        return {"reconstruction": {"psnr_loss_db": db}}
+
+    assert frontier._loss_relative(loss(1.0), loss(1.001)) == "at the same reconstruction loss"
+    assert frontier._loss_relative(loss(1.0), loss(1.5)) == "and loses 0.50 dB less in reconstruction"
+    assert frontier._loss_relative(loss(2.0), loss(1.5)) == "and loses 0.50 dB more in reconstruction"

@@ -406,8 +406,7 @@ def demo_latents(seed: int, samples: int, extra: int, cache: Path | None, encode
     options = "".join(f"_{key}{value}" for key, value in sorted((encoder_options or {}).items()))
     path = cache / f"calibration_rows_demo_seed{seed}_samples{samples}_extra{extra}{options}.npz" if cache else None
     parts = demo_encoder_latents(seed, samples, extra=extra, encoder_options=encoder_options, cache_path=path)
-    return {name: (latents.astype(float), part.attributes.reset_index(drop=True))
-            for name, (latents, part) in parts.items()}
+    return {name: (latents.astype(float), attributes) for name, (latents, attributes) in parts.items()}
 
 
 def utkface_data(seed: int, utkface: str, models: str, cache: Path | None) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:

@@ -56,6 +56,7 @@ from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
 from bafo_pipeline.audits.group_sums import group_sum_scores  # noqa: E402
+from bafo_pipeline.data import SYNTHETIC_SENSITIVE  # noqa: E402
 from bafo_pipeline.transformers import ConditionalTransport, LinearErasure  # noqa: E402
 
 STEPS = {"transport": ConditionalTransport, "linear": LinearErasure}
@@ -66,8 +67,8 @@ def demo_latents(seed: int, samples: int, cache: Path | None) -> tuple[np.ndarra
     """``bafo run``'s unconcealed encoder's latents of the demo's training rows, then its held-out rows; their
     attributes; and which rows are training rows."""
     path = cache / f"demo_latents_seed{seed}_samples{samples}.npz" if cache else None
-    (train, train_faces), (test, test_faces) = demo_encoder_latents(seed, samples, cache_path=path).values()
-    attributes = pd.concat([train_faces.sensitive_features, test_faces.sensitive_features], ignore_index=True)
+    (train, train_attributes), (test, test_attributes) = demo_encoder_latents(seed, samples, cache_path=path).values()
+    attributes = pd.concat([train_attributes, test_attributes], ignore_index=True)[list(SYNTHETIC_SENSITIVE)]
     return np.vstack([train, test]), attributes, np.arange(len(attributes)) < len(train)
 
 

@@ -194,7 +194,9 @@ def test_summary_averages_each_setting_over_runs(bench):
     assert summary["score_smile"] == 0.425 and summary["score_tilt"] == 0.5
 
 
-def test_demo_latents_come_from_the_given_encoder_options_and_are_cached_under_them(bench, tmp_path):
+def test_demo_latents_come_from_the_given_encoder_options_and_are_cached_under_them(bench, tmp_path, monkeypatch):
+    import _demo_latents
+
     options = {"epochs": 1, "latent_dim": 4, "decoder_epochs": 0}
     first = bench.demo_latents(0, 80, 10, tmp_path, options)
     assert {name: latents.shape for name, (latents, _) in first.items()} == {
@@ -204,10 +206,26 @@ def test_demo_latents_come_from_the_given_encoder_options_and_are_cached_under_t
     assert "_epochs1" in path.name and "_latent_dim4" in path.name
     saved = dict(np.load(path))
     np.savez(path, **{**saved, "test": saved["test"] + 1.0})  # a second call reads the cache, not a new encoder
-    again = bench.demo_latents(0, 80, 10, tmp_path, options)
+    with monkeypatch.context() as patch:  # ... and draws no faces: the attributes are cached too
+        patch.setattr(_demo_latents, "make_synthetic_faces", _fails)
+        patch.setattr(_demo_latents, "BAFOTransformer", _fails)
+        again = bench.demo_latents(0, 80, 10, tmp_path, options)
     np.testing.assert_allclose(again["test"][0], first["test"][0] + 1.0)
     np.testing.assert_array_equal(again["train"][0], first["train"][0])
+    for name, (_, labels) in first.items():
+        pd.testing.assert_frame_equal(again[name][1], labels)
+    path.with_suffix(".parquet").unlink()  # a cache from before the attributes were kept: faces, but no encoder
+    with monkeypatch.context() as patch:
+        patch.setattr(_demo_latents, "BAFOTransformer", _fails)
+        redrawn = bench.demo_latents(0, 80, 10, tmp_path, options)
+    np.testing.assert_allclose(redrawn["test"][0], first["test"][0] + 1.0)
+    pd.testing.assert_frame_equal(redrawn["extra"][1], first["extra"][1])
+    assert path.with_suffix(".parquet").exists()
     assert bench.demo_latents(0, 80, 10, None, options)["test"][0].shape == first["test"][0].shape
+
+
+def _fails(*args, **kwargs):
+    raise AssertionError("called although the cache holds the answer")
 
 
 def test_a_demo_run_records_each_settings_scores_and_the_unconcealed_ones_its_shares_divide_by(bench):

@@ -334,8 +334,8 @@ class PrincipalTransport:
 
 
 class MarginalTransport:
-    """One attribute at a time: a transport per attribute (its classes, or its quartile bins with its smooth
-    mean), fitted on the rows the earlier ones moved, in ``rounds`` passes over the attributes.
+    """One attribute at a time: a transport per column of ``sensitive_features`` (its classes, or its quartile
+    bins with its smooth mean), fitted on the rows the earlier ones moved, in ``rounds`` passes over the columns.
 
     Each map is estimated on every row of a class (about 640 per gender on the demo's calibration half, not
     about 32 per joint cell), so it carries far less estimation error; the price is that only each
@@ -351,7 +351,7 @@ class MarginalTransport:
         self.steps_ = []
         moved = Z
         for _ in range(self.rounds):
-            for name in SENSITIVE:
+            for name in attributes.columns:
                 step = ConditionalTransport().fit(moved, sensitive_features=attributes[[name]])
                 moved = step.transform(moved, sensitive_features=attributes[[name]])
                 self.steps_.append((name, step))

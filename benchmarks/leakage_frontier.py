@@ -1199,8 +1199,16 @@ def issue12_lines(result: dict) -> list[str]:
 
 
 def earlier_run_lines(json_path: Path, figure_path: Path, markdown_path: Path) -> list[str]:
-    """Links to earlier runs kept beside the JSON (``leakage_frontier_<tag>.json``, figure ``frontier_<tag>.png``)."""
+    """Links to earlier runs kept beside the JSON (``leakage_frontier_<tag>.json``, figure ``frontier_<tag>.png``).
+
+    A run on the same data, split, size and model settings as this page's, with another trained encoder,
+    is said to be one: its numbers differ from the page's by what training the encoder again moves.
+    """
     rel = lambda p: os.path.relpath(p, markdown_path.parent)  # noqa: E731
+    try:
+        this = json.loads(json_path.read_text(encoding="utf-8")).get("data", {})
+    except (OSError, ValueError):
+        this = {}
     lines = []
     for other in sorted(json_path.parent.glob(json_path.stem + "_*.json")):
         if other.resolve() == json_path.resolve():
@@ -1216,9 +1224,18 @@ def earlier_run_lines(json_path: Path, figure_path: Path, markdown_path: Path) -
             f"- Another run, on another model: [`{rel(other)}`]({rel(other)})"
             + (f" (figure [`{rel(figure)}`]({rel(figure)}))" if figure.exists() else "")
             + f": {d['source']}, model `{d['model']}`{model_params_text(d)}, {earlier['date_utc']}, "
-            f"{len(earlier['variants'])} variants. Its numbers are not comparable with this page's."
+            f"{len(earlier['variants'])} variants. "
+            + ("Another encoder trained with this page's settings on its split: what its numbers differ by is "
+               "what training the encoder again moves." if _same_setting(d, this) and d.get("model") != this.get("model")
+               else "Its numbers are not comparable with this page's.")
         )
     return lines
+
+
+def _same_setting(data: dict, other: dict) -> bool:
+    """Whether two runs' data, split, sizes and model settings are the same (a replicate, up to the encoder)."""
+    keys = ("source", "split", "n_train", "n_test", "model_params")
+    return all(data.get(k) is not None and data.get(k) == other.get(k) for k in keys)
 
 
 def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_path: Path) -> str:

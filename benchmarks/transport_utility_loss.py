@@ -1,0 +1,195 @@
+"""Where ``bafo run``'s transport loses the UTKFace expression targets: step by step.
+
+``ConditionalTransport`` does three things to a latent, each fitted on ``bafo run``'s calibration
+rows: it subtracts a smooth function of the attributes (the *smooth mean*), moves every cell
+(gender x ethnicity x age bin) to the pooled mean (*cell means*), and maps each cell's covariance
+onto the pooled one (*covariance maps*, shrunk by ``shrinkage`` pseudo-rows). This script applies
+them cumulatively to the held-out latents of one unconcealed encoder (and, as alternatives to the last
+stage, covariance maps of fewer attributes' cells: :data:`ALTERNATIVES`) and measures, per stage:
+
+- what each landmark target keeps (best probe's score, 5 folds on the held-out rows, as a share of
+  the unconcealed latents'), the raw targets and the residuals of the judged ones (the part the
+  attributes explain additively, as the audit defines it) and, as a check of that definition, the
+  *cell residuals*: the same targets minus their additive prediction and each cell's mean
+  deviation from it (shrunk by 10 pseudo-rows), fitted on the training split;
+- what each sensitive attribute leaks, worst case over probes and over the cross-validated and the
+  data-rich attacker (probes fitted on the shared training rows, moved by the same step).
+
+    python benchmarks/transport_utility_loss.py --model MODEL --utkface UTKFace --landmarks LANDMARKS
+
+Prints JSON (the machine named); docs/TRAINED_CONCEALMENT.md §14 reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
+from calibration_rows import SENSITIVE, smooth_mean_only, worst_cases  # noqa: E402
+
+from bafo_pipeline.audits import audit_leakage  # noqa: E402
+from bafo_pipeline.audits.utility import audit_utility, residualize_targets  # noqa: E402
+from bafo_pipeline.data.landmarks import LANDMARK_TARGETS  # noqa: E402
+from bafo_pipeline.transformers import ConditionalTransport  # noqa: E402
+
+UNCONCEALED = "none"
+#: The transport's stages, cumulative; the last is ``bafo run``'s step.
+STAGES = {
+    "smooth mean": smooth_mean_only,
+    "+ cell means": lambda: ConditionalTransport(shrinkage=1e15),  # every cell keeps the pooled covariance
+    "+ covariance maps, shrinkage 40": lambda: ConditionalTransport(shrinkage=40),
+    "+ covariance maps, shrinkage 10 (bafo run)": ConditionalTransport,
+}
+
+class CellMeansThenCovariance:
+    """The ``+ cell means`` stage on every attribute, then covariance maps of ``covariance_by``'s cells only.
+
+    Which attributes' covariance maps cost the targets: a map per gender class, say, is fitted on about 5,900
+    calibration rows and matches only gender's spreads.
+    """
+
+    def __init__(self, covariance_by: list[str], continuous_bins: int = 4):
+        self.covariance_by = covariance_by
+        self.continuous_bins = continuous_bins
+
+    def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> CellMeansThenCovariance:
+        self.means_ = STAGES["+ cell means"]().fit(Z, sensitive_features=sensitive_features)
+        moved = self.means_.transform(Z, sensitive_features=sensitive_features)
+        self.covariance_ = ConditionalTransport(continuous_bins=self.continuous_bins).fit(
+            moved, sensitive_features=sensitive_features[self.covariance_by])
+        return self
+
+    def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        moved = self.means_.transform(Z, sensitive_features=sensitive_features)
+        return self.covariance_.transform(moved, sensitive_features=sensitive_features[self.covariance_by])
+
+
+#: Alternatives to the last stage: covariance maps of fewer attributes, or of cells without age bins.
+ALTERNATIVES = {
+    "cell means + gender's covariance maps": lambda: CellMeansThenCovariance(["gender"]),
+    "cell means + gender x ethnicity covariance maps": lambda: CellMeansThenCovariance(["gender", "ethnicity"]),
+    "covariance maps without age bins (continuous_bins=0)": lambda: ConditionalTransport(continuous_bins=0),
+}
+JUDGED = ("mouth_open", "mouth_width", "eye_open")  # issue 12 judges these targets' residuals
+CELL_PSEUDO_ROWS = 10
+
+
+def cell_codes(sensitive: pd.DataFrame, age_edges: np.ndarray) -> np.ndarray:
+    """Each row's cell: gender, ethnicity and age band (``age_edges`` inner edges), as one string."""
+    band = np.digitize(pd.to_numeric(sensitive["age"]).to_numpy(float), age_edges)
+    return (sensitive["gender"].astype(str) + "|" + sensitive["ethnicity"].astype(str) + "|"
+            + pd.Series(band, index=sensitive.index).astype(str)).to_numpy()
+
+
+def cell_residuals(targets: pd.DataFrame, sensitive: pd.DataFrame, fit_targets: pd.DataFrame,
+                   fit_sensitive: pd.DataFrame, bands: int = 10) -> pd.DataFrame:
+    """``targets`` minus their additive prediction from the attributes and their cell's mean deviation from it.
+
+    Both are fitted on ``fit_*``: the additive part by :func:`residualize_targets` (the audit's residual), the
+    cell deviations as each cell's mean additive residual, shrunk by :data:`CELL_PSEUDO_ROWS` pseudo-rows
+    towards 0 (a cell without fitted rows keeps the additive residual). Cells: gender x ethnicity x age decile.
+    """
+    edges = np.quantile(pd.to_numeric(fit_sensitive["age"]).to_numpy(float), np.linspace(0, 1, bands + 1)[1:-1])
+    additive, _ = residualize_targets(targets, sensitive, fit_targets=fit_targets, fit_sensitive=fit_sensitive)
+    fit_additive, _ = residualize_targets(fit_targets, fit_sensitive, fit_targets=fit_targets,
+                                          fit_sensitive=fit_sensitive)
+    fit_cells, cells = cell_codes(fit_sensitive, edges), cell_codes(sensitive, edges)
+    out = additive.copy()
+    for column in targets.columns:
+        known = fit_additive[column].notna().to_numpy()
+        grouped = pd.Series(fit_additive[column].to_numpy()[known]).groupby(fit_cells[known])
+        deviation = grouped.sum() / (grouped.size() + CELL_PSEUDO_ROWS)
+        out[column] = additive[column].to_numpy() - pd.Series(cells).map(deviation).fillna(0.0).to_numpy()
+    return out
+
+
+def stage_latents(fit_latents: np.ndarray, fit_sensitive: pd.DataFrame,
+                  moved: dict[str, tuple[np.ndarray, pd.DataFrame]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per stage of :data:`STAGES` and per :data:`ALTERNATIVES`: its step fitted on ``fit_*``, applied to every
+    part of ``moved``."""
+    out = {}
+    for name, make in {**STAGES, **ALTERNATIVES}.items():
+        step = make().fit(fit_latents, sensitive_features=fit_sensitive)
+        out[name] = {part: step.transform(latents, sensitive_features=sensitive)
+                     for part, (latents, sensitive) in moved.items()}
+    return out
+
+
+def kept_shares(representations: dict[str, np.ndarray], targets: pd.DataFrame, threads: int) -> dict:
+    """Per representation and target: the best probe's score and its share of :data:`UNCONCEALED`'s, with interval."""
+    result = audit_utility(representations, targets, references=[UNCONCEALED], probes=("prior", "linear", "mlp", "gbdt"),
+                           n_folds=5, n_bootstrap=200, random_state=0, n_threads=threads)
+    out: dict = {}
+    for r in result.shares("best").to_dict("records"):
+        out.setdefault(r["representation"], {})[r["target"]] = {
+            "score": round(float(r["score"]), 3), "probe": r["probe"],
+            "share": round(float(r[f"share_of[{UNCONCEALED}]"]), 3),
+            "share_ci": [round(float(r[f"share_low[{UNCONCEALED}]"]), 3), round(float(r[f"share_high[{UNCONCEALED}]"]), 3)],
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="an unconcealed UTKFace model (e.g. the frontier's)")
+    parser.add_argument("--utkface", required=True)
+    parser.add_argument("--landmarks", required=True, help="benchmarks/landmark_labels.py's Parquet cache")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import leakage_frontier as frontier
+
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # the frontier's progress lines; stdout is the JSON
+        model, train, test, info = frontier.load_real(Path(args.model), Path(args.utkface), "cpu")
+        targets, fit_targets = frontier.utility_targets("utkface", train, test, args.landmarks)
+    calibration, shared = frontier.calibration_split(frontier.parse_variant("transport", 0), train, info["split"])
+
+    def part(data):
+        return model.transform(data.images, conceal=False), data.sensitive_features.reset_index(drop=True)
+
+    (fit_latents, fit_sensitive), moved = part(calibration), {"test": part(test), "shared": part(shared)}
+    stages = stage_latents(fit_latents, fit_sensitive, moved)
+    test_latents = {UNCONCEALED: moved["test"][0], **{name: parts["test"] for name, parts in stages.items()}}
+
+    test_sensitive, train_sensitive = moved["test"][1], train.sensitive_features.reset_index(drop=True)
+    judged = list(JUDGED)
+    additive, _ = residualize_targets(targets[judged], test_sensitive, fit_targets=fit_targets[judged],
+                                      fit_sensitive=train_sensitive)
+    cells = cell_residuals(targets[judged], test_sensitive, fit_targets[judged], train_sensitive)
+    all_targets = pd.concat([targets[list(LANDMARK_TARGETS)], additive.add_suffix("_residual"),
+                             cells.add_suffix("_cell_residual")], axis=1)
+    kept = kept_shares(test_latents, all_targets, args.threads)
+
+    leakage = audit_leakage(test_latents, test_sensitive[SENSITIVE],
+                            fit_representations={UNCONCEALED: moved["shared"][0],
+                                                 **{name: parts["shared"] for name, parts in stages.items()}},
+                            fit_labels=moved["shared"][1][SENSITIVE], n_bootstrap=200, n_permutations=0,
+                            random_state=0, n_threads=args.threads)
+    print(json.dumps({
+        "benchmark": "transport_utility_loss",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "data": {key: info[key] for key in ("model", "model_params", "split", "n_train", "n_test")}
+        | {"calibration_rows": len(calibration), "shared_rows": len(shared)},
+        "stages": list(STAGES),
+        "alternatives": list(ALTERNATIVES),
+        "kept": kept,
+        "worst_leakage": worst_cases(leakage),
+        "seconds": round(time.perf_counter() - started, 1),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

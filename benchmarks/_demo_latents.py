@@ -22,23 +22,26 @@ def demo_encoder_latents(seed: int, samples: int, *, extra: int = 0, encoder_opt
     on top, trained on the training split. ``cache_path`` keeps the latents between runs, and the attributes
     beside them (the same name, ``.parquet``), so that a cached call draws no faces.
     """
+    cached = cache_path is not None and cache_path.exists()
     attributes_path = cache_path.with_suffix(".parquet") if cache_path is not None else None
-    if cache_path is not None and cache_path.exists() and attributes_path.exists():
-        saved, table = np.load(cache_path), pd.read_parquet(attributes_path)
-        return {name: (saved[name], rows.drop(columns="part").reset_index(drop=True))
-                for name, rows in table.groupby("part", sort=False)}
+    if cached and attributes_path.exists():
+        table = pd.read_parquet(attributes_path)
+        with np.load(cache_path) as saved:
+            return {name: (saved[name], rows.drop(columns="part").reset_index(drop=True))
+                    for name, rows in table.groupby("part", sort=False)}
     parts = _demo_faces(seed, samples, extra)
-    if cache_path is not None and cache_path.exists():  # latents cached before the attributes were
-        saved = np.load(cache_path)
-        latents = {name: saved[name] for name in parts}
+    if cached:  # latents cached before the attributes were
+        with np.load(cache_path) as saved:
+            latents = {name: saved[name] for name in parts}
     else:
         model = BAFOTransformer(concealment="none", random_state=seed, **{**RUN_DEFAULTS, **(encoder_options or {})})
         train = parts["train"]
         model.fit(train.images, sensitive_features=train.sensitive_features)
         latents = {name: model.transform(part.images, conceal=False) for name, part in parts.items()}
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache_path, **latents)
     if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache_path, **latents)
         pd.concat([part.attributes.assign(part=name) for name, part in parts.items()],
                   ignore_index=True).to_parquet(attributes_path)
     return {name: (latents[name], part.attributes.reset_index(drop=True)) for name, part in parts.items()}

@@ -1198,17 +1198,14 @@ def issue12_lines(result: dict) -> list[str]:
     return lines
 
 
-def earlier_run_lines(json_path: Path, figure_path: Path, markdown_path: Path) -> list[str]:
+def earlier_run_lines(result: dict, json_path: Path, figure_path: Path, markdown_path: Path) -> list[str]:
     """Links to earlier runs kept beside the JSON (``leakage_frontier_<tag>.json``, figure ``frontier_<tag>.png``).
 
-    A run on the same data, split, size and model settings as this page's, with another trained encoder,
-    is said to be one: its numbers differ from the page's by what training the encoder again moves.
+    A run on the same data, split, sizes, model settings and audit as this page's ``result``, with another
+    trained encoder, is said to be one: its numbers differ from the page's by what training the encoder again
+    moves.
     """
     rel = lambda p: os.path.relpath(p, markdown_path.parent)  # noqa: E731
-    try:
-        this = json.loads(json_path.read_text(encoding="utf-8")).get("data", {})
-    except (OSError, ValueError):
-        this = {}
     lines = []
     for other in sorted(json_path.parent.glob(json_path.stem + "_*.json")):
         if other.resolve() == json_path.resolve():
@@ -1226,16 +1223,19 @@ def earlier_run_lines(json_path: Path, figure_path: Path, markdown_path: Path) -
             + f": {d['source']}, model `{d['model']}`{model_params_text(d)}, {earlier['date_utc']}, "
             f"{len(earlier['variants'])} variants. "
             + ("Another encoder trained with this page's settings on its split: what its numbers differ by is "
-               "what training the encoder again moves." if _same_setting(d, this) and d.get("model") != this.get("model")
+               "what training the encoder again moves." if _replicates(earlier, result)
                else "Its numbers are not comparable with this page's.")
         )
     return lines
 
 
-def _same_setting(data: dict, other: dict) -> bool:
-    """Whether two runs' data, split, sizes and model settings are the same (a replicate, up to the encoder)."""
+def _replicates(run: dict, page: dict) -> bool:
+    """Whether ``run`` repeats ``page`` on another encoder: the same data, split, sizes, shown model settings
+    and audit configuration, and another model."""
+    data, this = run.get("data", {}), page.get("data", {})
     keys = ("source", "split", "n_train", "n_test", "model_params")
-    return all(data.get(k) is not None and data.get(k) == other.get(k) for k in keys)
+    same = all(data.get(k) is not None and data.get(k) == this.get(k) for k in keys)
+    return same and run.get("audit_config") == page.get("audit_config") and data.get("model") != this.get("model")
 
 
 def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_path: Path) -> str:
@@ -1285,7 +1285,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
             f"  {extra['command']}",
             "  ```",
         ]
-    lines += earlier_run_lines(json_path, figure_path, markdown_path)
+    lines += earlier_run_lines(result, json_path, figure_path, markdown_path)
     lines += [
         "",
         "## The frontier",

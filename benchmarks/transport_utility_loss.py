@@ -50,41 +50,61 @@ STAGES = {
     "+ covariance maps, shrinkage 10 (bafo run)": ConditionalTransport,
 }
 
-class CellMeansThenCovariance:
-    """The ``+ cell means`` stage on every attribute, then covariance maps of ``covariance_by``'s cells only.
 
-    Which attributes' covariance maps cost the targets: a map per gender class, say, is fitted on about 5,900
-    calibration rows and matches only gender's spreads.
+class CellMeansThenCovariance:
+    """The ``+ cell means`` stage on every attribute, then covariance maps of ``covariance_by``'s classes only.
+
+    It shows which attributes' covariance maps cost the targets: a map per gender class, say, is fitted on
+    about 5,900 calibration rows and matches only gender's spreads. Only categorical attributes are meant
+    for ``covariance_by`` (age's cells would be its default quartile bins).
+
+    Parameters
+    ----------
+    covariance_by : list of str
+        The sensitive columns whose classes get their own covariance map.
     """
 
-    def __init__(self, covariance_by: list[str], continuous_bins: int = 4):
+    def __init__(self, covariance_by: list[str]):
         self.covariance_by = covariance_by
-        self.continuous_bins = continuous_bins
 
     def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> CellMeansThenCovariance:
+        """Fit the cell means on every attribute, then the covariance maps on the rows they moved."""
         self.means_ = STAGES["+ cell means"]().fit(Z, sensitive_features=sensitive_features)
         moved = self.means_.transform(Z, sensitive_features=sensitive_features)
-        self.covariance_ = ConditionalTransport(continuous_bins=self.continuous_bins).fit(
-            moved, sensitive_features=sensitive_features[self.covariance_by])
+        self.covariance_ = ConditionalTransport().fit(moved, sensitive_features=sensitive_features[self.covariance_by])
         return self
 
     def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        """Move ``Z`` by its rows' cell means, then by their classes' covariance maps."""
         moved = self.means_.transform(Z, sensitive_features=sensitive_features)
         return self.covariance_.transform(moved, sensitive_features=sensitive_features[self.covariance_by])
 
 
-#: Alternatives to the last stage: covariance maps of fewer attributes, or of cells without age bins.
+#: Alternatives to the last stage: covariance maps of fewer attributes, or cells without age bins.
 ALTERNATIVES = {
     "cell means + gender's covariance maps": lambda: CellMeansThenCovariance(["gender"]),
     "cell means + gender x ethnicity covariance maps": lambda: CellMeansThenCovariance(["gender", "ethnicity"]),
-    "covariance maps without age bins (continuous_bins=0)": lambda: ConditionalTransport(continuous_bins=0),
+    # age left to the smooth mean: cell means and covariance maps both by gender x ethnicity only
+    "cells without age bins (continuous_bins=0)": lambda: ConditionalTransport(continuous_bins=0),
 }
 JUDGED = ("mouth_open", "mouth_width", "eye_open")  # issue 12 judges these targets' residuals
 CELL_PSEUDO_ROWS = 10
 
 
 def cell_codes(sensitive: pd.DataFrame, age_edges: np.ndarray) -> np.ndarray:
-    """Each row's cell: gender, ethnicity and age band (``age_edges`` inner edges), as one string."""
+    """Each row's cell: gender, ethnicity and age band, as one string.
+
+    Parameters
+    ----------
+    sensitive : DataFrame
+        ``age``, ``gender`` and ``ethnicity`` columns.
+    age_edges : ndarray
+        Inner edges of the age bands (``numpy.digitize``'s bins).
+
+    Returns
+    -------
+    ndarray of str, one per row
+    """
     band = np.digitize(pd.to_numeric(sensitive["age"]).to_numpy(float), age_edges)
     return (sensitive["gender"].astype(str) + "|" + sensitive["ethnicity"].astype(str) + "|"
             + pd.Series(band, index=sensitive.index).astype(str)).to_numpy()
@@ -94,11 +114,24 @@ def cell_residuals(targets: pd.DataFrame, sensitive: pd.DataFrame, fit_targets: 
                    fit_sensitive: pd.DataFrame, bands: int = 10) -> pd.DataFrame:
     """``targets`` minus their additive prediction from the attributes and their cell's mean deviation from it.
 
-    Both are fitted on ``fit_*``: the additive part by :func:`residualize_targets` (the audit's residual), the
-    cell deviations as each cell's mean additive residual, shrunk by :data:`CELL_PSEUDO_ROWS` pseudo-rows
-    towards 0 (a cell without fitted rows keeps the additive residual). Cells: gender x ethnicity x age decile.
+    Parameters
+    ----------
+    targets, sensitive : DataFrame
+        The rows to residualise: continuous targets, and their ``age``, ``gender`` and ``ethnicity``.
+    fit_targets, fit_sensitive : DataFrame
+        The rows both parts are fitted on: the additive part by :func:`residualize_targets` (the audit's
+        residual), the cell deviations as each cell's mean additive residual, shrunk by
+        :data:`CELL_PSEUDO_ROWS` pseudo-rows towards 0 (a cell without fitted rows keeps the additive residual).
+    bands : int, default=10
+        Age quantile bands of the cells (gender x ethnicity x band); tied quantiles merge bands.
+
+    Returns
+    -------
+    DataFrame
+        Same index and columns as ``targets``.
     """
-    edges = np.quantile(pd.to_numeric(fit_sensitive["age"]).to_numpy(float), np.linspace(0, 1, bands + 1)[1:-1])
+    ages = pd.to_numeric(fit_sensitive["age"]).to_numpy(float)
+    edges = np.unique(np.quantile(ages, np.linspace(0, 1, bands + 1)[1:-1]))
     additive, _ = residualize_targets(targets, sensitive, fit_targets=fit_targets, fit_sensitive=fit_sensitive)
     fit_additive, _ = residualize_targets(fit_targets, fit_sensitive, fit_targets=fit_targets,
                                           fit_sensitive=fit_sensitive)
@@ -113,19 +146,48 @@ def cell_residuals(targets: pd.DataFrame, sensitive: pd.DataFrame, fit_targets: 
 
 
 def stage_latents(fit_latents: np.ndarray, fit_sensitive: pd.DataFrame,
-                  moved: dict[str, tuple[np.ndarray, pd.DataFrame]]) -> dict[str, dict[str, np.ndarray]]:
-    """Per stage of :data:`STAGES` and per :data:`ALTERNATIVES`: its step fitted on ``fit_*``, applied to every
-    part of ``moved``."""
+                  parts: dict[str, tuple[np.ndarray, pd.DataFrame]]) -> dict[str, dict[str, np.ndarray]]:
+    """Every stage's and alternative's step, fitted once and applied to every part.
+
+    Parameters
+    ----------
+    fit_latents : ndarray of shape (n, d)
+    fit_sensitive : DataFrame
+        The rows each step is fitted on (``bafo run``'s calibration rows) and their attributes.
+    parts : dict of str to (ndarray, DataFrame)
+        Unconcealed latents to move, with their attributes, by name (the held-out and the shared rows).
+
+    Returns
+    -------
+    dict
+        ``{step name: {part name: moved latents}}``, in the order of :data:`STAGES`, then :data:`ALTERNATIVES`.
+    """
     out = {}
     for name, make in {**STAGES, **ALTERNATIVES}.items():
         step = make().fit(fit_latents, sensitive_features=fit_sensitive)
         out[name] = {part: step.transform(latents, sensitive_features=sensitive)
-                     for part, (latents, sensitive) in moved.items()}
+                     for part, (latents, sensitive) in parts.items()}
     return out
 
 
-def kept_shares(representations: dict[str, np.ndarray], targets: pd.DataFrame, threads: int) -> dict:
-    """Per representation and target: the best probe's score and its share of :data:`UNCONCEALED`'s, with interval."""
+def kept_shares(representations: dict[str, np.ndarray], targets: pd.DataFrame, threads: int) -> dict[str, dict]:
+    """What each representation keeps of each target.
+
+    Parameters
+    ----------
+    representations : dict of str to ndarray
+        Latents of the same rows, :data:`UNCONCEALED` among them.
+    targets : DataFrame
+        Continuous targets of those rows.
+    threads : int
+        Thread limit of the probes.
+
+    Returns
+    -------
+    dict
+        ``{representation: {target: {"score", "probe", "share", "share_ci"}}}``: the best probe's score (5
+        folds) and its share of :data:`UNCONCEALED`'s, with the share's bootstrap interval.
+    """
     result = audit_utility(representations, targets, references=[UNCONCEALED], probes=("prior", "linear", "mlp", "gbdt"),
                            n_folds=5, n_bootstrap=200, random_state=0, n_threads=threads)
     out: dict = {}
@@ -139,6 +201,7 @@ def kept_shares(representations: dict[str, np.ndarray], targets: pd.DataFrame, t
 
 
 def main() -> None:
+    """Measure every stage on one UTKFace model and print the JSON."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an unconcealed UTKFace model (e.g. the frontier's)")
     parser.add_argument("--utkface", required=True)
@@ -156,14 +219,15 @@ def main() -> None:
         targets, fit_targets = frontier.utility_targets("utkface", train, test, args.landmarks)
     calibration, shared = frontier.calibration_split(frontier.parse_variant("transport", 0), train, info["split"])
 
-    def part(data):
+    def unconcealed(data) -> tuple[np.ndarray, pd.DataFrame]:
         return model.transform(data.images, conceal=False), data.sensitive_features.reset_index(drop=True)
 
-    (fit_latents, fit_sensitive), moved = part(calibration), {"test": part(test), "shared": part(shared)}
-    stages = stage_latents(fit_latents, fit_sensitive, moved)
-    test_latents = {UNCONCEALED: moved["test"][0], **{name: parts["test"] for name, parts in stages.items()}}
+    fit_latents, fit_sensitive = unconcealed(calibration)
+    parts = {"test": unconcealed(test), "shared": unconcealed(shared)}
+    stages = stage_latents(fit_latents, fit_sensitive, parts)
+    test_latents = {UNCONCEALED: parts["test"][0], **{name: moved["test"] for name, moved in stages.items()}}
 
-    test_sensitive, train_sensitive = moved["test"][1], train.sensitive_features.reset_index(drop=True)
+    test_sensitive, train_sensitive = parts["test"][1], train.sensitive_features.reset_index(drop=True)
     judged = list(JUDGED)
     additive, _ = residualize_targets(targets[judged], test_sensitive, fit_targets=fit_targets[judged],
                                       fit_sensitive=train_sensitive)
@@ -173,9 +237,9 @@ def main() -> None:
     kept = kept_shares(test_latents, all_targets, args.threads)
 
     leakage = audit_leakage(test_latents, test_sensitive[SENSITIVE],
-                            fit_representations={UNCONCEALED: moved["shared"][0],
-                                                 **{name: parts["shared"] for name, parts in stages.items()}},
-                            fit_labels=moved["shared"][1][SENSITIVE], n_bootstrap=200, n_permutations=0,
+                            fit_representations={UNCONCEALED: parts["shared"][0],
+                                                 **{name: moved["shared"] for name, moved in stages.items()}},
+                            fit_labels=parts["shared"][1][SENSITIVE], n_bootstrap=200, n_permutations=0,
                             random_state=0, n_threads=args.threads)
     print(json.dumps({
         "benchmark": "transport_utility_loss",

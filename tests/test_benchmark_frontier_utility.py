@@ -190,7 +190,7 @@ def test_earlier_runs_are_linked_with_their_model(frontier, tmp_path):
         "data": {"source": "utkface", "model": "artifacts/utk48", "model_params": {"epochs": 12}},
         "date_utc": "2026-11-26 05:38 UTC", "variants": [{}, {}]}))
     (figures / "frontier_old.png").write_bytes(b"")
-    lines = frontier.earlier_run_lines(current, figures / "frontier.png", tmp_path / "FRONTIER.md")
+    lines = frontier.earlier_run_lines({}, current, figures / "frontier.png", tmp_path / "FRONTIER.md")
     assert len(lines) == 1
     assert "[`results/leakage_frontier_old.json`](results/leakage_frontier_old.json)" in lines[0]
     assert "figures/frontier_old.png" in lines[0] and "artifacts/utk48" in lines[0] and "epochs 12" in lines[0]
@@ -200,16 +200,21 @@ def test_earlier_runs_are_linked_with_their_model(frontier, tmp_path):
 def test_an_earlier_run_with_the_pages_settings_on_another_encoder_is_called_a_replicate(frontier, tmp_path):
     data = {"source": "utkface", "model": "a", "split": {"seed": 0}, "n_train": 90, "n_test": 10,
             "model_params": {"epochs": 4}}
-    (tmp_path / "leakage_frontier.json").write_text(json.dumps({"data": data}))
-    runs = {"seed2": {**data, "model": "b"}, "epochs": {**data, "model": "c", "model_params": {"epochs": 20}},
-            "split": {**data, "model": "d", "split": {"seed": 1}}}
-    for tag, other in runs.items():
+    page = {"data": data, "audit_config": {"folds": 5}}
+    (tmp_path / "leakage_frontier.json").write_text(json.dumps(page))
+    runs = {"seed2": ({**data, "model": "b"}, {"folds": 5}),
+            "epochs": ({**data, "model": "c", "model_params": {"epochs": 20}}, {"folds": 5}),
+            "split": ({**data, "model": "d", "split": {"seed": 1}}, {"folds": 5}),
+            "audit": ({**data, "model": "e"}, {"folds": 3}),
+            "same": (data, {"folds": 5})}
+    for tag, (other, audit) in runs.items():
         (tmp_path / f"leakage_frontier_{tag}.json").write_text(json.dumps(
-            {"data": other, "date_utc": "2026-12-01", "variants": []}))
-    lines = frontier.earlier_run_lines(tmp_path / "leakage_frontier.json", tmp_path / "f.png", tmp_path / "F.md")
+            {"data": other, "audit_config": audit, "date_utc": "2026-12-01", "variants": []}))
+    lines = frontier.earlier_run_lines(page, tmp_path / "leakage_frontier.json", tmp_path / "f.png", tmp_path / "F.md")
     said = {tag: line for tag in runs for line in lines if f"leakage_frontier_{tag}.json" in line}
     assert "training the encoder again" in said["seed2"]
-    assert "not comparable" in said["epochs"] and "not comparable" in said["split"]
+    for tag in ("epochs", "split", "audit", "same"):  # other settings, another audit, or the very same model
+        assert "not comparable" in said[tag], tag
 
 
 def test_transport_variants_parse_with_bafo_runs_calibration_share(frontier):

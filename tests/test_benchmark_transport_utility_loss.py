@@ -44,21 +44,30 @@ def test_the_stages_remove_means_then_spreads_cumulatively(bench):
         Z = rng.normal(size=(len(labels), 3))
         Z[:, 0] += 2.0 * labels["gender"].to_numpy()  # a mean difference
         Z[:, 1] *= 1 + labels["ethnicity"].to_numpy()  # a spread difference
+        Z[:, 2] += 1.5 * (labels["gender"].to_numpy() == 1) * (labels["ethnicity"].to_numpy() == 2)  # a joint one
         return Z
 
     stages = bench.stage_latents(latents(fit), fit, {"test": (latents(new), new)})
     assert list(stages) == [*bench.STAGES, *bench.ALTERNATIVES]
     ethnicity, male = new["ethnicity"].to_numpy(), new["gender"].to_numpy() == 1
+    both = male & (ethnicity == 2)
 
     def spread_ratio(Z):
         spreads = [Z[ethnicity == k, 1].std() for k in range(3)]
         return max(spreads) / min(spreads)
 
+    def joint_gap(Z):
+        return abs(Z[both, 2].mean() - Z[~both, 2].mean())
+
     for name, parts in stages.items():
         Z = parts["test"]
         assert abs(Z[male, 0].mean() - Z[~male, 0].mean()) < 0.15, name  # every stage removes the mean difference
+    assert joint_gap(stages["smooth mean"]["test"]) > 0.5  # it has no gender x ethnicity term ...
+    for name in list(bench.STAGES)[1:]:  # ... which the cell means, and every stage after them, remove
+        assert joint_gap(stages[name]["test"]) < 0.15, name
     assert spread_ratio(stages["smooth mean"]["test"]) > 2.5  # the spreads are left to the covariance maps
     assert spread_ratio(stages["+ cell means"]["test"]) > 2.5
+    assert spread_ratio(stages["+ covariance maps, shrinkage 40"]["test"]) < 1.3
     assert spread_ratio(stages["+ covariance maps, shrinkage 10 (bafo run)"]["test"]) < 1.15
 
 
@@ -78,3 +87,17 @@ def test_covariance_maps_of_one_attribute_match_its_spreads_only(bench):
     assert Z[male, 0].std() / Z[~male, 0].std() == pytest.approx(1.0, abs=0.1)  # was 3
     spreads = [Z[ethnicity == k, 1].std() for k in range(3)]
     assert max(spreads) / min(spreads) > 2.5  # ethnicity's spreads are left as they were
+
+
+def test_kept_shares_are_each_representations_score_over_the_unconcealed_ones(bench):
+    rng = np.random.default_rng(9)
+    target = rng.normal(size=600)
+    noise = rng.normal(size=(600, 2))
+    representations = {bench.UNCONCEALED: np.c_[target + 0.3 * noise[:, 0], noise[:, 1]],
+                       "blurred": np.c_[target + 1.0 * noise[:, 0], noise[:, 1]]}
+    kept = bench.kept_shares(representations, pd.DataFrame({"t": target}), threads=1)
+    assert kept[bench.UNCONCEALED]["t"]["share"] == pytest.approx(1.0)
+    blurred = kept["blurred"]["t"]
+    assert blurred["share"] == pytest.approx(blurred["score"] / kept[bench.UNCONCEALED]["t"]["score"], abs=0.01)
+    assert 0.4 < blurred["share"] < 0.7  # R² about 0.5 against about 0.92
+    assert blurred["share_ci"][0] < blurred["share"] < blurred["share_ci"][1]

@@ -1221,21 +1221,33 @@ def earlier_run_lines(result: dict, json_path: Path, figure_path: Path, markdown
             f"- Another run, on another model: [`{rel(other)}`]({rel(other)})"
             + (f" (figure [`{rel(figure)}`]({rel(figure)}))" if figure.exists() else "")
             + f": {d['source']}, model `{d['model']}`{model_params_text(d)}, {earlier['date_utc']}, "
-            f"{len(earlier['variants'])} variants. "
-            + ("Another encoder trained with this page's settings on its split: what its numbers differ by is "
-               "what training the encoder again moves." if _replicates(earlier, result)
-               else "Its numbers are not comparable with this page's.")
+            f"{len(earlier['variants'])} variants. " + REPLICATE_TEXT[_replicates(earlier, result)]
         )
     return lines
 
 
-def _replicates(run: dict, page: dict) -> bool:
-    """Whether ``run`` repeats ``page`` on another encoder: the same data, split, sizes, shown model settings
-    and audit configuration, and another model."""
+REPLICATE_TEXT = {
+    "encoder": "Another encoder trained with this page's settings on its split: what its numbers differ by is "
+               "what training the encoder again moves.",
+    "split": "Another split of the same data, and an encoder trained on it with this page's settings: what its "
+             "numbers differ by is what the split and the encoder move.",
+    None: "Its numbers are not comparable with this page's.",
+}
+
+
+def _replicates(run: dict, page: dict) -> str | None:
+    """What ``run`` repeats ``page`` with: ``"encoder"`` (another model; the same data, split, sizes, shown model
+    settings and audit configuration), ``"split"`` (the same, but another split and its sizes), or ``None``."""
     data, this = run.get("data", {}), page.get("data", {})
-    keys = ("source", "split", "n_train", "n_test", "model_params")
-    same = all(data.get(k) is not None and data.get(k) == this.get(k) for k in keys)
-    return same and run.get("audit_config") == page.get("audit_config") and data.get("model") != this.get("model")
+
+    def same(*keys):
+        return all(data.get(k) is not None and data.get(k) == this.get(k) for k in keys)
+
+    if run.get("audit_config") != page.get("audit_config") or data.get("model") == this.get("model"):
+        return None
+    if not same("source", "model_params"):
+        return None
+    return "encoder" if same("split", "n_train", "n_test") else "split"
 
 
 def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_path: Path) -> str:

@@ -197,7 +197,7 @@ def test_earlier_runs_are_linked_with_their_model(frontier, tmp_path):
     assert "not comparable" in lines[0]
 
 
-def test_an_earlier_run_with_the_pages_settings_on_another_encoder_is_called_a_replicate(frontier, tmp_path):
+def test_an_earlier_run_with_the_pages_settings_on_another_encoder_or_split_is_called_a_replicate(frontier, tmp_path):
     data = {"source": "utkface", "model": "a", "split": {"seed": 0}, "n_train": 90, "n_test": 10,
             "model_params": {"epochs": 4}}
     page = {"data": data, "audit_config": {"folds": 5}}
@@ -213,7 +213,8 @@ def test_an_earlier_run_with_the_pages_settings_on_another_encoder_is_called_a_r
     lines = frontier.earlier_run_lines(page, tmp_path / "leakage_frontier.json", tmp_path / "f.png", tmp_path / "F.md")
     said = {tag: line for tag in runs for line in lines if f"leakage_frontier_{tag}.json" in line}
     assert "training the encoder again" in said["seed2"]
-    for tag in ("epochs", "split", "audit", "same"):  # other settings, another audit, or the very same model
+    assert "Another split of the same data" in said["split"]
+    for tag in ("epochs", "audit", "same"):  # other settings, another audit, or the very same model
         assert "not comparable" in said[tag], tag
 
 

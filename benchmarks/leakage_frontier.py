@@ -1201,9 +1201,8 @@ def issue12_lines(result: dict) -> list[str]:
 def earlier_run_lines(result: dict, json_path: Path, figure_path: Path, markdown_path: Path) -> list[str]:
     """Links to earlier runs kept beside the JSON (``leakage_frontier_<tag>.json``, figure ``frontier_<tag>.png``).
 
-    A run on the same data, split, sizes, model settings and audit as this page's ``result``, with another
-    trained encoder, is said to be one: its numbers differ from the page's by what training the encoder again
-    moves.
+    Each says what it repeats of this page's ``result`` (:func:`_replicates`): another encoder with the same
+    settings on the same split, another split, or nothing comparable.
     """
     rel = lambda p: os.path.relpath(p, markdown_path.parent)  # noqa: E731
     lines = []

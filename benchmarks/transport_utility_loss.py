@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
-from calibration_rows import SENSITIVE, smooth_mean_only, worst_cases  # noqa: E402
+from calibration_rows import SENSITIVE, cell_codes, class_categories, smooth_mean_only, worst_cases  # noqa: E402
 
 from bafo_pipeline.audits import audit_leakage  # noqa: E402
 from bafo_pipeline.audits.utility import audit_utility, residualize_targets  # noqa: E402
@@ -91,25 +91,6 @@ JUDGED = ("mouth_open", "mouth_width", "eye_open")  # issue 12 judges these targ
 CELL_PSEUDO_ROWS = 10
 
 
-def cell_codes(sensitive: pd.DataFrame, age_edges: np.ndarray) -> np.ndarray:
-    """Each row's cell: gender, ethnicity and age band, as one string.
-
-    Parameters
-    ----------
-    sensitive : DataFrame
-        ``age``, ``gender`` and ``ethnicity`` columns.
-    age_edges : ndarray
-        Inner edges of the age bands (``numpy.digitize``'s bins).
-
-    Returns
-    -------
-    ndarray of str, one per row
-    """
-    band = np.digitize(pd.to_numeric(sensitive["age"]).to_numpy(float), age_edges)
-    return (sensitive["gender"].astype(str) + "|" + sensitive["ethnicity"].astype(str) + "|"
-            + pd.Series(band, index=sensitive.index).astype(str)).to_numpy()
-
-
 def cell_residuals(targets: pd.DataFrame, sensitive: pd.DataFrame, fit_targets: pd.DataFrame,
                    fit_sensitive: pd.DataFrame, bands: int = 10) -> pd.DataFrame:
     """``targets`` minus their additive prediction from the attributes and their cell's mean deviation from it.
@@ -135,7 +116,10 @@ def cell_residuals(targets: pd.DataFrame, sensitive: pd.DataFrame, fit_targets: 
     additive, _ = residualize_targets(targets, sensitive, fit_targets=fit_targets, fit_sensitive=fit_sensitive)
     fit_additive, _ = residualize_targets(fit_targets, fit_sensitive, fit_targets=fit_targets,
                                           fit_sensitive=fit_sensitive)
-    fit_cells, cells = cell_codes(fit_sensitive, edges), cell_codes(sensitive, edges)
+    categories = class_categories(fit_sensitive)  # a class no fitted row had gets code -1: a cell of its own
+    codes = np.vstack([cell_codes(fit_sensitive, edges, categories), cell_codes(sensitive, edges, categories)])
+    cell_ids = np.unique(codes, axis=0, return_inverse=True)[1].ravel()
+    fit_cells, cells = cell_ids[:len(fit_sensitive)], cell_ids[len(fit_sensitive):]
     out = additive.copy()
     for column in targets.columns:
         known = fit_additive[column].notna().to_numpy()

@@ -1201,8 +1201,8 @@ def issue12_lines(result: dict) -> list[str]:
 def earlier_run_lines(result: dict, json_path: Path, figure_path: Path, markdown_path: Path) -> list[str]:
     """Links to earlier runs kept beside the JSON (``leakage_frontier_<tag>.json``, figure ``frontier_<tag>.png``).
 
-    Each says what it repeats of this page's ``result`` (:func:`_replicates`): another encoder with the same
-    settings on the same split, another split, or nothing comparable.
+    Each says what it repeats of this page's ``result`` (:func:`_replicates`): this page's own model again,
+    another encoder with the same settings on the same split, another split, or nothing comparable.
     """
     rel = lambda p: os.path.relpath(p, markdown_path.parent)  # noqa: E731
     lines = []
@@ -1216,16 +1216,20 @@ def earlier_run_lines(result: dict, json_path: Path, figure_path: Path, markdown
             continue
         tag = other.stem[len(json_path.stem) + 1:]
         figure = figure_path.with_name(f"{figure_path.stem}_{tag}{figure_path.suffix}")
+        replicate = _replicates(earlier, result)
+        whose = "this page's" if d.get("model") == result.get("data", {}).get("model") else "another"
         lines.append(
-            f"- Another run, on another model: [`{rel(other)}`]({rel(other)})"
+            f"- Another run, on {whose} model: [`{rel(other)}`]({rel(other)})"
             + (f" (figure [`{rel(figure)}`]({rel(figure)}))" if figure.exists() else "")
             + f": {d['source']}, model `{d['model']}`{model_params_text(d)}, {earlier['date_utc']}, "
-            f"{len(earlier['variants'])} variants. " + REPLICATE_TEXT[_replicates(earlier, result)]
+            f"{len(earlier['variants'])} variants. " + REPLICATE_TEXT[replicate]
         )
     return lines
 
 
 REPLICATE_TEXT = {
+    "rerun": "This page's model again, on its data and split with its audit: what its numbers differ by is what "
+             "the probes' and the concealments' own randomness moves.",
     "encoder": "Another encoder trained with this page's settings on its split: what its numbers differ by is "
                "what training the encoder again moves.",
     "split": "Another split of the same data, and an encoder trained on it with this page's settings: what its "
@@ -1235,18 +1239,20 @@ REPLICATE_TEXT = {
 
 
 def _replicates(run: dict, page: dict) -> str | None:
-    """What ``run`` repeats ``page`` with: ``"encoder"`` (another model; the same data, split, sizes, shown model
-    settings and audit configuration), ``"split"`` (the same, but another split and its sizes), or ``None``."""
+    """What ``run`` repeats ``page`` with: ``"rerun"`` (the same model, data, split, sizes and audit
+    configuration), ``"encoder"`` (the same, but another model with the same shown settings), ``"split"``
+    (another model, split and sizes), or ``None``."""
     data, this = run.get("data", {}), page.get("data", {})
 
     def same(*keys):
         return all(data.get(k) is not None and data.get(k) == this.get(k) for k in keys)
 
-    if run.get("audit_config") != page.get("audit_config") or data.get("model") == this.get("model"):
+    if run.get("audit_config") != page.get("audit_config") or not same("source", "model_params"):
         return None
-    if not same("source", "model_params"):
-        return None
-    return "encoder" if same("split", "n_train", "n_test") else "split"
+    same_split = same("split", "n_train", "n_test")
+    if same("model"):
+        return "rerun" if same_split else None
+    return "encoder" if same_split else "split"
 
 
 def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_path: Path) -> str:

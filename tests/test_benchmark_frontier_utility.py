@@ -197,7 +197,7 @@ def test_earlier_runs_are_linked_with_their_model(frontier, tmp_path):
     assert "not comparable" in lines[0]
 
 
-def test_an_earlier_run_with_the_pages_settings_on_another_encoder_or_split_is_called_a_replicate(frontier, tmp_path):
+def test_an_earlier_run_with_the_pages_settings_is_called_a_rerun_or_a_replicate(frontier, tmp_path):
     data = {"source": "utkface", "model": "a", "split": {"seed": 0}, "n_train": 90, "n_test": 10,
             "model_params": {"epochs": 4}}
     page = {"data": data, "audit_config": {"folds": 5}}
@@ -206,7 +206,8 @@ def test_an_earlier_run_with_the_pages_settings_on_another_encoder_or_split_is_c
             "epochs": ({**data, "model": "c", "model_params": {"epochs": 20}}, {"folds": 5}),
             "split": ({**data, "model": "d", "split": {"seed": 1}}, {"folds": 5}),
             "audit": ({**data, "model": "e"}, {"folds": 3}),
-            "same": (data, {"folds": 5})}
+            "same": (data, {"folds": 5}),
+            "same-model-other-split": ({**data, "split": {"seed": 1}}, {"folds": 5})}
     for tag, (other, audit) in runs.items():
         (tmp_path / f"leakage_frontier_{tag}.json").write_text(json.dumps(
             {"data": other, "audit_config": audit, "date_utc": "2026-12-01", "variants": []}))
@@ -214,7 +215,10 @@ def test_an_earlier_run_with_the_pages_settings_on_another_encoder_or_split_is_c
     said = {tag: line for tag in runs for line in lines if f"leakage_frontier_{tag}.json" in line}
     assert "training the encoder again" in said["seed2"]
     assert "Another split of the same data" in said["split"]
-    for tag in ("epochs", "audit", "same"):  # other settings, another audit, or the very same model
+    assert "own randomness" in said["same"]
+    assert all("on this page's model" in said[tag] for tag in ("same", "same-model-other-split"))
+    assert all("on another model" in said[tag] for tag in ("seed2", "split", "epochs", "audit"))
+    for tag in ("epochs", "audit", "same-model-other-split"):  # other settings, another audit, a model scored off its split
         assert "not comparable" in said[tag], tag
 
 

@@ -81,10 +81,14 @@ class CellCovarianceTransport:
     sample covariance shrunk towards the pooled one by ``shrinkage`` rows), so this class moves rows as
     ``ConditionalTransport(shrinkage=shrinkage)`` does; the variants below override it. A row whose cell had no
     fitted rows is moved by the nearest age bin's map of its classes, as the library does.
+
+    ``target="barycenter"`` maps every cell onto the cells' Wasserstein barycenter (weighted by their rows)
+    instead of the pooled covariance: the common covariance that moves the rows least in total.
     """
 
-    def __init__(self, shrinkage: float = 10.0):
+    def __init__(self, shrinkage: float = 10.0, target: str = "pooled"):
         self.shrinkage = shrinkage
+        self.target = target
 
     def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> CellCovarianceTransport:
         attributes = sensitive_features.reset_index(drop=True)
@@ -100,11 +104,18 @@ class CellCovarianceTransport:
         self.pooled_ = np.atleast_2d(np.cov(Z.T))
         self.cell_means_ = np.stack([Z[position == index].mean(axis=0) for index in range(n_cells)])
         self.prepare(Z - self.cell_means_[position], position)
-        self.transports_ = np.zeros((n_cells, Z.shape[1], Z.shape[1]))
-        for index in range(n_cells):
-            rows = Z[position == index]
-            own = np.atleast_2d(np.cov(rows.T)) if len(rows) > 1 else None
-            self.transports_[index] = _gaussian_map(self.cell_covariance(index, own, len(rows)), self.pooled_)
+        counts = np.bincount(position, minlength=n_cells)
+        covariances = np.stack([
+            self.cell_covariance(index, np.atleast_2d(np.cov(Z[position == index].T)) if counts[index] > 1 else None,
+                                 counts[index])
+            for index in range(n_cells)])
+        if self.target == "pooled":
+            self.target_ = self.pooled_
+        elif self.target == "barycenter":
+            self.target_ = wasserstein_barycenter(covariances, counts / counts.sum())
+        else:
+            raise ValueError(f"target must be 'pooled' or 'barycenter', got {self.target!r}")
+        self.transports_ = np.stack([_gaussian_map(covariance, self.target_) for covariance in covariances])
         return self
 
     def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
@@ -197,6 +208,36 @@ class SpikedCovarianceTransport(CellCovarianceTransport):
 
     def cell_covariance(self, index: int, own: np.ndarray | None, rows: int) -> np.ndarray:
         return spiked_covariance(self.within_ if own is None else own, self.within_, rows)
+
+
+def wasserstein_barycenter(covariances: np.ndarray, weights: np.ndarray, tol: float = 1e-10,
+                           max_iter: int = 200) -> np.ndarray:
+    """The 2-Wasserstein barycenter of centred Gaussians: ``S = sum_k w_k (S^1/2 C_k S^1/2)^1/2``.
+
+    Found by the fixed-point iteration of Alvarez-Esteban et al. (2016), started from the weighted mean.
+
+    Parameters
+    ----------
+    covariances : ndarray of shape (n_cells, d, d)
+        Positive definite covariances.
+    weights : ndarray of shape (n_cells,)
+        Non-negative weights summing to 1.
+
+    Returns
+    -------
+    ndarray of shape (d, d)
+    """
+    barycenter = np.einsum("k,kij->ij", weights, covariances)
+    for _ in range(max_iter):
+        root, inverse_root = _sqrt_and_inverse(barycenter)
+        middle = sum(w * _sqrt_and_inverse(root @ c @ root)[0] for w, c in zip(weights, covariances))
+        updated = inverse_root @ middle @ middle @ inverse_root
+        updated = (updated + updated.T) / 2
+        converged = np.abs(updated - barycenter).max() <= tol * np.abs(barycenter).max()
+        barycenter = updated
+        if converged:
+            break
+    return barycenter
 
 
 def _gaussian_map(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -380,6 +421,11 @@ VARIANTS = {
     "additive-cov40": lambda: AdditiveCovarianceTransport(shrinkage=40),
     "additive-cov-only": lambda: AdditiveCovarianceTransport(shrinkage=1e9),
     "spiked-cov": lambda: SpikedCovarianceTransport(),
+    "barycenter": lambda: CellCovarianceTransport(target="barycenter"),
+    "barycenter-cov40": lambda: CellCovarianceTransport(shrinkage=40, target="barycenter"),
+    "cov160": lambda: ConditionalTransport(shrinkage=160),
+    "cov640": lambda: ConditionalTransport(shrinkage=640),
+    "cov2560": lambda: ConditionalTransport(shrinkage=2560),
     "pca99": lambda: PrincipalTransport(0.99),
     "pca95": lambda: PrincipalTransport(0.95),
     "pca99-block": lambda: PrincipalTransport(0.99, rest="block"),

@@ -16,6 +16,10 @@ stage, covariance maps of fewer attributes' cells: :data:`ALTERNATIVES`) and mea
   data-rich attacker (probes fitted on the shared training rows, moved by the same step).
 
     python benchmarks/transport_utility_loss.py --model MODEL --utkface UTKFace --landmarks LANDMARKS
+    python benchmarks/transport_utility_loss.py ... --variants barycenter,cov160
+
+``--variants`` fits estimator variants of ``benchmarks/calibration_rows.py`` (its ``VARIANTS``) after the
+stages, instead of this script's alternatives.
 
 Prints JSON (the machine named); docs/TRAINED_CONCEALMENT.md §14 reads it.
 """
@@ -34,7 +38,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
-from calibration_rows import SENSITIVE, cell_codes, class_categories, smooth_mean_only, worst_cases  # noqa: E402
+from calibration_rows import (SENSITIVE, VARIANTS, cell_codes, class_categories, smooth_mean_only,  # noqa: E402
+                              worst_cases)
 
 from bafo_pipeline.audits import audit_leakage  # noqa: E402
 from bafo_pipeline.audits.utility import audit_utility, residualize_targets  # noqa: E402
@@ -129,8 +134,8 @@ def cell_residuals(targets: pd.DataFrame, sensitive: pd.DataFrame, fit_targets: 
     return out
 
 
-def stage_latents(fit_latents: np.ndarray, fit_sensitive: pd.DataFrame,
-                  parts: dict[str, tuple[np.ndarray, pd.DataFrame]]) -> dict[str, dict[str, np.ndarray]]:
+def stage_latents(fit_latents: np.ndarray, fit_sensitive: pd.DataFrame, parts: dict[str, tuple[np.ndarray, pd.DataFrame]],
+                  alternatives: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Every stage's and alternative's step, fitted once and applied to every part.
 
     Parameters
@@ -140,14 +145,16 @@ def stage_latents(fit_latents: np.ndarray, fit_sensitive: pd.DataFrame,
         The rows each step is fitted on (``bafo run``'s calibration rows) and their attributes.
     parts : dict of str to (ndarray, DataFrame)
         Unconcealed latents to move, with their attributes, by name (the held-out and the shared rows).
+    alternatives : dict of str to callable, optional
+        Steps to fit after the stages, by name; :data:`ALTERNATIVES` when None.
 
     Returns
     -------
     dict
-        ``{step name: {part name: moved latents}}``, in the order of :data:`STAGES`, then :data:`ALTERNATIVES`.
+        ``{step name: {part name: moved latents}}``, in the order of :data:`STAGES`, then the alternatives.
     """
     out = {}
-    for name, make in {**STAGES, **ALTERNATIVES}.items():
+    for name, make in {**STAGES, **(ALTERNATIVES if alternatives is None else alternatives)}.items():
         step = make().fit(fit_latents, sensitive_features=fit_sensitive)
         out[name] = {part: step.transform(latents, sensitive_features=sensitive)
                      for part, (latents, sensitive) in parts.items()}
@@ -191,7 +198,16 @@ def main() -> None:
     parser.add_argument("--utkface", required=True)
     parser.add_argument("--landmarks", required=True, help="benchmarks/landmark_labels.py's Parquet cache")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", help="comma-separated estimator variants of benchmarks/calibration_rows.py "
+                                           "to run after the stages instead of this script's alternatives")
     args = parser.parse_args()
+    alternatives = ALTERNATIVES
+    if args.variants:
+        names = args.variants.split(",")
+        unknown = [name for name in names if name not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+        alternatives = {name: VARIANTS[name] for name in names}
     import torch
 
     torch.set_num_threads(args.threads)
@@ -208,7 +224,7 @@ def main() -> None:
 
     fit_latents, fit_sensitive = unconcealed(calibration)
     parts = {"test": unconcealed(test), "shared": unconcealed(shared)}
-    stages = stage_latents(fit_latents, fit_sensitive, parts)
+    stages = stage_latents(fit_latents, fit_sensitive, parts, alternatives)
     test_latents = {UNCONCEALED: parts["test"][0], **{name: moved["test"] for name, moved in stages.items()}}
 
     test_sensitive, train_sensitive = parts["test"][1], train.sensitive_features.reset_index(drop=True)
@@ -232,7 +248,7 @@ def main() -> None:
         "data": {key: info[key] for key in ("model", "model_params", "split", "n_train", "n_test")}
         | {"calibration_rows": len(calibration), "shared_rows": len(shared)},
         "stages": list(STAGES),
-        "alternatives": list(ALTERNATIVES),
+        "alternatives": list(alternatives),
         "kept": kept,
         "worst_leakage": worst_cases(leakage),
         "seconds": round(time.perf_counter() - started, 1),

@@ -39,6 +39,39 @@ def test_cell_covariance_transport_rebuilt_from_public_parts_moves_rows_as_the_l
     assert len(rebuilt.cell_codes_) == 2 * 3 * 4 - 1
 
 
+def test_wasserstein_barycenter_of_commuting_covariances_is_the_squared_mean_root(bench):
+    rng = np.random.default_rng(0)
+    rotation, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    spectra = rng.uniform(0.2, 5.0, size=(3, 4))
+    covariances = np.stack([(rotation * spectrum) @ rotation.T for spectrum in spectra])
+    weights = np.array([0.5, 0.3, 0.2])
+    expected = (rotation * (weights @ np.sqrt(spectra)) ** 2) @ rotation.T
+    np.testing.assert_allclose(bench.wasserstein_barycenter(covariances, weights), expected, rtol=1e-8, atol=1e-10)
+    # not the weighted mean, which is larger wherever the spectra differ
+    assert not np.allclose(expected, np.einsum("k,kij->ij", weights, covariances), rtol=1e-3)
+
+
+def test_barycenter_target_gives_every_cell_the_same_covariance_and_moves_rows_less(bench):
+    """Every cell's covariance is mapped onto the target, and onto the barycenter the rows move less in total."""
+    rng = np.random.default_rng(4)
+    labels = attributes(3000, seed=4)
+    scale = 1 + 1.5 * labels[["gender"]].to_numpy()
+    Z = rng.normal(size=(3000, 4)) * scale + 2.0 * labels[["ethnicity"]].to_numpy()
+    moved = {}
+    for target in ("pooled", "barycenter"):
+        step = bench.CellCovarianceTransport(shrinkage=0.0, target=target).fit(Z, sensitive_features=labels)
+        moved[target] = step.transform(Z, sensitive_features=labels)
+        cells = bench.transport_cells(labels)
+        for cell in np.unique(cells)[:5]:
+            np.testing.assert_allclose(np.cov(moved[target][cells == cell].T), step.target_, rtol=1e-6, atol=1e-8)
+    # in-sample, each cell's move is its mean shift (the same for both) plus its covariance map's cost, which the
+    # barycenter minimises over common targets
+    displacement = {t: np.mean(np.sum((m - Z) ** 2, axis=1)) for t, m in moved.items()}
+    assert displacement["barycenter"] < displacement["pooled"] - 0.05, displacement
+    with pytest.raises(ValueError, match="target"):
+        bench.CellCovarianceTransport(target="mean").fit(Z, sensitive_features=labels)
+
+
 def test_subspace_transport_finds_a_planted_direction_and_none_in_noise(bench):
     rng = np.random.default_rng(1)
     labels = attributes(2400, seed=1)

@@ -70,6 +70,12 @@ def test_the_stages_remove_means_then_spreads_cumulatively(bench):
     assert spread_ratio(stages["+ covariance maps, shrinkage 40"]["test"]) < 1.3
     assert spread_ratio(stages["+ covariance maps, shrinkage 10 (bafo run)"]["test"]) < 1.15
 
+    # given alternatives replace the script's own, after the same stages
+    chosen = bench.stage_latents(latents(fit), fit, {"test": (latents(new), new)},
+                                 {"barycenter": bench.VARIANTS["barycenter"]})
+    assert list(chosen) == [*bench.STAGES, "barycenter"]
+    assert spread_ratio(chosen["barycenter"]["test"]) < 1.15
+
 
 def test_covariance_maps_of_one_attribute_match_its_spreads_only(bench):
     rng = np.random.default_rng(6)

@@ -199,6 +199,19 @@ def test_cell_maps_after_the_marginal_pass_match_a_joint_spread_it_leaves(bench)
     assert joint_ratio(step.transform(Z, sensitive_features=labels)) == pytest.approx(1.0, abs=0.1)
 
 
+def test_likelihood_shrinkage_pools_cells_that_share_a_covariance_and_not_cells_that_do_not(bench):
+    rng = np.random.default_rng(11)
+    labels = attributes(6000, seed=11)
+    cells = bench.transport_cells(labels)
+    same = rng.normal(size=(6000, 4))
+    assert bench.likelihood_shrinkage(same, cells) >= 320
+    scales = rng.uniform(0.3, 3.0, size=(cells.max() + 1, 4))  # every cell its own spread per column
+    assert bench.likelihood_shrinkage(same * scales[cells], cells) <= 10
+
+    step = bench.LikelihoodShrinkageTransport().fit(same * scales[cells], sensitive_features=labels)
+    assert step.shrinkage_ <= 10 and step.transport_.shrinkage == step.shrinkage_
+
+
 def test_extra_settings_need_the_extra_faces(bench, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["calibration_rows.py", "--extra", "0", "--settings", "half,extra-10"])
     with pytest.raises(SystemExit) as stopped:

@@ -135,7 +135,7 @@ def cell_residuals(targets: pd.DataFrame, sensitive: pd.DataFrame, fit_targets: 
 
 
 def stage_latents(fit_latents: np.ndarray, fit_sensitive: pd.DataFrame, parts: dict[str, tuple[np.ndarray, pd.DataFrame]],
-                  alternatives: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+                  alternatives: dict | None = None) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict]]:
     """Every stage's and alternative's step, fitted once and applied to every part.
 
     Parameters
@@ -150,15 +150,19 @@ def stage_latents(fit_latents: np.ndarray, fit_sensitive: pd.DataFrame, parts: d
 
     Returns
     -------
-    dict
+    moved : dict
         ``{step name: {part name: moved latents}}``, in the order of :data:`STAGES`, then the alternatives.
+    chosen : dict
+        ``{step name: {"chosen_shrinkage": value}}`` for the steps that choose their own shrinkage.
     """
-    out = {}
+    moved, chosen = {}, {}
     for name, make in {**STAGES, **(ALTERNATIVES if alternatives is None else alternatives)}.items():
         step = make().fit(fit_latents, sensitive_features=fit_sensitive)
-        out[name] = {part: step.transform(latents, sensitive_features=sensitive)
-                     for part, (latents, sensitive) in parts.items()}
-    return out
+        moved[name] = {part: step.transform(latents, sensitive_features=sensitive)
+                       for part, (latents, sensitive) in parts.items()}
+        if hasattr(step, "shrinkage_"):
+            chosen[name] = {"chosen_shrinkage": step.shrinkage_}
+    return moved, chosen
 
 
 def kept_shares(representations: dict[str, np.ndarray], targets: pd.DataFrame, threads: int) -> dict[str, dict]:
@@ -224,7 +228,7 @@ def main() -> None:
 
     fit_latents, fit_sensitive = unconcealed(calibration)
     parts = {"test": unconcealed(test), "shared": unconcealed(shared)}
-    stages = stage_latents(fit_latents, fit_sensitive, parts, alternatives)
+    stages, chosen = stage_latents(fit_latents, fit_sensitive, parts, alternatives)
     test_latents = {UNCONCEALED: parts["test"][0], **{name: moved["test"] for name, moved in stages.items()}}
 
     test_sensitive, train_sensitive = parts["test"][1], train.sensitive_features.reset_index(drop=True)
@@ -249,6 +253,7 @@ def main() -> None:
         | {"calibration_rows": len(calibration), "shared_rows": len(shared)},
         "stages": list(STAGES),
         "alternatives": list(alternatives),
+        "chosen": chosen,
         "kept": kept,
         "worst_leakage": worst_cases(leakage),
         "seconds": round(time.perf_counter() - started, 1),

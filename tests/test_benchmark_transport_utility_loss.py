@@ -47,7 +47,8 @@ def test_the_stages_remove_means_then_spreads_cumulatively(bench):
         Z[:, 2] += 1.5 * (labels["gender"].to_numpy() == 1) * (labels["ethnicity"].to_numpy() == 2)  # a joint one
         return Z
 
-    stages = bench.stage_latents(latents(fit), fit, {"test": (latents(new), new)})
+    stages, chosen = bench.stage_latents(latents(fit), fit, {"test": (latents(new), new)})
+    assert chosen == {}  # no stage chooses its own shrinkage
     assert list(stages) == [*bench.STAGES, *bench.ALTERNATIVES]
     ethnicity, male = new["ethnicity"].to_numpy(), new["gender"].to_numpy() == 1
     both = male & (ethnicity == 2)
@@ -71,10 +72,12 @@ def test_the_stages_remove_means_then_spreads_cumulatively(bench):
     assert spread_ratio(stages["+ covariance maps, shrinkage 10 (bafo run)"]["test"]) < 1.15
 
     # given alternatives replace the script's own, after the same stages
-    chosen = bench.stage_latents(latents(fit), fit, {"test": (latents(new), new)},
-                                 {"barycenter": bench.VARIANTS["barycenter"]})
-    assert list(chosen) == [*bench.STAGES, "barycenter"]
-    assert spread_ratio(chosen["barycenter"]["test"]) < 1.15
+    moved, chosen = bench.stage_latents(latents(fit), fit, {"test": (latents(new), new)},
+                                        {name: bench.VARIANTS[name] for name in ("barycenter", "cov-likelihood")})
+    assert list(moved) == [*bench.STAGES, "barycenter", "cov-likelihood"]
+    assert spread_ratio(moved["barycenter"]["test"]) < 1.15
+    assert list(chosen) == ["cov-likelihood"]
+    assert chosen["cov-likelihood"]["chosen_shrinkage"] <= 10  # the planted spreads differ threefold: little pooling
 
 
 def test_covariance_maps_of_one_attribute_match_its_spreads_only(bench):

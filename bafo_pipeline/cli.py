@@ -163,8 +163,31 @@ def _concealment_options(default: str):
         click.option("--refine-kl-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
                      help="KL weight of the refiner (full, transport-refined): lower keeps more content and leaks "
                           "more (docs/TRAINED_CONCEALMENT.md §11)."),
+        click.option("--transport-shrinkage", type=click.FloatRange(min=0), default=None,
+                     help="Pseudo-rows pulling each attribute cell's covariance towards the pooled one (transport, "
+                          "transport-refined; default the step's, 10): more keep more content and leak more "
+                          "(docs/TRAINED_CONCEALMENT.md §14)."),
     ]
     return lambda function: _apply(options, function)
+
+
+def _check_transport_shrinkage(concealment: str, shrinkage: float | None) -> None:
+    if shrinkage is not None and not concealment.startswith("transport"):
+        raise click.UsageError(f"--transport-shrinkage sets the transport's maps; --concealment {concealment} has none")
+
+
+def _with_transport_shrinkage(estimator, shrinkage: float | None):
+    """``estimator`` with its transport step's covariance shrinkage set: its preset spelled out as steps."""
+    from .transformers import ConditionalTransport
+
+    if shrinkage is None:
+        return estimator
+    steps = estimator.concealment_steps()
+    for step in steps:
+        if isinstance(step, ConditionalTransport):
+            step.set_params(shrinkage=shrinkage)
+    # the steps now carry the preset's knobs; the estimator's own must be at their defaults beside a list
+    return estimator.set_params(concealment=steps, covariance_dims=0, refine_kl_weight=1.0)
 
 
 def _id_key_options(function):
@@ -234,8 +257,8 @@ def main(debug: bool) -> None:
 def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir,
           latent_dim, epochs,
           batch_size, learning_rate, kl_weight, variance_weight, independence_weight, condition_every_layer,
-          adversary_weight, concealment, covariance_dims, decoder_epochs, refine_kl_weight, image_size, test_fraction,
-          device, seed, checkpoint, resume, overwrite):
+          adversary_weight, concealment, covariance_dims, decoder_epochs, refine_kl_weight, transport_shrinkage,
+          image_size, test_fraction, device, seed, checkpoint, resume, overwrite):
     """Train a BAFO model on the training split and save it.
 
     The split is by content hash (duplicates never straddle it), so `bafo encode
@@ -243,6 +266,7 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
     """
     from .transformers import BAFOTransformer, save_model
 
+    _check_transport_shrinkage(concealment, transport_shrinkage)
     if Path(out_dir).exists() and not overwrite:
         raise click.UsageError(f"{out_dir} exists; pass --overwrite to replace it")
     _refuse_inputs_as_output(out_dir, utkface=utkface, manifest=manifest)
@@ -259,6 +283,7 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
         adversary_weight=adversary_weight, concealment=concealment, covariance_dims=covariance_dims,
         decoder_epochs=decoder_epochs, refine_kl_weight=refine_kl_weight, device=device, random_state=seed, verbose=1,
     )
+    estimator = _with_transport_shrinkage(estimator, transport_shrinkage)
     estimator.fit(train_set.images, sensitive_features=train_set.sensitive_features, checkpoint=checkpoint, resume=resume)
     data = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic", "synthetic_samples": synthetic_samples}
     save_model(estimator, out_dir, overwrite=overwrite, metadata={"split": {"test_fraction": test_fraction, "seed": seed}, "data": data})
@@ -675,8 +700,8 @@ def verify(path, max_leakage, bound):
                    "it; the audit's in-sample attacker then reads it).")
 @_id_key_options
 def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, allow_outside_root, out_dir, epochs,
-        batch_size, latent_dim, concealment, covariance_dims, decoder_epochs, refine_kl_weight, target, landmarks_cache,
-        device, seed, overwrite, calibration_fraction, id_key_file, key_table):
+        batch_size, latent_dim, concealment, covariance_dims, decoder_epochs, refine_kl_weight, transport_shrinkage,
+        target, landmarks_cache, device, seed, overwrite, calibration_fraction, id_key_file, key_table):
     """The whole job: train, export concealed latents, audit them, print a verdict.
 
     Its data are labelled, so its concealment defaults to transport, which moves
@@ -706,6 +731,7 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     from .transformers import BAFOTransformer
     from .pipeline.workflow import run_workflow
 
+    _check_transport_shrinkage(concealment, transport_shrinkage)
     outputs = [o for o in (out_dir, key_table) if o is not None]
     for output in outputs:
         _refuse_inputs_as_output(output, utkface=utkface, manifest=manifest)
@@ -719,6 +745,7 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
     estimator = BAFOTransformer(latent_dim=latent_dim, epochs=epochs, batch_size=batch_size, concealment=concealment,
                                 covariance_dims=covariance_dims, decoder_epochs=decoder_epochs,
                                 refine_kl_weight=refine_kl_weight, device=device, random_state=seed, verbose=1)
+    estimator = _with_transport_shrinkage(estimator, transport_shrinkage)
     data_info = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic",
                  "synthetic_samples": synthetic_samples}
     utility_targets = None if synthetic else _landmark_targets(landmarks_cache)
@@ -822,12 +849,19 @@ def _list_images(inputs: tuple[str, ...]) -> list[Path]:
     return paths
 
 
+def _concealment_name(estimator) -> str:
+    """A preset's name, or the steps' class names."""
+    if isinstance(estimator.concealment, str):
+        return estimator.concealment
+    return " -> ".join(type(step).__name__ for step in estimator.concealment)
+
+
 def _say_how_label_conditional_models_redraw(estimator) -> None:
     """decode and grid are not given the input faces' own attributes, which a label-conditional concealment
     (transport) needs to encode them: such a model redraws faces from its encoder's own latents."""
     if estimator.needs_sensitive_features_to_transform:
         click.echo(
-            f"this model's concealment ({estimator.concealment}) needs each face's own attributes to encode it; "
+            f"this model's concealment ({_concealment_name(estimator)}) needs each face's own attributes to encode it; "
             "redrawing from the encoder's latents (for transport, what its exact inverse gives back)",
             err=True,
         )

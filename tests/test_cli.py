@@ -48,6 +48,24 @@ def test_train_sets_the_refiners_kl_weight_and_refuses_a_negative_one(tmp_path):
     assert model.refine_kl_weight == 0.2 and model.concealment_steps_[1].kl_weight == 0.2
 
 
+def test_train_sets_the_transports_shrinkage_and_keeps_the_presets_other_knobs(tmp_path):
+    from bafo_pipeline.transformers import load_model
+
+    args = ["train", "--synthetic-samples", "240", "--epochs", "1", "--batch-size", "256", "--latent-dim", "8",
+            "--decoder-epochs", "0"]
+    refused = CliRunner().invoke(main, [*args, "--concealment", "full", "--transport-shrinkage", "40",
+                                        "--out", str(tmp_path / "bad")])
+    assert refused.exit_code == 2 and "has none" in refused.output and not (tmp_path / "bad").exists()
+    result = CliRunner().invoke(main, [*args, "--concealment", "transport-refined", "--transport-shrinkage", "160",
+                                       "--refine-kl-weight", "0.2", "--out", str(tmp_path / "model")])
+    assert result.exit_code == 0, result.output
+    transport, refiner, _ = load_model(tmp_path / "model").concealment_steps_
+    assert transport.shrinkage == 160 and refiner.kl_weight == 0.2
+    default = CliRunner().invoke(main, [*args, "--concealment", "transport", "--out", str(tmp_path / "default")])
+    assert default.exit_code == 0, default.output
+    assert load_model(tmp_path / "default").concealment == "transport"  # without the option, the preset as it was
+
+
 def test_encode_is_private_by_default_and_labels_only_on_request(model_dir, tmp_path):
     runner = CliRunner()
     shared, audit = tmp_path / "shared.parquet", tmp_path / "audit.parquet"

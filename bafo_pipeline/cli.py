@@ -21,6 +21,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 SKIPS_SHOWN = 10
 #: Exceptions that mean "the input or the request is wrong": shown as one line, not a traceback.
 USER_ERRORS = (OSError, ValueError, KeyError)
+TRANSPORT_PRESETS = ("transport", "transport-refined")  # the concealments --transport-shrinkage applies to
 
 
 class _UserErrorsAsMessages(click.Group):
@@ -165,19 +166,23 @@ def _concealment_options(default: str):
                           "more (docs/TRAINED_CONCEALMENT.md §11)."),
         click.option("--transport-shrinkage", type=click.FloatRange(min=0), default=None,
                      help="Pseudo-rows pulling each attribute cell's covariance towards the pooled one (transport, "
-                          "transport-refined; default the step's, 10): more keep more content and leak more "
+                          "transport-refined; default the step's, 10): more pseudo-rows keep more content and leak more "
                           "(docs/TRAINED_CONCEALMENT.md §14)."),
     ]
     return lambda function: _apply(options, function)
 
 
 def _check_transport_shrinkage(concealment: str, shrinkage: float | None) -> None:
-    if shrinkage is not None and not concealment.startswith("transport"):
+    """Refuse ``--transport-shrinkage`` for a concealment without a transport step, before any work."""
+    if shrinkage is not None and concealment not in TRANSPORT_PRESETS:
         raise click.UsageError(f"--transport-shrinkage sets the transport's maps; --concealment {concealment} has none")
 
 
 def _with_transport_shrinkage(estimator, shrinkage: float | None):
-    """``estimator`` with its transport step's covariance shrinkage set: its preset spelled out as steps."""
+    """``estimator`` with its transport step's covariance shrinkage set: its preset spelled out as steps.
+
+    The model then records its concealment as steps; :func:`_concealment_provenance` keeps the preset's name.
+    """
     from .transformers import ConditionalTransport
 
     if shrinkage is None:
@@ -188,6 +193,13 @@ def _with_transport_shrinkage(estimator, shrinkage: float | None):
             step.set_params(shrinkage=shrinkage)
     # the steps now carry the preset's knobs; the estimator's own must be at their defaults beside a list
     return estimator.set_params(concealment=steps, covariance_dims=0, refine_kl_weight=1.0)
+
+
+def _concealment_provenance(concealment: str, shrinkage: float | None) -> dict:
+    """What the model's metadata records of the concealment options when the preset was spelled out as steps."""
+    if shrinkage is None:
+        return {}
+    return {"concealment_options": {"concealment": concealment, "transport_shrinkage": shrinkage}}
 
 
 def _id_key_options(function):
@@ -285,7 +297,8 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
     )
     estimator = _with_transport_shrinkage(estimator, transport_shrinkage)
     estimator.fit(train_set.images, sensitive_features=train_set.sensitive_features, checkpoint=checkpoint, resume=resume)
-    data = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic", "synthetic_samples": synthetic_samples}
+    data = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic", "synthetic_samples": synthetic_samples,
+            **_concealment_provenance(concealment, transport_shrinkage)}
     save_model(estimator, out_dir, overwrite=overwrite, metadata={"split": {"test_fraction": test_fraction, "seed": seed}, "data": data})
     last = estimator.history_[-1] if estimator.history_ else {}
     click.echo(f"saved {out_dir} (validation loss {last.get('validation_loss', float('nan')):.1f})")
@@ -747,7 +760,7 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
                                 refine_kl_weight=refine_kl_weight, device=device, random_state=seed, verbose=1)
     estimator = _with_transport_shrinkage(estimator, transport_shrinkage)
     data_info = {"source": "utkface" if utkface else "manifest" if manifest else "synthetic",
-                 "synthetic_samples": synthetic_samples}
+                 "synthetic_samples": synthetic_samples, **_concealment_provenance(concealment, transport_shrinkage)}
     utility_targets = None if synthetic else _landmark_targets(landmarks_cache)
     try:
         result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,

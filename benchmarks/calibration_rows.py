@@ -222,6 +222,10 @@ def wasserstein_barycenter(covariances: np.ndarray, weights: np.ndarray, tol: fl
         Positive definite covariances.
     weights : ndarray of shape (n_cells,)
         Non-negative weights summing to 1.
+    tol : float, default=1e-10
+        Stop when no entry moves by more than ``tol`` times the largest entry.
+    max_iter : int, default=200
+        At most this many iterations (it converges in about 15 on 48-dimensional latents).
 
     Returns
     -------
@@ -458,7 +462,14 @@ class LikelihoodShrinkageTransport:
     """The library's transport with its covariance shrinkage chosen by :func:`likelihood_shrinkage` on the fitted rows.
 
     The rule a statistician would reach for first: pool each cell's covariance as much as its held-out rows say.
-    The chosen count is kept as ``shrinkage_``.
+    (The smooth mean it removes first is fitted on every row, held-out folds included: a slight optimism.)
+
+    Attributes
+    ----------
+    shrinkage_ : float
+        The chosen pseudo-row count.
+    transport_ : ConditionalTransport
+        The library's transport at that shrinkage, fitted on every row.
     """
 
     def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> LikelihoodShrinkageTransport:
@@ -478,6 +489,18 @@ class MarginalThenCells:
     The marginal maps match each attribute's classes on many rows each; what they leave, the attributes' joint
     differences, is left to cell maps that can be shrunk hard towards the pooled covariance, which after the
     marginal pass is already every class's.
+
+    Parameters
+    ----------
+    shrinkage : float, default=40.0
+        Pseudo-rows of the cell maps' covariance shrinkage.
+
+    Attributes
+    ----------
+    marginal_ : MarginalTransport
+        The marginal pass.
+    cells_ : ConditionalTransport
+        The cell maps, fitted on the rows the marginal pass moved.
     """
 
     def __init__(self, shrinkage: float = 40.0):

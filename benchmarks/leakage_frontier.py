@@ -1217,9 +1217,9 @@ def earlier_run_lines(result: dict, json_path: Path, figure_path: Path, markdown
         tag = other.stem[len(json_path.stem) + 1:]
         figure = figure_path.with_name(f"{figure_path.stem}_{tag}{figure_path.suffix}")
         replicate = _replicates(earlier, result)
-        whose = "this page's" if d.get("model") == result.get("data", {}).get("model") else "another"
+        title = "Another run of this page's model" if replicate == "rerun" else "Another run"
         lines.append(
-            f"- Another run, on {whose} model: [`{rel(other)}`]({rel(other)})"
+            f"- {title}: [`{rel(other)}`]({rel(other)})"
             + (f" (figure [`{rel(figure)}`]({rel(figure)}))" if figure.exists() else "")
             + f": {d['source']}, model `{d['model']}`{model_params_text(d)}, {earlier['date_utc']}, "
             f"{len(earlier['variants'])} variants. " + REPLICATE_TEXT[replicate]

@@ -61,9 +61,15 @@ def test_train_sets_the_transports_shrinkage_and_keeps_the_presets_other_knobs(t
     assert result.exit_code == 0, result.output
     transport, refiner, _ = load_model(tmp_path / "model").concealment_steps_
     assert transport.shrinkage == 160 and refiner.kl_weight == 0.2
+    recorded = json.loads((tmp_path / "model" / "config.json").read_text())["metadata"]["data"]
+    assert recorded["concealment_options"] == {"concealment": "transport-refined", "transport_shrinkage": 160}
     default = CliRunner().invoke(main, [*args, "--concealment", "transport", "--out", str(tmp_path / "default")])
     assert default.exit_code == 0, default.output
     assert load_model(tmp_path / "default").concealment == "transport"  # without the option, the preset as it was
+    assert "concealment_options" not in json.loads((tmp_path / "default" / "config.json").read_text())["metadata"]["data"]
+    run_refused = CliRunner().invoke(main, ["run", "--synthetic-samples", "240", "--concealment", "linear",
+                                            "--transport-shrinkage", "40", "--out", str(tmp_path / "run")])
+    assert run_refused.exit_code == 2 and "has none" in run_refused.output and not (tmp_path / "run").exists()
 
 
 def test_encode_is_private_by_default_and_labels_only_on_request(model_dir, tmp_path):

@@ -183,7 +183,7 @@ def _with_transport_shrinkage(estimator, shrinkage: float | None):
 
     The model then records its concealment as steps; :func:`_concealment_provenance` keeps the preset's name.
     """
-    from .transformers import ConditionalTransport
+    from .transformers import PRESET_KNOBS, ConditionalTransport
 
     if shrinkage is None:
         return estimator
@@ -191,8 +191,7 @@ def _with_transport_shrinkage(estimator, shrinkage: float | None):
     for step in steps:
         if isinstance(step, ConditionalTransport):
             step.set_params(shrinkage=shrinkage)
-    # the steps now carry the preset's knobs; the estimator's own must be at their defaults beside a list
-    return estimator.set_params(concealment=steps, covariance_dims=0, refine_kl_weight=1.0)
+    return estimator.set_params(concealment=steps, **PRESET_KNOBS)  # the steps now carry the preset's knobs
 
 
 def _concealment_provenance(concealment: str, shrinkage: float | None) -> dict:

@@ -517,6 +517,17 @@ class MarginalThenCells:
         return self.cells_.transform(moved, sensitive_features=sensitive_features)
 
 
+def what_it_chose(step) -> dict:
+    """What a fitted variant chose for itself, for the JSON: the subspace and principal-component variants'
+    dimensions (``dims``), the likelihood variant's shrinkage (``chosen_shrinkage``); empty for the others."""
+    chosen = {}
+    if hasattr(step, "dims_"):
+        chosen["dims"] = step.dims_
+    if hasattr(step, "shrinkage_"):
+        chosen["chosen_shrinkage"] = step.shrinkage_
+    return chosen
+
+
 #: Estimator variants measured on the calibration half (``half+NAME``).
 VARIANTS = {
     "bins2": lambda: ConditionalTransport(continuous_bins=2),
@@ -621,10 +632,7 @@ def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap
         step = make_step(setting).fit(fit_latents, sensitive_features=fit_attributes.reset_index(drop=True))
         moved_test[setting] = step.transform(test, sensitive_features=test_attributes[SENSITIVE])
         moved_shared[setting] = step.transform(shared, sensitive_features=shared_attributes)
-        if hasattr(step, "dims_"):  # the subspace and principal-component variants' own dimensions
-            chosen[setting] = {"dims": step.dims_}
-        if hasattr(step, "shrinkage_"):  # the shrinkage a variant chose
-            chosen[setting] = {"chosen_shrinkage": step.shrinkage_}
+        chosen[setting] = what_it_chose(step)
     leakage = audit_leakage(moved_test, test_attributes[SENSITIVE], fit_representations=moved_shared,
                             fit_labels=shared_attributes, n_bootstrap=n_bootstrap, n_permutations=0,
                             random_state=seed)
@@ -644,7 +652,7 @@ def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap
                                    "worst_case": worst[setting],
                                    "kept_share": rounded(kept.loc[setting]),
                                    "score": rounded(score.loc[setting]),
-                                   **chosen.get(setting, {})}
+                                   **chosen[setting]}
                          for setting in settings},
             "unconcealed_score": rounded(score.loc["unconcealed"])}
 

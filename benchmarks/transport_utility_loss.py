@@ -39,7 +39,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
 from calibration_rows import (SENSITIVE, VARIANTS, cell_codes, class_categories, smooth_mean_only,  # noqa: E402
-                              worst_cases)
+                              what_it_chose, worst_cases)
 
 from bafo_pipeline.audits import audit_leakage  # noqa: E402
 from bafo_pipeline.audits.utility import audit_utility, residualize_targets  # noqa: E402
@@ -153,15 +153,15 @@ def stage_latents(fit_latents: np.ndarray, fit_sensitive: pd.DataFrame, parts: d
     moved : dict
         ``{step name: {part name: moved latents}}``, in the order of :data:`STAGES`, then the alternatives.
     chosen : dict
-        ``{step name: {"chosen_shrinkage": value}}`` for the steps that choose their own shrinkage.
+        ``{step name: what_it_chose(step)}`` for the steps that choose something for themselves.
     """
     moved, chosen = {}, {}
     for name, make in {**STAGES, **(ALTERNATIVES if alternatives is None else alternatives)}.items():
         step = make().fit(fit_latents, sensitive_features=fit_sensitive)
         moved[name] = {part: step.transform(latents, sensitive_features=sensitive)
                        for part, (latents, sensitive) in parts.items()}
-        if hasattr(step, "shrinkage_"):
-            chosen[name] = {"chosen_shrinkage": step.shrinkage_}
+        if choice := what_it_chose(step):
+            chosen[name] = choice
     return moved, chosen
 
 

@@ -46,6 +46,9 @@ from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_u
 
 DEFAULT_CONV_WIDTHS = (32, 64, 128)
 DEFAULT_MLP_WIDTHS = (128, 64)
+#: The parameters that configure the named concealment presets, at their defaults: beside a list of steps they must
+#: stay there (the steps carry their own settings).
+PRESET_KNOBS = {"covariance_dims": 0, "refine_epochs": 30, "refine_adversary_weight": 0.3, "refine_kl_weight": 1.0}
 
 
 @register_loadable
@@ -383,9 +386,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         """
         if isinstance(self.concealment, (list, tuple)):
             check_steps(self.concealment)
-            preset_knobs = {"covariance_dims": 0, "refine_epochs": 30, "refine_adversary_weight": 0.3,
-                            "refine_kl_weight": 1.0}
-            changed = [k for k, default in preset_knobs.items() if getattr(self, k) != default]
+            changed = [k for k, default in PRESET_KNOBS.items() if getattr(self, k) != default]
             if changed:
                 raise ValueError(
                     f"{changed} configure the named concealment presets; with a list of steps, set them on "

@@ -183,15 +183,14 @@ def _with_transport_shrinkage(estimator, shrinkage: float | None):
 
     The model then records its concealment as steps; :func:`_concealment_provenance` keeps the preset's name.
     """
-    from .transformers import PRESET_KNOBS, ConditionalTransport
+    from .transformers import ConditionalTransport
 
     if shrinkage is None:
         return estimator
-    steps = estimator.concealment_steps()
-    for step in steps:
+    for step in estimator.spell_out_concealment().concealment:
         if isinstance(step, ConditionalTransport):
             step.set_params(shrinkage=shrinkage)
-    return estimator.set_params(concealment=steps, **PRESET_KNOBS)  # the steps now carry the preset's knobs
+    return estimator
 
 
 def _concealment_provenance(concealment: str, shrinkage: float | None) -> dict:

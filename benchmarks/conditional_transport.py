@@ -424,14 +424,12 @@ class PresetTransport:
                                                          decoder_epochs=settings["decoder_epochs"])
         if "random_state" in settings:
             self.estimator.set_params(random_state=settings["random_state"])
-        steps = self.estimator.concealment_steps()  # spelled out, with the settings the name stands for
-        for step in steps:
+        for step in self.estimator.spell_out_concealment().concealment:
             if "kl_weight" in step.get_params():
                 step.set_params(kl_weight=settings["refiner_kl_weight"])
             if "shrinkage" in step.get_params():
                 step.set_params(shrinkage=settings.get("transport_shrinkage", FIRST_SHRINKAGE),
                                 **settings.get("transport_means", FIRST_MEANS))
-        self.estimator.set_params(concealment=steps)
 
     def fit_transform(self, part):
         self.estimator.fit_concealment(part.images, sensitive_features=part.sensitive_features)

@@ -63,11 +63,10 @@ def make_estimator(concealment: str, seed: int, refine_kl_weight: float = DEFAUL
                                 **RUN_DEFAULTS)
     if transport_means == "own" and transport_shrinkage == DEFAULT_SHRINKAGE:
         return estimator
-    steps = estimator.concealment_steps()
-    for step in steps:
+    for step in estimator.spell_out_concealment().concealment:
         if isinstance(step, ConditionalTransport):
             step.set_params(shrinkage=transport_shrinkage, **TRANSPORT_MEANS[transport_means])
-    return estimator.set_params(concealment=steps, refine_kl_weight=DEFAULT_KL_WEIGHT)
+    return estimator
 
 
 def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,

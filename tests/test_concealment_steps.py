@@ -9,7 +9,15 @@ import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
-from bafo_pipeline import BAFOTransformer, LatentRefiner, LinearErasure, load_model, make_synthetic_faces, save_model
+from bafo_pipeline import (
+    BAFOTransformer,
+    ConditionalTransport,
+    LatentRefiner,
+    LinearErasure,
+    load_model,
+    make_synthetic_faces,
+    save_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +53,32 @@ def test_presets_are_step_lists_and_fit_exactly_like_them(faces):
     assert [type(s) for s in _model(concealment="linear").concealment_steps()] == [LinearErasure]
     assert _model(concealment="none").concealment_steps() == []
 
+
+
+@pytest.mark.parametrize("preset", ["none", "linear", "full", "transport", "transport-refined"])
+def test_spelling_out_a_preset_keeps_its_steps_and_resets_its_knobs(preset):
+    knobs = {"covariance_dims": 1, "refine_epochs": 2, "refine_adversary_weight": 0.5, "refine_kl_weight": 0.2}
+    model = _model(concealment=preset, **knobs)
+    expected = model.concealment_steps()
+    assert model.spell_out_concealment() is model
+    assert [type(s) for s in model.concealment] == [type(s) for s in expected]
+    assert [s.get_params() for s in model.concealment] == [s.get_params() for s in expected]
+    untouched = BAFOTransformer()
+    assert {k: getattr(model, k) for k in knobs} == {k: getattr(untouched, k) for k in knobs}
+    assert [s.get_params() for s in model.concealment_steps()] == [s.get_params() for s in expected]  # no refusal
+
+
+def test_a_spelled_out_preset_takes_nested_parameters_and_a_list_is_left_alone():
+    model = _model(concealment="transport-refined").spell_out_concealment()
+    model.set_params(concealment__0__shrinkage=160.0)
+    transport, refiner, _ = model.concealment_steps()
+    assert isinstance(transport, ConditionalTransport) and transport.shrinkage == 160.0
+    assert refiner.kl_weight == BAFOTransformer().refine_kl_weight
+    steps = [LinearErasure(covariance_dims=2)]
+    given = _model(concealment=steps)
+    assert given.spell_out_concealment().concealment is steps
+    with pytest.raises(ValueError, match="concealment must be one of"):
+        _model(concealment="nonsense").spell_out_concealment()
 
 def test_nested_step_parameters_are_exposed_set_and_cloned():
     model = _model(concealment=[LinearErasure(covariance_dims=2), LatentRefiner(epochs=3), LinearErasure()])

@@ -1,6 +1,6 @@
 """scikit-learn estimators: the BAFO transformer, its concealment steps, and their persistence."""
 
-from ._bafo import PRESET_KNOBS, BAFOTransformer, LatentRefiner
+from ._bafo import BAFOTransformer, LatentRefiner
 from ._erasure import LinearErasure
 from ._integrity import ModelIntegrityError
 from ._persistence import (
@@ -24,7 +24,6 @@ __all__ = [
     "LinearErasure",
     "LoadedModel",
     "ModelIntegrityError",
-    "PRESET_KNOBS",
     "TrainedErasure",
     "describe_concealment",
     "describe_model",

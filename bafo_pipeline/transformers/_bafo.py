@@ -417,6 +417,34 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             return [ConditionalTransport(), refiner, last]
         return [first, refiner, last]
 
+    def spell_out_concealment(self) -> "BAFOTransformer":
+        """Replace a named concealment preset by its list of steps, so that each step can be tuned.
+
+        The preset's knobs (``covariance_dims``, ``refine_epochs``, ``refine_adversary_weight``,
+        ``refine_kl_weight``) move into the steps and return to their defaults here, as a list of steps
+        requires. The training settings the preset hands its refiner (``batch_size``, ``learning_rate``,
+        ``adversary_steps``, ``validation_fraction``) are copied into the refiner step: from now on the
+        refiner follows the step's values, not the estimator's. A list of steps is left as it is.
+
+        Returns
+        -------
+        self : BAFOTransformer
+            With ``concealment`` the list :meth:`concealment_steps` gave.
+
+        Examples
+        --------
+        >>> model = BAFOTransformer(concealment="transport-refined").spell_out_concealment()
+        >>> model = model.set_params(concealment__0__shrinkage=160.0)
+        >>> [type(step).__name__ for step in model.concealment]
+        ['ConditionalTransport', 'LatentRefiner', 'LinearErasure']
+        >>> model.concealment[0].shrinkage
+        160.0
+        """
+        steps = self.concealment_steps()
+        if isinstance(self.concealment, (list, tuple)):
+            return self
+        return self.set_params(concealment=steps, **PRESET_KNOBS)
+
     def _prepared_steps(self, seed: int) -> list:
         """Unfitted copies of the concealment steps, with the estimator's device, seed and attribute kinds
         where a step leaves them at None."""

@@ -494,22 +494,28 @@ class MarginalThenCells:
     ----------
     shrinkage : float, default=40.0
         Pseudo-rows of the cell maps' covariance shrinkage.
+    target : {"pooled", "barycenter"}, default="pooled"
+        What the cell maps move every cell onto: the pooled covariance (the library's
+        ``ConditionalTransport``) or the cells' Wasserstein barycenter (:class:`CellCovarianceTransport`).
 
     Attributes
     ----------
     marginal_ : MarginalTransport
         The marginal pass.
-    cells_ : ConditionalTransport
+    cells_ : ConditionalTransport or CellCovarianceTransport
         The cell maps, fitted on the rows the marginal pass moved.
     """
 
-    def __init__(self, shrinkage: float = 40.0):
+    def __init__(self, shrinkage: float = 40.0, target: str = "pooled"):
         self.shrinkage = shrinkage
+        self.target = target
 
     def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> MarginalThenCells:
         self.marginal_ = MarginalTransport(1).fit(Z, sensitive_features=sensitive_features)
         moved = self.marginal_.transform(Z, sensitive_features=sensitive_features)
-        self.cells_ = ConditionalTransport(shrinkage=self.shrinkage).fit(moved, sensitive_features=sensitive_features)
+        cells = (ConditionalTransport(shrinkage=self.shrinkage) if self.target == "pooled"
+                 else CellCovarianceTransport(shrinkage=self.shrinkage, target=self.target))
+        self.cells_ = cells.fit(moved, sensitive_features=sensitive_features)
         return self
 
     def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
@@ -559,6 +565,8 @@ VARIANTS = {
     "marginal-10": lambda: MarginalTransport(10),
     "marginal-1-then-cov40": lambda: MarginalThenCells(40),
     "marginal-1-then-cov160": lambda: MarginalThenCells(160),
+    "marginal-1-then-barycenter": lambda: MarginalThenCells(10, target="barycenter"),
+    "marginal-1-then-barycenter-cov40": lambda: MarginalThenCells(40, target="barycenter"),
     "cov-likelihood": LikelihoodShrinkageTransport,
 }
 

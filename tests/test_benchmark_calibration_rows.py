@@ -204,6 +204,14 @@ def test_cell_maps_after_the_marginal_pass_match_a_joint_spread_it_leaves(bench)
     reference = bench.ConditionalTransport(shrinkage=40).fit(after_marginal, sensitive_features=labels)
     np.testing.assert_allclose(step.cells_.transports_, reference.transports_, atol=1e-10)
 
+    # onto the barycenter: the same joint spread matched, by the cell maps fitted on the marginal pass's rows
+    onto_barycenter = bench.MarginalThenCells(40, target="barycenter").fit(Z, sensitive_features=labels)
+    assert isinstance(onto_barycenter.cells_, bench.CellCovarianceTransport)
+    assert onto_barycenter.cells_.target == "barycenter"
+    assert joint_ratio(onto_barycenter.transform(Z, sensitive_features=labels)) == pytest.approx(1.0, abs=0.1)
+    reference = bench.CellCovarianceTransport(40, target="barycenter").fit(after_marginal, sensitive_features=labels)
+    np.testing.assert_allclose(onto_barycenter.cells_.transports_, reference.transports_, atol=1e-10)
+
 
 def test_likelihood_shrinkage_pools_cells_that_share_a_covariance_and_not_cells_that_do_not(bench):
     rng = np.random.default_rng(11)

@@ -51,7 +51,7 @@ from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
-from bafo_pipeline.audits import audit_leakage  # noqa: E402
+from bafo_pipeline.audits import PROBES, audit_leakage  # noqa: E402
 from bafo_pipeline.audits.utility import audit_utility  # noqa: E402
 from bafo_pipeline.transformers import ConditionalTransport  # noqa: E402
 
@@ -621,7 +621,19 @@ def worst_cases(result) -> dict:
     return out
 
 
-def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap: int) -> dict:
+def leakage_by_probe(result) -> dict:
+    """Per representation, attribute and attack probe: its larger chance-adjusted score over the two attackers."""
+    leak = result.metric("leakage")
+    leak = leak[leak["probe"] != "prior"]
+    best = leak.groupby(["representation", "attribute", "probe"])["mean"].max()
+    out: dict = {}
+    for (representation, attribute, probe), value in best.items():
+        out.setdefault(representation, {}).setdefault(attribute, {})[probe] = round(float(value), 3)
+    return out
+
+
+def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap: int,
+             probes: tuple[str, ...] = PROBES) -> dict:
     """Every setting's worst case per attribute, and kept share and score per non-sensitive attribute, for one
     split draw (``"settings"``); and the unconcealed latents' scores, which the kept shares divide by
     (``"unconcealed_score"``)."""
@@ -643,7 +655,8 @@ def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap
         chosen[setting] = what_it_chose(step)
     leakage = audit_leakage(moved_test, test_attributes[SENSITIVE], fit_representations=moved_shared,
                             fit_labels=shared_attributes, n_bootstrap=n_bootstrap, n_permutations=0,
-                            random_state=seed)
+                            random_state=seed, probes=probes)
+    by_probe = leakage_by_probe(leakage)
     targets = test_attributes.drop(columns=SENSITIVE)
     utility = audit_utility({"unconcealed": test, **moved_test}, targets, references=["unconcealed"],
                             n_bootstrap=0, random_state=seed)
@@ -658,6 +671,7 @@ def demo_run(data: dict, settings: list[str], split: int, seed: int, n_bootstrap
     return {"settings": {setting: {"calibration_rows": int(calibration.sum()) if not setting.startswith("extra-")
                                    else int(setting.removeprefix("extra-")),
                                    "worst_case": worst[setting],
+                                   "leakage_by_probe": by_probe[setting],
                                    "kept_share": rounded(kept.loc[setting]),
                                    "score": rounded(score.loc[setting]),
                                    **chosen[setting]}
@@ -713,6 +727,12 @@ def summary(results: list[dict]) -> dict:
             for target in runs[0]["kept_share"]:
                 row[f"kept_{target}"] = round(float(np.mean([r["kept_share"][target] for r in runs])), 3)
             row["lowest_kept"] = round(float(np.mean([min(r["kept_share"].values()) for r in runs])), 3)
+        if "leakage_by_probe" in runs[0]:  # each probe's worst attribute: which probe sets the worst case
+            probes = dict.fromkeys(p for r in runs for per_attribute in r["leakage_by_probe"].values() for p in per_attribute)
+            row["worst_by_probe"] = {
+                probe: round(float(np.mean([max(v.get(probe, -np.inf) for v in r["leakage_by_probe"].values())
+                                            for r in runs])), 3)
+                for probe in probes}
         if "score" in runs[0]:  # absolute scores, to compare encoders of different sizes (older JSONs lack them)
             for target in runs[0]["score"]:
                 row[f"score_{target}"] = round(float(np.mean([r["score"][target] for r in runs])), 3)
@@ -740,6 +760,8 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates of each interval")
     parser.add_argument("--cache", type=Path, help="keep the encoders' latents here between runs")
     parser.add_argument("--commit", help="the package version measured (recorded in the JSON)")
+    parser.add_argument("--probes", default=",".join(PROBES),
+                        help="demo: the attack probes (e.g. add 'quadratic', which reads differences in spread)")
     args = parser.parse_args()
     extra_needed = max((int(s.removeprefix("extra-")) for s in args.settings.split(",") if s.startswith("extra-")),
                        default=0)
@@ -754,7 +776,8 @@ def main() -> None:
             latents, attributes, is_train = utkface_data(seed, args.utkface, args.models, args.cache)
         for split in map(int, args.splits.split(",")):
             run_started = time.perf_counter()
-            run = (demo_run(data, args.settings.split(","), split, seed, args.bootstrap) if args.data == "demo"
+            run = (demo_run(data, args.settings.split(","), split, seed, args.bootstrap, tuple(args.probes.split(",")))
+                   if args.data == "demo"
                    else {"settings": utkface_run(latents, attributes, is_train,
                                                  [float(f) for f in args.fractions.split(",")],
                                                  split, args.bootstrap, args.attacker)})
@@ -770,7 +793,7 @@ def main() -> None:
                      if args.data == "demo" else
                      {"data": "utkface", "encoder": "trained_concealment's 'none' (4 epochs)",
                       "attacker": args.attacker})
-        | {"bootstrap": args.bootstrap},
+        | {"bootstrap": args.bootstrap, "probes": args.probes.split(",")},
         "seconds": round(time.perf_counter() - started, 1),
         "summary": summary(results),
         "results": results,

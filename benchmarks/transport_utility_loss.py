@@ -38,10 +38,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
-from calibration_rows import (SENSITIVE, VARIANTS, cell_codes, class_categories, smooth_mean_only,  # noqa: E402
-                              what_it_chose, worst_cases)
+from calibration_rows import (SENSITIVE, VARIANTS, cell_codes, class_categories, leakage_by_probe,  # noqa: E402
+                              smooth_mean_only, what_it_chose, worst_cases)
 
-from bafo_pipeline.audits import audit_leakage  # noqa: E402
+from bafo_pipeline.audits import PROBES, audit_leakage  # noqa: E402
 from bafo_pipeline.audits.utility import audit_utility, residualize_targets  # noqa: E402
 from bafo_pipeline.data.landmarks import LANDMARK_TARGETS  # noqa: E402
 from bafo_pipeline.transformers import ConditionalTransport  # noqa: E402
@@ -204,6 +204,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", help="comma-separated estimator variants of benchmarks/calibration_rows.py "
                                            "to run after the stages instead of this script's alternatives")
+    parser.add_argument("--probes", default=",".join(PROBES),
+                        help="the attack probes (e.g. add 'quadratic', which reads differences in spread)")
     args = parser.parse_args()
     alternatives = ALTERNATIVES
     if args.variants:
@@ -244,7 +246,7 @@ def main() -> None:
                             fit_representations={UNCONCEALED: parts["shared"][0],
                                                  **{name: moved["shared"] for name, moved in stages.items()}},
                             fit_labels=parts["shared"][1][SENSITIVE], n_bootstrap=200, n_permutations=0,
-                            random_state=0, n_threads=args.threads)
+                            random_state=0, n_threads=args.threads, probes=tuple(args.probes.split(",")))
     print(json.dumps({
         "benchmark": "transport_utility_loss",
         "command": " ".join(["python", *sys.argv]),
@@ -255,7 +257,9 @@ def main() -> None:
         "alternatives": list(alternatives),
         "chosen": chosen,
         "kept": kept,
+        "probes": args.probes.split(","),
         "worst_leakage": worst_cases(leakage),
+        "leakage_by_probe": leakage_by_probe(leakage),
         "seconds": round(time.perf_counter() - started, 1),
     }, indent=1))
 

@@ -103,3 +103,34 @@ def test_mlp_checks_its_parameters_and_inputs():
         fitted.predict(X[:, :3])
     with pytest.raises(NotFittedError):
         TorchMLPProbe().predict(X)
+
+
+def test_quadratic_probe_reads_a_difference_in_spread_that_the_linear_probe_cannot():
+    """Two classes with one mean and a different spread along one direction: invisible to a linear probe."""
+    rng = np.random.default_rng(3)
+    n, dims = 2000, 12
+    y = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, dims))
+    X[:, 3] *= np.where(y == 1, 3.0, 1.0)  # the best possible balanced accuracy is about 0.74
+    train, test = slice(0, 1500), slice(1500, None)
+
+    def held_out_score(name):
+        probe = make_probe(name, "classification", random_state=0).fit(X[train], y[train])
+        return balanced_accuracy_score(y[test], probe.predict(X[test]))
+
+    assert held_out_score("linear") < 0.58
+    assert held_out_score("quadratic") > 0.68
+    # a small class (fewer rows than dimensions) is shrunk, not refused
+    few = np.r_[y[:300], np.full(8, 2)]
+    probe = make_probe("quadratic", "classification", random_state=0).fit(X[:308], few)
+    assert probe.predict_proba(X[:5]).shape == (5, 3)
+
+
+def test_quadratic_regression_probe_reads_a_squared_signal():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(1500, 8))
+    y = 30 + 8 * X[:, 0] ** 2 - 5 * X[:, 1] * X[:, 2] + rng.normal(size=1500)
+    quadratic = make_probe("quadratic", "regression", random_state=0).fit(X[:1000], y[:1000])
+    linear = make_probe("linear", "regression", random_state=0).fit(X[:1000], y[:1000])
+    assert quadratic.score(X[1000:], y[1000:]) > 0.9
+    assert linear.score(X[1000:], y[1000:]) < 0.1

@@ -270,6 +270,39 @@ def test_summary_averages_each_setting_over_runs(bench):
     assert summary["worst"] == 0.25  # the mean of each run's worst attribute (0.2, 0.3), not the worst mean
     assert summary["kept_smile"] == 0.85 and summary["lowest_kept"] == 0.85
     assert summary["score_smile"] == 0.425 and summary["score_tilt"] == 0.5
+    assert "worst_by_probe" not in summary  # runs without per-probe leakage (older JSONs)
+
+
+def test_summary_says_which_probe_sets_the_worst_case(bench):
+    def run(linear, quadratic):
+        by_probe = {"gender": {"linear": linear[0], "quadratic": quadratic[0]},
+                    "age": {"linear": linear[1], "quadratic": quadratic[1]}}
+        return {"settings": {"half": {"calibration_rows": 10, "worst_case": {"gender": {"leakage": 0.0}},
+                                      "leakage_by_probe": by_probe}}}
+
+    summary = bench.summary([run((0.1, 0.3), (0.2, 0.0)), run((0.0, 0.1), (0.4, 0.2))])["half"]
+    assert summary["worst_by_probe"] == {"linear": 0.2, "quadratic": 0.3}  # means of each run's worst attribute
+
+
+def test_leakage_by_probe_keeps_each_probes_larger_attacker(bench):
+    """On a planted difference in spread the quadratic probe reads what the linear one cannot, per attacker."""
+    rng = np.random.default_rng(2)
+    labels = attributes(1600, seed=2)
+    Z = rng.normal(size=(1600, 4))
+    Z[:, 1] *= np.where(labels["gender"] == 1, 3.0, 1.0)
+    result = bench.audit_leakage({"z": Z[800:]}, labels.iloc[800:].reset_index(drop=True), probes=("linear", "quadratic"),
+                                 fit_representations={"z": Z[:800]}, fit_labels=labels.iloc[:800], n_bootstrap=0,
+                                 n_permutations=0, random_state=0)
+    by_probe = bench.leakage_by_probe(result)["z"]
+    leak = result.metric("leakage")
+    for attribute, probes in by_probe.items():
+        for probe, value in probes.items():
+            rows = leak[(leak["attribute"] == attribute) & (leak["probe"] == probe)]
+            assert value == round(float(rows["mean"].max()), 3)  # the larger attacker
+    gender = leak[(leak["attribute"] == "gender") & (leak["probe"] == "quadratic")]
+    assert gender["attacker"].nunique() == 2 and gender["mean"].nunique() == 2  # ... of two that differ
+    assert {"linear", "quadratic"} <= set(by_probe["gender"]) and "prior" not in by_probe["gender"]
+    assert by_probe["gender"]["quadratic"] > by_probe["gender"]["linear"] + 0.2
 
 
 def test_demo_latents_come_from_the_given_encoder_options_and_are_cached_under_them(bench, tmp_path, monkeypatch):

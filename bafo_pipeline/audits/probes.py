@@ -1,4 +1,4 @@
-"""The ladder of probes: prior baseline, linear, and two non-linear attackers."""
+"""The ladder of probes: prior baseline, linear, and two non-linear attackers; and two more on request."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 from .mlp import TorchMLPProbe
 
@@ -19,8 +20,9 @@ __all__ = ["KNOWN_PROBES", "PROBES", "PROBE_DESCRIPTIONS", "make_probe"]
 
 #: The default ladder for embeddings.
 PROBES = ("prior", "linear", "mlp", "gbdt")
-#: Every probe :func:`make_probe` builds (``knn`` is the side channels' neighbour attacker).
-KNOWN_PROBES = (*PROBES, "knn")
+#: Every probe :func:`make_probe` builds (``knn`` is the side channels' neighbour attacker; ``quadratic`` reads
+#: differences in spread, which a concealment that matches each group's covariance must remove).
+KNOWN_PROBES = (*PROBES, "knn", "quadratic")
 KNN_NEIGHBOURS = 15
 
 PROBE_DESCRIPTIONS = {
@@ -33,6 +35,10 @@ PROBE_DESCRIPTIONS = {
     ),
     "knn": f"{KNN_NEIGHBOURS} nearest neighbours on standardised values (reads a row's label off its neighbours)",
     "adjacency": "neighbouring rows in the channel's order share the label (side channels; no fitting)",
+    "quadratic": (
+        "one Gaussian per class with its own covariance (QDA, Ledoit-Wolf shrinkage) / "
+        "RidgeCV on standardised degree-2 features for continuous attributes"
+    ),
 }
 
 
@@ -49,7 +55,7 @@ def make_probe(
 
     Parameters
     ----------
-    name : {"prior", "linear", "mlp", "gbdt", "knn"}
+    name : {"prior", "linear", "mlp", "gbdt", "knn", "quadratic"}
     task : {"classification", "regression"}
     random_state : int
     device : str
@@ -87,4 +93,9 @@ def make_probe(
     if name == "knn":
         neighbours = KNeighborsClassifier if classify else KNeighborsRegressor
         return make_pipeline(StandardScaler(), neighbours(n_neighbors=KNN_NEIGHBOURS))
+    if name == "quadratic":
+        if classify:
+            return make_pipeline(StandardScaler(), QuadraticDiscriminantAnalysis(solver="eigen", shrinkage="auto"))
+        return make_pipeline(StandardScaler(), PolynomialFeatures(2, include_bias=False), StandardScaler(),
+                             RidgeCV(alphas=np.logspace(-1, 5, 13)))
     raise ValueError(f"unknown probe {name!r}; choose from {KNOWN_PROBES}")

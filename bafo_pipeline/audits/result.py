@@ -155,7 +155,7 @@ class AuditResult:
             p = _worst_case_p_value(p_values, attacks["mean"].to_numpy())
             by_attacker = attacks.groupby("attacker")["mean"].max()
             linear = group.loc[group["probe"] == "linear", "mean"]
-            nonlinear = group.loc[group["probe"].isin(["mlp", "gbdt", "knn"]), "mean"]
+            nonlinear = group.loc[group["probe"].isin(["mlp", "gbdt", "knn", "quadratic"]), "mean"]
             out.append(
                 {
                     "representation": rep,

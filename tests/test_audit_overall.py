@@ -66,6 +66,14 @@ def test_utility_scores_planted_targets_and_noise(report):
         assert scores.loc[("shared", target), "share_of[pixels]"] > 0.9
 
 
+def test_the_quadratic_attacker_probes_leakage_but_not_utility():
+    representations, labels = _planted(300, seed=1)
+    report = run_audit(representations, labels, attributes=["gender"], targets=["yaw"], references=["pixels"],
+                       **{**FAST, "probes": ("prior", "linear", "quadratic"), "n_permutations": 0})
+    assert set(report.leakage.metric("leakage")["probe"]) >= {"linear", "quadratic"}
+    assert set(report.utility.audit.metric("leakage")["probe"]) == {"prior", "linear"}
+
+
 def test_overall_verdict_needs_both_halves(report):
     verdicts = {v.representation: v for v in report.verdicts}
     assert set(verdicts) == {"shared", "erased", "leaky"}  # the reference is not judged

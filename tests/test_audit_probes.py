@@ -134,3 +134,23 @@ def test_quadratic_regression_probe_reads_a_squared_signal():
     linear = make_probe("linear", "regression", random_state=0).fit(X[:1000], y[:1000])
     assert quadratic.score(X[1000:], y[1000:]) > 0.9
     assert linear.score(X[1000:], y[1000:]) < 0.1
+
+
+def test_quadratic_regression_probe_expands_a_bounded_number_of_leading_components():
+    """A wide embedding is cut to its leading components before the degree-2 expansion; a narrow one is kept whole."""
+    rng = np.random.default_rng(5)
+    wide = rng.normal(size=(300, 200)) * np.linspace(3.0, 0.1, 200)  # the leading columns carry most variance
+    y = wide[:, 0] ** 2 + rng.normal(size=300)
+    probe = make_probe("quadratic", "regression", random_state=0).fit(wide, y)
+    components = probe.named_steps["leadingcomponents"].pca_
+    assert components.n_components_ == 64
+    assert probe.named_steps["polynomialfeatures"].n_output_features_ == 64 + 64 * 65 // 2
+    narrow = make_probe("quadratic", "regression", random_state=0).fit(wide[:, :10], y)
+    assert narrow.named_steps["leadingcomponents"].pca_.n_components_ == 10
+
+
+def test_the_attack_ladder_has_the_quadratic_probe_and_the_utility_ladder_does_not():
+    from bafo_pipeline.audits import UTILITY_PROBES
+
+    assert "quadratic" in PROBES and "quadratic" not in UTILITY_PROBES
+    assert set(UTILITY_PROBES) < set(PROBES)

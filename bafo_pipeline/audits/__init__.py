@@ -22,7 +22,7 @@ from .fairness import FairnessResult, fairness_report
 from .inputs import align_by_id, infer_kind
 from .leakage import audit_leakage
 from .mlp import TorchMLPProbe
-from .probes import PROBES, make_probe
+from .probes import PROBES, UTILITY_PROBES, make_probe
 from .readers import read_embedding_parquet, read_labels
 from .receipt import ReceiptCheck, check_receipt, read_receipt
 from .report import write_report
@@ -32,6 +32,7 @@ from .side_channels import SideChannels, audit_side_channels, side_channels_of_t
 
 __all__ = [
     "PROBES",
+    "UTILITY_PROBES",
     "SCHEMA_VERSION",
     "AuditReport",
     "AuditResult",

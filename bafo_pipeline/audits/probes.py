@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -16,14 +18,20 @@ from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 from .mlp import TorchMLPProbe
 
-__all__ = ["KNOWN_PROBES", "PROBES", "PROBE_DESCRIPTIONS", "make_probe"]
+__all__ = ["KNOWN_PROBES", "PROBES", "PROBE_DESCRIPTIONS", "UTILITY_PROBES", "make_probe"]
 
-#: The default ladder for embeddings.
-PROBES = ("prior", "linear", "mlp", "gbdt")
-#: Every probe :func:`make_probe` builds (``knn`` is the side channels' neighbour attacker; ``quadratic`` reads
-#: differences in spread, which a concealment that matches each group's covariance must remove).
-KNOWN_PROBES = (*PROBES, "knn", "quadratic")
+#: The default ladder of attackers for embeddings. ``quadratic`` reads differences in spread, which a concealment
+#: that matches each group's mean (a linear eraser) leaves and one that matches each group's covariance (the
+#: transport) must remove to every last estimation error.
+PROBES = ("prior", "linear", "mlp", "gbdt", "quadratic")
+#: The default ladder of what the latents keep (:func:`~bafo_pipeline.audits.audit_utility`): the models a
+#: downstream user would fit.
+UTILITY_PROBES = ("prior", "linear", "mlp", "gbdt")
+#: Every probe :func:`make_probe` builds (``knn`` is the side channels' neighbour attacker).
+KNOWN_PROBES = (*PROBES, "knn")
 KNN_NEIGHBOURS = 15
+#: The quadratic regression probe expands at most this many leading principal components into degree-2 features.
+QUADRATIC_MAX_COMPONENTS = 64
 
 PROBE_DESCRIPTIONS = {
     "prior": "training-fold class frequencies / training-fold median (the chance baseline)",
@@ -37,7 +45,8 @@ PROBE_DESCRIPTIONS = {
     "adjacency": "neighbouring rows in the channel's order share the label (side channels; no fitting)",
     "quadratic": (
         "one Gaussian per class with its own covariance (QDA, Ledoit-Wolf shrinkage) / "
-        "RidgeCV on standardised degree-2 features for continuous attributes"
+        f"RidgeCV on degree-2 features of the first {QUADRATIC_MAX_COMPONENTS} principal components for "
+        "continuous attributes"
     ),
 }
 
@@ -96,6 +105,25 @@ def make_probe(
     if name == "quadratic":
         if classify:
             return make_pipeline(StandardScaler(), QuadraticDiscriminantAnalysis(solver="eigen", shrinkage="auto"))
-        return make_pipeline(StandardScaler(), PolynomialFeatures(2, include_bias=False), StandardScaler(),
+        return make_pipeline(StandardScaler(), LeadingComponents(QUADRATIC_MAX_COMPONENTS),
+                             PolynomialFeatures(2, include_bias=False), StandardScaler(),
                              RidgeCV(alphas=np.logspace(-1, 5, 13)))
     raise ValueError(f"unknown probe {name!r}; choose from {KNOWN_PROBES}")
+
+
+class LeadingComponents(TransformerMixin, BaseEstimator):
+    """The first ``max_components`` principal components, or all of them for narrower inputs (a rotation).
+
+    Bounds the width of a degree-2 expansion: 64 components give 2,144 features, whatever the embedding's width.
+    """
+
+    def __init__(self, max_components: int = QUADRATIC_MAX_COMPONENTS):
+        self.max_components = max_components
+
+    def fit(self, X, y=None) -> "LeadingComponents":
+        X = np.asarray(X, dtype=float)
+        self.pca_ = PCA(n_components=min(self.max_components, *X.shape)).fit(X)
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        return self.pca_.transform(np.asarray(X, dtype=float))

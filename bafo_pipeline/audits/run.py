@@ -18,6 +18,7 @@ from .inputs import DEFAULT_ATTRIBUTES, align_by_id, check_representations
 from .leakage import audit_leakage
 from .overall import OverallVerdict, overall_verdicts
 from .readers import read_labels
+from .probes import UTILITY_PROBES
 from .report import report_dict, write_report
 from .result import AuditResult
 from .sampling import stratified_sample
@@ -242,7 +243,8 @@ def run_audit(
         utility = audit_utility(
             reps, labels[targets].reset_index(drop=True), references=list(references),
             sensitive=labels[sensitive_columns].reset_index(drop=True) if residual else None,
-            probes=config["probes"], n_folds=config["n_folds"], n_bootstrap=config["n_bootstrap"],
+            probes=[p for p in config["probes"] if p in UTILITY_PROBES] or UTILITY_PROBES,
+            n_folds=config["n_folds"], n_bootstrap=config["n_bootstrap"],
             confidence=config["confidence"], random_state=config["random_state"], n_threads=config["n_threads"],
             **{k: audit_options[k] for k in ("device", "mlp_params", "gbdt_params", "verbose") if k in audit_options},
         )

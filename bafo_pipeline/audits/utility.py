@@ -33,7 +33,7 @@ from sklearn.model_selection import KFold
 from ..attributes import quantile_bin_edges
 from .inputs import infer_kind
 from .leakage import audit_leakage
-from .probes import PROBES
+from .probes import UTILITY_PROBES
 from .result import AuditResult
 
 __all__ = [
@@ -320,7 +320,7 @@ def audit_utility(
     fit_sensitive: pd.DataFrame | None = None,
     residual: Sequence[str] | None = None,
     kinds: Mapping[str, str] | None = None,
-    probes: Sequence[str] = PROBES,
+    probes: Sequence[str] = UTILITY_PROBES,
     n_folds: int = 5,
     n_bootstrap: int = 500,
     n_permutations: int = 0,
@@ -351,7 +351,10 @@ def audit_utility(
     kinds : mapping, optional
         ``{target: "continuous" | "categorical"}``; default: floats continuous, the rest
         by :func:`~bafo_pipeline.audits.inputs.infer_kind`.
-    probes, n_folds, n_bootstrap, n_permutations, confidence, random_state
+    probes : sequence of str, default=("prior", "linear", "mlp", "gbdt")
+        :data:`~bafo_pipeline.audits.UTILITY_PROBES`: the models a downstream user would fit
+        (the attack ladder's ``"quadratic"`` is left out).
+    n_folds, n_bootstrap, n_permutations, confidence, random_state
         As :func:`~bafo_pipeline.audits.leakage.audit_leakage` (permutation p-values are
         off by default: the intervals already say whether a target is recovered).
     **audit_options

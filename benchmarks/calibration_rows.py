@@ -523,6 +523,59 @@ class MarginalThenCells:
         return self.cells_.transform(moved, sensitive_features=sensitive_features)
 
 
+class CellsThenHeldOutMarginal:
+    """The library's cell maps fitted on part of the rows, then a marginal pass fitted on the rest, moved by them.
+
+    What a quadratic probe reads in the cell maps' output is each class's covariance (and mean) as the maps leave it:
+    the sum over the class's cells of their maps' estimation errors, and the part of each cell's difference the
+    shrinkage keeps. Rows the cell maps were fitted on show none of it (the maps fit them exactly), so the marginal
+    pass is fitted on ``held_out`` of the rows, which the cell maps never saw: there, each class's covariance is what
+    every new row of that class will get, estimated on hundreds of rows per class, and the marginal maps move it to
+    the pooled one.
+
+    Parameters
+    ----------
+    held_out : float, default=0.3
+        Share of the rows (drawn at random, ``random_state``) the marginal pass is fitted on.
+    shrinkage : float, default=10.0
+        Pseudo-rows of the cell maps' covariance shrinkage.
+    rounds : int, default=1
+        Passes of the marginal transport over the attributes.
+    random_state : int, default=0
+
+    Attributes
+    ----------
+    cells_ : ConditionalTransport
+        The cell maps, fitted on the other rows.
+    marginal_ : MarginalTransport
+        The marginal pass, fitted on the held-out rows after the cell maps moved them.
+    held_out_rows_ : ndarray of bool
+        Which of the fitted rows the marginal pass was fitted on.
+    """
+
+    def __init__(self, held_out: float = 0.3, shrinkage: float = 10.0, rounds: int = 1, random_state: int = 0):
+        self.held_out = held_out
+        self.shrinkage = shrinkage
+        self.rounds = rounds
+        self.random_state = random_state
+
+    def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> CellsThenHeldOutMarginal:
+        attributes = sensitive_features.reset_index(drop=True)
+        self.held_out_rows_ = np.random.default_rng(self.random_state).random(len(Z)) < self.held_out
+        cells = ~self.held_out_rows_
+        self.cells_ = ConditionalTransport(shrinkage=self.shrinkage).fit(
+            Z[cells], sensitive_features=attributes[cells].reset_index(drop=True))
+        held_out = attributes[self.held_out_rows_].reset_index(drop=True)
+        moved = self.cells_.transform(Z[self.held_out_rows_], sensitive_features=held_out)
+        self.marginal_ = MarginalTransport(self.rounds).fit(moved, sensitive_features=held_out)
+        return self
+
+    def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        attributes = sensitive_features.reset_index(drop=True)
+        moved = self.cells_.transform(Z, sensitive_features=attributes)
+        return self.marginal_.transform(moved, sensitive_features=attributes)
+
+
 def what_it_chose(step) -> dict:
     """What a fitted variant chose for itself, for the JSON: the subspace and principal-component variants'
     dimensions (``dims``), the likelihood variant's shrinkage (``chosen_shrinkage``); empty for the others."""
@@ -552,6 +605,7 @@ VARIANTS = {
     "spiked-cov": lambda: SpikedCovarianceTransport(),
     "barycenter": lambda: CellCovarianceTransport(target="barycenter"),
     "barycenter-cov40": lambda: CellCovarianceTransport(shrinkage=40, target="barycenter"),
+    "cov80": lambda: ConditionalTransport(shrinkage=80),
     "cov160": lambda: ConditionalTransport(shrinkage=160),
     "cov640": lambda: ConditionalTransport(shrinkage=640),
     "cov2560": lambda: ConditionalTransport(shrinkage=2560),
@@ -568,6 +622,10 @@ VARIANTS = {
     "marginal-1-then-barycenter": lambda: MarginalThenCells(10, target="barycenter"),
     "marginal-1-then-barycenter-cov40": lambda: MarginalThenCells(40, target="barycenter"),
     "cov-likelihood": LikelihoodShrinkageTransport,
+    "cells-then-held-out-marginal": lambda: CellsThenHeldOutMarginal(0.3),
+    "cells-then-held-out-marginal-0.5": lambda: CellsThenHeldOutMarginal(0.5),
+    "cells-then-held-out-marginal-3": lambda: CellsThenHeldOutMarginal(0.3, rounds=3),
+    "cov40-then-held-out-marginal": lambda: CellsThenHeldOutMarginal(0.3, shrinkage=40),
 }
 
 

@@ -354,3 +354,25 @@ def test_a_demo_run_records_each_settings_scores_and_the_unconcealed_ones_its_sh
     assert run["unconcealed_score"]["smile"] > 0.5  # the planted smile
     assert half["kept_share"]["smile"] == pytest.approx(half["score"]["smile"] / run["unconcealed_score"]["smile"],
                                                         abs=0.01)
+
+
+def test_the_held_out_marginal_pass_is_fitted_on_rows_the_cell_maps_never_saw(bench):
+    rng = np.random.default_rng(12)
+    labels = attributes(3000, seed=12)
+    Z = rng.normal(size=(3000, 3))
+    Z[:, 0] *= np.where(labels["gender"] == 1, 2.0, 1.0)
+    step = bench.CellsThenHeldOutMarginal(0.3, shrinkage=1e12).fit(Z, sensitive_features=labels)  # cells: means only
+    held_out = step.held_out_rows_
+    assert 0.25 < held_out.mean() < 0.35
+    reference = bench.ConditionalTransport(shrinkage=1e12).fit(Z[~held_out], sensitive_features=labels[~held_out])
+    np.testing.assert_allclose(step.cells_.cell_means_, reference.cell_means_)
+    moved = step.cells_.transform(Z[held_out], sensitive_features=labels[held_out].reset_index(drop=True))
+    again = bench.MarginalTransport(1).fit(moved, sensitive_features=labels[held_out].reset_index(drop=True))
+    new_labels, new_Z = attributes(2000, seed=13), rng.normal(size=(2000, 3))
+    new_Z[:, 0] *= np.where(new_labels["gender"] == 1, 2.0, 1.0)
+    out = step.transform(new_Z, sensitive_features=new_labels)
+    expected = again.transform(step.cells_.transform(new_Z, sensitive_features=new_labels), sensitive_features=new_labels)
+    np.testing.assert_allclose(out, expected)
+    # the cell maps left gender's spread (means only); the held-out marginal pass removes it from new rows
+    women = (new_labels["gender"] == 1).to_numpy()
+    assert out[women, 0].std() / out[~women, 0].std() == pytest.approx(1.0, abs=0.1)

@@ -284,3 +284,9 @@ def test_the_cheaper_peer_is_worded_by_the_sign_and_size_of_its_saving(frontier)
     assert frontier._loss_relative(loss(1.0), loss(1.001)) == "at the same reconstruction loss"
     assert frontier._loss_relative(loss(1.0), loss(1.5)) == "and loses 0.50 dB less in reconstruction"
     assert frontier._loss_relative(loss(2.0), loss(1.5)) == "and loses 0.50 dB more in reconstruction"
+
+
+def test_pages_measured_before_the_quadratic_probe_say_their_leakage_is_a_lower_bound(frontier):
+    note = " ".join(frontier.quadratic_probe_note({"probes": ["linear", "mlp", "gbdt"]}))
+    assert "quadratic probe" in note and "lower bound" in note and "§15" in note
+    assert frontier.quadratic_probe_note({"probes": ["linear", "mlp", "gbdt", "quadratic"]}) == []

@@ -166,8 +166,9 @@ def _concealment_options(default: str):
                           "more (docs/TRAINED_CONCEALMENT.md §11)."),
         click.option("--transport-shrinkage", type=click.FloatRange(min=0), default=None,
                      help="Pseudo-rows pulling each attribute cell's covariance towards the pooled one (transport, "
-                          "transport-refined; default the step's, 10): more pseudo-rows keep more content and leak more "
-                          "(docs/TRAINED_CONCEALMENT.md §14)."),
+                          "transport-refined; default the step's, 40): more pseudo-rows keep more content and leave more "
+                          "of each group's spread, fewer let more estimation error through "
+                          "(docs/TRAINED_CONCEALMENT.md §14-15)."),
     ]
     return lambda function: _apply(options, function)
 

@@ -1261,10 +1261,11 @@ def quadratic_probe_note(cfg: dict) -> list[str]:
         return []
     return [
         "",
-        "These attackers predate the audit's quadratic probe (QDA, added to the ladder on 2026-12-02). On the "
-        "frontier's 4-epoch encoder it reads `bafo run`'s transport about twice as well as these three, and its "
-        "ethnicity past the data-rich goal (docs/TRAINED_CONCEALMENT.md §15): the transport rows' leakage here "
-        "is a lower bound.",
+        "These attackers predate the audit's quadratic probe (QDA, added to the ladder on 2026-12-02). On three "
+        "UTKFace encoders, this page's among them, it reads the transport at the shrinkage these rows used (10) "
+        "about twice as well as these three, and its ethnicity past the data-rich goal; the transport's default "
+        "shrinkage is 40 since, which meets that goal against it (docs/TRAINED_CONCEALMENT.md §15). The "
+        "transport rows' leakage here is a lower bound; `full`'s is not changed by it.",
     ]
 
 

@@ -38,7 +38,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
-from calibration_rows import (SENSITIVE, VARIANTS, cell_codes, class_categories, leakage_by_probe,  # noqa: E402
+from calibration_rows import (SENSITIVE, VARIANT_SHRINKAGE, VARIANTS, cell_codes, class_categories, leakage_by_probe,  # noqa: E402
                               smooth_mean_only, what_it_chose, worst_cases)
 
 from bafo_pipeline.audits import PROBES, audit_leakage  # noqa: E402
@@ -51,8 +51,8 @@ UNCONCEALED = "none"
 STAGES = {
     "smooth mean": smooth_mean_only,
     "+ cell means": lambda: ConditionalTransport(shrinkage=1e15),  # every cell keeps the pooled covariance
-    "+ covariance maps, shrinkage 40": lambda: ConditionalTransport(shrinkage=40),
-    "+ covariance maps, shrinkage 10 (bafo run)": ConditionalTransport,
+    "+ covariance maps, shrinkage 40 (bafo run since §15)": ConditionalTransport,
+    "+ covariance maps, shrinkage 10 (bafo run until §15)": lambda: ConditionalTransport(shrinkage=10),
 }
 
 
@@ -76,7 +76,8 @@ class CellMeansThenCovariance:
         """Fit the cell means on every attribute, then the covariance maps on the rows they moved."""
         self.means_ = STAGES["+ cell means"]().fit(Z, sensitive_features=sensitive_features)
         moved = self.means_.transform(Z, sensitive_features=sensitive_features)
-        self.covariance_ = ConditionalTransport().fit(moved, sensitive_features=sensitive_features[self.covariance_by])
+        self.covariance_ = ConditionalTransport(shrinkage=VARIANT_SHRINKAGE).fit(
+            moved, sensitive_features=sensitive_features[self.covariance_by])
         return self
 
     def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
@@ -90,7 +91,8 @@ ALTERNATIVES = {
     "cell means + gender's covariance maps": lambda: CellMeansThenCovariance(["gender"]),
     "cell means + gender x ethnicity covariance maps": lambda: CellMeansThenCovariance(["gender", "ethnicity"]),
     # age left to the smooth mean: cell means and covariance maps both by gender x ethnicity only
-    "cells without age bins (continuous_bins=0)": lambda: ConditionalTransport(continuous_bins=0),
+    "cells without age bins (continuous_bins=0)": lambda: ConditionalTransport(continuous_bins=0,
+                                                                               shrinkage=VARIANT_SHRINKAGE),
 }
 JUDGED = ("mouth_open", "mouth_width", "eye_open")  # issue 12 judges these targets' residuals
 CELL_PSEUDO_ROWS = 10

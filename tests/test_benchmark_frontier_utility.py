@@ -288,5 +288,5 @@ def test_the_cheaper_peer_is_worded_by_the_sign_and_size_of_its_saving(frontier)
 
 def test_pages_measured_before_the_quadratic_probe_say_their_leakage_is_a_lower_bound(frontier):
     note = " ".join(frontier.quadratic_probe_note({"probes": ["linear", "mlp", "gbdt"]}))
-    assert "quadratic probe" in note and "lower bound" in note and "§15" in note
+    assert "quadratic probe" in note and "lower bound" in note and "§15" in note and "shrinkage is 40" in note
     assert frontier.quadratic_probe_note({"probes": ["linear", "mlp", "gbdt", "quadratic"]}) == []

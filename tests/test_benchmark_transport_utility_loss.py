@@ -68,8 +68,8 @@ def test_the_stages_remove_means_then_spreads_cumulatively(bench):
         assert joint_gap(stages[name]["test"]) < 0.15, name
     assert spread_ratio(stages["smooth mean"]["test"]) > 2.5  # the spreads are left to the covariance maps
     assert spread_ratio(stages["+ cell means"]["test"]) > 2.5
-    assert spread_ratio(stages["+ covariance maps, shrinkage 40"]["test"]) < 1.3
-    assert spread_ratio(stages["+ covariance maps, shrinkage 10 (bafo run)"]["test"]) < 1.15
+    assert spread_ratio(stages["+ covariance maps, shrinkage 40 (bafo run since §15)"]["test"]) < 1.3
+    assert spread_ratio(stages["+ covariance maps, shrinkage 10 (bafo run until §15)"]["test"]) < 1.15
 
     # given alternatives replace the script's own, after the same stages
     moved, chosen = bench.stage_latents(latents(fit), fit, {"test": (latents(new), new)},

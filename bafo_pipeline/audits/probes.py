@@ -24,7 +24,7 @@ __all__ = ["KNOWN_PROBES", "PROBES", "PROBE_DESCRIPTIONS", "UTILITY_PROBES", "ma
 #: that matches each group's mean (a linear eraser) leaves and one that matches each group's covariance (the
 #: transport) must remove to every last estimation error.
 PROBES = ("prior", "linear", "mlp", "gbdt", "quadratic")
-#: The default ladder of what the latents keep (:func:`~bafo_pipeline.audits.audit_utility`): the models a
+#: The default ladder of what the latents keep (:func:`~bafo_pipeline.audits.utility.audit_utility`): the models a
 #: downstream user would fit.
 UTILITY_PROBES = ("prior", "linear", "mlp", "gbdt")
 #: Every probe :func:`make_probe` builds (``knn`` is the side channels' neighbour attacker).

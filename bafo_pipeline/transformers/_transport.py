@@ -83,16 +83,18 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         range the basis is held constant at its boundary value (the
         ``extrapolation="constant"`` of scikit-learn's ``SplineTransformer``),
         so ages outside it never blow up.
-    shrinkage : float, default=10.0
+    shrinkage : float, default=40.0
         Pseudo-count of rows pulling each cell's covariance towards the pooled
         one: ``(n_c S_c + shrinkage S) / (n_c + shrinkage)``. More leaves more
-        of each cell's own spread unmatched (readable by non-linear probes);
-        0 gives cells with few rows near-singular maps that blow held-out rows
-        up (utility R² far below 0 on both data sets in the benchmark). With
-        about 150 training rows per cell on synthetic faces, 5-20 leaked less
-        than 50 to every data-rich probe, for a little smile (0.80-0.85
-        against 0.90 of the unconcealed encoder's); with about 400 on UTKFace
-        10-50 measured the same (docs/TRAINED_CONCEALMENT.md §11).
+        of each cell's own spread unmatched; less lets more of each map's
+        estimation error through; both are differences in spread, which the
+        audit's quadratic probe reads. 0 gives cells with few rows near-singular
+        maps that blow held-out rows up. With about 290 calibration rows per
+        cell on UTKFace (three encoders), 40 leaked less ethnicity than 10 to
+        the quadratic probe (balanced accuracy 0.25-0.27 against 0.28-0.29),
+        no more gender, and kept more of every utility target; 80 and more let
+        gender through (docs/TRAINED_CONCEALMENT.md §15). With about 32 rows per
+        cell (the demo) every setting leaks.
     mean_shrinkage : "auto" or float in [0, 1], default=0.0
         How far each cell's training mean (after the smooth mean) is pulled
         towards the pooled mean before the cell is moved by it. 0 moves each
@@ -188,7 +190,7 @@ class ConditionalTransport(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         attribute_kinds: dict | None = None,
         continuous_bins: int = 4,
         smooth_mean_knots: int = 6,
-        shrinkage: float = 10.0,
+        shrinkage: float = 40.0,
         mean_shrinkage: str | float = 0.0,
         ridge_alpha: str | float = 1.0,
     ):

@@ -1,4 +1,5 @@
-"""The ladder of probes: prior baseline, linear, and two non-linear attackers; and two more on request."""
+"""The ladder of probes: the prior baseline, linear, and three non-linear attackers (MLP, boosted trees and a
+quadratic one); and the side channels' neighbour attacker."""
 
 from __future__ import annotations
 
@@ -115,6 +116,16 @@ class LeadingComponents(TransformerMixin, BaseEstimator):
     """The first ``max_components`` principal components, or all of them for narrower inputs (a rotation).
 
     Bounds the width of a degree-2 expansion: 64 components give 2,144 features, whatever the embedding's width.
+
+    Parameters
+    ----------
+    max_components : int, default=64
+        The most components kept.
+
+    Attributes
+    ----------
+    pca_ : PCA
+        The fitted principal components.
     """
 
     def __init__(self, max_components: int = QUADRATIC_MAX_COMPONENTS):

@@ -17,8 +17,8 @@ from .fairness import FairnessResult, fairness_report
 from .inputs import DEFAULT_ATTRIBUTES, align_by_id, check_representations
 from .leakage import audit_leakage
 from .overall import OverallVerdict, overall_verdicts
-from .readers import read_labels
 from .probes import UTILITY_PROBES
+from .readers import read_labels
 from .report import report_dict, write_report
 from .result import AuditResult
 from .sampling import stratified_sample

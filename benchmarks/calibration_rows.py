@@ -89,7 +89,7 @@ class CellCovarianceTransport:
     instead of the pooled covariance: the common covariance that moves the rows least in total.
     """
 
-    def __init__(self, shrinkage: float = 10.0, target: str = "pooled"):
+    def __init__(self, shrinkage: float = VARIANT_SHRINKAGE, target: str = "pooled"):
         self.shrinkage = shrinkage
         self.target = target
 
@@ -556,7 +556,7 @@ class CellsThenHeldOutMarginal:
         Which of the fitted rows the marginal pass was fitted on.
     """
 
-    def __init__(self, held_out: float = 0.3, shrinkage: float = 10.0, rounds: int = 1, random_state: int = 0):
+    def __init__(self, held_out: float = 0.3, shrinkage: float = VARIANT_SHRINKAGE, rounds: int = 1, random_state: int = 0):
         self.held_out = held_out
         self.shrinkage = shrinkage
         self.rounds = rounds

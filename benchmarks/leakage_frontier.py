@@ -4,7 +4,7 @@ Issue 6's measurement. For each concealment variant (``none``: the paper's condi
 VAE posterior mean; ``linear``: closed-form LEACE; ``full``: LEACE, an adversarially
 trained refiner, LEACE again, at several adversary weights) the script refits only the
 concealment steps on the training split (``fit_concealment``), encodes the held-out
-split, audits it with the full probe ladder (linear, MLP, boosted trees; 5 folds) for
+split, audits it with the full probe ladder (linear, MLP, boosted trees, quadratic; 5 folds) for
 gender, ethnicity, age and age bands, reconstructs the held-out images with their true
 labels through ``inverse_transform`` and scores PSNR against the ``none`` variant.
 
@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from bafo_pipeline.attributes import DEFAULT_SENSITIVE
+from bafo_pipeline.audits import PROBES
 from bafo_pipeline.data.splits import hash_split
 from bafo_pipeline.pipeline.workflow import CALIBRATION_FRACTION
 
@@ -65,7 +66,12 @@ DEFAULT_FIGURE = ROOT / "docs" / "figures" / "frontier.png"
 DEFAULT_MARKDOWN = ROOT / "docs" / "FRONTIER.md"
 DEFAULT_VARIANTS = "none,linear,full:0,full:0.1,full:0.3,full:1.0"
 ATTRIBUTES = DEFAULT_SENSITIVE
-ATTACK_PROBES = ("linear", "mlp", "gbdt")
+# The audit's ladder without the prior (which reads nothing). Pages measured before a probe joined
+# the ladder render from the probes their JSON names (`protocol.probes`).
+ATTACK_PROBES = tuple(p for p in PROBES if p != "prior")
+LADDER_BEFORE_QUADRATIC = ("linear", "mlp", "gbdt")
+PROBE_SHORT_NAMES = {"linear": "lin", "mlp": "MLP", "gbdt": "GBDT", "quadratic": "quad"}
+PROBE_LONG_NAMES = {"linear": "linear", "mlp": "MLP", "gbdt": "boosted trees", "quadratic": "quadratic"}
 # Issue 6's goal, in the audit's natural units (worst case over the attack probes).
 GOAL = {
     "gender_max_bacc": 0.60,
@@ -1255,6 +1261,11 @@ def _replicates(run: dict, page: dict) -> str | None:
     return "encoder" if same_split else "split"
 
 
+def attack_probes(result: dict) -> tuple[str, ...]:
+    """The attack probes a stored result was measured with (older results name them in ``protocol``)."""
+    return tuple(result.get("protocol", {}).get("probes", LADDER_BEFORE_QUADRATIC))
+
+
 def quadratic_probe_note(cfg: dict) -> list[str]:
     """A paragraph for pages measured before the audit's ladder gained the quadratic probe."""
     if "quadratic" in cfg.get("probes", []):
@@ -1273,6 +1284,8 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
     variants = result["variants"]
     by_name = {v["name"]: v for v in variants}
     m, d, cfg = result["machine"], result["data"], result["audit_config"]
+    probes = attack_probes(result)
+    ladder = " / ".join(PROBE_SHORT_NAMES[p] for p in probes)
     rel = lambda p: os.path.relpath(p, markdown_path.parent)
     lines = [
         "# Leakage frontier: how blind can the BAFO latent get, and at what cost?",
@@ -1322,7 +1335,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
         "## The frontier",
         "",
         (
-            "Worst case over the audit's attack probes (linear, MLP, boosted trees), "
+            f"Worst case over the audit's attack probes ({', '.join(PROBE_LONG_NAMES[p] for p in probes)}), "
             f"{cfg['n_folds']}-fold cross-validated on the held-out split's latents: "
             "the highest mean balanced accuracy (gender, ethnicity, age band) and the lowest mean age MAE, "
             "with the probe that achieved it and the audit's 95% interval. PSNR: held-out images encoded, "
@@ -1365,7 +1378,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
         "Per probe (mean over folds), and what the first linear erasure takes out of the training latents:",
         "",
         (
-            "| variant | gender lin / MLP / GBDT | ethnicity lin / MLP / GBDT | age MAE lin / MLP / GBDT | "
+            f"| variant | gender {ladder} | ethnicity {ladder} | age MAE {ladder} | "
             "erased share of latent variance | of it, predictable from labels | SSE/image |"
         ),
         "|---|---|---|---|---|---|---|",
@@ -1374,7 +1387,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
         cells = []
         for attr, fmt in (("gender", "{:.3f}"), ("ethnicity", "{:.3f}"), ("age", "{:.2f}")):
             bp = v["audit"][attr]["by_probe"]
-            cells.append(" / ".join(fmt.format(bp[p]) if p in bp else "–" for p in ATTACK_PROBES))
+            cells.append(" / ".join(fmt.format(bp[p]) if p in bp else "–" for p in probes))
         e = v.get("erasure") or {}
         erased = f"{e['removed_variance_fraction']:.1%}" if "removed_variance_fraction" in e else "–"
         explained = f"{e['removed_explained_by_labels']:.1%}" if "removed_explained_by_labels" in e else "–"
@@ -1404,7 +1417,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
             ),
             "",
             (
-                "| variant | gender bacc lin / MLP / GBDT | ethnicity bacc lin / MLP / GBDT | age MAE lin / MLP / GBDT | "
+                f"| variant | gender bacc {ladder} | ethnicity bacc {ladder} | age MAE {ladder} | "
                 "gender ≤ 0.60 | ethnicity ≤ 0.30 | age ≥ 13.5 |"
             ),
             "|---|---|---|---|---|---|---|",
@@ -1413,7 +1426,7 @@ def render_markdown(result: dict, json_path: Path, figure_path: Path, markdown_p
             t = v["train_split_attacker"]
             cells = []
             for attr, fmt in (("gender", "{:.3f}"), ("ethnicity", "{:.3f}"), ("age", "{:.2f}")):
-                cells.append(" / ".join(fmt.format(t[attr]["by_probe"][p]) for p in ATTACK_PROBES))
+                cells.append(" / ".join(fmt.format(t[attr]["by_probe"][p]) for p in probes))
             lines.append(
                 f"| {_label(v)} | " + " | ".join(cells) + " | "
                 f"{_mark(t['gender']['worst'] <= GOAL['gender_max_bacc'])} | "

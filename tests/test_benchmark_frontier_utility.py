@@ -290,3 +290,32 @@ def test_pages_measured_before_the_quadratic_probe_say_their_leakage_is_a_lower_
     note = " ".join(frontier.quadratic_probe_note({"probes": ["linear", "mlp", "gbdt"]}))
     assert "quadratic probe" in note and "lower bound" in note and "§15" in note and "shrinkage is 40" in note
     assert frontier.quadratic_probe_note({"probes": ["linear", "mlp", "gbdt", "quadratic"]}) == []
+
+
+def test_the_frontier_attacks_with_the_audits_whole_ladder(frontier):
+    from bafo_pipeline.audits import PROBES
+
+    assert frontier.ATTACK_PROBES == tuple(p for p in PROBES if p != "prior")
+    assert "quadratic" in frontier.ATTACK_PROBES
+
+
+def test_pages_show_the_probes_their_own_run_attacked_with(frontier, tmp_path):
+    stored = frontier.ROOT / "docs" / "results" / "leakage_frontier.json"
+    result = json.loads(stored.read_text(encoding="utf-8"))
+    for variant in result["variants"]:
+        variant["goals_met"] = frontier.goals_met(variant)
+    result["recommended"] = frontier.recommend(result["variants"])
+    paths = (tmp_path / "r.json", tmp_path / "f.png", tmp_path / "F.md")
+    old_page = frontier.render_markdown(result, *paths)
+    assert "gender lin / MLP / GBDT |" in old_page and "/ quad" not in old_page
+
+    result["protocol"]["probes"] = [*result["protocol"]["probes"], "quadratic"]
+    result["audit_config"]["probes"] = [*result["audit_config"]["probes"], "quadratic"]
+    for variant in result["variants"]:
+        for table in (variant["audit"], variant.get("train_split_attacker") or {}):
+            for scores in table.values():
+                scores["by_probe"]["quadratic"] = 0.123
+    new_page = frontier.render_markdown(result, *paths)
+    assert "gender lin / MLP / GBDT / quad |" in new_page and "gender bacc lin / MLP / GBDT / quad |" in new_page
+    assert "(linear, MLP, boosted trees, quadratic)" in new_page and "/ 0.123 |" in new_page
+    assert "predate the audit's quadratic probe" in old_page and "predate" not in new_page

@@ -74,6 +74,15 @@ def test_the_quadratic_attacker_probes_leakage_but_not_utility():
     assert set(report.utility.audit.metric("leakage")["probe"]) == {"prior", "linear"}
 
 
+def test_utility_probes_can_be_chosen_apart_from_the_attackers():
+    representations, labels = _planted(300, seed=1)
+    report = run_audit(representations, labels, attributes=["gender"], targets=["yaw"], references=["pixels"],
+                       utility_probes=("prior", "knn"),
+                       **{**FAST, "probes": ("prior", "linear"), "n_permutations": 0})
+    assert set(report.leakage.metric("leakage")["probe"]) == {"prior", "linear"}
+    assert set(report.utility.audit.metric("leakage")["probe"]) == {"prior", "knn"}
+
+
 def test_overall_verdict_needs_both_halves(report):
     verdicts = {v.representation: v for v in report.verdicts}
     assert set(verdicts) == {"shared", "erased", "leaky"}  # the reference is not judged

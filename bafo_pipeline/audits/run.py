@@ -95,6 +95,7 @@ def run_audit(
     targets: Sequence[str] | None = None,
     references: Sequence[str] = (),
     residual: bool = False,
+    utility_probes: Sequence[str] | None = None,
     max_leakage: float | None = None,
     gate: str | None = None,
     min_share: float = 0.8,
@@ -149,6 +150,10 @@ def run_audit(
     residual : bool, default=False
         Also audit each continuous target's part that the sensitive attributes do not
         explain (``<target>_residual``, cross-fitted on the audited rows).
+    utility_probes : sequence of str, optional
+        The probes that measure what is kept. By default the leakage probes that are
+        among :data:`~bafo_pipeline.audits.UTILITY_PROBES` (the models a downstream user
+        fits; the quadratic attacker is left out), or all of those when none is.
     max_leakage : float, optional
         The leakage gate of the overall verdict; without it any significant leakage fails.
     gate : str, optional
@@ -240,10 +245,12 @@ def run_audit(
     if targets:
         sensitive_columns = [n for n, info in leakage.attributes.items() if info.get("derived_from") is None]
         config = leakage.config
+        if utility_probes is None:
+            utility_probes = [p for p in config["probes"] if p in UTILITY_PROBES] or UTILITY_PROBES
         utility = audit_utility(
             reps, labels[targets].reset_index(drop=True), references=list(references),
             sensitive=labels[sensitive_columns].reset_index(drop=True) if residual else None,
-            probes=[p for p in config["probes"] if p in UTILITY_PROBES] or UTILITY_PROBES,
+            probes=utility_probes,
             n_folds=config["n_folds"], n_bootstrap=config["n_bootstrap"],
             confidence=config["confidence"], random_state=config["random_state"], n_threads=config["n_threads"],
             **{k: audit_options[k] for k in ("device", "mlp_params", "gbdt_params", "verbose") if k in audit_options},

@@ -358,7 +358,7 @@ def machine_info(device: str, threads: int, audit_threads: int) -> dict:
 
 def load_real(model_dir: Path, utkface: Path, device: str, limit: int | None = None):
     from bafo_pipeline import BAFOTransformer, load_model, load_utkface
-    from bafo_pipeline.transformers import read_model_config
+    from bafo_pipeline.transformers import model_fingerprint, read_model_config
 
     config = read_model_config(model_dir)
     split = config.get("metadata", {}).get("split", {"test_fraction": 0.15, "seed": 0})
@@ -368,6 +368,7 @@ def load_real(model_dir: Path, utkface: Path, device: str, limit: int | None = N
     info = {
         "source": "utkface",
         "model": str(model_dir),
+        "model_fingerprint": model_fingerprint(model_dir),
         "model_params": {k: config["params"][k] for k in MODEL_PARAMS_SHOWN if k in config["params"]},
         "model_params_defaults": {k: v for k, v in BAFOTransformer().get_params().items() if k in MODEL_PARAMS_SHOWN},
         "split": split,
@@ -1224,11 +1225,14 @@ def earlier_run_lines(result: dict, json_path: Path, figure_path: Path, markdown
         figure = figure_path.with_name(f"{figure_path.stem}_{tag}{figure_path.suffix}")
         replicate = _replicates(earlier, result)
         title = "Another run of this page's model" if replicate == "rerun" else "Another run"
+        fewer = [p for p in attack_probes(result) if p not in attack_probes(earlier)]
         lines.append(
             f"- {title}: [`{rel(other)}`]({rel(other)})"
             + (f" (figure [`{rel(figure)}`]({rel(figure)}))" if figure.exists() else "")
             + f": {d['source']}, model `{d['model']}`{model_params_text(d)}, {earlier['date_utc']}, "
             f"{len(earlier['variants'])} variants. " + REPLICATE_TEXT[replicate]
+            + (f" It attacked without the {', '.join(PROBE_LONG_NAMES[p] for p in fewer)} probe(s), so its worst "
+               "cases are lower bounds beside this page's." if fewer and replicate else "")
         )
     return lines
 
@@ -1247,16 +1251,26 @@ REPLICATE_TEXT = {
 def _replicates(run: dict, page: dict) -> str | None:
     """What ``run`` repeats ``page`` with: ``"rerun"`` (the same model, data, split, sizes and audit
     configuration), ``"encoder"`` (the same, but another model with the same shown settings), ``"split"``
-    (another model, split and sizes), or ``None``."""
+    (another model, split and sizes), or ``None``.
+
+    The audit configurations are compared without their probe lists (a run with fewer probes is still a
+    replicate; :func:`earlier_run_lines` says its worst cases are lower bounds). A model is the same by its
+    fingerprint where both runs recorded one, else by its path.
+    """
     data, this = run.get("data", {}), page.get("data", {})
 
     def same(*keys):
         return all(data.get(k) is not None and data.get(k) == this.get(k) for k in keys)
 
-    if run.get("audit_config") != page.get("audit_config") or not same("source", "model_params"):
+    def audit_settings(result):
+        return {k: v for k, v in (result.get("audit_config") or {}).items() if k != "probes"}
+
+    if audit_settings(run) != audit_settings(page) or not same("source", "model_params"):
         return None
     same_split = same("split", "n_train", "n_test")
-    if same("model"):
+    fingerprints = data.get("model_fingerprint"), this.get("model_fingerprint")
+    same_model = fingerprints[0] == fingerprints[1] if all(fingerprints) else same("model")
+    if same_model:
         return "rerun" if same_split else None
     return "encoder" if same_split else "split"
 

@@ -221,6 +221,28 @@ def test_an_earlier_run_with_the_pages_settings_is_called_a_rerun_or_a_replicate
         assert "not comparable" in said[tag], tag
 
 
+def test_a_rerun_is_told_by_the_models_fingerprint_and_a_smaller_ladder_makes_a_lower_bound(frontier, tmp_path):
+    data = {"source": "utkface", "model": "a", "model_fingerprint": "f1", "split": {"seed": 0}, "n_train": 90,
+            "n_test": 10, "model_params": {"epochs": 4}}
+    page = {"data": data, "audit_config": {"folds": 5, "probes": ["prior", "linear", "quadratic"]},
+            "protocol": {"probes": ["linear", "quadratic"]}}
+    (tmp_path / "leakage_frontier.json").write_text(json.dumps(page))
+    runs = {"retrained-in-place": ({**data, "model_fingerprint": "f2"}, ["linear", "quadratic"]),
+            "moved": ({**data, "model": "elsewhere"}, ["linear", "quadratic"]),
+            "no-fingerprint": ({k: v for k, v in data.items() if k != "model_fingerprint"}, ["linear"])}
+    for tag, (other, probes) in runs.items():
+        (tmp_path / f"leakage_frontier_{tag}.json").write_text(json.dumps(
+            {"data": other, "audit_config": {"folds": 5, "probes": ["prior", *probes]}, "protocol": {"probes": probes},
+             "date_utc": "2026-12-01", "variants": []}))
+    lines = frontier.earlier_run_lines(page, tmp_path / "leakage_frontier.json", tmp_path / "f.png", tmp_path / "F.md")
+    said = {tag: line for tag in runs for line in lines if f"leakage_frontier_{tag}.json" in line}
+    assert "training the encoder again" in said["retrained-in-place"]
+    assert said["moved"].startswith("- Another run of this page's model:")
+    assert said["no-fingerprint"].startswith("- Another run of this page's model:")
+    assert "without the quadratic probe(s)" in said["no-fingerprint"] and "lower bounds" in said["no-fingerprint"]
+    assert not any("lower bounds" in said[tag] for tag in ("retrained-in-place", "moved"))
+
+
 def test_transport_variants_parse_with_bafo_runs_calibration_share(frontier):
     default = frontier.parse_variant("transport", 30)
     assert default["name"] == "transport" and default["calibration_fraction"] == frontier.CALIBRATION_FRACTION

@@ -1,8 +1,9 @@
 """Time the full leakage-audit ladder on 20,000 x 48 latents, 3 attributes, 5 folds.
 
 Synthetic latents with planted signals (age: continuous, also banded; gender: linear;
-ethnicity: partly non-linear), the default audit settings (prior, linear, MLP and
-gradient-boosting probes, bootstrap intervals, permutation p-values). Prints one JSON
+ethnicity: partly non-linear), the default audit settings (the prior, linear, MLP,
+gradient-boosting and quadratic probes: ``bafo_pipeline.audits.PROBES``; bootstrap
+intervals, permutation p-values). Prints one JSON
 object naming the machine. The target is under 60 s on a 2-core CPU.
 
 With ``--mode files`` the same data goes through ``run_audit_files`` (what ``bafo audit``
@@ -17,17 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import sklearn
-import torch
 
-from bafo_pipeline.audits import audit_leakage
-from bafo_pipeline._utils import resolve_device
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
+
+from bafo_pipeline._utils import resolve_device  # noqa: E402
+from bafo_pipeline.audits import audit_leakage  # noqa: E402
 
 BUDGET_SECONDS = 60.0
 
@@ -92,11 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "audit_speed",
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
+            **machine(),
             "sklearn": sklearn.__version__,
             "numpy": np.__version__,
             "device": str(resolve_device(args.device)),

@@ -149,6 +149,45 @@ def test_quadratic_regression_probe_expands_a_bounded_number_of_leading_componen
     assert narrow.named_steps["leadingcomponents"].pca_.n_components_ == 10
 
 
+@pytest.mark.parametrize("shape", [(400, 30), (60, 90)])
+def test_gram_ridge_chooses_and_fits_as_scikit_learns_ridge_cv(shape):
+    """The same leave-one-out choice and coefficients as RidgeCV, for tall and for wide designs."""
+    from sklearn.linear_model import RidgeCV
+
+    from bafo_pipeline.audits.probes import QUADRATIC_RIDGE_ALPHAS, GramRidgeCV
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=shape) * rng.uniform(0.1, 3.0, size=shape[1]) + rng.normal(size=shape[1])
+    y = 5 + X[:, :5] @ rng.normal(size=5) + 3 * rng.normal(size=shape[0])
+    reference = RidgeCV(alphas=QUADRATIC_RIDGE_ALPHAS).fit(X, y)
+    gram = GramRidgeCV().fit(X, y)
+    assert gram.alpha_ == reference.alpha_
+    assert gram.best_score_ == pytest.approx(reference.best_score_, rel=1e-8)
+    np.testing.assert_allclose(gram.coef_, reference.coef_, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(gram.predict(X), reference.predict(X), rtol=1e-8)
+
+
+def test_gram_ridge_picks_a_small_penalty_for_a_clean_signal_and_refuses_bad_penalties():
+    from bafo_pipeline.audits.probes import GramRidgeCV
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(500, 10))
+    clean = GramRidgeCV(alphas=(0.1, 1e4)).fit(X, X[:, 0] + 0.01 * rng.normal(size=500))
+    noise = GramRidgeCV(alphas=(0.1, 1e4)).fit(X, rng.normal(size=500))
+    assert clean.alpha_ == 0.1 and noise.alpha_ == 1e4
+    with pytest.raises(ValueError, match="positive"):
+        GramRidgeCV(alphas=(0.0, 1.0)).fit(X, X[:, 0])
+
+
+def test_gram_ridge_passes_the_estimator_checks():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from bafo_pipeline.audits.probes import GramRidgeCV
+
+    failed = [c for c in check_estimator(GramRidgeCV(), on_fail=None) if c["status"] == "failed"]
+    assert failed == []
+
+
 def test_the_attack_ladder_has_the_quadratic_probe_and_the_utility_ladder_does_not():
     from bafo_pipeline.audits import UTILITY_PROBES
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import QuadraticDiscriminantAnalysis
 from sklearn.dummy import DummyClassifier, DummyRegressor
@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .mlp import TorchMLPProbe
 
@@ -33,6 +34,7 @@ KNOWN_PROBES = (*PROBES, "knn")
 KNN_NEIGHBOURS = 15
 #: The quadratic regression probe expands at most this many leading principal components into degree-2 features.
 QUADRATIC_MAX_COMPONENTS = 64
+QUADRATIC_RIDGE_ALPHAS = tuple(np.logspace(-1, 5, 13).tolist())
 
 PROBE_DESCRIPTIONS = {
     "prior": "training-fold class frequencies / training-fold median (the chance baseline)",
@@ -46,8 +48,8 @@ PROBE_DESCRIPTIONS = {
     "adjacency": "neighbouring rows in the channel's order share the label (side channels; no fitting)",
     "quadratic": (
         "one Gaussian per class with its own covariance (QDA, Ledoit-Wolf shrinkage) / "
-        f"RidgeCV on degree-2 features of the first {QUADRATIC_MAX_COMPONENTS} principal components for "
-        "continuous attributes"
+        "ridge (penalty by leave-one-out) on degree-2 features of the first "
+        f"{QUADRATIC_MAX_COMPONENTS} principal components for continuous attributes"
     ),
 }
 
@@ -108,7 +110,7 @@ def make_probe(
             return make_pipeline(StandardScaler(), QuadraticDiscriminantAnalysis(solver="eigen", shrinkage="auto"))
         return make_pipeline(StandardScaler(), LeadingComponents(QUADRATIC_MAX_COMPONENTS),
                              PolynomialFeatures(2, include_bias=False), StandardScaler(),
-                             RidgeCV(alphas=np.logspace(-1, 5, 13)))
+                             GramRidgeCV(alphas=QUADRATIC_RIDGE_ALPHAS))
     raise ValueError(f"unknown probe {name!r}; choose from {KNOWN_PROBES}")
 
 
@@ -138,3 +140,58 @@ class LeadingComponents(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         return self.pca_.transform(np.asarray(X, dtype=float))
+
+
+class GramRidgeCV(RegressorMixin, BaseEstimator):
+    """Ridge regression whose penalty is chosen by exact leave-one-out error, from the features' Gram matrix.
+
+    The same model and the same choice as scikit-learn's ``RidgeCV`` (efficient leave-one-out, mean squared
+    error, unpenalised intercept), computed from an eigendecomposition of the ``p x p`` matrix ``X'X`` instead
+    of an SVD of the ``n x p`` design. For the tall designs of the quadratic probe (some 16,000 rows by
+    1,224-2,144 degree-2 features) that is several times faster; for ``n < p`` use ``RidgeCV``.
+
+    Parameters
+    ----------
+    alphas : array-like of float, default=QUADRATIC_RIDGE_ALPHAS
+        The penalties to choose from (positive).
+
+    Attributes
+    ----------
+    alpha_ : float
+        The penalty with the lowest leave-one-out mean squared error.
+    coef_ : ndarray of shape (n_features,)
+    intercept_ : float
+    best_score_ : float
+        That error, negated (higher is better, as in ``RidgeCV``).
+    """
+
+    def __init__(self, alphas=QUADRATIC_RIDGE_ALPHAS):
+        self.alphas = alphas
+
+    def fit(self, X, y) -> "GramRidgeCV":
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        alphas = np.asarray(self.alphas, dtype=float).ravel()
+        if not alphas.size or np.any(alphas <= 0):
+            raise ValueError(f"alphas must be positive, got {self.alphas!r}")
+        x_mean, y_mean = X.mean(axis=0), float(y.mean())
+        centered, target = X - x_mean, y - y_mean
+        eigenvalues, eigenvectors = np.linalg.eigh(centered.T @ centered)
+        eigenvalues = np.clip(eigenvalues, 0.0, None)
+        rotated = centered @ eigenvectors  # the design in the Gram matrix's eigenbasis: U S of its SVD
+        squared, projections = rotated**2, rotated.T @ target
+        errors = []
+        for alpha in alphas:
+            shrunk = projections / (eigenvalues + alpha)
+            leverage = squared @ (1.0 / (eigenvalues + alpha)) + 1.0 / len(y)  # the intercept's share too
+            residual = (target - rotated @ shrunk) / (1.0 - leverage)
+            errors.append(float(np.mean(residual**2)))
+        best = int(np.argmin(errors))
+        self.alpha_, self.best_score_ = float(alphas[best]), -errors[best]
+        self.coef_ = eigenvectors @ (projections / (eigenvalues + alphas[best]))
+        self.intercept_ = y_mean - float(x_mean @ self.coef_)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return X @ self.coef_ + self.intercept_

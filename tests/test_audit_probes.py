@@ -150,21 +150,42 @@ def test_quadratic_regression_probe_expands_a_bounded_number_of_leading_componen
 
 
 @pytest.mark.parametrize("shape", [(400, 30), (60, 90)])
-def test_gram_ridge_chooses_and_fits_as_scikit_learns_ridge_cv(shape):
-    """The same leave-one-out choice and coefficients as RidgeCV, for tall and for wide designs."""
-    from sklearn.linear_model import RidgeCV
+def test_gram_ridge_fits_each_penalty_as_ridge_and_scores_it_by_generalized_cross_validation(shape):
+    """Coefficients as scikit-learn's Ridge at the chosen penalty; the score is GCV from the explicit hat matrix."""
+    from sklearn.linear_model import Ridge
 
     from bafo_pipeline.audits.probes import QUADRATIC_RIDGE_ALPHAS, GramRidgeCV
 
     rng = np.random.default_rng(6)
     X = rng.normal(size=shape) * rng.uniform(0.1, 3.0, size=shape[1]) + rng.normal(size=shape[1])
     y = 5 + X[:, :5] @ rng.normal(size=5) + 3 * rng.normal(size=shape[0])
-    reference = RidgeCV(alphas=QUADRATIC_RIDGE_ALPHAS).fit(X, y)
     gram = GramRidgeCV().fit(X, y)
-    assert gram.alpha_ == reference.alpha_
-    assert gram.best_score_ == pytest.approx(reference.best_score_, rel=1e-8)
-    np.testing.assert_allclose(gram.coef_, reference.coef_, rtol=1e-6, atol=1e-10)
-    np.testing.assert_allclose(gram.predict(X), reference.predict(X), rtol=1e-8)
+    ridge = Ridge(alpha=gram.alpha_).fit(X, y)
+    np.testing.assert_allclose(gram.coef_, ridge.coef_, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(gram.predict(X), ridge.predict(X), rtol=1e-8)
+
+    def gcv(alpha):
+        centred = X - X.mean(axis=0)
+        hat = centred @ np.linalg.solve(centred.T @ centred + alpha * np.eye(shape[1]), centred.T) + 1 / len(y)
+        fitted = Ridge(alpha=alpha).fit(X, y).predict(X)
+        return np.mean((y - fitted) ** 2) / (1 - np.trace(hat) / len(y)) ** 2
+
+    scores = [gcv(alpha) for alpha in QUADRATIC_RIDGE_ALPHAS]
+    assert gram.alpha_ == QUADRATIC_RIDGE_ALPHAS[int(np.argmin(scores))]
+    assert -gram.best_score_ == pytest.approx(min(scores), rel=1e-8)
+
+
+def test_gram_ridge_chooses_as_ridge_cv_where_rows_have_like_leverage():
+    """On a tall design GCV and RidgeCV's exact leave-one-out choose the same penalty."""
+    from sklearn.linear_model import RidgeCV
+
+    from bafo_pipeline.audits.probes import QUADRATIC_RIDGE_ALPHAS, GramRidgeCV
+
+    rng = np.random.default_rng(8)
+    for signal in (0.05, 0.3, 1.0):
+        X = rng.normal(size=(2000, 120))
+        y = signal * X[:, :40].sum(axis=1) + rng.normal(size=2000)
+        assert GramRidgeCV().fit(X, y).alpha_ == RidgeCV(alphas=QUADRATIC_RIDGE_ALPHAS).fit(X, y).alpha_
 
 
 def test_gram_ridge_picks_a_small_penalty_for_a_clean_signal_and_refuses_bad_penalties():

@@ -143,22 +143,23 @@ class LeadingComponents(TransformerMixin, BaseEstimator):
 
 
 class GramRidgeCV(RegressorMixin, BaseEstimator):
-    """Ridge regression whose penalty is chosen by exact leave-one-out error, from the features' Gram matrix.
+    """Ridge regression whose penalty is chosen by generalized cross-validation, from the features' Gram matrix.
 
-    The same model and the same choice as scikit-learn's ``RidgeCV`` (efficient leave-one-out, mean squared
-    error, unpenalised intercept), computed from an eigendecomposition of the ``p x p`` matrix ``X'X`` instead
-    of an SVD of the ``n x p`` design. For the tall designs of the quadratic probe (some 16,000 rows by
-    1,224-2,144 degree-2 features) that is several times faster; for ``n < p`` use ``RidgeCV``.
+    Generalized cross-validation (Golub, Heath & Wahba, 1979) is leave-one-out error with every row given the
+    mean leverage: ``mean((y - y_hat)^2) / (1 - trace(H) / n)^2``. It needs only the eigenvalues of the
+    ``p x p`` matrix ``X'X``, not the ``n x p`` rotated design that scikit-learn's ``RidgeCV`` (exact
+    leave-one-out) forms, which for the quadratic probe's tall designs (some 16,000 rows by 1,224-2,144
+    degree-2 features) is most of its cost. The intercept is not penalised. For ``n < p`` use ``RidgeCV``.
 
     Parameters
     ----------
-    alphas : array-like of float, default=QUADRATIC_RIDGE_ALPHAS
+    alphas : sequence of float, default=QUADRATIC_RIDGE_ALPHAS
         The penalties to choose from (positive).
 
     Attributes
     ----------
     alpha_ : float
-        The penalty with the lowest leave-one-out mean squared error.
+        The penalty with the lowest generalized cross-validation error.
     coef_ : ndarray of shape (n_features,)
     intercept_ : float
     best_score_ : float
@@ -173,21 +174,25 @@ class GramRidgeCV(RegressorMixin, BaseEstimator):
         alphas = np.asarray(self.alphas, dtype=float).ravel()
         if not alphas.size or np.any(alphas <= 0):
             raise ValueError(f"alphas must be positive, got {self.alphas!r}")
+        n_samples = len(y)
         x_mean, y_mean = X.mean(axis=0), float(y.mean())
-        centered, target = X - x_mean, y - y_mean
-        eigenvalues, eigenvectors = np.linalg.eigh(centered.T @ centered)
+        target = y - y_mean
+        # X'X - n m m' is the centred Gram matrix without a centred copy of X (the probe's inputs are
+        # standardised, so m is near zero and nothing cancels).
+        gram = X.T @ X - n_samples * np.outer(x_mean, x_mean)
+        eigenvalues, eigenvectors = np.linalg.eigh(gram)
         eigenvalues = np.clip(eigenvalues, 0.0, None)
-        rotated = centered @ eigenvectors  # the design in the Gram matrix's eigenbasis: U S of its SVD
-        squared, projections = rotated**2, rotated.T @ target
-        errors = []
-        for alpha in alphas:
-            shrunk = projections / (eigenvalues + alpha)
-            leverage = squared @ (1.0 / (eigenvalues + alpha)) + 1.0 / len(y)  # the intercept's share too
-            residual = (target - rotated @ shrunk) / (1.0 - leverage)
-            errors.append(float(np.mean(residual**2)))
+        inverse = 1.0 / (eigenvalues[:, None] + alphas)  # one column per penalty
+        projections = eigenvectors.T @ (X.T @ target)  # X'y, with X centred (the target is)
+        coefs = eigenvectors @ (projections[:, None] * inverse)  # one column of coefficients per penalty
+        residuals = target[:, None] - (X @ coefs - x_mean @ coefs)
+        degrees_of_freedom = 1.0 + (eigenvalues[:, None] * inverse).sum(axis=0)  # the intercept's one too
+        with np.errstate(divide="ignore", invalid="ignore"):  # a penalty that fits every row scores inf
+            errors = np.mean(residuals**2, axis=0) / (1.0 - degrees_of_freedom / n_samples) ** 2
+        errors = np.where(degrees_of_freedom < n_samples, errors, np.inf)
         best = int(np.argmin(errors))
-        self.alpha_, self.best_score_ = float(alphas[best]), -errors[best]
-        self.coef_ = eigenvectors @ (projections / (eigenvalues + alphas[best]))
+        self.alpha_, self.best_score_ = float(alphas[best]), -float(errors[best])
+        self.coef_ = coefs[:, best]
         self.intercept_ = y_mean - float(x_mean @ self.coef_)
         return self
 

@@ -48,7 +48,7 @@ PROBE_DESCRIPTIONS = {
     "adjacency": "neighbouring rows in the channel's order share the label (side channels; no fitting)",
     "quadratic": (
         "one Gaussian per class with its own covariance (QDA, Ledoit-Wolf shrinkage) / "
-        "ridge (penalty by leave-one-out) on degree-2 features of the first "
+        "ridge (penalty by generalized cross-validation) on degree-2 features of the first "
         f"{QUADRATIC_MAX_COMPONENTS} principal components for continuous attributes"
     ),
 }

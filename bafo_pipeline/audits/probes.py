@@ -150,6 +150,8 @@ class GramRidgeCV(RegressorMixin, BaseEstimator):
     ``p x p`` matrix ``X'X``, not the ``n x p`` rotated design that scikit-learn's ``RidgeCV`` (exact
     leave-one-out) forms, which for the quadratic probe's tall designs (some 16,000 rows by 1,224-2,144
     degree-2 features) is most of its cost. The intercept is not penalised. For ``n < p`` use ``RidgeCV``.
+    The Gram matrix is centred by subtraction, which loses precision for features whose mean is many
+    orders of magnitude above their spread: standardise them first, as the quadratic probe does.
 
     Parameters
     ----------

@@ -70,8 +70,9 @@ ATTRIBUTES = DEFAULT_SENSITIVE
 # the ladder render from the probes their JSON names (`protocol.probes`).
 ATTACK_PROBES = tuple(p for p in PROBES if p != "prior")
 LADDER_BEFORE_QUADRATIC = ("linear", "mlp", "gbdt")
-PROBE_SHORT_NAMES = {"linear": "lin", "mlp": "MLP", "gbdt": "GBDT", "quadratic": "quad"}
-PROBE_LONG_NAMES = {"linear": "linear", "mlp": "MLP", "gbdt": "boosted trees", "quadratic": "quadratic"}
+PROBE_SHORT_NAMES = {"linear": "lin", "mlp": "MLP", "gbdt": "GBDT", "quadratic": "quad", "knn": "kNN"}
+PROBE_LONG_NAMES = {"linear": "linear", "mlp": "MLP", "gbdt": "boosted trees", "quadratic": "quadratic",
+                    "knn": "nearest-neighbour"}
 # Issue 6's goal, in the audit's natural units (worst case over the attack probes).
 GOAL = {
     "gender_max_bacc": 0.60,

@@ -213,4 +213,26 @@ def test_the_attack_ladder_has_the_quadratic_probe_and_the_utility_ladder_does_n
     from bafo_pipeline.audits import UTILITY_PROBES
 
     assert "quadratic" in PROBES and "quadratic" not in UTILITY_PROBES
+    assert "knn" in PROBES and "knn" not in UTILITY_PROBES
     assert set(UTILITY_PROBES) < set(PROBES)
+
+
+def test_the_neighbour_probe_reads_a_difference_in_shape_that_equal_means_and_spreads_hide():
+    """Both classes have mean 0 and covariance a^2 I: one sits on the square's corners, the other on its
+    edges' midpoints. Only a local attacker tells them apart."""
+    rng = np.random.default_rng(9)
+    n, a = 1600, 2.0
+    corners = rng.choice([-a, a], size=(n // 2, 2))
+    axis = rng.integers(0, 2, size=n // 2)
+    edges = np.zeros((n // 2, 2))
+    edges[np.arange(n // 2), axis] = rng.choice([-a, a], size=n // 2) * np.sqrt(2.0)
+    X = np.vstack([corners, edges]) + 0.15 * rng.normal(size=(n, 2))
+    y = np.repeat([0, 1], n // 2)
+    order = rng.permutation(n)
+    X, y = X[order], y[order]
+    scores = {}
+    for name in ("linear", "quadratic", "knn"):
+        predicted = cross_val_predict(make_probe(name, "classification", random_state=0), X, y, cv=5)
+        scores[name] = balanced_accuracy_score(y, predicted)
+    assert scores["knn"] > 0.95
+    assert scores["linear"] < 0.58 and scores["quadratic"] < 0.58

@@ -427,8 +427,8 @@ def audit_leakage(
         Representations without one are audited by the cross-validated attacker only.
     fit_labels : DataFrame, optional
         The attributes of the ``fit_representations`` rows; required with them.
-    probes : sequence of str, default=("prior", "linear", "mlp", "gbdt", "quadratic")
-        The attack probes (:data:`~bafo_pipeline.audits.PROBES`); ``"knn"`` is known too.
+    probes : sequence of str, default=("prior", "linear", "mlp", "gbdt", "quadratic", "knn")
+        The attack probes (:data:`~bafo_pipeline.audits.PROBES`).
     n_folds : int, default=5
     n_bootstrap : int, default=500
         Bootstrap replicates for intervals (0: no intervals).

@@ -24,13 +24,14 @@ __all__ = ["KNOWN_PROBES", "PROBES", "PROBE_DESCRIPTIONS", "UTILITY_PROBES", "ma
 
 #: The default ladder of attackers for embeddings. ``quadratic`` reads differences in spread, which a concealment
 #: that matches each group's mean (a linear eraser) leaves and one that matches each group's covariance (the
-#: transport) must remove to every last estimation error.
-PROBES = ("prior", "linear", "mlp", "gbdt", "quadratic")
+#: transport) must remove to every last estimation error. ``knn`` reads what is left after means and spreads
+#: match: the shape of each group's distribution (docs/TRAINED_CONCEALMENT.md §17).
+PROBES = ("prior", "linear", "mlp", "gbdt", "quadratic", "knn")
 #: The default ladder of what the latents keep (:func:`~bafo_pipeline.audits.utility.audit_utility`): the models a
 #: downstream user would fit.
 UTILITY_PROBES = ("prior", "linear", "mlp", "gbdt")
-#: Every probe :func:`make_probe` builds (``knn`` is the side channels' neighbour attacker).
-KNOWN_PROBES = (*PROBES, "knn")
+#: Every probe :func:`make_probe` builds (``knn`` is also the side channels' neighbour attacker).
+KNOWN_PROBES = PROBES
 KNN_NEIGHBOURS = 15
 #: The quadratic regression probe expands at most this many leading principal components into degree-2 features.
 QUADRATIC_MAX_COMPONENTS = 64
@@ -67,7 +68,7 @@ def make_probe(
 
     Parameters
     ----------
-    name : {"prior", "linear", "mlp", "gbdt", "knn", "quadratic"}
+    name : {"prior", "linear", "mlp", "gbdt", "quadratic", "knn"}
     task : {"classification", "regression"}
     random_state : int
     device : str

@@ -55,7 +55,7 @@ def test_the_receipt_records_the_verdict_and_leaves_the_rows_alone(audited):
     assert {r["attribute"] for r in receipt["worst_case"]} == {"age", "age_band", "gender", "ethnicity"}
     gender = next(r for r in receipt["worst_case"] if r["attribute"] == "gender")
     assert gender["ci_low"] <= gender["leakage"] <= gender["ci_high"] and gender["leakage"] > 0.2
-    assert receipt["probes"] == ["prior", "linear", "mlp", "gbdt", "quadratic"] and receipt["attackers"] == ["cross-validated"]
+    assert receipt["probes"] == ["prior", "linear", "mlp", "gbdt", "quadratic", "knn"] and receipt["attackers"] == ["cross-validated"]
     assert {c["channel"] for c in receipt["side_channels"]} == {"id", "row order"}
     assert receipt["created_at"].endswith("+00:00")
     table = read_latents(path)  # the file still reads as latents, same rows, same bafo metadata

@@ -308,10 +308,12 @@ def test_the_cheaper_peer_is_worded_by_the_sign_and_size_of_its_saving(frontier)
     assert frontier._loss_relative(loss(2.0), loss(1.5)) == "and loses 0.50 dB more in reconstruction"
 
 
-def test_pages_measured_before_the_quadratic_probe_say_their_leakage_is_a_lower_bound(frontier):
-    note = " ".join(frontier.quadratic_probe_note({"probes": ["linear", "mlp", "gbdt"]}))
-    assert "quadratic probe" in note and "lower bound" in note and "§15" in note and "shrinkage is 40" in note
-    assert frontier.quadratic_probe_note({"probes": ["linear", "mlp", "gbdt", "quadratic"]}) == []
+def test_pages_measured_before_a_probe_joined_the_ladder_say_their_leakage_is_a_lower_bound(frontier):
+    three = " ".join(frontier.missing_probe_notes({"probes": ["linear", "mlp", "gbdt"]}))
+    assert "quadratic probe" in three and "lower bound" in three and "§15" in three and "shrinkage is 40" in three
+    four = " ".join(frontier.missing_probe_notes({"probes": ["linear", "mlp", "gbdt", "quadratic"]}))
+    assert "QDA" not in four and "nearest-neighbour" in four and "§17" in four and "0.597" in four
+    assert frontier.missing_probe_notes({"probes": ["linear", "mlp", "gbdt", "quadratic", "knn"]}) == []
 
 
 def test_the_frontier_attacks_with_the_audits_whole_ladder(frontier):
@@ -340,4 +342,4 @@ def test_pages_show_the_probes_their_own_run_attacked_with(frontier, tmp_path):
     new_page = frontier.render_markdown(result, *paths)
     assert "gender lin / MLP / GBDT / quad |" in new_page and "gender bacc lin / MLP / GBDT / quad |" in new_page
     assert "(linear, MLP, boosted trees, quadratic)" in new_page and "/ 0.123 |" in new_page
-    assert "predate the audit's quadratic probe" in old_page and "predate" not in new_page
+    assert "predate the audit's quadratic probe" in old_page and "predate the audit's quadratic" not in new_page

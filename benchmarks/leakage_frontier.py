@@ -1289,7 +1289,7 @@ def missing_probe_notes(cfg: dict) -> list[str]:
         notes += [
             "",
             "These attackers predate the audit's quadratic probe (QDA, added to the ladder on 2026-12-02). On three "
-            "UTKFace encoders, this page's among them, it reads the transport at the shrinkage these rows used (10) "
+            "4-epoch UTKFace encoders it reads the transport at the shrinkage these rows used (10) "
             "about twice as well as these three, and its ethnicity past the data-rich goal; the transport's default "
             "shrinkage is 40 since, which meets that goal against it (docs/TRAINED_CONCEALMENT.md §15). The "
             "transport rows' leakage here is a lower bound; `full`'s is not changed by it.",

@@ -316,11 +316,18 @@ def test_pages_measured_before_a_probe_joined_the_ladder_say_their_leakage_is_a_
     assert frontier.missing_probe_notes({"probes": ["linear", "mlp", "gbdt", "quadratic", "knn"]}) == []
 
 
-def test_the_frontier_attacks_with_the_audits_whole_ladder(frontier):
-    from bafo_pipeline.audits import PROBES
+def test_the_frontier_takes_its_worst_case_over_the_audits_whole_ladder(frontier):
+    """A rung the frontier forgot (the quadratic or neighbour probe) would leave the worst case at the MLP's."""
+    import types
 
-    assert frontier.ATTACK_PROBES == tuple(p for p in PROBES if p != "prior")
-    assert "quadratic" in frontier.ATTACK_PROBES
+    scores = {"prior": 0.50, "linear": 0.52, "mlp": 0.55, "gbdt": 0.54, "quadratic": 0.58, "knn": 0.61}
+    table = pd.DataFrame([
+        {"representation": "v", "attribute": "gender", "kind": "categorical", "metric": "balanced_accuracy",
+         "probe": probe, "mean": score, "ci_low": score - 0.02, "ci_high": score + 0.02}
+        for probe, score in scores.items()])
+    worst = frontier.natural_units(types.SimpleNamespace(table=table), "v")["gender"]
+    assert worst["worst_probe"] == "knn" and worst["worst"] == pytest.approx(0.61)
+    assert set(worst["by_probe"]) == {"linear", "mlp", "gbdt", "quadratic", "knn"}
 
 
 def test_pages_show_the_probes_their_own_run_attacked_with(frontier, tmp_path):

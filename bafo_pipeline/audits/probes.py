@@ -1,5 +1,5 @@
-"""The ladder of probes: the prior baseline, linear, and three non-linear attackers (MLP, boosted trees and a
-quadratic one); and the side channels' neighbour attacker."""
+"""The ladder of probes: the prior baseline, linear, and four non-linear attackers (MLP, boosted trees, a quadratic
+one and nearest neighbours, which also probe the side channels)."""
 
 from __future__ import annotations
 
@@ -180,8 +180,7 @@ class GramRidgeCV(RegressorMixin, BaseEstimator):
         n_samples = len(y)
         x_mean, y_mean = X.mean(axis=0), float(y.mean())
         target = y - y_mean
-        # X'X - n m m' is the centred Gram matrix without a centred copy of X (the probe's inputs are
-        # standardised, so m is near zero and nothing cancels).
+        # X'X - n m m': the centred Gram matrix without a centred copy of X (see the docstring on precision).
         gram = X.T @ X - n_samples * np.outer(x_mean, x_mean)
         eigenvalues, eigenvectors = np.linalg.eigh(gram)
         eigenvalues = np.clip(eigenvalues, 0.0, None)

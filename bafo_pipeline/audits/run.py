@@ -153,7 +153,8 @@ def run_audit(
     utility_probes : sequence of str, optional
         The probes that measure what is kept. By default the leakage probes that are
         among :data:`~bafo_pipeline.audits.UTILITY_PROBES` (the models a downstream user
-        fits; the quadratic attacker is left out), or all of those when none is.
+        fits; the quadratic and nearest-neighbour attackers are left out), or all of
+        those when none is.
     max_leakage : float, optional
         The leakage gate of the overall verdict; without it any significant leakage fails.
     gate : str, optional

@@ -353,7 +353,7 @@ def audit_utility(
         by :func:`~bafo_pipeline.audits.inputs.infer_kind`.
     probes : sequence of str, default=("prior", "linear", "mlp", "gbdt")
         :data:`~bafo_pipeline.audits.UTILITY_PROBES`: the models a downstream user would fit
-        (the attack ladder's ``"quadratic"`` is left out).
+        (the attack ladder's ``"quadratic"`` and ``"knn"`` are left out).
     n_folds, n_bootstrap, n_permutations, confidence, random_state
         As :func:`~bafo_pipeline.audits.leakage.audit_leakage` (permutation p-values are
         off by default: the intervals already say whether a target is recovered).

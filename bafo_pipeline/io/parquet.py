@@ -777,7 +777,7 @@ def _open(source: str | os.PathLike) -> _Parquet:
         if info.type == pafs.FileType.File:
             try:
                 parquet_file = pq.ParquetFile(path, filesystem=filesystem)
-            except (pa.ArrowInvalid, OSError) as exc:
+            except (pa.ArrowException, OSError) as exc:  # a damaged file can raise any of pyarrow's errors
                 raise ValueError(f"{name} is not a readable Parquet file: {exc}") from exc
             meta = _parse_metadata(name, parquet_file.metadata)
             return _Parquet(name, parquet_file.schema_arrow, meta, file=parquet_file)
@@ -793,7 +793,7 @@ def _open(source: str | os.PathLike) -> _Parquet:
         meta = _parse_metadata(files[0], pq.ParquetFile(files[0], filesystem=filesystem).metadata)
         if meta:
             meta["row_count"] = dataset.count_rows()  # the dataset's, not its first file's
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"{name} is not a readable Parquet dataset: {exc}") from exc
     return _Parquet(name, dataset.schema, meta, dataset=dataset)
 

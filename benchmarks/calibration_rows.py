@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _demo_latents import demo_encoder_latents  # noqa: E402
 from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
+from sliced_matching import SlicedCellMatching  # noqa: E402
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
 from bafo_pipeline.audits import PROBES, audit_leakage  # noqa: E402
@@ -630,6 +631,10 @@ VARIANTS = {
     "cells-then-held-out-marginal-0.5": lambda: CellsThenHeldOutMarginal(0.5),
     "cells-then-held-out-marginal-3": lambda: CellsThenHeldOutMarginal(0.3, rounds=3),
     "cov40-then-held-out-marginal": lambda: CellsThenHeldOutMarginal(0.3, shrinkage=40),
+    # bafo run's transport (shrinkage 40), then each cell's whole distribution matched in the leading directions (§18)
+    "sliced-8": lambda: SlicedCellMatching(components=8),
+    "sliced-4": lambda: SlicedCellMatching(components=4),
+    "sliced-16-30": lambda: SlicedCellMatching(components=16, n_iter=30, n_knots=9),
 }
 
 

@@ -1,0 +1,149 @@
+"""Per-cell sliced distribution matching after ``bafo run``'s transport: a research variant (TRAINED_CONCEALMENT §18).
+
+``ConditionalTransport`` gives every attribute cell the pooled mean and covariance; what is left is the
+shape of each cell's distribution, which a nearest-neighbour attacker reads (§17). This variant then
+matches each cell's *whole* distribution to the pooled one in the leading principal directions, by
+iterative distribution transfer (Pitié, Kokaram and Dahyot, 2005): in each of ``n_iter`` random
+rotations of the whitened leading subspace, every coordinate of every cell goes through the monotone
+map that sends the cell's quantiles to the pooled quantiles (piecewise linear between ``n_knots``
+quantile levels, a constant shift beyond them). Each map is monotone, so the whole step inverts
+exactly given the attributes; the directions outside the leading ones are left as the transport
+left them.
+
+``calibration_rows.VARIANTS`` registers it (``sliced-*``), so ``benchmarks/transport_utility_loss.py
+--variants`` measures it beside the library's transport.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bafo_pipeline.attributes import quantile_bin_edges
+from bafo_pipeline.transformers import ConditionalTransport
+
+CELL_CLASSES = ("gender", "ethnicity")  # with age's quartile bins: the library transport's cells
+
+
+def monotone_map(values: np.ndarray, source_knots: np.ndarray, target_knots: np.ndarray) -> np.ndarray:
+    """Send ``source_knots`` to ``target_knots`` (both increasing): linear between them, a shift beyond.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n,)
+    source_knots, target_knots : ndarray of shape (k,)
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        Increasing in ``values``; ``monotone_map(monotone_map(v, s, t), t, s)`` gives ``v`` back.
+    """
+    moved = np.interp(values, source_knots, target_knots)
+    below, above = values < source_knots[0], values > source_knots[-1]
+    moved[below] = values[below] + (target_knots[0] - source_knots[0])
+    moved[above] = values[above] + (target_knots[-1] - source_knots[-1])
+    return moved
+
+
+class SlicedCellMatching:
+    """The library's transport, then each cell's distribution matched to the pooled one in the leading directions.
+
+    Parameters
+    ----------
+    components : int, default=8
+        Leading principal directions (of the transported calibration rows) whose joint distribution is matched.
+    n_iter : int, default=100
+        Random rotations of the whitened leading subspace, each followed by per-coordinate quantile maps.
+    n_knots : int, default=5
+        Quantile levels of each map, evenly spaced from ``edge`` to ``1 - edge``.
+    edge : float, default=0.05
+    shrinkage : float, default=40.0
+        The transport's covariance shrinkage (``bafo run``'s).
+    seed : int, default=0
+        Seed of the rotations.
+    """
+
+    def __init__(self, components: int = 8, n_iter: int = 100, n_knots: int = 5, edge: float = 0.05,
+                 shrinkage: float = 40.0, seed: int = 0):
+        self.components = components
+        self.n_iter = n_iter
+        self.n_knots = n_knots
+        self.edge = edge
+        self.shrinkage = shrinkage
+        self.seed = seed
+
+    def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> SlicedCellMatching:
+        """Fit the transport, then the quantile maps of every cell on the rows it moved."""
+        attributes = sensitive_features.reset_index(drop=True)
+        self.transport_ = ConditionalTransport(shrinkage=self.shrinkage).fit(Z, sensitive_features=attributes)
+        moved = self.transport_.transform(Z, sensitive_features=attributes)
+        self.age_edges_ = quantile_bin_edges(attributes["age"].to_numpy(float), 4)
+        self.categories_ = [pd.Categorical(attributes[name].astype(str)).categories for name in CELL_CLASSES]
+        cells = self._cells(attributes)
+        self.cells_ = np.unique(cells)
+        self.mean_ = moved.mean(axis=0)
+        values, vectors = np.linalg.eigh(np.cov(moved.T))
+        leading = np.argsort(values)[::-1][: self.components]
+        self.directions_, self.scales_ = vectors[:, leading], np.sqrt(values[leading])
+        X = (moved - self.mean_) @ self.directions_ / self.scales_
+        levels = np.linspace(self.edge, 1 - self.edge, self.n_knots)
+        rng = np.random.default_rng(self.seed)
+        self.rotations_, self.pooled_knots_, self.cell_knots_ = [], [], []
+        for _ in range(self.n_iter):
+            rotation, _ = np.linalg.qr(rng.normal(size=(X.shape[1], X.shape[1])))
+            projected = X @ rotation
+            pooled = np.quantile(projected, levels, axis=0)
+            knots = np.stack([np.quantile(projected[cells == cell], levels, axis=0) for cell in self.cells_])
+            X = self._apply(projected, cells, knots, pooled) @ rotation.T
+            self.rotations_.append(rotation)
+            self.pooled_knots_.append(pooled)
+            self.cell_knots_.append(knots)
+        return self
+
+    def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        """Transport, then every cell's quantile maps in order."""
+        attributes = sensitive_features.reset_index(drop=True)
+        return self._move(self.transport_.transform(Z, sensitive_features=attributes), attributes, inverse=False)
+
+    def inverse_transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        """Undo the quantile maps in reverse order, then the transport."""
+        attributes = sensitive_features.reset_index(drop=True)
+        back = self._move(Z, attributes, inverse=True)
+        return self.transport_.inverse_transform(back, sensitive_features=attributes)
+
+    def _move(self, moved: np.ndarray, attributes: pd.DataFrame, *, inverse: bool) -> np.ndarray:
+        cells = self._cells(attributes)
+        unknown = ~np.isin(cells, self.cells_)
+        if unknown.any():
+            raise ValueError(f"rows {np.flatnonzero(unknown)[:5] + 1} (1-based) are in cells no fitted row had")
+        centred = moved - self.mean_
+        X = centred @ self.directions_ / self.scales_
+        steps = range(self.n_iter)
+        for t in reversed(steps) if inverse else steps:
+            rotation, pooled, knots = self.rotations_[t], self.pooled_knots_[t], self.cell_knots_[t]
+            X = self._apply(X @ rotation, cells, knots, pooled, inverse=inverse) @ rotation.T
+        rest = centred - centred @ self.directions_ @ self.directions_.T
+        return self.mean_ + rest + (X * self.scales_) @ self.directions_.T
+
+    def _apply(self, projected: np.ndarray, cells: np.ndarray, knots: np.ndarray, pooled: np.ndarray, *,
+               inverse: bool = False) -> np.ndarray:
+        """Every cell's coordinates through its quantile maps (or their inverses)."""
+        out = projected.copy()
+        for index, cell in enumerate(self.cells_):
+            rows = cells == cell
+            if not rows.any():
+                continue
+            for j in range(projected.shape[1]):
+                source, target = knots[index, :, j], pooled[:, j]
+                out[rows, j] = monotone_map(projected[rows, j], *((target, source) if inverse else (source, target)))
+        return out
+
+    def _cells(self, attributes: pd.DataFrame) -> np.ndarray:
+        """Each row's (gender, ethnicity, age quartile) as one number."""
+        codes = [pd.Categorical(attributes[name].astype(str), categories=known).codes.astype(np.int64)
+                 for name, known in zip(CELL_CLASSES, self.categories_)]
+        for name, code in zip(CELL_CLASSES, codes):
+            if (code < 0).any():
+                raise ValueError(f"row {np.flatnonzero(code < 0)[0] + 1} (1-based): {name} has a class no fitted row had")
+        age_bin = np.searchsorted(self.age_edges_, attributes["age"].to_numpy(float), side="right")
+        return (codes[0] * 100 + codes[1]) * 10 + age_bin

@@ -57,6 +57,9 @@ class SlicedCellMatching:
     n_knots : int, default=5
         Quantile levels of each map, evenly spaced from ``edge`` to ``1 - edge``.
     edge : float, default=0.05
+    step_size : float in (0, 1], default=1.0
+        How far each map moves a cell's quantiles towards the pooled ones (1: all the way). Smaller steps
+        with more rotations move the rows less for the same match (a sliced-Wasserstein flow).
     shrinkage : float, default=40.0
         The transport's covariance shrinkage (``bafo run``'s).
     seed : int, default=0
@@ -64,11 +67,12 @@ class SlicedCellMatching:
     """
 
     def __init__(self, components: int = 8, n_iter: int = 100, n_knots: int = 5, edge: float = 0.05,
-                 shrinkage: float = 40.0, seed: int = 0):
+                 step_size: float = 1.0, shrinkage: float = 40.0, seed: int = 0):
         self.components = components
         self.n_iter = n_iter
         self.n_knots = n_knots
         self.edge = edge
+        self.step_size = step_size
         self.shrinkage = shrinkage
         self.seed = seed
 
@@ -88,15 +92,15 @@ class SlicedCellMatching:
         X = (moved - self.mean_) @ self.directions_ / self.scales_
         levels = np.linspace(self.edge, 1 - self.edge, self.n_knots)
         rng = np.random.default_rng(self.seed)
-        self.rotations_, self.pooled_knots_, self.cell_knots_ = [], [], []
+        self.rotations_, self.target_knots_, self.cell_knots_ = [], [], []
         for _ in range(self.n_iter):
             rotation, _ = np.linalg.qr(rng.normal(size=(X.shape[1], X.shape[1])))
             projected = X @ rotation
-            pooled = np.quantile(projected, levels, axis=0)
             knots = np.stack([np.quantile(projected[cells == cell], levels, axis=0) for cell in self.cells_])
-            X = self._apply(projected, cells, knots, pooled) @ rotation.T
+            targets = knots + self.step_size * (np.quantile(projected, levels, axis=0) - knots)
+            X = self._apply(projected, cells, knots, targets) @ rotation.T
             self.rotations_.append(rotation)
-            self.pooled_knots_.append(pooled)
+            self.target_knots_.append(targets)
             self.cell_knots_.append(knots)
         return self
 
@@ -120,21 +124,21 @@ class SlicedCellMatching:
         X = centred @ self.directions_ / self.scales_
         steps = range(self.n_iter)
         for t in reversed(steps) if inverse else steps:
-            rotation, pooled, knots = self.rotations_[t], self.pooled_knots_[t], self.cell_knots_[t]
-            X = self._apply(X @ rotation, cells, knots, pooled, inverse=inverse) @ rotation.T
+            rotation, targets, knots = self.rotations_[t], self.target_knots_[t], self.cell_knots_[t]
+            X = self._apply(X @ rotation, cells, knots, targets, inverse=inverse) @ rotation.T
         rest = centred - centred @ self.directions_ @ self.directions_.T
         return self.mean_ + rest + (X * self.scales_) @ self.directions_.T
 
-    def _apply(self, projected: np.ndarray, cells: np.ndarray, knots: np.ndarray, pooled: np.ndarray, *,
+    def _apply(self, projected: np.ndarray, cells: np.ndarray, knots: np.ndarray, targets: np.ndarray, *,
                inverse: bool = False) -> np.ndarray:
-        """Every cell's coordinates through its quantile maps (or their inverses)."""
+        """Every cell's coordinates through its quantile maps, ``knots`` to ``targets`` (or back)."""
         out = projected.copy()
         for index, cell in enumerate(self.cells_):
             rows = cells == cell
             if not rows.any():
                 continue
             for j in range(projected.shape[1]):
-                source, target = knots[index, :, j], pooled[:, j]
+                source, target = knots[index, :, j], targets[index, :, j]
                 out[rows, j] = monotone_map(projected[rows, j], *((target, source) if inverse else (source, target)))
         return out
 

@@ -69,3 +69,14 @@ def test_sliced_matching_refuses_a_class_it_never_saw(bench):
         step.transform(Z, sensitive_features=other)  # the transport's own error
     with pytest.raises(ValueError, match="ethnicity has a class no fitted row had"):
         step.inverse_transform(Z, sensitive_features=other)  # the quantile maps are undone first
+
+
+def test_a_smaller_step_moves_each_cells_quantiles_part_of_the_way_and_still_inverts(bench):
+    Z, labels, _ = planted(2000, seed=4)
+    full = bench.SlicedCellMatching(components=2, n_iter=1, n_knots=5).fit(Z, sensitive_features=labels)
+    half = bench.SlicedCellMatching(components=2, n_iter=1, n_knots=5, step_size=0.5).fit(Z, sensitive_features=labels)
+    np.testing.assert_allclose(half.target_knots_[0], (full.cell_knots_[0] + full.target_knots_[0]) / 2)
+    transported = full.transport_.transform(Z, sensitive_features=labels)
+    moved_full, moved_half = (step.transform(Z, sensitive_features=labels) for step in (full, half))
+    assert 0 < np.abs(moved_half - transported).mean() < np.abs(moved_full - transported).mean()
+    np.testing.assert_allclose(half.inverse_transform(moved_half, sensitive_features=labels), Z, atol=1e-8)

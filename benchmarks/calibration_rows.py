@@ -634,6 +634,8 @@ VARIANTS = {
     # bafo run's transport (shrinkage 40), then each cell's whole distribution matched in the leading directions (§18)
     "sliced-8": lambda: SlicedCellMatching(components=8),
     "sliced-4": lambda: SlicedCellMatching(components=4),
+    "sliced-4-seed1": lambda: SlicedCellMatching(components=4, seed=1),  # other random rotations
+    "sliced-4-seed2": lambda: SlicedCellMatching(components=4, seed=2),
     "sliced-16-30": lambda: SlicedCellMatching(components=16, n_iter=30, n_knots=9),
 }
 

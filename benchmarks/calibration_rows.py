@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import cell_codes, class_categories  # noqa: E402
 from _demo_latents import demo_encoder_latents  # noqa: E402
 from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
@@ -60,7 +61,6 @@ from bafo_pipeline.transformers import ConditionalTransport  # noqa: E402
 #: library's default is 40 since §15. The variants keep 10 so that their results stay what they were.
 VARIANT_SHRINKAGE = 10.0
 SENSITIVE = ["age", "gender", "ethnicity"]
-CLASSES = ("gender", "ethnicity")  # the transport's classes; age enters its cells by quartile bins
 NULL_DRAWS = 20  # label permutations behind the subspace variant's parallel analysis
 
 
@@ -259,19 +259,6 @@ def _sqrt_and_inverse(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
     values = np.clip(values, 1e-9 * max(values.max(), np.finfo(float).tiny), None)
     return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
-
-
-def cell_codes(attributes: pd.DataFrame, age_edges: np.ndarray, categories: list) -> np.ndarray:
-    """Each row's (gender, ethnicity, age bin) as numbers; the classes are compared as strings."""
-    age_bin = np.searchsorted(age_edges, attributes["age"].to_numpy(float), side="right")
-    classes = [pd.Categorical(attributes[name].astype(str), categories=known).codes
-               for name, known in zip(CLASSES, categories)]
-    return np.column_stack(classes + [age_bin]).astype(np.int64)
-
-
-def class_categories(attributes: pd.DataFrame) -> list:
-    """The classes of each of :data:`CLASSES` that the rows have."""
-    return [pd.Categorical(attributes[name].astype(str)).categories for name in CLASSES]
 
 
 def transport_cells(attributes: pd.DataFrame) -> np.ndarray:
@@ -637,6 +624,10 @@ VARIANTS = {
     "sliced-4-seed1": lambda: SlicedCellMatching(components=4, seed=1),  # other random rotations
     "sliced-4-seed2": lambda: SlicedCellMatching(components=4, seed=2),
     "sliced-16-30": lambda: SlicedCellMatching(components=16, n_iter=30, n_knots=9),
+    "sliced-4-iter10": lambda: SlicedCellMatching(components=4, n_iter=10),  # fewer rotations: fewer maps fitted to noise
+    "sliced-4-iter25": lambda: SlicedCellMatching(components=4, n_iter=25),
+    "sliced-8-iter10": lambda: SlicedCellMatching(components=8, n_iter=10),
+    "sliced-8-iter25": lambda: SlicedCellMatching(components=8, n_iter=25),
 }
 
 

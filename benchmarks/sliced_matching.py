@@ -16,13 +16,17 @@ left them.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
-from bafo_pipeline.attributes import quantile_bin_edges
-from bafo_pipeline.transformers import ConditionalTransport
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import CLASSES, cell_codes, class_categories  # noqa: E402
 
-CELL_CLASSES = ("gender", "ethnicity")  # with age's quartile bins: the library transport's cells
+from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
+from bafo_pipeline.transformers import ConditionalTransport  # noqa: E402
 
 
 def monotone_map(values: np.ndarray, source_knots: np.ndarray, target_knots: np.ndarray) -> np.ndarray:
@@ -82,7 +86,7 @@ class SlicedCellMatching:
         self.transport_ = ConditionalTransport(shrinkage=self.shrinkage).fit(Z, sensitive_features=attributes)
         moved = self.transport_.transform(Z, sensitive_features=attributes)
         self.age_edges_ = quantile_bin_edges(attributes["age"].to_numpy(float), 4)
-        self.categories_ = [pd.Categorical(attributes[name].astype(str)).categories for name in CELL_CLASSES]
+        self.categories_ = class_categories(attributes)
         cells = self._cells(attributes)
         self.cells_ = np.unique(cells)
         self.mean_ = moved.mean(axis=0)
@@ -144,10 +148,9 @@ class SlicedCellMatching:
 
     def _cells(self, attributes: pd.DataFrame) -> np.ndarray:
         """Each row's (gender, ethnicity, age quartile) as one number."""
-        codes = [pd.Categorical(attributes[name].astype(str), categories=known).codes.astype(np.int64)
-                 for name, known in zip(CELL_CLASSES, self.categories_)]
-        for name, code in zip(CELL_CLASSES, codes):
-            if (code < 0).any():
-                raise ValueError(f"row {np.flatnonzero(code < 0)[0] + 1} (1-based): {name} has a class no fitted row had")
-        age_bin = np.searchsorted(self.age_edges_, attributes["age"].to_numpy(float), side="right")
-        return (codes[0] * 100 + codes[1]) * 10 + age_bin
+        codes = cell_codes(attributes, self.age_edges_, self.categories_)
+        for column, name in enumerate(CLASSES):
+            unknown = np.flatnonzero(codes[:, column] < 0)
+            if unknown.size:
+                raise ValueError(f"row {unknown[0] + 1} (1-based): {name} has a class no fitted row had")
+        return (codes[:, 0] * 100 + codes[:, 1]) * 10 + codes[:, 2]

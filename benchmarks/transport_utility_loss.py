@@ -38,8 +38,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine  # noqa: E402
-from calibration_rows import (SENSITIVE, VARIANT_SHRINKAGE, VARIANTS, cell_codes, class_categories, leakage_by_probe,  # noqa: E402
-                              smooth_mean_only, what_it_chose, worst_cases)
+from _cells import cell_codes, class_categories  # noqa: E402
+from calibration_rows import (SENSITIVE, VARIANT_SHRINKAGE, VARIANTS, leakage_by_probe, smooth_mean_only,  # noqa: E402
+                              what_it_chose, worst_cases)
 
 from bafo_pipeline.audits import PROBES, audit_leakage  # noqa: E402
 from bafo_pipeline.audits.utility import audit_utility, residualize_targets  # noqa: E402

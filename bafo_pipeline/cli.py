@@ -284,6 +284,7 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
     dataset = _load(utkface, manifest, image_column, sensitive, synthetic_samples, limit, strict, image_size, seed,
                     allow_outside_root)
     _refuse_inputs_as_output(out_dir, source=dataset)
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)  # as save_model would: the skip listing goes beside it
     _report_skips(dataset.report.skipped, [], _beside(out_dir, ".skipped.json"))
     train_set, _ = dataset.split(test_fraction=test_fraction, seed=seed)
     click.echo(f"training on {len(train_set)} images (held out: {len(dataset) - len(train_set)})", err=True)

@@ -181,6 +181,16 @@ def test_skipped_files_are_listed_by_reason_and_in_a_private_json_beside_the_out
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_train_into_a_new_folder_lists_its_skips_beside_the_model(utkface, tmp_path):
+    out = tmp_path / "new" / "deeper" / "model"  # neither folder exists yet
+    result = _run("train", "--utkface", utkface, "--epochs", "1", "--latent-dim", "8", "--decoder-epochs", "0",
+                  "--concealment", "none", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").is_file()
+    skipped = json.loads((tmp_path / "new" / "deeper" / "model.skipped.json").read_text())["skipped"]
+    assert sorted(Path(entry["item"]).name[:3] for entry in skipped) == ["39_", "50_"]
+
+
 def test_repeated_or_empty_id_column_values_are_refused_naming_the_manifest_rows(model_dir, utkface, tmp_path):
     faces = sorted(p for p in utkface.iterdir() if not p.name.startswith(("39_", "50_")))
     manifest = tmp_path / "faces.csv"

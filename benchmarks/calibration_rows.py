@@ -50,7 +50,7 @@ from _cells import cell_codes, class_categories  # noqa: E402
 from _demo_latents import demo_encoder_latents  # noqa: E402
 from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
-from sliced_matching import SlicedCellMatching  # noqa: E402
+from sliced_matching import RadialCellMatching, SlicedCellMatching  # noqa: E402
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
 from bafo_pipeline.audits import PROBES, audit_leakage  # noqa: E402
@@ -628,6 +628,10 @@ VARIANTS = {
     "sliced-4-iter25": lambda: SlicedCellMatching(components=4, n_iter=25),
     "sliced-8-iter10": lambda: SlicedCellMatching(components=8, n_iter=10),
     "sliced-8-iter25": lambda: SlicedCellMatching(components=8, n_iter=25),
+    "radial-4": lambda: RadialCellMatching(components=4),  # each cell's whitened radii only: one map per cell
+    "radial-8": lambda: RadialCellMatching(components=8),
+    "radial-16": lambda: RadialCellMatching(components=16),
+    "radial-48": lambda: RadialCellMatching(components=48),
 }
 
 

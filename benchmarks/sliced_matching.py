@@ -1,4 +1,4 @@
-"""Per-cell sliced distribution matching after ``bafo run``'s transport: a research variant (TRAINED_CONCEALMENT §18).
+"""Per-cell shape matching after ``bafo run``'s transport: research variants (TRAINED_CONCEALMENT §18-19).
 
 ``ConditionalTransport`` gives every attribute cell the pooled mean and covariance; what is left is the
 shape of each cell's distribution, which a nearest-neighbour attacker reads (§17). This variant then
@@ -10,7 +10,11 @@ quantile levels, a constant shift beyond them). Each map is monotone, so the who
 exactly given the attributes; the directions outside the leading ones are left as the transport
 left them.
 
-``calibration_rows.VARIANTS`` registers it (``sliced-*``), so ``benchmarks/transport_utility_loss.py
+:class:`RadialCellMatching` matches only each cell's distribution of whitened radii (how far its rows lie from
+the centre, the elliptical part of a shape) with one monotone map per cell: no random rotations, and a
+few parameters per cell instead of the sliced step's thousands.
+
+``calibration_rows.VARIANTS`` registers both (``sliced-*``, ``radial-*``), so ``benchmarks/transport_utility_loss.py
 --variants`` measures it beside the library's transport.
 """
 
@@ -49,7 +53,62 @@ def monotone_map(values: np.ndarray, source_knots: np.ndarray, target_knots: np.
     return moved
 
 
-class SlicedCellMatching:
+class _ShapeMatchingAfterTransport:
+    """The library's transport, then a per-cell map of the whitened leading directions (subclasses fit the map).
+
+    Every row is moved by its cell's maps only in the ``components`` leading principal directions of the
+    transported calibration rows (whitened by their pooled scales); the other directions keep what the
+    transport left. Subclasses implement ``_fit_shape(X, cells)`` and ``_shape(X, cells, inverse=...)``.
+    """
+
+    def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame):
+        """Fit the transport, then the shape maps of every cell on the rows it moved."""
+        attributes = sensitive_features.reset_index(drop=True)
+        self.transport_ = ConditionalTransport(shrinkage=self.shrinkage).fit(Z, sensitive_features=attributes)
+        moved = self.transport_.transform(Z, sensitive_features=attributes)
+        self.age_edges_ = quantile_bin_edges(attributes["age"].to_numpy(float), 4)
+        self.categories_ = class_categories(attributes)
+        cells = self._cells(attributes)
+        self.cells_ = np.unique(cells)
+        self.mean_ = moved.mean(axis=0)
+        values, vectors = np.linalg.eigh(np.cov(moved.T))
+        leading = np.argsort(values)[::-1][: self.components]
+        self.directions_, self.scales_ = vectors[:, leading], np.sqrt(values[leading])
+        self._fit_shape((moved - self.mean_) @ self.directions_ / self.scales_, cells)
+        return self
+
+    def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        """Transport, then every cell's shape maps."""
+        attributes = sensitive_features.reset_index(drop=True)
+        return self._move(self.transport_.transform(Z, sensitive_features=attributes), attributes, inverse=False)
+
+    def inverse_transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        """Undo the shape maps, then the transport."""
+        attributes = sensitive_features.reset_index(drop=True)
+        back = self._move(Z, attributes, inverse=True)
+        return self.transport_.inverse_transform(back, sensitive_features=attributes)
+
+    def _move(self, moved: np.ndarray, attributes: pd.DataFrame, *, inverse: bool) -> np.ndarray:
+        cells = self._cells(attributes)
+        unknown = ~np.isin(cells, self.cells_)
+        if unknown.any():
+            raise ValueError(f"rows {np.flatnonzero(unknown)[:5] + 1} (1-based) are in cells no fitted row had")
+        centred = moved - self.mean_
+        X = self._shape(centred @ self.directions_ / self.scales_, cells, inverse=inverse)
+        rest = centred - centred @ self.directions_ @ self.directions_.T
+        return self.mean_ + rest + (X * self.scales_) @ self.directions_.T
+
+    def _cells(self, attributes: pd.DataFrame) -> np.ndarray:
+        """Each row's (gender, ethnicity, age quartile) as one number."""
+        codes = cell_codes(attributes, self.age_edges_, self.categories_)
+        for column, name in enumerate(CLASSES):
+            unknown = np.flatnonzero(codes[:, column] < 0)
+            if unknown.size:
+                raise ValueError(f"row {unknown[0] + 1} (1-based): {name} has a class no fitted row had")
+        return (codes[:, 0] * 100 + codes[:, 1]) * 10 + codes[:, 2]
+
+
+class SlicedCellMatching(_ShapeMatchingAfterTransport):
     """The library's transport, then each cell's distribution matched to the pooled one in the leading directions.
 
     Parameters
@@ -80,20 +139,7 @@ class SlicedCellMatching:
         self.shrinkage = shrinkage
         self.seed = seed
 
-    def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> SlicedCellMatching:
-        """Fit the transport, then the quantile maps of every cell on the rows it moved."""
-        attributes = sensitive_features.reset_index(drop=True)
-        self.transport_ = ConditionalTransport(shrinkage=self.shrinkage).fit(Z, sensitive_features=attributes)
-        moved = self.transport_.transform(Z, sensitive_features=attributes)
-        self.age_edges_ = quantile_bin_edges(attributes["age"].to_numpy(float), 4)
-        self.categories_ = class_categories(attributes)
-        cells = self._cells(attributes)
-        self.cells_ = np.unique(cells)
-        self.mean_ = moved.mean(axis=0)
-        values, vectors = np.linalg.eigh(np.cov(moved.T))
-        leading = np.argsort(values)[::-1][: self.components]
-        self.directions_, self.scales_ = vectors[:, leading], np.sqrt(values[leading])
-        X = (moved - self.mean_) @ self.directions_ / self.scales_
+    def _fit_shape(self, X: np.ndarray, cells: np.ndarray) -> None:
         levels = np.linspace(self.edge, 1 - self.edge, self.n_knots)
         rng = np.random.default_rng(self.seed)
         self.rotations_, self.target_knots_, self.cell_knots_ = [], [], []
@@ -106,32 +152,14 @@ class SlicedCellMatching:
             self.rotations_.append(rotation)
             self.target_knots_.append(targets)
             self.cell_knots_.append(knots)
-        return self
 
-    def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
-        """Transport, then every cell's quantile maps in order."""
-        attributes = sensitive_features.reset_index(drop=True)
-        return self._move(self.transport_.transform(Z, sensitive_features=attributes), attributes, inverse=False)
-
-    def inverse_transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
-        """Undo the quantile maps in reverse order, then the transport."""
-        attributes = sensitive_features.reset_index(drop=True)
-        back = self._move(Z, attributes, inverse=True)
-        return self.transport_.inverse_transform(back, sensitive_features=attributes)
-
-    def _move(self, moved: np.ndarray, attributes: pd.DataFrame, *, inverse: bool) -> np.ndarray:
-        cells = self._cells(attributes)
-        unknown = ~np.isin(cells, self.cells_)
-        if unknown.any():
-            raise ValueError(f"rows {np.flatnonzero(unknown)[:5] + 1} (1-based) are in cells no fitted row had")
-        centred = moved - self.mean_
-        X = centred @ self.directions_ / self.scales_
+    def _shape(self, X: np.ndarray, cells: np.ndarray, *, inverse: bool) -> np.ndarray:
+        """Every rotation's quantile maps in order (in reverse order, undone, when ``inverse``)."""
         steps = range(self.n_iter)
         for t in reversed(steps) if inverse else steps:
             rotation, targets, knots = self.rotations_[t], self.target_knots_[t], self.cell_knots_[t]
             X = self._apply(X @ rotation, cells, knots, targets, inverse=inverse) @ rotation.T
-        rest = centred - centred @ self.directions_ @ self.directions_.T
-        return self.mean_ + rest + (X * self.scales_) @ self.directions_.T
+        return X
 
     def _apply(self, projected: np.ndarray, cells: np.ndarray, knots: np.ndarray, targets: np.ndarray, *,
                inverse: bool = False) -> np.ndarray:
@@ -146,11 +174,46 @@ class SlicedCellMatching:
                 out[rows, j] = monotone_map(projected[rows, j], *((target, source) if inverse else (source, target)))
         return out
 
-    def _cells(self, attributes: pd.DataFrame) -> np.ndarray:
-        """Each row's (gender, ethnicity, age quartile) as one number."""
-        codes = cell_codes(attributes, self.age_edges_, self.categories_)
-        for column, name in enumerate(CLASSES):
-            unknown = np.flatnonzero(codes[:, column] < 0)
-            if unknown.size:
-                raise ValueError(f"row {unknown[0] + 1} (1-based): {name} has a class no fitted row had")
-        return (codes[:, 0] * 100 + codes[:, 1]) * 10 + codes[:, 2]
+
+class RadialCellMatching(_ShapeMatchingAfterTransport):
+    """The library's transport, then each cell's distribution of whitened radii matched to the pooled one.
+
+    Each row of the leading whitened subspace keeps its direction; its distance from the centre goes
+    through its cell's monotone map (on the log scale, so that it stays positive) from the cell's radius
+    quantiles to the pooled ones. One map per cell, no randomness: it removes differences in how a
+    cell's rows spread around the centre (heavier or lighter tails, a shell against a ball) that equal
+    means and covariances leave, and nothing that depends on direction.
+
+    Parameters
+    ----------
+    components : int, default=8
+        Leading principal directions (of the transported calibration rows) in which radii are measured.
+    n_knots : int, default=5
+        Quantile levels of each map, evenly spaced from ``edge`` to ``1 - edge``.
+    edge : float, default=0.05
+    shrinkage : float, default=40.0
+        The transport's covariance shrinkage (``bafo run``'s).
+    """
+
+    def __init__(self, components: int = 8, n_knots: int = 5, edge: float = 0.05, shrinkage: float = 40.0):
+        self.components = components
+        self.n_knots = n_knots
+        self.edge = edge
+        self.shrinkage = shrinkage
+
+    def _fit_shape(self, X: np.ndarray, cells: np.ndarray) -> None:
+        levels = np.linspace(self.edge, 1 - self.edge, self.n_knots)
+        log_radius = np.log(np.linalg.norm(X, axis=1))
+        self.target_knots_ = np.quantile(log_radius, levels)
+        self.cell_knots_ = np.stack([np.quantile(log_radius[cells == cell], levels) for cell in self.cells_])
+
+    def _shape(self, X: np.ndarray, cells: np.ndarray, *, inverse: bool) -> np.ndarray:
+        """Every row's radius through its cell's map (or back), its direction kept."""
+        radius = np.linalg.norm(X, axis=1)
+        log_radius = np.log(np.maximum(radius, np.finfo(float).tiny))
+        moved = log_radius.copy()
+        for index, cell in enumerate(self.cells_):
+            rows = cells == cell
+            knots = (self.cell_knots_[index], self.target_knots_)
+            moved[rows] = monotone_map(log_radius[rows], *(knots[::-1] if inverse else knots))
+        return X * np.exp(moved - log_radius)[:, None]

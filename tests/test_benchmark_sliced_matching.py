@@ -80,3 +80,50 @@ def test_a_smaller_step_moves_each_cells_quantiles_part_of_the_way_and_still_inv
     moved_full, moved_half = (step.transform(Z, sensitive_features=labels) for step in (full, half))
     assert 0 < np.abs(moved_half - transported).mean() < np.abs(moved_full - transported).mean()
     np.testing.assert_allclose(half.inverse_transform(moved_half, sensitive_features=labels), Z, atol=1e-8)
+
+
+def planted_radii(n, seed):
+    """Two genders with the same mean and covariance (the identity) in columns 0-1: a Gaussian against a
+    scale mixture (half the rows tight around the centre, half spread wide); an independent signal in column 2."""
+    rng = np.random.default_rng(seed)
+    labels = pd.DataFrame({"gender": rng.integers(0, 2, n), "ethnicity": rng.integers(0, 2, n),
+                           "age": rng.uniform(1, 80, n)})
+    male = labels["gender"].to_numpy() == 1
+    scale = np.where(rng.random(n) < 0.5, 0.25, np.sqrt(2 - 0.25**2))  # mean square 1: the Gaussian's covariance
+    shape = rng.normal(size=(n, 2)) * np.where(male, scale, 1.0)[:, None]
+    independent = 0.5 * rng.normal(size=n)
+    return np.column_stack([shape, independent]), labels, independent
+
+
+def test_radial_matching_removes_a_difference_in_spread_and_keeps_directions_and_an_independent_signal(bench):
+    Z, labels, _ = planted_radii(6000, seed=0)
+    Z_new, labels_new, independent_new = planted_radii(3000, seed=1)
+    Z_score, labels_score, _ = planted_radii(3000, seed=2)
+    transport = bench.ConditionalTransport(shrinkage=40).fit(Z, sensitive_features=labels)
+    transported_new = transport.transform(Z_new, sensitive_features=labels_new)
+    left = knn_reads_gender(transported_new, labels_new,
+                            transport.transform(Z_score, sensitive_features=labels_score), labels_score)
+    assert left > 0.64  # equal means and covariances: the transport leaves the spreads as they are
+
+    step = bench.RadialCellMatching(components=2, n_knots=9).fit(Z, sensitive_features=labels)
+    moved_new = step.transform(Z_new, sensitive_features=labels_new)
+    matched = knn_reads_gender(moved_new, labels_new, step.transform(Z_score, sensitive_features=labels_score),
+                               labels_score)
+    assert matched < 0.56
+    # each row keeps its direction in the leading plane; column 2 is outside it
+    centred = (transported_new - step.mean_) @ step.directions_, (moved_new - step.mean_) @ step.directions_
+    np.testing.assert_allclose(*(np.arctan2(c[:, 1], c[:, 0]) for c in centred), atol=1e-9)
+    assert np.corrcoef(moved_new[:, 2], independent_new)[0, 1] > 0.99
+    np.testing.assert_allclose(step.inverse_transform(moved_new, sensitive_features=labels_new), Z_new, atol=1e-8)
+
+
+def test_radial_matching_sends_each_cells_radius_quantiles_to_the_pooled_ones(bench):
+    Z, labels, _ = planted_radii(6000, seed=3)
+    step = bench.RadialCellMatching(components=2, n_knots=5).fit(Z, sensitive_features=labels)
+    moved = step.transform(Z, sensitive_features=labels)
+    radius = np.linalg.norm((moved - step.mean_) @ step.directions_ / step.scales_, axis=1)
+    cells = step._cells(labels)
+    levels = np.linspace(0.05, 0.95, 5)
+    assert np.abs(step.cell_knots_ - step.target_knots_).max() > 0.5  # the scale mixture's cells, before
+    for cell in step.cells_:  # after (to the interpolation between order statistics that the knots are)
+        np.testing.assert_allclose(np.log(np.quantile(radius[cells == cell], levels)), step.target_knots_, atol=0.01)

@@ -50,6 +50,7 @@ from _cells import cell_codes, class_categories  # noqa: E402
 from _demo_latents import demo_encoder_latents  # noqa: E402
 from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
+from conditional_flow import ConditionalFlowMatching  # noqa: E402
 from sliced_matching import RadialCellMatching, SlicedCellMatching  # noqa: E402
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
@@ -632,6 +633,16 @@ VARIANTS = {
     "radial-8": lambda: RadialCellMatching(components=8),
     "radial-16": lambda: RadialCellMatching(components=16),
     "radial-48": lambda: RadialCellMatching(components=48),
+    "flow-4": lambda: ConditionalFlowMatching(components=4),  # one flow for every cell, conditioned on the attributes
+    "flow-8": lambda: ConditionalFlowMatching(components=8),
+    "flow-16": lambda: ConditionalFlowMatching(components=16),
+    "flow-4-e150": lambda: ConditionalFlowMatching(components=4, epochs=150),
+    # every direction, conditioned on gender alone (the transport before it has matched every cell's moments)
+    "flow-gender": lambda: ConditionalFlowMatching(components=48, conditions=("gender",), n_layers=12, epochs=150),
+    "flow-gender-seed1": lambda: ConditionalFlowMatching(components=48, conditions=("gender",), n_layers=12, epochs=150,
+                                                         seed=1),
+    "flow-gender-seed2": lambda: ConditionalFlowMatching(components=48, conditions=("gender",), n_layers=12, epochs=150,
+                                                         seed=2),
 }
 
 

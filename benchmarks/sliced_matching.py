@@ -53,7 +53,7 @@ def monotone_map(values: np.ndarray, source_knots: np.ndarray, target_knots: np.
     return moved
 
 
-class _ShapeMatchingAfterTransport:
+class ShapeMatchingAfterTransport:
     """The library's transport, then a per-cell map of the whitened leading directions (subclasses fit the map).
 
     Every row is moved by its cell's maps only in the ``components`` leading principal directions of the
@@ -108,7 +108,7 @@ class _ShapeMatchingAfterTransport:
         return (codes[:, 0] * 100 + codes[:, 1]) * 10 + codes[:, 2]
 
 
-class SlicedCellMatching(_ShapeMatchingAfterTransport):
+class SlicedCellMatching(ShapeMatchingAfterTransport):
     """The library's transport, then each cell's distribution matched to the pooled one in the leading directions.
 
     Parameters
@@ -175,7 +175,7 @@ class SlicedCellMatching(_ShapeMatchingAfterTransport):
         return out
 
 
-class RadialCellMatching(_ShapeMatchingAfterTransport):
+class RadialCellMatching(ShapeMatchingAfterTransport):
     """The library's transport, then each cell's distribution of whitened radii matched to the pooled one.
 
     Each row of the leading whitened subspace keeps its direction; its distance from the centre goes

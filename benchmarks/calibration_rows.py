@@ -50,6 +50,7 @@ from _cells import cell_codes, class_categories  # noqa: E402
 from _demo_latents import demo_encoder_latents  # noqa: E402
 from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
+from noisy_transport import NoisyTransport  # noqa: E402
 from conditional_flow import ConditionalFlowMatching  # noqa: E402
 from sliced_matching import RadialCellMatching, SlicedCellMatching  # noqa: E402
 
@@ -643,6 +644,9 @@ VARIANTS = {
                                                          seed=1),
     "flow-gender-seed2": lambda: ConditionalFlowMatching(components=48, conditions=("gender",), n_layers=12, epochs=150,
                                                          seed=2),
+    "noise-0.2": lambda: NoisyTransport(scale=0.2),  # fresh noise shaped like the pooled latents, after the transport
+    "noise-0.3": lambda: NoisyTransport(scale=0.3),
+    "noise-0.5": lambda: NoisyTransport(scale=0.5),
 }
 
 

@@ -645,7 +645,9 @@ VARIANTS = {
     "flow-gender-seed2": lambda: ConditionalFlowMatching(components=48, conditions=("gender",), n_layers=12, epochs=150,
                                                          seed=2),
     "noise-0.2": lambda: NoisyTransport(scale=0.2),  # fresh noise shaped like the pooled latents, after the transport
+    "noise-0.25": lambda: NoisyTransport(scale=0.25),
     "noise-0.3": lambda: NoisyTransport(scale=0.3),
+    "noise-0.3-seed1": lambda: NoisyTransport(scale=0.3, seed=1),  # another draw of the noise
     "noise-0.5": lambda: NoisyTransport(scale=0.5),
 }
 

@@ -78,7 +78,6 @@ class ConditionalFlowMatching(ShapeMatchingAfterTransport):
     def __init__(self, components: int = 4, n_layers: int = 6, hidden: int = 32, epochs: int = 60,
                  learning_rate: float = 1e-3, weight_decay: float = 1e-4, shrinkage: float = 40.0, seed: int = 0,
                  conditions: tuple[str, ...] = ("gender", "ethnicity", "age")):
-        self.conditions = conditions
         self.components = components
         self.n_layers = n_layers
         self.hidden = hidden
@@ -87,6 +86,7 @@ class ConditionalFlowMatching(ShapeMatchingAfterTransport):
         self.weight_decay = weight_decay
         self.shrinkage = shrinkage
         self.seed = seed
+        self.conditions = conditions
 
     def _conditions(self, cells: np.ndarray) -> torch.Tensor:
         """One-hot gender, ethnicity and age bin of every row, from its cell number (see ``_cells``)."""

@@ -19,7 +19,7 @@ from .attackers import CROSS_VALIDATED, DATA_RICH, IN_SAMPLE
 from .group_sums import group_sum_attack, group_sum_permutation_test
 from .inputs import Attribute, align_by_id, check_representations, encode_like, prepare_attributes
 from .permutation import per_fold_test, refit_linear_test
-from .probes import KNOWN_PROBES, PROBES, make_probe
+from .probes import PROBES, make_probe
 from .resampling import bca_interval, bootstrap_weights, chunks, jackknife_weights, snap_zero
 from .result import SCHEMA_VERSION, TABLE_COLUMNS, AuditResult
 
@@ -473,9 +473,9 @@ def audit_leakage(
     if n_bootstrap < 0 or n_permutations < 0:
         raise ValueError("n_bootstrap and n_permutations must be >= 0")
     probes = list(probes)
-    unknown = [p for p in probes if p not in KNOWN_PROBES]
+    unknown = [p for p in probes if p not in PROBES]
     if unknown or not probes or len(set(probes)) != len(probes):
-        raise ValueError(f"probes must be distinct names from {KNOWN_PROBES}, got {probes}")
+        raise ValueError(f"probes must be distinct names from {PROBES}, got {probes}")
 
     paired = isinstance(representations, Mapping) and any(
         isinstance(v, tuple) for v in representations.values()

@@ -20,18 +20,17 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .mlp import TorchMLPProbe
 
-__all__ = ["KNOWN_PROBES", "PROBES", "PROBE_DESCRIPTIONS", "UTILITY_PROBES", "make_probe"]
+__all__ = ["PROBES", "PROBE_DESCRIPTIONS", "UTILITY_PROBES", "make_probe"]
 
 #: The default ladder of attackers for embeddings. ``quadratic`` reads differences in spread, which a concealment
 #: that matches each group's mean (a linear eraser) leaves and one that matches each group's covariance (the
 #: transport) must remove to every last estimation error. ``knn`` reads what is left after means and spreads
-#: match: the shape of each group's distribution (docs/TRAINED_CONCEALMENT.md §17).
+#: match: the shape of each group's distribution (docs/TRAINED_CONCEALMENT.md §17). Also every name :func:`make_probe`
+#: builds (``knn`` is also the side channels' neighbour attacker).
 PROBES = ("prior", "linear", "mlp", "gbdt", "quadratic", "knn")
 #: The default ladder of what the latents keep (:func:`~bafo_pipeline.audits.utility.audit_utility`): the models a
 #: downstream user would fit.
 UTILITY_PROBES = ("prior", "linear", "mlp", "gbdt")
-#: Every probe :func:`make_probe` builds (``knn`` is also the side channels' neighbour attacker).
-KNOWN_PROBES = PROBES
 KNN_NEIGHBOURS = 15
 #: The quadratic regression probe expands at most this many leading principal components into degree-2 features.
 QUADRATIC_MAX_COMPONENTS = 64
@@ -112,7 +111,7 @@ def make_probe(
         return make_pipeline(StandardScaler(), LeadingComponents(QUADRATIC_MAX_COMPONENTS),
                              PolynomialFeatures(2, include_bias=False), StandardScaler(),
                              GramRidgeCV(alphas=QUADRATIC_RIDGE_ALPHAS))
-    raise ValueError(f"unknown probe {name!r}; choose from {KNOWN_PROBES}")
+    raise ValueError(f"unknown probe {name!r}; choose from {PROBES}")
 
 
 class LeadingComponents(TransformerMixin, BaseEstimator):

@@ -50,8 +50,8 @@ from _cells import cell_codes, class_categories  # noqa: E402
 from _demo_latents import demo_encoder_latents  # noqa: E402
 from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
-from noisy_transport import NoisyTransport  # noqa: E402
 from conditional_flow import ConditionalFlowMatching  # noqa: E402
+from noisy_transport import NoisyTransport  # noqa: E402
 from sliced_matching import RadialCellMatching, SlicedCellMatching  # noqa: E402
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
@@ -64,6 +64,9 @@ from bafo_pipeline.transformers import ConditionalTransport  # noqa: E402
 VARIANT_SHRINKAGE = 10.0
 SENSITIVE = ["age", "gender", "ethnicity"]
 NULL_DRAWS = 20  # label permutations behind the subspace variant's parallel analysis
+#: The conditional flow of §19 in every direction, conditioned on gender alone (the transport before it has
+#: matched every cell's moments).
+FLOW_GENDER = {"components": 48, "conditions": ("gender",), "n_layers": 12, "epochs": 150}
 
 
 # ----------------------------------------------------------------- estimator variants (research, not in the library)
@@ -638,12 +641,9 @@ VARIANTS = {
     "flow-8": lambda: ConditionalFlowMatching(components=8),
     "flow-16": lambda: ConditionalFlowMatching(components=16),
     "flow-4-e150": lambda: ConditionalFlowMatching(components=4, epochs=150),
-    # every direction, conditioned on gender alone (the transport before it has matched every cell's moments)
-    "flow-gender": lambda: ConditionalFlowMatching(components=48, conditions=("gender",), n_layers=12, epochs=150),
-    "flow-gender-seed1": lambda: ConditionalFlowMatching(components=48, conditions=("gender",), n_layers=12, epochs=150,
-                                                         seed=1),
-    "flow-gender-seed2": lambda: ConditionalFlowMatching(components=48, conditions=("gender",), n_layers=12, epochs=150,
-                                                         seed=2),
+    "flow-gender": lambda: ConditionalFlowMatching(**FLOW_GENDER),
+    "flow-gender-seed1": lambda: ConditionalFlowMatching(**FLOW_GENDER, seed=1),
+    "flow-gender-seed2": lambda: ConditionalFlowMatching(**FLOW_GENDER, seed=2),
     "noise-0.2": lambda: NoisyTransport(scale=0.2),  # fresh noise shaped like the pooled latents, after the transport
     "noise-0.25": lambda: NoisyTransport(scale=0.25),
     "noise-0.3": lambda: NoisyTransport(scale=0.3),

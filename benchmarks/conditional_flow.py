@@ -89,14 +89,13 @@ class ConditionalFlowMatching(ShapeMatchingAfterTransport):
         self.conditions = conditions
 
     def _conditions(self, cells: np.ndarray) -> torch.Tensor:
-        """One-hot gender, ethnicity and age bin of every row, from its cell number (see ``_cells``)."""
-        parts = {"gender": cells // 1000, "ethnicity": (cells // 10) % 100, "age": cells % 10}
+        """One-hot gender, ethnicity and age bin of every row (those in ``conditions``), from its cell number."""
+        parts = self._cell_parts(cells)
         columns = [(parts[name][:, None] == self.levels_[name][None, :]).astype(np.float64) for name in self.conditions]
         return torch.from_numpy(np.hstack(columns))
 
     def _fit_shape(self, X: np.ndarray, cells: np.ndarray) -> None:
-        self.levels_ = {"gender": np.unique(self.cells_ // 1000), "ethnicity": np.unique((self.cells_ // 10) % 100),
-                        "age": np.unique(self.cells_ % 10)}
+        self.levels_ = {name: np.unique(codes) for name, codes in self._cell_parts(self.cells_).items()}
         torch.manual_seed(self.seed)
         condition = self._conditions(cells)
         width = X.shape[1]

@@ -1,7 +1,7 @@
 """Per-cell shape matching after ``bafo run``'s transport: research variants (TRAINED_CONCEALMENT §18-19).
 
 ``ConditionalTransport`` gives every attribute cell the pooled mean and covariance; what is left is the
-shape of each cell's distribution, which a nearest-neighbour attacker reads (§17). This variant then
+shape of each cell's distribution, which a nearest-neighbour attacker reads (§17). :class:`SlicedCellMatching`
 matches each cell's *whole* distribution to the pooled one in the leading principal directions, by
 iterative distribution transfer (Pitié, Kokaram and Dahyot, 2005): in each of ``n_iter`` random
 rotations of the whitened leading subspace, every coordinate of every cell goes through the monotone
@@ -15,7 +15,7 @@ the centre, the elliptical part of a shape) with one monotone map per cell: no r
 few parameters per cell instead of the sliced step's thousands.
 
 ``calibration_rows.VARIANTS`` registers both (``sliced-*``, ``radial-*``), so ``benchmarks/transport_utility_loss.py
---variants`` measures it beside the library's transport.
+--variants`` measures them beside the library's transport.
 """
 
 from __future__ import annotations
@@ -106,6 +106,11 @@ class ShapeMatchingAfterTransport:
             if unknown.size:
                 raise ValueError(f"row {unknown[0] + 1} (1-based): {name} has a class no fitted row had")
         return (codes[:, 0] * 100 + codes[:, 1]) * 10 + codes[:, 2]
+
+    @staticmethod
+    def _cell_parts(cells: np.ndarray) -> dict[str, np.ndarray]:
+        """The codes :meth:`_cells` packed into each cell number: gender, ethnicity and age bin."""
+        return {"gender": cells // 1000, "ethnicity": (cells // 10) % 100, "age": cells % 10}
 
 
 class SlicedCellMatching(ShapeMatchingAfterTransport):

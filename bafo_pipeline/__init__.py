@@ -3,9 +3,9 @@
 The public API:
 
 - :class:`BAFOTransformer` — the blind autoencoder as a scikit-learn transformer.
-- :class:`LinearErasure`, :class:`LatentRefiner`, :class:`TrainedErasure`, :class:`ConditionalTransport` — concealment
-  steps (closed-form LEACE; an adversarial refiner; LEACE learned in training; label-conditional transport, which
-  needs the attributes at transform time too).
+- :class:`LinearErasure`, :class:`LatentRefiner`, :class:`TrainedErasure`, :class:`ConditionalTransport`,
+  :class:`KeyedNoise` — concealment steps (closed-form LEACE; an adversarial refiner; LEACE learned in training;
+  label-conditional transport, which needs the attributes at transform time too; noise fixed per latent by a key).
 - :func:`make_synthetic_faces`, :func:`load_utkface`, :func:`load_manifest` — data.
 - :func:`save_model`, :func:`load_model` — model directories.
 - :func:`export_latents`, :func:`read_latents` — Parquet latent datasets.
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .transformers import (
         BAFOTransformer,
         ConditionalTransport,
+        KeyedNoise,
         LatentRefiner,
         LinearErasure,
         TrainedErasure,
@@ -46,8 +47,8 @@ _SOURCES = {
     **dict.fromkeys(("FaceDataset", "load_manifest", "load_utkface", "make_synthetic_faces"), ".data"),
     **dict.fromkeys(("read_latents", "write_latents"), ".io"),
     "export_latents": ".pipeline",
-    **dict.fromkeys(("BAFOTransformer", "ConditionalTransport", "LatentRefiner", "LinearErasure", "TrainedErasure",
-                     "load_model", "save_model"), ".transformers"),
+    **dict.fromkeys(("BAFOTransformer", "ConditionalTransport", "KeyedNoise", "LatentRefiner", "LinearErasure",
+                     "TrainedErasure", "load_model", "save_model"), ".transformers"),
 }
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "BAFOTransformer",
     "ConditionalTransport",
     "FaceDataset",
+    "KeyedNoise",
     "LatentRefiner",
     "LinearErasure",
     "TrainedErasure",

@@ -1,5 +1,5 @@
-"""scikit-learn's estimator checks on BAFOTransformer (tabular form), LinearErasure, TrainedErasure and
-ConditionalTransport."""
+"""scikit-learn's estimator checks on BAFOTransformer (tabular form), LinearErasure, TrainedErasure,
+ConditionalTransport and KeyedNoise."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
 from bafo_pipeline.audits import TorchMLPProbe
-from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport, LinearErasure, TrainedErasure
+from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport, KeyedNoise, LinearErasure, TrainedErasure
 
 
 # The checks call fit(X, y) without sensitive features, which makes a plain VAE; the estimator
@@ -111,4 +111,9 @@ def one_thread():
     expected_failed_checks=lambda estimator: _FLOAT32_NETWORK,
 )
 def test_mlp_probe_passes_the_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@parametrize_with_checks([KeyedNoise(random_state=0), KeyedNoise(scale=2.0, resolution=0.5, random_state=0)])
+def test_keyed_noise_passes_the_estimator_checks(estimator, check):
     check(estimator)

@@ -3,6 +3,7 @@
 from ._bafo import BAFOTransformer, LatentRefiner
 from ._erasure import LinearErasure
 from ._integrity import ModelIntegrityError
+from ._noise import KeyedNoise
 from ._persistence import (
     LoadedModel,
     describe_concealment,
@@ -20,6 +21,7 @@ from ._state import register_loadable
 __all__ = [
     "BAFOTransformer",
     "ConditionalTransport",
+    "KeyedNoise",
     "LatentRefiner",
     "LinearErasure",
     "LoadedModel",

@@ -1,0 +1,128 @@
+"""KeyedNoise: noise of the right shape, fixed per latent by a key, kept through persistence and the CLI."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+
+from bafo_pipeline import BAFOTransformer, ConditionalTransport, KeyedNoise, load_model, make_synthetic_faces, save_model
+from bafo_pipeline.cli import main
+
+
+@pytest.fixture(scope="module")
+def correlated():
+    """20,000 rows whose columns have very different spreads and correlations."""
+    generator = np.random.default_rng(0)
+    mixing = generator.normal(size=(6, 6)) * np.array([3.0, 1.0, 0.2, 1.0, 0.5, 2.0])
+    return generator.normal(size=(20_000, 6)) @ mixing + 5.0
+
+
+def test_the_noise_has_the_fitted_rows_covariance_times_scale_squared(correlated):
+    noise = KeyedNoise(scale=0.3, random_state=0).fit(correlated)
+    added = noise.transform(correlated) - correlated
+    np.testing.assert_allclose(added.mean(axis=0), 0.0, atol=0.02 * correlated.std(axis=0).max())
+    expected = 0.09 * np.cov(correlated, rowvar=False)
+    np.testing.assert_allclose(np.cov(added, rowvar=False), expected, atol=0.04 * np.abs(expected).max())
+
+
+def test_the_draws_are_independent_standard_normals(correlated):
+    draws = KeyedNoise(random_state=0).fit(correlated).standard_draws(correlated)
+    assert stats.kstest(draws.ravel(), "norm").pvalue > 1e-3
+    correlations = np.corrcoef(draws, rowvar=False)[np.triu_indices(draws.shape[1], 1)]
+    assert np.abs(correlations).max() < 0.04
+
+
+def test_a_row_gets_the_same_noise_in_any_batch_order_or_precision(correlated):
+    noise = KeyedNoise(random_state=0).fit(correlated)
+    rows = correlated[:500]
+    once, draws = noise.transform(rows), noise.standard_draws(rows)
+    order = np.random.default_rng(1).permutation(len(rows))
+    np.testing.assert_array_equal(noise.standard_draws(rows[order]), draws[order])
+    np.testing.assert_array_equal(np.concatenate([noise.standard_draws(rows[i : i + 1]) for i in range(7)]), draws[:7])
+    # (The shaping matrix product may round its last bit differently with another batch size.)
+    np.testing.assert_allclose(noise.transform(rows[order]), once[order], rtol=1e-12, atol=1e-12)
+    # Averaging exports removes nothing: every export is the same.
+    np.testing.assert_array_equal(noise.transform(rows), once)
+    single = noise.transform(rows.astype(np.float32))
+    assert single.dtype == np.float32
+    same = np.abs(single - once).max(axis=1) < 1e-3 * np.abs(once).max()
+    assert same.mean() > 0.99  # only rows on a grid cell's edge change when rounded to float32
+
+
+def test_different_latents_and_different_keys_get_independent_noise(correlated):
+    noise = KeyedNoise(random_state=0).fit(correlated)
+    draws = noise.standard_draws(correlated[:2000])
+    step = noise.resolution * correlated.std(axis=0)
+    moved = noise.standard_draws(correlated[:2000] + 3 * step)  # three grid cells away in every column
+    assert abs(np.corrcoef(draws.ravel(), moved.ravel())[0, 1]) < 0.05
+    nudged = noise.standard_draws(correlated[:2000] + 1e-4 * step)  # inside the cell for nearly every row
+    assert np.mean(np.all(nudged == draws, axis=1)) > 0.99
+    other_key = KeyedNoise(random_state=1).fit(correlated).standard_draws(correlated[:2000])
+    assert abs(np.corrcoef(draws.ravel(), other_key.ravel())[0, 1]) < 0.05
+    refitted = KeyedNoise(random_state=0).fit(correlated).standard_draws(correlated[:2000])
+    np.testing.assert_array_equal(refitted, draws)
+    secret_keys = {KeyedNoise().fit(correlated[:100]).key_.tobytes() for _ in range(2)}
+    assert len(secret_keys) == 2  # random_state=None: a fresh key from the system's secure source
+
+
+def test_inverse_transform_leaves_the_noise_in(correlated):
+    noise = KeyedNoise(scale=0.5, random_state=0).fit(correlated)
+    noisy = noise.transform(correlated[:50])
+    np.testing.assert_array_equal(noise.inverse_transform(noisy), noisy)
+    assert not np.allclose(noisy, correlated[:50], atol=0.1)
+
+
+def test_a_zero_scale_adds_nothing_and_bad_parameters_are_refused(correlated):
+    np.testing.assert_array_equal(KeyedNoise(scale=0.0, random_state=0).fit(correlated).transform(correlated),
+                                  correlated)
+    with pytest.raises(ValueError, match="'resolution' parameter of KeyedNoise"):
+        KeyedNoise(resolution=0.0).fit(correlated)
+    with pytest.raises(ValueError, match="'scale' parameter of KeyedNoise"):
+        KeyedNoise(scale=-1.0).fit(correlated)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return make_synthetic_faces(200, image_size=32, random_state=4)
+
+
+def test_after_the_transport_in_a_model_it_inherits_the_seed_and_survives_saving(faces, tmp_path):
+    model = BAFOTransformer(latent_dim=6, widths=(8, 16), epochs=1, batch_size=32, decoder_epochs=0, device="cpu",
+                            precision="float32", random_state=3,
+                            concealment=[ConditionalTransport(), KeyedNoise(scale=0.5)])
+    S = faces.sensitive_features
+    model.fit(faces.images, sensitive_features=S)
+    transport, noise = model.concealment_steps_
+    assert noise.random_state == 3
+    shared = model.transform(faces.images, sensitive_features=S)
+    moved = transport.transform(model.transform(faces.images, sensitive_features=S, conceal=False),
+                                sensitive_features=S)
+    np.testing.assert_allclose(shared, noise.transform(moved.astype(np.float32)), atol=1e-5)
+    assert np.abs(shared - moved).mean() > 0.1 * np.abs(moved - moved.mean(axis=0)).mean()
+    save_model(model, tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.transform(faces.images, sensitive_features=S), shared)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).transform(faces.images, sensitive_features=S),
+                                  shared)
+    assert noise.key_.tobytes().hex() not in (tmp_path / "model" / "config.json").read_text()
+    # Decoding passes the noise and undoes the transport: back to the encoder's decoder on noisy latents.
+    decoded = loaded.inverse_transform(shared[:4], sensitive_features=S.iloc[:4])
+    assert decoded.shape == faces.images[:4].shape
+
+
+def test_the_cli_appends_the_noise_and_records_it(tmp_path):
+    args = ["train", "--synthetic-samples", "240", "--epochs", "1", "--batch-size", "256", "--latent-dim", "8",
+            "--decoder-epochs", "0", "--concealment", "transport"]
+    refused = CliRunner().invoke(main, [*args, "--noise-scale", "0", "--out", str(tmp_path / "bad")])
+    assert refused.exit_code == 2 and "--noise-scale" in refused.output and not (tmp_path / "bad").exists()
+    result = CliRunner().invoke(main, [*args, "--noise-scale", "0.3", "--transport-shrinkage", "80",
+                                       "--out", str(tmp_path / "model")])
+    assert result.exit_code == 0, result.output
+    transport, noise = load_model(tmp_path / "model").concealment_steps_
+    assert isinstance(noise, KeyedNoise) and noise.scale == 0.3 and transport.shrinkage == 80
+    recorded = json.loads((tmp_path / "model" / "config.json").read_text())["metadata"]["data"]
+    assert recorded["concealment_options"] == {"concealment": "transport", "transport_shrinkage": 80,
+                                               "noise_scale": 0.3}

@@ -51,7 +51,7 @@ from _demo_latents import demo_encoder_latents  # noqa: E402
 from _machine import machine  # noqa: E402
 from demo_concealments import RUN_DEFAULTS  # noqa: E402  (bafo run's defaults)
 from conditional_flow import ConditionalFlowMatching  # noqa: E402
-from noisy_transport import NoisyTransport  # noqa: E402
+from noisy_transport import NoisyTransport, TransportThenKeyedNoise  # noqa: E402
 from sliced_matching import RadialCellMatching, SlicedCellMatching  # noqa: E402
 
 from bafo_pipeline.attributes import quantile_bin_edges  # noqa: E402
@@ -649,6 +649,8 @@ VARIANTS = {
     "noise-0.3": lambda: NoisyTransport(scale=0.3),
     "noise-0.3-seed1": lambda: NoisyTransport(scale=0.3, seed=1),  # another draw of the noise
     "noise-0.5": lambda: NoisyTransport(scale=0.5),
+    "keyed-noise-0.25": lambda: TransportThenKeyedNoise(scale=0.25),  # the library's KeyedNoise (bafo run --noise-scale)
+    "keyed-noise-0.3": lambda: TransportThenKeyedNoise(scale=0.3),
 }
 
 

@@ -8,8 +8,10 @@ its own, and it costs every downstream model the same share of signal-to-noise; 
 transport it is not invertible (``inverse_transform`` undoes the transport of the noisy rows).
 
 ``calibration_rows.VARIANTS`` registers it (``noise-*``), so ``benchmarks/transport_utility_loss.py
---variants`` measures it beside the library's transport. In a product the noise would have to be
-the same for every export of an image (seeded by its content), or averaging exports removes it.
+--variants`` measures it beside the library's transport. In a product the noise has to be the same
+for every export of an image, or averaging exports removes it: the library's
+:class:`~bafo_pipeline.transformers.KeyedNoise` draws it from a keyed hash of each row, and
+:class:`TransportThenKeyedNoise` (``keyed-noise-*``) measures the two library steps together.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bafo_pipeline.transformers import ConditionalTransport
+from bafo_pipeline.transformers import ConditionalTransport, KeyedNoise
 
 
 class NoisyTransport:
@@ -55,4 +57,40 @@ class NoisyTransport:
 
     def inverse_transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
         """Undo the transport (the noise stays: it is not invertible)."""
+        return self.transport_.inverse_transform(Z, sensitive_features=sensitive_features.reset_index(drop=True))
+
+
+class TransportThenKeyedNoise:
+    """The library's steps as ``bafo run --noise-scale`` chains them: the transport, then :class:`KeyedNoise`.
+
+    Parameters
+    ----------
+    scale : float, default=0.25
+        :class:`KeyedNoise`'s scale.
+    shrinkage : float, default=40.0
+        The transport's covariance shrinkage (``bafo run``'s).
+    seed : int, default=0
+        The noise's key (``KeyedNoise(random_state=seed)``).
+    """
+
+    def __init__(self, scale: float = 0.25, shrinkage: float = 40.0, seed: int = 0):
+        self.scale = scale
+        self.shrinkage = shrinkage
+        self.seed = seed
+
+    def fit(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> TransportThenKeyedNoise:
+        """Fit the transport, then the noise on the rows it moved."""
+        attributes = sensitive_features.reset_index(drop=True)
+        self.transport_ = ConditionalTransport(shrinkage=self.shrinkage).fit(Z, sensitive_features=attributes)
+        moved = self.transport_.transform(Z, sensitive_features=attributes)
+        self.noise_ = KeyedNoise(scale=self.scale, random_state=self.seed).fit(moved)
+        return self
+
+    def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        """Transport, then each row's own keyed noise."""
+        moved = self.transport_.transform(Z, sensitive_features=sensitive_features.reset_index(drop=True))
+        return self.noise_.transform(moved)
+
+    def inverse_transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:
+        """Undo the transport (the noise stays)."""
         return self.transport_.inverse_transform(Z, sensitive_features=sensitive_features.reset_index(drop=True))

@@ -3,7 +3,9 @@
 import numpy as np
 import pandas as pd
 
-from bafo_pipeline.audits.verdict import depends_without_gain, is_significant, verdict
+from bafo_pipeline.audits.probes import PROBES
+from bafo_pipeline.audits.side_channels import SIDE_CHANNEL_PROBES
+from bafo_pipeline.audits.verdict import PROBE_NAMES, depends_without_gain, is_significant, verdict
 
 
 def _row(leakage, p_value, ci=(np.nan, np.nan), probe="linear"):
@@ -84,3 +86,17 @@ def test_an_above_chance_attack_with_a_small_p_value_stays_significant():
     result = _table([("linear", "cross-validated", 0.05, 0.002), ("gbdt", "data-rich", 0.08, 0.3)])
     (row,) = result.worst_case(with_verdict=False).to_dict("records")
     assert row["probe"] == "gbdt" and row["p_value"] == 0.004 and is_significant(row)
+
+
+def test_every_probe_is_named_in_words():
+    assert set(PROBES) | set(SIDE_CHANNEL_PROBES) <= set(PROBE_NAMES)
+
+
+    class Errors:  # the audit result's one method a continuous attribute's sentence reads
+        def value(self, representation, attribute, probe, metric, attacker):
+            return {"mean": 15.0 if probe == "prior" else 12.0}
+
+    row = {**_row(0.12, 0.001, (0.08, 0.16), probe="quadratic"), "attacker": "data-rich", "representation": "bafo"}
+    text = verdict(Errors(), row)
+    assert text.startswith("Weak leakage of age: a quadratic probe trained on the labelled training export recovers it "
+                           "(mean absolute error 12 against 15 for always guessing the median")

@@ -18,6 +18,7 @@ PROBE_NAMES = {
     "linear": "a linear probe",
     "mlp": "an MLP",
     "gbdt": "gradient boosting",
+    "quadratic": "a quadratic probe",
     "knn": "a nearest-neighbour probe",
     "adjacency": "the labels of neighbouring rows",
     "group_sums": "the group-sum attack",

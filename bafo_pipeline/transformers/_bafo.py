@@ -109,7 +109,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         :meth:`concealment_steps` and docs/ARCHITECTURE.md), e.g.
         ``[LinearErasure(covariance_dims=8), LatentRefiner(adversary_weight=1.0), LinearErasure()]``;
         their parameters are nested (``concealment__0__covariance_dims``), so
-        ``GridSearchCV`` can tune them. Or one of the named presets:
+        ``GridSearchCV`` can tune them. A :class:`KeyedNoise` last
+        (``[ConditionalTransport(), KeyedNoise(scale=0.25)]``, what
+        ``bafo run --noise-scale 0.25`` fits) trades utility for less leakage
+        to the strongest attackers, with noise fixed per latent. Or one of the
+        named presets:
 
         - ``"none"``: the paper's BAFO latent as is (no steps);
         - ``"linear"``: ``[LinearErasure(covariance_dims=covariance_dims)]``,

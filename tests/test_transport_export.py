@@ -18,7 +18,13 @@ from bafo_pipeline.data import load_source, pseudonymous_ids, scan_source
 from bafo_pipeline.data.splits import hash_split
 from bafo_pipeline.data.utkface import UTKFACE_ETHNICITIES
 from bafo_pipeline.pipeline import run_workflow
-from bafo_pipeline.transformers import ConditionalTransport, load_model, load_verified_model
+from bafo_pipeline.transformers import (
+    ConditionalTransport,
+    LinearErasure,
+    load_model,
+    load_verified_model,
+    register_loadable,
+)
 
 SIZE = 32
 KEY = bytes(range(32))
@@ -295,3 +301,41 @@ def test_a_calibration_fraction_outside_zero_to_one_is_refused(tmp_path):
     estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, concealment="transport")
     with pytest.raises(ValueError, match=r"calibration_fraction must be in \[0, 1\), got 1\.0"):
         run_workflow(dataset, tmp_path / "run", estimator, calibration_fraction=1.0)
+
+
+class CountingErasure(LinearErasure):
+    """LinearErasure that records how many rows each fit saw (the class keeps the list: steps are cloned)."""
+
+    fitted_rows: list = []
+
+    def fit(self, X, y=None, *, sensitive_features=None):
+        CountingErasure.fitted_rows.append(len(X))
+        return super().fit(X, y, sensitive_features=sensitive_features)
+
+
+register_loadable(CountingErasure)
+
+
+def test_a_run_with_calibration_rows_fits_its_concealment_once_and_on_them_alone(tmp_path):
+    dataset = load_source(synthetic_samples=700, image_size=SIZE, seed=0)
+    estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=64, random_state=0,
+                                concealment=[CountingErasure()])
+    CountingErasure.fitted_rows = []
+    result = run_workflow(dataset, tmp_path / "run", estimator, seed=0, calibration_fraction=0.4, id_key=KEY,
+                          audit_options=QUICK_AUDIT)
+    assert CountingErasure.fitted_rows == [result.n_calibration]  # not first on the training split, then again
+    assert isinstance(estimator.concealment[0], CountingErasure)  # its concealment parameter is as it was given
+
+
+def test_the_encoder_a_run_trains_does_not_depend_on_the_concealment_fitted_afterwards():
+    faces = make_synthetic_faces(120, image_size=SIZE, random_state=5)
+    S, calibration = faces.sensitive_features, slice(0, 50)
+
+    def fitted(concealment_while_training):
+        estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=32, random_state=0,
+                                    concealment=concealment_while_training, decoder_epochs=1)
+        estimator.fit(faces.images, sensitive_features=S)
+        estimator.set_params(concealment="full", refine_epochs=1)
+        return estimator.fit_concealment(faces.images[calibration], sensitive_features=S.iloc[calibration])
+
+    np.testing.assert_array_equal(fitted("none").transform(faces.images), fitted("full").transform(faces.images))

@@ -185,7 +185,14 @@ def run_workflow(
         _check_classes_seen_in_training(fitted_on, shared, kinds)
 
     say(f"training on {len(train)} images ({len(test)} held out for the audit)")
-    estimator.fit(train.images, sensitive_features=train.sensitive_features)
+    if calibration_fraction and not _trains_with_concealment(estimator):
+        # The concealment is fitted on the calibration rows below: fitting it on the training rows first (a
+        # refiner's training, a decoder's fine-tuning) would be thrown away. The encoder does not depend on it.
+        concealment = estimator.get_params(deep=False)["concealment"]
+        estimator.set_params(concealment="none").fit(train.images, sensitive_features=train.sensitive_features)
+        estimator.set_params(concealment=concealment)
+    else:
+        estimator.fit(train.images, sensitive_features=train.sensitive_features)
     if calibration_fraction:
         say(f"fitting the concealment on {len(calibration)} calibration images, which are not shared")
         estimator.fit_concealment(calibration.images, sensitive_features=calibration.sensitive_features)
@@ -266,6 +273,11 @@ def _rows_per_cell(estimator: BAFOTransformer) -> np.ndarray | None:
     """The fitting rows of every attribute cell of the fitted concealment's steps that have cells (``None``: none)."""
     counts = [step.cell_counts_ for step in estimator.concealment_steps_ if hasattr(step, "cell_counts_")]
     return np.concatenate(counts) if counts else None
+
+
+def _trains_with_concealment(estimator) -> bool:
+    """Whether a concealment step takes part in the encoder's own training (a training hook, ``"trained"``)."""
+    return any(hasattr(step, "training_hook") for step in estimator.concealment_steps())
 
 
 def _kinds_of_label_conditional_steps(estimator: BAFOTransformer) -> list[dict | None]:

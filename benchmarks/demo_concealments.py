@@ -23,7 +23,8 @@ extra, and ``--landmarks-cache`` keeps the landmarks between runs).
 other ``--transport-means`` than ``own`` e.g. ``transport@shrunk-cells``, one with another
 ``--transport-shrinkage`` than the step's default e.g. ``transport@shrink5``, one with calibration rows
 other than ``bafo run``'s e.g. ``transport@calibration0``: the concealment fitted on that share of the
-training split, which is not shared; see ``run_workflow``'s ``calibration_fraction``).
+training split, which is not shared; see ``run_workflow``'s ``calibration_fraction``; one with
+``--noise-scale`` e.g. ``transport@noise0.25``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from bafo_pipeline.data import load_source, make_synthetic_faces  # noqa: E402
 from bafo_pipeline.data.landmarks import split_landmark_targets  # noqa: E402
 from bafo_pipeline.pipeline import run_workflow  # noqa: E402
 from bafo_pipeline.pipeline.workflow import CALIBRATION_FRACTION  # noqa: E402
-from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport  # noqa: E402
+from bafo_pipeline.transformers import BAFOTransformer, ConditionalTransport, KeyedNoise  # noqa: E402
 
 SHARED, UNCONCEALED = "bafo (shared latents)", "bafo encoder (no concealment)"
 # bafo run's defaults (bafo_pipeline/cli.py: run)
@@ -56,29 +57,33 @@ TRANSPORT_MEANS = {"own": OWN_MEANS, "shrunk-cells": SHRUNK_CELL_MEANS, "shrunk"
 
 
 def make_estimator(concealment: str, seed: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
-                   transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE) -> BAFOTransformer:
+                   transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE,
+                   noise_scale: float | None = None) -> BAFOTransformer:
     """``bafo run``'s estimator with this concealment; its transport step, if any, estimating means and shrinking
-    covariances as told."""
+    covariances as told; with ``noise_scale``, a :class:`KeyedNoise` last (``bafo run --noise-scale``)."""
     estimator = BAFOTransformer(concealment=concealment, random_state=seed, refine_kl_weight=refine_kl_weight,
                                 **RUN_DEFAULTS)
-    if transport_means == "own" and transport_shrinkage == DEFAULT_SHRINKAGE:
+    if transport_means == "own" and transport_shrinkage == DEFAULT_SHRINKAGE and noise_scale is None:
         return estimator
-    for step in estimator.spell_out_concealment().concealment:
+    steps = estimator.spell_out_concealment().concealment
+    for step in steps:
         if isinstance(step, ConditionalTransport):
             step.set_params(shrinkage=transport_shrinkage, **TRANSPORT_MEANS[transport_means])
+    if noise_scale is not None:
+        estimator.set_params(concealment=[*steps, KeyedNoise(scale=noise_scale)])
     return estimator
 
 
 def one_run(concealment: str, seed: int, samples: int, refine_kl_weight: float = DEFAULT_KL_WEIGHT,
             transport_means: str = "own", transport_shrinkage: float = DEFAULT_SHRINKAGE,
             calibration_fraction: float = CALIBRATION_FRACTION, utkface: str | None = None,
-            landmarks_cache: str | None = None) -> dict:
+            landmarks_cache: str | None = None, noise_scale: float | None = None) -> dict:
     if utkface is None:
         faces, options = make_synthetic_faces(samples, 56, random_state=seed), {"target": "smile"}
     else:
         faces = load_source(utkface=utkface, seed=seed)
         options = {"utility_targets": split_landmark_targets(landmarks_cache), "residual": True}
-    estimator = make_estimator(concealment, seed, refine_kl_weight, transport_means, transport_shrinkage)
+    estimator = make_estimator(concealment, seed, refine_kl_weight, transport_means, transport_shrinkage, noise_scale)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         result = run_workflow(faces, out, estimator, seed=seed, calibration_fraction=calibration_fraction, **options)
@@ -124,6 +129,7 @@ def main() -> None:
                         help="share of the training split the concealment is fitted on and that is not shared")
     parser.add_argument("--utkface", help="a UTKFace folder instead of the demo's synthetic faces")
     parser.add_argument("--landmarks-cache", help="--utkface: Parquet cache of the held-out faces' landmarks")
+    parser.add_argument("--noise-scale", type=float, help="bafo run's --noise-scale: a KeyedNoise step last")
     args = parser.parse_args()
     runs = {}
     for concealment in args.concealments.split(","):
@@ -136,8 +142,11 @@ def main() -> None:
             name += f"@shrink{args.transport_shrinkage:g}"
         if args.calibration_fraction != CALIBRATION_FRACTION:
             name += f"@calibration{args.calibration_fraction:g}"
+        if args.noise_scale is not None:
+            name += f"@noise{args.noise_scale:g}"
         runs[name] = one_run(concealment, args.seed, args.samples, args.refine_kl_weight, args.transport_means,
-                             args.transport_shrinkage, args.calibration_fraction, args.utkface, args.landmarks_cache)
+                             args.transport_shrinkage, args.calibration_fraction, args.utkface, args.landmarks_cache,
+                             args.noise_scale)
         print(name, json.dumps(runs[name]), file=sys.stderr, flush=True)
     print(json.dumps({
         "benchmark": "demo_concealments",
@@ -148,7 +157,7 @@ def main() -> None:
                      "samples": None if args.utkface else args.samples, "seed": args.seed,
                      "refine_kl_weight": args.refine_kl_weight, "transport_means": args.transport_means,
                      "transport_shrinkage": args.transport_shrinkage,
-                     "calibration_fraction": args.calibration_fraction},
+                     "calibration_fraction": args.calibration_fraction, "noise_scale": args.noise_scale},
         "runs": runs,
     }, indent=1))
 

@@ -31,3 +31,11 @@ def test_the_transport_shrinkage_reaches_the_step(bench):
     estimator = bench.make_estimator("transport", seed=0, transport_shrinkage=5.0)
     (transport,) = estimator.concealment_steps()
     assert transport.shrinkage == 5.0 and transport.mean_shrinkage == bench.TRANSPORT_MEANS["own"]["mean_shrinkage"]
+
+
+def test_a_noise_scale_appends_keyed_noise_after_the_transport(bench):
+    from bafo_pipeline import KeyedNoise
+
+    transport, noise = bench.make_estimator("transport", seed=0, noise_scale=0.25).concealment_steps()
+    assert isinstance(transport, ConditionalTransport) and transport.shrinkage == bench.DEFAULT_SHRINKAGE
+    assert isinstance(noise, KeyedNoise) and noise.scale == 0.25

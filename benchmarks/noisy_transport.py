@@ -70,7 +70,7 @@ class TransportThenKeyedNoise:
     shrinkage : float, default=40.0
         The transport's covariance shrinkage (``bafo run``'s).
     seed : int, default=0
-        The noise's key (``KeyedNoise(random_state=seed)``).
+        The noise's key (``KeyedNoise(seed=seed)``).
     """
 
     def __init__(self, scale: float = 0.25, shrinkage: float = 40.0, seed: int = 0):
@@ -83,7 +83,7 @@ class TransportThenKeyedNoise:
         attributes = sensitive_features.reset_index(drop=True)
         self.transport_ = ConditionalTransport(shrinkage=self.shrinkage).fit(Z, sensitive_features=attributes)
         moved = self.transport_.transform(Z, sensitive_features=attributes)
-        self.noise_ = KeyedNoise(scale=self.scale, random_state=self.seed).fit(moved)
+        self.noise_ = KeyedNoise(scale=self.scale, seed=self.seed).fit(moved)
         return self
 
     def transform(self, Z: np.ndarray, *, sensitive_features: pd.DataFrame) -> np.ndarray:

@@ -92,6 +92,7 @@ def test_every_probe_is_named_in_words():
     assert set(PROBES) | set(SIDE_CHANNEL_PROBES) <= set(PROBE_NAMES)
 
 
+def test_a_quadratic_probes_verdict_names_it_in_words():
     class Errors:  # the audit result's one method a continuous attribute's sentence reads
         def value(self, representation, attribute, probe, metric, attacker):
             return {"mean": 15.0 if probe == "prior" else 12.0}

@@ -8,7 +8,16 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from bafo_pipeline import BAFOTransformer, ConditionalTransport, KeyedNoise, load_model, make_synthetic_faces, save_model
+from bafo_pipeline import (
+    BAFOTransformer,
+    ConditionalTransport,
+    KeyedNoise,
+    export_latents,
+    load_model,
+    make_synthetic_faces,
+    read_latents,
+    save_model,
+)
 from bafo_pipeline.cli import main
 
 
@@ -21,7 +30,7 @@ def correlated():
 
 
 def test_the_noise_has_the_fitted_rows_covariance_times_scale_squared(correlated):
-    noise = KeyedNoise(scale=0.3, random_state=0).fit(correlated)
+    noise = KeyedNoise(scale=0.3, seed=0).fit(correlated)
     added = noise.transform(correlated) - correlated
     np.testing.assert_allclose(added.mean(axis=0), 0.0, atol=0.02 * correlated.std(axis=0).max())
     expected = 0.09 * np.cov(correlated, rowvar=False)
@@ -29,14 +38,14 @@ def test_the_noise_has_the_fitted_rows_covariance_times_scale_squared(correlated
 
 
 def test_the_draws_are_independent_standard_normals(correlated):
-    draws = KeyedNoise(random_state=0).fit(correlated).standard_draws(correlated)
+    draws = KeyedNoise(seed=0).fit(correlated).standard_draws(correlated)
     assert stats.kstest(draws.ravel(), "norm").pvalue > 1e-3
     correlations = np.corrcoef(draws, rowvar=False)[np.triu_indices(draws.shape[1], 1)]
     assert np.abs(correlations).max() < 0.04
 
 
 def test_a_row_gets_the_same_noise_in_any_batch_order_or_precision(correlated):
-    noise = KeyedNoise(random_state=0).fit(correlated)
+    noise = KeyedNoise(seed=0).fit(correlated)
     rows = correlated[:500]
     once, draws = noise.transform(rows), noise.standard_draws(rows)
     order = np.random.default_rng(1).permutation(len(rows))
@@ -44,42 +53,48 @@ def test_a_row_gets_the_same_noise_in_any_batch_order_or_precision(correlated):
     np.testing.assert_array_equal(np.concatenate([noise.standard_draws(rows[i : i + 1]) for i in range(7)]), draws[:7])
     # (The shaping matrix product may round its last bit differently with another batch size.)
     np.testing.assert_allclose(noise.transform(rows[order]), once[order], rtol=1e-12, atol=1e-12)
-    # Averaging exports removes nothing: every export is the same.
-    np.testing.assert_array_equal(noise.transform(rows), once)
-    single = noise.transform(rows.astype(np.float32))
-    assert single.dtype == np.float32
-    same = np.abs(single - once).max(axis=1) < 1e-3 * np.abs(once).max()
-    assert same.mean() > 0.99  # only rows on a grid cell's edge change when rounded to float32
+    np.testing.assert_array_equal(noise.transform(rows), once)  # averaging exports removes nothing
+    single = rows.astype(np.float32)
+    np.testing.assert_array_equal(noise.standard_draws(single), noise.standard_draws(single.astype(np.float64)))
+    assert noise.transform(single).dtype == np.float32
 
 
-def test_different_latents_and_different_keys_get_independent_noise(correlated):
-    noise = KeyedNoise(random_state=0).fit(correlated)
+def test_with_row_keys_the_draw_follows_the_identity_not_the_values(correlated):
+    noise = KeyedNoise(seed=0).fit(correlated)
+    rows, keys = correlated[:300], [f"image-{i}" for i in range(300)]
+    draws = noise.standard_draws(rows, row_keys=keys)
+    # Values moved as a network's arithmetic moves them (last bits, bfloat16): the same draw.
+    jittered = rows * (1 + 1e-3 * np.random.default_rng(2).standard_normal(rows.shape))
+    np.testing.assert_array_equal(noise.standard_draws(jittered, row_keys=keys), draws)
+    np.testing.assert_array_equal(noise.standard_draws(rows, row_keys=[k.encode() for k in keys]), draws)
+    assert abs(np.corrcoef(draws.ravel(), noise.standard_draws(rows).ravel())[0, 1]) < 0.05  # values as identity
+    with pytest.raises(ValueError, match="3 row keys given for 300 rows"):
+        noise.transform(rows, row_keys=keys[:3])
+
+
+def test_different_rows_and_different_keys_get_independent_noise(correlated):
+    noise = KeyedNoise(seed=0).fit(correlated)
     draws = noise.standard_draws(correlated[:2000])
-    step = noise.resolution * correlated.std(axis=0)
-    moved = noise.standard_draws(correlated[:2000] + 3 * step)  # three grid cells away in every column
+    moved = noise.standard_draws(np.nextafter(correlated[:2000], np.inf))  # the last bit of every value
     assert abs(np.corrcoef(draws.ravel(), moved.ravel())[0, 1]) < 0.05
-    nudged = noise.standard_draws(correlated[:2000] + 1e-4 * step)  # inside the cell for nearly every row
-    assert np.mean(np.all(nudged == draws, axis=1)) > 0.99
-    other_key = KeyedNoise(random_state=1).fit(correlated).standard_draws(correlated[:2000])
+    other_key = KeyedNoise(seed=1).fit(correlated).standard_draws(correlated[:2000])
     assert abs(np.corrcoef(draws.ravel(), other_key.ravel())[0, 1]) < 0.05
-    refitted = KeyedNoise(random_state=0).fit(correlated).standard_draws(correlated[:2000])
-    np.testing.assert_array_equal(refitted, draws)
+    np.testing.assert_array_equal(KeyedNoise(seed=0).fit(correlated).standard_draws(correlated[:2000]), draws)
     secret_keys = {KeyedNoise().fit(correlated[:100]).key_.tobytes() for _ in range(2)}
-    assert len(secret_keys) == 2  # random_state=None: a fresh key from the system's secure source
+    assert len(secret_keys) == 2  # seed=None: a fresh key from the system's secure source
 
 
 def test_inverse_transform_leaves_the_noise_in(correlated):
-    noise = KeyedNoise(scale=0.5, random_state=0).fit(correlated)
+    noise = KeyedNoise(scale=0.5, seed=0).fit(correlated)
     noisy = noise.transform(correlated[:50])
     np.testing.assert_array_equal(noise.inverse_transform(noisy), noisy)
     assert not np.allclose(noisy, correlated[:50], atol=0.1)
 
 
 def test_a_zero_scale_adds_nothing_and_bad_parameters_are_refused(correlated):
-    np.testing.assert_array_equal(KeyedNoise(scale=0.0, random_state=0).fit(correlated).transform(correlated),
-                                  correlated)
-    with pytest.raises(ValueError, match="'resolution' parameter of KeyedNoise"):
-        KeyedNoise(resolution=0.0).fit(correlated)
+    np.testing.assert_array_equal(KeyedNoise(scale=0.0, seed=0).fit(correlated).transform(correlated), correlated)
+    with pytest.raises(ValueError, match="'seed' parameter of KeyedNoise"):
+        KeyedNoise(seed=-1).fit(correlated)
     with pytest.raises(ValueError, match="'scale' parameter of KeyedNoise"):
         KeyedNoise(scale=-1.0).fit(correlated)
 
@@ -89,28 +104,48 @@ def faces():
     return make_synthetic_faces(200, image_size=32, random_state=4)
 
 
-def test_after_the_transport_in_a_model_it_inherits_the_seed_and_survives_saving(faces, tmp_path):
+def test_in_a_model_the_noise_follows_each_images_pixels_and_its_key_stays_secret(faces, tmp_path):
     model = BAFOTransformer(latent_dim=6, widths=(8, 16), epochs=1, batch_size=32, decoder_epochs=0, device="cpu",
                             precision="float32", random_state=3,
                             concealment=[ConditionalTransport(), KeyedNoise(scale=0.5)])
     S = faces.sensitive_features
     model.fit(faces.images, sensitive_features=S)
     transport, noise = model.concealment_steps_
-    assert noise.random_state == 3
+    assert noise.seed is None and model.draws_per_input  # the estimator's seed is not handed down: a secret key
     shared = model.transform(faces.images, sensitive_features=S)
-    moved = transport.transform(model.transform(faces.images, sensitive_features=S, conceal=False),
-                                sensitive_features=S)
-    np.testing.assert_allclose(shared, noise.transform(moved.astype(np.float32)), atol=1e-5)
-    assert np.abs(shared - moved).mean() > 0.1 * np.abs(moved - moved.mean(axis=0)).mean()
+    raw = model.transform(faces.images, sensitive_features=S, conceal=False)
+    added = shared - transport.transform(raw, sensitive_features=S)
+    assert np.abs(added).mean() > 0.1 * np.abs(raw - raw.mean(axis=0)).mean()
+    # The same pixels give the same noise whatever the network's arithmetic does to the latents.
+    model.set_params(precision="bfloat16")
+    shared_bf16 = model.transform(faces.images, sensitive_features=S)
+    raw_bf16 = model.transform(faces.images, sensitive_features=S, conceal=False)
+    assert np.abs(raw_bf16 - raw).max() > 1e-3 * np.abs(raw).max()  # bfloat16 moved the latents...
+    added_bf16 = shared_bf16 - transport.transform(raw_bf16, sensitive_features=S)
+    np.testing.assert_allclose(added_bf16, added, atol=1e-4 * np.abs(added).max())  # ...and not the noise
+    model.set_params(precision="float32")
+    nchw = np.ascontiguousarray(faces.images.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(model.encode_images(nchw, sensitive_features=S), shared, atol=1e-5)
+    moved = faces.images.copy()
+    moved[0, 0, 0, 0] ^= 1  # one pixel's last bit: another image, another draw
+    raw_moved = model.transform(moved[:1], sensitive_features=S.iloc[:1], conceal=False)
+    other = model.transform(moved[:1], sensitive_features=S.iloc[:1]) - transport.transform(
+        raw_moved, sensitive_features=S.iloc[:1])
+    assert np.abs(other - added[:1]).mean() > 0.3 * np.abs(added).mean()
     save_model(model, tmp_path / "model")
     loaded = load_model(tmp_path / "model")
     np.testing.assert_array_equal(loaded.transform(faces.images, sensitive_features=S), shared)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).transform(faces.images, sensitive_features=S),
                                   shared)
-    assert noise.key_.tobytes().hex() not in (tmp_path / "model" / "config.json").read_text()
+    stored = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert noise.key_.tobytes().hex() not in json.dumps(stored) and str(list(noise.key_[:4]))[1:-1] not in json.dumps(stored)
     # Decoding passes the noise and undoes the transport: back to the encoder's decoder on noisy latents.
     decoded = loaded.inverse_transform(shared[:4], sensitive_features=S.iloc[:4])
     assert decoded.shape == faces.images[:4].shape
+    # An export (batches of decoded pixels) carries the noise transform gives the same images.
+    export_latents(loaded, faces, tmp_path / "latents.parquet", ids=np.arange(len(faces.images)), batch_size=64)
+    exported = read_latents(tmp_path / "latents.parquet")
+    np.testing.assert_allclose(exported.latents[np.argsort(exported.ids)], shared, atol=1e-5)
 
 
 def test_the_cli_appends_the_noise_and_records_it(tmp_path):

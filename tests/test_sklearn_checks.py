@@ -114,6 +114,6 @@ def test_mlp_probe_passes_the_estimator_checks(estimator, check):
     check(estimator)
 
 
-@parametrize_with_checks([KeyedNoise(random_state=0), KeyedNoise(scale=2.0, resolution=0.5, random_state=0)])
+@parametrize_with_checks([KeyedNoise(seed=0), KeyedNoise(scale=2.0, seed=1)])
 def test_keyed_noise_passes_the_estimator_checks(estimator, check):
     check(estimator)

@@ -339,3 +339,14 @@ def test_the_encoder_a_run_trains_does_not_depend_on_the_concealment_fitted_afte
         return estimator.fit_concealment(faces.images[calibration], sensitive_features=S.iloc[calibration])
 
     np.testing.assert_array_equal(fitted("none").transform(faces.images), fitted("full").transform(faces.images))
+
+
+def test_a_run_whose_training_fails_leaves_the_concealment_as_it_was_given(tmp_path):
+    dataset = load_source(synthetic_samples=700, image_size=SIZE, seed=0)
+    steps = [CountingErasure()]
+    estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=64, random_state=0,
+                                learning_rate=-1.0, concealment=steps)
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_workflow(dataset, tmp_path / "run", estimator, seed=0, calibration_fraction=0.4, id_key=KEY,
+                     audit_options=QUICK_AUDIT)
+    assert estimator.concealment is steps

@@ -173,7 +173,8 @@ def encode_dataset(
     batch_size : int, default=512
         Images per encoder call.
     decoder : {"auto", "pil", "torch"}, default="auto"
-        As in :func:`~bafo_pipeline.pipeline.export.export_latents`: ``auto`` is torch on a GPU.
+        As in :func:`~bafo_pipeline.pipeline.export.export_latents`: ``auto`` is torch on a GPU (Pillow for a
+        model with :class:`~bafo_pipeline.transformers.KeyedNoise`).
     strict : bool, default=False
         Stop at the first unreadable image instead of skipping it.
     overwrite : bool, default=False

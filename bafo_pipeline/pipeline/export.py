@@ -146,7 +146,10 @@ def export_latents(
         decoding and resizing on the estimator's device (nvJPEG on a GPU;
         see :func:`~bafo_pipeline.data.jpeg_tensors.iter_tensor_batches`),
         with Pillow for anything else. ``"auto"`` picks ``"torch"`` when the
-        estimator runs on CUDA, else ``"pil"``. On UTKFace faces the two
+        estimator runs on CUDA, else ``"pil"``, and always ``"pil"`` for a model
+        whose concealment draws noise from each image's pixels
+        (:class:`~bafo_pipeline.transformers.KeyedNoise`: every export of an
+        image must see the same pixels). On UTKFace faces the two
         differ by half a grey level per pixel on average (Pillow scales in
         the JPEG's DCT, torch resamples the full-size decode).
     decode_processes : int or None, default=None
@@ -184,7 +187,8 @@ def export_latents(
     hashes = source.content_hash
     settings = model.settings
     if decoder == "auto":
-        decoder = "torch" if settings.device.type == "cuda" else "pil"
+        # Noise drawn from each image's pixels (KeyedNoise) must see the same pixels in every export: Pillow's.
+        decoder = "torch" if settings.device.type == "cuda" and not model.draws_per_input else "pil"
     decode_processes = _decode_processes(decode_processes, source, decoder)
     provenance = {
         "model_fingerprint": None,
@@ -251,11 +255,12 @@ class _Model:
     metadata: dict  # concealment and attribute schema, recorded in the file
     attribute_names: tuple[str, ...]
     needs_attributes: bool  # its concealment moves each attribute group's latents: every row's labels are needed
+    draws_per_input: bool  # its concealment draws noise from each image's pixels: one decoder for every export
 
 
 def _read_model(model) -> _Model:
     """What ``export_latents`` needs of ``model``; refuses a tabular estimator."""
-    needs_attributes = False
+    needs_attributes = draws_per_input = False
     if isinstance(model, ImageEncoder):
         image_shape, metadata = model.image_shape, dict(model.metadata)  # the bundle holds describe_model's dict
     else:
@@ -267,10 +272,11 @@ def _read_model(model) -> _Model:
             raise ValueError("export_latents encodes images; this estimator was fitted on tabular data")
         image_shape, metadata = model.input_format_.shape, describe_model(model)
         needs_attributes = model.needs_sensitive_features_to_transform
+        draws_per_input = model.draws_per_input
     schema = metadata["attribute_schema"]
     names = tuple(attribute["name"] for attribute in schema["attributes"]) if schema else ()
     return _Model(model, model.inference_settings(), tuple(image_shape), model.latent_dim, metadata, names,
-                  needs_attributes)
+                  needs_attributes, draws_per_input)
 
 
 def _transform_attributes(model: _Model, attributes: pd.DataFrame) -> pd.DataFrame:

@@ -145,8 +145,9 @@ def run_workflow(
         concealment fitted on the rows it exports fixes their class means, so the labels
         of most of them give the rest away (the audit's in-sample attacker,
         docs/AUDIT.md §3b); with calibration rows, every shared row was moved by maps
-        fitted on other rows. The encoder still trains on the whole training split.
-        0 fits the concealment on the whole training split and shares all of it. Each
+        fitted on other rows. The encoder still trains on the whole training split,
+        without its concealment unless a step takes part in its training
+        (``"trained"``): the steps are fitted once, on the calibration rows. 0 fits the concealment on the whole training split and shares all of it. Each
         attribute cell's maps are estimated on its calibration rows, and their error is
         in every shared row of the cell: more calibration rows, less leakage, fewer images
         shared. On the demo 0.5 halved the worst leakage (docs/TRAINED_CONCEALMENT.md §13);
@@ -189,8 +190,10 @@ def run_workflow(
         # The concealment is fitted on the calibration rows below: fitting it on the training rows first (a
         # refiner's training, a decoder's fine-tuning) would be thrown away. The encoder does not depend on it.
         concealment = estimator.get_params(deep=False)["concealment"]
-        estimator.set_params(concealment="none").fit(train.images, sensitive_features=train.sensitive_features)
-        estimator.set_params(concealment=concealment)
+        try:
+            estimator.set_params(concealment="none").fit(train.images, sensitive_features=train.sensitive_features)
+        finally:
+            estimator.set_params(concealment=concealment)
     else:
         estimator.fit(train.images, sensitive_features=train.sensitive_features)
     if calibration_fraction:
@@ -275,9 +278,9 @@ def _rows_per_cell(estimator: BAFOTransformer) -> np.ndarray | None:
     return np.concatenate(counts) if counts else None
 
 
-def _trains_with_concealment(estimator) -> bool:
+def _trains_with_concealment(estimator: BAFOTransformer) -> bool:
     """Whether a concealment step takes part in the encoder's own training (a training hook, ``"trained"``)."""
-    return any(hasattr(step, "training_hook") for step in estimator.concealment_steps())
+    return any(callable(getattr(step, "training_hook", None)) for step in estimator.concealment_steps())
 
 
 def _kinds_of_label_conditional_steps(estimator: BAFOTransformer) -> list[dict | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import warnings
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -40,7 +41,9 @@ from ._steps import (
     inverts_exactly,
     is_invertible,
     needs_attributes_to_transform,
+    needs_row_keys,
     set_step_params,
+    trains_with_encoder,
 )
 from ._inputs import InputFormat, detect_format, from_unit_nchw, image_batches_uint8
 
@@ -521,7 +524,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         device = resolve_device(self.device)
         steps = self._prepared_steps(seed) if schema is not None else []
         slices = _condition_slices(schema)
-        hooks = [step.training_hook(self.latent_dim, slices) for step in steps if hasattr(step, "training_hook")]
+        hooks = [step.training_hook(self.latent_dim, slices) for step in steps if trains_with_encoder(step)]
         trainer = Trainer(network, config, device, slices, hooks=hooks)
         with epoch_progress(self.verbose, self.epochs) as on_epoch_end:
             self.history_ = trainer.fit(
@@ -598,6 +601,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         frame = as_sensitive_frame(sensitive_features, n_rows=len(inputs))
         means = self._encoder_means(inputs)
         conditions = self.schema_.encode(frame)
+        row_keys = _row_keys(inputs, steps)
         # Decoding passes the steps before the first invertible one (erasure); the label map puts back what
         # they removed, as far as the chosen attributes predict it, except what steps that took part in
         # training removed: the decoder learned from their output.
@@ -605,7 +609,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         trained = next((i for i, step in enumerate(steps) if not decoder_learned_output(step)), len(steps))
         latents = decoded_from = means
         for i, step in enumerate(steps):
-            latents = _step_transform(step.fit(latents, sensitive_features=frame), latents, frame)
+            latents = _step_transform(step.fit(latents, sensitive_features=frame), latents, frame, row_keys)
             self.concealment_steps_.append(step)
             if i + 1 == trained:
                 decoded_from = latents
@@ -621,7 +625,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             network = copy.deepcopy(self.network_)  # only its decoder is fine-tuned
             with epoch_progress(self.verbose, self.decoder_epochs, "fitting decoder") as on_epoch_end:
                 network.decoder = fit_decoder(
-                    network.decoder, torch.from_numpy(self._conceal(means, frame)),
+                    network.decoder, torch.from_numpy(self._conceal(means, frame, row_keys)),
                     torch.from_numpy(conditions), torch.from_numpy(np.ascontiguousarray(inputs)),
                     epochs=self.decoder_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                     device=resolve_device(self.device), seed=seed, on_epoch_end=on_epoch_end,
@@ -646,7 +650,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 mean = mean + noise * torch.exp(0.5 * logvar)
         return mean.float().cpu().numpy()
 
-    def encode_images(self, images, *, sensitive_features=None, conceal: bool = True) -> np.ndarray:
+    def encode_images(self, images, *, sensitive_features=None, row_keys=None, conceal: bool = True) -> np.ndarray:
         """Latents of a batch of decoded images: the fast path of exports and batch jobs.
 
         Unlike :meth:`transform`, no input form is detected and nothing is
@@ -669,6 +673,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             The images' attributes, in order; required when a concealment step
             needs them (:attr:`needs_sensitive_features_to_transform`), ignored
             otherwise.
+        row_keys : sequence of bytes, optional
+            Each image's identity, for a concealment step that draws per row
+            (:class:`KeyedNoise`); by default a hash of its pixels, as
+            :meth:`transform` uses.
         conceal : bool, default=True
             Apply the fitted concealment steps (see :meth:`transform`).
 
@@ -686,7 +694,10 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 f"got {images.dtype} {tuple(images.shape)}"
             )
         frame = self._transform_frame(sensitive_features, images, conceal=conceal)
-        return self._conceal_after_network(self._image_encoder(conceal=conceal)(images), frame, conceal=conceal)
+        latents = self._image_encoder(conceal=conceal)(images)
+        if row_keys is None:
+            row_keys = _row_keys(images, self._concealment_steps() if conceal else [])
+        return self._conceal_after_network(latents, frame, row_keys, conceal=conceal)
 
     def encoder_bundle(self) -> EncoderBundle:
         """What :meth:`encode_images` runs, as a small picklable object that encodes with torch alone.
@@ -775,11 +786,12 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         steps = self._concealment_steps()
         return next((i for i, step in enumerate(steps) if needs_attributes_to_transform(step)), len(steps))
 
-    def _conceal_after_network(self, latents: np.ndarray, frame: pd.DataFrame | None, *, conceal: bool) -> np.ndarray:
+    def _conceal_after_network(self, latents: np.ndarray, frame: pd.DataFrame | None, row_keys, *,
+                               conceal: bool) -> np.ndarray:
         """The concealment steps the image encoder leaves out (from the first that needs attributes on)."""
         rest = self._concealment_steps()[self._n_network_steps() :] if conceal else []
         for step in rest:
-            latents = _step_transform(step, latents, frame)
+            latents = _step_transform(step, latents, frame, row_keys)
         return np.asarray(latents).astype(np.float32, copy=False)
 
     def _bfloat16_error(self, inputs: np.ndarray, sensitive_features=None, n_images: int = 256) -> float | None:
@@ -801,8 +813,9 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             steps = self._concealment_steps()[: self._n_network_steps()] if conceal else []
             exact = self._folded_encoder(steps, device, bfloat16=False)(sample)
             rounded = self._folded_encoder(steps, device, bfloat16=True)(sample)
-            exact = self._conceal_after_network(exact, frame, conceal=conceal)
-            rounded = self._conceal_after_network(rounded, frame, conceal=conceal)
+            keys = _row_keys(sample, self._concealment_steps() if conceal else [])
+            exact = self._conceal_after_network(exact, frame, keys, conceal=conceal)
+            rounded = self._conceal_after_network(rounded, frame, keys, conceal=conceal)
             spread = exact.std()
             errors.append(float(np.sqrt(np.mean((exact - rounded) ** 2)) / spread) if spread > 0 else np.inf)
         return max(errors)
@@ -818,12 +831,12 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             )
         return steps
 
-    def _conceal(self, means: np.ndarray, frame: pd.DataFrame | None = None) -> np.ndarray:
-        """Apply the fitted concealment steps to posterior means; ``frame``: their rows' attributes, for the steps
-        that need them."""
+    def _conceal(self, means: np.ndarray, frame: pd.DataFrame | None = None, row_keys=None) -> np.ndarray:
+        """Apply the fitted concealment steps to posterior means; ``frame``: their rows' attributes, and
+        ``row_keys``: their identities (:func:`_row_keys` of their inputs), for the steps that need them."""
         latents = means
         for step in self._concealment_steps():
-            latents = _step_transform(step, latents, frame)
+            latents = _step_transform(step, latents, frame, row_keys)
         return np.asarray(latents).astype(np.float32, copy=False)
 
     @property
@@ -838,6 +851,12 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         else:
             steps = self.concealment_steps() if self.concealment in PRESETS else []  # fit names a wrong one
         return any(needs_attributes_to_transform(step) for step in steps)
+
+    @property
+    def draws_per_input(self) -> bool:
+        """Whether a fitted concealment step draws per input row (:class:`KeyedNoise`): its noise follows each
+        image's decoded pixels, so every export of the image must decode it the same way (with Pillow)."""
+        return any(needs_row_keys(step) for step in getattr(self, "concealment_steps_", None) or [])
 
     def _transform_frame(self, sensitive_features, X, *, conceal: bool) -> pd.DataFrame | None:
         """The rows' attributes where a concealment step needs them (checked against the schema and row count);
@@ -975,13 +994,16 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         if self.input_format_.is_image and not sample:
             for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
                 latents = self._image_encoder(conceal=conceal)(batch)
-                yield indices, self._conceal_after_network(latents, rows(indices), conceal=conceal)
+                keys = _row_keys(batch, self._concealment_steps() if conceal else [])
+                yield indices, self._conceal_after_network(latents, rows(indices), keys, conceal=conceal)
             return
         device = resolve_device(self.device)
         generator = torch.Generator(device=device).manual_seed(_seed_from(self.random_state))
         for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
             means = self._encode(batch, sample=sample, generator=generator)
-            yield indices, self._conceal(means, rows(indices)) if conceal else means
+            if conceal:
+                means = self._conceal(means, rows(indices), _row_keys(batch, self._concealment_steps()))
+            yield indices, means
 
     def _encode_batches(self, X, fmt: InputFormat, batch_size: int):
         if fmt.kind == "tabular":
@@ -1321,11 +1343,24 @@ register_loadable(LinearErasure)
 register_loadable(TrainedErasure)
 
 
-def _step_transform(step, latents: np.ndarray, frame: pd.DataFrame | None) -> np.ndarray:
-    """``step.transform(latents)``, with the rows' attributes for a step that needs them."""
+def _step_transform(step, latents: np.ndarray, frame: pd.DataFrame | None, row_keys=None) -> np.ndarray:
+    """``step.transform(latents)``, with the rows' attributes and identities for a step that needs them."""
+    extra = {}
     if needs_attributes_to_transform(step):
-        return step.transform(latents, sensitive_features=frame)
-    return step.transform(latents)
+        extra["sensitive_features"] = frame
+    if needs_row_keys(step):
+        extra["row_keys"] = row_keys
+    return step.transform(latents, **extra)
+
+
+def _row_keys(inputs, steps) -> list[bytes] | None:
+    """Each input row's identity for the steps that draw per row (``needs_row_keys``): a hash of its bytes (an
+    image's decoded uint8 pixels, a tabular row's standardised float32 values); ``None`` when no step needs it."""
+    if not any(needs_row_keys(step) for step in steps):
+        return None
+    rows = inputs.cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
+    rows = np.ascontiguousarray(rows, dtype="<f4" if rows.dtype.kind == "f" else None).reshape(len(rows), -1)
+    return [hashlib.blake2b(row.tobytes(), digest_size=32).digest() for row in rows]
 
 
 def _setting_name(concealment) -> str:

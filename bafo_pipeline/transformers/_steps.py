@@ -20,6 +20,13 @@ Optional parts, found by name:
     after it run after the network, and the torch-only
     :meth:`~BAFOTransformer.encoder_bundle` cannot hold it. See
     :func:`needs_attributes_to_transform`.
+``needs_row_keys = True``
+    (a class attribute) the step's ``transform(Z, *, row_keys)`` takes one
+    identity per row (bytes): :class:`BAFOTransformer` passes a hash of each
+    row's input (an image's decoded pixels, a tabular row's standardised
+    values), which the arithmetic of the network cannot change.
+    :class:`~bafo_pipeline.transformers.KeyedNoise` draws each row's noise from
+    it. See :func:`needs_row_keys`.
 ``exact_inverse = True``
     (a class attribute) ``inverse_transform`` undoes ``transform`` exactly, given
     the same attributes; when every step says so, the estimator decodes through
@@ -74,7 +81,9 @@ __all__ = [
     "inverts_exactly",
     "is_invertible",
     "needs_attributes_to_transform",
+    "needs_row_keys",
     "set_step_params",
+    "trains_with_encoder",
 ]
 
 PRESETS = ("none", "linear", "full", "trained", "transport", "transport-refined")
@@ -117,6 +126,16 @@ def is_invertible(step) -> bool:
 def needs_attributes_to_transform(step) -> bool:
     """Whether ``step.transform`` needs each row's ``sensitive_features`` (``needs_sensitive_features_to_transform``)."""
     return bool(getattr(step, "needs_sensitive_features_to_transform", False))
+
+
+def needs_row_keys(step) -> bool:
+    """Whether ``step.transform`` takes each row's identity as ``row_keys`` (``needs_row_keys``)."""
+    return bool(getattr(step, "needs_row_keys", False))
+
+
+def trains_with_encoder(step) -> bool:
+    """Whether ``step`` takes part in the encoder's own training (it has ``training_hook``)."""
+    return callable(getattr(step, "training_hook", None))
 
 
 def decoder_learned_output(step) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from bafo_pipeline import BAFOTransformer, LinearErasure, export_latents, make_synthetic_faces, read_latents
@@ -124,6 +125,8 @@ HEAVY = ("sklearn", "scipy", "pandas", "bafo_pipeline.transformers", "bafo_pipel
 _ENCODE_IN_A_FRESH_PROCESS = textwrap.dedent("""
     import pickle, sys
     import numpy as np
+    import torch
+    torch.set_num_threads(int(sys.argv[4]))  # as the test process encodes: bfloat16 sums depend on the split
     bundle = pickle.load(open(sys.argv[1], "rb"))   # imports the bundle's own module, and what it needs
     images = np.load(sys.argv[2])
     np.save(sys.argv[3], bundle.encoder("cpu").encode_images(images))
@@ -135,7 +138,7 @@ def test_a_fresh_process_encodes_from_a_bundle_without_scikit_learn_or_pandas(mo
     (tmp_path / "bundle.pkl").write_bytes(pickle.dumps(model.encoder_bundle()))
     np.save(tmp_path / "images.npy", images)
     loaded = _run(_ENCODE_IN_A_FRESH_PROCESS.format(heavy=HEAVY), tmp_path / "bundle.pkl", tmp_path / "images.npy",
-                  tmp_path / "latents.npy")
+                  tmp_path / "latents.npy", torch.get_num_threads())
     assert loaded == []
     np.testing.assert_array_equal(np.load(tmp_path / "latents.npy"), model.encode_images(images))
 

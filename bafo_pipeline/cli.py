@@ -173,7 +173,7 @@ def _concealment_options(default: str):
                      help="Add noise after the concealment, with this share of the latents' spread, the same for "
                           "every export of an image (a keyed hash of its pixels): it blurs what the strongest "
                           "attacks read, and costs every downstream model alike; on UTKFace 0.25 lowered the "
-                          "neighbour attacker's gender reading by 0.02 and kept 0.89 of head yaw instead of 0.93 "
+                          "neighbour attacker's gender reading by 0.005-0.02 and kept 0.89 of head yaw instead of 0.93 "
                           "(docs/TRAINED_CONCEALMENT.md §20). Not invertible: decoding goes through the fine-tuned "
                           "decoder (--decoder-epochs)."),
     ]

@@ -46,10 +46,11 @@ class KeyedNoise(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     It is a trade, not a free gain: on UTKFace after ``bafo run``'s transport,
     noise at 0.25 took the 15-nearest-neighbour attacker's gender reading from
-    0.597 to 0.576 (fresh noise) and 0.581 (this step), balanced accuracy; the
-    quadratic probe's ethnicity from 0.269 to 0.264-0.267; and kept 0.89 of
-    head yaw instead of 0.93 and 0.71-0.74 of the mouth-opening residual
-    instead of 0.80 (docs/TRAINED_CONCEALMENT.md §19-20). Decoding passes it:
+    0.597 to 0.576-0.592 (balanced accuracy, three draws of the noise), the
+    quadratic probe's ethnicity from 0.269 to 0.264-0.267, and kept 0.89 of
+    head yaw instead of 0.93 and 0.71-0.76 of the mouth-opening residual
+    instead of 0.80; in ``bafo run``'s whole job gender went from 0.605 to
+    0.590 (docs/TRAINED_CONCEALMENT.md §19-20). Decoding passes it:
     a decoder fine-tuned on the noisy latents (``decoder_epochs``) decodes
     them best.
 

@@ -20,6 +20,7 @@ from ..data import load_id_key, pseudonymous_ids
 from ..data.dataset import FaceDataset
 from ..data.splits import hash_split
 from ..transformers import BAFOTransformer, load_verified_model, save_model
+from ..transformers._steps import trains_with_encoder
 from .export import export_latents
 
 
@@ -147,7 +148,8 @@ def run_workflow(
         docs/AUDIT.md §3b); with calibration rows, every shared row was moved by maps
         fitted on other rows. The encoder still trains on the whole training split,
         without its concealment unless a step takes part in its training
-        (``"trained"``): the steps are fitted once, on the calibration rows. 0 fits the concealment on the whole training split and shares all of it. Each
+        (``"trained"``): the steps are fitted once, on the calibration rows.
+        0 fits the concealment on the whole training split and shares all of it. Each
         attribute cell's maps are estimated on its calibration rows, and their error is
         in every shared row of the cell: more calibration rows, less leakage, fewer images
         shared. On the demo 0.5 halved the worst leakage (docs/TRAINED_CONCEALMENT.md §13);
@@ -280,7 +282,7 @@ def _rows_per_cell(estimator: BAFOTransformer) -> np.ndarray | None:
 
 def _trains_with_concealment(estimator: BAFOTransformer) -> bool:
     """Whether a concealment step takes part in the encoder's own training (a training hook, ``"trained"``)."""
-    return any(callable(getattr(step, "training_hook", None)) for step in estimator.concealment_steps())
+    return any(trains_with_encoder(step) for step in estimator.concealment_steps())
 
 
 def _kinds_of_label_conditional_steps(estimator: BAFOTransformer) -> list[dict | None]:

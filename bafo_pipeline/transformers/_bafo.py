@@ -115,7 +115,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         ``GridSearchCV`` can tune them. A :class:`KeyedNoise` last
         (``[ConditionalTransport(), KeyedNoise(scale=0.25)]``, what
         ``bafo run --noise-scale 0.25`` fits) trades utility for less leakage
-        to the strongest attackers, with noise fixed per latent. Or one of the
+        to the strongest attackers, with noise fixed per input image. Or one of the
         named presets:
 
         - ``"none"``: the paper's BAFO latent as is (no steps);
@@ -625,7 +625,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             network = copy.deepcopy(self.network_)  # only its decoder is fine-tuned
             with epoch_progress(self.verbose, self.decoder_epochs, "fitting decoder") as on_epoch_end:
                 network.decoder = fit_decoder(
-                    network.decoder, torch.from_numpy(self._conceal(means, frame, row_keys)),
+                    network.decoder, torch.from_numpy(np.asarray(latents, dtype=np.float32)),  # the steps' output
                     torch.from_numpy(conditions), torch.from_numpy(np.ascontiguousarray(inputs)),
                     epochs=self.decoder_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                     device=resolve_device(self.device), seed=seed, on_epoch_end=on_epoch_end,
@@ -650,7 +650,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
                 mean = mean + noise * torch.exp(0.5 * logvar)
         return mean.float().cpu().numpy()
 
-    def encode_images(self, images, *, sensitive_features=None, row_keys=None, conceal: bool = True) -> np.ndarray:
+    def encode_images(self, images, *, sensitive_features=None, conceal: bool = True) -> np.ndarray:
         """Latents of a batch of decoded images: the fast path of exports and batch jobs.
 
         Unlike :meth:`transform`, no input form is detected and nothing is
@@ -673,10 +673,6 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             The images' attributes, in order; required when a concealment step
             needs them (:attr:`needs_sensitive_features_to_transform`), ignored
             otherwise.
-        row_keys : sequence of bytes, optional
-            Each image's identity, for a concealment step that draws per row
-            (:class:`KeyedNoise`); by default a hash of its pixels, as
-            :meth:`transform` uses.
         conceal : bool, default=True
             Apply the fitted concealment steps (see :meth:`transform`).
 
@@ -695,9 +691,7 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             )
         frame = self._transform_frame(sensitive_features, images, conceal=conceal)
         latents = self._image_encoder(conceal=conceal)(images)
-        if row_keys is None:
-            row_keys = _row_keys(images, self._concealment_steps() if conceal else [])
-        return self._conceal_after_network(latents, frame, row_keys, conceal=conceal)
+        return self._conceal_after_network(latents, frame, images, conceal=conceal)
 
     def encoder_bundle(self) -> EncoderBundle:
         """What :meth:`encode_images` runs, as a small picklable object that encodes with torch alone.
@@ -786,10 +780,12 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         steps = self._concealment_steps()
         return next((i for i, step in enumerate(steps) if needs_attributes_to_transform(step)), len(steps))
 
-    def _conceal_after_network(self, latents: np.ndarray, frame: pd.DataFrame | None, row_keys, *,
+    def _conceal_after_network(self, latents: np.ndarray, frame: pd.DataFrame | None, inputs, *,
                                conceal: bool) -> np.ndarray:
-        """The concealment steps the image encoder leaves out (from the first that needs attributes on)."""
+        """The concealment steps the image encoder leaves out (from the first that needs attributes on);
+        ``inputs``: the rows' images, whose hashes the steps that draw per row need."""
         rest = self._concealment_steps()[self._n_network_steps() :] if conceal else []
+        row_keys = _row_keys(inputs, rest)
         for step in rest:
             latents = _step_transform(step, latents, frame, row_keys)
         return np.asarray(latents).astype(np.float32, copy=False)
@@ -813,9 +809,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             steps = self._concealment_steps()[: self._n_network_steps()] if conceal else []
             exact = self._folded_encoder(steps, device, bfloat16=False)(sample)
             rounded = self._folded_encoder(steps, device, bfloat16=True)(sample)
-            keys = _row_keys(sample, self._concealment_steps() if conceal else [])
-            exact = self._conceal_after_network(exact, frame, keys, conceal=conceal)
-            rounded = self._conceal_after_network(rounded, frame, keys, conceal=conceal)
+            exact = self._conceal_after_network(exact, frame, sample, conceal=conceal)
+            rounded = self._conceal_after_network(rounded, frame, sample, conceal=conceal)
             spread = exact.std()
             errors.append(float(np.sqrt(np.mean((exact - rounded) ** 2)) / spread) if spread > 0 else np.inf)
         return max(errors)
@@ -831,11 +826,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
             )
         return steps
 
-    def _conceal(self, means: np.ndarray, frame: pd.DataFrame | None = None, row_keys=None) -> np.ndarray:
+    def _conceal(self, means: np.ndarray, frame: pd.DataFrame | None, inputs) -> np.ndarray:
         """Apply the fitted concealment steps to posterior means; ``frame``: their rows' attributes, and
-        ``row_keys``: their identities (:func:`_row_keys` of their inputs), for the steps that need them."""
-        latents = means
-        for step in self._concealment_steps():
+        ``inputs``: the rows' preprocessed inputs (hashed for the steps that draw per row), for the steps that
+        need them."""
+        steps = self._concealment_steps()
+        latents, row_keys = means, _row_keys(inputs, steps)
+        for step in steps:
             latents = _step_transform(step, latents, frame, row_keys)
         return np.asarray(latents).astype(np.float32, copy=False)
 
@@ -994,16 +991,13 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         if self.input_format_.is_image and not sample:
             for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
                 latents = self._image_encoder(conceal=conceal)(batch)
-                keys = _row_keys(batch, self._concealment_steps() if conceal else [])
-                yield indices, self._conceal_after_network(latents, rows(indices), keys, conceal=conceal)
+                yield indices, self._conceal_after_network(latents, rows(indices), batch, conceal=conceal)
             return
         device = resolve_device(self.device)
         generator = torch.Generator(device=device).manual_seed(_seed_from(self.random_state))
         for indices, batch in self._encode_batches(X, self.input_format_, batch_size):
             means = self._encode(batch, sample=sample, generator=generator)
-            if conceal:
-                means = self._conceal(means, rows(indices), _row_keys(batch, self._concealment_steps()))
-            yield indices, means
+            yield indices, self._conceal(means, rows(indices), batch) if conceal else means
 
     def _encode_batches(self, X, fmt: InputFormat, batch_size: int):
         if fmt.kind == "tabular":

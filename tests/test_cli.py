@@ -192,17 +192,26 @@ def test_run_does_the_whole_job(tmp_path, monkeypatch):
     assert again.exit_code != 0 and "--overwrite" in again.output
 
 
-def test_run_with_transport_encodes_every_image_with_its_own_labels(tmp_path, monkeypatch):
+@pytest.mark.parametrize("noise_scale", [None, 0.25])
+def test_run_with_transport_encodes_every_image_with_its_own_labels(tmp_path, monkeypatch, noise_scale):
     from bafo_pipeline.data import load_id_key, load_source, pseudonymous_ids
-    from bafo_pipeline.transformers import load_model
+    from bafo_pipeline.transformers import KeyedNoise, load_model
 
     (tmp_path / "id.key").write_text("5e" * 32 + "\n")
     monkeypatch.setenv("BAFO_ID_KEY_FILE", str(tmp_path / "id.key"))
     out = tmp_path / "demo"
+    noise = [] if noise_scale is None else ["--noise-scale", str(noise_scale)]
     result = CliRunner().invoke(main, ["run", "--synthetic-samples", "700", "--epochs", "1", "--batch-size", "256",
                                        "--latent-dim", "16", "--concealment", "transport", "--calibration-fraction",
-                                       "0.3", "--out", str(out)])
+                                       "0.3", *noise, "--out", str(out)])
     assert result.exit_code == 0, result.output
+    steps = load_model(out / "model").concealment_steps_
+    recorded = json.loads((out / "model" / "config.json").read_text())["metadata"]["data"]
+    if noise_scale is None:  # the preset, named as such
+        assert len(steps) == 1 and "concealment_options" not in recorded
+    else:  # the noise follows the transport, and the export below carries the draws transform gives
+        assert isinstance(steps[-1], KeyedNoise) and steps[-1].scale == noise_scale
+        assert recorded["concealment_options"] == {"concealment": "transport", "noise_scale": noise_scale}
     assert pq.read_schema(out / "latents.parquet").names == ["id", "latent", "split"]  # no label in the shared file
     faces = load_source(synthetic_samples=700, image_size=56, seed=0)  # what bafo run loaded
     model = load_model(out / "model")

@@ -9,6 +9,7 @@ from bafo_pipeline import AttributeSchema, BAFOTransformer, TrainedErasure, load
 from bafo_pipeline._nn.distribution_matching import (
     MATCHING_PENALTIES,
     group_mmd,
+    group_neighbour_gap,
     group_second_moments,
     group_sliced_wasserstein,
 )
@@ -104,6 +105,8 @@ def test_in_loop_hook_checks_the_matching_and_can_leave_the_decoder_input_alone(
         InLoopErasure(4, slices, matching="wasserstein")
     with pytest.raises(ValueError, match="matching must be one of"):
         TrainedErasure(matching="wasserstein").training_hook(4, slices)
+    with pytest.raises(ValueError, match="bank_size must be >= 1"):
+        InLoopErasure(4, slices, matching="neighbours", bank_size=0)
     C = torch.from_numpy(schema.encode(S)).float()
     hook = InLoopErasure(8, slices, matching="sliced_wasserstein", matching_weight=1.0, erase_in_loop=False)
     hook.begin(C, input_size=10)
@@ -113,6 +116,90 @@ def test_in_loop_hook_checks_the_matching_and_can_leave_the_decoder_input_alone(
     assert torch.equal(hook.latent(z, C, mean), z)  # the decoder gets the sample as is
     assert not torch.equal(hook.eraser.z_mean, before)  # while the statistics follow the means
     assert hook.loss(mean.requires_grad_(), C) > 0
+
+
+def _neighbour_gap(x, onehot, n_keys):
+    """The neighbour gap of the first rows (queries) against the last ``n_keys`` rows (keys)."""
+    return float(group_neighbour_gap(x[:-n_keys], onehot[:-n_keys], x[-n_keys:], onehot[-n_keys:]))
+
+
+def test_neighbour_gap_sees_a_ring_and_is_zero_on_average_for_identical_groups():
+    ring = _neighbour_gap(*_groups(3000, 0, "ring"), n_keys=2000)
+    # Inside the ring the neighbours are the Gaussian's rows, on it the ring's: members and others see
+    # very different neighbourhoods.
+    assert ring > 0.2
+    # Identical groups, batches of 32 against one bank: the plain squared gap would average to a floor
+    # (about 0.01 here); the estimate averages to zero within its standard error.
+    keys, key_onehot = _groups(2000, 0, "same")
+    estimates = []
+    for seed in range(1, 201):
+        queries, onehot = _groups(32, seed, "same")
+        estimates.append(float(group_neighbour_gap(queries, onehot, keys, key_onehot)))
+    estimates = np.array(estimates)
+    assert abs(estimates.mean()) < 3 * estimates.std() / np.sqrt(len(estimates))
+    assert estimates.std() > 0
+
+
+def test_neighbour_gap_does_not_change_when_the_latents_are_scaled_or_shifted():
+    x, onehot = _groups(1500, 0, "spread")
+    reference = _neighbour_gap(x, onehot, 1000)
+    assert reference > 0
+    for scale in (0.01, 7.0):
+        assert _neighbour_gap(x * scale + 3.0, onehot, 1000) == pytest.approx(reference, rel=1e-3)
+
+
+def test_descending_the_neighbour_gap_mixes_two_clusters():
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (1200,), generator=generator)
+    onehot = torch.nn.functional.one_hot(labels, 2).float()
+    # Two groups with the same mean and covariance in 2-D, but group 1 sits in two tight clusters.
+    x = torch.randn(1200, 2, generator=generator)
+    clusters = torch.where(torch.rand(1200, generator=generator) < 0.5, -1.0, 1.0)
+    x[:, 0] = torch.where(labels == 1, clusters + 0.1 * x[:, 0], x[:, 0] * 2**0.5)
+
+    def knn_reads(points):
+        fit, test = slice(0, 800), slice(800, None)
+        probe = KNeighborsClassifier(15).fit(points[fit], labels[fit])
+        return balanced_accuracy_score(labels[test], probe.predict(points[test]))
+
+    before = knn_reads(x.numpy())
+    x = x.clone().requires_grad_()
+    optimizer = torch.optim.Adam([x], lr=0.02)
+    for step in range(300):
+        batch = torch.randperm(1200, generator=generator)[:64]
+        keys = torch.tensor([i for i in range(1200) if i not in set(batch.tolist())])
+        optimizer.zero_grad()
+        group_neighbour_gap(x[batch], onehot[batch], x[keys].detach(), onehot[keys]).backward()
+        optimizer.step()
+    assert before > 0.7
+    assert knn_reads(x.detach().numpy()) < 0.6
+
+
+def test_the_neighbour_penalty_keeps_a_bank_of_training_batches_only():
+    S = pd.DataFrame({"gender": ["f", "m"] * 64})
+    schema = AttributeSchema.infer(S)
+    slices = [(0, schema.attributes[0].width, schema.attributes[0].kind)]
+    C = torch.from_numpy(schema.encode(S)).float()
+    hook = InLoopErasure(4, slices, matching="neighbours", matching_weight=1.0, erase_in_loop=False, bank_size=96)
+    hook.begin(C, input_size=10)
+    generator = torch.Generator().manual_seed(0)
+    clusters = torch.randn(128, 1, generator=generator).sign()
+    mean = torch.randn(128, 4, generator=generator) + 6.0 * C[:, :1] * clusters  # group 1 in two clusters
+    batches = [slice(start, start + 32) for start in range(0, 128, 32)]
+    for batch in batches[:1]:
+        hook.latent(mean[batch], C[batch], mean[batch])
+    # The first batch has no earlier rows to find neighbours among.
+    assert float(hook.loss(mean[batches[0]], C[batches[0]])) == 0.0
+    with torch.no_grad():  # validation batches neither find a bank nor join it
+        hook.loss(mean[batches[1]], C[batches[1]])
+    assert len(hook.bank[0]) == 32
+    penalties = [float(hook.loss(mean[batch].requires_grad_(), C[batch]).detach()) for batch in batches[1:]]
+    assert min(penalties) > 0.1  # the neighbours of group 1's rows are group 1's: a gap near 1
+    assert len(hook.bank[0]) == 96  # the last bank_size rows
+    np.testing.assert_array_equal(hook.bank[0].numpy(), mean[32:].numpy())
 
 
 def test_trained_erasure_rejects_an_unknown_matching_at_fit():
@@ -136,16 +223,20 @@ def test_a_sliced_wasserstein_fit_does_not_depend_on_the_global_random_state(pla
     np.testing.assert_array_equal(fit(1), fit(2))
 
 
-def test_sliced_wasserstein_matching_removes_the_non_linear_signal_that_erasure_leaves(planted_group_signals):
+@pytest.mark.parametrize(("matching", "weight"), [("sliced_wasserstein", 10.0), ("neighbours", 3.0)])
+def test_matching_removes_the_non_linear_signal_that_erasure_leaves(planted_group_signals, matching, weight):
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LinearRegression, LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, r2_score
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     X, S, u = planted_group_signals(4000, 0)
     X_test, S_test, u_test = planted_group_signals(2000, 1)
 
     def fit(weight):
-        step = TrainedErasure(matching="sliced_wasserstein", matching_weight=weight, erase_in_loop=False)
+        step = TrainedErasure(matching=matching, matching_weight=weight, erase_in_loop=False)
         return BAFOTransformer(
             latent_dim=16, widths=(64, 64), epochs=25, batch_size=128, learning_rate=2e-3, decoder_epochs=0,
             concealment=[step], device="cpu", random_state=0,
@@ -155,14 +246,17 @@ def test_sliced_wasserstein_matching_removes_the_non_linear_signal_that_erasure_
         Z, Z_test = model.transform(X), model.transform(X_test)
         return balanced_accuracy_score(S_test["gender"], probe.fit(Z, S["gender"]).predict(Z_test))
 
-    plain, matched = fit(0.0), fit(10.0)
+    plain, matched = fit(0.0), fit(weight)
     trees = HistGradientBoostingClassifier(random_state=0)
+    neighbours = make_pipeline(StandardScaler(), KNeighborsClassifier(15))
     # Linear erasure alone: linear probes at chance, but fresh trees read the spread difference.
     assert gender_read(LogisticRegression(max_iter=1000), plain) < 0.55
     assert gender_read(trees, plain) > 0.8
-    # With the penalty in training the trees are near chance too ...
+    assert gender_read(neighbours, plain) > 0.75
+    # With the penalty in training the trees and the neighbours are near chance too ...
     assert gender_read(LogisticRegression(max_iter=1000), matched) < 0.55
     assert gender_read(trees, matched) < 0.62
+    assert gender_read(neighbours, matched) < 0.62
     # ... and the independent signal is kept as well as without it.
     kept = r2_score(u_test, LinearRegression().fit(matched.transform(X), u).predict(matched.transform(X_test)))
     plain_kept = r2_score(u_test, LinearRegression().fit(plain.transform(X), u).predict(plain.transform(X_test)))
@@ -173,18 +267,19 @@ def test_sliced_wasserstein_matching_removes_the_non_linear_signal_that_erasure_
     assert matched.erased_label_map_ is not None
 
 
-def test_matching_settings_round_trip_through_save_and_load(tmp_path):
+@pytest.mark.parametrize("matching", ["sliced_wasserstein", "neighbours"])
+def test_matching_settings_round_trip_through_save_and_load(tmp_path, matching):
     from bafo_pipeline import make_synthetic_faces
 
     faces = make_synthetic_faces(96, image_size=32, random_state=3)
     S = faces.sensitive_features
-    step = TrainedErasure(matching="sliced_wasserstein", matching_weight=0.01, erase_in_loop=False)
+    step = TrainedErasure(matching=matching, matching_weight=0.01, erase_in_loop=False)
     model = BAFOTransformer(
         latent_dim=6, widths=(4, 8), epochs=2, batch_size=32, concealment=[step], decoder_epochs=0, random_state=0,
     ).fit(faces.images, sensitive_features=S)
     loaded = load_model(save_model(model, tmp_path / "model"))
     restored = loaded.concealment_steps_[0]
-    assert (restored.matching, restored.erase_in_loop, restored.matching_weight) == ("sliced_wasserstein", False, 0.01)
+    assert (restored.matching, restored.erase_in_loop, restored.matching_weight) == (matching, False, 0.01)
     assert restored.get_params() == step.get_params()
     assert loaded.get_params()["concealment"][0].get_params() == step.get_params()
     Z = model.transform(faces.images)

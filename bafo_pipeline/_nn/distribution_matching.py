@@ -14,13 +14,16 @@ attributes:
   averaged; sees every difference of the one-dimensional marginals
   (spread, skew, a ring or two modes);
 - :func:`group_mmd`: squared maximum mean discrepancy with Gaussian kernels
-  at several bandwidths (multiples of the median pairwise distance).
+  at several bandwidths (multiples of the median pairwise distance);
+- :func:`group_neighbour_gap`: what a nearest-neighbour attacker reads, the
+  gap in own-group share among soft neighbours, against rows of earlier
+  batches (the caller keeps them).
 
 Give them latents in whitened coordinates (every direction at unit variance),
 so a difference along a low-variance direction counts as much as one along a
 high-variance direction: an attacker's probe standardises its inputs too.
 Each is also invariant to scaling the latents, so an encoder cannot lower it
-by shrinking them. :data:`MATCHING_PENALTIES` names them for
+by shrinking them. :data:`MATCHING_CHOICES` names them for
 ``TrainedErasure(matching=...)``.
 """
 
@@ -162,8 +165,89 @@ def group_mmd(
     return (counts / len(x) * mmd * usable).sum()
 
 
+def group_neighbour_gap(
+    queries: torch.Tensor,
+    query_onehot: torch.Tensor,
+    keys: torch.Tensor,
+    key_onehot: torch.Tensor,
+    *,
+    neighbours: int = 10,
+    min_group_size: int = 4,
+) -> torch.Tensor:
+    """Per group, how much more of its own group a row's soft nearest neighbours hold for members than for others.
+
+    A nearest-neighbour attacker reads a group from the share of that group
+    among a row's neighbours. Each query row gets soft neighbours among
+    ``keys`` (rows of earlier batches: a batch of 32 is too small to hold
+    neighbours of its own); for every group, the mean neighbour share of the
+    group among its member queries minus that among the other queries is the
+    *gap*, zero in expectation when the neighbourhoods do not depend on the
+    group, whatever their size, and its square is estimated without the
+    finite-batch floor of the plain square.
+
+    Parameters
+    ----------
+    queries : Tensor of shape (n, d)
+        The batch's latents (gradients flow through them), preferably whitened.
+    query_onehot : Tensor of shape (n, n_groups)
+        The queries' group membership, one block of columns per attribute.
+    keys : Tensor of shape (m, d)
+        Latents of other rows, in the queries' coordinates (detached).
+    key_onehot : Tensor of shape (m, n_groups)
+        Their group membership.
+    neighbours : int, default=10
+        Sets each query's kernel width: the gap between its squared distances
+        to its nearest and its ``neighbours``-th nearest key (so the penalty
+        does not change when the latents are scaled).
+    min_group_size : int, default=4
+        Groups with fewer member or non-member queries are skipped.
+
+    Returns
+    -------
+    Tensor
+        A scalar: the group-share-weighted sum of squared gaps, each estimated
+        without bias (so it can fall below zero, and it is zero in expectation
+        for groups the neighbourhoods do not depend on).
+    """
+    centre = keys.float().mean(0, keepdim=True)  # distances do not move, float32 rounding does
+    q, k = queries.float() - centre, keys.float() - centre
+    squared = (q.pow(2).sum(1, keepdim=True) + k.pow(2).sum(1)[None, :] - 2.0 * q @ k.T).clamp_min(0.0)
+    nearest = squared.detach().topk(min(neighbours, len(k)), dim=1, largest=False).values
+    width = (nearest[:, -1] - nearest[:, 0]).clamp_min(1e-6)
+    weights = torch.softmax(-(squared - nearest[:, :1]) / width[:, None], dim=1)
+    shares = weights @ key_onehot.float()  # (n, n_groups): each group's soft share among a row's neighbours
+    onehot = query_onehot.float()
+    counts = onehot.sum(0)
+    others = len(q) - counts
+    usable = ((counts >= min_group_size) & (others >= min_group_size)).float()
+    inside_mean, inside_variance = _group_moments(shares, onehot, counts)
+    outside_mean, outside_variance = _group_moments(shares, 1.0 - onehot, others)
+    # The unbiased estimate of the squared difference of two means: the plain square's finite-batch floor
+    # (the variances' share) would leave noise the encoder could answer only by emptying the latents, and,
+    # unlike a square without its diagonal terms, a shift common to all rows (batches drawn into a part of
+    # the bank one group dominates) cannot lower it.
+    squared_gap = (
+        (inside_mean - outside_mean).pow(2)
+        - inside_variance / counts.clamp_min(1.0)
+        - outside_variance / others.clamp_min(1.0)
+    )
+    return (counts / len(q) * squared_gap * usable).sum()
+
+
+def _group_moments(values: torch.Tensor, members: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column, the mean and the unbiased variance of ``values`` over the rows ``members`` marks."""
+    mean = (members * values).sum(0) / counts.clamp_min(1.0)
+    variance = (members * (values - mean).pow(2)).sum(0) / (counts - 1.0).clamp_min(1.0)
+    return mean, variance
+
+
 MATCHING_PENALTIES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "second_moments": group_second_moments,
     "sliced_wasserstein": group_sliced_wasserstein,
     "mmd": group_mmd,
 }
+"""The batch penalties, by the name ``TrainedErasure(matching=...)`` takes."""
+
+MATCHING_CHOICES: tuple[str, ...] = (*MATCHING_PENALTIES, "neighbours")
+"""Every ``matching`` choice: the batch penalties and ``"neighbours"``
+(:func:`group_neighbour_gap` against a bank of earlier batches' rows)."""

@@ -12,9 +12,10 @@
   magnitude wider than the means, so LEACE's oblique map amplifies it into
   the directions the decoder uses.)
 - optionally adds a distribution-matching penalty
-  (:data:`~bafo_pipeline._nn.distribution_matching.MATCHING_PENALTIES`: second
-  moments, sliced Wasserstein or kernel MMD) of the erased, whitened means to
-  the loss, against the non-linear leakage that linear erasure leaves.
+  (:data:`~bafo_pipeline._nn.distribution_matching.MATCHING_CHOICES`: second
+  moments, sliced Wasserstein, kernel MMD, or the neighbours' gap against a
+  bank of earlier batches' means) of the erased, whitened means to the loss,
+  against the non-linear leakage that linear erasure leaves.
 - with ``erase_in_loop=False`` it keeps the eraser's statistics (the penalty
   needs the erased, whitened coordinates) but gives the decoder the sample
   ``z`` unchanged: the penalty alone shapes the encoder, and the erasure is
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .distribution_matching import MATCHING_PENALTIES
+from .distribution_matching import MATCHING_CHOICES, MATCHING_PENALTIES, group_neighbour_gap
 from .running_erasure import ConditionSlice, GroupLayout, RunningEraser
 
 
@@ -49,8 +50,9 @@ class InLoopErasure:
     matching_weight : float, default=0.0
         Weight of the matching penalty, multiplied by the input size like the
         trainer's other penalties (0 disables it).
-    matching : {"second_moments", "sliced_wasserstein", "mmd"}, default="second_moments"
-        Which penalty compares each group's erased, whitened means with the batch's.
+    matching : {"second_moments", "sliced_wasserstein", "mmd", "neighbours"}, default="second_moments"
+        Which penalty compares each group's erased, whitened means with the
+        batch's (``"neighbours"``: with the last ``bank_size`` training rows').
     erase_in_loop : bool, default=True
         Give the decoder ``erase(mean) + (z - mean)``; False gives it ``z``
         (the eraser's statistics are still kept, for the penalty).
@@ -65,6 +67,10 @@ class InLoopErasure:
     seed : int, default=0
         Seeds the sliced-Wasserstein penalty's random directions (its own
         generator: a fit does not depend on the global one).
+    bank_size : int, default=2048
+        Earlier training rows (posterior means, detached, and their groups)
+        the ``"neighbours"`` penalty finds each batch row's neighbours among;
+        whitened with the current eraser when used.
 
     Notes
     -----
@@ -88,11 +94,14 @@ class InLoopErasure:
         momentum: float = 0.98,
         freeze_after: int | None = None,
         seed: int = 0,
+        bank_size: int = 2048,
     ):
         if matching_weight < 0:
             raise ValueError(f"matching_weight must be >= 0, got {matching_weight}")
-        if matching not in MATCHING_PENALTIES:
-            raise ValueError(f"matching must be one of {sorted(MATCHING_PENALTIES)}, got {matching!r}")
+        if matching not in MATCHING_CHOICES:
+            raise ValueError(f"matching must be one of {sorted(MATCHING_CHOICES)}, got {matching!r}")
+        if bank_size < 1:
+            raise ValueError(f"bank_size must be >= 1, got {bank_size}")
         if not 0 <= covariance_dims < latent_dim:
             raise ValueError(f"covariance_dims must lie in [0, latent_dim={latent_dim}), got {covariance_dims}")
         self.latent_dim = latent_dim
@@ -105,6 +114,8 @@ class InLoopErasure:
         self.momentum = momentum
         self.freeze_after = freeze_after
         self.seed = seed
+        self.bank_size = bank_size
+        self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self.refreshed = 0
         self.eraser: RunningEraser | None = None
         self._loss_scale = 1.0
@@ -136,11 +147,33 @@ class InLoopErasure:
         eraser = self._ready()
         if self.matching_weight == 0:
             return mean.new_zeros(())
+        if self.matching == "neighbours":
+            return self.matching_weight * self._loss_scale * self._neighbour_penalty(mean, conditions)
         options = {"generator": self._generator} if self.matching == "sliced_wasserstein" else {}
         penalty = MATCHING_PENALTIES[self.matching](
             eraser.whitened(mean.float()), eraser.layout.group_onehot(conditions), **options
         )
         return self.matching_weight * self._loss_scale * penalty
+
+    @property
+    def bank(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ``"neighbours"`` penalty's earlier training rows: their detached means and group one-hots (None before any)."""
+        return self._bank
+
+    def _neighbour_penalty(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """:func:`group_neighbour_gap` of the batch against the bank (0 until it holds a batch); training batches join the bank."""
+        eraser = self._ready()
+        onehot = eraser.layout.group_onehot(conditions)
+        penalty = mean.new_zeros((), dtype=torch.float32)
+        if self._bank is not None and len(self._bank[0]) >= len(mean):
+            keys, key_onehot = self._bank
+            penalty = group_neighbour_gap(eraser.whitened(mean.float()), onehot, eraser.whitened(keys), key_onehot)
+        if torch.is_grad_enabled():
+            rows, groups = mean.detach().float(), onehot.detach()
+            if self._bank is not None:
+                rows, groups = torch.cat([self._bank[0], rows]), torch.cat([self._bank[1], groups])
+            self._bank = (rows[-self.bank_size :], groups[-self.bank_size :])
+        return penalty
 
     def erase(self, latents: torch.Tensor) -> torch.Tensor:
         """The current erasure map applied to latents."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 
-from .._nn.distribution_matching import MATCHING_PENALTIES
+from .._nn.distribution_matching import MATCHING_CHOICES
 from .._nn.in_loop import InLoopErasure
 from .._utils.params import Interval, StrOptions
 from ._erasure import LinearErasure
@@ -41,12 +41,15 @@ class TrainedErasure(LinearErasure):
         distribution of the erased, whitened posterior means lies from the
         batch's, scaled by the input size like the estimator's other
         penalties. 0 disables it.
-    matching : {"second_moments", "sliced_wasserstein", "mmd"}, default="second_moments"
+    matching : {"second_moments", "sliced_wasserstein", "mmd", "neighbours"}, default="second_moments"
         The penalty: second moments (a soft covariance-direction erasure over
         all directions; blind to differences of shape), sliced 2-Wasserstein
-        distance on random directions, or kernel MMD (Gaussian kernels at
-        multiples of the median distance). All are invariant to the latents'
-        scale. Experimental: docs/TRAINED_CONCEALMENT.md, §9.
+        distance on random directions, kernel MMD (Gaussian kernels at
+        multiples of the median distance), or the neighbours' gap (how much
+        more of a group a row's soft nearest neighbours among the last 2,048
+        training rows hold for the group's members than for others: what a
+        nearest-neighbour attacker reads). All are invariant to the latents'
+        scale. Experimental: docs/TRAINED_CONCEALMENT.md, §9 and §21.
     erase_in_loop : bool, default=True
         Erase the posterior means between encoder and decoder in training.
         False keeps the decoder on the encoder's own latents (the matching
@@ -74,7 +77,7 @@ class TrainedErasure(LinearErasure):
     _parameter_rules: dict = {
         **LinearErasure._parameter_rules,
         "matching_weight": [Interval(Real, 0, None, closed="left")],
-        "matching": [StrOptions(set(MATCHING_PENALTIES))],
+        "matching": [StrOptions(set(MATCHING_CHOICES))],
         "erase_in_loop": ["boolean"],
         "freeze_after": [Interval(Integral, 1, None, closed="left"), None],
     }

@@ -3,8 +3,9 @@
 Trains the frontier's encoder (``bafo train --utkface UTKFace --epochs 4 --concealment none
 --decoder-epochs 0``: the same split, network and optimiser) with one change: the encoder trains with
 ``TrainedErasure(matching="neighbours", matching_weight=W, erase_in_loop=False)``, a penalty on how
-much more of each attribute group a batch row's soft nearest neighbours (among the last 2,048 training
-rows, in the erased, whitened coordinates) hold for the group's members than for others. The decoder
+much more of each attribute group a batch row's 10 nearest neighbours (among up to 2,048 earlier
+training rows of the epoch, in the erased, whitened coordinates) hold for the group's members than for
+others. The decoder
 still sees the encoder's own latents. The saved model is then measured like any unconcealed encoder:
 
     python benchmarks/neighbour_trained_encoder.py --utkface UTKFace --out artifacts/utk_nbr_w1 --weight 1

@@ -16,8 +16,9 @@ attributes:
 - :func:`group_mmd`: squared maximum mean discrepancy with Gaussian kernels
   at several bandwidths (multiples of the median pairwise distance);
 - :func:`group_neighbour_gap`: what a nearest-neighbour attacker reads, the
-  gap in own-group share among soft neighbours, against rows of earlier
-  batches (the caller keeps them).
+  gap in own-group share among a row's nearest neighbours; unlike the
+  others it compares the batch with rows of earlier batches, which the
+  caller keeps.
 
 Give them latents in whitened coordinates (every direction at unit variance),
 so a difference along a low-variance direction counts as much as one along a
@@ -174,16 +175,17 @@ def group_neighbour_gap(
     neighbours: int = 10,
     min_group_size: int = 4,
 ) -> torch.Tensor:
-    """Per group, how much more of its own group a row's soft nearest neighbours hold for members than for others.
+    """Per group, how much more of its own group a row's nearest neighbours hold for members than for others.
 
     A nearest-neighbour attacker reads a group from the share of that group
-    among a row's neighbours. Each query row gets soft neighbours among
-    ``keys`` (rows of earlier batches: a batch of 32 is too small to hold
-    neighbours of its own); for every group, the mean neighbour share of the
-    group among its member queries minus that among the other queries is the
-    *gap*, zero in expectation when the neighbourhoods do not depend on the
-    group, whatever their size, and its square is estimated without the
-    finite-batch floor of the plain square.
+    among a row's ``k`` nearest neighbours. Each query row gets its
+    ``neighbours`` nearest ``keys`` (rows of earlier batches: a batch of 32 is
+    too small to hold neighbours of its own), weighted by a softmax of their
+    squared distances so that the share has a gradient; for every group, the
+    mean neighbour share of the group among its member queries minus that
+    among the other queries is the *gap*, zero in expectation when the
+    neighbourhoods do not depend on the group. Its square is estimated
+    without the finite-batch floor of the plain square.
 
     Parameters
     ----------
@@ -192,15 +194,17 @@ def group_neighbour_gap(
     query_onehot : Tensor of shape (n, n_groups)
         The queries' group membership, one block of columns per attribute.
     keys : Tensor of shape (m, d)
-        Latents of other rows, in the queries' coordinates (detached).
+        Latents of other rows, in the queries' coordinates (no gradient
+        flows into them).
     key_onehot : Tensor of shape (m, n_groups)
         Their group membership.
     neighbours : int, default=10
-        Sets each query's kernel width: the gap between its squared distances
-        to its nearest and its ``neighbours``-th nearest key (so the penalty
-        does not change when the latents are scaled).
+        Keys per query (at least 2). Their weights fall from 1 at the nearest
+        to ``exp(-1)`` at the farthest (the kernel's width is the gap between
+        their squared distances), so the penalty does not change when the
+        latents are scaled.
     min_group_size : int, default=4
-        Groups with fewer member or non-member queries are skipped.
+        Groups with fewer member or non-member queries are skipped (at least 2).
 
     Returns
     -------
@@ -209,13 +213,19 @@ def group_neighbour_gap(
         without bias (so it can fall below zero, and it is zero in expectation
         for groups the neighbourhoods do not depend on).
     """
-    centre = keys.float().mean(0, keepdim=True)  # distances do not move, float32 rounding does
-    q, k = queries.float() - centre, keys.float() - centre
-    squared = (q.pow(2).sum(1, keepdim=True) + k.pow(2).sum(1)[None, :] - 2.0 * q @ k.T).clamp_min(0.0)
-    nearest = squared.detach().topk(min(neighbours, len(k)), dim=1, largest=False).values
-    width = (nearest[:, -1] - nearest[:, 0]).clamp_min(1e-6)
-    weights = torch.softmax(-(squared - nearest[:, :1]) / width[:, None], dim=1)
-    shares = weights @ key_onehot.float()  # (n, n_groups): each group's soft share among a row's neighbours
+    if neighbours < 2 or min_group_size < 2:
+        raise ValueError(f"need neighbours >= 2 and min_group_size >= 2, got {neighbours} and {min_group_size}")
+    with torch.autocast(queries.device.type, enabled=False):  # distances in float32 even under bf16 autocast
+        keys = keys.detach().float()
+        centre = keys.mean(0, keepdim=True)  # distances do not move, float32 rounding does
+        q, k = queries.float() - centre, keys - centre
+        squared = (q.pow(2).sum(1, keepdim=True) + k.pow(2).sum(1)[None, :] - 2.0 * q @ k.T).clamp_min(0.0)
+        nearest, index = squared.topk(min(neighbours, len(k)), dim=1, largest=False)
+        closest = nearest.detach()
+        width = (closest[:, -1] - closest[:, 0]).clamp_min(1e-6 * closest[:, -1] + 1e-30)
+        weights = torch.softmax(-(nearest - closest[:, :1]) / width[:, None], dim=1)
+        # (n, n_groups): each group's share among a row's neighbours
+        shares = torch.einsum("nk,nkg->ng", weights, key_onehot.float()[index])
     onehot = query_onehot.float()
     counts = onehot.sum(0)
     others = len(q) - counts

@@ -68,17 +68,17 @@ class InLoopErasure:
         Seeds the sliced-Wasserstein penalty's random directions (its own
         generator: a fit does not depend on the global one).
     bank_size : int, default=2048
-        Earlier training rows (posterior means, detached, and their groups)
-        the ``"neighbours"`` penalty finds each batch row's neighbours among;
-        whitened with the current eraser when used.
+        Earlier training rows of the same epoch (posterior means, detached,
+        and their groups) the ``"neighbours"`` penalty finds each batch row's
+        neighbours among; whitened with the current eraser when used.
 
     Notes
     -----
     :meth:`begin` must run before the first batch (the trainer calls it): it
     fixes the continuous attributes' bin edges from all training conditions.
     Only batches seen with gradients enabled (training, not validation)
-    update the statistics. The statistics are not part of training
-    checkpoints: a resumed fit starts them afresh.
+    update the statistics. The statistics and the ``"neighbours"`` bank are
+    not part of training checkpoints: a resumed fit starts them afresh.
     """
 
     def __init__(
@@ -116,6 +116,8 @@ class InLoopErasure:
         self.seed = seed
         self.bank_size = bank_size
         self._bank: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._epoch_rows = 0
+        self._rows_per_epoch = 0
         self.refreshed = 0
         self.eraser: RunningEraser | None = None
         self._loss_scale = 1.0
@@ -127,6 +129,7 @@ class InLoopErasure:
             self.latent_dim, layout, covariance_dims=self.covariance_dims, momentum=self.momentum
         ).to(conditions.device)
         self._loss_scale = float(input_size)
+        self._rows_per_epoch = len(conditions)  # the training rows: every epoch's batches hold each once
         # The sliced penalty's random directions come from here, not torch's global generator, so a fit
         # does not depend on what drew from that generator before it.
         self._generator = torch.Generator().manual_seed(self.seed)
@@ -161,18 +164,28 @@ class InLoopErasure:
         return self._bank
 
     def _neighbour_penalty(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        """:func:`group_neighbour_gap` of the batch against the bank (0 until it holds a batch); training batches join the bank."""
+        """:func:`group_neighbour_gap` of the batch against the bank; training batches join the bank.
+
+        The bank holds the current epoch's rows only: a row of an earlier epoch
+        could be a query's own stale copy, its nearest neighbour and of its own
+        groups. It is 0 while the bank holds fewer rows than the batch (or
+        than ``bank_size``).
+        """
         eraser = self._ready()
         onehot = eraser.layout.group_onehot(conditions)
+        training = torch.is_grad_enabled()
+        if training and self._epoch_rows + len(mean) > self._rows_per_epoch:  # a new epoch
+            self._bank, self._epoch_rows = None, 0
         penalty = mean.new_zeros((), dtype=torch.float32)
-        if self._bank is not None and len(self._bank[0]) >= len(mean):
+        if self._bank is not None and len(self._bank[0]) >= min(len(mean), self.bank_size):
             keys, key_onehot = self._bank
             penalty = group_neighbour_gap(eraser.whitened(mean.float()), onehot, eraser.whitened(keys), key_onehot)
-        if torch.is_grad_enabled():
+        if training:
             rows, groups = mean.detach().float(), onehot.detach()
             if self._bank is not None:
                 rows, groups = torch.cat([self._bank[0], rows]), torch.cat([self._bank[1], groups])
             self._bank = (rows[-self.bank_size :], groups[-self.bank_size :])
+            self._epoch_rows += len(mean)
         return penalty
 
     def erase(self, latents: torch.Tensor) -> torch.Tensor:

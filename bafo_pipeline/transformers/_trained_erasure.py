@@ -46,9 +46,9 @@ class TrainedErasure(LinearErasure):
         all directions; blind to differences of shape), sliced 2-Wasserstein
         distance on random directions, kernel MMD (Gaussian kernels at
         multiples of the median distance), or the neighbours' gap (how much
-        more of a group a row's soft nearest neighbours among the last 2,048
-        training rows hold for the group's members than for others: what a
-        nearest-neighbour attacker reads). All are invariant to the latents'
+        more of a group a row's 10 nearest neighbours, among up to 2,048
+        earlier training rows of the epoch, hold for the group's members than
+        for others: what a nearest-neighbour attacker reads). All are invariant to the latents'
         scale. Experimental: docs/TRAINED_CONCEALMENT.md, §9 and §21.
     erase_in_loop : bool, default=True
         Erase the posterior means between encoder and decoder in training.

@@ -179,16 +179,23 @@ def test_descending_the_neighbour_gap_mixes_two_clusters():
     assert knn_reads(x.detach().numpy()) < 0.6
 
 
-def test_the_neighbour_penalty_keeps_a_bank_of_training_batches_only():
+def _neighbour_hook(bank_size):
+    """A neighbours hook on 128 training rows of one gender column, and means with group 1 in two clusters."""
     S = pd.DataFrame({"gender": ["f", "m"] * 64})
     schema = AttributeSchema.infer(S)
     slices = [(0, schema.attributes[0].width, schema.attributes[0].kind)]
     C = torch.from_numpy(schema.encode(S)).float()
-    hook = InLoopErasure(4, slices, matching="neighbours", matching_weight=1.0, erase_in_loop=False, bank_size=96)
+    hook = InLoopErasure(4, slices, matching="neighbours", matching_weight=1.0, erase_in_loop=False,
+                         bank_size=bank_size)
     hook.begin(C, input_size=10)
     generator = torch.Generator().manual_seed(0)
     clusters = torch.randn(128, 1, generator=generator).sign()
-    mean = torch.randn(128, 4, generator=generator) + 6.0 * C[:, :1] * clusters  # group 1 in two clusters
+    mean = torch.randn(128, 4, generator=generator) + 6.0 * C[:, :1] * clusters
+    return hook, C, mean
+
+
+def test_the_neighbour_penalty_keeps_a_bank_of_training_batches_only():
+    hook, C, mean = _neighbour_hook(bank_size=96)
     batches = [slice(start, start + 32) for start in range(0, 128, 32)]
     for batch in batches[:1]:
         hook.latent(mean[batch], C[batch], mean[batch])
@@ -208,14 +215,7 @@ def test_the_neighbour_penalty_keeps_a_bank_of_training_batches_only():
 
 
 def test_the_neighbour_penalty_works_with_a_bank_smaller_than_the_batch():
-    S = pd.DataFrame({"gender": ["f", "m"] * 64})
-    schema = AttributeSchema.infer(S)
-    slices = [(0, schema.attributes[0].width, schema.attributes[0].kind)]
-    C = torch.from_numpy(schema.encode(S)).float()
-    hook = InLoopErasure(4, slices, matching="neighbours", matching_weight=1.0, erase_in_loop=False, bank_size=16)
-    hook.begin(C, input_size=10)
-    generator = torch.Generator().manual_seed(0)
-    mean = torch.randn(128, 4, generator=generator) + 6.0 * C[:, :1] * torch.randn(128, 1, generator=generator).sign()
+    hook, C, mean = _neighbour_hook(bank_size=16)
     hook.latent(mean[:32], C[:32], mean[:32])
     hook.loss(mean[:32], C[:32])
     assert len(hook.bank[0]) == 16

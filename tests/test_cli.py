@@ -205,7 +205,8 @@ def test_run_with_transport_encodes_every_image_with_its_own_labels(tmp_path, mo
                                        "--latent-dim", "16", "--concealment", "transport", "--calibration-fraction",
                                        "0.3", *noise, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    steps = load_model(out / "model").concealment_steps_
+    model = load_model(out / "model")
+    steps = model.concealment_steps_
     recorded = json.loads((out / "model" / "config.json").read_text())["metadata"]["data"]
     if noise_scale is None:  # the preset, named as such
         assert len(steps) == 1 and "concealment_options" not in recorded
@@ -214,7 +215,6 @@ def test_run_with_transport_encodes_every_image_with_its_own_labels(tmp_path, mo
         assert recorded["concealment_options"] == {"concealment": "transport", "noise_scale": noise_scale}
     assert pq.read_schema(out / "latents.parquet").names == ["id", "latent", "split"]  # no label in the shared file
     faces = load_source(synthetic_samples=700, image_size=56, seed=0)  # what bafo run loaded
-    model = load_model(out / "model")
     assert model.needs_sensitive_features_to_transform
     shared = read_latents(out / "latents.parquet")
     n_calibration = int(re.search(r"not shared: the (\d+) calibration images", result.output).group(1))

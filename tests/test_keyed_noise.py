@@ -126,12 +126,14 @@ def test_in_a_model_the_noise_follows_each_images_pixels_and_its_key_stays_secre
     model.set_params(precision="float32")
     nchw = np.ascontiguousarray(faces.images.transpose(0, 3, 1, 2))
     np.testing.assert_allclose(model.encode_images(nchw, sensitive_features=S), shared, atol=1e-5)
-    moved = faces.images.copy()
-    moved[0, 0, 0, 0] ^= 1  # one pixel's last bit: another image, another draw
-    raw_moved = model.transform(moved[:1], sensitive_features=S.iloc[:1], conceal=False)
-    other = model.transform(moved[:1], sensitive_features=S.iloc[:1]) - transport.transform(
-        raw_moved, sensitive_features=S.iloc[:1])
-    assert np.abs(other - added[:1]).mean() > 0.3 * np.abs(added).mean()
+    moved = faces.images[:20].copy()
+    moved[:, 0, 0, 0] ^= 1  # one pixel's last bit: another image, another draw
+    raw_moved = model.transform(moved, sensitive_features=S.iloc[:20], conceal=False)
+    other = model.transform(moved, sensitive_features=S.iloc[:20]) - transport.transform(
+        raw_moved, sensitive_features=S.iloc[:20])
+    # Two independent draws of one scale differ by about 1.4 times a draw's size; the same draw by 0.
+    # Compared row by row (the scale differs between rows), over 120 numbers so that chance cannot fail it.
+    assert np.abs(other - added[:20]).mean() > 0.7 * np.abs(added[:20]).mean()
     save_model(model, tmp_path / "model")
     loaded = load_model(tmp_path / "model")
     np.testing.assert_array_equal(loaded.transform(faces.images, sensitive_features=S), shared)

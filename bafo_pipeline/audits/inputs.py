@@ -25,6 +25,7 @@ __all__ = [
     "align_by_id",
     "band_names",
     "check_representations",
+    "class_text",
     "encode_like",
     "infer_kind",
     "prepare_attributes",
@@ -145,6 +146,20 @@ def check_representations(representations) -> dict[str, np.ndarray]:
         n = len(Z)
         out[str(name)] = Z
     return out
+
+
+def class_text(values) -> np.ndarray:
+    """The text each class value is matched by across tables: ``str``, with integral numbers written as integers.
+
+    A label column with one missing value is read as floats, so its classes would
+    be ``"0.0"`` and ``"1.0"`` against another table's ``"0"`` and ``"1"``.
+    """
+    def text(value) -> str:
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return str(int(value))
+        return str(value)
+
+    return np.array([text(v) for v in np.asarray(values, dtype=object)], dtype=object)
 
 
 def _is_text(index: pd.Index) -> bool:
@@ -276,7 +291,7 @@ def _categorical(name: str, column: pd.Series, n_folds: int) -> Attribute:
         classes, codes = np.unique(values, return_inverse=True)
     except TypeError:  # mixed types: compare as text
         classes, codes = np.unique(values.astype(str), return_inverse=True)
-    names = [str(c) for c in classes]
+    names = list(class_text(classes))
     if len(names) < 2:
         raise ValueError(
             f"attribute {name!r} has a single class ({names[0]!r}) in the audit data; "
@@ -376,7 +391,7 @@ def encode_like(attribute: Attribute, labels: pd.DataFrame, collected: list[str]
     else:
         present = column.notna().to_numpy()
         rows = np.flatnonzero(present)
-        text = column.to_numpy()[present].astype(str)
+        text = class_text(column.to_numpy()[present])
     index = {name: code for code, name in enumerate(attribute.classes or [])}
     codes = np.array([index.get(t, -1) for t in text], dtype=np.int64)
     unknown = codes < 0

@@ -31,7 +31,7 @@ import pandas as pd
 from sklearn.model_selection import KFold
 
 from ..attributes import quantile_bin_edges
-from .inputs import infer_kind
+from .inputs import class_text, infer_kind
 from .leakage import audit_leakage
 from .probes import UTILITY_PROBES
 from .result import AuditResult
@@ -88,7 +88,7 @@ class SensitiveResidualizer:
                 codes = np.digitize(pd.to_numeric(values).to_numpy(np.float64), self.levels_[column])
                 blocks.append((codes[:, None] == np.arange(1, len(self.levels_[column]) + 1)).astype(float))
             else:
-                text = values.astype(str).to_numpy()
+                text = class_text(values)
                 blocks.append((text[:, None] == np.asarray(self.levels_[column][1:])[None, :]).astype(float))
         return np.hstack(blocks)
 
@@ -115,7 +115,7 @@ class SensitiveResidualizer:
             if self.kinds_[column] == "continuous":
                 self.levels_[column] = quantile_bin_edges(pd.to_numeric(values).to_numpy(dtype=float), self.n_bands)
             else:
-                self.levels_[column] = sorted(values.astype(str).unique())
+                self.levels_[column] = sorted(set(class_text(values)))
         X = self._design(sensitive[complete])
         self.coef_ = np.zeros((X.shape[1], targets.shape[1]))
         self.explained_ = {}

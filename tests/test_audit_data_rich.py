@@ -88,6 +88,12 @@ def test_bad_training_exports_are_refused():
         audit_leakage(Z, labels, fit_representations=Z[:, :3], fit_labels=labels, **FAST)
     with pytest.raises(ValueError, match="training labels have no column 'gender'"):
         audit_leakage(Z, labels, fit_representations=Z, fit_labels=labels[["age"]], **FAST)
+    # Audited rows that are also training rows would be read in-sample (ids of either type).
+    labels["id"] = np.arange(100)
+    with pytest.raises(ValueError, match="share 50 ids"):
+        audit_leakage({"z": (labels["id"].to_numpy(), Z)}, labels, id_column="id",
+                      fit_representations={"z": (labels["id"].astype(str).to_numpy()[50:], Z[50:])},
+                      fit_labels=labels.iloc[50:], **FAST)
 
 
 def test_schema_1_reports_still_load(weak_signal):

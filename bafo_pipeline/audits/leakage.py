@@ -315,9 +315,14 @@ def _training_export(
     attrs: Sequence[Attribute],
     *,
     id_column: str | None,
+    audited_ids: np.ndarray | None,
     collected: list[str],
 ) -> tuple[dict[str, np.ndarray], dict[str, Attribute]]:
-    """Validate the data-rich attacker's training rows; encode their labels like the audited attributes."""
+    """Validate the data-rich attacker's training rows; encode their labels like the audited attributes.
+
+    Where both sides come with ids, they must not share any: a probe scored on rows it was fitted on reads
+    them in-sample and overstates the leakage.
+    """
     if fit_representations is None and fit_labels is None:
         return {}, {}
     if fit_representations is None or fit_labels is None:
@@ -336,7 +341,14 @@ def _training_export(
     if any(isinstance(v, tuple) for v in fit_representations.values()):
         if id_column is None:
             raise ValueError("fit_representations given as (ids, array) pairs need id_column")
-        fit_representations, fit_labels, _ = align_by_id(fit_representations, fit_labels, id_column, collected)
+        fit_representations, fit_labels, fit_ids = align_by_id(fit_representations, fit_labels, id_column, collected)
+        if audited_ids is not None:
+            shared = pd.Index(fit_ids).astype(str).intersection(pd.Index(audited_ids).astype(str))
+            if len(shared):
+                raise ValueError(
+                    f"the training export and the audited rows share {len(shared)} ids (first: {shared[0]!r}): the "
+                    "data-rich probes would be scored on rows they were fitted on; audit held-out rows only"
+                )
     try:
         fit = check_representations(fit_representations)
     except ValueError as error:
@@ -483,7 +495,9 @@ def audit_leakage(
     if paired:
         if id_column is None:
             raise ValueError("representations given as (ids, array) pairs need id_column")
-        representations, labels, _ = align_by_id(representations, labels, id_column, collected)
+        representations, labels, audited_ids = align_by_id(representations, labels, id_column, collected)
+    else:
+        audited_ids = None
     reps = check_representations(representations)
     n = len(next(iter(reps.values())))
     if len(labels) != n:
@@ -496,7 +510,8 @@ def audit_leakage(
         raise ValueError(f"the id column {id_column!r} cannot be audited as an attribute")
     attrs = prepare_attributes(labels, attributes, kinds, bands, n_folds, collected)
     fit_reps, fit_attrs = _training_export(
-        fit_representations, fit_labels, reps, attrs, id_column=id_column, collected=collected
+        fit_representations, fit_labels, reps, attrs, id_column=id_column, audited_ids=audited_ids,
+        collected=collected,
     )
 
     folds = {a.name: _folds(a, n_folds, random_state) for a in attrs}

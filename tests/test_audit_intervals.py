@@ -157,3 +157,29 @@ def test_the_extended_per_fold_test_keeps_its_size_under_the_null():
     for alpha in (0.02, 0.05, 0.1, 0.3):
         bound = alpha + 3 * np.sqrt(alpha * (1 - alpha) / len(p))
         assert np.mean(p <= alpha) <= bound
+
+
+def test_the_refitted_linear_test_sees_a_signal_with_more_dimensions_than_rows():
+    from bafo_pipeline.audits.permutation import refit_linear_test
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    X = rng.normal(size=(300, 400))
+    X[:, 0] += 2.0 * y
+    folds = np.array_split(rng.permutation(300), 5)
+    statistic, p = refit_linear_test(X, y, folds, categorical=True, n_classes=2, n_permutations=200, rng=rng)
+    assert statistic > 0.1 and p < 0.01  # whitened by the sample covariance: statistic 0, p = 1
+
+
+def test_the_refitted_linear_test_keeps_its_size_with_more_dimensions_than_rows():
+    from bafo_pipeline.audits.permutation import refit_linear_test
+
+    rng = np.random.default_rng(3)
+    p = []
+    for _ in range(150):
+        y, X = rng.integers(0, 2, 60), rng.normal(size=(60, 80))
+        folds = np.array_split(rng.permutation(60), 5)
+        p.append(refit_linear_test(X, y, folds, categorical=True, n_classes=2, n_permutations=40, rng=rng)[1])
+    p = np.array(p)
+    for alpha in (0.05, 0.1, 0.3):
+        assert np.mean(p <= alpha) <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / len(p))

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.covariance import ledoit_wolf_shrinkage
 
 from .metrics import balanced_predictions, permuted_adjusted_balanced_accuracy, permuted_r2
 from .resampling import chunks, permutation_p_value, permutations
@@ -56,9 +57,16 @@ def _within_fold_permutations(folds: Sequence[np.ndarray], n: int, size: int, rn
 
 
 def _whiten(X: np.ndarray) -> np.ndarray:
-    # Label-free, so using every row (test folds included) keeps the test exact.
+    # Label-free, so using every row (test folds included) keeps the test exact. The covariance is shrunk
+    # towards a multiple of the identity (Ledoit-Wolf): with as many dimensions as rows, whitening by the
+    # sample covariance puts every row at the same distance from every class mean, and the statistic is 0
+    # for any labelling (p = 1 for a signal the logistic probe reads at 0.3).
     Xc = X - X.mean(axis=0)
-    vals, vecs = np.linalg.eigh(np.cov(Xc, rowvar=False).reshape(X.shape[1], X.shape[1]))
+    covariance = np.cov(Xc, rowvar=False).reshape(X.shape[1], X.shape[1])
+    if X.shape[1] > 1:
+        shrinkage = ledoit_wolf_shrinkage(Xc, assume_centered=True)
+        covariance = (1 - shrinkage) * covariance + shrinkage * np.trace(covariance) / X.shape[1] * np.eye(X.shape[1])
+    vals, vecs = np.linalg.eigh(covariance)
     keep = vals > max(vals.max(), 1e-12) * 1e-9
     return (Xc @ (vecs[:, keep] / np.sqrt(vals[keep]))).astype(np.float32)
 

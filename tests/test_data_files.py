@@ -67,6 +67,74 @@ def test_key_file_is_created_private_and_reused(tmp_path, monkeypatch):
         load_id_key(tmp_path / "open.key")
 
 
+def _load_key_when_released(path, barrier, results):
+    barrier.wait()
+    try:
+        results.put(load_id_key(path).hex())
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(error).__name__}: {error}")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="forks processes")
+def test_processes_creating_the_key_file_at_once_all_get_the_one_whole_key(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(40):  # the key file used to appear empty, then be written: 1 race in 10 read it empty
+        path = tmp_path / str(trial) / "id.key"
+        barrier, results = context.Barrier(3), context.Queue()
+        workers = [context.Process(target=_load_key_when_released, args=(path, barrier, results)) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        keys = {results.get(timeout=60) for _ in workers}
+        for worker in workers:
+            worker.join(timeout=60)
+        assert len(keys) == 1 and len(bytes.fromhex(keys.pop())) == 32, (trial, keys)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and os.listdir(path.parent) == ["id.key"]
+
+
+def test_a_key_published_meanwhile_by_another_process_is_the_one_used(tmp_path, monkeypatch):
+    import bafo_pipeline.data.ids as ids
+
+    path, theirs, link = tmp_path / "id.key", bytes(range(100, 132)), os.link
+
+    def publish_theirs_first(source, target):
+        (tmp_path / "id.key").write_text(theirs.hex() + "\n")
+        os.chmod(path, 0o600)
+        link(source, target)
+
+    monkeypatch.setattr(ids.os, "link", publish_theirs_first)
+    assert load_id_key(path) == theirs
+    monkeypatch.undo()
+    assert load_id_key(path) == theirs and os.listdir(tmp_path) == ["id.key"]  # no temporary file left
+
+
+def test_a_failed_key_write_leaves_no_key_file(tmp_path, monkeypatch):
+    import bafo_pipeline.data.ids as ids
+
+    class Full:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    fdopen = os.fdopen
+    monkeypatch.setattr(ids.os, "fdopen", lambda fd, mode: Full(fdopen(fd, mode)))
+    path = tmp_path / "keys" / "id.key"
+    with pytest.raises(OSError, match="No space"):
+        load_id_key(path)
+    assert os.listdir(path.parent) == []  # used to leave an empty key file: every later load failed
+    monkeypatch.undo()
+    assert len(load_id_key(path)) == 32 == len(load_id_key(path, create=False))
+
+
 @pytest.mark.parametrize("name", ["keys.csv", "keys.parquet"])
 def test_the_key_table_is_written_whole_and_readable_by_its_owner_only(tmp_path, name):
     path = write_key_table(tmp_path / name, [5, 7], ["/data/a.jpg", "/data/b.jpg"], rows=[2, 3])

@@ -325,7 +325,7 @@ def test_cli_encodes_on_ray_and_the_audit_reads_the_partitioned_output(ray_clust
     assert refused.exit_code != 0 and "--limit" in refused.output
 
 
-def test_a_ray_dataset_of_image_bytes_gives_the_folder_export_rows(plain_export, model_dir, folder, tmp_path):
+def test_a_ray_dataset_of_image_bytes_gives_the_folder_export_rows(plain_export, model_dir, folder, faces, tmp_path):
     import ray
 
     from_folder, folder_out = plain_export
@@ -344,9 +344,28 @@ def test_a_ray_dataset_of_image_bytes_gives_the_folder_export_rows(plain_export,
     reasons = report.counts["skipped_by_reason"]
     assert reasons["empty file (0 bytes)"] == 1 and reasons["duplicate of another image (same bytes)"] == 1
     assert reasons["copy of an image with conflicting labels (all copies dropped)"] == 2
-    again = encode_dataset(model_dir, tmp_path / "dataset", dataset=dataset, id_key=KEY, workers=1,
+    # Another dataset of the same shape (count, columns, labels): its plan cannot tell it from the first, so the
+    # folder is refused, not answered with the first dataset's output, nor resumed with its partitions.
+    items = dataset.take_all()
+    replaced = files.index(folder / _utkface_name(5, faces))  # a face written once, with no copy
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.asarray(Image.open(files[replaced]).convert("RGB"))[::-1])).save(
+        buffer, format="PNG")  # the same face upside down: other bytes, other id
+    items[replaced] = {**items[replaced], "bytes": buffer.getvalue()}
+    other = ray.data.from_items(items)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dataset").iterdir()}
+    for source in (dataset, other):
+        with pytest.raises(FileExistsError, match="cannot resume or reuse"):
+            encode_dataset(model_dir, tmp_path / "dataset", dataset=source, id_key=KEY, workers=1,
                            partition_rows=10, include_labels=True)
-    assert again.partitions_written == 0
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dataset").iterdir()}
+    again = encode_dataset(model_dir, tmp_path / "dataset", dataset=other, id_key=KEY, workers=1,
+                           partition_rows=10, include_labels=True, overwrite=True)
+    assert again.partitions_kept == 0 and again.partitions_written == report.n_partitions
+    new_id = pseudonymous_ids([content_hash(buffer.getvalue())], KEY)[0]
+    ids = set(pq.read_table(tmp_path / "dataset").column("id").to_pylist())
+    assert new_id in ids and new_id not in set(b.column("id").to_pylist())
+    assert pseudonymous_ids([content_hash(files[replaced].read_bytes())], KEY)[0] not in ids  # the face it replaced
 
 
 def test_uris_through_fsspec_read_and_write_like_local_paths(plain_export, model_dir, folder, tmp_path):

@@ -1,6 +1,7 @@
 """The in-process export's ids and row order (issue 14, item 1): pseudonymous ids under the data owner's key,
 rows in id order, nothing that follows file names or labels; the key table only on request."""
 
+import hashlib
 import os
 import stat
 
@@ -12,6 +13,7 @@ from scipy.stats import spearmanr
 
 from bafo_pipeline import BAFOTransformer, export_latents, make_synthetic_faces, read_latents
 from bafo_pipeline.data import ImageFiles, key_fingerprint, pseudonymous_ids, scan_source
+from bafo_pipeline.pipeline.export import source_fingerprint
 
 SIZE = 32
 KEY = bytes(range(32))
@@ -83,6 +85,27 @@ def test_the_same_key_gives_the_same_file_whatever_the_source_order_and_another_
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.latents, b.latents)
     assert not set(a.ids) & set(c.ids)
+
+
+def test_the_source_fingerprint_is_keyed_so_a_public_image_does_not_find_its_file(model, utkface, tmp_path):
+    source = _scan(utkface)
+    one = source.subset([int(np.flatnonzero(~source.table["path"].str.contains("95_1_4_"))[0])])
+    image_hash = one.content_hash[0]  # what anyone holding the (public) image computes
+    unkeyed = {hashlib.sha256(image_hash.encode()).hexdigest(), hashlib.sha256(f"{image_hash}\n".encode()).hexdigest()}
+    recorded = []
+    for i, key in enumerate((KEY, b"another key of 32 bytes........!")):
+        export_latents(model, one, tmp_path / f"{i}.parquet", id_key=key)
+        recorded.append(read_latents(tmp_path / f"{i}.parquet").metadata["source_fingerprint"])
+        assert recorded[-1] == source_fingerprint([image_hash], key)
+    assert recorded[0] != recorded[1] and not unkeyed & set(recorded)
+    # The same images under the same key, in any order, give the same fingerprint.
+    shuffled = source.subset(np.random.default_rng(1).permutation(len(source)))
+    assert source_fingerprint(shuffled.content_hash, KEY) == source_fingerprint(source.content_hash, KEY)
+    # Ids given without a key (as a distributed partition's): nothing to key it with, none recorded.
+    export_latents(model, one, tmp_path / "given.parquet", ids=[7])
+    assert read_latents(tmp_path / "given.parquet").metadata.get("source_fingerprint") is None
+    export_latents(model, one, tmp_path / "given_keyed.parquet", ids=[7], id_key=KEY)
+    assert read_latents(tmp_path / "given_keyed.parquet").metadata["source_fingerprint"] == recorded[0]
 
 
 def test_the_default_key_is_the_owners_key_file(model, utkface, tmp_path, monkeypatch):

@@ -36,7 +36,8 @@ _BAFO_KEYS = {
     "model_verified": "whether that model's files matched their manifest when it was loaded",
     "concealment": "the concealment steps the model applied",
     "attribute_schema": "the names and categories of the sensitive attributes the model knows (no values)",
-    "source_fingerprint": "a hash of the set of source images: links the file to that exact set, not to rows",
+    "source_fingerprint": ("a hash of the set of source images, keyed with the id key: links the file to that "
+                           "exact set, not to rows, for the key's holder only"),
     "source_rows": "how many source rows there were (skipped ones included)",
     "precision": "the arithmetic of the encoder",
     "decoder": "how images were decoded",

@@ -22,10 +22,12 @@ by :func:`write_key_table`, to a file the owner names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import stat
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,12 +205,54 @@ def _check_key(key: bytes) -> bytes:
 
 
 def _create_key_file(path: Path) -> bytes:
+    """Create ``path`` holding a fresh key, or read the key another process published there first.
+
+    The key is written and synced to a private temporary file beside ``path`` and only then
+    published under its name by a hard link, which fails rather than replace an existing file:
+    a reader never sees the key file empty or half-written (it is absent, then whole), a crash
+    leaves no empty key file behind, and of two processes creating it at once, one key wins
+    and both use it. (On a filesystem without hard links the file is created exclusively,
+    then filled: the one-key guarantee holds, the others do not.)
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = secrets.token_bytes(KEY_BYTES)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # created meanwhile by another process: use theirs
-        return load_id_key(path, create=False)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(raw.hex() + "\n")
-    return raw
+        with os.fdopen(fd, "w") as handle:
+            handle.write(raw.hex() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # published meanwhile by another process: use theirs
+            return load_id_key(path, create=False)
+        except OSError:  # a filesystem without hard links: create it exclusively, then fill it
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return load_id_key(path, create=False)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(raw.hex() + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        _sync_folder(path.parent)
+        return raw
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a new name in ``folder`` durable (POSIX; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot sync a folder
+        pass
+    finally:
+        os.close(fd)

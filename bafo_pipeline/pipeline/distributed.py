@@ -126,22 +126,25 @@ def encode_dataset(
     in-process export: the same scan skips the same files and drops the same duplicates
     over the whole source. No path or file name is ever written; labels only when asked.
     Re-running an interrupted job resumes it: finished partitions are kept, and the result
-    is the same as one uninterrupted run.
+    is the same as one uninterrupted run. (Not for a ``dataset`` source: its images are read
+    only while encoding, so nothing shows that an earlier run's partitions came from the same
+    images; its folder is refused unless ``overwrite``.)
 
     Parameters
     ----------
     model : BAFOTransformer or path
         A fitted estimator or a model directory (its fingerprint is recorded).
     out : path or URI
-        Output folder: created, resumed (same job), or refused (anything else, unless
-        ``overwrite``).
+        Output folder: created, resumed (same job; never for a ``dataset`` source), or refused
+        (anything else, unless ``overwrite``).
     utkface, manifest, images : path or URI, optional
         The source, exactly one of these or ``dataset``: a UTKFace folder (labels in the
         names), a CSV/Parquet manifest, or a folder of images without labels (searched
         recursively).
     dataset : ray.data.Dataset, optional
         Image files as rows: a ``bytes`` column (as ``ray.data.read_binary_files`` gives
-        it), other columns are labels; Ray's ``path`` column is dropped.
+        it), other columns are labels; Ray's ``path`` column is dropped. Its export is
+        never resumed: give a new ``out`` or ``overwrite``.
     image_column, sensitive :
         Manifest columns: the image path and the sensitive attributes (rows missing them
         are skipped; duplicates whose sensitive values disagree are dropped).
@@ -200,8 +203,8 @@ def encode_dataset(
     PartitionFailed
         With ``strict``, for the first file that cannot be decoded (its path or manifest row, and why).
     FileExistsError
-        If ``out`` holds another export or other files, or ``key_table`` exists, and
-        ``overwrite`` is False.
+        If ``out`` holds another export or other files (any export, for a ``dataset``
+        source), or ``key_table`` exists, and ``overwrite`` is False.
     ValueError
         For invalid settings, or (``strict``) the first file the scan cannot read.
     """
@@ -236,7 +239,7 @@ def encode_dataset(
                 partition_rows=partition_rows, image_column=image_column, sensitive=tuple(sensitive), strict=strict,
                 allow_outside_root=allow_outside_root, max_file_bytes=max_file_bytes,
             )
-        finished = _resume_state(folder, plan.fingerprint, overwrite)
+        finished = _resume_state(folder, plan.fingerprint, overwrite, resumable=kind != "dataset")
         if finished is None:  # the same job is already complete
             job = folder.read_json(JOB_FILE)
             _write_key_table(key_table, plan, out, overwrite)
@@ -335,13 +338,27 @@ def _write_key_table(path: Path | None, plan: Plan, out, overwrite: bool) -> Non
     write_key_table(path, written, sources, rows=rows, overwrite=True)
 
 
-def _resume_state(folder: JobFolder, plan_fingerprint: str, overwrite: bool) -> dict[int, dict] | None:
-    """Finished partitions to keep (``{}`` for a fresh job), or None when the same job is already complete."""
+def _resume_state(folder: JobFolder, plan_fingerprint: str, overwrite: bool, *,
+                  resumable: bool = True) -> dict[int, dict] | None:
+    """Finished partitions to keep (``{}`` for a fresh job), or None when the same job is already complete.
+
+    ``resumable`` False (a ``ray.data.Dataset`` source): a folder holding an export is refused
+    without ``overwrite``, whatever its plan says. Such a plan identifies the settings and the
+    dataset's shape, not its images (they are read only while encoding), so the folder's
+    partitions could be another dataset's: kept, they would be mixed with this one's, or
+    returned as its result.
+    """
     names = folder.names()
     if overwrite or not names:
         folder.prepare(overwrite=overwrite)
         return {}
     plan = folder.read_json(PLAN_FILE)
+    if plan is not None and not resumable:
+        raise FileExistsError(
+            f"{folder.path} holds an earlier export; a ray.data.Dataset source cannot resume or reuse one, "
+            "since its images are read only while encoding and nothing can check that they are those the "
+            "folder's partitions were written from. Choose a new folder or pass overwrite to encode it again"
+        )
     if plan is None or plan.get("plan_fingerprint") != plan_fingerprint:
         what = "another export" if plan is not None else "files that are not this export"
         raise FileExistsError(

@@ -9,6 +9,8 @@ pseudonymous id (:func:`~bafo_pipeline.data.pseudonymous_ids`) and its partition
 of those ids, so partitions and the order of rows in them reveal no name and no label,
 and byte-identical images meet in one partition. All of it is fixed by the inputs, the
 model, the id key and the settings, so a re-run of the same job plans the same partitions.
+A ``ray.data.Dataset`` source is not read on the driver: its plan fixes only the settings,
+and its fingerprint is that run's alone (see :func:`make_dataset_plan`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -282,7 +285,11 @@ def make_dataset_plan(dataset: Any, key: bytes, model_fingerprint: str, *, inclu
                       partition_rows: int | None, carry_labels: bool = False) -> Plan:
     """Plan a ``ray.data.Dataset`` of image bytes: its rows are keyed on the workers, only counted here.
 
-    ``carry_labels``: as in :func:`make_file_plan`."""
+    Its images are read only while they are encoded, so nothing here can tell this dataset from
+    another of the same shape (row count, columns): the fingerprint is therefore unique to this
+    plan (settings and a random nonce), never that of an earlier run, and a dataset's job folder
+    is never resumed or reused (:func:`~bafo_pipeline.pipeline.distributed.encode_dataset`
+    refuses it without ``overwrite``). ``carry_labels``: as in :func:`make_file_plan`."""
     names = dataset.schema().names
     if "bytes" not in names:
         raise ValueError(f"a ray.data.Dataset source needs a 'bytes' column of image files; columns: {names}")
@@ -307,8 +314,9 @@ def make_dataset_plan(dataset: Any, key: bytes, model_fingerprint: str, *, inclu
         "include_split": False,
         "split_rule": None,
     }
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    return Plan(settings, fingerprint, n_partitions, label_columns=label_columns)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(secrets.token_bytes(16))  # no earlier job's partitions can pass for this dataset's
+    return Plan(settings, digest.hexdigest(), n_partitions, label_columns=label_columns)
 
 
 def _file_ref(key: bytes, path: str) -> str:

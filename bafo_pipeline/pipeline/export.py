@@ -56,11 +56,19 @@ class ExportReport:
     timings: dict = field(default_factory=dict)
 
 
-def source_fingerprint(content_hashes: Sequence[str]) -> str:
-    """SHA-256 over the sorted content hashes: identifies the exact set of source images."""
-    digest = hashlib.sha256()
-    for value in sorted(content_hashes):
-        digest.update(str(value).encode())
+def source_fingerprint(content_hashes: Sequence[str], key: bytes) -> str:
+    """A keyed BLAKE2b of the sorted content hashes, under the id key: identifies the exact set of source images.
+
+    Keyed like the ids (:func:`~bafo_pipeline.data.pseudonymous_ids`): an unkeyed hash of a
+    file's few images (a partition, a small export) could be recomputed by anyone holding
+    those public images, linking them to the file and its rows. Only the key's holder can
+    check it; two exports of the same images under the same key record the same value.
+    """
+    if not isinstance(key, (bytes, bytearray)) or not 16 <= len(key) <= 64:
+        raise ValueError("the source fingerprint is keyed with the id key: 16 to 64 bytes")
+    digest = hashlib.blake2b(key=bytes(key), digest_size=32, person=b"bafo-source-fp")
+    for value in sorted(str(h) for h in content_hashes):
+        digest.update(value.encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -125,7 +133,9 @@ def export_latents(
         The key of the pseudonymous ids: raw bytes, a key file, or None for
         the data owner's default key file (:func:`~bafo_pipeline.data.load_id_key`:
         ``$BAFO_ID_KEY_FILE`` or ``~/.config/bafo/id.key``, created on first use).
-        Only its fingerprint is written with the data.
+        Only its fingerprint is written with the data. It also keys the recorded
+        ``source_fingerprint`` (:func:`source_fingerprint`); with ``ids`` it is used
+        for nothing else, and without it no source fingerprint is recorded.
     key_table : path, optional
         Also write which source each written id came from (and its manifest
         row), readable by its owner only (:func:`~bafo_pipeline.data.write_key_table`):
@@ -176,7 +186,7 @@ def export_latents(
             raise ValueError("this source names no files (synthetic or in-memory images): there is no key table to write")
     if split is not None and len(split) != len(source):
         raise ValueError(f"{len(split)} split names given for {len(source)} source rows")
-    ids, order, id_provenance = _ids_and_order(model.attribute_names, source, ids, id_column, id_from, id_key)
+    ids, order, id_provenance, key = _ids_and_order(model.attribute_names, source, ids, id_column, id_from, id_key)
     conditions = _transform_attributes(model, source.attributes) if model.needs_attributes else None
     if order is not None:  # rows written in the order of their pseudonymous ids
         source, ids = source.subset(order), ids[order]
@@ -193,7 +203,8 @@ def export_latents(
     provenance = {
         "model_fingerprint": None,
         **model.metadata,
-        "source_fingerprint": None if hashes is None else source_fingerprint(hashes),
+        # Keyed: None where the images have no content hash or no id key was used (ids given, no id_key).
+        "source_fingerprint": None if hashes is None or key is None else source_fingerprint(hashes, key),
         "source_rows": len(label_frame),
         "precision": settings.precision,
         "decoder": "in-memory" if source.in_memory else decoder,
@@ -308,8 +319,8 @@ def _transform_attributes(model: _Model, attributes: pd.DataFrame) -> pd.DataFra
 
 
 def _ids_and_order(attribute_names: tuple[str, ...], source: FaceSource, ids, id_column, id_from, id_key):
-    """``(ids, order, provenance)``: the id of each source row, the order to write the rows in (None: as
-    given), and what the file records about the ids."""
+    """``(ids, order, provenance, key)``: the id of each source row, the order to write the rows in (None: as
+    given), what the file records about the ids, and the id key (None: ids given without ``id_key``)."""
     n = len(source)
     if ids is not None:
         if id_column is not None:
@@ -317,7 +328,8 @@ def _ids_and_order(attribute_names: tuple[str, ...], source: FaceSource, ids, id
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) != n:
             raise ValueError(f"{len(ids)} ids given for {n} source rows")
-        return ids, None, {"id_scheme": "given"}
+        # The key only keys the source fingerprint here: never load (or create) the default key file for it.
+        return ids, None, {"id_scheme": "given"}, None if id_key is None else load_id_key(id_key)
     if id_from not in ("content", "row"):
         raise ValueError(f"id_from must be 'content' or 'row', got {id_from!r}")
     hashes = source.content_hash
@@ -336,12 +348,12 @@ def _ids_and_order(attribute_names: tuple[str, ...], source: FaceSource, ids, id
             raise ValueError(f"id column {id_column!r} is a sensitive attribute; ids must not reveal one")
         ids = attributes[id_column].to_numpy()
         _refuse_missing_or_repeated_ids(ids, attributes.index, f"id column {id_column!r}")
-        return ids, order, {"id_scheme": f"column {id_column}", **provenance}
+        return ids, order, {"id_scheme": f"column {id_column}", **provenance}, key
     if id_from == "row":
         if attributes.index.name != "row":
             raise ValueError("id_from='row' needs a manifest (its data-row numbers); this source has none")
-        return attributes.index.to_numpy(dtype=np.int64), order, {"id_scheme": "manifest row", **provenance}
-    return content_ids, order, {"id_scheme": "content", **provenance}
+        return attributes.index.to_numpy(dtype=np.int64), order, {"id_scheme": "manifest row", **provenance}, key
+    return content_ids, order, {"id_scheme": "content", **provenance}, key
 
 
 def _check_key_table(key_table, out, overwrite: bool) -> Path:

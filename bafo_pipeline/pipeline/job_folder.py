@@ -10,7 +10,8 @@ Layout of ``OUT/``::
 
 A folder with a plan and no job file is a half-finished job; running the same job again
 keeps every partition whose counts file carries the plan's fingerprint and writes the
-others. Files starting with ``_`` are not data to Parquet readers (Spark's and Hive's
+others (file sources only: a ``ray.data.Dataset`` source's folder is never resumed, as its
+plan cannot identify its images). Files starting with ``_`` are not data to Parquet readers (Spark's and Hive's
 convention, and :mod:`bafo_pipeline.io`'s). Nothing here names a source file: UTKFace file
 names spell out labels, so files are named by a keyed hash and reasons are stripped of
 names and values (:func:`public_reason`).

@@ -182,6 +182,8 @@ def encode_dataset(
         Stop at the first unreadable image instead of skipping it.
     overwrite : bool, default=False
         Replace an existing export (only files this function writes are removed) and key table.
+        The earlier export's files are removed when the job starts, not when it ends: a
+        job that fails or is stopped leaves neither export whole (rerun it to finish).
     allow_outside_root : bool, default=False
         Accept files leading outside the folder or the manifest's folder (symlinks,
         ``../`` and absolute manifest paths).

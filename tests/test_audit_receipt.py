@@ -1,6 +1,10 @@
 """Audit receipts: attached atomically without touching the rows; bafo verify refuses missing, stale, failing."""
 
+import decimal
+import hashlib
 import json
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -12,6 +16,7 @@ from click.testing import CliRunner
 from bafo_pipeline.audits.receipt import RECEIPT_KEY, attach_receipt, check_receipt, read_receipt
 from bafo_pipeline.cli import main
 from bafo_pipeline.io import read_latents, write_latents
+from bafo_pipeline.io import footer
 from bafo_pipeline.io.footer import data_fingerprint, read_footer_metadata, set_footer_metadata
 
 AUDIT = ["--folds", "3"]
@@ -149,3 +154,70 @@ def test_data_fingerprint_ignores_layout_and_footer_but_not_rows(tmp_path):
     pq.write_table(table.take(np.r_[1, 0, 2:n]), tmp_path / "d.parquet")  # two rows swapped
     others = {data_fingerprint(tmp_path / name) for name in ("c.parquet", "d.parquet")}
     assert data_fingerprint(tmp_path / "b.parquet") not in others and len(others) == 2
+
+
+def _typed_table(n=300, nulls=False, changed_row=None):
+    """Columns numpy holds as Python objects: fixed-size binary, map, decimal, time, string view."""
+    def value(i):
+        return i + 1000 if i == changed_row else i
+
+    def missing(i, every):
+        return nulls and i % every == 0
+
+    return pa.table({
+        "uuid": pa.array([None if missing(i, 7) else value(i).to_bytes(16, "little") for i in range(n)],
+                         pa.binary(16)),
+        "tags": pa.array([None if missing(i, 5) else [(str(value(i)), i)] * (1 + i % 3) for i in range(n)],
+                         pa.map_(pa.string(), pa.int64())),
+        "price": pa.array([None if missing(i, 4) else decimal.Decimal(value(i)) / 10 for i in range(n)],
+                          pa.decimal128(9, 1)),
+        "at": pa.array([None if missing(i, 6) else value(i) for i in range(n)], pa.int32()).view(pa.time32("s")),
+        "name": pa.array([None if missing(i, 3) else f"n{value(i)}" for i in range(n)], pa.string_view()),
+    })
+
+
+@pytest.mark.parametrize("nulls", [False, True], ids=["no-nulls", "nulls"])
+@pytest.mark.parametrize("column", ["uuid", "tags", "price", "at", "name"])
+def test_data_fingerprint_of_object_typed_columns_is_stable_and_sees_changes(tmp_path, column, nulls):
+    table = _typed_table(nulls=nulls).select([column])
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=100)
+    pq.write_table(table, tmp_path / "b.parquet", row_group_size=77)
+    pq.write_table(_typed_table(nulls=nulls, changed_row=1).select([column]), tmp_path / "c.parquet",
+                   row_group_size=100)
+    fingerprints = {data_fingerprint(tmp_path / "a.parquet") for _ in range(5)}
+    assert fingerprints == {data_fingerprint(tmp_path / "b.parquet")}
+    assert data_fingerprint(tmp_path / "c.parquet") not in fingerprints
+    assert set_footer_metadata(tmp_path / "a.parquet", {"k": "v"}) in fingerprints
+
+
+def test_data_fingerprint_refuses_a_type_it_cannot_hash():
+    union = pa.UnionArray.from_sparse(pa.array([0, 1], pa.int8()), [pa.array([1, 2]), pa.array(["a", "b"])])
+    with pytest.raises(ValueError, match="cannot fingerprint column type sparse_union"):
+        footer._update(hashlib.sha256(), union)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444], ids=oct)
+def test_set_footer_metadata_keeps_the_file_mode(tmp_path, mode):
+    path = tmp_path / "z.parquet"
+    _export(path, np.random.default_rng(5), n=20)
+    os.chmod(path, mode)
+    set_footer_metadata(path, {"k": "v"})
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode and read_footer_metadata(path)["k"] == "v"
+
+
+def test_set_footer_metadata_refuses_a_file_replaced_meanwhile(tmp_path, monkeypatch):
+    path = tmp_path / "z.parquet"
+    rng = np.random.default_rng(6)
+    _export(path, rng, n=20)
+    fingerprint = footer.data_fingerprint
+
+    def replaced_while_copying(source):
+        if source != path:  # the rewritten copy is being checked: another writer replaces the file now
+            _export(path, rng, n=30)
+        return fingerprint(source)
+
+    monkeypatch.setattr(footer, "data_fingerprint", replaced_while_copying)
+    with pytest.raises(ValueError, match="was replaced or removed while its footer was being rewritten"):
+        set_footer_metadata(path, {"k": "v"})
+    assert "k" not in read_footer_metadata(path) and pq.ParquetFile(path).metadata.num_rows == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.parquet"]

@@ -433,9 +433,60 @@ def test_refuses_path_like_label_values_and_metadata(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_refuses_path_like_metadata_keys_without_echoing_them(tmp_path):
+    name = "/data/UTKFace/26_1_2_20170116.jpg.chip.jpg"
+    metadata = {"checks": {"first": "ok", name: "ok"}}
+    with pytest.raises(ValueError, match=r"key #2 of metadata\['checks'\] looks like a file path") as info:
+        write_latents(tmp_path / "z.parquet", [(np.arange(1), _latents(1))], metadata=metadata)
+    assert "UTKFace" not in str(info.value) and "26_1_2" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    write_latents(tmp_path / "z.parquet", [(np.arange(1), _latents(1))], metadata=metadata, allow_paths=True)
+    assert read_metadata(tmp_path / "z.parquet")["checks"] == metadata["checks"]
+
+
 def test_labels_need_an_explicit_schema(tmp_path):
     with pytest.raises(ValueError, match="without label_schema"):
         write_latents(tmp_path / "z.parquet", [(np.arange(3), _latents(3), _labels(3))])
+
+
+# -- folders ------------------------------------------------------------------------------
+
+
+def _spark_like_folder(root):
+    """Hive partitions holding ids 0-2, and files in hidden and underscore folders holding ids 7-9."""
+    for folder, ids in [("split=train", [0, 1]), ("split=test", [2]), ("_temporary/0/_temporary/attempt_1", [7]),
+                        (".staging", [8]), ("split=test/_temporary", [9])]:
+        (root / folder).mkdir(parents=True)
+        write_latents(root / folder / "part-00000.parquet", [(np.array(ids), _latents(len(ids)))])
+    return root
+
+
+def test_files_in_hidden_and_underscore_folders_are_not_read(tmp_path):
+    root = _spark_like_folder(tmp_path / "ds")
+    for source in (root, f"{root}/**/*.parquet", f"file://{root}"):
+        table = read_latents(source)
+        assert sorted(table.ids.tolist()) == [0, 1, 2], source
+        assert dict(zip(table.ids.tolist(), table.split.tolist())) == {0: "train", 1: "train", 2: "test"}
+        assert read_metadata(source)["row_count"] == 3
+
+
+def test_a_dataset_below_a_hidden_folder_is_still_read(tmp_path):
+    root = _spark_like_folder(tmp_path / ".cache" / "_exports" / "ds")
+    assert sorted(read_latents(root).ids.tolist()) == [0, 1, 2]
+
+
+def test_hidden_folders_of_an_fsspec_dataset_are_not_read(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    root = _spark_like_folder(tmp_path / "ds")
+    memory = fsspec.filesystem("memory")
+    base = f"/{tmp_path.name}/ds"
+    for file in root.rglob("*.parquet"):
+        memory.pipe(f"{base}/{file.relative_to(root).as_posix()}", file.read_bytes())
+    try:
+        for source in (f"memory://{base}", f"memory://{base}/**/*.parquet"):
+            assert sorted(read_latents(source).ids.tolist()) == [0, 1, 2], source
+    finally:
+        memory.rm(base, recursive=True)
 
 
 # -- bad input ------------------------------------------------------------------------------

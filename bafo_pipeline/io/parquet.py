@@ -147,7 +147,10 @@ def _first_pathlike_row(array: pa.Array) -> int | None:
 
 
 def _find_pathlike_metadata(value: Any, where: str) -> str | None:
-    """Key path of the first path-like string inside a JSON-like value, or None."""
+    """Where the first path-like string inside a JSON-like value is, key or value, or None.
+
+    A path-like key is named by its position (``key #2 of metadata['checks']``), never by its text.
+    """
     if isinstance(value, str):
         return where if _PATHLIKE_VALUE_RE.search(value) else None
     if isinstance(value, Mapping):
@@ -156,7 +159,9 @@ def _find_pathlike_metadata(value: Any, where: str) -> str | None:
         items = enumerate(value)
     else:
         return None
-    for key, item in items:
+    for position, (key, item) in enumerate(items, start=1):
+        if isinstance(value, Mapping) and isinstance(key, str) and _PATHLIKE_VALUE_RE.search(key):
+            return f"key #{position} of {where}"
         found = _find_pathlike_metadata(item, f"{where}[{key!r}]")
         if found is not None:
             return found
@@ -724,13 +729,18 @@ compression, allow_paths
 # -- reading: a file, a folder of files (plain or hive-partitioned), a glob, a URI --------
 
 #: Suffixes of Parquet data files in folders and globs. Files whose names start with ``_`` or
-#: ``.`` (job files, ``_SUCCESS``, temporary files) are not data, as Spark and Hive have it.
+#: ``.`` (job files, ``_SUCCESS``, temporary files) are not data, as Spark and Hive have it, and
+#: neither are files in such folders below the dataset's base (``_temporary/``, ``.staging/``).
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
-def _is_data_file(path: str) -> bool:
+def _is_data_file(path: str, base: str) -> bool:
     name = PurePosixPath(path).name
-    return not name.startswith(("_", ".")) and name.lower().endswith(PARQUET_SUFFIXES)
+    if name.startswith(("_", ".")) or not name.lower().endswith(PARQUET_SUFFIXES):
+        return False
+    prefix = base.rstrip("/") + "/"
+    folders = path[len(prefix) :].split("/")[:-1] if path.startswith(prefix) else []
+    return not any(folder.startswith(("_", ".")) for folder in folders)
 
 
 def _first_glob_part(path: str) -> int:
@@ -768,8 +778,8 @@ def _open(source: str | os.PathLike) -> _Parquet:
     name = os.fspath(source)
     filesystem, path = resolve_filesystem(source)
     if has_glob(path):
-        files = [f for f in glob_files(filesystem, path) if _is_data_file(f)]
         base = "/".join(path.split("/")[: _first_glob_part(path)]) or "/"
+        files = [f for f in glob_files(filesystem, path) if _is_data_file(f, base)]
     else:
         info = filesystem.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
@@ -781,7 +791,7 @@ def _open(source: str | os.PathLike) -> _Parquet:
                 raise ValueError(f"{name} is not a readable Parquet file: {exc}") from exc
             meta = _parse_metadata(name, parquet_file.metadata)
             return _Parquet(name, parquet_file.schema_arrow, meta, file=parquet_file)
-        files = sorted(f for f in glob_files(filesystem, path.rstrip("/") + "/**") if _is_data_file(f))
+        files = sorted(f for f in glob_files(filesystem, path.rstrip("/") + "/**") if _is_data_file(f, path))
         base = path
     if not files:
         raise FileNotFoundError(f"{name}: no Parquet files (*.parquet, *.pq) found there")

@@ -12,6 +12,7 @@ from bafo_pipeline import (
     BAFOTransformer,
     ConditionalTransport,
     KeyedNoise,
+    LinearErasure,
     export_latents,
     load_model,
     make_synthetic_faces,
@@ -163,3 +164,19 @@ def test_the_cli_appends_the_noise_and_records_it(tmp_path):
     recorded = json.loads((tmp_path / "model" / "config.json").read_text())["metadata"]["data"]
     assert recorded["concealment_options"] == {"concealment": "transport", "transport_shrinkage": 80,
                                                "noise_scale": 0.3}
+
+
+def test_after_an_attribute_free_step_the_noise_is_still_keyed_on_the_pixels(faces):
+    # LinearErasure is folded into the network; the noise after it must not be drawn from the folded
+    # network's output, whose last bits follow the precision (each precision would then be a fresh draw).
+    # (16 dimensions: in 6, the erasure of every attribute group's mean leaves nothing for the noise to follow.)
+    model = BAFOTransformer(latent_dim=16, widths=(8,), epochs=1, batch_size=32, decoder_epochs=0, device="cpu",
+                            precision="float32", random_state=0, concealment=[LinearErasure(), KeyedNoise(scale=0.5)])
+    model.fit(faces.images, sensitive_features=faces.sensitive_features)
+    erasure = model.concealment_steps_[0]
+    float32 = model.transform(faces.images)
+    noise = float32 - erasure.transform(model.transform(faces.images, conceal=False))
+    bfloat16 = model.set_params(precision="bfloat16").transform(faces.images)
+    assert np.abs(noise).mean() > 0.1 * float32.std(axis=0).mean()
+    assert np.abs(bfloat16 - float32).mean() < 0.2 * np.abs(noise).mean()
+    assert model.bfloat16_error_ < 0.02  # measured with the same noise on both sides

@@ -758,8 +758,8 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         arithmetic ``precision`` resolves to; made once, rebuilt when the concealment is refitted.
 
         The leading steps with ``as_layers()`` are folded into the network; the attribute-free ones after them
-        run on its output. From the first step that needs the attributes on, the steps are not part of it:
-        :meth:`_conceal_after_network` runs them.
+        run on its output. From the first step that needs the attributes or the rows' identities on, the steps
+        are not part of it: :meth:`_conceal_after_network` runs them.
         """
         device = resolve_device(self.device)
         bfloat16 = self._uses_bfloat16(device)
@@ -776,13 +776,15 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return TorchEncoder(fold_encoder(self.network_, layers), device, bfloat16, after=after)
 
     def _n_network_steps(self) -> int:
-        """How many leading fitted steps the image encoder runs: those before the first that needs attributes."""
+        """How many leading fitted steps the image encoder runs: those before the first that needs attributes
+        or each row's identity (a step drawing per image must be keyed on its pixels, not on its latents)."""
         steps = self._concealment_steps()
-        return next((i for i, step in enumerate(steps) if needs_attributes_to_transform(step)), len(steps))
+        return next((i for i, step in enumerate(steps) if needs_attributes_to_transform(step) or needs_row_keys(step)),
+                    len(steps))
 
     def _conceal_after_network(self, latents: np.ndarray, frame: pd.DataFrame | None, inputs, *,
                                conceal: bool) -> np.ndarray:
-        """The concealment steps the image encoder leaves out (from the first that needs attributes on);
+        """The concealment steps the image encoder leaves out (from the first that needs attributes or row keys on);
         ``inputs``: the rows' images, whose hashes the steps that draw per row need."""
         rest = self._concealment_steps()[self._n_network_steps() :] if conceal else []
         row_keys = _row_keys(inputs, rest)

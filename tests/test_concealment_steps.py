@@ -210,3 +210,18 @@ def test_inverse_transform_without_concealment_decodes_the_encoders_latents_with
                                   plain.inverse_transform(raw, sensitive_features=values))
     assert not np.array_equal(concealed.inverse_transform(raw, sensitive_features=values),
                               plain.inverse_transform(raw, sensitive_features=values))
+
+
+def test_a_concealment_fit_that_fails_half_way_leaves_no_step_to_encode_with(faces, monkeypatch):
+    S = faces.sensitive_features
+    model = _model(concealment="none").fit(faces.images, sensitive_features=S)
+
+    def interrupted(self, *args, **kwargs):
+        raise RuntimeError("stopped while the refiner trained")
+
+    monkeypatch.setattr(LatentRefiner, "fit", interrupted)
+    with pytest.raises(RuntimeError, match="stopped"):
+        model.set_params(concealment="full").fit_concealment(faces.images, sensitive_features=S)
+    assert model.concealment_steps_ == []  # not the first erasure alone
+    with pytest.raises(ValueError, match="steps are not fitted"):
+        model.transform(faces.images)

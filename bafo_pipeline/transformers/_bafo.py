@@ -594,10 +594,22 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         return self
 
     def _fit_concealment(self, inputs: np.ndarray, sensitive_features, steps: list, seed: int) -> None:
-        """Fit ``steps`` in turn on the training latents, then the decode-side repairs (label map, decoder)."""
+        """Fit ``steps`` in turn on the training latents, then the decode-side repairs (label map, decoder).
+
+        All or nothing: if any part fails or is interrupted, no step stays fitted, so that
+        :meth:`transform` refuses to encode rather than serve a part of the concealment.
+        """
         self.concealment_steps_, self.erased_label_map_, self.concealed_network_ = [], None, None
         if self.schema_ is None or not steps:
             return
+        try:
+            self._fit_concealment_steps(inputs, sensitive_features, steps, seed)
+        except BaseException:
+            self.concealment_steps_, self.erased_label_map_, self.concealed_network_ = [], None, None
+            raise
+
+    def _fit_concealment_steps(self, inputs: np.ndarray, sensitive_features, steps: list, seed: int) -> None:
+        """The body of :meth:`_fit_concealment`, which undoes it on failure."""
         frame = as_sensitive_frame(sensitive_features, n_rows=len(inputs))
         means = self._encoder_means(inputs)
         conditions = self.schema_.encode(frame)

@@ -225,3 +225,15 @@ def test_a_concealment_fit_that_fails_half_way_leaves_no_step_to_encode_with(fac
     assert model.concealment_steps_ == []  # not the first erasure alone
     with pytest.raises(ValueError, match="steps are not fitted"):
         model.transform(faces.images)
+
+
+def test_a_refit_that_fails_leaves_the_estimator_unfitted_not_half_refitted(faces):
+    from sklearn.exceptions import NotFittedError
+
+    S = faces.sensitive_features
+    model = _model(concealment="none").fit(faces.images, sensitive_features=S)
+    with pytest.raises(ValueError):
+        model.fit(faces.images[:100], sensitive_features=S)  # 160 attribute rows for 100 images
+    assert not [name for name in vars(model) if name.endswith("_") and not name.startswith("_")]
+    with pytest.raises(NotFittedError):
+        model.transform(faces.images)

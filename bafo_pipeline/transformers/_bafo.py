@@ -488,6 +488,14 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self : BAFOTransformer
             Fitted estimator.
         """
+        try:
+            return self._fit(X, sensitive_features, checkpoint, resume)
+        except BaseException:
+            self._forget_fit()  # a failed refit must not pair one fit's input scaling with another's network
+            raise
+
+    def _fit(self, X, sensitive_features, checkpoint, resume: bool) -> BAFOTransformer:
+        """The body of :meth:`fit`, which forgets a half-made fit on failure."""
         # bfloat16_error_ too: until it is measured again, the concealment is fitted on float32 latents.
         for stale in ("n_features_in_", "feature_names_in_", "feature_mean_", "feature_scale_", "bfloat16_error_"):
             self.__dict__.pop(stale, None)
@@ -541,6 +549,11 @@ class BAFOTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEst
         self._fit_concealment(inputs, sensitive_features, steps, seed)
         self.bfloat16_error_ = self._bfloat16_error(inputs, sensitive_features)
         return self
+
+    def _forget_fit(self) -> None:
+        """Drop every fitted attribute (scikit-learn's ``name_``): the estimator is unfitted again."""
+        for name in [n for n in self.__dict__ if n.endswith("_") and not n.startswith("_")]:
+            del self.__dict__[name]
 
     def fit_transform(self, X, y=None, *, sensitive_features=None, **fit_params) -> np.ndarray:
         """Fit, then encode ``X``, passing ``sensitive_features`` to both (a ``"transport"`` model needs them

@@ -292,3 +292,15 @@ def test_a_parameter_an_older_file_lacks_takes_the_value_such_models_were_fitted
     assert build_estimator(Step, {"kept": 2}).get_params() == {"kept": 2, "added": 0.0}
     assert build_estimator(Step, {"kept": 2, "added": "auto"}).added == "auto"
     assert build_estimator(BaseEstimator, {}).get_params() == {}
+
+
+def test_a_model_whose_concealment_parameters_changed_after_fitting_is_refused_at_save(faces, tmp_path):
+    # load_model would refuse the directory (the config no longer describes the fitted steps): say so at save.
+    model = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=16, random_state=0, decoder_epochs=0,
+                            concealment="linear").fit(faces.images, sensitive_features=faces.sensitive_features)
+    model.set_params(covariance_dims=2)
+    with pytest.raises(ValueError, match=r"LinearErasure\.covariance_dims: config 2, fitted 0\). Refit the concealment"):
+        save_model(model, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+    model.set_params(covariance_dims=0)
+    assert load_model(save_model(model, tmp_path / "model")).concealment_steps_[0].covariance_dims == 0

@@ -109,6 +109,12 @@ def save_model(estimator, path: str | os.PathLike, *, overwrite: bool = False, m
     if type(estimator).__name__ not in loadable_classes():
         raise TypeError(f"a {type(estimator).__name__} cannot be saved as a model directory; register its class first")
     path = Path(path)
+    mismatch = _concealment_mismatch(estimator, compare_params=True, where=path)
+    if mismatch is not None:  # load_model would refuse the directory
+        raise ValueError(
+            f"the concealment parameters were changed after fitting: {mismatch}. Refit the concealment "
+            "(fit_concealment(X, sensitive_features=...)) or set the parameters back before saving"
+        )
     if path.exists():
         if not overwrite:
             raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
@@ -316,8 +322,18 @@ def describe_model(estimator) -> dict:
 
 def _check_concealment(path: Path, estimator, *, compare_params: bool) -> None:
     """Refuse a config whose concealment does not describe the fitted steps (e.g. edited to ``"none"``)."""
+    mismatch = _concealment_mismatch(estimator, compare_params=compare_params, where=path)
+    if mismatch is not None:
+        raise ModelIntegrityError(
+            f"{path}: its config says {mismatch}; the config was changed after fitting. Refusing to load a model whose "
+            "concealment does not match what was fitted and audited"
+        )
+
+
+def _concealment_mismatch(estimator, *, compare_params: bool, where) -> str | None:
+    """How the estimator's concealment parameters differ from its fitted steps (None: they agree)."""
     if not hasattr(estimator, "concealment_steps"):
-        return
+        return None
     fitted = list(getattr(estimator, "concealment_steps_", None) or [])
     if getattr(estimator, "schema_", None) is None:
         described = []  # no sensitive attributes: nothing is ever fitted to conceal
@@ -325,7 +341,7 @@ def _check_concealment(path: Path, estimator, *, compare_params: bool) -> None:
         try:
             described = estimator.concealment_steps()
         except (TypeError, ValueError) as error:
-            raise ModelIntegrityError(f"{path}: the config's concealment cannot be read ({error})") from None
+            raise ModelIntegrityError(f"{where}: the concealment parameter cannot be read ({error})") from None
 
     def names(steps):
         return "[" + ", ".join(type(step).__name__ for step in steps) + "]"
@@ -344,13 +360,10 @@ def _check_concealment(path: Path, estimator, *, compare_params: bool) -> None:
                 if not _same_value(value, actual.get(key)):
                     mismatch = True
                     differing.append(f"{type(wanted).__name__}.{key}: config {value!r}, fitted {actual.get(key)!r}")
-    if mismatch:
-        detail = f" ({'; '.join(differing)})" if differing else ""
-        raise ModelIntegrityError(
-            f"{path}: the config says concealment={setting!r}, i.e. {names(described)}, but the model was fitted "
-            f"with {names(fitted)}{detail}; the config was changed after fitting. Refusing to load a model whose "
-            "concealment does not match what was fitted and audited"
-        )
+    if not mismatch:
+        return None
+    detail = f" ({'; '.join(differing)})" if differing else ""
+    return f"concealment={setting!r} means {names(described)}, but the model was fitted with {names(fitted)}{detail}"
 
 
 def _same_value(a, b) -> bool:

@@ -199,6 +199,8 @@ class Attribute:
         for category, weight in weights.items():
             if category not in self.categories:
                 raise ValueError(f"{where}: unknown category {category!r}; known: {list(self.categories)}")
+            if not _is_number(weight) or not np.isfinite(float(weight)):
+                raise ValueError(f"{where}: the weight of {category!r} must be a finite number, got {weight!r}")
             if weight < 0:
                 raise ValueError(f"{where}: negative weight {weight} for {category!r}")
             mixture[self.categories.index(category)] = weight

@@ -82,6 +82,10 @@ def test_decode_time_fractions_and_mixtures():
         ({"martian": 1.0}, "unknown category 'martian'"),
         ({"white": -1.0, "black": 2.0}, "negative weight"),
         ({"white": 0.0}, "sum to zero"),
+        ({"white": float("nan"), "asian": 1.0}, "weight of 'white' must be a finite number, got nan"),
+        ({"white": float("inf")}, "must be a finite number, got inf"),
+        ({"white": "1"}, "must be a finite number, got '1'"),
+        ({"white": True}, "must be a finite number, got True"),
     ],
 )
 def test_bad_decode_values_are_rejected(value, message):

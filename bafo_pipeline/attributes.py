@@ -15,7 +15,8 @@ Three kinds of attribute are supported:
 - ``continuous`` (age): standardised, ``(x - center) / scale``; one column.
 - ``binary`` (gender): ``0`` for the first category, ``1`` for the second; one
   column. At decode time any fraction in ``[0, 1]`` is allowed (``0.5`` is the
-  paper's "neutral" gender).
+  paper's "neutral" gender), unless the categories are numbers other than 0 and 1
+  (1 and 2: where would 0.5 lie?); a mapping ``{category: weight}`` is always.
 - ``categorical`` (ethnicity): one-hot; at decode time a mapping
   ``{category: weight}`` gives a mixture (weights are normalised to sum to 1).
 """
@@ -90,6 +91,20 @@ class Attribute:
             raise ValueError(f"continuous attribute {self.name!r} needs a positive scale, got {self.scale}")
 
     @property
+    def takes_fractions(self) -> bool:
+        """Whether a number that is not a category means a fraction of the second category (decode time).
+
+        Binary attributes only, and only where that cannot be misread: categories that are not numbers
+        ("female", "male"), or exactly 0 and 1. With other numbers (1 and 2, -1 and 1) the fraction
+        0.5 would not lie between them.
+        """
+        if self.kind != "binary":
+            return False
+        if not all(_is_number(category) for category in self.categories):
+            return True
+        return [float(category) for category in self.categories] == [0.0, 1.0]
+
+    @property
     def width(self) -> int:
         """Number of columns this attribute takes in the condition vector."""
         return len(self.categories) if self.kind == "categorical" else 1
@@ -102,8 +117,9 @@ class Attribute:
         values : Series, 1-D array or sequence
             One value per row.
         allow_fractional : bool, default=False
-            Accept a fraction in ``[0, 1]`` for a binary attribute and a
-            ``{category: weight}`` mapping for a categorical one (decode time).
+            Accept a fraction in ``[0, 1]`` for a binary attribute (see
+            :attr:`takes_fractions`) and a ``{category: weight}`` mapping for a
+            binary or categorical one (decode time).
 
         Returns
         -------
@@ -144,7 +160,7 @@ class Attribute:
             out[rows, 0] = index[rows]
         else:
             out[rows, index[rows]] = 1.0
-        if allow_fractional and self.kind == "binary" and column.numeric_kind in ("i", "u", "f"):
+        if allow_fractional and self.takes_fractions and column.numeric_kind in ("i", "u", "f"):
             # Not a category, not missing, a plain number in [0, 1]: a fraction (decode time).
             numbers = column.as_float()
             with np.errstate(invalid="ignore"):
@@ -167,9 +183,11 @@ class Attribute:
     def _encode_one(self, value: Any, row: int, allow_fractional: bool) -> np.ndarray | float:
         where = f"attribute {self.name!r}, row {row}"
         if isinstance(value, Mapping):
-            if not (allow_fractional and self.kind == "categorical"):
-                raise ValueError(f"{where}: a mapping of weights is only allowed for a categorical attribute at decode time")
-            return self._mixture(value, where)
+            if not (allow_fractional and self.kind in ("binary", "categorical")):
+                raise ValueError(f"{where}: a mapping of weights is only allowed for a binary or categorical attribute "
+                                 "at decode time")
+            mixture = self._mixture(value, where)
+            return mixture if self.kind == "categorical" else float(mixture[1])
         if _is_missing(value):
             raise ValueError(f"{where}: missing value ({value!r})")
         if self.kind == "continuous":
@@ -189,13 +207,13 @@ class Attribute:
             one_hot = np.zeros(self.width, dtype=np.float32)
             one_hot[index] = 1.0
             return one_hot
-        if allow_fractional and self.kind == "binary" and _is_number(value) and 0.0 <= float(value) <= 1.0:
+        if allow_fractional and self.takes_fractions and _is_number(value) and 0.0 <= float(value) <= 1.0:
             return float(value)
-        hint = " (or a fraction in [0, 1])" if allow_fractional and self.kind == "binary" else ""
+        hint = " (or a fraction in [0, 1])" if allow_fractional and self.takes_fractions else ""
         raise ValueError(f"{where}: unknown category {value!r}; known: {list(self.categories)}{hint}")
 
     def _mixture(self, weights: Mapping, where: str) -> np.ndarray:
-        mixture = np.zeros(self.width, dtype=np.float32)
+        mixture = np.zeros(len(self.categories), dtype=np.float32)
         for category, weight in weights.items():
             if category not in self.categories:
                 raise ValueError(f"{where}: unknown category {category!r}; known: {list(self.categories)}")
@@ -212,7 +230,7 @@ class Attribute:
         """A decode-time value that favours no group: the mean age, gender 0.5, an even mix of categories."""
         if self.kind == "continuous":
             return self.center
-        if self.kind == "binary":
+        if self.kind == "binary" and self.takes_fractions:
             return 0.5
         return {category: 1.0 for category in self.categories}
 

@@ -70,8 +70,21 @@ def test_decode_time_fractions_and_mixtures():
     assert sum(mixture.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown category 0.5"):
         schema.encode(rows)  # fractions only at decode time
-    with pytest.raises(ValueError, match="only allowed for a categorical attribute at decode time"):
-        schema.encode({"gender": [{"male": 1}], "ethnicity": ["white"]}, allow_fractional=True)
+    with pytest.raises(ValueError, match="only allowed for a binary or categorical attribute at decode time"):
+        schema.encode({"gender": [{"male": 1}], "ethnicity": ["white"]})
+    mixed = schema.encode({"gender": [{"male": 1, "female": 3}], "ethnicity": ["white"]}, allow_fractional=True)
+    assert mixed[0, 0] == pytest.approx(0.25)
+
+
+def test_numeric_binary_categories_other_than_0_and_1_take_weights_not_bare_fractions():
+    coded = Attribute("gender", "binary", categories=(1, 2))
+    assert coded.encode([1, 2], allow_fractional=True).ravel().tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="unknown category 0.5"):
+        coded.encode([0.5], allow_fractional=True)  # between 1 and 2, or half of 2? refused
+    assert coded.encode([{1: 1.0, 2: 1.0}], allow_fractional=True)[0, 0] == pytest.approx(0.5)
+    assert coded.encode([coded.neutral()], allow_fractional=True)[0, 0] == pytest.approx(0.5)
+    plain = Attribute("gender", "binary", categories=(0, 1))
+    assert plain.takes_fractions and plain.encode([0.25], allow_fractional=True)[0, 0] == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(

@@ -254,14 +254,14 @@ def test_transport_variants_parse_with_bafo_runs_calibration_share(frontier):
 
 
 def test_transport_calibration_rows_are_the_ones_bafo_run_holds_back(frontier):
-    from bafo_pipeline.data import make_synthetic_faces
-    from bafo_pipeline.pipeline.workflow import _roles
+    from bafo_pipeline.data import hash_roles, make_synthetic_faces
 
     faces = make_synthetic_faces(400, image_size=32, random_state=3)
     split = {"test_fraction": 0.15, "seed": 4}
     train, _ = faces.split(**split)
     fitted_on, shared = frontier.calibration_split(frontier.parse_variant("transport", 30), train, split)
-    held_back = set(np.asarray(faces.content_hash)[_roles(faces, 0.15, frontier.CALIBRATION_FRACTION, 4) == "calibration"])
+    roles = hash_roles(faces.content_hash, 0.15, 4, frontier.CALIBRATION_FRACTION)
+    held_back = set(np.asarray(faces.content_hash)[roles == "calibration"])
     assert set(fitted_on.content_hash) == held_back
     assert not set(fitted_on.content_hash) & set(shared.content_hash)
     assert len(fitted_on) + len(shared) == len(train)

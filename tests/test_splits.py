@@ -111,3 +111,17 @@ def test_keep_first_and_none(table):
 def test_unknown_dedupe_mode(table):
     with pytest.raises(ValueError, match="dedupe must be one of"):
         dedupe_by_hash(table, ["age"], "drop")
+
+
+def test_roles_keep_the_test_split_and_take_calibration_rows_from_the_rest():
+    from bafo_pipeline.data import hash_roles, rows_of_split
+
+    hashes = [f"{i:08x}" for i in range(20_000)]
+    roles = hash_roles(hashes, test_fraction=0.15, seed=3, calibration_fraction=0.7)
+    np.testing.assert_array_equal(roles == "test", hash_split(hashes, test_fraction=0.15, seed=3))
+    assert abs((roles == "calibration").sum() / (roles != "test").sum() - 0.7) < 0.02
+    assert set(hash_roles(hashes, test_fraction=0.15, seed=3)) == {"test", "train"}
+    np.testing.assert_array_equal(rows_of_split(roles, "all"), roles != "calibration")
+    np.testing.assert_array_equal(rows_of_split(roles, "calibration"), roles == "calibration")
+    with pytest.raises(ValueError, match="split must be one of"):
+        rows_of_split(roles, "shared")

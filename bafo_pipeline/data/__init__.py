@@ -9,12 +9,13 @@ from .ids import key_fingerprint, load_id_key, pseudonymous_ids, write_key_table
 from .images import ImageDecodeError, decode_image, decode_images, iter_decoded_batches
 from .manifest import load_manifest, scan_manifest
 from .sources import load_source, scan_source
-from .splits import hash_split
+from .splits import SPLIT_CHOICES, hash_roles, hash_split, rows_of_split
 from .tables import ImageFiles
 from .synthetic import SYNTHETIC_NON_SENSITIVE, SYNTHETIC_SENSITIVE, make_synthetic_faces
 from .utkface import load_utkface, parse_utkface_name, scan_utkface
 
 __all__ = [
+    "SPLIT_CHOICES",
     "FaceDataset",
     "FaceSource",
     "ImageBatch",
@@ -26,6 +27,7 @@ __all__ = [
     "SYNTHETIC_SENSITIVE",
     "decode_image",
     "decode_images",
+    "hash_roles",
     "hash_split",
     "iter_decoded_batches",
     "key_fingerprint",
@@ -38,6 +40,7 @@ __all__ = [
     "parse_utkface_name",
     "pseudonymous_ids",
     "read_file_bytes",
+    "rows_of_split",
     "scan_image_folder",
     "scan_manifest",
     "scan_utkface",

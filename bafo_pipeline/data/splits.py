@@ -24,13 +24,19 @@ __all__ = [
     "content_hash",
     "dedupe_by_hash",
     "hash_files",
+    "SPLIT_CHOICES",
+    "hash_roles",
     "hash_split",
+    "rows_of_split",
 ]
 
 #: Accepted values of the ``dedupe`` argument of the loaders.
 DEDUPE_MODES = ("drop-conflicts", "keep-first", "none")
 
 _SPLIT_BUCKETS = 10_000
+
+#: What an export of a model's own split can ask for (:func:`rows_of_split`).
+SPLIT_CHOICES = ("all", "train", "test", "calibration")
 
 
 def content_hash(data: bytes) -> str:
@@ -207,3 +213,50 @@ def hash_split(
         dtype=np.int64,
     )
     return buckets < threshold
+
+
+def hash_roles(
+    content_hash: Sequence[str] | np.ndarray,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    calibration_fraction: float = 0.0,
+) -> np.ndarray:
+    """Each image's role from its content hash alone: ``"test"``, ``"calibration"`` or ``"train"``.
+
+    The test rows are :func:`hash_split`'s; of the other hash buckets, the
+    lowest ``calibration_fraction`` are calibration rows (those ``bafo run``
+    fits its concealment on and never shares), the rest train.
+
+    Parameters
+    ----------
+    content_hash : sequence of str
+    test_fraction, seed
+        As :func:`hash_split`'s.
+    calibration_fraction : float in [0, 1), default=0.0
+        Expected share of calibration images among the non-test ones.
+
+    Returns
+    -------
+    roles : ndarray of shape (n,), dtype str
+    """
+    if not 0.0 <= float(calibration_fraction) < 1.0:
+        raise ValueError(f"calibration_fraction must be in [0, 1), got {calibration_fraction!r}")
+    is_test = hash_split(content_hash, test_fraction=test_fraction, seed=seed)
+    roles = np.where(is_test, "test", "train").astype(object)
+    if calibration_fraction:
+        below = test_fraction + calibration_fraction * (1.0 - test_fraction)
+        roles[hash_split(content_hash, test_fraction=below, seed=seed) & ~is_test] = "calibration"
+    return roles.astype(str)
+
+
+def rows_of_split(roles: np.ndarray, which: str) -> np.ndarray:
+    """Which rows of :func:`hash_roles`' ``roles`` an export of ``which`` (one of ``SPLIT_CHOICES``) holds.
+
+    ``"all"`` is every row but the calibration ones: a concealment fitted on rows fixes their
+    class means, so sharing them lets anyone holding most of their labels read the rest off
+    the sums (docs/AUDIT.md, section 3b). They are exported only when asked for by name.
+    """
+    if which not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {which!r}")
+    roles = np.asarray(roles)
+    return roles != "calibration" if which == "all" else roles == which

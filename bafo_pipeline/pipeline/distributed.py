@@ -39,7 +39,7 @@ from .._utils.filesystems import is_local, resolve_filesystem, within
 from ..attributes import DEFAULT_SENSITIVE
 from ..data import load_id_key, write_key_table
 from ..data.files import DEFAULT_MAX_FILE_BYTES
-from ..data.splits import hash_files
+from ..data.splits import SPLIT_CHOICES, hash_files
 from ..io import read_table
 from ..transformers import load_model, model_fingerprint, read_model_config, save_model
 from .encode_plan import ID_SCHEMES, JobSpec, Plan, make_dataset_plan, make_file_plan
@@ -161,8 +161,10 @@ def encode_dataset(
     key_table : path, optional
         Also write which file each written id came from (CSV or Parquet, mode ``0600``)
         here, on this machine and outside ``out``: for the data owner only.
-    split : {"all", "train", "test"}, default="all"
-        Rows of the model's content-hash split to encode.
+    split : {"all", "train", "test", "calibration"}, default="all"
+        Rows of the model's content-hash split to encode. ``"all"`` leaves out the
+        calibration rows of a ``bafo run`` model (its concealment was fitted on them,
+        so they are never shared unless asked for by name).
     include_split : bool, default=False
         Add a ``split`` column.
     workers : int, default=2
@@ -213,8 +215,8 @@ def encode_dataset(
     kind, source = _source(utkface, manifest, images, dataset)
     if id_from not in ID_SCHEMES:
         raise ValueError(f"id_from must be one of {sorted(ID_SCHEMES)}, got {id_from!r}")
-    if split not in ("all", "train", "test"):
-        raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     if kind == "dataset" and (split != "all" or include_split or id_from != "content" or key_table is not None):

@@ -28,7 +28,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..data import hash_split, key_fingerprint, pseudonymous_ids, scan_image_folder, scan_manifest, scan_utkface
+from ..data import (
+    hash_roles,
+    key_fingerprint,
+    pseudonymous_ids,
+    rows_of_split,
+    scan_image_folder,
+    scan_manifest,
+    scan_utkface,
+)
 from ..data.utkface import UTKFACE_SENSITIVE
 from .job_folder import public_reason
 
@@ -213,12 +221,13 @@ def make_file_plan(
     skipped = list(report.skipped)
     skipped += [(str(p), "id collision with a different image (kept the first)") for p in table["path"][collided]]
     split_names, excluded = None, 0
-    if split != "all" or include_split:
-        split_names = np.where(hash_split(hashes, **split_rule), "test", "train").astype(object)
+    if split != "all" or include_split or (split_rule or {}).get("calibration_fraction"):
+        split_names = hash_roles(hashes, **split_rule).astype(object)
     keep = ~collided
-    if split != "all":
-        excluded = int((keep & (split_names != split)).sum())
-        keep &= split_names == split
+    if split_names is not None:
+        wanted = rows_of_split(split_names, split)
+        excluded = int((keep & ~wanted).sum())
+        keep &= wanted
     table, content_ids, hashes = table[keep], content_ids[keep], hashes[keep]
     split_names = None if split_names is None else split_names[keep]
     manifest_rows = table.index.to_numpy(dtype=np.int64) if kind == "manifest" else None
@@ -248,7 +257,7 @@ def make_file_plan(
         **({"labels_carried": True} if carry_labels and not include_labels else {}),
         "split": split,
         "include_split": include_split,
-        "split_rule": split_rule if (split != "all" or include_split) else None,
+        "split_rule": split_rule if split_names is not None else None,
         "max_file_bytes": max_file_bytes,
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())

@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA
 from ..attributes import AttributeSchema
 from ..data import load_id_key, pseudonymous_ids
 from ..data.dataset import FaceDataset
-from ..data.splits import hash_split
+from ..data.splits import hash_roles
 from ..transformers import BAFOTransformer, load_verified_model, save_model
 from ..transformers._steps import trains_with_encoder
 from .export import export_latents
@@ -172,7 +172,8 @@ def run_workflow(
     if not 0.0 <= calibration_fraction < 1.0:
         raise ValueError(f"calibration_fraction must be in [0, 1), got {calibration_fraction}")
     out.mkdir(parents=True, exist_ok=True)
-    role = _roles(dataset, test_fraction, calibration_fraction, seed)
+    role = hash_roles(dataset.content_hash, test_fraction=test_fraction, seed=seed,
+                      calibration_fraction=calibration_fraction)
     train, test = dataset.subset(role != "test"), dataset.subset(role == "test")
     calibration, shared = dataset.subset(role == "calibration"), dataset.subset(role != "calibration")
     shared_train = dataset.subset(role == "train")
@@ -254,20 +255,6 @@ def run_workflow(
     )
     return WorkflowResult(model_dir, latents_path, audit_path, train_path, out / "report", report, report.utility,
                           len(calibration), _rows_per_cell(estimator))
-
-
-def _roles(dataset: FaceDataset, test_fraction: float, calibration_fraction: float, seed: int) -> np.ndarray:
-    """Each image's role, from its content hash alone: ``"test"``, ``"calibration"`` or ``"train"``.
-
-    One salted hash draws both: the lowest ``test_fraction`` of hash buckets are held out (the split
-    of :meth:`FaceDataset.split`), the next ``calibration_fraction`` of the rest are calibration.
-    """
-    is_test = hash_split(dataset.content_hash, test_fraction=test_fraction, seed=seed)
-    role = np.where(is_test, "test", "train").astype(object)
-    if calibration_fraction:
-        below = test_fraction + calibration_fraction * (1.0 - test_fraction)
-        role[hash_split(dataset.content_hash, test_fraction=below, seed=seed) & ~is_test] = "calibration"
-    return role.astype(str)
 
 
 # The id column of the shared file; its ids are the images' pseudonymous ids (export_latents' default).

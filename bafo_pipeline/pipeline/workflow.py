@@ -5,7 +5,10 @@ This is what ``bafo run`` does; each step is also its own command.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,19 +162,23 @@ def run_workflow(
     -------
     WorkflowResult
     """
-    from ..audits import run_audit
+    from ..audits.inputs import prepare_attributes
 
     say = progress or (lambda text: None)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace its contents")
-    if key_table is not None and out.absolute() in Path(key_table).absolute().parents:
-        raise ValueError(f"the key table {key_table} would sit inside {out}, beside the shared latents; keep it apart")
+    final = Path(out_dir)
+    if final.exists() and any(final.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{final} is not empty; pass overwrite=True (--overwrite) to replace its contents")
+        others = sorted(p.name for p in final.iterdir() if p.name not in RUN_FOLDER_NAMES)
+        if others:
+            raise FileExistsError(f"{final} holds files that no run wrote ({', '.join(others[:3])}); "
+                                  "overwrite replaces a run folder only: choose another folder")
+    if key_table is not None and final.resolve() in Path(key_table).resolve().parents:
+        raise ValueError(f"the key table {key_table} would sit inside {final}, beside the shared latents; keep it apart")
     if key_table is not None and Path(key_table).exists() and not overwrite:
         raise FileExistsError(f"{key_table} already exists; pass overwrite=True (--overwrite) to replace it")
     if not 0.0 <= calibration_fraction < 1.0:
         raise ValueError(f"calibration_fraction must be in [0, 1), got {calibration_fraction}")
-    out.mkdir(parents=True, exist_ok=True)
     role = hash_roles(dataset.content_hash, test_fraction=test_fraction, seed=seed,
                       calibration_fraction=calibration_fraction)
     train, test = dataset.subset(role != "test"), dataset.subset(role == "test")
@@ -179,6 +186,12 @@ def run_workflow(
     shared_train = dataset.subset(role == "train")
     if len(test) < 20:
         raise ValueError(f"only {len(test)} held-out images: too few to audit; use more data")
+    options = audit_options or {}
+    try:  # what the audit would refuse after training (e.g. a class with fewer held-out images than folds)
+        prepare_attributes(test.attributes.reset_index(drop=True), list(dataset.sensitive), options.get("kinds"),
+                           options.get("bands"), options.get("n_folds", 5))
+    except ValueError as error:
+        raise ValueError(f"the held-out split cannot be audited: {error}; use more data") from None
     if calibration_fraction and (len(calibration) < 2 or len(shared_train) < 2):
         raise ValueError(
             f"calibration_fraction={calibration_fraction} leaves {len(calibration)} calibration and "
@@ -188,6 +201,25 @@ def run_workflow(
     for kinds in _kinds_of_label_conditional_steps(estimator):
         _check_classes_seen_in_training(fitted_on, shared, kinds)
 
+    with staged_folder(final) as out:
+        report = _train_export_and_audit(
+            dataset, out, estimator, say, role=role, seed=seed, target=target, data_info=data_info,
+            audit_options=audit_options, id_key=id_key, key_table=key_table, utility_targets=utility_targets,
+            residual=residual, calibration_fraction=calibration_fraction, test_fraction=test_fraction,
+        )
+    return WorkflowResult(final / "model", final / "latents.parquet", final / "audit_latents.parquet",
+                          final / "audit_train_latents.parquet", final / "report", report, report.utility,
+                          int((role == "calibration").sum()), _rows_per_cell(estimator))
+
+
+def _train_export_and_audit(dataset, out: Path, estimator, say, *, role, seed, target, data_info, audit_options,
+                            id_key, key_table, utility_targets, residual, calibration_fraction, test_fraction):
+    """The run itself, written into ``out`` (a staging folder): returns the audit's report."""
+    from ..audits import run_audit
+
+    train, test = dataset.subset(role != "test"), dataset.subset(role == "test")
+    calibration, shared = dataset.subset(role == "calibration"), dataset.subset(role != "calibration")
+    shared_train = dataset.subset(role == "train")
     say(f"training on {len(train)} images ({len(test)} held out for the audit)")
     if calibration_fraction and not _trains_with_concealment(estimator):
         # The concealment is fitted on the calibration rows below: fitting it on the training rows first (a
@@ -253,8 +285,34 @@ def run_workflow(
         ),
         id_column=_ID, targets=targets, references=list(names[:2]), residual=residual, **(audit_options or {}),
     )
-    return WorkflowResult(model_dir, latents_path, audit_path, train_path, out / "report", report, report.utility,
-                          len(calibration), _rows_per_cell(estimator))
+    return report
+
+
+#: What a run folder holds (``overwrite`` replaces a folder holding nothing else).
+RUN_FOLDER_NAMES = ("model", "latents.parquet", "audit_latents.parquet", "audit_train_latents.parquet", "report",
+                    "skipped.json")  # (earlier releases wrote the skip listing inside)
+
+
+@contextlib.contextmanager
+def staged_folder(final: Path):
+    """A hidden sibling folder to write a run into, put in ``final``'s place whole when the block ends.
+
+    An earlier folder at ``final`` stays as it was until then; a run that fails or is stopped
+    leaves it so, and its staging folder is removed.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+    try:
+        yield staging
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # The id column of the shared file; its ids are the images' pseudonymous ids (export_latents' default).

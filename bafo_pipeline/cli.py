@@ -87,13 +87,44 @@ def _report_skips(scanned: list, exported: list, listing: Path) -> None:
 
 
 def _reason_kind(reason: str) -> str:
-    """A reason without its particulars (quoted values, numbers), to count skips by kind."""
-    return re.sub(r"\d+", "N", re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", reason))
+    """A reason without its particulars (quoted values, file names and paths, numbers), to count skips by kind.
+
+    As the distributed export counts them (:func:`~bafo_pipeline.pipeline.job_folder.public_reason`):
+    ``"file not found: img/26_1_2.jpg"`` and ``"file not found: img/40_0_1.jpg"`` are one kind.
+    """
+    from .pipeline.job_folder import public_reason
+
+    return re.sub(r"\d+", "N", public_reason(reason))
 
 
 def _beside(out, suffix: str) -> Path:
     out = Path(out)
     return out.with_name(out.name + suffix)
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps."
+
+
+def _check_device(ctx, param, value: str) -> str:
+    """--device, checked as the command starts (before any data is read): a device the library takes
+    (:func:`~bafo_pipeline._utils.device.resolve_device`) that this machine has, else a usage error."""
+    if value is None or value in ("auto", "cpu"):
+        return value
+    if not _DEVICE.fullmatch(value):
+        raise click.BadParameter(f"{value!r} is not a device; use {DEVICE_HELP}")
+    import torch
+
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise click.BadParameter(f"{value!r} was asked for, but CUDA is not available here; use auto or cpu")
+        index = int(value.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise click.BadParameter(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                     f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif not torch.backends.mps.is_available():
+        raise click.BadParameter(f"{value!r} was asked for, but MPS is not available here; use auto or cpu")
+    return value
 
 
 def _apply(options: list, function):
@@ -271,7 +302,7 @@ def main(debug: bool) -> None:
 @_concealment_options(default="full")
 @click.option("--image-size", default=56, show_default=True)
 @click.option("--test-fraction", default=0.15, show_default=True, help="Held out by content hash; never trained on.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", default="auto", show_default=True, callback=_check_device, help=DEVICE_HELP)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Write a training checkpoint here after every epoch.")
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint.")
@@ -321,9 +352,11 @@ def train(utkface, manifest, image_column, sensitive, synthetic_samples, limit, 
 @_data_options
 @click.option("--out", required=True, type=click.Path(),
               help="Parquet file to write (--engine ray: a folder of Parquet partitions).")
-@click.option("--split", "which", type=click.Choice(["all", "train", "test"]), default="all", show_default=True,
-              help="Rows to encode, by the model's own content-hash split.")
-@click.option("--include-split", is_flag=True, help="Add a 'split' column (train/test).")
+@click.option("--split", "which", type=click.Choice(["all", "train", "test", "calibration"]), default="all",
+              show_default=True,
+              help="Rows to encode, by the model's own content-hash split. 'all' leaves out the calibration rows of "
+                   "a `bafo run` model: its concealment was fitted on them, so they are shared only when named.")
+@click.option("--include-split", is_flag=True, help="Add a 'split' column (train/test/calibration).")
 @click.option("--include-labels", is_flag=True, help="Store the attribute columns too (for audit datasets only).")
 @click.option("--ids", type=click.Choice(["content", "row"]), default="content", show_default=True,
               help="content: a keyed hash of each image's content (pseudonymous); row: the manifest's 1-based "
@@ -369,7 +402,7 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
         raise click.UsageError(f"{out} is a folder; the local engine writes one Parquet file (--engine ray writes folders)")
     from tqdm.auto import tqdm
 
-    from .data.splits import hash_split
+    from .data.splits import hash_roles, rows_of_split
     from .pipeline.export import export_latents
     from .transformers import load_verified_model
 
@@ -395,11 +428,13 @@ def encode(model_dir, utkface, manifest, image_column, sensitive, synthetic_samp
     scan_skipped = list(source.report.skipped)
     names = None
     if split_info is not None:
-        is_test = hash_split(source.content_hash, test_fraction=split_info["test_fraction"], seed=split_info["seed"])
-        names = np.where(is_test, "test", "train")
-        if which != "all":
-            keep = names == which
-            source, names = source.subset(keep), names[keep]
+        names = hash_roles(source.content_hash, **split_info)
+        keep = rows_of_split(names, which)
+        if which == "all" and not keep.all():
+            click.echo(f"left out the {int((~keep).sum())} calibration images the model's concealment was fitted "
+                       "on (shared, they let anyone holding most of their labels read the rest; --split "
+                       "calibration encodes them)", err=True)
+        source, names = source.subset(keep), names[keep]
     with tqdm(total=len(source), desc="encoding", unit="img") as bar:
         report = export_latents(
             estimator, source, out, include_labels=include_labels, split=names if include_split else None,
@@ -714,7 +749,7 @@ def verify(path, max_leakage, bound):
 @click.option("--target", help="Non-sensitive attribute for the fairness report (default: smile on synthetic faces).")
 @click.option("--landmarks-cache", type=click.Path(dir_okay=False),
               help="Real faces: Parquet cache of the landmark targets (reused across runs, keyed by image content).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, callback=_check_device, help=DEVICE_HELP)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the contents of --out.")
 @click.option("--calibration-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.7,
@@ -781,7 +816,7 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
                               utility_targets=utility_targets, residual=utility_targets is not None)
     except FileExistsError as error:
         raise click.UsageError(_one_line(error)) from None
-    _report_skips(dataset.report.skipped, [], Path(out_dir) / "skipped.json")
+    _report_skips(dataset.report.skipped, [], _beside(out_dir, ".skipped.json"))
     if key_table is not None:
         click.echo(f"key table (id -> file, keep it private): {key_table}", err=True)
     _print_verdicts(result.report)
@@ -914,7 +949,8 @@ _DECODED_NAME = re.compile(r"decoded_\d{4,}\.png")
 
 
 def _prepare_decode_folder(out: Path, inputs: tuple[str, ...], paths: list[Path], overwrite: bool) -> None:
-    """An empty (or new) folder, or with --overwrite one holding only earlier decodes, which are removed."""
+    """An empty (or new) folder, or with --overwrite one holding only earlier decodes (replaced by
+    :func:`_write_decodes` once the new set is complete)."""
     check_not_an_input(out, what="--out", files=paths, folders=[i for i in inputs if Path(i).is_dir()])
     if out.exists() and not out.is_dir():
         raise click.UsageError(f"--out {out} is a file; decode writes a folder of PNGs")
@@ -932,8 +968,41 @@ def _prepare_decode_folder(out: Path, inputs: tuple[str, ...], paths: list[Path]
             f"--out {out} holds files that are not decodes ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
             "refusing to clean it: choose an empty folder"
         )
-    for path in used:
-        path.unlink()
+
+
+def _write_decodes(out: Path, images: dict[str, np.ndarray], check) -> None:
+    """Write ``images`` (name -> HxWx3 uint8) as the folder ``out``, all or nothing.
+
+    They are written into a hidden staging folder beside ``out`` and swapped in only once all are
+    written (an earlier folder is renamed aside, the new one renamed in, the earlier one removed):
+    a failure on the way leaves ``out`` as it was. ``check()`` re-validates ``out`` just before
+    the swap (it may have changed while decoding). A symlinked ``out`` keeps its link.
+    """
+    import shutil
+    import stat
+
+    from PIL import Image
+
+    from ._utils import staging_directory
+
+    target = Path(os.path.realpath(out))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with staging_directory(target) as staging:
+        for name, image in images.items():
+            Image.fromarray(image).save(staging / name, format="PNG")
+        check()
+        if target.exists():
+            os.chmod(staging, stat.S_IMODE(target.stat().st_mode))
+            replaced = target.with_name(f".{target.name}.old")
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(target, replaced)
+            os.replace(staging, target)
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.chmod(staging, 0o777 & ~umask)  # as mkdir would have made it (the staging folder is private)
+            os.replace(staging, target)
 
 
 def _attribute_options(function):
@@ -951,7 +1020,8 @@ def _attribute_options(function):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @_attribute_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for decoded PNGs.")
-@click.option("--overwrite", is_flag=True, help="Reuse a folder of earlier decodes (their PNGs are removed first).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a folder of earlier decodes (once the new set is complete; a failure leaves it as it was).")
 def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir, overwrite):
     """Re-draw faces with chosen attributes, e.g. --age 40 --gender female.
 
@@ -965,9 +1035,6 @@ def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir, overwrite)
     each face's own attributes (transport, bafo run's default) redraws faces
     from the encoder's own latents, which its exact inverse gives back.
     """
-    from PIL import Image
-
-    from ._utils import atomic_write_path
     from .pipeline.figures import redraw_latents
     from .transformers import load_model
 
@@ -987,11 +1054,9 @@ def decode(model_dir, inputs, age, gender, ethnicity, extra, out_dir, overwrite)
     images, positions = _decode_inputs(estimator, paths)
     latents, conceal = redraw_latents(estimator, images)
     decoded = estimator.inverse_transform(latents, sensitive_features=values, conceal=conceal)
-    out.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(len(paths) - 1)))
-    for position, image in zip(positions, _as_uint8_nhwc(decoded)):
-        with atomic_write_path(out / f"decoded_{position:0{width}d}.png") as tmp:
-            Image.fromarray(image).save(tmp, format="PNG")
+    named = {f"decoded_{position:0{width}d}.png": image for position, image in zip(positions, _as_uint8_nhwc(decoded))}
+    _write_decodes(out, named, check=lambda: _prepare_decode_folder(out, inputs, paths, overwrite))
     click.echo(f"wrote {len(decoded)} images to {out}")
 
 

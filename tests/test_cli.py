@@ -230,6 +230,18 @@ def test_run_with_transport_encodes_every_image_with_its_own_labels(tmp_path, mo
     other = labels.assign(gender=labels["gender"].map({"male": "female", "female": "male"}))
     moved = np.abs(model.transform(faces.images[rows], sensitive_features=other) - shared.latents).max()
     assert moved > 0.1 * shared.latents.std()  # another row's labels move it: the export used each row's own
+    if noise_scale is None:  # `bafo encode` of the run's model shares what the run shared: no calibration image
+        runner = CliRunner()
+        encoded = runner.invoke(main, ["encode", "--model", str(out / "model"), "--synthetic-samples", "700",
+                                       "--out", str(tmp_path / "all.parquet")])
+        assert encoded.exit_code == 0, encoded.output
+        assert f"left out the {n_calibration} calibration images" in encoded.output
+        assert sorted(read_latents(tmp_path / "all.parquet").ids) == sorted(shared.ids)
+        named = runner.invoke(main, ["encode", "--model", str(out / "model"), "--synthetic-samples", "700",
+                                     "--split", "calibration", "--out", str(tmp_path / "calibration.parquet")])
+        assert named.exit_code == 0, named.output
+        held_back = read_latents(tmp_path / "calibration.parquet").ids
+        assert len(held_back) == n_calibration and not set(held_back) & set(shared.ids)
 
 
 def test_run_on_real_faces_says_why_utility_is_missing_without_the_landmarks_extra(monkeypatch, capsys):
@@ -264,3 +276,104 @@ def test_run_holds_back_the_workflows_calibration_share_by_default():
 
     (option,) = [p for p in run.params if p.name == "calibration_fraction"]
     assert option.default == CALIBRATION_FRACTION > 0  # the CLI spells the library's default out (fast start-up)
+
+
+def test_decode_overwrite_keeps_the_earlier_decodes_until_the_new_set_is_complete(model_dir, tmp_path):
+    faces, out = _write_faces(tmp_path / "in"), tmp_path / "decoded"
+    runner = CliRunner()
+    assert runner.invoke(main, ["decode", "--model", str(model_dir), str(faces), "--age", "40", "--out", str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    unreadable = tmp_path / "broken.png"
+    unreadable.write_bytes(b"not a png")
+    failed = runner.invoke(main, ["decode", "--model", str(model_dir), str(unreadable), "--age", "40", "--out", str(out),
+                                  "--overwrite"])
+    assert failed.exit_code == 1 and "none of the inputs could be read" in failed.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not emptied by the failed run
+    replaced = runner.invoke(main, ["decode", "--model", str(model_dir), str(sorted(faces.iterdir())[0]), "--age", "80",
+                                    "--out", str(out), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert [p.name for p in out.iterdir()] == ["decoded_0000.png"]  # the new set only
+    assert (out / "decoded_0000.png").read_bytes() != before["decoded_0000.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "decoded", "in"]  # no staging left behind
+
+
+def test_skips_are_counted_by_reason_without_their_paths(model_dir, tmp_path):
+    from bafo_pipeline.cli import _reason_kind
+
+    faces = _write_faces(tmp_path / "faces", n=1)
+    missing = [f"photos/{name}.jpg" for name in ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+                                                   "ivan", "judy", "mallory", "oscar")]
+    manifest = tmp_path / "faces.csv"
+    pd.DataFrame({"path": [str(next(faces.iterdir()).relative_to(tmp_path)), *missing], "age": 30.0,
+                  "gender": "male", "ethnicity": "white"}).to_csv(manifest, index=False)
+    out = tmp_path / "latents.parquet"
+    result = CliRunner().invoke(main, ["encode", "--model", str(model_dir), "--manifest", str(manifest), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "skipped by reason: 12 file not found\n" in result.output
+    assert "skipped row 2: file not found\n" in result.output and "alice" not in result.output  # rows name them
+    listing = json.loads((tmp_path / "latents.parquet.skipped.json").read_text())
+    assert listing["by_reason"] == {"file not found": 12}
+    assert [entry["item"] for entry in listing["skipped"]] == [f"row {i}" for i in range(2, 14)]
+    strict = CliRunner().invoke(main, ["encode", "--model", str(model_dir), "--manifest", str(manifest), "--strict",
+                                       "--out", str(tmp_path / "strict.parquet")])
+    assert strict.exit_code == 1 and "row 2: file not found: photos/alice.jpg" in strict.output  # the error names both
+    # reasons of other sources that still carry a path or a file name are counted as one kind too
+    assert _reason_kind("file not found: img/26_1_2_2017.jpg") == _reason_kind("file not found: other/40_0_1.jpg")
+    assert _reason_kind("age 'old' is not a non-negative number") == _reason_kind("age '-1' is not a non-negative number")
+
+
+@pytest.mark.parametrize("device, says", [("bogus", "'bogus' is not a device"), ("cuda:x", "is not a device"),
+                                          ("cuda", "CUDA is not available"), ("cuda:0", "CUDA is not available")])
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_a_bad_device_is_a_usage_error_before_any_data_is_loaded(command, device, says, tmp_path, monkeypatch):
+    import torch
+
+    import bafo_pipeline.data.sources as sources
+
+    def never(*args, **kwargs):
+        raise AssertionError("data loaded before --device was checked")
+
+    monkeypatch.setattr(sources, "load_source", never)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [command, "--synthetic-samples", "50", "--device", device, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--device'" in result.output and says in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, no traceback
+    assert not out.exists()
+
+
+def test_device_names_that_this_machine_has_are_accepted(monkeypatch):
+    import click
+    import torch
+
+    from bafo_pipeline.cli import _check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:1"):
+        assert _check_device(None, None, device) == device
+    with pytest.raises(click.BadParameter, match="2 CUDA device"):
+        _check_device(None, None, "cuda:2")
+
+
+def test_a_run_that_fails_leaves_the_earlier_run_folder_as_it_was(tmp_path, monkeypatch):
+    import bafo_pipeline.pipeline.workflow as workflow
+
+    out = tmp_path / "demo"
+    (out / "report").mkdir(parents=True)
+    (out / "latents.parquet").write_bytes(b"an earlier run's export")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("stopped while auditing")
+
+    monkeypatch.setattr(workflow, "_train_export_and_audit", fails)
+    result = CliRunner().invoke(main, ["run", "--synthetic-samples", "300", "--epochs", "1", "--out", str(out),
+                                       "--overwrite"])
+    assert result.exit_code != 0
+    assert (out / "latents.parquet").read_bytes() == b"an earlier run's export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no staging folder left beside it
+    (out / "notes.txt").write_text("mine")
+    refused = CliRunner().invoke(main, ["run", "--synthetic-samples", "300", "--epochs", "1", "--out", str(out),
+                                        "--overwrite"])
+    assert refused.exit_code != 0 and "holds files that no run wrote (notes.txt)" in refused.output

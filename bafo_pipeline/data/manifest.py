@@ -23,7 +23,7 @@ from .._utils.filesystems import is_local, is_uri, join, resolve_filesystem, wit
 from ..attributes import DEFAULT_SENSITIVE
 from .dataset import FaceDataset, LoadReport
 from .files import DEFAULT_MAX_FILE_BYTES
-from .images import DEFAULT_MAX_PIXELS, Size
+from .images import DEFAULT_MAX_PIXELS, ImageDecodeError, Size
 from .splits import EMPTY_CONTENT_HASH, dedupe_by_hash, hash_files
 from .tables import PRIVATE_COLUMNS, dataset_from_table
 
@@ -143,7 +143,7 @@ class _ManifestPaths:
             path = entry if entry.startswith("/") else join(self.base, entry)
         if self.allow_outside_root or self._inside(path):
             return path, None
-        return None, f"path leads outside the manifest's folder (allow_outside_root accepts it): {entry}"
+        return None, "path leads outside the manifest's folder (allow_outside_root accepts it)"
 
     def _inside(self, path: str) -> bool:
         if not self.local:
@@ -203,7 +203,7 @@ def scan_manifest(
         each row's 1-based data-row number in the manifest (the header is
         not counted). A column named ``age`` is converted to float.
     report : LoadReport
-        Skipped rows as ``("row 17", "file not found: x.jpg")`` and the
+        Skipped rows as ``("row 17", "file not found")`` (the reason names no path) and the
         duplicate counts; ``n_loaded`` is the number of rows returned.
 
     Raises
@@ -221,7 +221,8 @@ def scan_manifest(
     others = _check_columns(manifest, raw, image_column, sensitive, other_columns)
     raw = raw.reset_index(drop=True)
 
-    problems = _row_problems(raw, image_column, sensitive, check_age="age" in [*sensitive, *others])
+    row_problems = _row_problems(raw, image_column, sensitive, check_age="age" in [*sensitive, *others])
+    problems = dict(row_problems)  # and then the problems with the rows' files
     ok = np.ones(len(raw), dtype=bool)
     ok[list(problems)] = False
     written = raw[image_column].where(raw[image_column].isna(), raw[image_column].astype(str))
@@ -243,13 +244,16 @@ def scan_manifest(
         if reason is None and digest == EMPTY_CONTENT_HASH:
             reason = "empty file (0 bytes)"
         if reason is not None:
-            problems[int(pos)] = f"{reason}: {values[pos]}"
+            problems[int(pos)] = reason
             ok[pos] = False
 
+    # A reason names the problem, not the file: the row names the entry, and reasons stay countable by
+    # kind (paths may spell out labels, too). The strict error, for the manifest's owner, names the file.
     skipped = [(f"row {pos + 1}", problems[pos]) for pos in sorted(problems)]
     if strict and skipped:
-        item, reason = skipped[0]
-        raise ValueError(f"{manifest}: {item}: {reason}")
+        first = min(problems)
+        entry = "" if first in row_problems else f": {values[first]}"
+        raise ValueError(f"{manifest}: row {first + 1}: {problems[first]}{entry}")
 
     keep_hash = {int(pos): (r, h) for pos, r, h in zip(positions, resolved, hashes)}
     good = np.flatnonzero(ok)
@@ -327,17 +331,22 @@ def load_manifest(
         allow_outside_root=allow_outside_root,
     )
     columns = [c for c in table.columns if c not in _RESERVED]
-    return dataset_from_table(
-        table,
-        report,
-        source=str(path),
-        sensitive=sensitive,
-        attribute_columns=columns,
-        describe=lambda row, file, reason: (f"row {row}", f"{file}: {reason}"),
-        image_size=image_size,
-        strict=strict,
-        n_jobs=n_jobs,
-        limit=limit,
-        progress=progress,
-        max_pixels=max_pixels,
-    )
+    try:
+        return dataset_from_table(
+            table,
+            report,
+            source=str(path),
+            sensitive=sensitive,
+            attribute_columns=columns,
+            describe=lambda row, _file, reason: (f"row {row}", reason),  # as scan_manifest: no path in reasons
+            image_size=image_size,
+            strict=strict,
+            n_jobs=n_jobs,
+            limit=limit,
+            progress=progress,
+            max_pixels=max_pixels,
+        )
+    except ImageDecodeError as error:  # strict: the error, for the manifest's owner, names the file too
+        if not isinstance(error.__cause__, ImageDecodeError):
+            raise
+        raise ImageDecodeError(error.path, f"{error.__cause__.path}: {error.reason}") from error.__cause__

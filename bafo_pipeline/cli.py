@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -618,6 +619,29 @@ def _names_list(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
+@contextlib.contextmanager
+def _audit_bar():
+    """A progress callback for the audit's (done, total, text) calls whose tqdm bar appears at the first call
+    (a job's audit comes after its training, which shows its own)."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def progress(done, total, text=""):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc="auditing", unit="probe")
+        bar.total, bar.n = total, done
+        bar.set_postfix_str(str(text)[:40])
+        bar.refresh()
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _with_progress(description: str, work):
     """Run ``work(progress)`` with a tqdm bar fed by the audit's (done, total, text) callbacks."""
     from tqdm.auto import tqdm
@@ -810,10 +834,12 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
                  **_concealment_provenance(concealment, transport_shrinkage, noise_scale)}
     utility_targets = None if synthetic else _landmark_targets(landmarks_cache)
     try:
-        result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,
-                              overwrite=overwrite, progress=lambda text: click.echo(text, err=True),
-                              id_key=id_key_file, key_table=key_table, calibration_fraction=calibration_fraction,
-                              utility_targets=utility_targets, residual=utility_targets is not None)
+        with _audit_bar() as audit_progress:
+            result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,
+                                  overwrite=overwrite, progress=lambda text: click.echo(text, err=True),
+                                  id_key=id_key_file, key_table=key_table, calibration_fraction=calibration_fraction,
+                                  utility_targets=utility_targets, residual=utility_targets is not None,
+                                  audit_options={"progress": audit_progress})
     except FileExistsError as error:
         raise click.UsageError(_one_line(error)) from None
     _report_skips(dataset.report.skipped, [], _beside(out_dir, ".skipped.json"))

@@ -177,6 +177,8 @@ def test_run_does_the_whole_job(tmp_path, monkeypatch):
     position = {i: p for p, i in enumerate(shared.ids)}
     np.testing.assert_allclose(audited.latents, shared.latents[[position[i] for i in audited.ids]], atol=1e-6)
     assert (out / "report" / "report.html").stat().st_size > 0
+    assert re.search(r"auditing: 100%.*probe", result.output)  # the audit's own progress bar, run to its end
+    assert ".staging" not in (out / "report" / "report.json").read_text()  # written in a staging folder, moved whole
     for representation in ("pixels (PCA 64)", "bafo encoder (no concealment)", "bafo (shared latents)"):
         assert representation in result.output
     assert "downstream model for smile: balanced accuracy" in result.output

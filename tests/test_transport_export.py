@@ -203,14 +203,15 @@ def test_a_run_refuses_before_training_a_held_out_class_combination_no_training_
                                          r"ethnicity='martian'\).*--concealment full"):
         run_workflow(odd, tmp_path / "run", estimator, seed=0, calibration_fraction=0.0)
     assert not hasattr(estimator, "network_")  # refused before training
-    assert not any((tmp_path / "run").iterdir())
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_check_before_training_forms_cells_as_the_transport_step_will(tmp_path, monkeypatch):
     # Ages in decades, three held-out faces aged 120. As classes (the estimator's attribute_kinds) that is a
     # combination no training face has; but the transport step forms its cells with its own kinds, age continuous,
-    # and moves age 120 by the last age bin's map: the run must go on to training.
-    dataset = load_source(synthetic_samples=300, image_size=SIZE, seed=0)
+    # and moves age 120 by the last age bin's map: the run must go on to training (with 3 audit folds: the audit,
+    # checked before training too, reads the decades as classes, and 120 has three held-out faces).
+    dataset = load_source(synthetic_samples=900, image_size=SIZE, seed=0)
     held_out = np.flatnonzero(hash_split(dataset.content_hash, test_fraction=0.15, seed=0))
     attributes = dataset.attributes.assign(age=dataset.attributes["age"] // 10 * 10)
     attributes.loc[held_out[:3], "age"] = 120
@@ -234,7 +235,8 @@ def test_the_check_before_training_forms_cells_as_the_transport_step_will(tmp_pa
 
     monkeypatch.setattr(BAFOTransformer, "fit", fit)
     with pytest.raises(Trained):
-        run_workflow(decades, tmp_path / "b", estimator({"age": "continuous"}), seed=0, calibration_fraction=0.0)
+        run_workflow(decades, tmp_path / "b", estimator({"age": "continuous"}), seed=0, calibration_fraction=0.0,
+                     audit_options={"n_folds": 3})
 
 
 KEY = b"calibration-test-key-0123456789"
@@ -350,3 +352,12 @@ def test_a_run_whose_training_fails_leaves_the_concealment_as_it_was_given(tmp_p
         run_workflow(dataset, tmp_path / "run", estimator, seed=0, calibration_fraction=0.4, id_key=KEY,
                      audit_options=QUICK_AUDIT)
     assert estimator.concealment is steps
+
+
+def test_a_run_whose_held_out_split_cannot_be_audited_stops_before_training(tmp_path):
+    dataset = load_source(synthetic_samples=300, image_size=SIZE, seed=0)
+    estimator = BAFOTransformer(latent_dim=4, widths=(4, 8), epochs=1, batch_size=64, concealment="linear")
+    with pytest.raises(ValueError, match=r"the held-out split cannot be audited: attribute '\w+': classes with fewer "
+                                         r"samples than n_folds=20"):
+        run_workflow(dataset, tmp_path / "run", estimator, seed=0, audit_options={"n_folds": 20})
+    assert not hasattr(estimator, "network_") and not (tmp_path / "run").exists()

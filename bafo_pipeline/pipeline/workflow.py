@@ -186,12 +186,6 @@ def run_workflow(
     shared_train = dataset.subset(role == "train")
     if len(test) < 20:
         raise ValueError(f"only {len(test)} held-out images: too few to audit; use more data")
-    options = audit_options or {}
-    try:  # what the audit would refuse after training (e.g. a class with fewer held-out images than folds)
-        prepare_attributes(test.attributes.reset_index(drop=True), list(dataset.sensitive), options.get("kinds"),
-                           options.get("bands"), options.get("n_folds", 5))
-    except ValueError as error:
-        raise ValueError(f"the held-out split cannot be audited: {error}; use more data") from None
     if calibration_fraction and (len(calibration) < 2 or len(shared_train) < 2):
         raise ValueError(
             f"calibration_fraction={calibration_fraction} leaves {len(calibration)} calibration and "
@@ -200,6 +194,12 @@ def run_workflow(
     fitted_on = calibration if calibration_fraction else train
     for kinds in _kinds_of_label_conditional_steps(estimator):
         _check_classes_seen_in_training(fitted_on, shared, kinds)
+    options = audit_options or {}
+    try:  # what the audit would refuse after training (e.g. a class with fewer held-out images than folds)
+        prepare_attributes(test.attributes.reset_index(drop=True), list(dataset.sensitive), options.get("kinds"),
+                           options.get("bands"), options.get("n_folds", 5))
+    except ValueError as error:
+        raise ValueError(f"the held-out split cannot be audited: {error}; use more data") from None
 
     with staged_folder(final) as out:
         report = _train_export_and_audit(

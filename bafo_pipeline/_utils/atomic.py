@@ -48,6 +48,7 @@ __all__ = [
     "AtomicFile",
     "atomic_write_path",
     "check_destination",
+    "fsync_dir",
     "remove_stale_temporaries",
     "staging_directory",
 ]
@@ -206,8 +207,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    # Persists the rename itself; POSIX only, and best effort (some filesystems refuse).
+def fsync_dir(path: Path) -> None:
+    """Make a new name in the folder ``path`` durable (a rename, a link); POSIX only, best effort."""
     if os.name != "posix":
         return
     try:
@@ -338,7 +339,7 @@ class AtomicFile:
         self._done = True
         self._finalizer.detach()
         _forget_and_remove(self.tmp_path, self._lock_handle)  # the name is gone already; drops the lock
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return self.path
 
     def _move_no_clobber(self) -> None:

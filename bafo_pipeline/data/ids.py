@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._utils.atomic import AtomicFile
+from .._utils.atomic import AtomicFile, fsync_dir
 
 __all__ = [
     "ID_KEY_ENV",
@@ -235,24 +235,9 @@ def _create_key_file(path: Path) -> bytes:
                 handle.write(raw.hex() + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-        _sync_folder(path.parent)
+        fsync_dir(path.parent)
         return raw
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
 
-
-def _sync_folder(folder: Path) -> None:
-    """Make a new name in ``folder`` durable (POSIX; elsewhere a no-op)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems cannot sync a folder
-        pass
-    finally:
-        os.close(fd)

@@ -620,9 +620,9 @@ def _names_list(text: str | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def _audit_bar():
+def _progress_bar(description: str):
     """A progress callback for the audit's (done, total, text) calls whose tqdm bar appears at the first call
-    (a job's audit comes after its training, which shows its own)."""
+    (in `bafo run` the audit comes after the training, which shows its own)."""
     from tqdm.auto import tqdm
 
     bar = None
@@ -630,7 +630,7 @@ def _audit_bar():
     def progress(done, total, text=""):
         nonlocal bar
         if bar is None:
-            bar = tqdm(desc="auditing", unit="probe")
+            bar = tqdm(desc=description, unit="probe")
         bar.total, bar.n = total, done
         bar.set_postfix_str(str(text)[:40])
         bar.refresh()
@@ -644,16 +644,7 @@ def _audit_bar():
 
 def _with_progress(description: str, work):
     """Run ``work(progress)`` with a tqdm bar fed by the audit's (done, total, text) callbacks."""
-    from tqdm.auto import tqdm
-
-    with tqdm(desc=description, unit="probe") as bar:
-
-        def progress(done, total, text=""):
-            bar.total = total
-            bar.n = done
-            bar.set_postfix_str(str(text)[:40])
-            bar.refresh()
-
+    with _progress_bar(description) as progress:
         return work(progress)
 
 
@@ -834,7 +825,7 @@ def run(utkface, manifest, image_column, sensitive, synthetic_samples, limit, st
                  **_concealment_provenance(concealment, transport_shrinkage, noise_scale)}
     utility_targets = None if synthetic else _landmark_targets(landmarks_cache)
     try:
-        with _audit_bar() as audit_progress:
+        with _progress_bar("auditing") as audit_progress:
             result = run_workflow(dataset, out_dir, estimator, seed=seed, target=target, data_info=data_info,
                                   overwrite=overwrite, progress=lambda text: click.echo(text, err=True),
                                   id_key=id_key_file, key_table=key_table, calibration_fraction=calibration_fraction,

@@ -151,7 +151,7 @@ class InLoopErasure:
         if self.matching_weight == 0:
             return mean.new_zeros(())
         if self.matching == "neighbours":
-            return self.matching_weight * self._loss_scale * self._neighbour_penalty(mean, conditions)
+            return self.matching_weight * self._loss_scale * self._neighbour_penalty(eraser, mean, conditions)
         options = {"generator": self._generator} if self.matching == "sliced_wasserstein" else {}
         penalty = MATCHING_PENALTIES[self.matching](
             eraser.whitened(mean.float()), eraser.layout.group_onehot(conditions), **options
@@ -163,7 +163,7 @@ class InLoopErasure:
         """The ``"neighbours"`` penalty's earlier training rows: their detached means and group one-hots (None before any)."""
         return self._bank
 
-    def _neighbour_penalty(self, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+    def _neighbour_penalty(self, eraser: RunningEraser, mean: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         """:func:`group_neighbour_gap` of the batch against the bank; training batches join the bank.
 
         The bank holds the current epoch's rows only: a row of an earlier epoch
@@ -171,7 +171,6 @@ class InLoopErasure:
         groups. It is 0 while the bank holds fewer rows than the batch (or
         than ``bank_size``).
         """
-        eraser = self._ready()
         onehot = eraser.layout.group_onehot(conditions)
         training = torch.is_grad_enabled()
         if training and self._epoch_rows + len(mean) > self._rows_per_epoch:  # a new epoch

@@ -60,7 +60,7 @@ def _whiten(X: np.ndarray) -> np.ndarray:
     # Label-free, so using every row (test folds included) keeps the test exact. The covariance is shrunk
     # towards a multiple of the identity (Ledoit-Wolf): with as many dimensions as rows, whitening by the
     # sample covariance puts every row at the same distance from every class mean, and the statistic is 0
-    # for any labelling (p = 1 for a signal the logistic probe reads at 0.3).
+    # for any labelling (p = 1 however strong the signal).
     Xc = X - X.mean(axis=0)
     covariance = np.cov(Xc, rowvar=False).reshape(X.shape[1], X.shape[1])
     if X.shape[1] > 1:

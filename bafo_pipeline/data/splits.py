@@ -197,22 +197,34 @@ def hash_split(
     -------
     is_test : ndarray of shape (n,), dtype bool
     """
+    _check_test_fraction(test_fraction)
+    return _buckets(content_hash, seed) < _threshold(test_fraction)
+
+
+def _check_test_fraction(test_fraction) -> None:
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating, np.integer)):
         raise TypeError(f"test_fraction must be a number, got {test_fraction!r}")
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
+
+
+def _buckets(content_hash: Sequence[str] | np.ndarray, seed: int) -> np.ndarray:
+    """Each hash's bucket in ``[0, _SPLIT_BUCKETS)``, salted with ``seed``."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    threshold = round(float(test_fraction) * _SPLIT_BUCKETS)
     salt = f"{int(seed)}:".encode()
-    buckets = np.fromiter(
+    return np.fromiter(
         (
             int.from_bytes(hashlib.blake2b(salt + str(h).encode(), digest_size=8).digest(), "big") % _SPLIT_BUCKETS
             for h in np.asarray(content_hash, dtype=object).ravel()
         ),
         dtype=np.int64,
     )
-    return buckets < threshold
+
+
+def _threshold(fraction: float) -> int:
+    """The buckets below which a ``fraction`` of the hashes fall."""
+    return round(float(fraction) * _SPLIT_BUCKETS)
 
 
 def hash_roles(
@@ -241,11 +253,13 @@ def hash_roles(
     """
     if not 0.0 <= float(calibration_fraction) < 1.0:
         raise ValueError(f"calibration_fraction must be in [0, 1), got {calibration_fraction!r}")
-    is_test = hash_split(content_hash, test_fraction=test_fraction, seed=seed)
+    _check_test_fraction(test_fraction)
+    buckets = _buckets(content_hash, seed)
+    is_test = buckets < _threshold(test_fraction)  # hash_split's
     roles = np.where(is_test, "test", "train").astype(object)
-    if calibration_fraction:
+    if calibration_fraction:  # the next buckets up
         below = test_fraction + calibration_fraction * (1.0 - test_fraction)
-        roles[hash_split(content_hash, test_fraction=below, seed=seed) & ~is_test] = "calibration"
+        roles[(buckets < _threshold(below)) & ~is_test] = "calibration"
     return roles.astype(str)
 
 

@@ -177,8 +177,6 @@ def run_workflow(
         raise ValueError(f"the key table {key_table} would sit inside {final}, beside the shared latents; keep it apart")
     if key_table is not None and Path(key_table).exists() and not overwrite:
         raise FileExistsError(f"{key_table} already exists; pass overwrite=True (--overwrite) to replace it")
-    if not 0.0 <= calibration_fraction < 1.0:
-        raise ValueError(f"calibration_fraction must be in [0, 1), got {calibration_fraction}")
     role = hash_roles(dataset.content_hash, test_fraction=test_fraction, seed=seed,
                       calibration_fraction=calibration_fraction)
     train, test = dataset.subset(role != "test"), dataset.subset(role == "test")
@@ -203,23 +201,23 @@ def run_workflow(
 
     with staged_folder(final) as out:
         report = _train_export_and_audit(
-            dataset, out, estimator, say, role=role, seed=seed, target=target, data_info=data_info,
-            audit_options=audit_options, id_key=id_key, key_table=key_table, utility_targets=utility_targets,
-            residual=residual, calibration_fraction=calibration_fraction, test_fraction=test_fraction,
+            dataset, out, estimator, say, role=role, train=train, test=test, calibration=calibration, shared=shared,
+            shared_train=shared_train, seed=seed, target=target, data_info=data_info, audit_options=audit_options,
+            id_key=id_key, key_table=key_table, utility_targets=utility_targets, residual=residual,
+            calibration_fraction=calibration_fraction, test_fraction=test_fraction,
         )
     return WorkflowResult(final / "model", final / "latents.parquet", final / "audit_latents.parquet",
                           final / "audit_train_latents.parquet", final / "report", report, report.utility,
-                          int((role == "calibration").sum()), _rows_per_cell(estimator))
+                          len(calibration), _rows_per_cell(estimator))
 
 
-def _train_export_and_audit(dataset, out: Path, estimator, say, *, role, seed, target, data_info, audit_options,
-                            id_key, key_table, utility_targets, residual, calibration_fraction, test_fraction):
-    """The run itself, written into ``out`` (a staging folder): returns the audit's report."""
+def _train_export_and_audit(dataset, out: Path, estimator, say, *, role, train, test, calibration, shared,
+                            shared_train, seed, target, data_info, audit_options, id_key, key_table, utility_targets,
+                            residual, calibration_fraction, test_fraction):
+    """The run itself, written into ``out`` (a staging folder): returns the audit's report. ``role``: each
+    image's (:func:`~bafo_pipeline.data.hash_roles`); ``train`` ... ``shared_train``: the subsets it gives."""
     from ..audits import run_audit
 
-    train, test = dataset.subset(role != "test"), dataset.subset(role == "test")
-    calibration, shared = dataset.subset(role == "calibration"), dataset.subset(role != "calibration")
-    shared_train = dataset.subset(role == "train")
     say(f"training on {len(train)} images ({len(test)} held out for the audit)")
     if calibration_fraction and not _trains_with_concealment(estimator):
         # The concealment is fitted on the calibration rows below: fitting it on the training rows first (a
